@@ -1,0 +1,99 @@
+//! The backend seam: what a model format implements so the engine can load and run it.
+//!
+//! A [`Backend`] loads one model version into an immutable, shareable [`LoadedModel`]; each
+//! execution instance gets its own [`ModelInstance`] (per-run state such as scratch buffers), and
+//! runs on a dedicated thread, never on the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::ModelConfig;
+use crate::tensor::{DataType, Tensor};
+
+/// A tensor as a model declares it: full shape including any batch dimension, -1 where dynamic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DataType,
+    /// Shape; -1 is dynamic; `None` when the model does not say.
+    pub shape: Option<Vec<i64>>,
+}
+
+/// The inputs and outputs a model file declares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelSignature {
+    /// Inputs in the model's order.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs in the model's order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// A named tensor, as requests and responses carry them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// Name.
+    pub name: String,
+    /// The tensor.
+    pub tensor: Tensor,
+}
+
+/// A backend failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The model files cannot be loaded.
+    #[error("{0}")]
+    Load(String),
+    /// The input does not suit the model (caught late, by the backend).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Execution failed.
+    #[error("{0}")]
+    Execution(String),
+}
+
+/// What a backend gets to load one version.
+#[derive(Debug, Clone)]
+pub struct LoadRequest<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Version number.
+    pub version: u64,
+    /// The version folder.
+    pub version_dir: &'a Path,
+    /// The model file inside it (config's `default_model_filename` or the backend default).
+    pub model_file: PathBuf,
+    /// The model's config as written (before auto-complete).
+    pub config: &'a ModelConfig,
+}
+
+/// A model format.
+pub trait Backend: Send + Sync + 'static {
+    /// Short name, used in logs and in the config's `backend` field (`onnxruntime`).
+    fn name(&self) -> &'static str;
+    /// The Triton platform string this backend stands for, if any (`onnxruntime_onnx`).
+    fn platform(&self) -> Option<&'static str>;
+    /// True when a config's `platform`/`backend` names this backend.
+    fn accepts(&self, platform: &str, backend: &str) -> bool;
+    /// The file name looked for in a version folder when the config names none.
+    fn default_model_filename(&self) -> &'static str;
+    /// Loads a version. May take long: the engine calls it off the async runtime.
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError>;
+}
+
+/// A loaded, immutable model version, shared by its instances.
+pub trait LoadedModel: Send + Sync {
+    /// The model's declared inputs and outputs.
+    fn signature(&self) -> &ModelSignature;
+    /// Creates one execution instance.
+    fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError>;
+}
+
+/// One execution instance; owned by one executor thread.
+pub trait ModelInstance: Send {
+    /// Runs a batch. Inputs are in the config's input order and already checked against it;
+    /// shapes include the batch dimension when the model batches. Returns the requested outputs
+    /// (`outputs`, names) in that order.
+    fn execute(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, BackendError>;
+}

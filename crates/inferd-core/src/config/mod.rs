@@ -1,0 +1,15 @@
+//! Model configuration: Triton's `config.pbtxt`.
+//!
+//! - [`pbtxt`]: protobuf text format parser (untyped tree with positions).
+//! - [`model`]: the typed config and version policy.
+//! - [`read`]: tree -> typed config, with file/line/field diagnostics.
+//! - [`complete`]: auto-complete from the model file, and validation.
+
+pub mod complete;
+pub mod model;
+pub mod pbtxt;
+pub mod read;
+
+pub use complete::{complete_config, validate_config, DEFAULT_MAX_BATCH_SIZE};
+pub use model::*;
+pub use read::{parse_config, Diagnostic, ParsedConfig, Severity};

@@ -1,0 +1,33 @@
+//! # inferd-core
+//!
+//! The inferd engine, embeddable in any Rust program: tensors, Triton-compatible model
+//! configuration, the model repository and its lifecycle, the backend seam, and per-version
+//! executors. It knows nothing of HTTP or gRPC; front-ends live in `inferd-server`.
+//!
+//! - [`tensor`]: KServe v2 datatypes and tensors.
+//! - [`config`]: `config.pbtxt` parsing, auto-complete, validation.
+//! - [`backend`]: the trait a model format implements.
+//! - [`repository`]: scanning the repository folder.
+//! - [`request`]: requests, responses, and their validation against a config.
+//! - [`runner`]: one version's bounded queue and executor threads.
+//! - [`stats`]: per-version statistics.
+//! - [`warmup`]: warm-up before a version turns ready.
+//! - [`engine`]: lifecycle, live reload, routing; the embedding API.
+//! - [`error`]: the engine's error type.
+
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod repository;
+pub mod request;
+pub mod runner;
+pub mod stats;
+pub mod tensor;
+pub mod warmup;
+
+pub use backend::{Backend, BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor, TensorSpec};
+pub use engine::{ControlMode, Engine, EngineOptions, IndexEntry, ModelInfo, VersionState};
+pub use error::{Error, Result};
+pub use request::{InferRequest, InferResponse, ParamValue};
+pub use tensor::{DataType, Tensor, TensorData};

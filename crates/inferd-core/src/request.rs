@@ -1,0 +1,304 @@
+//! Inference requests and responses in the engine's terms, and the check of a request against a
+//! model's config (names, datatypes, shapes, batch size) that runs before anything is queued.
+
+use std::collections::BTreeMap;
+
+use crate::backend::NamedTensor;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::tensor::{element_count, Tensor};
+
+/// A request parameter value (KServe v2 `parameters`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamValue {
+    /// Boolean.
+    Bool(bool),
+    /// Signed integer.
+    Int(i64),
+    /// Floating point.
+    Double(f64),
+    /// String.
+    String(String),
+}
+
+/// An inference request.
+#[derive(Clone, Debug, Default)]
+pub struct InferRequest {
+    /// Client-chosen id, echoed in the response.
+    pub id: String,
+    /// Input tensors.
+    pub inputs: Vec<NamedTensor>,
+    /// Outputs to return; all outputs when `None`.
+    pub outputs: Option<Vec<String>>,
+    /// Request parameters.
+    pub parameters: BTreeMap<String, ParamValue>,
+}
+
+/// An inference response.
+#[derive(Clone, Debug)]
+pub struct InferResponse {
+    /// Model that answered.
+    pub model_name: String,
+    /// Version that answered (the whole response comes from it).
+    pub model_version: u64,
+    /// Echo of the request id.
+    pub id: String,
+    /// Output tensors, in the order requested (config order when all).
+    pub outputs: Vec<NamedTensor>,
+}
+
+/// A request that passed validation, in the form the backend takes.
+#[derive(Debug)]
+pub struct PreparedRequest {
+    /// Inputs in config order, reshaped to what the model sees.
+    pub inputs: Vec<NamedTensor>,
+    /// Output names to produce.
+    pub outputs: Vec<String>,
+    /// Batch size (1 when the model does not batch).
+    pub batch: usize,
+}
+
+fn shape_matches(expected: &[i64], actual: &[usize]) -> bool {
+    expected.len() == actual.len()
+        && expected.iter().zip(actual).all(|(&e, &a)| e == -1 || e as usize == a)
+}
+
+/// Resolves a target shape that may contain one -1, given the element count.
+fn resolve_shape(target: &[i64], elements: usize) -> Option<Vec<usize>> {
+    let known: usize = target.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+    let wild = target.iter().filter(|&&d| d == -1).count();
+    match wild {
+        0 => (known == elements).then(|| target.iter().map(|&d| d as usize).collect()),
+        1 if known > 0 && elements % known == 0 => Some(
+            target.iter().map(|&d| if d == -1 { elements / known } else { d as usize }).collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Returns `t` with a new shape (same elements).
+pub fn with_shape(t: Tensor, shape: Vec<usize>) -> Result<Tensor> {
+    let (dtype, _, data) = t.into_parts();
+    Tensor::new(dtype, shape, data).map_err(|e| Error::Internal(format!("reshape failed: {e}")))
+}
+
+/// Checks a request against a model config and prepares it for the backend.
+pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<PreparedRequest> {
+    let expected_inputs = || cfg.input.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+    let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+    for nt in req.inputs {
+        if cfg.input(&nt.name).is_none() {
+            return Err(Error::invalid(format!(
+                "unexpected input '{}' for model '{model}'; its inputs are: {}",
+                nt.name,
+                expected_inputs()
+            )));
+        }
+        if by_name.contains_key(&nt.name) {
+            return Err(Error::invalid(format!("input '{}' is given more than once", nt.name)));
+        }
+        by_name.insert(nt.name, nt.tensor);
+    }
+    let batching = cfg.batches();
+    let mut batch: Option<usize> = None;
+    let mut inputs = Vec::with_capacity(cfg.input.len());
+    for spec in &cfg.input {
+        let Some(t) = by_name.remove(&spec.name) else {
+            if spec.optional {
+                continue;
+            }
+            return Err(Error::invalid(format!(
+                "missing input '{}' for model '{model}' (its inputs are: {})",
+                spec.name,
+                expected_inputs()
+            )));
+        };
+        if t.dtype() != spec.data_type.0 {
+            return Err(Error::invalid(format!(
+                "input '{}': datatype {} does not match the model's {}",
+                spec.name,
+                t.dtype(),
+                spec.data_type.0
+            )));
+        }
+        let shape = t.shape().to_vec();
+        let mut full: Vec<i64> = spec.dims.clone();
+        if batching {
+            let Some(&b) = shape.first() else {
+                return Err(Error::invalid(format!(
+                    "input '{}': shape [] has no batch dimension; model '{model}' expects [-1, {}]",
+                    spec.name,
+                    fmt_dims(&spec.dims)
+                )));
+            };
+            if b == 0 {
+                return Err(Error::invalid(format!("input '{}': batch size is 0", spec.name)));
+            }
+            if b > cfg.max_batch_size as usize {
+                return Err(Error::invalid(format!(
+                    "input '{}': batch size {b} exceeds max_batch_size {} of model '{model}'",
+                    spec.name, cfg.max_batch_size
+                )));
+            }
+            match batch {
+                Some(prev) if prev != b => {
+                    return Err(Error::invalid(format!(
+                        "input '{}': batch size {b} differs from other inputs' batch size {prev}",
+                        spec.name
+                    )));
+                }
+                _ => batch = Some(b),
+            }
+            full.insert(0, -1);
+        }
+        if !shape_matches(&full, &shape) {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {shape:?} does not match the model's [{}]",
+                spec.name,
+                fmt_dims(&full)
+            )));
+        }
+        let t = match &spec.reshape {
+            Some(r) => {
+                let per_batch = if batching { element_count(&shape[1..]) } else { element_count(&shape) }
+                    .unwrap_or(0);
+                let resolved = resolve_shape(&r.shape, per_batch).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input '{}': shape {shape:?} cannot be reshaped to {:?}",
+                        spec.name, r.shape
+                    ))
+                })?;
+                let mut s = if batching { vec![shape[0]] } else { vec![] };
+                s.extend(resolved);
+                with_shape(t, s)?
+            }
+            None => t,
+        };
+        inputs.push(NamedTensor { name: spec.name.clone(), tensor: t });
+    }
+    let outputs = match req.outputs {
+        None => cfg.output.iter().map(|o| o.name.clone()).collect(),
+        Some(names) => {
+            let mut seen = std::collections::HashSet::new();
+            for n in &names {
+                if cfg.output(n).is_none() {
+                    return Err(Error::invalid(format!(
+                        "unknown output '{n}' requested from model '{model}'; its outputs are: {}",
+                        cfg.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if !seen.insert(n.as_str()) {
+                    return Err(Error::invalid(format!("output '{n}' is requested more than once")));
+                }
+            }
+            names
+        }
+    };
+    Ok(PreparedRequest { inputs, outputs, batch: batch.unwrap_or(1) })
+}
+
+/// Checks a backend's outputs against the config and applies output reshapes.
+pub fn finish_outputs(model: &str, cfg: &ModelConfig, outs: Vec<NamedTensor>, batch: usize) -> Result<Vec<NamedTensor>> {
+    outs.into_iter()
+        .map(|nt| {
+            let Some(spec) = cfg.output(&nt.name) else {
+                return Err(Error::Internal(format!("model '{model}' produced unknown output '{}'", nt.name)));
+            };
+            if nt.tensor.dtype() != spec.data_type.0 {
+                return Err(Error::Internal(format!(
+                    "model '{model}' output '{}' is {} but its config says {}",
+                    nt.name,
+                    nt.tensor.dtype(),
+                    spec.data_type.0
+                )));
+            }
+            if spec.reshape.is_none() {
+                return Ok(nt);
+            }
+            let n = nt.tensor.len();
+            let per = if cfg.batches() { n / batch.max(1) } else { n };
+            let dims = resolve_shape(&spec.dims, per).ok_or_else(|| {
+                Error::Internal(format!("output '{}' cannot be reshaped to {:?}", nt.name, spec.dims))
+            })?;
+            let mut s = if cfg.batches() { vec![batch] } else { vec![] };
+            s.extend(dims);
+            Ok(NamedTensor { name: nt.name, tensor: with_shape(nt.tensor, s)? })
+        })
+        .collect()
+}
+
+fn fmt_dims(d: &[i64]) -> String {
+    d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigDataType, ModelInput, ModelOutput, Reshape};
+    use crate::tensor::DataType;
+
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            max_batch_size: 8,
+            input: vec![ModelInput { name: "x".into(), data_type: ConfigDataType(DataType::F32), dims: vec![4], ..Default::default() }],
+            output: vec![ModelOutput { name: "y".into(), data_type: ConfigDataType(DataType::F32), dims: vec![2], ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn req(shape: Vec<usize>, n: usize) -> InferRequest {
+        InferRequest {
+            inputs: vec![NamedTensor { name: "x".into(), tensor: Tensor::from_f32(shape, &vec![0.5; n]).unwrap() }],
+            ..Default::default()
+        }
+    }
+
+    fn err(r: Result<PreparedRequest>) -> String {
+        match r {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_batch() {
+        let p = prepare("m", &cfg(), req(vec![3, 4], 12)).unwrap();
+        assert_eq!(p.batch, 3);
+        assert_eq!(p.outputs, vec!["y"]);
+    }
+
+    #[test]
+    fn refuses_batch_over_max() {
+        let m = err(prepare("m", &cfg(), req(vec![9, 4], 36)));
+        assert!(m.contains("batch size 9 exceeds max_batch_size 8"), "{m}");
+    }
+
+    #[test]
+    fn refuses_wrong_shape_names_and_types() {
+        assert!(err(prepare("m", &cfg(), req(vec![1, 3], 3))).contains("shape [1, 3]"));
+        let mut r = req(vec![1, 4], 4);
+        r.inputs[0].name = "z".into();
+        let m = err(prepare("m", &cfg(), r));
+        assert!(m.contains("unexpected input 'z'") && m.contains("x"), "{m}");
+        let m = err(prepare("m", &cfg(), InferRequest::default()));
+        assert!(m.contains("missing input 'x'"), "{m}");
+        let mut r = req(vec![1, 4], 4);
+        r.inputs[0].tensor = Tensor::from_i64(vec![1, 4], &[1, 2, 3, 4]).unwrap();
+        assert!(err(prepare("m", &cfg(), r)).contains("datatype INT64 does not match the model's FP32"));
+        let mut r = req(vec![1, 4], 4);
+        r.outputs = Some(vec!["q".into()]);
+        assert!(err(prepare("m", &cfg(), r)).contains("unknown output 'q'"));
+        let mut r = req(vec![1, 4], 4);
+        r.inputs.push(r.inputs[0].clone());
+        assert!(err(prepare("m", &cfg(), r)).contains("more than once"));
+    }
+
+    #[test]
+    fn applies_reshape() {
+        let mut c = cfg();
+        c.input[0].reshape = Some(Reshape { shape: vec![2, -1] });
+        let p = prepare("m", &c, req(vec![3, 4], 12)).unwrap();
+        assert_eq!(p.inputs[0].tensor.shape(), &[3, 2, 2]);
+    }
+}
