@@ -1,0 +1,206 @@
+"""Model control mode "poll": new versions roll in under load without a single failed request.
+
+``reload_mlp`` starts as a copy of simple_mlp version 1 with ``latest { num_versions: 1 }``.
+Each round the test copies version N+1 into the repository *slowly* (so a poll may observe a
+half-written model.onnx), then removes version N, and waits until the server reports only N+1.
+Meanwhile an HTTP client thread and a gRPC client thread send requests non-stop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from inferd_testlib import TritonClient, example_model_path, mlp_input, ready_versions, wait_until
+
+MODEL = "reload_mlp"
+ROUNDS = 4
+POLL_SECS = 0.5
+ROUND_TIMEOUT_S = 15.0  # for the server to swap versions after a copy
+CLIENT_CAP_S = 60.0  # hard stop for the client threads
+MAX_REQUESTS_PER_CLIENT = 20_000
+PAUSE_BETWEEN_REQUESTS_S = 0.002  # leave some CPU to the server on small machines
+COPY_CHUNKS = 4
+COPY_CHUNK_PAUSE_S = 0.2
+
+RELOAD_CONFIG = f"""\
+name: "{MODEL}"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+version_policy: {{ latest {{ num_versions: 1 }} }}
+input [
+  {{
+    name: "input"
+    data_type: TYPE_FP32
+    dims: [ 64 ]
+  }}
+]
+output [
+  {{
+    name: "output"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+  }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+
+def weights_of(version: int) -> int:
+    """Which simple_mlp version's file reload_mlp/<version> is a copy of (alternating)."""
+    return 1 if version % 2 else 2
+
+
+def copy_slowly(src, dest_dir) -> None:
+    """Write ``src`` as ``dest_dir/model.onnx`` in chunks with pauses: a half-written copy."""
+    dest_dir.mkdir()
+    data = src.read_bytes()
+    chunk = -(-len(data) // COPY_CHUNKS)
+    with open(dest_dir / "model.onnx", "wb") as f:
+        for start in range(0, len(data), chunk):
+            f.write(data[start : start + chunk])
+            f.flush()
+            os.fsync(f.fileno())
+            time.sleep(COPY_CHUNK_PAUSE_S)
+
+
+@dataclass
+class Observation:
+    version: str = ""
+    output: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass
+class ClientLoop:
+    """Sends the same batch-1 request in a loop on its own thread, recording every response."""
+
+    protocol: str
+    server: object
+    x: np.ndarray
+    stop: threading.Event
+    deadline: float
+    observations: list[Observation] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"{self.protocol}-client", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            client = TritonClient(self.protocol, self.server)  # tritonclient objects stay on one thread
+        except Exception as exc:  # noqa: BLE001
+            self.observations.append(Observation(error=f"client setup failed: {exc!r}"))
+            return
+        try:
+            while (
+                not self.stop.is_set()
+                and time.monotonic() < self.deadline
+                and len(self.observations) < MAX_REQUESTS_PER_CLIENT
+            ):
+                try:
+                    version, out = client.infer(MODEL, {"input": self.x}, ["output"], timeout=10.0)
+                    self.observations.append(Observation(version=version, output=out["output"]))
+                except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                    self.observations.append(Observation(error=f"{type(exc).__name__}: {exc}"))
+                time.sleep(PAUSE_BETWEEN_REQUESTS_S)
+        finally:
+            client.close()
+
+    def last_version(self) -> str:
+        return self.observations[-1].version if self.observations else ""
+
+    def join(self) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), f"{self.protocol} client thread did not stop"
+
+
+def wait_for_only_version(client: TritonClient, version: int, timeout: float) -> None:
+    """Until version is READY and is the only version the server reports."""
+    want = str(version)
+
+    def swapped() -> bool:
+        metadata_versions = client.model_metadata(MODEL)["versions"]
+        index_ready = ready_versions(client.repository_index(), MODEL)
+        return (
+            metadata_versions == [want]
+            and index_ready == {want}
+            and client.is_model_ready(MODEL, want)
+        )
+
+    wait_until(swapped, timeout=timeout, interval=0.1, what=f"{MODEL} to serve only version {want}")
+
+
+@pytest.fixture
+def reload_repo(tmp_path):
+    repo = tmp_path / "models"
+    model_dir = repo / MODEL
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(RELOAD_CONFIG)
+    shutil.copyfile(example_model_path("simple_mlp", weights_of(1)), model_dir / "1" / "model.onnx")
+    return repo
+
+
+def test_versions_roll_forward_under_load_without_failed_requests(
+    inferd_server_factory, reload_repo, onnx_reference
+):
+    model_dir = reload_repo / MODEL
+    server = inferd_server_factory(reload_repo, control_mode="poll", poll_secs=POLL_SECS)
+
+    x = mlp_input(1, seed=2024)
+    expected = {w: onnx_reference.run(example_model_path("simple_mlp", w), {"input": x})["output"] for w in (1, 2)}
+    assert np.abs(expected[1] - expected[2]).max() > 1e-2, "the two weight sets must be distinguishable"
+
+    final_version = 1 + ROUNDS
+    stop = threading.Event()
+    deadline = time.monotonic() + CLIENT_CAP_S
+    loops = [ClientLoop(protocol, server, x, stop, deadline) for protocol in ("http", "grpc")]
+    control = TritonClient("http", server)
+    try:
+        wait_for_only_version(control, 1, timeout=ROUND_TIMEOUT_S)
+        for loop in loops:
+            loop.start()
+        wait_until(lambda: all(loop.observations for loop in loops), timeout=10, what="first responses")
+        for new in range(2, final_version + 1):
+            copy_slowly(example_model_path("simple_mlp", weights_of(new)), model_dir / str(new))
+            shutil.rmtree(model_dir / str(new - 1))
+            wait_for_only_version(control, new, timeout=ROUND_TIMEOUT_S)
+            # Once the old version is gone, every client's next response comes from the new one.
+            wait_until(
+                lambda: all(loop.last_version() == str(new) or loop.observations[-1].error for loop in loops),
+                timeout=10,
+                what=f"both clients to be served by version {new} (client threads stop after {CLIENT_CAP_S:.0f}s)",
+            )
+    finally:
+        stop.set()
+        for loop in loops:
+            if loop.thread is not None:
+                loop.join()
+        control.close()
+
+    for loop in loops:
+        errors = [o.error for o in loop.observations if o.error]
+        assert not errors, f"{loop.protocol}: {len(errors)} failed requests, first: {errors[:3]}"
+
+        bad = [o.version for o in loop.observations if not o.version.isdigit()]
+        assert not bad, f"{loop.protocol}: responses without a numeric model_version: {bad[:3]}"
+        versions = [int(o.version) for o in loop.observations]
+        assert versions == sorted(versions), f"{loop.protocol}: served versions went backwards: {versions}"
+        assert set(versions) == set(range(1, final_version + 1)), (
+            f"{loop.protocol}: saw versions {sorted(set(versions))}"
+        )
+
+        for i, obs in enumerate(loop.observations):
+            want = expected[weights_of(int(obs.version))]
+            assert np.allclose(obs.output, want, atol=1e-5, rtol=1e-5), (
+                f"{loop.protocol} response #{i} says version {obs.version} but its output "
+                f"{obs.output} does not match that version's reference {want}"
+            )
