@@ -1,0 +1,125 @@
+//! # inferd-server
+//!
+//! The protocol front-ends over an [`inferd_core::Engine`]: KServe v2 over HTTP (axum) with
+//! Triton's extensions, and `inference.GRPCInferenceService` plus the standard gRPC health
+//! service over gRPC (tonic). Errors map to one (HTTP status, gRPC code) pair in [`error`].
+//!
+//! - [`http`]: HTTP routes and the binary tensor codec.
+//! - [`grpc`]: the gRPC service.
+//! - [`error`]: error -> status mapping.
+
+pub mod error;
+pub mod grpc;
+pub mod http;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use inferd_core::Engine;
+use tokio::net::TcpListener;
+
+/// Generated protocol types (package `inference`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+/// Protocol extensions this server implements, as listed in server metadata.
+pub const SERVER_EXTENSIONS: &[&str] =
+    &["binary_tensor_data", "model_repository", "model_configuration", "statistics", "schedule_policy"];
+
+/// Front-end settings.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// HTTP listen address (port 0 picks one).
+    pub http_addr: SocketAddr,
+    /// gRPC listen address (port 0 picks one).
+    pub grpc_addr: SocketAddr,
+    /// Largest request body (HTTP) or message (gRPC) in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Listeners bound and ready to serve.
+pub struct BoundServer {
+    engine: Engine,
+    opts: ServerOptions,
+    http: TcpListener,
+    grpc: TcpListener,
+}
+
+impl BoundServer {
+    /// Binds both listeners; fails if an address is taken.
+    pub async fn bind(engine: Engine, opts: ServerOptions) -> std::io::Result<Self> {
+        let http = TcpListener::bind(opts.http_addr).await?;
+        let grpc = TcpListener::bind(opts.grpc_addr).await?;
+        Ok(BoundServer { engine, opts, http, grpc })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let app = http::router(http::HttpState { engine: self.engine.clone(), max_body_bytes: self.opts.max_body_bytes });
+        let mut rx_http = rx.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(self.http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx_http.wait_for(|v| *v).await;
+                })
+                .await
+        });
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let engine = self.engine.clone();
+        let health_task = tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let ready = engine.is_ready();
+                if last != Some(ready) {
+                    let st = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                    health_reporter.set_service_status("", st).await;
+                    health_reporter.set_service_status("inference.GRPCInferenceService", st).await;
+                    last = Some(ready);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(grpc::InferenceService::new(self.engine.clone()))
+            .max_decoding_message_size(self.opts.max_body_bytes)
+            .max_encoding_message_size(usize::MAX);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let mut rx_grpc = rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx_grpc.wait_for(|v| *v).await;
+                })
+                .await
+        });
+        shutdown.await;
+        self.engine.begin_shutdown();
+        let _ = tx.send(true);
+        let http_res = http_task.await;
+        let grpc_res = grpc_task.await;
+        health_task.abort();
+        if let Ok(Err(e)) = http_res {
+            return Err(e);
+        }
+        if let Ok(Err(e)) = grpc_res {
+            return Err(std::io::Error::other(e));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! The `inferd` binary: `inferd serve` runs the server; `inferd repo check` validates a model
+//! repository. Flags use Triton's names so deployment scripts carry over; every flag can also be
+//! set through an `INFERD_*` environment variable.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use inferd_core::{Backend, ControlMode, Engine, EngineOptions};
+use inferd_server::{BoundServer, ServerOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "inferd", version, about = "inferd: a model server speaking KServe v2 (HTTP and gRPC)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a model repository over HTTP and gRPC.
+    Serve(ServeArgs),
+    /// Model repository tools.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RepoCommand {
+    /// Validate a repository: configs, version folders, and a full load of every version.
+    /// Exits non-zero when anything is wrong.
+    Check {
+        /// The repository folder.
+        dir: PathBuf,
+    },
+}
+
+/// Server settings: one schema for flags and environment.
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Model repository folder (default: the bundled examples).
+    #[arg(long, env = "INFERD_MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
+    /// HTTP port (0 picks a free one).
+    #[arg(long, env = "INFERD_HTTP_PORT", default_value_t = 8000)]
+    http_port: u16,
+    /// gRPC port (0 picks a free one).
+    #[arg(long, env = "INFERD_GRPC_PORT", default_value_t = 8001)]
+    grpc_port: u16,
+    /// HTTP listen address.
+    #[arg(long, env = "INFERD_HTTP_ADDRESS", default_value = "0.0.0.0")]
+    http_address: IpAddr,
+    /// gRPC listen address.
+    #[arg(long, env = "INFERD_GRPC_ADDRESS", default_value = "0.0.0.0")]
+    grpc_address: IpAddr,
+    /// none: load everything at start; poll: also follow repository changes; explicit: load
+    /// only --load-model models and what the repository API asks for.
+    #[arg(long, env = "INFERD_MODEL_CONTROL_MODE", default_value = "none")]
+    model_control_mode: ControlMode,
+    /// Seconds between repository scans in poll mode (fractions allowed).
+    #[arg(long, env = "INFERD_REPOSITORY_POLL_SECS", default_value_t = 15.0)]
+    repository_poll_secs: f64,
+    /// Model to load at start in explicit mode (repeatable; `*` loads all).
+    #[arg(long = "load-model", env = "INFERD_LOAD_MODEL", value_delimiter = ',')]
+    load_model: Vec<String>,
+    /// Ready only when every model that should be loaded is ready.
+    #[arg(long, env = "INFERD_STRICT_READINESS", default_value_t = true, action = ArgAction::Set)]
+    strict_readiness: bool,
+    /// Largest request body (HTTP) or message (gRPC) in bytes.
+    #[arg(long, env = "INFERD_HTTP_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    http_max_body_bytes: usize,
+    /// Bound of each model version's request queue.
+    #[arg(long, env = "INFERD_MAX_QUEUE_SIZE", default_value_t = 1024)]
+    max_queue_size: usize,
+}
+
+fn backends() -> Vec<Arc<dyn Backend>> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Arc<dyn Backend>> = Vec::new();
+    #[cfg(feature = "onnx")]
+    v.push(Arc::new(inferd_onnx::OnnxBackend));
+    v
+}
+
+/// The bundled example repository: `examples/models` under the working directory, else the one
+/// in the source tree this binary was built from.
+fn default_repository() -> PathBuf {
+    let local = PathBuf::from("examples/models");
+    if local.is_dir() {
+        return local;
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/models"))
+}
+
+fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptions> {
+    if !(a.repository_poll_secs.is_finite() && a.repository_poll_secs > 0.0) {
+        bail!("--repository-poll-secs: must be a positive number of seconds, got {}", a.repository_poll_secs);
+    }
+    if a.http_max_body_bytes == 0 {
+        bail!("--http-max-body-bytes: must be positive");
+    }
+    if a.max_queue_size == 0 {
+        bail!("--max-queue-size: must be positive");
+    }
+    if !a.load_model.is_empty() && a.model_control_mode != ControlMode::Explicit {
+        bail!("--load-model: only valid with --model-control-mode explicit");
+    }
+    Ok(EngineOptions {
+        repository: repo,
+        control_mode: a.model_control_mode,
+        poll_interval: Duration::from_secs_f64(a.repository_poll_secs),
+        startup_models: a.load_model.clone(),
+        strict_readiness: a.strict_readiness,
+        queue_capacity: a.max_queue_size,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let repo = a.model_repository.clone().unwrap_or_else(default_repository);
+    if !repo.is_dir() {
+        bail!("--model-repository: '{}' is not a folder", repo.display());
+    }
+    let opts = engine_options(&a, repo.clone())?;
+    let engine = Engine::new(opts, backends());
+    let server = BoundServer::bind(
+        engine.clone(),
+        ServerOptions {
+            http_addr: SocketAddr::new(a.http_address, a.http_port),
+            grpc_addr: SocketAddr::new(a.grpc_address, a.grpc_port),
+            max_body_bytes: a.http_max_body_bytes,
+        },
+    )
+    .await
+    .context("cannot bind the listeners")?;
+    let http = server.http_addr()?;
+    let grpc = server.grpc_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "HTTP listening on {http}")?;
+        writeln!(out, "gRPC listening on {grpc}")?;
+        out.flush()?;
+    }
+    tracing::info!(repository = %repo.display(), mode = %a.model_control_mode, "serving");
+    // Health and metadata answer while models load; readiness turns true after startup loads.
+    let serving = tokio::spawn(server.serve(shutdown_signal()));
+    engine.start().await.context("startup failed")?;
+    tracing::info!(ready = engine.is_ready(), "startup loading finished");
+    serving.await.context("server task failed")??;
+    Ok(())
+}
+
+fn repo_check(dir: PathBuf) -> Result<bool> {
+    if !dir.is_dir() {
+        bail!("'{}' is not a folder", dir.display());
+    }
+    let engine = Engine::new(EngineOptions { repository: dir.clone(), ..Default::default() }, backends());
+    let names = inferd_core::repository::list_models(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if names.is_empty() {
+        println!("{}: no model folders found", dir.display());
+        return Ok(false);
+    }
+    let mut ok = true;
+    for name in names {
+        let (problems, warnings) = engine.check_model_blocking(&name);
+        for w in &warnings {
+            println!("warning: {w}");
+        }
+        if problems.is_empty() {
+            println!("ok: {name}");
+        } else {
+            ok = false;
+            for p in problems {
+                println!("error: {name}: {p}");
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(serve(a))),
+        Command::Repo { command: RepoCommand::Check { dir } } => match repo_check(dir) {
+            Ok(true) => return std::process::ExitCode::SUCCESS,
+            Ok(false) => return std::process::ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inferd: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! End-to-end tests of the real `inferd` binary on ephemeral ports: HTTP and gRPC inference,
+//! precise client errors, isolation of a broken model, `repo check`, and graceful shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inferd_server::pb;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_inferd");
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/models")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// A copy of the example repository in a temp folder.
+fn repo_copy(models: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for m in models {
+        copy_dir(&examples().join(m), &dir.path().join(m));
+    }
+    dir
+}
+
+struct Server {
+    child: Child,
+    http: String,
+    grpc: String,
+}
+
+impl Server {
+    fn start(repo: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--model-repository"])
+            .arg(repo)
+            .args(["--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start inferd");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut http = String::new();
+        let mut grpc = String::new();
+        while http.is_empty() || grpc.is_empty() {
+            let line = lines.next().expect("inferd exited before listening").unwrap();
+            if let Some(a) = line.strip_prefix("HTTP listening on ") {
+                http = a.to_string();
+            } else if let Some(a) = line.strip_prefix("gRPC listening on ") {
+                grpc = a.to_string();
+            }
+        }
+        let s = Server { child, http, grpc };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.get("/v2/health/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "server not ready in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder().http_status_as_error(false).build().into()
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        match Self::agent().get(format!("http://{}{path}", self.http)).call() {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut r = Self::agent()
+            .post(format!("http://{}{path}", self.http))
+            .header("content-type", "application/json")
+            .send(body)
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn grpc_client(&self) -> (tokio::runtime::Runtime, pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let url = format!("http://{}", self.grpc);
+        let client = rt.block_on(pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(url)).unwrap();
+        (rt, client)
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "inferd did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mlp_request(batch: usize) -> Value {
+    let data: Vec<f32> = (0..batch * 64).map(|i| (i % 7) as f32 * 0.1).collect();
+    json!({"inputs": [{"name": "input", "shape": [batch, 64], "datatype": "FP32", "data": data}]})
+}
+
+#[test]
+fn http_json_inference_answers_from_the_newest_version() {
+    let repo = repo_copy(&["simple_mlp", "add_sub"]);
+    let s = Server::start(repo.path(), &[]);
+    let (st, body) = s.post("/v2/models/simple_mlp/infer", mlp_request(3).to_string().as_bytes());
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["model_version"], "2");
+    assert_eq!(body["outputs"][0]["shape"], json!([3, 10]));
+    assert_eq!(body["outputs"][0]["data"].as_array().unwrap().len(), 30);
+    let (st, v1) = s.post("/v2/models/simple_mlp/versions/1/infer", mlp_request(3).to_string().as_bytes());
+    assert_eq!(st, 200);
+    assert_eq!(v1["model_version"], "1");
+    assert_ne!(v1["outputs"][0]["data"], body["outputs"][0]["data"]);
+
+    let req = json!({"inputs": [
+        {"name": "INPUT0", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]},
+        {"name": "INPUT1", "shape": [1, 4], "datatype": "INT64", "data": [5, 5, 5, 5]}]});
+    let (st, body) = s.post("/v2/models/add_sub/infer", req.to_string().as_bytes());
+    assert_eq!(st, 200, "{body}");
+    let out: Vec<&Value> = body["outputs"].as_array().unwrap().iter().collect();
+    let by_name = |n: &str| out.iter().find(|o| o["name"] == n).unwrap()["data"].clone();
+    assert_eq!(by_name("OUTPUT0"), json!([6, 7, 8, 9]));
+    assert_eq!(by_name("OUTPUT1"), json!([-4, -3, -2, -1]));
+
+    // Auto-completed config and metadata.
+    let (st, cfg) = s.get("/v2/models/add_sub/config");
+    assert_eq!(st, 200);
+    assert_eq!(cfg["input"][0]["data_type"], "TYPE_INT64");
+    assert_eq!(cfg["input"][0]["dims"], json!([4]));
+    let (_, meta) = s.get("/v2/models/simple_mlp");
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 64]));
+
+    let (st, stats) = s.get("/v2/models/simple_mlp/stats");
+    assert_eq!(st, 200);
+    let total: u64 = stats["model_stats"].as_array().unwrap().iter().map(|m| m["inference_stats"]["success"]["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2);
+}
+
+#[test]
+fn client_mistakes_are_precise_4xx_and_change_nothing() {
+    let repo = repo_copy(&["simple_mlp"]);
+    let s = Server::start(repo.path(), &["--http-max-body-bytes", "100000"]);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("/v2/models/simple_mlp/infer", b"{oops".to_vec(), 400, "malformed"),
+        ("/v2/models/nope/infer", mlp_request(1).to_string().into_bytes(), 404, "unknown model 'nope'"),
+        ("/v2/models/simple_mlp/versions/9/infer", mlp_request(1).to_string().into_bytes(), 404, "no version 9"),
+        ("/v2/models/simple_mlp/versions/x/infer", mlp_request(1).to_string().into_bytes(), 400, "invalid model version"),
+        ("/v2/models/simple_mlp/infer", mlp_request(65).to_string().into_bytes(), 400, "exceeds max_batch_size 64"),
+        (
+            "/v2/models/simple_mlp/infer",
+            json!({"inputs": [{"name": "inputs", "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}]}).to_string().into_bytes(),
+            400,
+            "unexpected input 'inputs'",
+        ),
+        (
+            "/v2/models/simple_mlp/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT32", "data": vec![0; 64]}]}).to_string().into_bytes(),
+            400,
+            "datatype INT32 does not match",
+        ),
+        (
+            "/v2/models/simple_mlp/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": vec![0.0; 63]}]}).to_string().into_bytes(),
+            400,
+            "shape [1, 63]",
+        ),
+        ("/v2/models/simple_mlp/infer", vec![b' '; 200_000], 413, "exceeds the limit"),
+        ("/v2/repository/models/..%2F..%2Fetc/load", b"{}".to_vec(), 400, "not allowed in model control mode"),
+    ];
+    for (path, body, status, needle) in cases {
+        let (st, resp) = s.post(path, &body);
+        assert_eq!(st, status, "{path}: {resp}");
+        let msg = resp["error"].as_str().unwrap_or_else(|| panic!("{path}: no error field in {resp}"));
+        assert!(msg.contains(needle), "{path}: '{msg}' should mention '{needle}'");
+    }
+    let (st, _) = s.post("/v2/models/simple_mlp/infer", mlp_request(1).to_string().as_bytes());
+    assert_eq!(st, 200, "a valid request still succeeds");
+}
+
+#[test]
+fn broken_model_is_unavailable_with_reason_and_others_serve() {
+    let repo = repo_copy(&["add_sub"]);
+    std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();
+    std::fs::write(repo.path().join("broken/1/model.onnx"), b"\x0a\xff\xffnot an onnx file").unwrap();
+    std::fs::create_dir_all(repo.path().join("badcfg/1")).unwrap();
+    std::fs::write(repo.path().join("badcfg/config.pbtxt"), "name: \"badcfg\"\nmax_batch_size: \"eight\"\n").unwrap();
+    let s = Server::start(repo.path(), &["--strict-readiness", "false"]);
+    let (st, index) = s.post("/v2/repository/index", b"{}");
+    assert_eq!(st, 200);
+    let rows = index.as_array().unwrap();
+    let row = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
+    assert_eq!(row("broken")["state"], "UNAVAILABLE");
+    assert!(row("broken")["reason"].as_str().unwrap().contains("model.onnx"), "{}", row("broken"));
+    assert_eq!(row("badcfg")["state"], "UNAVAILABLE");
+    let reason = row("badcfg")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("config.pbtxt:2:") && reason.contains("max_batch_size"), "{reason}");
+    assert_eq!(row("add_sub")["state"], "READY");
+    assert_eq!(s.get("/v2/models/broken/ready").0, 503);
+    assert_eq!(s.get("/v2/models/add_sub/ready").0, 200);
+}
+
+#[test]
+fn strict_readiness_stays_unready_while_a_model_is_broken() {
+    let repo = repo_copy(&["add_sub"]);
+    std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();
+    std::fs::write(repo.path().join("broken/1/model.onnx"), b"junk").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--model-repository"])
+        .arg(repo.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let http = lines.next().unwrap().unwrap().replace("HTTP listening on ", "");
+    let agent = Server::agent();
+    // Give startup loading time to finish, then check readiness stays false.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = agent.get(format!("http://{http}/v2/models/add_sub/ready")).call();
+        if r.map(|r| r.status().as_u16() == 200).unwrap_or(false) {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = agent.get(format!("http://{http}/v2/health/ready")).call().unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn grpc_inference_with_raw_contents() {
+    let repo = repo_copy(&["simple_mlp", "string_identity"]);
+    let s = Server::start(repo.path(), &[]);
+    let (rt, mut c) = s.grpc_client();
+    let raw: Vec<u8> = (0..2 * 64).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
+    let req = pb::ModelInferRequest {
+        model_name: "simple_mlp".into(),
+        model_version: "1".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![2, 64], ..Default::default() }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    };
+    let resp = rt.block_on(c.model_infer(req.clone())).unwrap().into_inner();
+    assert_eq!(resp.model_version, "1");
+    assert_eq!(resp.outputs[0].shape, vec![2, 10]);
+    assert_eq!(resp.raw_output_contents[0].len(), 2 * 10 * 4);
+
+    let mut bad = req.clone();
+    bad.raw_input_contents = vec![vec![0u8; 12].into()];
+    let err = rt.block_on(c.model_infer(bad)).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("input 'input'"), "{}", err.message());
+
+    let mut unknown = req.clone();
+    unknown.model_name = "nope".into();
+    assert_eq!(rt.block_on(c.model_infer(unknown)).unwrap_err().code(), tonic::Code::NotFound);
+
+    // BYTES via typed contents.
+    let req = pb::ModelInferRequest {
+        model_name: "string_identity".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "INPUT0".into(),
+            datatype: "BYTES".into(),
+            shape: vec![2, 1],
+            contents: Some(pb::InferTensorContents { bytes_contents: vec!["a".into(), "ünï".as_bytes().to_vec().into()], ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let resp = rt.block_on(c.model_infer(req)).unwrap().into_inner();
+    let raw = &resp.raw_output_contents[0];
+    assert_eq!(&raw[..5], &[1, 0, 0, 0, b'a']);
+
+    let cfg = rt.block_on(c.model_config(pb::ModelConfigRequest { name: "simple_mlp".into(), version: String::new() })).unwrap().into_inner();
+    assert_eq!(cfg.config.unwrap().max_batch_size, 64);
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let repo = repo_copy(&["add_sub"]);
+    let s = Server::start(repo.path(), &[]);
+    let st = s.terminate();
+    assert!(st.success(), "exit status {st:?}");
+}
+
+#[test]
+fn repo_check_reports_problems_with_nonzero_exit() {
+    let out = Command::new(BIN).args(["repo", "check"]).arg(examples()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let repo = repo_copy(&["add_sub"]);
+    std::fs::create_dir_all(repo.path().join("bad/1")).unwrap();
+    std::fs::write(repo.path().join("bad/config.pbtxt"), "name: \"bad\"\ninput [ { name: \"x\" data_type: TYPE_FLOAT dims: [1] } ]\n").unwrap();
+    let out = Command::new(BIN).args(["repo", "check"]).arg(repo.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ok: add_sub"), "{text}");
+    assert!(text.contains("config.pbtxt:2:") && text.contains("input[0].data_type") && text.contains("TYPE_FLOAT"), "{text}");
+}
