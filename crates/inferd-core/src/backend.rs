@@ -95,5 +95,9 @@ pub trait ModelInstance: Send {
     /// Runs a batch. Inputs are in the config's input order and already checked against it;
     /// shapes include the batch dimension when the model batches. Returns the requested outputs
     /// (`outputs`, names) in that order.
-    fn execute(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, BackendError>;
+    fn execute(
+        &mut self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, BackendError>;
 }

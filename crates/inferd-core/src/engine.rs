@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::backend::{Backend, LoadRequest, NamedTensor};
-use crate::config::{complete_config, parse_config, validate_config, ModelConfig, ParsedConfig};
+use crate::config::{ModelConfig, ParsedConfig, complete_config, parse_config, validate_config};
 use crate::error::{Error, Result};
 use crate::repository::{self, ModelDir};
-use crate::request::{prepare, InferRequest, InferResponse};
+use crate::request::{InferRequest, InferResponse, prepare};
 use crate::runner::{InflightGuard, VersionRunner};
 use crate::stats::VersionStats;
 use crate::warmup;
@@ -39,7 +39,9 @@ impl std::str::FromStr for ControlMode {
             "none" => Ok(ControlMode::None),
             "poll" => Ok(ControlMode::Poll),
             "explicit" => Ok(ControlMode::Explicit),
-            other => Err(format!("unknown model control mode '{other}' (expected none, poll or explicit)")),
+            other => Err(format!(
+                "unknown model control mode '{other}' (expected none, poll or explicit)"
+            )),
         }
     }
 }
@@ -239,27 +241,42 @@ impl Engine {
 
     /// Ready: startup loading is done and, with strict readiness, every wanted model is ready.
     pub fn is_ready(&self) -> bool {
-        if !self.inner.started.load(Ordering::Acquire) || self.inner.stopping.load(Ordering::Acquire) {
+        if !self.inner.started.load(Ordering::Acquire)
+            || self.inner.stopping.load(Ordering::Acquire)
+        {
             return false;
         }
         if !self.inner.opts.strict_readiness {
             return true;
         }
-        let Ok(models) = self.inner.models.read() else { return false };
-        models.values().filter(|m| m.wanted).all(|m| {
-            m.versions.values().any(|v| v.state == VersionState::Ready)
-        })
+        let Ok(models) = self.inner.models.read() else {
+            return false;
+        };
+        models
+            .values()
+            .filter(|m| m.wanted)
+            .all(|m| m.versions.values().any(|v| v.state == VersionState::Ready))
     }
 
     /// Runs inference on a model (newest ready version unless `version` is given).
-    pub async fn infer(&self, model: &str, version: Option<u64>, req: InferRequest) -> Result<InferResponse> {
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        req: InferRequest,
+    ) -> Result<InferResponse> {
         let guard = self.route(model, version)?;
         let runner = guard.runner().clone();
         let id = req.id.clone();
         let prepared = prepare(model, runner.config(), req)?;
         let outputs: Vec<NamedTensor> = runner.infer(prepared).await?;
         drop(guard);
-        Ok(InferResponse { model_name: model.to_string(), model_version: runner.version(), id, outputs })
+        Ok(InferResponse {
+            model_name: model.to_string(),
+            model_version: runner.version(),
+            id,
+            outputs,
+        })
     }
 
     /// Picks the version to serve a request and marks it in use.
@@ -270,40 +287,71 @@ impl Engine {
         };
         let pick = match version {
             Some(v) => match entry.versions.get(&v) {
-                None => return Err(Error::NotFound(format!("model '{model}' has no version {v}"))),
+                None => {
+                    return Err(Error::NotFound(format!(
+                        "model '{model}' has no version {v}"
+                    )));
+                }
                 Some(e) => match (&e.state, &e.runner) {
                     (VersionState::Ready, Some(r)) => r,
                     _ => {
                         let msg = format!(
                             "model '{model}' version {v} is not ready ({}{})",
                             e.state.as_str(),
-                            if e.reason.is_empty() { String::new() } else { format!(": {}", e.reason) }
+                            if e.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", e.reason)
+                            }
                         );
                         // Loading is transient (503); unloaded or failed is the client's to fix.
-                        return Err(if e.state == VersionState::Loading { Error::Unavailable(msg) } else { Error::NotFound(msg) });
+                        return Err(if e.state == VersionState::Loading {
+                            Error::Unavailable(msg)
+                        } else {
+                            Error::NotFound(msg)
+                        });
                     }
                 },
             },
-            None => match entry.versions.values().rev().find_map(|e| match (&e.state, &e.runner) {
-                (VersionState::Ready, Some(r)) => Some(r),
-                _ => None,
-            }) {
+            None => match entry
+                .versions
+                .values()
+                .rev()
+                .find_map(|e| match (&e.state, &e.runner) {
+                    (VersionState::Ready, Some(r)) => Some(r),
+                    _ => None,
+                }) {
                 Some(r) => r,
                 None => {
-                    let loading = entry.versions.values().any(|e| e.state == VersionState::Loading);
+                    let loading = entry
+                        .versions
+                        .values()
+                        .any(|e| e.state == VersionState::Loading);
                     let why = entry.error.clone().unwrap_or_else(|| {
                         let states: Vec<String> = entry
                             .versions
                             .iter()
                             .map(|(v, e)| {
-                                let reason = if e.reason.is_empty() { String::new() } else { format!(": {}", e.reason) };
+                                let reason = if e.reason.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", e.reason)
+                                };
                                 format!("version {v} {}{reason}", e.state.as_str())
                             })
                             .collect();
-                        if states.is_empty() { "no version is loaded".to_string() } else { states.join("; ") }
+                        if states.is_empty() {
+                            "no version is loaded".to_string()
+                        } else {
+                            states.join("; ")
+                        }
                     });
                     let msg = format!("model '{model}' is not ready: {why}");
-                    return Err(if loading { Error::Unavailable(msg) } else { Error::NotFound(msg) });
+                    return Err(if loading {
+                        Error::Unavailable(msg)
+                    } else {
+                        Error::NotFound(msg)
+                    });
                 }
             },
         };
@@ -318,10 +366,19 @@ impl Engine {
         let versions = models
             .get(model)
             .map(|m| {
-                m.versions.iter().filter(|(_, v)| v.state == VersionState::Ready).map(|(k, _)| *k).collect()
+                m.versions
+                    .iter()
+                    .filter(|(_, v)| v.state == VersionState::Ready)
+                    .map(|(k, _)| *k)
+                    .collect()
             })
             .unwrap_or_default();
-        Ok(ModelInfo { name: model.to_string(), versions, version: runner.version(), config: runner.config().clone() })
+        Ok(ModelInfo {
+            name: model.to_string(),
+            versions,
+            version: runner.version(),
+            config: runner.config().clone(),
+        })
     }
 
     /// Whether a model (or one version) is ready.
@@ -335,18 +392,29 @@ impl Engine {
     }
 
     fn knows(&self, model: &str) -> Result<bool> {
-        Ok(self.inner.models.read().map_err(lock_err)?.contains_key(model))
+        Ok(self
+            .inner
+            .models
+            .read()
+            .map_err(lock_err)?
+            .contains_key(model))
     }
 
     /// Statistics of ready versions: of one model (or one version), or of all.
-    pub fn statistics(&self, model: Option<&str>, version: Option<u64>) -> Result<Vec<(String, u64, VersionStats)>> {
+    pub fn statistics(
+        &self,
+        model: Option<&str>,
+        version: Option<u64>,
+    ) -> Result<Vec<(String, u64, VersionStats)>> {
         let models = self.inner.models.read().map_err(lock_err)?;
         if let Some(m) = model {
-            let entry = models.get(m).ok_or_else(|| Error::NotFound(format!("unknown model '{m}'")))?;
-            if let Some(v) = version {
-                if !entry.versions.contains_key(&v) {
-                    return Err(Error::NotFound(format!("model '{m}' has no version {v}")));
-                }
+            let entry = models
+                .get(m)
+                .ok_or_else(|| Error::NotFound(format!("unknown model '{m}'")))?;
+            if let Some(v) = version
+                && !entry.versions.contains_key(&v)
+            {
+                return Err(Error::NotFound(format!("model '{m}' has no version {v}")));
             }
         }
         let mut out = Vec::new();
@@ -380,7 +448,12 @@ impl Engine {
             match models.get(name) {
                 Some(entry) if !entry.versions.is_empty() => {
                     for (v, e) in &entry.versions {
-                        out.push(IndexEntry { name: name.to_string(), version: Some(*v), state: Some(e.state), reason: e.reason.clone() });
+                        out.push(IndexEntry {
+                            name: name.to_string(),
+                            version: Some(*v),
+                            state: Some(e.state),
+                            reason: e.reason.clone(),
+                        });
                     }
                 }
                 Some(entry) if entry.error.is_some() => out.push(IndexEntry {
@@ -389,7 +462,12 @@ impl Engine {
                     state: Some(VersionState::Unavailable),
                     reason: entry.error.clone().unwrap_or_default(),
                 }),
-                _ => out.push(IndexEntry { name: name.to_string(), version: None, state: None, reason: String::new() }),
+                _ => out.push(IndexEntry {
+                    name: name.to_string(),
+                    version: None,
+                    state: None,
+                    reason: String::new(),
+                }),
             }
         }
         if ready_only {
@@ -404,8 +482,14 @@ impl Engine {
         repository::validate_model_name(name)?;
         self.reconcile(name, true).await?;
         let models = self.inner.models.read().map_err(lock_err)?;
-        let entry = models.get(name).ok_or_else(|| Error::NotFound(format!("model '{name}' is not in the repository")))?;
-        if entry.versions.values().any(|v| v.state == VersionState::Ready) {
+        let entry = models
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("model '{name}' is not in the repository")))?;
+        if entry
+            .versions
+            .values()
+            .any(|v| v.state == VersionState::Ready)
+        {
             return Ok(());
         }
         let reason = entry.error.clone().unwrap_or_else(|| {
@@ -416,7 +500,9 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join("; ")
         });
-        Err(Error::InvalidArgument(format!("failed to load model '{name}': {reason}")))
+        Err(Error::InvalidArgument(format!(
+            "failed to load model '{name}': {reason}"
+        )))
     }
 
     /// Explicit-mode load API: refuses in other modes.
@@ -486,15 +572,14 @@ impl Engine {
                 let _ = blocking(move || r.shutdown_blocking()).await;
                 drop(runner);
                 tracing::info!(model = %name, version = v, "unloaded");
-                if mark {
-                    if let Ok(mut models) = this.inner.models.write() {
-                        if let Some(e) = models.get_mut(&name).and_then(|m| m.versions.get_mut(&v)) {
-                            if e.state == VersionState::Unloading && e.runner.is_none() {
-                                e.state = VersionState::Unavailable;
-                                e.reason = "unloaded".into();
-                            }
-                        }
-                    }
+                if mark
+                    && let Ok(mut models) = this.inner.models.write()
+                    && let Some(e) = models.get_mut(&name).and_then(|m| m.versions.get_mut(&v))
+                    && e.state == VersionState::Unloading
+                    && e.runner.is_none()
+                {
+                    e.state = VersionState::Unavailable;
+                    e.reason = "unloaded".into();
                 }
             });
         }
@@ -513,9 +598,15 @@ impl Engine {
             let retired = {
                 let mut models = self.inner.models.write().map_err(lock_err)?;
                 let Some(mut entry) = models.remove(name) else {
-                    return Err(Error::NotFound(format!("model '{name}' is not in the repository")));
+                    return Err(Error::NotFound(format!(
+                        "model '{name}' is not in the repository"
+                    )));
                 };
-                entry.versions.iter_mut().filter_map(|(v, e)| e.runner.take().map(|r| (*v, r))).collect()
+                entry
+                    .versions
+                    .iter_mut()
+                    .filter_map(|(v, e)| e.runner.take().map(|r| (*v, r)))
+                    .collect()
             };
             self.retire(name, retired, false);
             return Ok(());
@@ -532,7 +623,10 @@ impl Engine {
                 return Ok(());
             }
         };
-        let targets = parsed.config.version_policy.select(&dir.versions.keys().copied().collect::<Vec<_>>());
+        let targets = parsed
+            .config
+            .version_policy
+            .select(&dir.versions.keys().copied().collect::<Vec<_>>());
         if targets.is_empty() {
             let msg = format!(
                 "no version folder under '{}' matches the version policy (found: {:?})",
@@ -554,7 +648,9 @@ impl Engine {
             for v in &targets {
                 let fp = dir.versions[v].fingerprint;
                 let needs = match entry.versions.get(v) {
-                    Some(e) => e.runner.is_none() || e.fingerprint != fp || e.config_fingerprint != cfg_fp,
+                    Some(e) => {
+                        e.runner.is_none() || e.fingerprint != fp || e.config_fingerprint != cfg_fp
+                    }
                     None => true,
                 };
                 if needs {
@@ -581,7 +677,11 @@ impl Engine {
             let vdir = dir.versions[&v].clone();
             let cfg = parsed.clone();
             let n = name.to_string();
-            handles.push((v, vdir.fingerprint, blocking(move || this.load_version(&n, v, &vdir.path, cfg))));
+            handles.push((
+                v,
+                vdir.fingerprint,
+                blocking(move || this.load_version(&n, v, &vdir.path, cfg)),
+            ));
         }
         let mut results = Vec::new();
         for (v, fp, h) in handles {
@@ -624,7 +724,8 @@ impl Engine {
                         if e.runner.is_some() {
                             // Keep serving the loaded copy; remember the files so an unchanged
                             // broken copy is not retried on every poll.
-                            e.reason = format!("reload failed, still serving the previous load: {msg}");
+                            e.reason =
+                                format!("reload failed, still serving the previous load: {msg}");
                         } else {
                             e.state = VersionState::Unavailable;
                             e.reason = msg;
@@ -636,17 +737,21 @@ impl Engine {
             }
             if !any_failed {
                 for (v, e) in entry.versions.iter_mut() {
-                    if !targets.contains(v) {
-                        if let Some(r) = e.runner.take() {
-                            e.state = VersionState::Unloading;
-                            e.reason.clear();
-                            retired.push((*v, r));
-                        }
+                    if !targets.contains(v)
+                        && let Some(r) = e.runner.take()
+                    {
+                        e.state = VersionState::Unloading;
+                        e.reason.clear();
+                        retired.push((*v, r));
                     }
                 }
             }
             // Forget versions whose folders are gone and that hold nothing.
-            entry.versions.retain(|v, e| dir.versions.contains_key(v) || e.runner.is_some() || e.state == VersionState::Unloading);
+            entry.versions.retain(|v, e| {
+                dir.versions.contains_key(v)
+                    || e.runner.is_some()
+                    || e.state == VersionState::Unloading
+            });
         }
         self.retire(name, replaced, false);
         self.retire(name, retired, true);
@@ -666,7 +771,10 @@ impl Engine {
             Err(e) => return (vec![e], vec![]),
         };
         let warnings = parsed.warnings.iter().map(|w| w.to_string()).collect();
-        let targets = parsed.config.version_policy.select(&dir.versions.keys().copied().collect::<Vec<_>>());
+        let targets = parsed
+            .config
+            .version_policy
+            .select(&dir.versions.keys().copied().collect::<Vec<_>>());
         if targets.is_empty() {
             problems.push(format!(
                 "{}: no numeric version folder matches the version policy (found: {:?})",
@@ -687,10 +795,17 @@ impl Engine {
     fn read_config(&self, name: &str, dir: &ModelDir) -> std::result::Result<ParsedConfig, String> {
         let file = dir.path.join(repository::CONFIG_FILE);
         let mut parsed = match &dir.config {
-            None => ParsedConfig { config: ModelConfig::default(), max_batch_size_set: false, warnings: vec![] },
+            None => ParsedConfig {
+                config: ModelConfig::default(),
+                max_batch_size_set: false,
+                warnings: vec![],
+            },
             Some(Err(e)) => return Err(e.clone()),
             Some(Ok(text)) => parse_config(text, &file).map_err(|errs| {
-                errs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ")
+                errs.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             })?,
         };
         for w in &parsed.warnings {
@@ -708,7 +823,11 @@ impl Engine {
         Ok(parsed)
     }
 
-    fn pick_backend(&self, cfg: &ModelConfig, version_dir: &Path) -> std::result::Result<Arc<dyn Backend>, String> {
+    fn pick_backend(
+        &self,
+        cfg: &ModelConfig,
+        version_dir: &Path,
+    ) -> std::result::Result<Arc<dyn Backend>, String> {
         if !cfg.platform.is_empty() || !cfg.backend.is_empty() {
             return self
                 .inner
@@ -721,7 +840,12 @@ impl Engine {
                         "no backend for platform '{}' / backend '{}' in this build (available: {})",
                         cfg.platform,
                         cfg.backend,
-                        self.inner.backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+                        self.inner
+                            .backends
+                            .iter()
+                            .map(|b| b.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 });
         }
@@ -740,7 +864,13 @@ impl Engine {
     }
 
     /// Loads one version: backend load, auto-complete, validation, instances, warm-up.
-    fn load_version(&self, name: &str, version: u64, dir: &Path, parsed: ParsedConfig) -> std::result::Result<Arc<VersionRunner>, String> {
+    fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        dir: &Path,
+        parsed: ParsedConfig,
+    ) -> std::result::Result<Arc<VersionRunner>, String> {
         tracing::info!(model = %name, version, "loading");
         let mut cfg = parsed.config;
         let backend = self.pick_backend(&cfg, dir)?;
@@ -754,18 +884,28 @@ impl Engine {
             return Err(format!("model file '{}' not found", model_file.display()));
         }
         let loaded = backend
-            .load(&LoadRequest { model: name, version, version_dir: dir, model_file: model_file.clone(), config: &cfg })
+            .load(&LoadRequest {
+                model: name,
+                version,
+                version_dir: dir,
+                model_file: model_file.clone(),
+                config: &cfg,
+            })
             .map_err(|e| format!("{}: {e}", model_file.display()))?;
         if cfg.platform.is_empty() && cfg.backend.is_empty() {
             cfg.backend = backend.name().to_string();
         }
-        if cfg.platform.is_empty() {
-            if let Some(p) = backend.platform() {
-                cfg.platform = p.to_string();
-            }
+        if cfg.platform.is_empty()
+            && let Some(p) = backend.platform()
+        {
+            cfg.platform = p.to_string();
         }
-        complete_config(&mut cfg, parsed.max_batch_size_set, loaded.signature())
-            .map_err(|e| format!("config does not match the model file {}: {e}", model_file.display()))?;
+        complete_config(&mut cfg, parsed.max_batch_size_set, loaded.signature()).map_err(|e| {
+            format!(
+                "config does not match the model file {}: {e}",
+                model_file.display()
+            )
+        })?;
         validate_config(&cfg).map_err(|e| format!("invalid config: {e}"))?;
         warmup::run(name, &cfg, loaded.as_ref(), dir)?;
         let capacity = cfg
@@ -775,7 +915,8 @@ impl Engine {
             .map(|q| q.max_queue_size as usize)
             .filter(|&n| n > 0)
             .unwrap_or(self.inner.opts.queue_capacity);
-        VersionRunner::start(name, version, Arc::new(cfg), loaded, capacity).map_err(|e| e.to_string())
+        VersionRunner::start(name, version, Arc::new(cfg), loaded, capacity)
+            .map_err(|e| e.to_string())
     }
 
     async fn poll_loop(&self) {
@@ -793,7 +934,9 @@ impl Engine {
             if self.inner.stopping.load(Ordering::Acquire) {
                 return;
             }
-            let Ok(current) = self.snapshot().await else { continue };
+            let Ok(current) = self.snapshot().await else {
+                continue;
+            };
             let mut names: Vec<String> = current.keys().chain(applied.keys()).cloned().collect();
             names.sort();
             names.dedup();

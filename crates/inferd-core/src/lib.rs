@@ -26,7 +26,9 @@ pub mod stats;
 pub mod tensor;
 pub mod warmup;
 
-pub use backend::{Backend, BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor, TensorSpec};
+pub use backend::{
+    Backend, BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor, TensorSpec,
+};
 pub use engine::{ControlMode, Engine, EngineOptions, IndexEntry, ModelInfo, VersionState};
 pub use error::{Error, Result};
 pub use request::{InferRequest, InferResponse, ParamValue};

@@ -3,8 +3,8 @@
 //! fingerprint (names, sizes, modification times) per version folder and per config file, so the
 //! poller can tell new, changed, removed and still-being-written content apart.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -17,7 +17,12 @@ pub const CONFIG_FILE: &str = "config.pbtxt";
 /// Checks a model name from a client before it touches the file system: a single plain path
 /// component, no traversal, no separators, no hidden names.
 pub fn validate_model_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::invalid(format!("invalid model name '{}': {why}", name.escape_debug())));
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "invalid model name '{}': {why}",
+            name.escape_debug()
+        )))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -85,11 +90,16 @@ impl ModelDir {
 /// Lists model folder names in a repository (hidden entries and plain files skipped).
 pub fn list_models(repo: &Path) -> Result<Vec<String>> {
     let rd = std::fs::read_dir(repo).map_err(|e| {
-        Error::Unavailable(format!("cannot read model repository '{}': {e}", repo.display()))
+        Error::Unavailable(format!(
+            "cannot read model repository '{}': {e}",
+            repo.display()
+        ))
     })?;
     let mut names = Vec::new();
     for entry in rd.flatten() {
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         if name.starts_with('.') {
             continue;
         }
@@ -109,16 +119,23 @@ pub fn scan_model(repo: &Path, name: &str) -> Option<ModelDir> {
     }
     let cfg_path = path.join(CONFIG_FILE);
     let config = if cfg_path.exists() {
-        Some(std::fs::read_to_string(&cfg_path).map_err(|e| format!("cannot read {}: {e}", cfg_path.display())))
+        Some(
+            std::fs::read_to_string(&cfg_path)
+                .map_err(|e| format!("cannot read {}: {e}", cfg_path.display())),
+        )
     } else {
         None
     };
     let mut versions = BTreeMap::new();
     if let Ok(rd) = std::fs::read_dir(&path) {
         for entry in rd.flatten() {
-            let Ok(fname) = entry.file_name().into_string() else { continue };
+            let Ok(fname) = entry.file_name().into_string() else {
+                continue;
+            };
             // Numeric folders only; leading zeros are not versions (Triton ignores them too).
-            let Ok(v) = fname.parse::<u64>() else { continue };
+            let Ok(v) = fname.parse::<u64>() else {
+                continue;
+            };
             if fname.starts_with('0') && fname != "0" {
                 continue;
             }
@@ -127,10 +144,20 @@ pub fn scan_model(repo: &Path, name: &str) -> Option<ModelDir> {
                 continue;
             }
             let fingerprint = dir_fingerprint(&vpath);
-            versions.insert(v, VersionDir { path: vpath, fingerprint });
+            versions.insert(
+                v,
+                VersionDir {
+                    path: vpath,
+                    fingerprint,
+                },
+            );
         }
     }
-    Some(ModelDir { path, config, versions })
+    Some(ModelDir {
+        path,
+        config,
+        versions,
+    })
 }
 
 /// Hash of names, sizes and modification times of all files under `dir` (depth-limited).
@@ -144,19 +171,26 @@ fn fingerprint_into(root: &Path, dir: &Path, depth: usize, h: &mut DefaultHasher
     if depth > 8 {
         return;
     }
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = rd.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
         p.strip_prefix(root).unwrap_or(&p).hash(h);
-        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
         if meta.is_dir() {
             fingerprint_into(root, &p, depth + 1, h);
         } else {
             meta.len().hash(h);
             if let Ok(m) = meta.modified() {
-                m.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0).hash(h);
+                m.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+                    .hash(h);
             }
         }
     }
@@ -168,8 +202,22 @@ mod tests {
 
     #[test]
     fn model_names_with_path_tricks_are_refused() {
-        for bad in ["", "..", "../etc", "a/b", "a\\b", "/etc/passwd", ".hidden", "a..b", "x\0y", "x\ny"] {
-            assert!(validate_model_name(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "a\\b",
+            "/etc/passwd",
+            ".hidden",
+            "a..b",
+            "x\0y",
+            "x\ny",
+        ] {
+            assert!(
+                validate_model_name(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
         for good in ["simple_mlp", "model-1", "m.v2", "日本"] {
             validate_model_name(good).unwrap();

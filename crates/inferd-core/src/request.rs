@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::backend::NamedTensor;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::tensor::{element_count, Tensor};
+use crate::tensor::{Tensor, element_count};
 
 /// A request parameter value (KServe v2 `parameters`).
 #[derive(Clone, Debug, PartialEq)]
@@ -60,17 +60,33 @@ pub struct PreparedRequest {
 
 fn shape_matches(expected: &[i64], actual: &[usize]) -> bool {
     expected.len() == actual.len()
-        && expected.iter().zip(actual).all(|(&e, &a)| e == -1 || e as usize == a)
+        && expected
+            .iter()
+            .zip(actual)
+            .all(|(&e, &a)| e == -1 || e as usize == a)
 }
 
 /// Resolves a target shape that may contain one -1, given the element count.
 fn resolve_shape(target: &[i64], elements: usize) -> Option<Vec<usize>> {
-    let known: usize = target.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+    let known: usize = target
+        .iter()
+        .filter(|&&d| d > 0)
+        .map(|&d| d as usize)
+        .product();
     let wild = target.iter().filter(|&&d| d == -1).count();
     match wild {
         0 => (known == elements).then(|| target.iter().map(|&d| d as usize).collect()),
-        1 if known > 0 && elements % known == 0 => Some(
-            target.iter().map(|&d| if d == -1 { elements / known } else { d as usize }).collect(),
+        1 if known > 0 && elements.is_multiple_of(known) => Some(
+            target
+                .iter()
+                .map(|&d| {
+                    if d == -1 {
+                        elements / known
+                    } else {
+                        d as usize
+                    }
+                })
+                .collect(),
         ),
         _ => None,
     }
@@ -84,7 +100,13 @@ pub fn with_shape(t: Tensor, shape: Vec<usize>) -> Result<Tensor> {
 
 /// Checks a request against a model config and prepares it for the backend.
 pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<PreparedRequest> {
-    let expected_inputs = || cfg.input.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+    let expected_inputs = || {
+        cfg.input
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
     for nt in req.inputs {
         if cfg.input(&nt.name).is_none() {
@@ -95,7 +117,10 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
             )));
         }
         if by_name.contains_key(&nt.name) {
-            return Err(Error::invalid(format!("input '{}' is given more than once", nt.name)));
+            return Err(Error::invalid(format!(
+                "input '{}' is given more than once",
+                nt.name
+            )));
         }
         by_name.insert(nt.name, nt.tensor);
     }
@@ -132,7 +157,10 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
                 )));
             };
             if b == 0 {
-                return Err(Error::invalid(format!("input '{}': batch size is 0", spec.name)));
+                return Err(Error::invalid(format!(
+                    "input '{}': batch size is 0",
+                    spec.name
+                )));
             }
             if b > cfg.max_batch_size as usize {
                 return Err(Error::invalid(format!(
@@ -160,8 +188,12 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
         }
         let t = match &spec.reshape {
             Some(r) => {
-                let per_batch = if batching { element_count(&shape[1..]) } else { element_count(&shape) }
-                    .unwrap_or(0);
+                let per_batch = if batching {
+                    element_count(&shape[1..])
+                } else {
+                    element_count(&shape)
+                }
+                .unwrap_or(0);
                 let resolved = resolve_shape(&r.shape, per_batch).ok_or_else(|| {
                     Error::invalid(format!(
                         "input '{}': shape {shape:?} cannot be reshaped to {:?}",
@@ -174,7 +206,10 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
             }
             None => t,
         };
-        inputs.push(NamedTensor { name: spec.name.clone(), tensor: t });
+        inputs.push(NamedTensor {
+            name: spec.name.clone(),
+            tensor: t,
+        });
     }
     let outputs = match req.outputs {
         None => cfg.output.iter().map(|o| o.name.clone()).collect(),
@@ -184,25 +219,43 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
                 if cfg.output(n).is_none() {
                     return Err(Error::invalid(format!(
                         "unknown output '{n}' requested from model '{model}'; its outputs are: {}",
-                        cfg.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                        cfg.output
+                            .iter()
+                            .map(|o| o.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
                 if !seen.insert(n.as_str()) {
-                    return Err(Error::invalid(format!("output '{n}' is requested more than once")));
+                    return Err(Error::invalid(format!(
+                        "output '{n}' is requested more than once"
+                    )));
                 }
             }
             names
         }
     };
-    Ok(PreparedRequest { inputs, outputs, batch: batch.unwrap_or(1) })
+    Ok(PreparedRequest {
+        inputs,
+        outputs,
+        batch: batch.unwrap_or(1),
+    })
 }
 
 /// Checks a backend's outputs against the config and applies output reshapes.
-pub fn finish_outputs(model: &str, cfg: &ModelConfig, outs: Vec<NamedTensor>, batch: usize) -> Result<Vec<NamedTensor>> {
+pub fn finish_outputs(
+    model: &str,
+    cfg: &ModelConfig,
+    outs: Vec<NamedTensor>,
+    batch: usize,
+) -> Result<Vec<NamedTensor>> {
     outs.into_iter()
         .map(|nt| {
             let Some(spec) = cfg.output(&nt.name) else {
-                return Err(Error::Internal(format!("model '{model}' produced unknown output '{}'", nt.name)));
+                return Err(Error::Internal(format!(
+                    "model '{model}' produced unknown output '{}'",
+                    nt.name
+                )));
             };
             if nt.tensor.dtype() != spec.data_type.0 {
                 return Err(Error::Internal(format!(
@@ -218,17 +271,26 @@ pub fn finish_outputs(model: &str, cfg: &ModelConfig, outs: Vec<NamedTensor>, ba
             let n = nt.tensor.len();
             let per = if cfg.batches() { n / batch.max(1) } else { n };
             let dims = resolve_shape(&spec.dims, per).ok_or_else(|| {
-                Error::Internal(format!("output '{}' cannot be reshaped to {:?}", nt.name, spec.dims))
+                Error::Internal(format!(
+                    "output '{}' cannot be reshaped to {:?}",
+                    nt.name, spec.dims
+                ))
             })?;
             let mut s = if cfg.batches() { vec![batch] } else { vec![] };
             s.extend(dims);
-            Ok(NamedTensor { name: nt.name, tensor: with_shape(nt.tensor, s)? })
+            Ok(NamedTensor {
+                name: nt.name,
+                tensor: with_shape(nt.tensor, s)?,
+            })
         })
         .collect()
 }
 
 fn fmt_dims(d: &[i64]) -> String {
-    d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+    d.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -241,15 +303,28 @@ mod tests {
         ModelConfig {
             name: "m".into(),
             max_batch_size: 8,
-            input: vec![ModelInput { name: "x".into(), data_type: ConfigDataType(DataType::F32), dims: vec![4], ..Default::default() }],
-            output: vec![ModelOutput { name: "y".into(), data_type: ConfigDataType(DataType::F32), dims: vec![2], ..Default::default() }],
+            input: vec![ModelInput {
+                name: "x".into(),
+                data_type: ConfigDataType(DataType::F32),
+                dims: vec![4],
+                ..Default::default()
+            }],
+            output: vec![ModelOutput {
+                name: "y".into(),
+                data_type: ConfigDataType(DataType::F32),
+                dims: vec![2],
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
 
     fn req(shape: Vec<usize>, n: usize) -> InferRequest {
         InferRequest {
-            inputs: vec![NamedTensor { name: "x".into(), tensor: Tensor::from_f32(shape, &vec![0.5; n]).unwrap() }],
+            inputs: vec![NamedTensor {
+                name: "x".into(),
+                tensor: Tensor::from_f32(shape, &vec![0.5; n]).unwrap(),
+            }],
             ..Default::default()
         }
     }
@@ -285,7 +360,9 @@ mod tests {
         assert!(m.contains("missing input 'x'"), "{m}");
         let mut r = req(vec![1, 4], 4);
         r.inputs[0].tensor = Tensor::from_i64(vec![1, 4], &[1, 2, 3, 4]).unwrap();
-        assert!(err(prepare("m", &cfg(), r)).contains("datatype INT64 does not match the model's FP32"));
+        assert!(
+            err(prepare("m", &cfg(), r)).contains("datatype INT64 does not match the model's FP32")
+        );
         let mut r = req(vec![1, 4], 4);
         r.outputs = Some(vec!["q".into()]);
         assert!(err(prepare("m", &cfg(), r)).contains("unknown output 'q'"));

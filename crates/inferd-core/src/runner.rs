@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use tokio::sync::{oneshot, Notify};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use tokio::sync::{Notify, oneshot};
 
 use crate::backend::{LoadedModel, ModelInstance, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::request::{finish_outputs, PreparedRequest};
+use crate::request::{PreparedRequest, finish_outputs};
 use crate::stats::{ExecutionTimes, VersionStats};
 
 struct Job {
@@ -36,7 +36,10 @@ pub struct VersionRunner {
 
 impl std::fmt::Debug for VersionRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VersionRunner").field("model", &self.model).field("version", &self.version).finish()
+        f.debug_struct("VersionRunner")
+            .field("model", &self.model)
+            .field("version", &self.version)
+            .finish()
     }
 }
 
@@ -74,7 +77,9 @@ impl VersionRunner {
         let stats = Arc::new(Mutex::new(VersionStats::default()));
         let mut threads = Vec::new();
         for i in 0..config.instance_count() {
-            let instance = model.new_instance().map_err(|e| Error::Internal(e.to_string()))?;
+            let instance = model
+                .new_instance()
+                .map_err(|e| Error::Internal(e.to_string()))?;
             let rx = rx.clone();
             let stats = stats.clone();
             let cfg = config.clone();
@@ -127,16 +132,25 @@ impl VersionRunner {
     /// so an unload that removes it first can wait for every guard.
     pub fn begin(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
-        InflightGuard { runner: self.clone() }
+        InflightGuard {
+            runner: self.clone(),
+        }
     }
 
     /// Queues a prepared request and waits for its outputs.
     pub async fn infer(&self, req: PreparedRequest) -> Result<Vec<NamedTensor>> {
         let start = Instant::now();
         let (reply, rx) = oneshot::channel();
-        let job = Job { req, enqueued: start, reply };
+        let job = Job {
+            req,
+            enqueued: start,
+            reply,
+        };
         let sent = {
-            let tx = self.tx.lock().map_err(|_| Error::Internal("executor lock poisoned".into()))?;
+            let tx = self
+                .tx
+                .lock()
+                .map_err(|_| Error::Internal("executor lock poisoned".into()))?;
             match tx.as_ref() {
                 Some(tx) => tx.try_send(job),
                 None => {
@@ -197,7 +211,11 @@ impl VersionRunner {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
-        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         for t in threads {
             let _ = t.join();
         }
@@ -238,7 +256,9 @@ fn executor_loop(
                 crate::backend::BackendError::InvalidInput(m) => Error::InvalidArgument(m),
                 other => Error::Internal(format!("model '{model}' failed: {other}")),
             }),
-            Err(_) => Err(Error::Internal(format!("model '{model}' panicked during execution"))),
+            Err(_) => Err(Error::Internal(format!(
+                "model '{model}' panicked during execution"
+            ))),
         };
         let t2 = Instant::now();
         if let Ok(mut s) = stats.lock() {

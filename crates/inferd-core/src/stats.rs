@@ -100,7 +100,11 @@ impl VersionStats {
 
     /// Records a finished request.
     pub fn record_request(&mut self, ok: bool, total: Duration, queue: Option<Duration>) {
-        if ok { self.infer.success.add(total) } else { self.infer.fail.add(total) }
+        if ok {
+            self.infer.success.add(total)
+        } else {
+            self.infer.fail.add(total)
+        }
         if let Some(q) = queue {
             self.infer.queue.add(q);
         }
@@ -114,14 +118,27 @@ mod tests {
     #[test]
     fn execution_counts_rows_and_batches() {
         let mut s = VersionStats::default();
-        let t = ExecutionTimes { batch: 8, requests: 1, input: Duration::from_nanos(10), infer: Duration::from_nanos(100), output: Duration::from_nanos(5) };
+        let t = ExecutionTimes {
+            batch: 8,
+            requests: 1,
+            input: Duration::from_nanos(10),
+            infer: Duration::from_nanos(100),
+            output: Duration::from_nanos(5),
+        };
         s.record_execution(t);
         s.record_execution(t);
-        s.record_request(true, Duration::from_nanos(200), Some(Duration::from_nanos(3)));
+        s.record_request(
+            true,
+            Duration::from_nanos(200),
+            Some(Duration::from_nanos(3)),
+        );
         s.record_request(false, Duration::from_nanos(50), None);
         assert_eq!(s.inference_count, 16);
         assert_eq!(s.execution_count, 2);
-        assert_eq!(s.batches[&8].compute_infer, StatDuration { count: 2, ns: 200 });
+        assert_eq!(
+            s.batches[&8].compute_infer,
+            StatDuration { count: 2, ns: 200 }
+        );
         assert_eq!(s.infer.success, StatDuration { count: 1, ns: 200 });
         assert_eq!(s.infer.fail.count, 1);
         assert_eq!(s.infer.queue, StatDuration { count: 1, ns: 3 });

@@ -154,7 +154,9 @@ impl From<DataType> for String {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TensorError {
     /// The datatype name is not a KServe v2 datatype.
-    #[error("unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES)")]
+    #[error(
+        "unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES)"
+    )]
     UnknownDataType(String),
     /// The byte length does not fit the shape.
     #[error("shape {shape:?} of {dtype} needs {expected} bytes but {actual} were given")]
@@ -420,13 +422,20 @@ mod tests {
             assert_eq!(DataType::from_config_name(d.config_name()), Some(d));
         }
         assert!("FLOAT".parse::<DataType>().is_err());
-        assert_eq!(DataType::from_config_name("TYPE_STRING"), Some(DataType::Bytes));
+        assert_eq!(
+            DataType::from_config_name("TYPE_STRING"),
+            Some(DataType::Bytes)
+        );
     }
 
     #[test]
     fn raw_tensor_rejects_wrong_byte_length() {
-        let err = Tensor::new(DataType::F32, vec![2, 3], TensorData::Raw(vec![0u8; 20].into()))
-            .unwrap_err();
+        let err = Tensor::new(
+            DataType::F32,
+            vec![2, 3],
+            TensorData::Raw(vec![0u8; 20].into()),
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             TensorError::ByteLength {
@@ -436,7 +445,14 @@ mod tests {
                 actual: 20
             }
         );
-        assert!(Tensor::new(DataType::F32, vec![2, 3], TensorData::Raw(vec![0u8; 24].into())).is_ok());
+        assert!(
+            Tensor::new(
+                DataType::F32,
+                vec![2, 3],
+                TensorData::Raw(vec![0u8; 24].into())
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -482,6 +498,13 @@ mod tests {
             TensorData::Bytes(vec![Bytes::from_static(b"a")]),
         )
         .unwrap_err();
-        assert!(matches!(err, TensorError::ElementCount { expected: 2, actual: 1, .. }));
+        assert!(matches!(
+            err,
+            TensorError::ElementCount {
+                expected: 2,
+                actual: 1,
+                ..
+            }
+        ));
     }
 }

@@ -7,10 +7,15 @@ use bytes::Bytes;
 
 use crate::backend::{LoadedModel, NamedTensor};
 use crate::config::{ModelConfig, WarmupInput};
-use crate::tensor::{element_count, DataType, Tensor, TensorData};
+use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
 /// Runs every warm-up sample; an error names the sample and why it failed.
-pub fn run(model: &str, cfg: &ModelConfig, loaded: &dyn LoadedModel, version_dir: &Path) -> Result<(), String> {
+pub fn run(
+    model: &str,
+    cfg: &ModelConfig,
+    loaded: &dyn LoadedModel,
+    version_dir: &Path,
+) -> Result<(), String> {
     if cfg.model_warmup.is_empty() {
         return Ok(());
     }
@@ -20,11 +25,17 @@ pub fn run(model: &str, cfg: &ModelConfig, loaded: &dyn LoadedModel, version_dir
         let mut inputs = Vec::new();
         for spec in &cfg.input {
             let Some(wi) = w.inputs.get(&spec.name) else {
-                return Err(format!("warm-up '{}' of model '{model}' gives no data for input '{}'", w.name, spec.name));
+                return Err(format!(
+                    "warm-up '{}' of model '{model}' gives no data for input '{}'",
+                    w.name, spec.name
+                ));
             };
             let t = tensor_for(cfg, w.batch_size, wi, version_dir)
                 .map_err(|e| format!("warm-up '{}' input '{}': {e}", w.name, spec.name))?;
-            inputs.push(NamedTensor { name: spec.name.clone(), tensor: t });
+            inputs.push(NamedTensor {
+                name: spec.name.clone(),
+                tensor: t,
+            });
         }
         for _ in 0..w.count.max(1) {
             instance
@@ -35,7 +46,12 @@ pub fn run(model: &str, cfg: &ModelConfig, loaded: &dyn LoadedModel, version_dir
     Ok(())
 }
 
-fn tensor_for(cfg: &ModelConfig, batch: u32, wi: &WarmupInput, version_dir: &Path) -> Result<Tensor, String> {
+fn tensor_for(
+    cfg: &ModelConfig,
+    batch: u32,
+    wi: &WarmupInput,
+    version_dir: &Path,
+) -> Result<Tensor, String> {
     if wi.dims.iter().any(|&d| d < 0) {
         return Err("warm-up dims must be fixed sizes".into());
     }
@@ -48,17 +64,28 @@ fn tensor_for(cfg: &ModelConfig, batch: u32, wi: &WarmupInput, version_dir: &Pat
     if !wi.input_data_file.is_empty() {
         let name = Path::new(&wi.input_data_file);
         if name.components().count() != 1 {
-            return Err(format!("input_data_file '{}' must be a plain file name", wi.input_data_file));
+            return Err(format!(
+                "input_data_file '{}' must be a plain file name",
+                wi.input_data_file
+            ));
         }
-        let path = version_dir.parent().unwrap_or(version_dir).join("warmup").join(name);
-        let raw = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let path = version_dir
+            .parent()
+            .unwrap_or(version_dir)
+            .join("warmup")
+            .join(name);
+        let raw =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         return match dtype {
-            DataType::Bytes => Tensor::from_length_prefixed(shape, &Bytes::from(raw)).map_err(|e| e.to_string()),
+            DataType::Bytes => {
+                Tensor::from_length_prefixed(shape, &Bytes::from(raw)).map_err(|e| e.to_string())
+            }
             _ => Tensor::new(dtype, shape, TensorData::Raw(raw.into())).map_err(|e| e.to_string()),
         };
     }
     match dtype.size() {
-        None => Tensor::new(dtype, shape, TensorData::Bytes(vec![Bytes::new(); n])).map_err(|e| e.to_string()),
+        None => Tensor::new(dtype, shape, TensorData::Bytes(vec![Bytes::new(); n]))
+            .map_err(|e| e.to_string()),
         Some(size) => {
             let mut raw = vec![0u8; n * size];
             if wi.random_data && matches!(dtype, DataType::F32) {

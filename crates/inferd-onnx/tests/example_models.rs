@@ -1,6 +1,8 @@
 //! The ONNX backend on the bundled example models: signatures read from the files, and execution
 //! of every supported kind of tensor the examples use (FP32, INT64, BYTES).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic
+
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -33,7 +35,15 @@ fn mlp_runs_batches_of_different_sizes_on_one_instance() {
     let mut inst = m.new_instance().unwrap();
     for batch in [1usize, 5, 64, 2] {
         let x = Tensor::from_f32(vec![batch, 64], &vec![0.25; batch * 64]).unwrap();
-        let out = inst.execute(&[NamedTensor { name: "input".into(), tensor: x }], &["output".into()]).unwrap();
+        let out = inst
+            .execute(
+                &[NamedTensor {
+                    name: "input".into(),
+                    tensor: x,
+                }],
+                &["output".into()],
+            )
+            .unwrap();
         assert_eq!(out[0].tensor.shape(), &[batch, 10]);
         let v = out[0].tensor.to_f32_vec().unwrap();
         // Every row got the same input, so every row has the same output.
@@ -50,7 +60,16 @@ fn add_sub_computes_int64() {
     let b = Tensor::from_i64(vec![1, 4], &[10, 20, 30, 40]).unwrap();
     let out = inst
         .execute(
-            &[NamedTensor { name: "INPUT0".into(), tensor: a }, NamedTensor { name: "INPUT1".into(), tensor: b }],
+            &[
+                NamedTensor {
+                    name: "INPUT0".into(),
+                    tensor: a,
+                },
+                NamedTensor {
+                    name: "INPUT1".into(),
+                    tensor: b,
+                },
+            ],
             &["OUTPUT1".into(), "OUTPUT0".into()],
         )
         .unwrap();
@@ -64,9 +83,25 @@ fn string_identity_round_trips_utf8() {
     let m = OnnxModel::load(&example("string_identity", 1)).unwrap();
     assert_eq!(m.signature().inputs[0].dtype, DataType::Bytes);
     let mut inst = m.new_instance().unwrap();
-    let items = vec![Bytes::from_static(b""), Bytes::from("héllo ✓".as_bytes().to_vec())];
-    let x = Tensor::new(DataType::Bytes, vec![2, 1], TensorData::Bytes(items.clone())).unwrap();
-    let out = inst.execute(&[NamedTensor { name: "INPUT0".into(), tensor: x }], &["OUTPUT0".into()]).unwrap();
+    let items = vec![
+        Bytes::from_static(b""),
+        Bytes::from("héllo ✓".as_bytes().to_vec()),
+    ];
+    let x = Tensor::new(
+        DataType::Bytes,
+        vec![2, 1],
+        TensorData::Bytes(items.clone()),
+    )
+    .unwrap();
+    let out = inst
+        .execute(
+            &[NamedTensor {
+                name: "INPUT0".into(),
+                tensor: x,
+            }],
+            &["OUTPUT0".into()],
+        )
+        .unwrap();
     assert_eq!(out[0].tensor.bytes_elements().unwrap(), items.as_slice());
 }
 

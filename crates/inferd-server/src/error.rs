@@ -1,7 +1,7 @@
 //! One mapping from an engine error to an HTTP status and a gRPC status, and the HTTP error body
 //! `{"error": "..."}` that KServe clients expect.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use inferd_core::Error;
 
@@ -19,12 +19,20 @@ pub struct ApiError {
 impl ApiError {
     /// A 400 with this message.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into(), retry_after: None }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// An error with any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 }
 
@@ -33,7 +41,9 @@ pub fn http_status(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Unavailable(_) | Error::Overloaded { .. } | Error::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::Overloaded { .. } | Error::Cancelled(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -55,10 +65,16 @@ pub fn grpc_status(e: &Error) -> tonic::Status {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let retry_after = match &e {
-            Error::Overloaded { retry_after_secs, .. } => Some(*retry_after_secs),
+            Error::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         };
-        ApiError { status: http_status(&e), message: e.to_string(), retry_after }
+        ApiError {
+            status: http_status(&e),
+            message: e.to_string(),
+            retry_after,
+        }
     }
 }
 
@@ -69,11 +85,16 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = %self.status, "{}", self.message);
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "error": self.message })).unwrap_or_default();
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "error": self.message })).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

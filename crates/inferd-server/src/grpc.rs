@@ -11,9 +11,9 @@ use inferd_core::tensor::{DataType, Tensor, TensorData};
 use inferd_core::{Engine, Error};
 use tonic::{Request, Response, Status};
 
+use crate::SERVER_EXTENSIONS;
 use crate::error::grpc_status;
 use crate::pb::{self, grpc_inference_service_server::GrpcInferenceService};
-use crate::SERVER_EXTENSIONS;
 
 /// The gRPC service over an engine.
 #[derive(Clone)]
@@ -36,9 +36,11 @@ fn parse_version(v: &str) -> Result<Option<u64>, Status> {
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse::<u64>()
-        .map(Some)
-        .map_err(|_| Status::invalid_argument(format!("invalid model version '{v}': expected a non-negative integer")))
+    v.parse::<u64>().map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "invalid model version '{v}': expected a non-negative integer"
+        ))
+    })
 }
 
 fn bad(msg: String) -> Status {
@@ -55,7 +57,10 @@ pub fn decode_infer(req: pb::ModelInferRequest) -> Result<InferRequest, Status> 
             req.inputs.len()
         )));
     }
-    let mut out = InferRequest { id: req.id, ..Default::default() };
+    let mut out = InferRequest {
+        id: req.id,
+        ..Default::default()
+    };
     for (k, v) in req.parameters {
         if let Some(p) = v.parameter_choice.and_then(param) {
             out.parameters.insert(k, p);
@@ -63,15 +68,27 @@ pub fn decode_infer(req: pb::ModelInferRequest) -> Result<InferRequest, Status> 
     }
     for (i, input) in req.inputs.into_iter().enumerate() {
         let name = input.name;
-        let dtype: DataType = input.datatype.parse().map_err(|e| bad(format!("input '{name}': {e}")))?;
+        let dtype: DataType = input
+            .datatype
+            .parse()
+            .map_err(|e| bad(format!("input '{name}': {e}")))?;
         let shape = input
             .shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("input '{name}': shape {:?} has a negative dimension", input.shape))))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| {
+                    bad(format!(
+                        "input '{name}': shape {:?} has a negative dimension",
+                        input.shape
+                    ))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let tensor = if let Some(r) = raw.get(i) {
             if input.contents.as_ref().is_some_and(has_contents) {
-                return Err(bad(format!("input '{name}': give raw_input_contents or contents, not both")));
+                return Err(bad(format!(
+                    "input '{name}': give raw_input_contents or contents, not both"
+                )));
             }
             match dtype {
                 DataType::Bytes => Tensor::from_length_prefixed(shape, r),
@@ -112,9 +129,18 @@ fn has_contents(c: &pb::InferTensorContents) -> bool {
         && c.bytes_contents.is_empty())
 }
 
-fn typed_tensor(name: &str, dtype: DataType, shape: Vec<usize>, c: pb::InferTensorContents) -> Result<Tensor, Status> {
+fn typed_tensor(
+    name: &str,
+    dtype: DataType,
+    shape: Vec<usize>,
+    c: pb::InferTensorContents,
+) -> Result<Tensor, Status> {
     let mut raw: Vec<u8> = Vec::new();
-    let range = |i: usize, v: i64| bad(format!("input '{name}': element {i} ({v}) is out of range for {dtype}"));
+    let range = |i: usize, v: i64| {
+        bad(format!(
+            "input '{name}': element {i} ({v}) is out of range for {dtype}"
+        ))
+    };
     macro_rules! narrow {
         ($src:expr, $t:ty) => {
             for (i, v) in $src.iter().enumerate() {
@@ -133,17 +159,26 @@ fn typed_tensor(name: &str, dtype: DataType, shape: Vec<usize>, c: pb::InferTens
         DataType::U16 => narrow!(c.uint_contents, u16),
         DataType::U32 => narrow!(c.uint_contents, u32),
         DataType::U64 => narrow!(c.uint64_contents, u64),
-        DataType::F32 => c.fp32_contents.iter().for_each(|v| raw.extend_from_slice(&v.to_le_bytes())),
-        DataType::F64 => c.fp64_contents.iter().for_each(|v| raw.extend_from_slice(&v.to_le_bytes())),
+        DataType::F32 => c
+            .fp32_contents
+            .iter()
+            .for_each(|v| raw.extend_from_slice(&v.to_le_bytes())),
+        DataType::F64 => c
+            .fp64_contents
+            .iter()
+            .for_each(|v| raw.extend_from_slice(&v.to_le_bytes())),
         DataType::F16 | DataType::BF16 => {
-            return Err(bad(format!("input '{name}': {dtype} has no typed contents field; send it in raw_input_contents")));
+            return Err(bad(format!(
+                "input '{name}': {dtype} has no typed contents field; send it in raw_input_contents"
+            )));
         }
         DataType::Bytes => {
             return Tensor::new(dtype, shape, TensorData::Bytes(c.bytes_contents))
                 .map_err(|e| bad(format!("input '{name}': {e}")));
         }
     }
-    Tensor::new(dtype, shape, TensorData::Raw(Bytes::from(raw))).map_err(|e| bad(format!("input '{name}': {e}")))
+    Tensor::new(dtype, shape, TensorData::Raw(Bytes::from(raw)))
+        .map_err(|e| bad(format!("input '{name}': {e}")))
 }
 
 /// Converts an engine response to gRPC, every output as raw contents.
@@ -171,19 +206,27 @@ pub fn encode_infer(resp: InferResponse) -> pb::ModelInferResponse {
 }
 
 fn dt_enum(d: DataType) -> i32 {
-    pb::DataType::from_str_name(d.config_name()).map(|d| d as i32).unwrap_or(0)
+    pb::DataType::from_str_name(d.config_name())
+        .map(|d| d as i32)
+        .unwrap_or(0)
 }
 
 /// Converts the engine's config into the protocol's `ModelConfig` message.
 pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
     use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
-    let reshape = |r: &Option<cfg::Reshape>| r.as_ref().map(|r| pb::ModelTensorReshape { shape: r.shape.clone() });
+    let reshape = |r: &Option<cfg::Reshape>| {
+        r.as_ref().map(|r| pb::ModelTensorReshape {
+            shape: r.shape.clone(),
+        })
+    };
     let policy = match &c.version_policy {
-        cfg::VersionPolicy::Latest { num_versions } => PolicyChoice::Latest(Latest { num_versions: *num_versions }),
+        cfg::VersionPolicy::Latest { num_versions } => PolicyChoice::Latest(Latest {
+            num_versions: *num_versions,
+        }),
         cfg::VersionPolicy::All {} => PolicyChoice::All(All {}),
-        cfg::VersionPolicy::Specific { versions } => {
-            PolicyChoice::Specific(Specific { versions: versions.iter().map(|&v| v as i64).collect() })
-        }
+        cfg::VersionPolicy::Specific { versions } => PolicyChoice::Specific(Specific {
+            versions: versions.iter().map(|&v| v as i64).collect(),
+        }),
     };
     let queue = |q: &cfg::QueuePolicy| pb::ModelQueuePolicy {
         timeout_action: match q.timeout_action {
@@ -195,15 +238,21 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
         max_queue_size: q.max_queue_size,
     };
     let scheduling = if let Some(d) = &c.dynamic_batching {
-        Some(pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
-            preferred_batch_size: d.preferred_batch_size.iter().map(|&v| v as i32).collect(),
-            max_queue_delay_microseconds: d.max_queue_delay_microseconds,
-            preserve_ordering: d.preserve_ordering,
-            priority_levels: d.priority_levels as u64,
-            default_priority_level: d.default_priority_level as u64,
-            default_queue_policy: d.default_queue_policy.as_ref().map(queue),
-            priority_queue_policy: d.priority_queue_policy.iter().map(|(k, v)| (*k as u64, queue(v))).collect(),
-        }))
+        Some(pb::model_config::SchedulingChoice::DynamicBatching(
+            pb::ModelDynamicBatching {
+                preferred_batch_size: d.preferred_batch_size.iter().map(|&v| v as i32).collect(),
+                max_queue_delay_microseconds: d.max_queue_delay_microseconds,
+                preserve_ordering: d.preserve_ordering,
+                priority_levels: d.priority_levels as u64,
+                default_priority_level: d.default_priority_level as u64,
+                default_queue_policy: d.default_queue_policy.as_ref().map(queue),
+                priority_queue_policy: d
+                    .priority_queue_policy
+                    .iter()
+                    .map(|(k, v)| (*k as u64, queue(v)))
+                    .collect(),
+            },
+        ))
     } else {
         c.ensemble_scheduling.as_ref().map(|e| {
             pb::model_config::SchedulingChoice::EnsembleScheduling(pb::ModelEnsembling {
@@ -226,7 +275,9 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
         name: c.name.clone(),
         platform: c.platform.clone(),
         backend: c.backend.clone(),
-        version_policy: Some(pb::ModelVersionPolicy { policy_choice: Some(policy) }),
+        version_policy: Some(pb::ModelVersionPolicy {
+            policy_choice: Some(policy),
+        }),
         max_batch_size: c.max_batch_size as i32,
         input: c
             .input
@@ -272,7 +323,14 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
         parameters: c
             .parameters
             .iter()
-            .map(|(k, v)| (k.clone(), pb::ModelParameter { string_value: v.string_value.clone() }))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    pb::ModelParameter {
+                        string_value: v.string_value.clone(),
+                    },
+                )
+            })
             .collect(),
         scheduling_choice: scheduling,
         ..Default::default()
@@ -280,29 +338,49 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
 }
 
 fn stat(d: inferd_core::stats::StatDuration) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration { count: d.count, ns: d.ns })
+    Some(pb::StatisticDuration {
+        count: d.count,
+        ns: d.ns,
+    })
 }
 
-type StreamResult = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+type StreamResult =
+    Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
-    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: self.engine.is_live() }))
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse {
+            live: self.engine.is_live(),
+        }))
     }
 
-    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        Ok(Response::new(pb::ServerReadyResponse { ready: self.engine.is_ready() }))
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.engine.is_ready(),
+        }))
     }
 
-    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = req.into_inner();
         let v = parse_version(&r.version)?;
         let ready = self.engine.is_model_ready(&r.name, v).map_err(status)?;
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "inferd".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -310,30 +388,57 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
-    async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = req.into_inner();
-        let info = self.engine.model_info(&r.name, parse_version(&r.version)?).map_err(status)?;
+        let info = self
+            .engine
+            .model_info(&r.name, parse_version(&r.version)?)
+            .map_err(status)?;
         let batch = info.config.batches();
         let meta = |name: &str, dt: DataType, dims: &[i64]| {
             let mut shape = if batch { vec![-1] } else { vec![] };
             shape.extend_from_slice(dims);
-            pb::model_metadata_response::TensorMetadata { name: name.into(), datatype: dt.as_str().into(), shape }
+            pb::model_metadata_response::TensorMetadata {
+                name: name.into(),
+                datatype: dt.as_str().into(),
+                shape,
+            }
         };
         Ok(Response::new(pb::ModelMetadataResponse {
             name: info.name.clone(),
             versions: info.versions.iter().map(|v| v.to_string()).collect(),
             platform: info.config.platform.clone(),
-            inputs: info.config.input.iter().map(|i| meta(&i.name, i.data_type.0, &i.dims)).collect(),
-            outputs: info.config.output.iter().map(|o| meta(&o.name, o.data_type.0, &o.dims)).collect(),
+            inputs: info
+                .config
+                .input
+                .iter()
+                .map(|i| meta(&i.name, i.data_type.0, &i.dims))
+                .collect(),
+            outputs: info
+                .config
+                .output
+                .iter()
+                .map(|o| meta(&o.name, o.data_type.0, &o.dims))
+                .collect(),
         }))
     }
 
-    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = parse_version(&r.model_version)?;
         let ireq = decode_infer(r)?;
-        let resp = self.engine.infer(&model, version, ireq).await.map_err(status)?;
+        let resp = self
+            .engine
+            .infer(&model, version, ireq)
+            .await
+            .map_err(status)?;
         Ok(Response::new(encode_infer(resp)))
     }
 
@@ -349,31 +454,57 @@ impl GrpcInferenceService for InferenceService {
         tokio::spawn(async move {
             while let Ok(Some(r)) = incoming.message().await {
                 let model = r.model_name.clone();
-                let out = match parse_version(&r.model_version).and_then(|v| Ok((v, decode_infer(r)?))) {
-                    Ok((v, ireq)) => match engine.infer(&model, v, ireq).await {
-                        Ok(resp) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(encode_infer(resp)) },
-                        Err(e) => pb::ModelStreamInferResponse { error_message: e.to_string(), infer_response: None },
-                    },
-                    Err(s) => pb::ModelStreamInferResponse { error_message: s.message().to_string(), infer_response: None },
-                };
+                let out =
+                    match parse_version(&r.model_version).and_then(|v| Ok((v, decode_infer(r)?))) {
+                        Ok((v, ireq)) => match engine.infer(&model, v, ireq).await {
+                            Ok(resp) => pb::ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(encode_infer(resp)),
+                            },
+                            Err(e) => pb::ModelStreamInferResponse {
+                                error_message: e.to_string(),
+                                infer_response: None,
+                            },
+                        },
+                        Err(s) => pb::ModelStreamInferResponse {
+                            error_message: s.message().to_string(),
+                            infer_response: None,
+                        },
+                    };
                 if tx.send(Ok(out)).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        req: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = req.into_inner();
-        let info = self.engine.model_info(&r.name, parse_version(&r.version)?).map_err(status)?;
-        Ok(Response::new(pb::ModelConfigResponse { config: Some(config_to_pb(&info.config)) }))
+        let info = self
+            .engine
+            .model_info(&r.name, parse_version(&r.version)?)
+            .map_err(status)?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(config_to_pb(&info.config)),
+        }))
     }
 
-    async fn model_statistics(&self, req: Request<pb::ModelStatisticsRequest>) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+    async fn model_statistics(
+        &self,
+        req: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
         let r = req.into_inner();
         let model = (!r.name.is_empty()).then_some(r.name.as_str());
-        let rows = self.engine.statistics(model, parse_version(&r.version)?).map_err(status)?;
+        let rows = self
+            .engine
+            .statistics(model, parse_version(&r.version)?)
+            .map_err(status)?;
         let model_stats = rows
             .into_iter()
             .map(|(name, v, s)| pb::ModelStatistics {
@@ -409,7 +540,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
-    async fn repository_index(&self, req: Request<pb::RepositoryIndexRequest>) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
         let r = req.into_inner();
         if !r.repository_name.is_empty() {
             return Err(Status::invalid_argument(format!(
@@ -431,9 +565,16 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
-    async fn repository_model_load(&self, req: Request<pb::RepositoryModelLoadRequest>) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+    async fn repository_model_load(
+        &self,
+        req: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let r = req.into_inner();
-        if let Some(k) = r.parameters.keys().find(|k| *k == "config" || k.starts_with("file:")) {
+        if let Some(k) = r
+            .parameters
+            .keys()
+            .find(|k| *k == "config" || k.starts_with("file:"))
+        {
             return Err(Status::invalid_argument(format!(
                 "load parameter '{k}' (config override) is not supported; change the repository instead"
             )));
@@ -442,41 +583,81 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
-    async fn repository_model_unload(&self, req: Request<pb::RepositoryModelUnloadRequest>) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+    async fn repository_model_unload(
+        &self,
+        req: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         let r = req.into_inner();
-        self.engine.unload_api(&r.model_name).await.map_err(status)?;
+        self.engine
+            .unload_api(&r.model_name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
-    async fn system_shared_memory_status(&self, _: Request<pb::SystemSharedMemoryStatusRequest>) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
-        Ok(Response::new(pb::SystemSharedMemoryStatusResponse::default()))
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        Ok(Response::new(
+            pb::SystemSharedMemoryStatusResponse::default(),
+        ))
     }
 
-    async fn system_shared_memory_register(&self, _: Request<pb::SystemSharedMemoryRegisterRequest>) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
-        Err(Status::unimplemented("system shared memory is not supported by inferd"))
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        Err(Status::unimplemented(
+            "system shared memory is not supported by inferd",
+        ))
     }
 
-    async fn system_shared_memory_unregister(&self, _: Request<pb::SystemSharedMemoryUnregisterRequest>) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
         Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 
-    async fn cuda_shared_memory_status(&self, _: Request<pb::CudaSharedMemoryStatusRequest>) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
         Ok(Response::new(pb::CudaSharedMemoryStatusResponse::default()))
     }
 
-    async fn cuda_shared_memory_register(&self, _: Request<pb::CudaSharedMemoryRegisterRequest>) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        Err(Status::unimplemented("CUDA shared memory is not supported by inferd"))
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        Err(Status::unimplemented(
+            "CUDA shared memory is not supported by inferd",
+        ))
     }
 
-    async fn cuda_shared_memory_unregister(&self, _: Request<pb::CudaSharedMemoryUnregisterRequest>) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
         Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
 
-    async fn trace_setting(&self, _: Request<pb::TraceSettingRequest>) -> Result<Response<pb::TraceSettingResponse>, Status> {
-        Err(Status::unimplemented("trace settings are not supported by inferd"))
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        Err(Status::unimplemented(
+            "trace settings are not supported by inferd",
+        ))
     }
 
-    async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Result<Response<pb::LogSettingsResponse>, Status> {
-        Err(Status::unimplemented("log settings are not supported by inferd"))
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        Err(Status::unimplemented(
+            "log settings are not supported by inferd",
+        ))
     }
 }

@@ -26,8 +26,13 @@ pub mod pb {
 }
 
 /// Protocol extensions this server implements, as listed in server metadata.
-pub const SERVER_EXTENSIONS: &[&str] =
-    &["binary_tensor_data", "model_repository", "model_configuration", "statistics", "schedule_policy"];
+pub const SERVER_EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "schedule_policy",
+];
 
 /// Front-end settings.
 #[derive(Clone, Debug)]
@@ -53,7 +58,12 @@ impl BoundServer {
     pub async fn bind(engine: Engine, opts: ServerOptions) -> std::io::Result<Self> {
         let http = TcpListener::bind(opts.http_addr).await?;
         let grpc = TcpListener::bind(opts.grpc_addr).await?;
-        Ok(BoundServer { engine, opts, http, grpc })
+        Ok(BoundServer {
+            engine,
+            opts,
+            http,
+            grpc,
+        })
     }
 
     /// The bound HTTP address.
@@ -67,9 +77,15 @@ impl BoundServer {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let app = http::router(http::HttpState { engine: self.engine.clone(), max_body_bytes: self.opts.max_body_bytes });
+        let app = http::router(http::HttpState {
+            engine: self.engine.clone(),
+            max_body_bytes: self.opts.max_body_bytes,
+        });
         let mut rx_http = rx.clone();
         let http_task = tokio::spawn(async move {
             axum::serve(self.http, app)
@@ -86,17 +102,25 @@ impl BoundServer {
             loop {
                 let ready = engine.is_ready();
                 if last != Some(ready) {
-                    let st = if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                    let st = if ready {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
                     health_reporter.set_service_status("", st).await;
-                    health_reporter.set_service_status("inference.GRPCInferenceService", st).await;
+                    health_reporter
+                        .set_service_status("inference.GRPCInferenceService", st)
+                        .await;
                     last = Some(ready);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(grpc::InferenceService::new(self.engine.clone()))
-            .max_decoding_message_size(self.opts.max_body_bytes)
-            .max_encoding_message_size(usize::MAX);
+        let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+            grpc::InferenceService::new(self.engine.clone()),
+        )
+        .max_decoding_message_size(self.opts.max_body_bytes)
+        .max_encoding_message_size(usize::MAX);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         let mut rx_grpc = rx.clone();
         let grpc_task = tokio::spawn(async move {

@@ -8,13 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use inferd_core::{Backend, ControlMode, Engine, EngineOptions};
 use inferd_server::{BoundServer, ServerOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "inferd", version, about = "inferd: a model server speaking KServe v2 (HTTP and gRPC)")]
+#[command(
+    name = "inferd",
+    version,
+    about = "inferd: a model server speaking KServe v2 (HTTP and gRPC)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,11 +85,10 @@ struct ServeArgs {
 }
 
 fn backends() -> Vec<Arc<dyn Backend>> {
-    #[allow(unused_mut)]
-    let mut v: Vec<Arc<dyn Backend>> = Vec::new();
-    #[cfg(feature = "onnx")]
-    v.push(Arc::new(inferd_onnx::OnnxBackend));
-    v
+    vec![
+        #[cfg(feature = "onnx")]
+        Arc::new(inferd_onnx::OnnxBackend),
+    ]
 }
 
 /// The bundled example repository: `examples/models` under the working directory, else the one
@@ -95,12 +98,18 @@ fn default_repository() -> PathBuf {
     if local.is_dir() {
         return local;
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/models"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/models"
+    ))
 }
 
 fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptions> {
     if !(a.repository_poll_secs.is_finite() && a.repository_poll_secs > 0.0) {
-        bail!("--repository-poll-secs: must be a positive number of seconds, got {}", a.repository_poll_secs);
+        bail!(
+            "--repository-poll-secs: must be a positive number of seconds, got {}",
+            a.repository_poll_secs
+        );
     }
     if a.http_max_body_bytes == 0 {
         bail!("--http-max-body-bytes: must be positive");
@@ -141,7 +150,10 @@ async fn shutdown_signal() {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let repo = a.model_repository.clone().unwrap_or_else(default_repository);
+    let repo = a
+        .model_repository
+        .clone()
+        .unwrap_or_else(default_repository);
     if !repo.is_dir() {
         bail!("--model-repository: '{}' is not a folder", repo.display());
     }
@@ -178,7 +190,13 @@ fn repo_check(dir: PathBuf) -> Result<bool> {
     if !dir.is_dir() {
         bail!("'{}' is not a folder", dir.display());
     }
-    let engine = Engine::new(EngineOptions { repository: dir.clone(), ..Default::default() }, backends());
+    let engine = Engine::new(
+        EngineOptions {
+            repository: dir.clone(),
+            ..Default::default()
+        },
+        backends(),
+    );
     let names = inferd_core::repository::list_models(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     if names.is_empty() {
         println!("{}: no model folders found", dir.display());
@@ -205,7 +223,8 @@ fn repo_check(dir: PathBuf) -> Result<bool> {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -216,7 +235,9 @@ fn main() -> std::process::ExitCode {
             .build()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(serve(a))),
-        Command::Repo { command: RepoCommand::Check { dir } } => match repo_check(dir) {
+        Command::Repo {
+            command: RepoCommand::Check { dir },
+        } => match repo_check(dir) {
             Ok(true) => return std::process::ExitCode::SUCCESS,
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),

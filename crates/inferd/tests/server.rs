@@ -1,13 +1,15 @@
 //! End-to-end tests of the real `inferd` binary on ephemeral ports: HTTP and gRPC inference,
 //! precise client errors, isolation of a broken model, `repo check`, and graceful shutdown.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use inferd_server::pb;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inferd");
 
@@ -48,7 +50,16 @@ impl Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--model-repository"])
             .arg(repo)
-            .args(["--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"])
+            .args([
+                "--http-address",
+                "127.0.0.1",
+                "--grpc-address",
+                "127.0.0.1",
+                "--http-port",
+                "0",
+                "--grpc-port",
+                "0",
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -58,7 +69,10 @@ impl Server {
         let mut http = String::new();
         let mut grpc = String::new();
         while http.is_empty() || grpc.is_empty() {
-            let line = lines.next().expect("inferd exited before listening").unwrap();
+            let line = lines
+                .next()
+                .expect("inferd exited before listening")
+                .unwrap();
             if let Some(a) = line.strip_prefix("HTTP listening on ") {
                 http = a.to_string();
             } else if let Some(a) = line.strip_prefix("gRPC listening on ") {
@@ -75,11 +89,17 @@ impl Server {
     }
 
     fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder().http_status_as_error(false).build().into()
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into()
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
-        match Self::agent().get(format!("http://{}{path}", self.http)).call() {
+        match Self::agent()
+            .get(format!("http://{}{path}", self.http))
+            .call()
+        {
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let body = r.body_mut().read_to_string().unwrap_or_default();
@@ -100,21 +120,36 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    fn grpc_client(&self) -> (tokio::runtime::Runtime, pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    fn grpc_client(
+        &self,
+    ) -> (
+        tokio::runtime::Runtime,
+        pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let url = format!("http://{}", self.grpc);
-        let client = rt.block_on(pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(url)).unwrap();
+        let client = rt
+            .block_on(pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(url))
+            .unwrap();
         (rt, client)
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "inferd did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "inferd did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -136,12 +171,18 @@ fn mlp_request(batch: usize) -> Value {
 fn http_json_inference_answers_from_the_newest_version() {
     let repo = repo_copy(&["simple_mlp", "add_sub"]);
     let s = Server::start(repo.path(), &[]);
-    let (st, body) = s.post("/v2/models/simple_mlp/infer", mlp_request(3).to_string().as_bytes());
+    let (st, body) = s.post(
+        "/v2/models/simple_mlp/infer",
+        mlp_request(3).to_string().as_bytes(),
+    );
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["model_version"], "2");
     assert_eq!(body["outputs"][0]["shape"], json!([3, 10]));
     assert_eq!(body["outputs"][0]["data"].as_array().unwrap().len(), 30);
-    let (st, v1) = s.post("/v2/models/simple_mlp/versions/1/infer", mlp_request(3).to_string().as_bytes());
+    let (st, v1) = s.post(
+        "/v2/models/simple_mlp/versions/1/infer",
+        mlp_request(3).to_string().as_bytes(),
+    );
     assert_eq!(st, 200);
     assert_eq!(v1["model_version"], "1");
     assert_ne!(v1["outputs"][0]["data"], body["outputs"][0]["data"]);
@@ -167,7 +208,12 @@ fn http_json_inference_answers_from_the_newest_version() {
 
     let (st, stats) = s.get("/v2/models/simple_mlp/stats");
     assert_eq!(st, 200);
-    let total: u64 = stats["model_stats"].as_array().unwrap().iter().map(|m| m["inference_stats"]["success"]["count"].as_u64().unwrap()).sum();
+    let total: u64 = stats["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["inference_stats"]["success"]["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 2);
 }
 
@@ -205,10 +251,18 @@ fn client_mistakes_are_precise_4xx_and_change_nothing() {
     for (path, body, status, needle) in cases {
         let (st, resp) = s.post(path, &body);
         assert_eq!(st, status, "{path}: {resp}");
-        let msg = resp["error"].as_str().unwrap_or_else(|| panic!("{path}: no error field in {resp}"));
-        assert!(msg.contains(needle), "{path}: '{msg}' should mention '{needle}'");
+        let msg = resp["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: no error field in {resp}"));
+        assert!(
+            msg.contains(needle),
+            "{path}: '{msg}' should mention '{needle}'"
+        );
     }
-    let (st, _) = s.post("/v2/models/simple_mlp/infer", mlp_request(1).to_string().as_bytes());
+    let (st, _) = s.post(
+        "/v2/models/simple_mlp/infer",
+        mlp_request(1).to_string().as_bytes(),
+    );
     assert_eq!(st, 200, "a valid request still succeeds");
 }
 
@@ -216,19 +270,37 @@ fn client_mistakes_are_precise_4xx_and_change_nothing() {
 fn broken_model_is_unavailable_with_reason_and_others_serve() {
     let repo = repo_copy(&["add_sub"]);
     std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();
-    std::fs::write(repo.path().join("broken/1/model.onnx"), b"\x0a\xff\xffnot an onnx file").unwrap();
+    std::fs::write(
+        repo.path().join("broken/1/model.onnx"),
+        b"\x0a\xff\xffnot an onnx file",
+    )
+    .unwrap();
     std::fs::create_dir_all(repo.path().join("badcfg/1")).unwrap();
-    std::fs::write(repo.path().join("badcfg/config.pbtxt"), "name: \"badcfg\"\nmax_batch_size: \"eight\"\n").unwrap();
+    std::fs::write(
+        repo.path().join("badcfg/config.pbtxt"),
+        "name: \"badcfg\"\nmax_batch_size: \"eight\"\n",
+    )
+    .unwrap();
     let s = Server::start(repo.path(), &["--strict-readiness", "false"]);
     let (st, index) = s.post("/v2/repository/index", b"{}");
     assert_eq!(st, 200);
     let rows = index.as_array().unwrap();
     let row = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
     assert_eq!(row("broken")["state"], "UNAVAILABLE");
-    assert!(row("broken")["reason"].as_str().unwrap().contains("model.onnx"), "{}", row("broken"));
+    assert!(
+        row("broken")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("model.onnx"),
+        "{}",
+        row("broken")
+    );
     assert_eq!(row("badcfg")["state"], "UNAVAILABLE");
     let reason = row("badcfg")["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("config.pbtxt:2:") && reason.contains("max_batch_size"), "{reason}");
+    assert!(
+        reason.contains("config.pbtxt:2:") && reason.contains("max_batch_size"),
+        "{reason}"
+    );
     assert_eq!(row("add_sub")["state"], "READY");
     assert_eq!(s.get("/v2/models/broken/ready").0, 503);
     assert_eq!(s.get("/v2/models/add_sub/ready").0, 200);
@@ -240,19 +312,36 @@ fn strict_readiness_stays_unready_while_a_model_is_broken() {
     std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();
     std::fs::write(repo.path().join("broken/1/model.onnx"), b"junk").unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--model-repository"])
+        .args([
+            "serve",
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--model-repository",
+        ])
         .arg(repo.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = lines.next().unwrap().unwrap().replace("HTTP listening on ", "");
+    let http = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .replace("HTTP listening on ", "");
     let agent = Server::agent();
     // Give startup loading time to finish, then check readiness stays false.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = agent.get(format!("http://{http}/v2/models/add_sub/ready")).call();
+        let r = agent
+            .get(format!("http://{http}/v2/models/add_sub/ready"))
+            .call();
         if r.map(|r| r.status().as_u16() == 200).unwrap_or(false) {
             break;
         }
@@ -260,7 +349,10 @@ fn strict_readiness_stays_unready_while_a_model_is_broken() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let r = agent.get(format!("http://{http}/v2/health/ready")).call().unwrap();
+    let r = agent
+        .get(format!("http://{http}/v2/health/ready"))
+        .call()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let _ = child.kill();
     let _ = child.wait();
@@ -271,15 +363,25 @@ fn grpc_inference_with_raw_contents() {
     let repo = repo_copy(&["simple_mlp", "string_identity"]);
     let s = Server::start(repo.path(), &[]);
     let (rt, mut c) = s.grpc_client();
-    let raw: Vec<u8> = (0..2 * 64).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
+    let raw: Vec<u8> = (0..2 * 64)
+        .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+        .collect();
     let req = pb::ModelInferRequest {
         model_name: "simple_mlp".into(),
         model_version: "1".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![2, 64], ..Default::default() }],
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![2, 64],
+            ..Default::default()
+        }],
         raw_input_contents: vec![raw.into()],
         ..Default::default()
     };
-    let resp = rt.block_on(c.model_infer(req.clone())).unwrap().into_inner();
+    let resp = rt
+        .block_on(c.model_infer(req.clone()))
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.model_version, "1");
     assert_eq!(resp.outputs[0].shape, vec![2, 10]);
     assert_eq!(resp.raw_output_contents[0].len(), 2 * 10 * 4);
@@ -292,7 +394,10 @@ fn grpc_inference_with_raw_contents() {
 
     let mut unknown = req.clone();
     unknown.model_name = "nope".into();
-    assert_eq!(rt.block_on(c.model_infer(unknown)).unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(
+        rt.block_on(c.model_infer(unknown)).unwrap_err().code(),
+        tonic::Code::NotFound
+    );
 
     // BYTES via typed contents.
     let req = pb::ModelInferRequest {
@@ -301,7 +406,10 @@ fn grpc_inference_with_raw_contents() {
             name: "INPUT0".into(),
             datatype: "BYTES".into(),
             shape: vec![2, 1],
-            contents: Some(pb::InferTensorContents { bytes_contents: vec!["a".into(), "ünï".as_bytes().to_vec().into()], ..Default::default() }),
+            contents: Some(pb::InferTensorContents {
+                bytes_contents: vec!["a".into(), "ünï".as_bytes().to_vec().into()],
+                ..Default::default()
+            }),
             ..Default::default()
         }],
         ..Default::default()
@@ -310,7 +418,13 @@ fn grpc_inference_with_raw_contents() {
     let raw = &resp.raw_output_contents[0];
     assert_eq!(&raw[..5], &[1, 0, 0, 0, b'a']);
 
-    let cfg = rt.block_on(c.model_config(pb::ModelConfigRequest { name: "simple_mlp".into(), version: String::new() })).unwrap().into_inner();
+    let cfg = rt
+        .block_on(c.model_config(pb::ModelConfigRequest {
+            name: "simple_mlp".into(),
+            version: String::new(),
+        }))
+        .unwrap()
+        .into_inner();
     assert_eq!(cfg.config.unwrap().max_batch_size, 64);
 }
 
@@ -324,14 +438,35 @@ fn sigterm_drains_and_exits_cleanly() {
 
 #[test]
 fn repo_check_reports_problems_with_nonzero_exit() {
-    let out = Command::new(BIN).args(["repo", "check"]).arg(examples()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["repo", "check"])
+        .arg(examples())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let repo = repo_copy(&["add_sub"]);
     std::fs::create_dir_all(repo.path().join("bad/1")).unwrap();
-    std::fs::write(repo.path().join("bad/config.pbtxt"), "name: \"bad\"\ninput [ { name: \"x\" data_type: TYPE_FLOAT dims: [1] } ]\n").unwrap();
-    let out = Command::new(BIN).args(["repo", "check"]).arg(repo.path()).output().unwrap();
+    std::fs::write(
+        repo.path().join("bad/config.pbtxt"),
+        "name: \"bad\"\ninput [ { name: \"x\" data_type: TYPE_FLOAT dims: [1] } ]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["repo", "check"])
+        .arg(repo.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("ok: add_sub"), "{text}");
-    assert!(text.contains("config.pbtxt:2:") && text.contains("input[0].data_type") && text.contains("TYPE_FLOAT"), "{text}");
+    assert!(
+        text.contains("config.pbtxt:2:")
+            && text.contains("input[0].data_type")
+            && text.contains("TYPE_FLOAT"),
+        "{text}"
+    );
 }

@@ -20,12 +20,20 @@ pub fn complete_config(
         let all_dynamic = !sig.inputs.is_empty()
             && sig.inputs.iter().all(leading_dynamic)
             && sig.outputs.iter().all(leading_dynamic);
-        cfg.max_batch_size = if all_dynamic { DEFAULT_MAX_BATCH_SIZE } else { 0 };
+        cfg.max_batch_size = if all_dynamic {
+            DEFAULT_MAX_BATCH_SIZE
+        } else {
+            0
+        };
     }
     let batches = cfg.batches();
     let strip = |t: &TensorSpec| -> Vec<i64> {
         let shape = t.shape.clone().unwrap_or_else(|| vec![-1]);
-        if batches && !shape.is_empty() { shape[1..].to_vec() } else { shape }
+        if batches && !shape.is_empty() {
+            shape[1..].to_vec()
+        } else {
+            shape
+        }
     };
     if cfg.input.is_empty() {
         cfg.input = sig
@@ -55,15 +63,27 @@ pub fn complete_config(
 }
 
 fn names(ts: &[TensorSpec]) -> String {
-    ts.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+    ts.iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks the (completed) config against the model's declared tensors.
 fn check_against_model(cfg: &ModelConfig, sig: &ModelSignature) -> Result<(), String> {
     let batches = cfg.batches();
-    let check = |kind: &str, name: &str, dt: ConfigDataType, dims: &[i64], reshape: Option<&[i64]>, specs: &[TensorSpec]| -> Result<(), String> {
+    let check = |kind: &str,
+                 name: &str,
+                 dt: ConfigDataType,
+                 dims: &[i64],
+                 reshape: Option<&[i64]>,
+                 specs: &[TensorSpec]|
+     -> Result<(), String> {
         let spec = specs.iter().find(|s| s.name == name).ok_or_else(|| {
-            format!("{kind} '{name}' is not in the model; the model's {kind}s are: {}", names(specs))
+            format!(
+                "{kind} '{name}' is not in the model; the model's {kind}s are: {}",
+                names(specs)
+            )
         })?;
         if spec.dtype != dt.0 {
             return Err(format!(
@@ -72,7 +92,9 @@ fn check_against_model(cfg: &ModelConfig, sig: &ModelSignature) -> Result<(), St
                 spec.dtype.config_name()
             ));
         }
-        let Some(model_shape) = &spec.shape else { return Ok(()) };
+        let Some(model_shape) = &spec.shape else {
+            return Ok(());
+        };
         let mut expected: Vec<i64> = reshape.unwrap_or(dims).to_vec();
         if batches {
             expected.insert(0, -1);
@@ -82,27 +104,54 @@ fn check_against_model(cfg: &ModelConfig, sig: &ModelSignature) -> Result<(), St
                 .iter()
                 .zip(&expected)
                 .enumerate()
-                .all(|(i, (&m, &c))| m == -1 || c == -1 || m == c || (batches && i == 0 && m >= cfg.max_batch_size as i64));
+                .all(|(i, (&m, &c))| {
+                    m == -1
+                        || c == -1
+                        || m == c
+                        || (batches && i == 0 && m >= cfg.max_batch_size as i64)
+                });
         if !compatible {
             return Err(format!(
                 "{kind} '{name}': config shape {expected:?} (batch dimension included as -1{}) does not match the model's {model_shape:?}",
-                if reshape.is_some() { ", after reshape" } else { "" }
+                if reshape.is_some() {
+                    ", after reshape"
+                } else {
+                    ""
+                }
             ));
         }
         Ok(())
     };
     for i in &cfg.input {
-        check("input", &i.name, i.data_type, &i.dims, i.reshape.as_ref().map(|r| r.shape.as_slice()), &sig.inputs)?;
+        check(
+            "input",
+            &i.name,
+            i.data_type,
+            &i.dims,
+            i.reshape.as_ref().map(|r| r.shape.as_slice()),
+            &sig.inputs,
+        )?;
     }
     for o in &cfg.output {
-        check("output", &o.name, o.data_type, &o.dims, o.reshape.as_ref().map(|r| r.shape.as_slice()), &sig.outputs)?;
+        check(
+            "output",
+            &o.name,
+            o.data_type,
+            &o.dims,
+            o.reshape.as_ref().map(|r| r.shape.as_slice()),
+            &sig.outputs,
+        )?;
     }
     for s in &sig.inputs {
         if cfg.input(&s.name).is_none() {
             return Err(format!(
                 "the model's input '{}' is missing from the config inputs ({})",
                 s.name,
-                cfg.input.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                cfg.input
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
     }
@@ -142,7 +191,9 @@ pub fn validate_config(cfg: &ModelConfig) -> Result<(), String> {
                 ));
             }
         }
-        if db.priority_levels > 0 && (db.default_priority_level == 0 || db.default_priority_level > db.priority_levels) {
+        if db.priority_levels > 0
+            && (db.default_priority_level == 0 || db.default_priority_level > db.priority_levels)
+        {
             return Err(format!(
                 "dynamic_batching.default_priority_level: must be between 1 and priority_levels ({})",
                 db.priority_levels
@@ -163,7 +214,9 @@ pub fn validate_config(cfg: &ModelConfig) -> Result<(), String> {
 fn check_dims(field: &str, dims: &[i64]) -> Result<(), String> {
     for &d in dims {
         if d == 0 || d < -1 {
-            return Err(format!("{field}: dimension {d} is invalid (use a positive size or -1 for variable)"));
+            return Err(format!(
+                "{field}: dimension {d} is invalid (use a positive size or -1 for variable)"
+            ));
         }
     }
     Ok(())
@@ -172,7 +225,8 @@ fn check_dims(field: &str, dims: &[i64]) -> Result<(), String> {
 fn check_reshape(field: &str, dims: &[i64], shape: &[i64]) -> Result<(), String> {
     check_dims(&format!("{field}.reshape.shape"), shape)?;
     let fixed = |d: &[i64]| d.iter().all(|&x| x > 0);
-    if fixed(dims) && fixed(shape) && dims.iter().product::<i64>() != shape.iter().product::<i64>() {
+    if fixed(dims) && fixed(shape) && dims.iter().product::<i64>() != shape.iter().product::<i64>()
+    {
         return Err(format!(
             "{field}.reshape: shape {shape:?} has a different element count than dims {dims:?}"
         ));
@@ -187,19 +241,29 @@ mod tests {
     use crate::tensor::DataType;
 
     fn spec(name: &str, dtype: DataType, shape: &[i64]) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype, shape: Some(shape.to_vec()) }
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: Some(shape.to_vec()),
+        }
     }
 
     fn sig() -> ModelSignature {
         ModelSignature {
-            inputs: vec![spec("a", DataType::I64, &[-1, 4]), spec("b", DataType::I64, &[-1, 4])],
+            inputs: vec![
+                spec("a", DataType::I64, &[-1, 4]),
+                spec("b", DataType::I64, &[-1, 4]),
+            ],
             outputs: vec![spec("y", DataType::F32, &[-1, 4])],
         }
     }
 
     #[test]
     fn fills_inputs_outputs_and_batch_from_model() {
-        let mut cfg = ModelConfig { name: "m".into(), ..Default::default() };
+        let mut cfg = ModelConfig {
+            name: "m".into(),
+            ..Default::default()
+        };
         complete_config(&mut cfg, false, &sig()).unwrap();
         assert_eq!(cfg.max_batch_size, DEFAULT_MAX_BATCH_SIZE);
         assert_eq!(cfg.input.len(), 2);
@@ -217,13 +281,29 @@ mod tests {
 
     #[test]
     fn config_that_disagrees_with_model_is_refused() {
-        let mut cfg = ModelConfig { max_batch_size: 8, ..Default::default() };
+        let mut cfg = ModelConfig {
+            max_batch_size: 8,
+            ..Default::default()
+        };
         cfg.input = vec![
-            ModelInput { name: "a".into(), data_type: ConfigDataType(DataType::F32), dims: vec![4], ..Default::default() },
-            ModelInput { name: "b".into(), data_type: ConfigDataType(DataType::I64), dims: vec![4], ..Default::default() },
+            ModelInput {
+                name: "a".into(),
+                data_type: ConfigDataType(DataType::F32),
+                dims: vec![4],
+                ..Default::default()
+            },
+            ModelInput {
+                name: "b".into(),
+                data_type: ConfigDataType(DataType::I64),
+                dims: vec![4],
+                ..Default::default()
+            },
         ];
         let err = complete_config(&mut cfg.clone(), true, &sig()).unwrap_err();
-        assert!(err.contains("input 'a'") && err.contains("TYPE_FP32") && err.contains("TYPE_INT64"), "{err}");
+        assert!(
+            err.contains("input 'a'") && err.contains("TYPE_FP32") && err.contains("TYPE_INT64"),
+            "{err}"
+        );
 
         cfg.input[0].data_type = ConfigDataType(DataType::I64);
         cfg.input[0].dims = vec![5];
@@ -236,19 +316,32 @@ mod tests {
 
         cfg.input[0].name = "nope".into();
         let err = complete_config(&mut cfg, true, &sig()).unwrap_err();
-        assert!(err.contains("'nope' is not in the model") && err.contains("a, b"), "{err}");
+        assert!(
+            err.contains("'nope' is not in the model") && err.contains("a, b"),
+            "{err}"
+        );
     }
 
     #[test]
     fn validate_rejects_bad_dims_and_batching() {
-        let mut cfg = ModelConfig::default();
-        cfg.input = vec![ModelInput { name: "x".into(), dims: vec![0], ..Default::default() }];
+        let mut cfg = ModelConfig {
+            input: vec![ModelInput {
+                name: "x".into(),
+                dims: vec![0],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         assert!(validate_config(&cfg).unwrap_err().contains("input[0].dims"));
         cfg.input[0].dims = vec![4];
         cfg.input[0].reshape = Some(Reshape { shape: vec![3] });
         assert!(validate_config(&cfg).unwrap_err().contains("element count"));
         cfg.input[0].reshape = None;
         cfg.dynamic_batching = Some(Default::default());
-        assert!(validate_config(&cfg).unwrap_err().contains("max_batch_size"));
+        assert!(
+            validate_config(&cfg)
+                .unwrap_err()
+                .contains("max_batch_size")
+        );
     }
 }

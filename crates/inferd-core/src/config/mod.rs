@@ -10,6 +10,6 @@ pub mod model;
 pub mod pbtxt;
 pub mod read;
 
-pub use complete::{complete_config, validate_config, DEFAULT_MAX_BATCH_SIZE};
+pub use complete::{DEFAULT_MAX_BATCH_SIZE, complete_config, validate_config};
 pub use model::*;
-pub use read::{parse_config, Diagnostic, ParsedConfig, Severity};
+pub use read::{Diagnostic, ParsedConfig, Severity, parse_config};

@@ -338,7 +338,9 @@ mod tests {
     #[test]
     fn all_and_specific_policies() {
         assert_eq!(VersionPolicy::All {}.select(&[2, 1]), vec![1, 2]);
-        let p = VersionPolicy::Specific { versions: vec![1, 4] };
+        let p = VersionPolicy::Specific {
+            versions: vec![1, 4],
+        };
         assert_eq!(p.select(&[1, 2, 3]), vec![1]);
     }
 
@@ -357,7 +359,10 @@ mod tests {
         };
         let j = serde_json::to_value(&cfg).unwrap();
         assert_eq!(j["input"][0]["data_type"], "TYPE_STRING");
-        assert_eq!(j["version_policy"], serde_json::json!({"latest": {"num_versions": 1}}));
+        assert_eq!(
+            j["version_policy"],
+            serde_json::json!({"latest": {"num_versions": 1}})
+        );
         let back: ModelConfig = serde_json::from_value(j).unwrap();
         assert_eq!(back, cfg);
     }

@@ -85,7 +85,13 @@ pub struct SyntaxError {
 
 /// Parses protobuf text into a [`Message`].
 pub fn parse(text: &str) -> Result<Message, SyntaxError> {
-    let mut p = Parser { src: text.as_bytes(), i: 0, line: 1, col: 1, depth: 0 };
+    let mut p = Parser {
+        src: text.as_bytes(),
+        i: 0,
+        line: 1,
+        col: 1,
+        depth: 0,
+    };
     let msg = p.message(None)?;
     p.skip_ws();
     if p.i < p.src.len() {
@@ -107,11 +113,17 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn pos(&self) -> Pos {
-        Pos { line: self.line, col: self.col }
+        Pos {
+            line: self.line,
+            col: self.col,
+        }
     }
 
     fn err(&self, message: impl Into<String>) -> SyntaxError {
-        SyntaxError { pos: self.pos(), message: message.into() }
+        SyntaxError {
+            pos: self.pos(),
+            message: message.into(),
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -213,7 +225,12 @@ impl Parser<'_> {
         let pos = self.pos();
         let name = match self.peek() {
             Some(c) if c.is_ascii_alphabetic() || c == b'_' => self.ident().unwrap_or_default(),
-            _ => return Err(self.err(format!("expected a field name, found {}", self.describe_next()))),
+            _ => {
+                return Err(self.err(format!(
+                    "expected a field name, found {}",
+                    self.describe_next()
+                )));
+            }
         };
         let colon = self.eat(b':');
         self.skip_ws();
@@ -227,7 +244,12 @@ impl Parser<'_> {
                     self.skip_ws();
                     let value_pos = self.pos();
                     let value = self.value(colon)?;
-                    msg.fields.push(Field { name: name.clone(), pos, value_pos, value });
+                    msg.fields.push(Field {
+                        name: name.clone(),
+                        pos,
+                        value_pos,
+                        value,
+                    });
                     if self.eat(b',') {
                         continue;
                     }
@@ -243,12 +265,22 @@ impl Parser<'_> {
             Some(b'{') | Some(b'<') => {
                 let value_pos = self.pos();
                 let value = self.value(true)?;
-                msg.fields.push(Field { name, pos, value_pos, value });
+                msg.fields.push(Field {
+                    name,
+                    pos,
+                    value_pos,
+                    value,
+                });
             }
             _ if colon => {
                 let value_pos = self.pos();
                 let value = Value::Scalar(self.scalar()?);
-                msg.fields.push(Field { name, pos, value_pos, value });
+                msg.fields.push(Field {
+                    name,
+                    pos,
+                    value_pos,
+                    value,
+                });
             }
             _ => {
                 return Err(self.err(format!(
@@ -301,11 +333,9 @@ impl Parser<'_> {
                     }
                 }
                 while let Some(c) = self.peek() {
-                    if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' {
-                        self.bump();
-                    } else if (c == b'-' || c == b'+')
-                        && matches!(self.src.get(self.i - 1), Some(b'e') | Some(b'E'))
-                    {
+                    let exponent_sign = (c == b'-' || c == b'+')
+                        && matches!(self.src.get(self.i - 1), Some(b'e') | Some(b'E'));
+                    if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || exponent_sign {
                         self.bump();
                     } else {
                         break;
@@ -350,7 +380,10 @@ impl Parser<'_> {
                             let mut v = 0u32;
                             let mut n = 0;
                             while n < 2 && matches!(self.peek(), Some(c) if c.is_ascii_hexdigit()) {
-                                v = v * 16 + (self.bump().unwrap_or(b'0') as char).to_digit(16).unwrap_or(0);
+                                v = v * 16
+                                    + (self.bump().unwrap_or(b'0') as char)
+                                        .to_digit(16)
+                                        .unwrap_or(0);
                                 n += 1;
                             }
                             if n == 0 {
@@ -403,12 +436,29 @@ mod tests {
         let m = parse(text).unwrap();
         assert_eq!(
             names(&m),
-            ["name", "platform", "max_batch_size", "input", "input", "version_policy", "parameters", "dynamic_batching"]
+            [
+                "name",
+                "platform",
+                "max_batch_size",
+                "input",
+                "input",
+                "version_policy",
+                "parameters",
+                "dynamic_batching"
+            ]
         );
-        let Value::Message(x) = &m.fields[3].value else { panic!() };
+        let Value::Message(x) = &m.fields[3].value else {
+            panic!()
+        };
         assert_eq!(names(x), ["name", "data_type", "dims", "dims"]);
-        assert_eq!(x.fields[2].value, Value::Scalar(Scalar::Number("-1".into())));
-        assert_eq!(m.fields[1].value, Value::Scalar(Scalar::Str(b"onnxruntime_onnx".to_vec())));
+        assert_eq!(
+            x.fields[2].value,
+            Value::Scalar(Scalar::Number("-1".into()))
+        );
+        assert_eq!(
+            m.fields[1].value,
+            Value::Scalar(Scalar::Str(b"onnxruntime_onnx".to_vec()))
+        );
         assert_eq!(m.fields[0].pos, Pos { line: 2, col: 13 });
     }
 
@@ -421,7 +471,10 @@ mod tests {
     #[test]
     fn string_escapes_and_concatenation() {
         let m = parse(r#"s: "a\n\x41\101" 'b\'c'"#).unwrap();
-        assert_eq!(m.fields[0].value, Value::Scalar(Scalar::Str(b"a\nAAb'c".to_vec())));
+        assert_eq!(
+            m.fields[0].value,
+            Value::Scalar(Scalar::Str(b"a\nAAb'c".to_vec()))
+        );
     }
 
     #[test]
@@ -445,8 +498,17 @@ mod tests {
     #[test]
     fn negative_and_float_numbers() {
         let m = parse("a: -1.5e-3 b: - inf c: 0x10").unwrap();
-        assert_eq!(m.fields[0].value, Value::Scalar(Scalar::Number("-1.5e-3".into())));
-        assert_eq!(m.fields[1].value, Value::Scalar(Scalar::Number("-inf".into())));
-        assert_eq!(m.fields[2].value, Value::Scalar(Scalar::Number("0x10".into())));
+        assert_eq!(
+            m.fields[0].value,
+            Value::Scalar(Scalar::Number("-1.5e-3".into()))
+        );
+        assert_eq!(
+            m.fields[1].value,
+            Value::Scalar(Scalar::Number("-inf".into()))
+        );
+        assert_eq!(
+            m.fields[2].value,
+            Value::Scalar(Scalar::Number("0x10".into()))
+        );
     }
 }

@@ -76,7 +76,10 @@ const UNSUPPORTED_TOP_LEVEL: &[&str] = &[
 
 /// Parses `config.pbtxt` text. `file` is used only in messages.
 pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnostic>> {
-    let mut cx = Cx { file: file.to_path_buf(), diags: Vec::new() };
+    let mut cx = Cx {
+        file: file.to_path_buf(),
+        diags: Vec::new(),
+    };
     let msg = match pbtxt::parse(text) {
         Ok(m) => m,
         Err(e) => {
@@ -94,7 +97,9 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
         name: r.string(&mut cx, "name").unwrap_or_default(),
         platform: r.string(&mut cx, "platform").unwrap_or_default(),
         backend: r.string(&mut cx, "backend").unwrap_or_default(),
-        default_model_filename: r.string(&mut cx, "default_model_filename").unwrap_or_default(),
+        default_model_filename: r
+            .string(&mut cx, "default_model_filename")
+            .unwrap_or_default(),
         ..Default::default()
     };
     let mbs = r.int(&mut cx, "max_batch_size", 0, i32::MAX as i64);
@@ -142,15 +147,25 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
     }
     for name in UNSUPPORTED_TOP_LEVEL {
         for f in r.take(name) {
-            cx.warn(f.pos, name, "recognised Triton field, not supported by inferd yet; ignored");
+            cx.warn(
+                f.pos,
+                name,
+                "recognised Triton field, not supported by inferd yet; ignored",
+            );
         }
     }
     r.finish(&mut cx);
 
-    let (errors, warnings): (Vec<_>, Vec<_>) =
-        cx.diags.into_iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) = cx
+        .diags
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
     if errors.is_empty() {
-        Ok(ParsedConfig { config: cfg, max_batch_size_set, warnings })
+        Ok(ParsedConfig {
+            config: cfg,
+            max_batch_size_set,
+            warnings,
+        })
     } else {
         Err(errors)
     }
@@ -203,11 +218,19 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn new(msg: &'a Message, prefix: &str) -> Self {
-        Fields { msg, used: vec![false; msg.fields.len()], prefix: prefix.to_string() }
+        Fields {
+            msg,
+            used: vec![false; msg.fields.len()],
+            prefix: prefix.to_string(),
+        }
     }
 
     fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     fn take(&mut self, name: &str) -> Vec<&'a Field> {
@@ -226,7 +249,11 @@ impl<'a> Fields<'a> {
         let fields = self.take(name);
         let path = self.path(name);
         if fields.len() > 1 {
-            cx.warn(fields[1].pos, &path, "set more than once; the last value wins");
+            cx.warn(
+                fields[1].pos,
+                &path,
+                "set more than once; the last value wins",
+            );
         }
         let f = fields.last()?;
         match &f.value {
@@ -249,7 +276,11 @@ impl<'a> Fields<'a> {
                 }
             },
             other => {
-                cx.error(pos, &self.path(name), format!("expected a quoted string, found {other}"));
+                cx.error(
+                    pos,
+                    &self.path(name),
+                    format!("expected a quoted string, found {other}"),
+                );
                 None
             }
         }
@@ -283,7 +314,11 @@ impl<'a> Fields<'a> {
             Scalar::Number(n) if n == "1" => Some(true),
             Scalar::Number(n) if n == "0" => Some(false),
             other => {
-                cx.error(pos, &self.path(name), format!("expected true or false, found {other}"));
+                cx.error(
+                    pos,
+                    &self.path(name),
+                    format!("expected true or false, found {other}"),
+                );
                 None
             }
         }
@@ -294,7 +329,11 @@ impl<'a> Fields<'a> {
         match s {
             Scalar::Ident(i) => Some((i.clone(), pos)),
             other => {
-                cx.error(pos, &self.path(name), format!("expected an enum name, found {other}"));
+                cx.error(
+                    pos,
+                    &self.path(name),
+                    format!("expected an enum name, found {other}"),
+                );
                 None
             }
         }
@@ -304,13 +343,21 @@ impl<'a> Fields<'a> {
         let fields = self.take(name);
         let path = self.path(name);
         if fields.len() > 1 {
-            cx.warn(fields[1].pos, &path, "set more than once; the last value wins");
+            cx.warn(
+                fields[1].pos,
+                &path,
+                "set more than once; the last value wins",
+            );
         }
         let f = fields.last()?;
         match &f.value {
             Value::Message(m) => Some(Fields::new(m, &path)),
             Value::Scalar(s) => {
-                cx.error(f.value_pos, &path, format!("expected a message in braces, found {s}"));
+                cx.error(
+                    f.value_pos,
+                    &path,
+                    format!("expected a message in braces, found {s}"),
+                );
                 None
             }
         }
@@ -321,7 +368,10 @@ impl<'a> Fields<'a> {
         self.take(name)
             .into_iter()
             .enumerate()
-            .map(|(i, field)| At { field, path: format!("{path}[{i}]") })
+            .map(|(i, field)| At {
+                field,
+                path: format!("{path}[{i}]"),
+            })
             .collect()
     }
 
@@ -334,7 +384,10 @@ impl<'a> Fields<'a> {
                 cx.error(
                     pos,
                     &self.path(name),
-                    format!("unknown data type '{id}' (expected one of {})", known.join(", ")),
+                    format!(
+                        "unknown data type '{id}' (expected one of {})",
+                        known.join(", ")
+                    ),
                 );
                 None
             }
@@ -364,7 +417,11 @@ fn scalar_int(cx: &mut Cx, s: &Scalar, pos: Pos, path: &str, min: i64, max: i64)
     match parsed {
         Some(v) if v >= min && v <= max => Some(v),
         Some(v) => {
-            cx.error(pos, path, format!("{v} is out of range (allowed {min}..={max})"));
+            cx.error(
+                pos,
+                path,
+                format!("{v} is out of range (allowed {min}..={max})"),
+            );
             None
         }
         None => {
@@ -380,7 +437,9 @@ fn version_policy(cx: &mut Cx, mut r: Fields) -> VersionPolicy {
     if let Some(mut l) = r.message(cx, "latest") {
         let n = l.int(cx, "num_versions", 1, u32::MAX as i64).unwrap_or(1);
         l.finish(cx);
-        policy = VersionPolicy::Latest { num_versions: n as u32 };
+        policy = VersionPolicy::Latest {
+            num_versions: n as u32,
+        };
         chosen += 1;
     }
     if let Some(a) = r.message(cx, "all") {
@@ -389,16 +448,28 @@ fn version_policy(cx: &mut Cx, mut r: Fields) -> VersionPolicy {
         chosen += 1;
     }
     if let Some(mut s) = r.message(cx, "specific") {
-        let versions: Vec<u64> = s.ints(cx, "versions", 1, i64::MAX).into_iter().map(|v| v as u64).collect();
+        let versions: Vec<u64> = s
+            .ints(cx, "versions", 1, i64::MAX)
+            .into_iter()
+            .map(|v| v as u64)
+            .collect();
         if versions.is_empty() {
-            cx.error(Pos::default(), &s.path("versions"), "specific version policy lists no versions");
+            cx.error(
+                Pos::default(),
+                &s.path("versions"),
+                "specific version policy lists no versions",
+            );
         }
         s.finish(cx);
         policy = VersionPolicy::Specific { versions };
         chosen += 1;
     }
     if chosen > 1 {
-        cx.error(Pos::default(), &r.prefix, "set only one of latest, all, specific");
+        cx.error(
+            Pos::default(),
+            &r.prefix,
+            "set only one of latest, all, specific",
+        );
     }
     r.finish(cx);
     policy
@@ -420,7 +491,9 @@ fn require_message<'a>(cx: &mut Cx, at: &At<'a>) -> Option<Fields<'a>> {
 }
 
 fn model_input(cx: &mut Cx, at: At) -> ModelInput {
-    let Some(mut r) = require_message(cx, &at) else { return ModelInput::default() };
+    let Some(mut r) = require_message(cx, &at) else {
+        return ModelInput::default();
+    };
     let mut i = ModelInput {
         name: r.string(cx, "name").unwrap_or_default(),
         data_type: ConfigDataType(r.data_type(cx, "data_type").unwrap_or(DataType::F32)),
@@ -429,9 +502,18 @@ fn model_input(cx: &mut Cx, at: At) -> ModelInput {
         ..Default::default()
     };
     i.reshape = reshape(cx, &mut r);
-    for name in ["format", "is_shape_tensor", "allow_ragged_batch", "is_non_linear_format_io"] {
+    for name in [
+        "format",
+        "is_shape_tensor",
+        "allow_ragged_batch",
+        "is_non_linear_format_io",
+    ] {
         for f in r.take(name) {
-            cx.warn(f.pos, &r.path(name), "recognised Triton field, not supported by inferd yet; ignored");
+            cx.warn(
+                f.pos,
+                &r.path(name),
+                "recognised Triton field, not supported by inferd yet; ignored",
+            );
         }
     }
     if i.name.is_empty() {
@@ -442,7 +524,9 @@ fn model_input(cx: &mut Cx, at: At) -> ModelInput {
 }
 
 fn model_output(cx: &mut Cx, at: At) -> ModelOutput {
-    let Some(mut r) = require_message(cx, &at) else { return ModelOutput::default() };
+    let Some(mut r) = require_message(cx, &at) else {
+        return ModelOutput::default();
+    };
     let mut o = ModelOutput {
         name: r.string(cx, "name").unwrap_or_default(),
         data_type: ConfigDataType(r.data_type(cx, "data_type").unwrap_or(DataType::F32)),
@@ -453,7 +537,11 @@ fn model_output(cx: &mut Cx, at: At) -> ModelOutput {
     o.reshape = reshape(cx, &mut r);
     for name in ["is_shape_tensor", "is_non_linear_format_io"] {
         for f in r.take(name) {
-            cx.warn(f.pos, &r.path(name), "recognised Triton field, not supported by inferd yet; ignored");
+            cx.warn(
+                f.pos,
+                &r.path(name),
+                "recognised Triton field, not supported by inferd yet; ignored",
+            );
         }
     }
     if o.name.is_empty() {
@@ -464,7 +552,9 @@ fn model_output(cx: &mut Cx, at: At) -> ModelOutput {
 }
 
 fn instance_group(cx: &mut Cx, at: At) -> InstanceGroup {
-    let Some(mut r) = require_message(cx, &at) else { return InstanceGroup::default() };
+    let Some(mut r) = require_message(cx, &at) else {
+        return InstanceGroup::default();
+    };
     let mut g = InstanceGroup {
         name: r.string(cx, "name").unwrap_or_default(),
         count: r.int(cx, "count", 1, 1024).unwrap_or(1) as u32,
@@ -483,9 +573,19 @@ fn instance_group(cx: &mut Cx, at: At) -> InstanceGroup {
             }
         };
     }
-    for name in ["profile", "passive", "host_policy", "rate_limiter", "secondary_devices"] {
+    for name in [
+        "profile",
+        "passive",
+        "host_policy",
+        "rate_limiter",
+        "secondary_devices",
+    ] {
         for f in r.take(name) {
-            cx.warn(f.pos, &r.path(name), "recognised Triton field, not supported by inferd yet; ignored");
+            cx.warn(
+                f.pos,
+                &r.path(name),
+                "recognised Triton field, not supported by inferd yet; ignored",
+            );
         }
     }
     r.finish(cx);
@@ -494,7 +594,9 @@ fn instance_group(cx: &mut Cx, at: At) -> InstanceGroup {
 
 fn queue_policy(cx: &mut Cx, mut r: Fields) -> QueuePolicy {
     let mut q = QueuePolicy {
-        default_timeout_microseconds: r.int(cx, "default_timeout_microseconds", 0, i64::MAX).unwrap_or(0) as u64,
+        default_timeout_microseconds: r
+            .int(cx, "default_timeout_microseconds", 0, i64::MAX)
+            .unwrap_or(0) as u64,
         allow_timeout_override: r.bool(cx, "allow_timeout_override").unwrap_or(false),
         max_queue_size: r.int(cx, "max_queue_size", 0, u32::MAX as i64).unwrap_or(0) as u32,
         ..Default::default()
@@ -504,7 +606,11 @@ fn queue_policy(cx: &mut Cx, mut r: Fields) -> QueuePolicy {
             "REJECT" => TimeoutAction::Reject,
             "DELAY" => TimeoutAction::Delay,
             other => {
-                cx.error(pos, &r.path("timeout_action"), format!("unknown timeout_action '{other}' (expected REJECT or DELAY)"));
+                cx.error(
+                    pos,
+                    &r.path("timeout_action"),
+                    format!("unknown timeout_action '{other}' (expected REJECT or DELAY)"),
+                );
                 TimeoutAction::Reject
             }
         };
@@ -515,11 +621,21 @@ fn queue_policy(cx: &mut Cx, mut r: Fields) -> QueuePolicy {
 
 fn dynamic_batching(cx: &mut Cx, mut r: Fields) -> DynamicBatching {
     let mut d = DynamicBatching {
-        preferred_batch_size: r.ints(cx, "preferred_batch_size", 1, i32::MAX as i64).into_iter().map(|v| v as u32).collect(),
-        max_queue_delay_microseconds: r.int(cx, "max_queue_delay_microseconds", 0, i64::MAX).unwrap_or(0) as u64,
+        preferred_batch_size: r
+            .ints(cx, "preferred_batch_size", 1, i32::MAX as i64)
+            .into_iter()
+            .map(|v| v as u32)
+            .collect(),
+        max_queue_delay_microseconds: r
+            .int(cx, "max_queue_delay_microseconds", 0, i64::MAX)
+            .unwrap_or(0) as u64,
         preserve_ordering: r.bool(cx, "preserve_ordering").unwrap_or(false),
-        priority_levels: r.int(cx, "priority_levels", 0, u32::MAX as i64).unwrap_or(0) as u32,
-        default_priority_level: r.int(cx, "default_priority_level", 0, u32::MAX as i64).unwrap_or(0) as u32,
+        priority_levels: r
+            .int(cx, "priority_levels", 0, u32::MAX as i64)
+            .unwrap_or(0) as u32,
+        default_priority_level: r
+            .int(cx, "default_priority_level", 0, u32::MAX as i64)
+            .unwrap_or(0) as u32,
         ..Default::default()
     };
     if let Some(q) = r.message(cx, "default_queue_policy") {
@@ -535,7 +651,11 @@ fn dynamic_batching(cx: &mut Cx, mut r: Fields) -> DynamicBatching {
                 Ok(level) => {
                     d.priority_queue_policy.insert(level, v);
                 }
-                Err(_) => cx.error(Pos::default(), "dynamic_batching.priority_queue_policy", format!("key '{k}' is not a priority level")),
+                Err(_) => cx.error(
+                    Pos::default(),
+                    "dynamic_batching.priority_queue_policy",
+                    format!("key '{k}' is not a priority level"),
+                ),
             }
         }
     }
@@ -544,7 +664,9 @@ fn dynamic_batching(cx: &mut Cx, mut r: Fields) -> DynamicBatching {
 }
 
 fn model_warmup(cx: &mut Cx, at: At) -> ModelWarmup {
-    let Some(mut r) = require_message(cx, &at) else { return ModelWarmup::default() };
+    let Some(mut r) = require_message(cx, &at) else {
+        return ModelWarmup::default();
+    };
     let mut w = ModelWarmup {
         name: r.string(cx, "name").unwrap_or_default(),
         batch_size: r.int(cx, "batch_size", 0, u32::MAX as i64).unwrap_or(1) as u32,
@@ -575,18 +697,25 @@ fn model_warmup(cx: &mut Cx, at: At) -> ModelWarmup {
 fn ensemble(cx: &mut Cx, mut r: Fields) -> EnsembleScheduling {
     let mut e = EnsembleScheduling::default();
     for at in r.messages("step") {
-        let Some(mut s) = require_message(cx, &at) else { continue };
+        let Some(mut s) = require_message(cx, &at) else {
+            continue;
+        };
         let mut step = EnsembleStep {
             model_name: s.string(cx, "model_name").unwrap_or_default(),
             model_version: s.int(cx, "model_version", -1, i64::MAX).unwrap_or(-1),
             ..Default::default()
         };
-        for (field, map) in [("input_map", &mut step.input_map), ("output_map", &mut step.output_map)] {
+        for (field, map) in [
+            ("input_map", &mut step.input_map),
+            ("output_map", &mut step.output_map),
+        ] {
             for m in s.messages(field) {
                 let (k, v) = map_entry(cx, m, |cx, f| {
                     let path = f.path.clone();
                     match &f.field.value {
-                        Value::Scalar(Scalar::Str(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                        Value::Scalar(Scalar::Str(b)) => {
+                            Some(String::from_utf8_lossy(b).into_owned())
+                        }
                         _ => {
                             cx.error(f.field.value_pos, &path, "expected a quoted string");
                             None
@@ -611,12 +740,18 @@ fn map_entry<T>(
     at: At,
     value: impl FnOnce(&mut Cx, &At) -> Option<T>,
 ) -> (Option<String>, Option<T>) {
-    let Some(mut r) = require_message(cx, &at) else { return (None, None) };
+    let Some(mut r) = require_message(cx, &at) else {
+        return (None, None);
+    };
     let key = match r.scalar(cx, "key") {
         Some((Scalar::Str(b), _)) => Some(String::from_utf8_lossy(b).into_owned()),
         Some((Scalar::Number(n), _)) => Some(n.clone()),
         Some((other, pos)) => {
-            cx.error(pos, &r.path("key"), format!("expected a key, found {other}"));
+            cx.error(
+                pos,
+                &r.path("key"),
+                format!("expected a key, found {other}"),
+            );
             None
         }
         None => {
@@ -627,7 +762,10 @@ fn map_entry<T>(
     let vals = r.take("value");
     let v = match vals.last() {
         Some(f) => {
-            let vat = At { field: f, path: r.path("value") };
+            let vat = At {
+                field: f,
+                path: r.path("value"),
+            };
             value(cx, &vat)
         }
         None => {
@@ -671,7 +809,12 @@ mod tests {
         assert!(p.max_batch_size_set);
         assert_eq!(c.name, "mlp");
         assert_eq!(c.max_batch_size, 64);
-        assert_eq!(c.version_policy, VersionPolicy::Specific { versions: vec![1, 3] });
+        assert_eq!(
+            c.version_policy,
+            VersionPolicy::Specific {
+                versions: vec![1, 3]
+            }
+        );
         assert_eq!(c.input[0].dims, vec![64]);
         assert!(c.input[0].optional);
         assert_eq!(c.input[0].reshape, Some(Reshape { shape: vec![8, 8] }));
@@ -679,7 +822,10 @@ mod tests {
         assert_eq!(c.instance_count(), 2);
         let db = c.dynamic_batching.as_ref().unwrap();
         assert_eq!(db.preferred_batch_size, vec![4, 8]);
-        assert_eq!(db.default_queue_policy.as_ref().unwrap().timeout_action, TimeoutAction::Delay);
+        assert_eq!(
+            db.default_queue_policy.as_ref().unwrap().timeout_action,
+            TimeoutAction::Delay
+        );
         assert_eq!(db.priority_queue_policy[&1].max_queue_size, 3);
         assert_eq!(c.model_warmup[0].inputs["x"].dims, vec![64]);
         assert_eq!(c.parameters["k"].string_value, "v");
@@ -689,8 +835,16 @@ mod tests {
     fn unknown_and_unsupported_fields_warn_by_name() {
         let p = parse("name: \"m\"\nfoo: 1\nsequence_batching { }\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [1] bar: 2 } ]").unwrap();
         let w: Vec<String> = p.warnings.iter().map(|d| d.to_string()).collect();
-        assert!(w.iter().any(|s| s.contains("m/config.pbtxt:2:1: field 'foo': unknown field")), "{w:?}");
-        assert!(w.iter().any(|s| s.contains("'sequence_batching'") && s.contains("not supported")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|s| s.contains("m/config.pbtxt:2:1: field 'foo': unknown field")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|s| s.contains("'sequence_batching'") && s.contains("not supported")),
+            "{w:?}"
+        );
         assert!(w.iter().any(|s| s.contains("'input[0].bar'")), "{w:?}");
     }
 
@@ -698,8 +852,17 @@ mod tests {
     fn errors_name_file_line_field_and_reason() {
         let errs = parse("name: \"m\"\ninput [ { name: \"x\" data_type: TYPE_FLOAT dims: [ 1 ] } ]\nmax_batch_size: -3").unwrap_err();
         let s: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
-        assert!(s.iter().any(|e| e.starts_with("m/config.pbtxt:2:") && e.contains("input[0].data_type") && e.contains("TYPE_FLOAT")), "{s:?}");
-        assert!(s.iter().any(|e| e.contains("max_batch_size") && e.contains("out of range")), "{s:?}");
+        assert!(
+            s.iter().any(|e| e.starts_with("m/config.pbtxt:2:")
+                && e.contains("input[0].data_type")
+                && e.contains("TYPE_FLOAT")),
+            "{s:?}"
+        );
+        assert!(
+            s.iter()
+                .any(|e| e.contains("max_batch_size") && e.contains("out of range")),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -713,7 +876,10 @@ mod tests {
     fn empty_config_is_all_defaults() {
         let p = parse("").unwrap();
         assert!(!p.max_batch_size_set);
-        assert_eq!(p.config.version_policy, VersionPolicy::Latest { num_versions: 1 });
+        assert_eq!(
+            p.config.version_policy,
+            VersionPolicy::Latest { num_versions: 1 }
+        );
     }
 
     #[test]

@@ -65,7 +65,10 @@ pub struct OutputEncoding {
 
 impl OutputEncoding {
     fn is_binary(&self, name: &str) -> bool {
-        self.binary.get(name).copied().unwrap_or(self.binary_default)
+        self.binary
+            .get(name)
+            .copied()
+            .unwrap_or(self.binary_default)
     }
 }
 
@@ -73,14 +76,19 @@ fn param_bool(params: &Option<Map<String, Value>>, key: &str, what: &str) -> Res
     match params.as_ref().and_then(|p| p.get(key)) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => err(format!("{what}: parameter '{key}' must be a boolean, got {other}")),
+        Some(other) => err(format!(
+            "{what}: parameter '{key}' must be a boolean, got {other}"
+        )),
     }
 }
 
 fn to_param(v: &Value) -> Option<ParamValue> {
     match v {
         Value::Bool(b) => Some(ParamValue::Bool(*b)),
-        Value::Number(n) => n.as_i64().map(ParamValue::Int).or_else(|| n.as_f64().map(ParamValue::Double)),
+        Value::Number(n) => n
+            .as_i64()
+            .map(ParamValue::Int)
+            .or_else(|| n.as_f64().map(ParamValue::Double)),
         Value::String(s) => Some(ParamValue::String(s.clone())),
         _ => None,
     }
@@ -88,7 +96,10 @@ fn to_param(v: &Value) -> Option<ParamValue> {
 
 /// Decodes an inference request body. `header_len` is the `Inference-Header-Content-Length`
 /// header, when present.
-pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<(InferRequest, OutputEncoding)> {
+pub fn decode_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+) -> Result<(InferRequest, OutputEncoding)> {
     let hlen = match header_len {
         Some(n) if n > body.len() => {
             return err(format!(
@@ -102,9 +113,13 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<(InferR
     let json: RequestJson = serde_json::from_slice(&body[..hlen])
         .map_err(|e| DecodeError(format!("malformed inference request JSON: {e}")))?;
     let mut binary = body.slice(hlen..);
-    let mut req = InferRequest { id: json.id.unwrap_or_default(), ..Default::default() };
+    let mut req = InferRequest {
+        id: json.id.unwrap_or_default(),
+        ..Default::default()
+    };
     let mut enc = OutputEncoding {
-        binary_default: param_bool(&json.parameters, "binary_data_output", "request")?.unwrap_or(false),
+        binary_default: param_bool(&json.parameters, "binary_data_output", "request")?
+            .unwrap_or(false),
         ..Default::default()
     };
     if let Some(params) = &json.parameters {
@@ -116,21 +131,45 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<(InferR
     }
     for input in json.inputs {
         let name = input.name;
-        let dtype: DataType = input.datatype.parse().map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
+        let dtype: DataType = input
+            .datatype
+            .parse()
+            .map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
         let shape = input
             .shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| DecodeError(format!("input '{name}': shape {:?} has a negative dimension", input.shape))))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| {
+                    DecodeError(format!(
+                        "input '{name}': shape {:?} has a negative dimension",
+                        input.shape
+                    ))
+                })
+            })
             .collect::<Result<Vec<usize>>>()?;
-        let bin_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+        let bin_size = match input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+        {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_u64().ok_or_else(|| {
-                DecodeError(format!("input '{name}': binary_data_size must be a non-negative integer, got {v}"))
+                DecodeError(format!(
+                    "input '{name}': binary_data_size must be a non-negative integer, got {v}"
+                ))
             })? as usize),
         };
         let tensor = match (bin_size, input.data) {
-            (Some(_), Some(_)) => return err(format!("input '{name}': give either 'data' or binary_data_size, not both")),
-            (None, None) => return err(format!("input '{name}': has neither 'data' nor binary_data_size")),
+            (Some(_), Some(_)) => {
+                return err(format!(
+                    "input '{name}': give either 'data' or binary_data_size, not both"
+                ));
+            }
+            (None, None) => {
+                return err(format!(
+                    "input '{name}': has neither 'data' nor binary_data_size"
+                ));
+            }
             (Some(size), None) => {
                 if size > binary.len() {
                     return err(format!(
@@ -158,11 +197,21 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<(InferR
     if let Some(outputs) = json.outputs {
         let mut names = Vec::with_capacity(outputs.len());
         for o in outputs {
-            if let Some(b) = param_bool(&o.parameters, "binary_data", &format!("output '{}'", o.name))? {
+            if let Some(b) = param_bool(
+                &o.parameters,
+                "binary_data",
+                &format!("output '{}'", o.name),
+            )? {
                 enc.binary.insert(o.name.clone(), b);
             }
-            if o.parameters.as_ref().is_some_and(|p| p.contains_key("classification")) {
-                return err(format!("output '{}': the classification extension is not supported", o.name));
+            if o.parameters
+                .as_ref()
+                .is_some_and(|p| p.contains_key("classification"))
+            {
+                return err(format!(
+                    "output '{}': the classification extension is not supported",
+                    o.name
+                ));
             }
             names.push(o.name);
         }
@@ -189,7 +238,11 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(
 fn json_tensor(name: &str, dtype: DataType, shape: Vec<usize>, data: &Value) -> Result<Tensor> {
     let mut flat = Vec::new();
     flatten(data, &mut flat, 0)?;
-    let bad = |i: usize, v: &Value| DecodeError(format!("input '{name}': element {i} ({v}) is not a valid {dtype}"));
+    let bad = |i: usize, v: &Value| {
+        DecodeError(format!(
+            "input '{name}': element {i} ({v}) is not a valid {dtype}"
+        ))
+    };
     if dtype == DataType::Bytes {
         let items = flat
             .iter()
@@ -199,14 +252,18 @@ fn json_tensor(name: &str, dtype: DataType, shape: Vec<usize>, data: &Value) -> 
                 other => Err(bad(i, other)),
             })
             .collect::<Result<Vec<_>>>()?;
-        return Tensor::new(dtype, shape, TensorData::Bytes(items)).map_err(|e| DecodeError(format!("input '{name}': {e}")));
+        return Tensor::new(dtype, shape, TensorData::Bytes(items))
+            .map_err(|e| DecodeError(format!("input '{name}': {e}")));
     }
     let size = dtype.size().unwrap_or(1);
     let mut raw = Vec::with_capacity(flat.len() * size);
     macro_rules! ints {
         ($t:ty, $get:ident) => {
             for (i, v) in flat.iter().enumerate() {
-                let x = v.$get().and_then(|x| <$t>::try_from(x).ok()).ok_or_else(|| bad(i, v))?;
+                let x = v
+                    .$get()
+                    .and_then(|x| <$t>::try_from(x).ok())
+                    .ok_or_else(|| bad(i, v))?;
                 raw.extend_from_slice(&x.to_le_bytes());
             }
         };
@@ -240,31 +297,69 @@ fn json_tensor(name: &str, dtype: DataType, shape: Vec<usize>, data: &Value) -> 
         DataType::BF16 => floats!(|x: f64| bf16::from_f64(x)),
         DataType::Bytes => unreachable!("handled above"),
     }
-    Tensor::new(dtype, shape, TensorData::Raw(raw.into())).map_err(|e| DecodeError(format!("input '{name}': {e}")))
+    Tensor::new(dtype, shape, TensorData::Raw(raw.into()))
+        .map_err(|e| DecodeError(format!("input '{name}': {e}")))
 }
 
 /// Writes a tensor's elements as a flat JSON array.
 pub fn tensor_json(t: &Tensor) -> Value {
-    let num = |f: f64| Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null);
+    let num = |f: f64| {
+        Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
+    };
     match t.data() {
         TensorData::Bytes(items) => Value::Array(
-            items.iter().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())).collect(),
+            items
+                .iter()
+                .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
+                .collect(),
         ),
         TensorData::Raw(r) => {
             let vals: Vec<Value> = match t.dtype() {
                 DataType::Bool => r.iter().map(|&b| Value::Bool(b != 0)).collect(),
                 DataType::U8 => r.iter().map(|&b| Value::from(b)).collect(),
                 DataType::I8 => r.iter().map(|&b| Value::from(b as i8)).collect(),
-                DataType::U16 => r.chunks_exact(2).map(|c| Value::from(u16::from_le_bytes([c[0], c[1]]))).collect(),
-                DataType::I16 => r.chunks_exact(2).map(|c| Value::from(i16::from_le_bytes([c[0], c[1]]))).collect(),
-                DataType::U32 => r.chunks_exact(4).map(|c| Value::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-                DataType::I32 => r.chunks_exact(4).map(|c| Value::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-                DataType::U64 => r.chunks_exact(8).map(|c| Value::from(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect(),
-                DataType::I64 => r.chunks_exact(8).map(|c| Value::from(i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect(),
-                DataType::F16 => r.chunks_exact(2).map(|c| num(f16::from_le_bytes([c[0], c[1]]).to_f64())).collect(),
-                DataType::BF16 => r.chunks_exact(2).map(|c| num(bf16::from_le_bytes([c[0], c[1]]).to_f64())).collect(),
-                DataType::F32 => r.chunks_exact(4).map(|c| num(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)).collect(),
-                DataType::F64 => r.chunks_exact(8).map(|c| num(f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect(),
+                DataType::U16 => r
+                    .chunks_exact(2)
+                    .map(|c| Value::from(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+                DataType::I16 => r
+                    .chunks_exact(2)
+                    .map(|c| Value::from(i16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+                DataType::U32 => r
+                    .chunks_exact(4)
+                    .map(|c| Value::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect(),
+                DataType::I32 => r
+                    .chunks_exact(4)
+                    .map(|c| Value::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect(),
+                DataType::U64 => r
+                    .chunks_exact(8)
+                    .map(|c| Value::from(u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+                    .collect(),
+                DataType::I64 => r
+                    .chunks_exact(8)
+                    .map(|c| Value::from(i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+                    .collect(),
+                DataType::F16 => r
+                    .chunks_exact(2)
+                    .map(|c| num(f16::from_le_bytes([c[0], c[1]]).to_f64()))
+                    .collect(),
+                DataType::BF16 => r
+                    .chunks_exact(2)
+                    .map(|c| num(bf16::from_le_bytes([c[0], c[1]]).to_f64()))
+                    .collect(),
+                DataType::F32 => r
+                    .chunks_exact(4)
+                    .map(|c| num(f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64))
+                    .collect(),
+                DataType::F64 => r
+                    .chunks_exact(8)
+                    .map(|c| num(f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
+                    .collect(),
                 DataType::Bytes => Vec::new(),
             };
             Value::Array(vals)
@@ -287,7 +382,10 @@ pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedRes
     for o in &resp.outputs {
         let mut m = Map::new();
         m.insert("name".into(), Value::String(o.name.clone()));
-        m.insert("datatype".into(), Value::String(o.tensor.dtype().as_str().into()));
+        m.insert(
+            "datatype".into(),
+            Value::String(o.tensor.dtype().as_str().into()),
+        );
         m.insert("shape".into(), Value::from(o.tensor.shape().to_vec()));
         if enc.is_binary(&o.name) {
             let mut p = Map::new();
@@ -301,14 +399,20 @@ pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedRes
     }
     let mut head = Map::new();
     head.insert("model_name".into(), Value::String(resp.model_name.clone()));
-    head.insert("model_version".into(), Value::String(resp.model_version.to_string()));
+    head.insert(
+        "model_version".into(),
+        Value::String(resp.model_version.to_string()),
+    );
     if !resp.id.is_empty() {
         head.insert("id".into(), Value::String(resp.id.clone()));
     }
     head.insert("outputs".into(), Value::Array(outputs));
     let header = serde_json::to_vec(&Value::Object(head)).unwrap_or_default();
     if blobs.is_empty() {
-        return EncodedResponse { body: header.into(), header_len: None };
+        return EncodedResponse {
+            body: header.into(),
+            header_len: None,
+        };
     }
     let total = header.len() + blobs.iter().map(Bytes::len).sum::<usize>();
     let mut body = BytesMut::with_capacity(total);
@@ -316,7 +420,10 @@ pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedRes
     for b in &blobs {
         body.extend_from_slice(b);
     }
-    EncodedResponse { body: body.freeze(), header_len: Some(header.len()) }
+    EncodedResponse {
+        body: body.freeze(),
+        header_len: Some(header.len()),
+    }
 }
 
 #[cfg(test)]
@@ -327,17 +434,27 @@ mod tests {
     fn body(json: &str, bin: &[u8]) -> (Bytes, Option<usize>) {
         let mut b = json.as_bytes().to_vec();
         b.extend_from_slice(bin);
-        (b.into(), if bin.is_empty() { None } else { Some(json.len()) })
+        (
+            b.into(),
+            if bin.is_empty() {
+                None
+            } else {
+                Some(json.len())
+            },
+        )
     }
 
     fn decode_err(json: &str, bin: &[u8], hlen: Option<usize>) -> String {
         let (b, h) = body(json, bin);
-        decode_request(&b, hlen.or(h)).err().expect("should fail").0
+        decode_request(&b, hlen.or(h)).expect_err("should fail").0
     }
 
     #[test]
     fn decodes_json_and_binary_inputs() {
-        let raw: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let json = r#"{"id":"7","inputs":[
             {"name":"a","shape":[1,2],"datatype":"FP32","parameters":{"binary_data_size":8}},
             {"name":"b","shape":[2,2],"datatype":"INT64","data":[[1,2],[3,-4]]},
@@ -347,21 +464,35 @@ mod tests {
         let (req, enc) = decode_request(&b, h).unwrap();
         assert_eq!(req.id, "7");
         assert_eq!(req.inputs[0].tensor.to_f32_vec().unwrap(), vec![1.5, -2.0]);
-        assert_eq!(req.inputs[1].tensor.to_i64_vec().unwrap(), vec![1, 2, 3, -4]);
-        assert_eq!(req.inputs[2].tensor.bytes_elements().unwrap()[1], Bytes::from("héllo".as_bytes()));
+        assert_eq!(
+            req.inputs[1].tensor.to_i64_vec().unwrap(),
+            vec![1, 2, 3, -4]
+        );
+        assert_eq!(
+            req.inputs[2].tensor.bytes_elements().unwrap()[1],
+            Bytes::from("héllo".as_bytes())
+        );
         assert_eq!(req.outputs, Some(vec!["y".to_string()]));
         assert!(enc.is_binary("y"));
     }
 
     #[test]
     fn binary_size_larger_than_body_is_refused() {
-        let m = decode_err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#, &[0; 4], None);
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#,
+            &[0; 4],
+            None,
+        );
         assert!(m.contains("binary_data_size is 8 but only 4 bytes"), "{m}");
     }
 
     #[test]
     fn trailing_binary_bytes_are_refused() {
-        let m = decode_err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#, &[0; 6], None);
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#,
+            &[0; 6],
+            None,
+        );
         assert!(m.contains("2 bytes of binary data after"), "{m}");
     }
 
@@ -374,13 +505,32 @@ mod tests {
     #[test]
     fn malformed_json_and_types_are_refused() {
         assert!(decode_err("{not json", b"", None).contains("malformed inference request JSON"));
-        let m = decode_err(r#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT8","data":[1,300]}]}"#, b"", None);
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT8","data":[1,300]}]}"#,
+            b"",
+            None,
+        );
         assert!(m.contains("element 1 (300) is not a valid INT8"), "{m}");
-        let m = decode_err(r#"{"inputs":[{"name":"a","shape":[-1],"datatype":"FP32","data":[1]}]}"#, b"", None);
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+            b"",
+            None,
+        );
         assert!(m.contains("negative"), "{m}");
-        let m = decode_err(r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, b"", None);
-        assert!(m.contains("input 'a'") && m.contains("needs 12 bytes"), "{m}");
-        let m = decode_err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FLOAT","data":[1]}]}"#, b"", None);
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+            b"",
+            None,
+        );
+        assert!(
+            m.contains("input 'a'") && m.contains("needs 12 bytes"),
+            "{m}"
+        );
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+            b"",
+            None,
+        );
         assert!(m.contains("unknown datatype 'FLOAT'"), "{m}");
     }
 
@@ -388,9 +538,15 @@ mod tests {
     fn broken_bytes_prefix_is_refused() {
         let mut raw = encode_length_prefixed(&[Bytes::from_static(b"abc")]);
         raw[0] = 50;
-        let json = format!(r#"{{"inputs":[{{"name":"s","shape":[1],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#, raw.len());
+        let json = format!(
+            r#"{{"inputs":[{{"name":"s","shape":[1],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+            raw.len()
+        );
         let m = decode_err(&json, &raw, None);
-        assert!(m.contains("input 's'") && m.contains("claims 50 bytes"), "{m}");
+        assert!(
+            m.contains("input 's'") && m.contains("claims 50 bytes"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -400,11 +556,20 @@ mod tests {
             model_version: 2,
             id: String::new(),
             outputs: vec![
-                NamedTensor { name: "bin".into(), tensor: Tensor::from_f32(vec![2], &[1.0, 2.0]).unwrap() },
-                NamedTensor { name: "js".into(), tensor: Tensor::from_i64(vec![1], &[5]).unwrap() },
+                NamedTensor {
+                    name: "bin".into(),
+                    tensor: Tensor::from_f32(vec![2], &[1.0, 2.0]).unwrap(),
+                },
+                NamedTensor {
+                    name: "js".into(),
+                    tensor: Tensor::from_i64(vec![1], &[5]).unwrap(),
+                },
             ],
         };
-        let enc = OutputEncoding { binary: [("bin".to_string(), true)].into(), binary_default: false };
+        let enc = OutputEncoding {
+            binary: [("bin".to_string(), true)].into(),
+            binary_default: false,
+        };
         let out = encode_response(&resp, &enc);
         let h = out.header_len.unwrap();
         let head: Value = serde_json::from_slice(&out.body[..h]).unwrap();

@@ -7,19 +7,19 @@ pub mod codec;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use inferd_core::Engine;
 use inferd_core::engine::{IndexEntry, ModelInfo};
 use inferd_core::stats::{StatDuration, VersionStats};
-use inferd_core::Engine;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::error::ApiError;
 use crate::SERVER_EXTENSIONS;
+use crate::error::ApiError;
 
 /// Header naming the JSON part's length when binary tensor data follows.
 pub const HEADER_LEN: &str = "inference-header-content-length";
@@ -43,51 +43,88 @@ pub fn router(state: HttpState) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
         .route("/v2/models/{model}/stats", get(model_stats))
-        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_v),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
-        .route("/v2/repository/models/{model}/unload", post(repository_unload))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {} {}", req.method(), req.uri().path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed on {}", req.method(), req.uri().path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 fn parse_version(v: &str) -> ApiResult<Option<u64>> {
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse::<u64>()
-        .map(Some)
-        .map_err(|_| ApiError::bad_request(format!("invalid model version '{v}': expected a non-negative integer")))
+    v.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid model version '{v}': expected a non-negative integer"
+        ))
+    })
 }
 
 async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> ApiResult<Bytes> {
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {limit} bytes"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(too_large());
-        }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
     }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
     }
 }
 
@@ -100,11 +137,19 @@ async fn server_metadata() -> Json<Value> {
 }
 
 async fn live(State(s): State<HttpState>) -> StatusCode {
-    if s.engine.is_live() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if s.engine.is_live() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 async fn ready(State(s): State<HttpState>) -> StatusCode {
-    if s.engine.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if s.engine.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 fn metadata_json(info: &ModelInfo) -> Value {
@@ -126,31 +171,63 @@ fn metadata_json(info: &ModelInfo) -> Value {
     })
 }
 
-async fn model_metadata(State(s): State<HttpState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+async fn model_metadata(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(metadata_json(&s.engine.model_info(&model, None)?)))
 }
 
-async fn model_metadata_v(State(s): State<HttpState>, Path((model, version)): Path<(String, String)>) -> ApiResult<Json<Value>> {
-    Ok(Json(metadata_json(&s.engine.model_info(&model, parse_version(&version)?)?)))
+async fn model_metadata_v(
+    State(s): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(metadata_json(
+        &s.engine.model_info(&model, parse_version(&version)?)?,
+    )))
 }
 
-async fn model_ready(State(s): State<HttpState>, Path(model): Path<String>) -> ApiResult<StatusCode> {
-    Ok(if s.engine.is_model_ready(&model, None)? { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+async fn model_ready(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+) -> ApiResult<StatusCode> {
+    Ok(if s.engine.is_model_ready(&model, None)? {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    })
 }
 
-async fn model_ready_v(State(s): State<HttpState>, Path((model, version)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn model_ready_v(
+    State(s): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let v = parse_version(&version)?;
-    Ok(if s.engine.is_model_ready(&model, v)? { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
+    Ok(if s.engine.is_model_ready(&model, v)? {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    })
 }
 
-async fn model_config(State(s): State<HttpState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+async fn model_config(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
     let info = s.engine.model_info(&model, None)?;
-    Ok(Json(serde_json::to_value(&*info.config).unwrap_or(Value::Null)))
+    Ok(Json(
+        serde_json::to_value(&*info.config).unwrap_or(Value::Null),
+    ))
 }
 
-async fn model_config_v(State(s): State<HttpState>, Path((model, version)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn model_config_v(
+    State(s): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     let info = s.engine.model_info(&model, parse_version(&version)?)?;
-    Ok(Json(serde_json::to_value(&*info.config).unwrap_or(Value::Null)))
+    Ok(Json(
+        serde_json::to_value(&*info.config).unwrap_or(Value::Null),
+    ))
 }
 
 fn dur(d: StatDuration) -> Value {
@@ -196,34 +273,71 @@ async fn all_stats(State(s): State<HttpState>) -> ApiResult<Json<Value>> {
     Ok(Json(stats_json(&s.engine.statistics(None, None)?)))
 }
 
-async fn model_stats(State(s): State<HttpState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+async fn model_stats(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Value>> {
     Ok(Json(stats_json(&s.engine.statistics(Some(&model), None)?)))
 }
 
-async fn model_stats_v(State(s): State<HttpState>, Path((model, version)): Path<(String, String)>) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(&s.engine.statistics(Some(&model), parse_version(&version)?)?)))
+async fn model_stats_v(
+    State(s): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(stats_json(
+        &s.engine
+            .statistics(Some(&model), parse_version(&version)?)?,
+    )))
 }
 
-async fn infer(State(s): State<HttpState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    do_infer(s, model, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+async fn infer(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    do_infer(s, model, None, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn infer_v(State(s): State<HttpState>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+async fn infer_v(
+    State(s): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match parse_version(&version) {
-        Ok(v) => do_infer(s, model, v, headers, body).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(v) => do_infer(s, model, v, headers, body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     }
 }
 
-async fn do_infer(s: HttpState, model: String, version: Option<u64>, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+async fn do_infer(
+    s: HttpState,
+    model: String,
+    version: Option<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let header_len = match headers.get(HEADER_LEN) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ApiError::bad_request(format!("Inference-Header-Content-Length must be a non-negative integer, got {v:?}"))
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "Inference-Header-Content-Length must be a non-negative integer, got {v:?}"
+                    ))
+                })?,
+        ),
     };
     let body = read_body(body, s.max_body_bytes, &headers).await?;
-    let (req, enc) = codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
+    let (req, enc) =
+        codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
     drop(body);
     let resp = s.engine.infer(&model, version, req).await?;
     let out = codec::encode_response(&resp, &enc);
@@ -231,11 +345,17 @@ async fn do_infer(s: HttpState, model: String, version: Option<u64>, headers: He
     let h = r.headers_mut();
     match out.header_len {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(HEADER_LEN, HeaderValue::from(n));
         }
         None => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(r)
@@ -267,37 +387,60 @@ async fn json_body(body: Body, limit: usize, headers: &HeaderMap) -> ApiResult<V
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     if !v.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     Ok(v)
 }
 
-async fn repository_index(State(s): State<HttpState>, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
+async fn repository_index(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let req = json_body(body, s.max_body_bytes, &headers).await?;
     let ready = match req.get("ready") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(ApiError::bad_request(format!("'ready' must be a boolean, got {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "'ready' must be a boolean, got {other}"
+            )));
+        }
     };
     Ok(Json(index_json(&s.engine.index(ready).await?)))
 }
 
-async fn repository_load(State(s): State<HttpState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
+async fn repository_load(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let req = json_body(body, s.max_body_bytes, &headers).await?;
-    if let Some(params) = req.get("parameters").and_then(Value::as_object) {
-        if let Some(k) = params.keys().find(|k| *k == "config" || k.starts_with("file:")) {
-            return Err(ApiError::bad_request(format!(
-                "load parameter '{k}' (config override) is not supported; change the repository instead"
-            )));
-        }
+    if let Some(params) = req.get("parameters").and_then(Value::as_object)
+        && let Some(k) = params
+            .keys()
+            .find(|k| *k == "config" || k.starts_with("file:"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "load parameter '{k}' (config override) is not supported; change the repository instead"
+        )));
     }
     s.engine.load_api(&model).await?;
     Ok(Json(json!({})))
 }
 
-async fn repository_unload(State(s): State<HttpState>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> ApiResult<Json<Value>> {
+async fn repository_unload(
+    State(s): State<HttpState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
     let _ = json_body(body, s.max_body_bytes, &headers).await?;
     s.engine.unload_api(&model).await?;
     Ok(Json(json!({})))

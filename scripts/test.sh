@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: Rust unit and integration tests, then the Python interop suite
+# (real tritonclient, onnxruntime references) against the real `inferd` binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+venv=${INFERD_VENV:-$root/.venv}
+
+echo "== python environment ($venv)"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.requirements-$(sha256sum tests/python/requirements.txt | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r tests/python/requirements.txt
+  touch "$stamp"
+fi
+
+echo "== protocol definitions match tritonclient's"
+"$venv/bin/python" crates/inferd-server/proto/check_protos.py
+
+echo "== cargo build"
+cargo build --workspace --bins --tests
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== python interop suite"
+INFERD_BIN="$CARGO_TARGET_DIR/debug/inferd" "$venv/bin/python" -m pytest -q tests/python
