@@ -470,3 +470,65 @@ fn repo_check_reports_problems_with_nonzero_exit() {
         "{text}"
     );
 }
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn poll_mode_follows_added_removed_and_broken_models() {
+    let repo = repo_copy(&["add_sub"]);
+    let s = Server::start(
+        repo.path(),
+        &[
+            "--model-control-mode",
+            "poll",
+            "--repository-poll-secs",
+            "0.2",
+        ],
+    );
+    // A model folder appears: it is loaded.
+    copy_dir(
+        &examples().join("string_identity"),
+        &repo.path().join("string_identity"),
+    );
+    wait_for("string_identity to load", || {
+        s.get("/v2/models/string_identity/ready").0 == 200
+    });
+
+    // Its config breaks: the loaded version keeps serving, unchanged.
+    let cfg_path = repo.path().join("add_sub/config.pbtxt");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, "name: \"add_sub\"\nmax_batch_size: [\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        s.get("/v2/models/add_sub/ready").0,
+        200,
+        "a broken config must not take down the serving version"
+    );
+
+    // A new version whose file is corrupt: it shows UNAVAILABLE with a reason; version 1 serves on.
+    std::fs::write(&cfg_path, &good).unwrap();
+    std::fs::create_dir_all(repo.path().join("add_sub/2")).unwrap();
+    std::fs::write(repo.path().join("add_sub/2/model.onnx"), b"corrupt").unwrap();
+    wait_for("version 2 to fail", || {
+        let (_, idx) = s.post("/v2/repository/index", b"{}");
+        idx.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "add_sub" && r["version"] == "2" && r["state"] == "UNAVAILABLE")
+    });
+    let (_, meta) = s.get("/v2/models/add_sub");
+    assert_eq!(meta["versions"], json!(["1"]));
+
+    // The folder goes away: the model is unloaded.
+    std::fs::remove_dir_all(repo.path().join("string_identity")).unwrap();
+    wait_for("string_identity to unload", || {
+        s.get("/v2/models/string_identity/ready").0 != 200
+    });
+    assert_eq!(s.get("/v2/models/add_sub/ready").0, 200);
+}
