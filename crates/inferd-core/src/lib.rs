@@ -7,6 +7,7 @@
 //! - [`tensor`]: KServe v2 datatypes and tensors.
 //! - [`config`]: `config.pbtxt` parsing, auto-complete, validation.
 //! - [`backend`]: the trait a model format implements.
+//! - [`batching`]: batch formation policy (pure) for the dynamic batcher.
 //! - [`repository`]: scanning the repository folder.
 //! - [`request`]: requests, responses, and their validation against a config.
 //! - [`runner`]: one version's bounded queue and executor threads.
@@ -16,6 +17,7 @@
 //! - [`error`]: the engine's error type.
 
 pub mod backend;
+pub mod batching;
 pub mod config;
 pub mod engine;
 pub mod error;
