@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use inferd_core::Engine;
 use tokio::net::TcpListener;
 
@@ -88,7 +89,11 @@ impl BoundServer {
         });
         let mut rx_http = rx.clone();
         let http_task = tokio::spawn(async move {
-            axum::serve(self.http, app)
+            // Small request/response exchanges: never wait on Nagle's algorithm.
+            let listener = self.http.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx_http.wait_for(|v| *v).await;
                 })
@@ -121,7 +126,8 @@ impl BoundServer {
         )
         .max_decoding_message_size(self.opts.max_body_bytes)
         .max_encoding_message_size(usize::MAX);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let mut rx_grpc = rx.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
