@@ -4,7 +4,6 @@
 //! a batch never exceeds `max_batch_size`; a preferred batch size that can be formed runs at once;
 //! otherwise the batch waits until the oldest request has waited `max_queue_delay`.
 //!
-//! Not yet driven by the executors (issue 3 wires it in); each request still runs on its own.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,9 @@ pub struct Pending {
     pub rows: usize,
     /// When it was queued.
     pub enqueued: Instant,
+    /// Requests batch together only when their keys (shapes past the batch dimension, inputs,
+    /// outputs) are equal.
+    pub key: u64,
 }
 
 /// What to do now.
@@ -53,6 +55,11 @@ impl BatchPolicy {
         }
     }
 
+    /// Largest batch in rows.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Decides for a queue in service order (oldest first).
     pub fn decide(&self, queue: &[Pending], now: Instant) -> Decision {
         let Some(oldest) = queue.first() else {
@@ -63,7 +70,7 @@ impl BatchPolicy {
         let mut fits = 0usize;
         let mut best_preferred: Option<usize> = None;
         for p in queue {
-            if rows + p.rows > self.max_batch {
+            if rows + p.rows > self.max_batch || p.key != oldest.key {
                 break;
             }
             rows += p.rows;
@@ -101,6 +108,7 @@ mod tests {
             .map(|&r| Pending {
                 rows: r,
                 enqueued: t0,
+                key: 0,
             })
             .collect()
     }
@@ -147,6 +155,15 @@ mod tests {
             Decision::WaitUntil(t0 + d)
         );
         assert_eq!(p.decide(&q(t0, &[2, 2, 1]), t0 + d), Decision::Run(2));
+    }
+
+    #[test]
+    fn requests_with_other_shapes_are_not_batched_together() {
+        let t0 = Instant::now();
+        let p = BatchPolicy::new(8, &[], Duration::from_secs(1));
+        let mut queue = q(t0, &[1, 1, 1]);
+        queue[1].key = 7;
+        assert_eq!(p.decide(&queue, t0), Decision::Run(1));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::repository::{self, ModelDir};
 use crate::request::{InferRequest, InferResponse, prepare};
 use crate::runner::{InflightGuard, VersionRunner};
+use crate::scheduler::ComputeBudget;
 use crate::stats::VersionStats;
 use crate::warmup;
 
@@ -71,6 +72,8 @@ pub struct EngineOptions {
     pub strict_readiness: bool,
     /// Bound of each version's request queue when its config sets none.
     pub queue_capacity: usize,
+    /// Executions that may run at once across all models and instances; 0 means one per core.
+    pub compute_threads: usize,
 }
 
 impl Default for EngineOptions {
@@ -82,6 +85,7 @@ impl Default for EngineOptions {
             startup_models: Vec::new(),
             strict_readiness: true,
             queue_capacity: 1024,
+            compute_threads: 0,
         }
     }
 }
@@ -162,6 +166,7 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     started: AtomicBool,
     stopping: AtomicBool,
+    budget: Arc<ComputeBudget>,
 }
 
 /// The inferd engine. Cheap to clone; all clones share state.
@@ -177,6 +182,13 @@ fn lock_err<T>(_: T) -> Error {
 impl Engine {
     /// Creates an engine; nothing is loaded until [`Engine::start`].
     pub fn new(opts: EngineOptions, backends: Vec<Arc<dyn Backend>>) -> Self {
+        let threads = match opts.compute_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let budget = Arc::new(ComputeBudget::new(threads));
         Engine {
             inner: Arc::new(Inner {
                 opts,
@@ -185,6 +197,7 @@ impl Engine {
                 locks: Mutex::new(HashMap::new()),
                 started: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
+                budget,
             }),
         }
     }
@@ -908,15 +921,15 @@ impl Engine {
         })?;
         validate_config(&cfg).map_err(|e| format!("invalid config: {e}"))?;
         warmup::run(name, &cfg, loaded.as_ref(), dir)?;
-        let capacity = cfg
-            .dynamic_batching
-            .as_ref()
-            .and_then(|d| d.default_queue_policy.as_ref())
-            .map(|q| q.max_queue_size as usize)
-            .filter(|&n| n > 0)
-            .unwrap_or(self.inner.opts.queue_capacity);
-        VersionRunner::start(name, version, Arc::new(cfg), loaded, capacity)
-            .map_err(|e| e.to_string())
+        VersionRunner::start(
+            name,
+            version,
+            Arc::new(cfg),
+            loaded,
+            self.inner.opts.queue_capacity,
+            self.inner.budget.clone(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     async fn poll_loop(&self) {

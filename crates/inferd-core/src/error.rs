@@ -27,6 +27,9 @@ pub enum Error {
     /// The request was cancelled or the server shut down before it ran.
     #[error("{0}")]
     Cancelled(String),
+    /// The request waited in the queue past its timeout.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A fault inside the server or a backend.
     #[error("{0}")]
     Internal(String),

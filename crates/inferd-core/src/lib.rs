@@ -10,7 +10,8 @@
 //! - [`batching`]: batch formation policy (pure) for the dynamic batcher.
 //! - [`repository`]: scanning the repository folder.
 //! - [`request`]: requests, responses, and their validation against a config.
-//! - [`runner`]: one version's bounded queue and executor threads.
+//! - [`scheduler`]: a version's priority queues, dynamic batcher, batch merge/split, CPU budget.
+//! - [`runner`]: one version's executor threads over its scheduler.
 //! - [`stats`]: per-version statistics.
 //! - [`warmup`]: warm-up before a version turns ready.
 //! - [`engine`]: lifecycle, live reload, routing; the embedding API.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod repository;
 pub mod request;
 pub mod runner;
+pub mod scheduler;
 pub mod stats;
 pub mod tensor;
 pub mod warmup;

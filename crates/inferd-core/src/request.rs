@@ -56,6 +56,56 @@ pub struct PreparedRequest {
     pub outputs: Vec<String>,
     /// Batch size (1 when the model does not batch).
     pub batch: usize,
+    /// Priority level (1 is highest); 0 when the model has no priority levels.
+    pub priority: u32,
+    /// Queue timeout asked for by the request (`timeout` parameter, microseconds), if the model
+    /// allows overriding its default.
+    pub timeout: Option<std::time::Duration>,
+    /// Hash of everything but the batch dimension (input names, types, shapes): only requests
+    /// with equal keys are batched together.
+    pub shape_key: u64,
+}
+
+/// Reads the `priority` and `timeout` request parameters (Triton's names) against the model's
+/// dynamic batching settings.
+fn scheduling_params(
+    model: &str,
+    cfg: &ModelConfig,
+    params: &BTreeMap<String, ParamValue>,
+) -> Result<(u32, Option<std::time::Duration>)> {
+    let int_param = |key: &str| -> Result<Option<u64>> {
+        match params.get(key) {
+            None => Ok(None),
+            Some(ParamValue::Int(v)) if *v >= 0 => Ok(Some(*v as u64)),
+            Some(other) => Err(Error::invalid(format!(
+                "parameter '{key}' must be a non-negative integer, got {other:?}"
+            ))),
+        }
+    };
+    let priority = int_param("priority")?;
+    let timeout_us = int_param("timeout")?;
+    let Some(db) = &cfg.dynamic_batching else {
+        return Ok((0, None));
+    };
+    let level = match (db.priority_levels, priority) {
+        (0, _) => 0,
+        (_, None | Some(0)) => db.default_priority_level,
+        (levels, Some(p)) if p > levels as u64 => {
+            return Err(Error::invalid(format!(
+                "parameter 'priority' is {p} but model '{model}' has priority levels 1..={levels}"
+            )));
+        }
+        (_, Some(p)) => p as u32,
+    };
+    let policy = db
+        .priority_queue_policy
+        .get(&level)
+        .or(db.default_queue_policy.as_ref());
+    let timeout = match (timeout_us, policy) {
+        (Some(t), Some(p)) if p.allow_timeout_override => Some(std::time::Duration::from_micros(t)),
+        _ => None,
+    };
+    Ok((level, timeout))
 }
 
 fn shape_matches(expected: &[i64], actual: &[usize]) -> bool {
@@ -235,10 +285,27 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
             names
         }
     };
+    let (priority, timeout) = scheduling_params(model, cfg, &req.parameters)?;
+    let shape_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for nt in &inputs {
+            nt.name.hash(&mut h);
+            nt.tensor.dtype().as_str().hash(&mut h);
+            let dims = nt.tensor.shape();
+            let skip = usize::from(batching);
+            dims[skip.min(dims.len())..].hash(&mut h);
+        }
+        outputs.hash(&mut h);
+        h.finish()
+    };
     Ok(PreparedRequest {
         inputs,
         outputs,
         batch: batch.unwrap_or(1),
+        priority,
+        timeout,
+        shape_key,
     })
 }
 

@@ -1,37 +1,31 @@
-//! The executor of one loaded model version: a bounded queue feeding one thread per instance.
-//! Compute never runs on the async runtime; callers await a oneshot.
+//! The executor of one loaded model version: a [`Scheduler`] (bounded priority queues, dynamic
+//! batcher) feeding one thread per instance. Compute never runs on the async runtime; callers
+//! await a oneshot. Executions across all versions share one [`ComputeBudget`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
-use crate::backend::{LoadedModel, ModelInstance, NamedTensor};
+use crate::backend::{BackendError, LoadedModel, ModelInstance, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::request::{PreparedRequest, finish_outputs};
+use crate::scheduler::{ComputeBudget, Scheduler, SchedulerSettings, merge_inputs, split_outputs};
 use crate::stats::{ExecutionTimes, VersionStats};
-
-struct Job {
-    req: PreparedRequest,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<NamedTensor>>>,
-}
 
 /// A running model version.
 pub struct VersionRunner {
     model: String,
     version: u64,
     config: Arc<ModelConfig>,
-    tx: Mutex<Option<Sender<Job>>>,
+    scheduler: Arc<Scheduler>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Mutex<VersionStats>>,
     inflight: AtomicUsize,
     idle: Notify,
-    queue_capacity: usize,
 }
 
 impl std::fmt::Debug for VersionRunner {
@@ -71,22 +65,31 @@ impl VersionRunner {
         version: u64,
         config: Arc<ModelConfig>,
         model: Arc<dyn LoadedModel>,
-        queue_capacity: usize,
+        default_queue: usize,
+        budget: Arc<ComputeBudget>,
     ) -> Result<Arc<Self>> {
-        let (tx, rx) = bounded::<Job>(queue_capacity.max(1));
+        let settings = SchedulerSettings::from_config(&config, default_queue);
+        let scheduler = Arc::new(Scheduler::new(model_name, settings));
         let stats = Arc::new(Mutex::new(VersionStats::default()));
         let mut threads = Vec::new();
         for i in 0..config.instance_count() {
-            let instance = model
-                .new_instance()
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            let rx = rx.clone();
-            let stats = stats.clone();
-            let cfg = config.clone();
-            let name = model_name.to_string();
+            let instance = match model.new_instance() {
+                Ok(inst) => inst,
+                Err(e) => {
+                    scheduler.close();
+                    return Err(Error::Internal(e.to_string()));
+                }
+            };
+            let ctx = Executor {
+                model: model_name.to_string(),
+                config: config.clone(),
+                scheduler: scheduler.clone(),
+                stats: stats.clone(),
+                budget: budget.clone(),
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("{model_name}-v{version}-{i}"))
-                .spawn(move || executor_loop(&name, &cfg, instance, rx, stats))
+                .spawn(move || ctx.run(instance))
                 .map_err(|e| Error::Internal(format!("cannot start executor thread: {e}")))?;
             threads.push(handle);
         }
@@ -94,12 +97,11 @@ impl VersionRunner {
             model: model_name.to_string(),
             version,
             config,
-            tx: Mutex::new(Some(tx)),
+            scheduler,
             threads: Mutex::new(threads),
             stats,
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
-            queue_capacity,
         }))
     }
 
@@ -123,6 +125,11 @@ impl VersionRunner {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Requests waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.scheduler.depth()
+    }
+
     /// Requests currently holding this version.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
@@ -140,58 +147,21 @@ impl VersionRunner {
     /// Queues a prepared request and waits for its outputs.
     pub async fn infer(&self, req: PreparedRequest) -> Result<Vec<NamedTensor>> {
         let start = Instant::now();
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            req,
-            enqueued: start,
-            reply,
-        };
-        let sent = {
-            let tx = self
-                .tx
-                .lock()
-                .map_err(|_| Error::Internal("executor lock poisoned".into()))?;
-            match tx.as_ref() {
-                Some(tx) => tx.try_send(job),
-                None => {
-                    return Err(Error::Unavailable(format!(
-                        "model '{}' version {} is unloading",
-                        self.model, self.version
-                    )));
+        let rx = match self.scheduler.submit(req) {
+            Ok(rx) => rx,
+            Err(e) => {
+                if let Ok(mut s) = self.stats.lock() {
+                    s.record_request(false, start.elapsed(), None);
                 }
+                return Err(e);
             }
         };
-        match sent {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.record(false, start.elapsed(), None);
-                return Err(Error::Overloaded {
-                    message: format!(
-                        "model '{}' version {} queue is full ({} requests); retry later",
-                        self.model, self.version, self.queue_capacity
-                    ),
-                    retry_after_secs: 1,
-                });
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(Error::Unavailable(format!(
-                    "model '{}' version {} has stopped",
-                    self.model, self.version
-                )));
-            }
-        }
         match rx.await {
             Ok(r) => r,
             Err(_) => Err(Error::Internal(format!(
                 "model '{}' version {} dropped the request",
                 self.model, self.version
             ))),
-        }
-    }
-
-    fn record(&self, ok: bool, total: Duration, queue: Option<Duration>) {
-        if let Ok(mut s) = self.stats.lock() {
-            s.record_request(ok, total, queue);
         }
     }
 
@@ -206,11 +176,10 @@ impl VersionRunner {
         }
     }
 
-    /// Closes the queue and joins the executor threads (blocking; call off the runtime).
+    /// Closes the queue (queued requests still run) and joins the executor threads (blocking;
+    /// call off the runtime).
     pub fn shutdown_blocking(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.scheduler.close();
         let threads = self
             .threads
             .lock()
@@ -224,55 +193,91 @@ impl VersionRunner {
 
 impl Drop for VersionRunner {
     fn drop(&mut self) {
-        // Closing the channel ends the threads; they are detached if not joined already.
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        // Ends the executor threads once the queue drains; they are detached if not joined.
+        self.scheduler.close();
     }
 }
 
-fn executor_loop(
-    model: &str,
-    cfg: &ModelConfig,
-    mut instance: Box<dyn ModelInstance>,
-    rx: Receiver<Job>,
+struct Executor {
+    model: String,
+    config: Arc<ModelConfig>,
+    scheduler: Arc<Scheduler>,
     stats: Arc<Mutex<VersionStats>>,
-) {
-    while let Ok(job) = rx.recv() {
-        if job.reply.is_closed() {
-            // The caller went away while queued: do not spend compute on it.
-            continue;
-        }
-        let queued = job.enqueued.elapsed();
-        let t0 = Instant::now();
-        let batch = job.req.batch;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            instance.execute(&job.req.inputs, &job.req.outputs)
-        }));
-        let t1 = Instant::now();
-        let result = match result {
-            Ok(Ok(outs)) => finish_outputs(model, cfg, outs, batch),
-            Ok(Err(e)) => Err(match e {
-                crate::backend::BackendError::InvalidInput(m) => Error::InvalidArgument(m),
-                other => Error::Internal(format!("model '{model}' failed: {other}")),
-            }),
-            Err(_) => Err(Error::Internal(format!(
-                "model '{model}' panicked during execution"
-            ))),
-        };
-        let t2 = Instant::now();
-        if let Ok(mut s) = stats.lock() {
-            if result.is_ok() {
-                s.record_execution(ExecutionTimes {
-                    batch,
-                    requests: 1,
-                    input: Duration::ZERO,
-                    infer: t1 - t0,
-                    output: t2 - t1,
-                });
+    budget: Arc<ComputeBudget>,
+}
+
+impl Executor {
+    fn run(self, mut instance: Box<dyn ModelInstance>) {
+        while let Some(mut jobs) = self.scheduler.next_batch() {
+            let started = Instant::now();
+            let rows: Vec<usize> = jobs.iter().map(|j| j.req.batch).collect();
+            let outputs = jobs[0].req.outputs.clone();
+            let result = merge_inputs(&mut jobs).and_then(|(inputs, total)| {
+                let t0 = Instant::now();
+                let ran = {
+                    let _share = self.budget.acquire();
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        instance.execute(&inputs, &outputs)
+                    }))
+                };
+                let t1 = Instant::now();
+                let outs = match ran {
+                    Ok(Ok(outs)) => outs,
+                    Ok(Err(BackendError::InvalidInput(m))) => {
+                        return Err(Error::InvalidArgument(m));
+                    }
+                    Ok(Err(other)) => {
+                        return Err(Error::Internal(format!(
+                            "model '{}' failed: {other}",
+                            self.model
+                        )));
+                    }
+                    Err(_) => {
+                        return Err(Error::Internal(format!(
+                            "model '{}' panicked during execution",
+                            self.model
+                        )));
+                    }
+                };
+                let per_job = split_outputs(&self.model, outs, &rows)?
+                    .into_iter()
+                    .zip(&rows)
+                    .map(|(o, &r)| finish_outputs(&self.model, &self.config, o, r))
+                    .collect::<Result<Vec<_>>>()?;
+                let t2 = Instant::now();
+                Ok((per_job, total, t0 - started, t1 - t0, t2 - t1))
+            });
+            let done = Instant::now();
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok((per_job, total, input, infer, output)) => {
+                    stats.record_execution(ExecutionTimes {
+                        batch: total,
+                        requests: jobs.len(),
+                        input,
+                        infer,
+                        output,
+                    });
+                    for (job, out) in jobs.into_iter().zip(per_job) {
+                        stats.record_request(
+                            true,
+                            done - job.enqueued,
+                            Some(started - job.enqueued),
+                        );
+                        self.scheduler.complete(job, Ok(out));
+                    }
+                }
+                Err(e) => {
+                    for job in jobs {
+                        stats.record_request(
+                            false,
+                            done - job.enqueued,
+                            Some(started - job.enqueued),
+                        );
+                        self.scheduler.complete(job, Err(e.clone()));
+                    }
+                }
             }
-            s.record_request(result.is_ok(), job.enqueued.elapsed(), Some(queued));
         }
-        let _ = job.reply.send(result);
     }
 }

@@ -41,9 +41,10 @@ pub fn http_status(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Unavailable(_) | Error::Overloaded { .. } | Error::Cancelled(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::Unavailable(_)
+        | Error::Overloaded { .. }
+        | Error::Cancelled(_)
+        | Error::DeadlineExceeded(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -58,6 +59,7 @@ pub fn grpc_status(e: &Error) -> tonic::Status {
         Error::Unavailable(_) => tonic::Status::unavailable(msg),
         Error::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
         Error::Cancelled(_) => tonic::Status::cancelled(msg),
+        Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
         Error::Internal(_) => tonic::Status::internal(msg),
     }
 }

@@ -79,9 +79,14 @@ struct ServeArgs {
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     #[arg(long, env = "INFERD_HTTP_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     http_max_body_bytes: usize,
-    /// Bound of each model version's request queue.
+    /// Bound of each model version's request queue (per priority level) when its config sets
+    /// no max_queue_size.
     #[arg(long, env = "INFERD_MAX_QUEUE_SIZE", default_value_t = 1024)]
     max_queue_size: usize,
+    /// Model executions that may run at once across all models and instances, so instances
+    /// share the cores instead of oversubscribing them (0: one per core).
+    #[arg(long, env = "INFERD_COMPUTE_THREADS", default_value_t = 0)]
+    compute_threads: usize,
 }
 
 fn backends() -> Vec<Arc<dyn Backend>> {
@@ -127,6 +132,7 @@ fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptions> {
         startup_models: a.load_model.clone(),
         strict_readiness: a.strict_readiness,
         queue_capacity: a.max_queue_size,
+        compute_threads: a.compute_threads,
     })
 }
 

@@ -1,0 +1,851 @@
+//! A model version's request queue and dynamic batcher (Triton's `dynamic_batching`): bounded
+//! queues per priority level, queue timeouts with REJECT or DELAY, batch formation by
+//! [`BatchPolicy`], merging requests into one batch and splitting the outputs back, and in-order
+//! responses under `preserve_ordering`. Executor threads block on it; async callers only take a
+//! short lock to enqueue.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use crate::backend::NamedTensor;
+use crate::batching::{BatchPolicy, Decision, Pending};
+use crate::config::{ModelConfig, TimeoutAction};
+use crate::error::{Error, Result};
+use crate::request::PreparedRequest;
+use crate::tensor::{Tensor, TensorData};
+
+/// Queue policy of one priority level.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelPolicy {
+    /// Most requests queued at this level.
+    pub max_queue: usize,
+    /// Queue timeout when the request names none.
+    pub default_timeout: Option<Duration>,
+    /// What a timed-out request gets.
+    pub action: TimeoutAction,
+}
+
+/// Scheduling settings of one version, derived from its config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchedulerSettings {
+    /// Form batches from several requests (`dynamic_batching` present and `max_batch_size > 0`).
+    pub batching: bool,
+    /// Batch formation.
+    pub policy: BatchPolicy,
+    /// Per level, index 0 is level 1 (the highest priority).
+    pub levels: Vec<LevelPolicy>,
+    /// Answer in request order.
+    pub preserve_ordering: bool,
+}
+
+impl SchedulerSettings {
+    /// Derives the settings from a config; `default_queue` bounds queues the config leaves
+    /// unbounded.
+    pub fn from_config(cfg: &ModelConfig, default_queue: usize) -> Self {
+        let default_queue = default_queue.max(1);
+        let Some(db) = cfg.dynamic_batching.as_ref().filter(|_| cfg.batches()) else {
+            return SchedulerSettings {
+                batching: false,
+                policy: BatchPolicy::new(1, &[], Duration::ZERO),
+                levels: vec![LevelPolicy {
+                    max_queue: default_queue,
+                    default_timeout: None,
+                    action: TimeoutAction::Reject,
+                }],
+                preserve_ordering: false,
+            };
+        };
+        let level = |n: u32| {
+            let q = db
+                .priority_queue_policy
+                .get(&n)
+                .or(db.default_queue_policy.as_ref());
+            LevelPolicy {
+                max_queue: q
+                    .map(|q| q.max_queue_size as usize)
+                    .filter(|&m| m > 0)
+                    .unwrap_or(default_queue),
+                default_timeout: q
+                    .map(|q| q.default_timeout_microseconds)
+                    .filter(|&t| t > 0)
+                    .map(Duration::from_micros),
+                action: q.map(|q| q.timeout_action).unwrap_or_default(),
+            }
+        };
+        let levels = if db.priority_levels == 0 {
+            vec![level(0)]
+        } else {
+            (1..=db.priority_levels).map(level).collect()
+        };
+        let preferred: Vec<usize> = db
+            .preferred_batch_size
+            .iter()
+            .map(|&p| p as usize)
+            .collect();
+        SchedulerSettings {
+            batching: true,
+            policy: BatchPolicy::new(
+                cfg.max_batch_size as usize,
+                &preferred,
+                Duration::from_micros(db.max_queue_delay_microseconds),
+            ),
+            levels,
+            preserve_ordering: db.preserve_ordering,
+        }
+    }
+}
+
+/// A queued request.
+pub struct Job {
+    seq: u64,
+    /// The request.
+    pub req: PreparedRequest,
+    /// When it was queued.
+    pub enqueued: Instant,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<Result<Vec<NamedTensor>>>,
+}
+
+impl Job {
+    fn pending(&self) -> Pending {
+        Pending {
+            rows: self.req.batch,
+            enqueued: self.enqueued,
+            key: self.req.shape_key,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queues {
+    levels: Vec<VecDeque<Job>>,
+    /// Requests whose timeout passed under a DELAY policy: served after everything else.
+    delayed: VecDeque<Job>,
+    next_seq: u64,
+    with_deadline: usize,
+    closed: bool,
+}
+
+impl Queues {
+    fn len(&self) -> usize {
+        self.levels.iter().map(VecDeque::len).sum::<usize>() + self.delayed.len()
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = &Job> {
+        self.levels.iter().flatten().chain(self.delayed.iter())
+    }
+
+    fn pop_front(&mut self) -> Option<Job> {
+        for q in self.levels.iter_mut() {
+            if let Some(j) = q.pop_front() {
+                return Some(j);
+            }
+        }
+        self.delayed.pop_front()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.with_deadline == 0 {
+            return None;
+        }
+        self.levels
+            .iter()
+            .flatten()
+            .filter_map(|j| j.deadline)
+            .min()
+    }
+}
+
+#[derive(Default)]
+struct Reorder {
+    next: u64,
+    done: BTreeMap<
+        u64,
+        (
+            Option<oneshot::Sender<Result<Vec<NamedTensor>>>>,
+            Result<Vec<NamedTensor>>,
+        ),
+    >,
+}
+
+/// The queue and batcher of one version.
+pub struct Scheduler {
+    model: String,
+    settings: SchedulerSettings,
+    queues: Mutex<Queues>,
+    wake: Condvar,
+    reorder: Mutex<Reorder>,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(model: &str, settings: SchedulerSettings) -> Self {
+        let levels = (0..settings.levels.len())
+            .map(|_| VecDeque::new())
+            .collect();
+        Scheduler {
+            model: model.to_string(),
+            settings,
+            queues: Mutex::new(Queues {
+                levels,
+                ..Default::default()
+            }),
+            wake: Condvar::new(),
+            reorder: Mutex::new(Reorder::default()),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &SchedulerSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests waiting.
+    pub fn depth(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Queues a request; answers at once when its level's queue is full or the version stopped.
+    pub fn submit(
+        &self,
+        req: PreparedRequest,
+    ) -> Result<oneshot::Receiver<Result<Vec<NamedTensor>>>> {
+        let now = Instant::now();
+        let level = (req.priority as usize)
+            .saturating_sub(1)
+            .min(self.settings.levels.len() - 1);
+        let policy = &self.settings.levels[level];
+        let deadline = req.timeout.or(policy.default_timeout).map(|d| now + d);
+        let (reply, rx) = oneshot::channel();
+        let mut q = self.lock();
+        if q.closed {
+            return Err(Error::Unavailable(format!(
+                "model '{}' is unloading",
+                self.model
+            )));
+        }
+        if q.levels[level].len() >= policy.max_queue {
+            let which = if self.settings.levels.len() > 1 {
+                format!(" at priority {}", level + 1)
+            } else {
+                String::new()
+            };
+            return Err(Error::Overloaded {
+                message: format!(
+                    "model '{}' queue{which} is full ({} requests, the max_queue_size); retry later",
+                    self.model, policy.max_queue
+                ),
+                retry_after_secs: 1,
+            });
+        }
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        if deadline.is_some() {
+            q.with_deadline += 1;
+        }
+        q.levels[level].push_back(Job {
+            seq,
+            req,
+            enqueued: now,
+            deadline,
+            reply,
+        });
+        drop(q);
+        self.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Stops taking requests; executors finish what is queued, then `next_batch` returns `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    /// Blocks until a batch is due; `None` once closed and drained.
+    pub fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut q = self.lock();
+        loop {
+            let now = Instant::now();
+            self.expire(&mut q, now);
+            if q.len() == 0 {
+                if q.closed {
+                    return None;
+                }
+                q = self.wait(q, None);
+                continue;
+            }
+            let decision = if !self.settings.batching {
+                Decision::Run(1)
+            } else {
+                let view: Vec<Pending> = q
+                    .in_order()
+                    .take(self.settings.policy.max_batch() + 1)
+                    .map(Job::pending)
+                    .collect();
+                match self.settings.policy.decide(&view, now) {
+                    Decision::WaitUntil(_) if q.closed => {
+                        Decision::Run(view.len().min(self.fits(&view)))
+                    }
+                    d => d,
+                }
+            };
+            match decision {
+                Decision::Run(n) => {
+                    let mut jobs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let Some(j) = q.pop_front() else { break };
+                        if j.deadline.is_some() {
+                            q.with_deadline -= 1;
+                        }
+                        jobs.push(j);
+                    }
+                    drop(q);
+                    // A caller that went away while queued costs no compute.
+                    let (live, gone): (Vec<Job>, Vec<Job>) =
+                        jobs.into_iter().partition(|j| !j.reply.is_closed());
+                    for j in gone {
+                        self.finish(
+                            j.seq,
+                            None,
+                            Err(Error::Cancelled("client went away".into())),
+                        );
+                    }
+                    if live.is_empty() {
+                        q = self.lock();
+                        continue;
+                    }
+                    return Some(live);
+                }
+                Decision::WaitUntil(t) => {
+                    let until = q.next_deadline().map_or(t, |d| d.min(t));
+                    q = self.wait(q, Some(until));
+                }
+                Decision::Idle => {
+                    let until = q.next_deadline();
+                    q = self.wait(q, until);
+                }
+            }
+        }
+    }
+
+    fn fits(&self, view: &[Pending]) -> usize {
+        let mut rows = 0;
+        let mut n = 0;
+        for p in view {
+            if rows + p.rows > self.settings.policy.max_batch() || p.key != view[0].key {
+                break;
+            }
+            rows += p.rows;
+            n += 1;
+        }
+        n.max(1)
+    }
+
+    fn wait<'a>(
+        &self,
+        q: MutexGuard<'a, Queues>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'a, Queues> {
+        match until {
+            None => self.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                let d = t
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(1));
+                self.wake
+                    .wait_timeout(q, d)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        }
+    }
+
+    /// Answers REJECT requests whose queue timeout passed; moves DELAY ones behind the rest.
+    fn expire(&self, q: &mut Queues, now: Instant) {
+        if q.with_deadline == 0 {
+            return;
+        }
+        for level in 0..q.levels.len() {
+            if !q.levels[level]
+                .iter()
+                .any(|j| j.deadline.is_some_and(|d| d <= now))
+            {
+                continue;
+            }
+            let jobs = std::mem::take(&mut q.levels[level]);
+            for mut j in jobs {
+                match j.deadline {
+                    Some(d) if d <= now => {
+                        q.with_deadline -= 1;
+                        j.deadline = None;
+                        match self.settings.levels[level].action {
+                            TimeoutAction::Reject => {
+                                let waited = now.duration_since(j.enqueued);
+                                self.finish(
+                                    j.seq,
+                                    Some(j.reply),
+                                    Err(Error::DeadlineExceeded(format!(
+                                        "request to model '{}' timed out after {} us in the queue",
+                                        self.model,
+                                        waited.as_micros()
+                                    ))),
+                                );
+                            }
+                            TimeoutAction::Delay => q.delayed.push_back(j),
+                        }
+                    }
+                    _ => q.levels[level].push_back(j),
+                }
+            }
+        }
+    }
+
+    /// Delivers a result, in request order when `preserve_ordering` is set.
+    pub fn finish(
+        &self,
+        seq: u64,
+        reply: Option<oneshot::Sender<Result<Vec<NamedTensor>>>>,
+        result: Result<Vec<NamedTensor>>,
+    ) {
+        if !self.settings.preserve_ordering {
+            if let Some(r) = reply {
+                let _ = r.send(result);
+            }
+            return;
+        }
+        let mut ro = self.reorder.lock().unwrap_or_else(|p| p.into_inner());
+        ro.done.insert(seq, (reply, result));
+        loop {
+            let next = ro.next;
+            let Some((reply, result)) = ro.done.remove(&next) else {
+                break;
+            };
+            if let Some(r) = reply {
+                let _ = r.send(result);
+            }
+            ro.next += 1;
+        }
+    }
+
+    /// Delivers a job's result.
+    pub fn complete(&self, job: Job, result: Result<Vec<NamedTensor>>) {
+        self.finish(job.seq, Some(job.reply), result);
+    }
+}
+
+/// Concatenates the jobs' inputs along the batch dimension (jobs share a shape key). One job's
+/// inputs are moved, not copied.
+pub fn merge_inputs(jobs: &mut [Job]) -> Result<(Vec<NamedTensor>, usize)> {
+    let rows: usize = jobs.iter().map(|j| j.req.batch).sum();
+    if jobs.len() == 1 {
+        return Ok((std::mem::take(&mut jobs[0].req.inputs), rows));
+    }
+    let n_inputs = jobs[0].req.inputs.len();
+    let mut merged = Vec::with_capacity(n_inputs);
+    for i in 0..n_inputs {
+        let first = &jobs[0].req.inputs[i];
+        let mut shape = first.tensor.shape().to_vec();
+        shape[0] = rows;
+        let data = match first.tensor.data() {
+            TensorData::Raw(_) => {
+                let mut buf = BytesMut::with_capacity(
+                    jobs.iter().map(|j| j.req.inputs[i].tensor.wire_len()).sum(),
+                );
+                for j in jobs.iter() {
+                    buf.extend_from_slice(
+                        j.req.inputs[i]
+                            .tensor
+                            .raw()
+                            .map(|b| &b[..])
+                            .unwrap_or_default(),
+                    );
+                }
+                TensorData::Raw(buf.freeze())
+            }
+            TensorData::Bytes(_) => TensorData::Bytes(
+                jobs.iter()
+                    .flat_map(|j| {
+                        j.req.inputs[i]
+                            .tensor
+                            .bytes_elements()
+                            .unwrap_or_default()
+                            .iter()
+                            .cloned()
+                    })
+                    .collect(),
+            ),
+        };
+        let tensor = Tensor::new(first.tensor.dtype(), shape, data)
+            .map_err(|e| Error::Internal(format!("batch assembly: {e}")))?;
+        merged.push(NamedTensor {
+            name: first.name.clone(),
+            tensor,
+        });
+    }
+    Ok((merged, rows))
+}
+
+/// Splits batched outputs back into per-job outputs by each job's row count.
+pub fn split_outputs(
+    model: &str,
+    outputs: Vec<NamedTensor>,
+    rows: &[usize],
+) -> Result<Vec<Vec<NamedTensor>>> {
+    if rows.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let total: usize = rows.iter().sum();
+    let mut per_job: Vec<Vec<NamedTensor>> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for o in outputs {
+        let shape = o.tensor.shape().to_vec();
+        if shape.first() != Some(&total) {
+            return Err(Error::Internal(format!(
+                "model '{model}' output '{}' has shape {shape:?}; a batch of {total} rows needs it to start with {total}",
+                o.name
+            )));
+        }
+        let per_row = if total == 0 {
+            0
+        } else {
+            o.tensor.len() / total
+        };
+        let mut start = 0usize;
+        for (k, &r) in rows.iter().enumerate() {
+            let mut s = shape.clone();
+            s[0] = r;
+            let data = match o.tensor.data() {
+                TensorData::Raw(raw) => {
+                    let size = o.tensor.dtype().size().unwrap_or(1);
+                    let b: Bytes = raw.slice(start * per_row * size..(start + r) * per_row * size);
+                    TensorData::Raw(b)
+                }
+                TensorData::Bytes(items) => {
+                    TensorData::Bytes(items[start * per_row..(start + r) * per_row].to_vec())
+                }
+            };
+            let t = Tensor::new(o.tensor.dtype(), s, data)
+                .map_err(|e| Error::Internal(format!("batch split: {e}")))?;
+            per_job[k].push(NamedTensor {
+                name: o.name.clone(),
+                tensor: t,
+            });
+            start += r;
+        }
+    }
+    Ok(per_job)
+}
+
+/// A server-wide cap on executions running at once, so many models and instances share the cores
+/// instead of oversubscribing them.
+#[derive(Debug)]
+pub struct ComputeBudget {
+    free: Mutex<usize>,
+    cv: Condvar,
+    total: usize,
+}
+
+/// A held share of the budget.
+pub struct BudgetPermit<'a> {
+    budget: &'a ComputeBudget,
+}
+
+impl ComputeBudget {
+    /// A budget of `n` concurrent executions (at least one).
+    pub fn new(n: usize) -> Self {
+        ComputeBudget {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+            total: n.max(1),
+        }
+    }
+
+    /// Its size.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Blocks until a share is free.
+    pub fn acquire(&self) -> BudgetPermit<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        BudgetPermit { budget: self }
+    }
+}
+
+impl Drop for BudgetPermit<'_> {
+    fn drop(&mut self) {
+        let mut free = self.budget.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += 1;
+        self.budget.cv.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DynamicBatching, QueuePolicy};
+
+    fn cfg(db: DynamicBatching) -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            max_batch_size: 8,
+            dynamic_batching: Some(db),
+            ..Default::default()
+        }
+    }
+
+    fn req(rows: usize, priority: u32, timeout: Option<Duration>, tag: f32) -> PreparedRequest {
+        let t = Tensor::from_f32(vec![rows, 1], &vec![tag; rows]).unwrap();
+        PreparedRequest {
+            inputs: vec![NamedTensor {
+                name: "x".into(),
+                tensor: t,
+            }],
+            outputs: vec!["y".into()],
+            batch: rows,
+            priority,
+            timeout,
+            shape_key: 1,
+        }
+    }
+
+    fn tag(j: &Job) -> f32 {
+        j.req.inputs[0].tensor.to_f32_vec().unwrap()[0]
+    }
+
+    fn settings(db: DynamicBatching, queue: usize) -> SchedulerSettings {
+        SchedulerSettings::from_config(&cfg(db), queue)
+    }
+
+    #[test]
+    fn full_queue_is_refused_at_once_naming_model_and_limit() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 2));
+        let _a = s.submit(req(1, 0, None, 0.0)).unwrap();
+        let _b = s.submit(req(1, 0, None, 0.0)).unwrap();
+        let err = s.submit(req(1, 0, None, 0.0)).unwrap_err();
+        match err {
+            Error::Overloaded {
+                message,
+                retry_after_secs,
+            } => {
+                assert!(
+                    message.contains("model 'm'") && message.contains("2 requests"),
+                    "{message}"
+                );
+                assert_eq!(retry_after_secs, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.depth(), 2);
+    }
+
+    #[test]
+    fn batches_queued_requests_up_to_max_rows() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 16));
+        let mut rx = Vec::new();
+        for (rows, t) in [(3, 1.0), (4, 2.0), (2, 3.0)] {
+            rx.push(s.submit(req(rows, 0, None, t)).unwrap());
+        }
+        let batch = s.next_batch().unwrap();
+        // 3 + 4 fit in 8, the third (2 rows) would not.
+        assert_eq!(batch.iter().map(tag).collect::<Vec<_>>(), vec![1.0, 2.0]);
+        let mut batch = batch;
+        let (merged, rows) = merge_inputs(&mut batch).unwrap();
+        assert_eq!(rows, 7);
+        assert_eq!(
+            merged[0].tensor.to_f32_vec().unwrap(),
+            vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+        );
+        let out = NamedTensor {
+            name: "y".into(),
+            tensor: merged[0].tensor.clone(),
+        };
+        let split = split_outputs("m", vec![out], &[3, 4]).unwrap();
+        assert_eq!(split[0][0].tensor.to_f32_vec().unwrap(), vec![1.0; 3]);
+        assert_eq!(split[1][0].tensor.shape(), &[4, 1]);
+        assert_eq!(s.next_batch().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn split_refuses_outputs_that_lost_the_batch_dimension() {
+        let out = NamedTensor {
+            name: "y".into(),
+            tensor: Tensor::from_f32(vec![1], &[0.0]).unwrap(),
+        };
+        let err = split_outputs("m", vec![out], &[1, 1]).unwrap_err();
+        assert!(err.to_string().contains("output 'y'"), "{err}");
+    }
+
+    #[test]
+    fn higher_priority_is_served_first() {
+        let db = DynamicBatching {
+            priority_levels: 2,
+            default_priority_level: 2,
+            ..Default::default()
+        };
+        let s = Scheduler::new(
+            "m",
+            SchedulerSettings {
+                batching: false,
+                ..settings(db, 16)
+            },
+        );
+        let _low = s.submit(req(1, 2, None, 2.0)).unwrap();
+        let _high = s.submit(req(1, 1, None, 1.0)).unwrap();
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 1.0);
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 2.0);
+    }
+
+    #[test]
+    fn timed_out_request_is_rejected_with_deadline_exceeded() {
+        let db = DynamicBatching {
+            default_queue_policy: Some(QueuePolicy {
+                default_timeout_microseconds: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = Scheduler::new("m", settings(db, 16));
+        let mut rx = s.submit(req(1, 0, None, 1.0)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let _other = s
+            .submit(req(1, 0, Some(Duration::from_secs(60)), 2.0))
+            .unwrap();
+        let batch = s.next_batch().unwrap();
+        assert_eq!(batch.iter().map(tag).collect::<Vec<_>>(), vec![2.0]);
+        match rx.try_recv().unwrap() {
+            Err(Error::DeadlineExceeded(m)) => assert!(m.contains("timed out"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn delayed_request_runs_after_the_others() {
+        let db = DynamicBatching {
+            default_queue_policy: Some(QueuePolicy {
+                default_timeout_microseconds: 1,
+                timeout_action: TimeoutAction::Delay,
+                allow_timeout_override: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = Scheduler::new(
+            "m",
+            SchedulerSettings {
+                batching: false,
+                ..settings(db, 16)
+            },
+        );
+        let _late = s.submit(req(1, 0, None, 1.0)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let _fresh = s
+            .submit(req(1, 0, Some(Duration::from_secs(60)), 2.0))
+            .unwrap();
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 2.0);
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 1.0);
+    }
+
+    #[test]
+    fn cancelled_request_never_reaches_the_model() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 16));
+        let gone = s.submit(req(1, 0, None, 1.0)).unwrap();
+        let _kept = s.submit(req(1, 0, None, 2.0)).unwrap();
+        drop(gone);
+        let batch = s.next_batch().unwrap();
+        assert_eq!(batch.iter().map(tag).collect::<Vec<_>>(), vec![2.0]);
+    }
+
+    #[test]
+    fn preserve_ordering_releases_responses_in_request_order() {
+        let db = DynamicBatching {
+            preserve_ordering: true,
+            ..Default::default()
+        };
+        let s = Scheduler::new(
+            "m",
+            SchedulerSettings {
+                batching: false,
+                ..settings(db, 16)
+            },
+        );
+        let mut rx: Vec<_> = (0..3)
+            .map(|i| s.submit(req(1, 0, None, i as f32)).unwrap())
+            .collect();
+        let jobs: Vec<Job> = (0..3).map(|_| s.next_batch().unwrap().remove(0)).collect();
+        let mut jobs = jobs.into_iter().rev();
+        s.complete(jobs.next().unwrap(), Ok(vec![]));
+        s.complete(jobs.next().unwrap(), Ok(vec![]));
+        assert!(
+            rx[0].try_recv().is_err() && rx[1].try_recv().is_err(),
+            "later responses must wait"
+        );
+        s.complete(jobs.next().unwrap(), Ok(vec![]));
+        for r in rx.iter_mut() {
+            assert!(r.try_recv().unwrap().is_ok());
+        }
+    }
+
+    #[test]
+    fn close_drains_then_ends() {
+        let s = Scheduler::new(
+            "m",
+            settings(
+                DynamicBatching {
+                    max_queue_delay_microseconds: 10_000_000,
+                    ..Default::default()
+                },
+                16,
+            ),
+        );
+        let _a = s.submit(req(1, 0, None, 1.0)).unwrap();
+        s.close();
+        assert_eq!(
+            s.next_batch().unwrap().len(),
+            1,
+            "queued work still runs, without waiting for the delay"
+        );
+        assert!(s.next_batch().is_none());
+        assert!(matches!(
+            s.submit(req(1, 0, None, 1.0)),
+            Err(Error::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn compute_budget_caps_concurrent_executions() {
+        let b = std::sync::Arc::new(ComputeBudget::new(2));
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let (b, running, peak) = (b.clone(), running.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let _p = b.acquire();
+                    let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
