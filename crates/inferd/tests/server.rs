@@ -532,3 +532,123 @@ fn poll_mode_follows_added_removed_and_broken_models() {
     });
     assert_eq!(s.get("/v2/models/add_sub/ready").0, 200);
 }
+
+/// simple_mlp version 1 under another name, with the given scheduling block in its config.
+fn batched_mlp_repo(name: &str, scheduling: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join(name);
+    std::fs::create_dir_all(m.join("1")).unwrap();
+    std::fs::copy(
+        examples().join("simple_mlp/1/model.onnx"),
+        m.join("1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("config.pbtxt"),
+        format!(
+            "name: \"{name}\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 64\n{scheduling}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn mlp_request_with(batch: usize, params: Value) -> Vec<u8> {
+    let mut r = mlp_request(batch);
+    r["parameters"] = params;
+    r.to_string().into_bytes()
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after_at_once() {
+    // A long batching delay holds the first requests in the queue; the queue holds two.
+    let repo = batched_mlp_repo(
+        "held",
+        "dynamic_batching { max_queue_delay_microseconds: 1500000 preferred_batch_size: [ 64 ] default_queue_policy { max_queue_size: 2 } }",
+    );
+    let s = Server::start(repo.path(), &[]);
+    let url = format!("http://{}/v2/models/held/infer", s.http);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                Server::agent()
+                    .post(&url)
+                    .send(mlp_request(1).to_string().as_bytes())
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let t0 = Instant::now();
+    let r = Server::agent()
+        .post(&url)
+        .send(mlp_request(1).to_string().as_bytes())
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "a full queue must answer at once"
+    );
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    let mut r = r;
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("model 'held'") && msg.contains("2 requests"),
+        "{msg}"
+    );
+    for h in held {
+        assert_eq!(
+            h.join().unwrap().unwrap(),
+            200,
+            "held requests run after the delay"
+        );
+    }
+    // The two held requests ran as one batch of 2.
+    let (_, stats) = s.get("/v2/models/held/stats");
+    assert_eq!(
+        stats["model_stats"][0]["batch_stats"][0]["batch_size"], 2,
+        "{stats}"
+    );
+}
+
+#[test]
+fn request_timeout_and_priority_parameters() {
+    let repo = batched_mlp_repo(
+        "timed",
+        "dynamic_batching { max_queue_delay_microseconds: 500000 preferred_batch_size: [ 64 ] priority_levels: 2 default_priority_level: 2 default_queue_policy { allow_timeout_override: true } }",
+    );
+    let s = Server::start(repo.path(), &[]);
+    let (st, body) = s.post(
+        "/v2/models/timed/infer",
+        &mlp_request_with(1, json!({"timeout": 1000})),
+    );
+    assert_eq!(st, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("timed out"),
+        "{body}"
+    );
+    for (params, needle) in [
+        (json!({"timeout": "soon"}), "parameter 'timeout'"),
+        (json!({"timeout": -5}), "parameter 'timeout'"),
+        (json!({"priority": 3}), "priority levels 1..=2"),
+        (json!({"priority": 1.5}), "parameter 'priority'"),
+    ] {
+        let (st, body) = s.post(
+            "/v2/models/timed/infer",
+            &mlp_request_with(1, params.clone()),
+        );
+        assert_eq!(st, 400, "{params}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{params}: {body}"
+        );
+    }
+    let (st, body) = s.post(
+        "/v2/models/timed/infer",
+        &mlp_request_with(2, json!({"priority": 1})),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["outputs"][0]["shape"], json!([2, 10]));
+}
