@@ -447,6 +447,22 @@ impl Engine {
         Ok(out)
     }
 
+    /// Live load of every ready version: (model, version, queue depth, requests in flight).
+    pub fn load_gauges(&self) -> Vec<(String, u64, usize, usize)> {
+        let Ok(models) = self.inner.models.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, entry) in models.iter() {
+            for (v, e) in &entry.versions {
+                if let Some(r) = &e.runner {
+                    out.push((name.clone(), *v, r.queue_depth(), r.inflight()));
+                }
+            }
+        }
+        out
+    }
+
     /// The repository index: every model folder, with per-version states where known.
     pub async fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
         let repo = self.inner.opts.repository.clone();

@@ -107,7 +107,7 @@ pub struct Job {
     /// When it was queued.
     pub enqueued: Instant,
     deadline: Option<Instant>,
-    reply: oneshot::Sender<Result<Vec<NamedTensor>>>,
+    reply: Reply,
 }
 
 impl Job {
@@ -163,14 +163,11 @@ impl Queues {
 #[derive(Default)]
 struct Reorder {
     next: u64,
-    done: BTreeMap<
-        u64,
-        (
-            Option<oneshot::Sender<Result<Vec<NamedTensor>>>>,
-            Result<Vec<NamedTensor>>,
-        ),
-    >,
+    done: BTreeMap<u64, (Option<Reply>, Result<Vec<NamedTensor>>)>,
 }
+
+/// Where a request's result goes.
+type Reply = oneshot::Sender<Result<Vec<NamedTensor>>>;
 
 /// The queue and batcher of one version.
 pub struct Scheduler {
@@ -409,12 +406,7 @@ impl Scheduler {
     }
 
     /// Delivers a result, in request order when `preserve_ordering` is set.
-    pub fn finish(
-        &self,
-        seq: u64,
-        reply: Option<oneshot::Sender<Result<Vec<NamedTensor>>>>,
-        result: Result<Vec<NamedTensor>>,
-    ) {
+    pub fn finish(&self, seq: u64, reply: Option<Reply>, result: Result<Vec<NamedTensor>>) {
         if !self.settings.preserve_ordering {
             if let Some(r) = reply {
                 let _ = r.send(result);
@@ -515,11 +507,7 @@ pub fn split_outputs(
                 o.name
             )));
         }
-        let per_row = if total == 0 {
-            0
-        } else {
-            o.tensor.len() / total
-        };
+        let per_row = o.tensor.len().checked_div(total).unwrap_or(0);
         let mut start = 0usize;
         for (k, &r) in rows.iter().enumerate() {
             let mut s = shape.clone();

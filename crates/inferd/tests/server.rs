@@ -611,6 +611,25 @@ fn full_queue_answers_503_with_retry_after_at_once() {
         stats["model_stats"][0]["batch_stats"][0]["batch_size"], 2,
         "{stats}"
     );
+    // The metrics page tells the same story.
+    let mut r = Server::agent()
+        .get(format!("http://{}/metrics", s.http))
+        .call()
+        .unwrap();
+    let page = r.body_mut().read_to_string().unwrap();
+    for line in [
+        "inferd_batch_size_bucket{model=\"held\",version=\"1\",le=\"1\"} 0",
+        "inferd_batch_size_bucket{model=\"held\",version=\"1\",le=\"2\"} 1",
+        "inferd_batch_size_count{model=\"held\",version=\"1\"} 1",
+        "inferd_queue_depth{model=\"held\",version=\"1\"} 0",
+        "inferd_request_failure_total{model=\"held\",version=\"1\"} 1",
+        "inferd_request_success_total{model=\"held\",version=\"1\"} 2",
+    ] {
+        assert!(
+            page.lines().any(|l| l == line),
+            "missing '{line}' in:\n{page}"
+        );
+    }
 }
 
 #[test]

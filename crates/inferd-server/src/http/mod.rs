@@ -2,8 +2,10 @@
 //! (binary tensor data, model configuration, model repository, statistics).
 //!
 //! - [`codec`]: the inference body (JSON + binary tensor extension).
+//! - [`metrics`]: the Prometheus metrics page.
 
 pub mod codec;
+pub mod metrics;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -38,6 +40,7 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Builds the HTTP router.
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/metrics", get(metrics_page))
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -126,6 +129,15 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> ApiResult<B
             "cannot read the request body: {e}"
         ))),
     }
+}
+
+async fn metrics_page(State(s): State<HttpState>) -> Response {
+    let mut r = Response::new(Body::from(metrics::render(&s.engine)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 async fn server_metadata() -> Json<Value> {
