@@ -5,6 +5,7 @@
 //! short lock to enqueue.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -176,7 +177,12 @@ pub struct Scheduler {
     queues: Mutex<Queues>,
     wake: Condvar,
     reorder: Mutex<Reorder>,
+    /// Requests queued, readable without the lock (for the idle spin).
+    queued: AtomicUsize,
 }
+
+/// How long an idle executor polls the queue before it sleeps.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 impl Scheduler {
     /// An empty scheduler.
@@ -193,6 +199,7 @@ impl Scheduler {
             }),
             wake: Condvar::new(),
             reorder: Mutex::new(Reorder::default()),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -248,6 +255,7 @@ impl Scheduler {
         if deadline.is_some() {
             q.with_deadline += 1;
         }
+        self.queued.fetch_add(1, Ordering::AcqRel);
         q.levels[level].push_back(Job {
             seq,
             req,
@@ -276,7 +284,17 @@ impl Scheduler {
                 if q.closed {
                     return None;
                 }
-                q = self.wait(q, None);
+                // Spin briefly before sleeping: waking a sleeping thread costs tens of
+                // microseconds on virtual machines, more than a small model's execution.
+                drop(q);
+                let spin_until = Instant::now() + IDLE_SPIN;
+                while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < spin_until {
+                    std::hint::spin_loop();
+                }
+                q = self.lock();
+                if q.len() == 0 && !q.closed {
+                    q = self.wait(q, None);
+                }
                 continue;
             }
             let decision = if !self.settings.batching {
@@ -299,6 +317,7 @@ impl Scheduler {
                     let mut jobs = Vec::with_capacity(n);
                     for _ in 0..n {
                         let Some(j) = q.pop_front() else { break };
+                        self.queued.fetch_sub(1, Ordering::AcqRel);
                         if j.deadline.is_some() {
                             q.with_deadline -= 1;
                         }
@@ -385,6 +404,7 @@ impl Scheduler {
                         j.deadline = None;
                         match self.settings.levels[level].action {
                             TimeoutAction::Reject => {
+                                self.queued.fetch_sub(1, Ordering::AcqRel);
                                 let waited = now.duration_since(j.enqueued);
                                 self.finish(
                                     j.seq,

@@ -1,0 +1,107 @@
+//! `inferd-bench inprocess`: the in-process ceiling for a model, measured two ways in one run:
+//! the backend instance called directly (no engine at all) and the embedding API
+//! (`Engine::infer`: validation, queue, executor thread, oneshot back). Prints one JSON object
+//! per (path, batch) with calls/s, rows/s and latency percentiles.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use inferd_core::backend::LoadedModel;
+use inferd_core::{Engine, EngineOptions, InferRequest, NamedTensor, Tensor};
+use inferd_onnx::{OnnxBackend, OnnxModel};
+
+#[derive(Parser, Debug)]
+#[command(about = "in-process ceiling of an ONNX model with one FP32 input named 'input'")]
+struct Args {
+    /// Model repository holding MODEL (its version 1 file is also run directly).
+    #[arg(long)]
+    repository: PathBuf,
+    /// Model name in the repository.
+    #[arg(long)]
+    model: String,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    batch: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+fn report(path: &str, model: &str, batch: usize, mut lat: Vec<Duration>, wall: Duration) {
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6;
+    let calls = lat.len() as f64 / wall.as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "path": path, "model": model, "batch": batch,
+            "calls_per_s": calls.round(), "rows_per_s": (calls * batch as f64).round(),
+            "p50_us": pct(0.5).round(), "p99_us": pct(0.99).round(),
+        })
+    );
+}
+
+fn measure(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<(Vec<Duration>, Duration)> {
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(300) {
+        f()?;
+    }
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        f()?;
+        lat.push(t.elapsed());
+    }
+    Ok((lat, start.elapsed()))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let file = args.repository.join(&args.model).join("1/model.onnx");
+    let loaded = OnnxModel::load(&file).with_context(|| format!("loading {}", file.display()))?;
+    let width = loaded.signature().inputs[0]
+        .shape
+        .as_ref()
+        .and_then(|s| s.last().copied())
+        .context("input has no static width")? as usize;
+    let output = loaded.signature().outputs[0].name.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let engine = Engine::new(
+        EngineOptions {
+            repository: args.repository.clone(),
+            ..Default::default()
+        },
+        vec![Arc::new(OnnxBackend)],
+    );
+    rt.block_on(engine.load(&args.model))?;
+    for &batch in &args.batch {
+        let x = Tensor::from_f32(vec![batch, width], &vec![0.5; batch * width])?;
+        let mut inst = loaded.new_instance()?;
+        let inputs = vec![NamedTensor {
+            name: "input".into(),
+            tensor: x.clone(),
+        }];
+        let outs = vec![output.clone()];
+        let (lat, wall) = measure(args.seconds, || {
+            inst.execute(&inputs, &outs)?;
+            Ok(())
+        })?;
+        report("backend", &args.model, batch, lat, wall);
+        let (lat, wall) = measure(args.seconds, || {
+            let req = InferRequest {
+                inputs: inputs.clone(),
+                ..Default::default()
+            };
+            rt.block_on(engine.infer(&args.model, None, req))?;
+            Ok(())
+        })?;
+        report("engine", &args.model, batch, lat, wall);
+    }
+    Ok(())
+}
