@@ -1,0 +1,382 @@
+#!/usr/bin/env python3
+"""inferd against its peers, side by side in one run, on this machine.
+
+    bench/run.sh [--quick] [--scenario overhead|batching|batch64|inprocess ...]
+
+Scenarios (each measured in the same run as the numbers it is compared with):
+- inprocess: the model through the engine API and through the bare backend (inferd-bench),
+  batch 1 and batch 64: the ceiling.
+- overhead:  the 1-row 64-256-256-10 MLP (mlp_small). perf_analyzer concurrency sweep over HTTP
+  and gRPC against inferd and NVIDIA Triton 2.51 (shared/testbed/triton-peer.sh); `hey` with the
+  same KServe v2 JSON request against inferd, Triton and FastAPI + uvicorn + onnxruntime.
+- batching:  the compute-bound MLP (mlp_large, about 1 ms at batch 1) with dynamic batching and
+  without (mlp_large_nobatch), gRPC, concurrency sweep up to 32; Triton on the same file.
+- batch64:   client batch 64 over gRPC against inferd: rows/s next to the in-process ceiling.
+
+Writes bench/results/latest.md (tables, ratios, the commands, machine facts), latest.json and
+throughput_latency.png. Servers and load generators share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+PA_VENV = Path(os.environ.get("PA_VENV", Path.home() / ".cache/inferd/pa-venv"))
+TRITON_WORK = Path(os.environ.get("TRITON_WORK", Path.home() / ".cache/inferd/triton"))
+TRITON_PEER = Path(os.environ.get("TRITON_PEER", ROOT.parent / "shared/testbed/triton-peer.sh"))
+TRITON_PORTS = (18100, 18101, 18102)
+FASTAPI_PORT = 18110
+
+commands: list[str] = []
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    commands.append(" ".join(str(c) for c in cmd))
+    return subprocess.run(cmd, check=False, text=True, capture_output=True, **kw)
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+class Inferd:
+    def __init__(self, repo: Path, out: Path):
+        self.log = open(out / "inferd.log", "w")
+        cmd = [str(TARGET / "release/inferd"), "serve", "--model-repository", str(repo),
+               "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+        commands.append(" ".join(cmd))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        addrs = {}
+        while len(addrs) < 2:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("inferd exited early; see inferd.log")
+            m = re.match(r"(HTTP|gRPC) listening on (\S+)", line)
+            if m:
+                addrs[m.group(1)] = m.group(2)
+        self.http, self.grpc = addrs["HTTP"], addrs["gRPC"]
+        wait_http(f"http://{self.http}/v2/health/ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Triton:
+    """NVIDIA Triton 2.51 serving one ONNX file as model 'peer_onnx'."""
+
+    def __init__(self, onnx: Path):
+        self.pid = None
+        cmd = ["bash", str(TRITON_PEER), str(TRITON_WORK), str(onnx), *map(str, TRITON_PORTS)]
+        r = run(cmd)
+        if r.returncode != 0:
+            raise RuntimeError(f"triton peer failed: {r.stderr[-2000:]}")
+        self.pid = int(r.stdout.strip().splitlines()[-1])
+        self.http = f"127.0.0.1:{TRITON_PORTS[0]}"
+        self.grpc = f"127.0.0.1:{TRITON_PORTS[1]}"
+
+    def stop(self) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                for _ in range(100):
+                    os.kill(self.pid, 0)
+                    time.sleep(0.1)
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class FastApi:
+    def __init__(self, name: str, onnx: Path, out: Path):
+        self.log = open(out / "fastapi.log", "w")
+        cmd = [sys.executable, str(ROOT / "bench/peers/fastapi_peer.py"), name, str(onnx), str(FASTAPI_PORT)]
+        commands.append(" ".join(cmd))
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        self.http = f"127.0.0.1:{FASTAPI_PORT}"
+        wait_http(f"http://{self.http}/v2/health/ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def perf_analyzer(model: str, url: str, proto: str, conc: int, batch: int, out: Path, seconds: float) -> dict | None:
+    site = next((PA_VENV / "lib").glob("python3*/site-packages"))
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{site}/nvidia/cuda_runtime/lib")
+    csv_path = out / f"pa-{model}-{proto}-{url.replace(':', '_')}-c{conc}-b{batch}.csv"
+    cmd = [str(PA_VENV / "bin/perf_analyzer"), "-m", model, "-x", "1", "-u", url, "-i", proto, "-b", str(batch),
+           "--concurrency-range", str(conc), "--measurement-interval", str(int(seconds * 1000)),
+           "--stability-percentage", "25", "--max-trials", "6", "-f", str(csv_path)]
+    r = run(cmd, env=env, timeout=300)
+    if r.returncode != 0 or not csv_path.exists():
+        log(f"perf_analyzer failed ({proto} {url} c{conc}): {(r.stdout + r.stderr)[-400:]}")
+        return None
+    row = list(csv.DictReader(open(csv_path)))[-1]
+    ips = float(row["Inferences/Second"])
+    return {"rps": ips / batch, "rows_per_s": ips, "p50_us": int(row["p50 latency"]), "p99_us": int(row["p99 latency"])}
+
+
+def hey(url: str, body: Path, conc: int, seconds: float) -> dict | None:
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(conc), "-m", "POST", "-T", "application/json", "-D", str(body), url]
+    r = run(cmd, timeout=seconds + 60)
+    text = r.stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    p50 = re.search(r"50% in ([\d.]+) secs", text)
+    p99 = re.search(r"99% in ([\d.]+) secs", text)
+    codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", text)
+    bad = sum(int(n) for code, n in codes if code != "200")
+    if not m or not p50 or not p99:
+        log(f"hey failed for {url}: {text[-400:]} {r.stderr[-400:]}")
+        return None
+    return {"rps": float(m.group(1)), "p50_us": int(float(p50.group(1)) * 1e6),
+            "p99_us": int(float(p99.group(1)) * 1e6), "non_200": bad}
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = next((ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), "0")
+    return f"{os.cpu_count()} cores ({cpu}), {int(mem) // 1024 // 1024} GiB, {platform.system()} {platform.release()}"
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="shorter windows, fewer concurrencies")
+    ap.add_argument("--scenario", action="append", choices=["inprocess", "overhead", "batching", "batch64"])
+    ap.add_argument("--no-triton", action="store_true")
+    args = ap.parse_args()
+    scenarios = args.scenario or ["inprocess", "overhead", "batching", "batch64"]
+    seconds = 2.0 if args.quick else 4.0
+    sweep = [1, 4, 8] if args.quick else [1, 2, 4, 8, 16]
+    big_sweep = [1, 8, 32] if args.quick else [1, 4, 8, 16, 32]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="inferd-bench-"))
+    repo = ROOT / "bench/models/repo"
+    r = run([sys.executable, str(ROOT / "bench/models/generate.py"), str(repo)])
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    small, large = repo / "mlp_small/1/model.onnx", repo / "mlp_large/1/model.onnx"
+    res: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": sys.argv[1:]}
+
+    if "inprocess" in scenarios:
+        log("in-process ceiling")
+        rows = []
+        for model in ("mlp_small", "mlp_large"):
+            r = run([str(TARGET / "release/inferd-bench"), "--repository", str(repo), "--model", model,
+                     "--seconds", str(seconds)])
+            rows += [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+        res["inprocess"] = rows
+
+    if "overhead" in scenarios or "batch64" in scenarios or "batching" in scenarios:
+        inferd = Inferd(repo, out)
+    else:
+        inferd = None
+    try:
+        if "overhead" in scenarios:
+            log("overhead-bound MLP: perf_analyzer sweeps")
+            rows = []
+            triton = None if args.no_triton else Triton(small)
+            fastapi = FastApi("mlp_small", small, out)
+            try:
+                servers = [("inferd", "mlp_small", inferd)] + ([("triton", "peer_onnx", triton)] if triton else [])
+                for name, model, srv in servers:
+                    for proto in ("http", "grpc"):
+                        url = srv.http if proto == "http" else srv.grpc
+                        for c in sweep:
+                            m = perf_analyzer(model, url, proto, c, 1, out, seconds)
+                            if m:
+                                rows.append({"server": name, "tool": "perf_analyzer", "protocol": proto, "concurrency": c, **m})
+                body = out / "small.json"
+                body.write_text(json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                                        "data": [0.25] * 64}]}))
+                hey_targets = [("inferd", f"http://{inferd.http}/v2/models/mlp_small/infer")]
+                if triton:
+                    hey_targets.append(("triton", f"http://{triton.http}/v2/models/peer_onnx/infer"))
+                hey_targets.append(("fastapi", f"http://{fastapi.http}/v2/models/mlp_small/infer"))
+                for name, url in hey_targets:
+                    for c in sweep:
+                        m = hey(url, body, c, seconds)
+                        if m:
+                            rows.append({"server": name, "tool": "hey", "protocol": "http", "concurrency": c, **m})
+            finally:
+                fastapi.stop()
+                if triton:
+                    triton.stop()
+            res["overhead"] = rows
+
+        if "batching" in scenarios:
+            log("compute-bound MLP: batching on and off")
+            rows = []
+            for model in ("mlp_large", "mlp_large_nobatch"):
+                for c in big_sweep:
+                    m = perf_analyzer(model, inferd.grpc, "grpc", c, 1, out, seconds)
+                    if m:
+                        rows.append({"server": "inferd", "model": model, "protocol": "grpc", "concurrency": c, **m})
+            if not args.no_triton:
+                triton = Triton(large)
+                try:
+                    for c in big_sweep:
+                        m = perf_analyzer("peer_onnx", triton.grpc, "grpc", c, 1, out, seconds)
+                        if m:
+                            rows.append({"server": "triton", "model": "mlp_large", "protocol": "grpc", "concurrency": c, **m})
+                finally:
+                    triton.stop()
+            res["batching"] = rows
+
+        if "batch64" in scenarios:
+            log("client batch 64 over gRPC")
+            rows = []
+            for c in (1, 2, 4):
+                m = perf_analyzer("mlp_small", inferd.grpc, "grpc", c, 64, out, seconds)
+                if m:
+                    rows.append({"server": "inferd", "protocol": "grpc", "batch": 64, "concurrency": c, **m})
+            res["batch64"] = rows
+    finally:
+        if inferd:
+            inferd.stop()
+
+    res["commands"] = commands
+    (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
+    report(res)
+    shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+def best(rows: list[dict], **match) -> dict | None:
+    cand = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return max(cand, key=lambda r: r["rps"]) if cand else None
+
+
+def report(res: dict) -> None:
+    md = [f"# Benchmark run {res['date']}", "", f"Machine: {res['machine']}. Servers and load generators share the cores.",
+          f"Command: `bench/run.sh {' '.join(res['args'])}`", ""]
+    if "inprocess" in res:
+        md += ["## In-process ceiling (inferd-bench)", "",
+               table(res["inprocess"], ["model", "path", "batch", "calls_per_s", "rows_per_s", "p50_us", "p99_us"]), ""]
+    ratios = []
+    if "overhead" in res:
+        rows = sorted(res["overhead"], key=lambda r: (r["tool"], r["server"], r["protocol"], r["concurrency"]))
+        for r in rows:
+            r["rps"] = round(r["rps"])
+        md += ["## Overhead-bound MLP (mlp_small, 1 row per request)", "",
+               table(rows, ["tool", "server", "protocol", "concurrency", "rps", "p50_us", "p99_us"]), ""]
+        for tool, proto in (("perf_analyzer", "http"), ("perf_analyzer", "grpc"), ("hey", "http")):
+            i = best(rows, tool=tool, server="inferd", protocol=proto)
+            for peer in ("triton", "fastapi"):
+                p = best(rows, tool=tool, server=peer, protocol=proto)
+                if i and p:
+                    ratios.append(f"- {tool} {proto}: inferd {i['rps']:.0f} req/s (c{i['concurrency']}) vs {peer} "
+                                  f"{p['rps']:.0f} (c{p['concurrency']}): **{i['rps'] / p['rps']:.2f}x**; p99 at those points "
+                                  f"{i['p99_us']} us vs {p['p99_us']} us ({i['p99_us'] / max(p['p99_us'], 1):.2f}x)")
+    if "batching" in res:
+        rows = sorted(res["batching"], key=lambda r: (r["server"], r["model"], r["concurrency"]))
+        for r in rows:
+            r["rps"] = round(r["rps"])
+        md += ["## Compute-bound MLP (mlp_large): dynamic batching on and off", "",
+               table(rows, ["server", "model", "protocol", "concurrency", "rps", "p50_us", "p99_us"]), ""]
+        on = next((r for r in rows if r["server"] == "inferd" and r["model"] == "mlp_large" and r["concurrency"] == 32), None)
+        off = next((r for r in rows if r["server"] == "inferd" and r["model"] == "mlp_large_nobatch" and r["concurrency"] == 32), None)
+        if on and off:
+            ratios.append(f"- batching at concurrency 32: {on['rps']} vs {off['rps']} req/s: **{on['rps'] / off['rps']:.2f}x**; "
+                          f"p99 {on['p99_us']} us (max_queue_delay 2000 us)")
+    if "batch64" in res:
+        rows = res["batch64"]
+        for r in rows:
+            r["rows_per_s"] = round(r["rows_per_s"])
+        md += ["## Client batch 64 over gRPC (mlp_small)", "",
+               table(rows, ["server", "protocol", "batch", "concurrency", "rows_per_s", "p50_us", "p99_us"]), ""]
+        ceiling = next((r for r in res.get("inprocess", []) if r["model"] == "mlp_small" and r["path"] == "backend" and r["batch"] == 64), None)
+        top = max(rows, key=lambda r: r["rows_per_s"]) if rows else None
+        if ceiling and top:
+            ratios.append(f"- batch 64 over gRPC: {top['rows_per_s']} rows/s vs in-process backend ceiling "
+                          f"{ceiling['rows_per_s']:.0f}: **{top['rows_per_s'] / ceiling['rows_per_s']:.0%}**")
+    if ratios:
+        md += ["## Ratios (this run)", ""] + ratios + [""]
+    md += ["## Commands", "", "```"] + res["commands"] + ["```", ""]
+    (RESULTS / "latest.md").write_text("\n".join(md))
+    plot(res)
+    print("\n".join(md))
+
+
+def plot(res: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot")
+        return
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    series: dict[str, list] = {}
+    for r in res.get("overhead", []):
+        series.setdefault(f"{r['server']} {r['protocol']} ({r['tool']})", []).append(r)
+    for label, rows in sorted(series.items()):
+        rows.sort(key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        axes[0][0].plot(xs, [r["rps"] for r in rows], marker="o", label=label)
+        axes[0][1].plot(xs, [r["p99_us"] / 1000 for r in rows], marker="o", label=label)
+    axes[0][0].set_title("mlp_small: requests/s")
+    axes[0][1].set_title("mlp_small: p99 latency (ms)")
+    series = {}
+    for r in res.get("batching", []):
+        series.setdefault(f"{r['server']} {r['model']}", []).append(r)
+    for label, rows in sorted(series.items()):
+        rows.sort(key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        axes[1][0].plot(xs, [r["rps"] for r in rows], marker="o", label=label)
+        axes[1][1].plot(xs, [r["p99_us"] / 1000 for r in rows], marker="o", label=label)
+    axes[1][0].set_title("mlp_large (gRPC): requests/s")
+    axes[1][1].set_title("mlp_large (gRPC): p99 latency (ms)")
+    for ax in axes.flat:
+        ax.set_xlabel("concurrency")
+        ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"inferd vs peers, {res['date']} — {res['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "throughput_latency.png", dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
