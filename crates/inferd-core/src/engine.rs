@@ -909,6 +909,25 @@ impl Engine {
             cfg.default_model_filename.clone()
         };
         let model_file = dir.join(&file_name);
+        // Safety before anything is interpreted: pickles, escaping links or external data,
+        // malformed headers, pinned digests.
+        let mut findings = crate::artifact::scan_tree(dir, &self.inner.opts.repository);
+        if let Some(model_dir) = dir.parent() {
+            findings.extend(crate::artifact::check_pins(
+                model_dir,
+                cfg.parameters.iter().map(|(k, v)| (k, &v.string_value)),
+                Some(dir),
+            ));
+        }
+        if !findings.is_empty() {
+            let shown: Vec<String> = findings.iter().take(5).map(|f| f.to_string()).collect();
+            return Err(format!(
+                "refused before loading ({} finding{}): {}",
+                findings.len(),
+                if findings.len() == 1 { "" } else { "s" },
+                shown.join("; ")
+            ));
+        }
         if !model_file.exists() {
             return Err(format!("model file '{}' not found", model_file.display()));
         }

@@ -5,6 +5,7 @@
 //! executors. It knows nothing of HTTP or gRPC; front-ends live in `inferd-server`.
 //!
 //! - [`tensor`]: KServe v2 datatypes and tensors.
+//! - [`artifact`]: artifact safety checks (pickle refusal, header checks) for scan and load.
 //! - [`config`]: `config.pbtxt` parsing, auto-complete, validation.
 //! - [`backend`]: the trait a model format implements.
 //! - [`batching`]: batch formation policy (pure) for the dynamic batcher.
@@ -17,6 +18,7 @@
 //! - [`engine`]: lifecycle, live reload, routing; the embedding API.
 //! - [`error`]: the engine's error type.
 
+pub mod artifact;
 pub mod backend;
 pub mod batching;
 pub mod config;

@@ -28,6 +28,17 @@ struct Cli {
 enum Command {
     /// Serve a model repository over HTTP and gRPC.
     Serve(ServeArgs),
+    /// Scan model files, folders or repositories for unsafe artifacts (pickles, escaping
+    /// symlinks or ONNX external data, malformed SafeTensors/GGUF headers, sha256 pins).
+    /// Exit code: 0 clean, 1 findings, 2 usage or I/O error.
+    Scan {
+        /// Files or folders to scan.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Model repository tools.
     Repo {
         #[command(subcommand)]
@@ -43,6 +54,14 @@ enum RepoCommand {
         /// The repository folder.
         dir: PathBuf,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// One line per finding.
+    Human,
+    /// A JSON document.
+    Json,
 }
 
 /// Server settings: one schema for flags and environment.
@@ -226,6 +245,97 @@ fn repo_check(dir: PathBuf) -> Result<bool> {
     Ok(ok)
 }
 
+/// Runs `inferd scan`; returns the exit code.
+fn scan(paths: &[PathBuf], format: Format) -> u8 {
+    use inferd_core::artifact;
+    let mut findings = Vec::new();
+    for p in paths {
+        if !p.exists() && std::fs::symlink_metadata(p).is_err() {
+            eprintln!("inferd scan: '{}' does not exist", p.display());
+            return 2;
+        }
+        if p.is_dir() {
+            findings.extend(artifact::scan_tree(p, p));
+            // Digests pinned in model configs below this folder.
+            for cfg_path in config_files(p) {
+                let Some(model_dir) = cfg_path.parent() else {
+                    continue;
+                };
+                let Ok(text) = std::fs::read_to_string(&cfg_path) else {
+                    continue;
+                };
+                if let Ok(parsed) = inferd_core::config::parse_config(&text, &cfg_path) {
+                    let params = parsed
+                        .config
+                        .parameters
+                        .iter()
+                        .map(|(k, v)| (k, &v.string_value));
+                    findings.extend(artifact::check_pins(model_dir, params, None));
+                }
+            }
+        } else {
+            let root = p.parent().unwrap_or(p);
+            findings.extend(artifact::scan_tree(p, root));
+        }
+    }
+    if findings.iter().any(|f| {
+        f.kind == artifact::FindingKind::Unreadable && f.message.starts_with("cannot read")
+    }) {
+        for f in &findings {
+            eprintln!("{f}");
+        }
+        return 2;
+    }
+    match format {
+        Format::Human => {
+            for f in &findings {
+                println!("{f}");
+            }
+            if findings.is_empty() {
+                println!("no findings");
+            } else {
+                println!(
+                    "{} finding{}",
+                    findings.len(),
+                    if findings.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+        Format::Json => {
+            let doc = serde_json::json!({
+                "findings": findings.iter().map(|f| serde_json::json!({
+                    "path": f.path.display().to_string(),
+                    "kind": f.kind.code(),
+                    "message": f.message,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{doc}");
+        }
+    }
+    u8::from(!findings.is_empty())
+}
+
+fn config_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() && depth < 4 {
+                stack.push((p, depth + 1));
+            } else if ft.is_file() && e.file_name() == "config.pbtxt" {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -241,6 +351,9 @@ fn main() -> std::process::ExitCode {
             .build()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(serve(a))),
+        Command::Scan { paths, format } => {
+            return std::process::ExitCode::from(scan(&paths, format));
+        }
         Command::Repo {
             command: RepoCommand::Check { dir },
         } => match repo_check(dir) {

@@ -1,0 +1,342 @@
+//! Artifact safety: what `inferd scan` reports and what the server checks before it loads a
+//! version. Nothing here interprets model content beyond headers.
+//!
+//! - [`pickle`]: pickle streams and the containers they hide in (refused everywhere).
+//! - [`headers`]: SafeTensors and GGUF header checks, ONNX external-data references.
+//!
+//! Findings: pickle content (any file, any extension), ONNX external data that is absolute or
+//! escapes the model folder, malformed SafeTensors/GGUF headers, symlinks that leave the
+//! repository, and files whose sha256 differs from a digest pinned in the model's config
+//! (`parameters { key: "sha256:<path under the model folder>" value: { string_value: "<hex>" } }`).
+
+pub mod headers;
+pub mod pickle;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// What kind of problem a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FindingKind {
+    /// Pickle content: loading it could run arbitrary code.
+    Pickle,
+    /// ONNX external data outside the model folder.
+    ExternalData,
+    /// A malformed SafeTensors header.
+    SafeTensors,
+    /// A malformed GGUF header.
+    Gguf,
+    /// A symlink that leaves the repository.
+    SymlinkEscape,
+    /// A file whose digest differs from the pinned one.
+    Digest,
+    /// A file that could not be read or parsed.
+    Unreadable,
+}
+
+impl FindingKind {
+    /// Stable machine name (JSON output).
+    pub fn code(self) -> &'static str {
+        match self {
+            FindingKind::Pickle => "pickle",
+            FindingKind::ExternalData => "onnx-external-data",
+            FindingKind::SafeTensors => "safetensors-header",
+            FindingKind::Gguf => "gguf-header",
+            FindingKind::SymlinkEscape => "symlink-escape",
+            FindingKind::Digest => "sha256-mismatch",
+            FindingKind::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// One problem with one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The file.
+    pub path: PathBuf,
+    /// Kind.
+    pub kind: FindingKind,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: [{}] {}",
+            self.path.display(),
+            self.kind.code(),
+            self.message
+        )
+    }
+}
+
+const HEAD_BYTES: u64 = 64 * 1024;
+/// Files up to this size are read whole (zip directories, ONNX external data, complete pickles).
+const WHOLE_BYTES: u64 = 1 << 30;
+/// GGUF metadata (vocabularies) can be large; read at most this much of the header.
+const GGUF_HEAD_BYTES: u64 = 256 << 20;
+
+fn finding(path: &Path, kind: FindingKind, message: impl Into<String>) -> Finding {
+    Finding {
+        path: path.to_path_buf(),
+        kind,
+        message: message.into(),
+    }
+}
+
+fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?.take(n).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The advice every pickle finding carries.
+pub const PICKLE_ADVICE: &str = "unpickling runs arbitrary code, so inferd never loads it; convert the weights to SafeTensors \
+(safetensors.torch.save_file(model.state_dict(), \"model.safetensors\")) or export the model to ONNX (torch.onnx.export)";
+
+/// Checks one regular file's content.
+pub fn scan_file(path: &Path) -> Vec<Finding> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) => {
+            return vec![finding(
+                path,
+                FindingKind::Unreadable,
+                format!("cannot read: {e}"),
+            )];
+        }
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let whole = len <= WHOLE_BYTES;
+    let data = match read_prefix(path, if whole { len } else { HEAD_BYTES }) {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![finding(
+                path,
+                FindingKind::Unreadable,
+                format!("cannot read: {e}"),
+            )];
+        }
+    };
+    let head = &data[..data.len().min(HEAD_BYTES as usize)];
+    let mut out = Vec::new();
+    if let Some(k) = pickle::detect(&name, head, whole.then_some(&data[..])) {
+        out.push(finding(
+            path,
+            FindingKind::Pickle,
+            format!("{} — {PICKLE_ADVICE}", k.describe()),
+        ));
+        return out;
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".safetensors") {
+        for p in headers::check_safetensors(&data, len) {
+            out.push(finding(path, FindingKind::SafeTensors, p));
+        }
+    }
+    if head.starts_with(b"GGUF") {
+        let gguf_head = if whole {
+            data.clone()
+        } else {
+            read_prefix(path, GGUF_HEAD_BYTES).unwrap_or_default()
+        };
+        for p in headers::check_gguf(&gguf_head, len) {
+            out.push(finding(path, FindingKind::Gguf, p));
+        }
+    }
+    if lower.ends_with(".onnx") && whole {
+        match headers::onnx_external_locations(&data) {
+            Ok(locs) => {
+                for l in locs {
+                    if let Some(why) = headers::unsafe_location(&l) {
+                        out.push(finding(path, FindingKind::ExternalData, why));
+                    }
+                }
+            }
+            Err(e) => out.push(finding(
+                path,
+                FindingKind::Unreadable,
+                format!("not a parseable ONNX protobuf: {e}"),
+            )),
+        }
+    }
+    out
+}
+
+/// Checks every file under `dir` (symlinks must stay inside `root`; they are not followed).
+pub fn scan_tree(dir: &Path, root: &Path) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let root_real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    walk(dir, &root_real, 0, &mut out);
+    out
+}
+
+fn walk(path: &Path, root: &Path, depth: usize, out: &mut Vec<Finding>) {
+    if depth > 32 {
+        out.push(finding(
+            path,
+            FindingKind::Unreadable,
+            "folders nested more than 32 deep; not scanned",
+        ));
+        return;
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            out.push(finding(
+                path,
+                FindingKind::Unreadable,
+                format!("cannot read: {e}"),
+            ));
+            return;
+        }
+    };
+    if meta.file_type().is_symlink() {
+        match std::fs::canonicalize(path) {
+            Ok(target) if target.starts_with(root) => {}
+            Ok(target) => out.push(finding(
+                path,
+                FindingKind::SymlinkEscape,
+                format!(
+                    "symlink points outside the repository, to '{}'",
+                    target.display()
+                ),
+            )),
+            Err(e) => out.push(finding(
+                path,
+                FindingKind::SymlinkEscape,
+                format!("dangling symlink: {e}"),
+            )),
+        }
+        return;
+    }
+    if meta.is_dir() {
+        let Ok(rd) = std::fs::read_dir(path) else {
+            out.push(finding(path, FindingKind::Unreadable, "cannot list folder"));
+            return;
+        };
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for e in entries {
+            walk(&e, root, depth + 1, out);
+        }
+    } else if meta.is_file() {
+        out.extend(scan_file(path));
+    }
+}
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks the digests pinned in a model's config parameters (`sha256:<relative path>`), only
+/// those under `within` (a version folder) when given.
+pub fn check_pins<'a>(
+    model_dir: &Path,
+    params: impl IntoIterator<Item = (&'a String, &'a String)>,
+    within: Option<&Path>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (key, want) in params {
+        let Some(rel) = key.strip_prefix("sha256:") else {
+            continue;
+        };
+        let file = model_dir.join(rel);
+        if headers::unsafe_location(rel).is_some() {
+            out.push(finding(
+                &file,
+                FindingKind::Digest,
+                format!("pinned path '{rel}' must stay inside the model folder"),
+            ));
+            continue;
+        }
+        if within.is_some_and(|w| !file.starts_with(w)) {
+            continue;
+        }
+        match sha256_file(&file) {
+            Ok(got) if got.eq_ignore_ascii_case(want.trim()) => {}
+            Ok(got) => out.push(finding(
+                &file,
+                FindingKind::Digest,
+                format!("sha256 is {got} but the config pins {}", want.trim()),
+            )),
+            Err(e) => out.push(finding(
+                &file,
+                FindingKind::Digest,
+                format!("pinned file cannot be read: {e}"),
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_scan_finds_pickles_and_escaping_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("m/1")).unwrap();
+        std::fs::write(
+            repo.join("m/1/weights.dat"),
+            b"cos\nsystem\n(S'echo hi'\ntR.",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("outside.onnx"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.onnx"), repo.join("m/1/model.onnx"))
+            .unwrap();
+        std::fs::write(repo.join("m/1/ok.txt"), b"labels\n").unwrap();
+        let f = scan_tree(&repo, &repo);
+        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![FindingKind::SymlinkEscape, FindingKind::Pickle],
+            "{f:?}"
+        );
+        assert!(
+            f[1].message.contains("os.system") && f[1].message.contains("SafeTensors"),
+            "{}",
+            f[1]
+        );
+    }
+
+    #[test]
+    fn pinned_digest_mismatch_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("1")).unwrap();
+        std::fs::write(dir.path().join("1/model.onnx"), b"abc").unwrap();
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_string();
+        let bad = "00".repeat(32);
+        let key = "sha256:1/model.onnx".to_string();
+        assert!(check_pins(dir.path(), [(&key, &good)], None).is_empty());
+        let f = check_pins(dir.path(), [(&key, &bad)], None);
+        assert_eq!(f[0].kind, FindingKind::Digest);
+        let esc = "sha256:../x".to_string();
+        assert!(
+            check_pins(dir.path(), [(&esc, &good)], None)[0]
+                .message
+                .contains("inside the model folder")
+        );
+    }
+}
