@@ -16,7 +16,7 @@ use crate::config::{ModelConfig, ParsedConfig, complete_config, parse_config, va
 use crate::error::{Error, Result};
 use crate::repository::{self, ModelDir};
 use crate::request::{InferRequest, InferResponse, prepare};
-use crate::runner::{InflightGuard, VersionRunner};
+use crate::runner::{InflightGuard, RunnerOptions, VersionRunner};
 use crate::scheduler::ComputeBudget;
 use crate::stats::VersionStats;
 use crate::warmup;
@@ -74,6 +74,9 @@ pub struct EngineOptions {
     pub queue_capacity: usize,
     /// Executions that may run at once across all models and instances; 0 means one per core.
     pub compute_threads: usize,
+    /// How long an idle executor polls its queue before sleeping (lower latency at low load,
+    /// at the price of some CPU).
+    pub executor_spin: Duration,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +89,7 @@ impl Default for EngineOptions {
             strict_readiness: true,
             queue_capacity: 1024,
             compute_threads: 0,
+            executor_spin: crate::scheduler::IDLE_SPIN,
         }
     }
 }
@@ -956,15 +960,13 @@ impl Engine {
         })?;
         validate_config(&cfg).map_err(|e| format!("invalid config: {e}"))?;
         warmup::run(name, &cfg, loaded.as_ref(), dir)?;
-        VersionRunner::start(
-            name,
-            version,
-            Arc::new(cfg),
-            loaded,
-            self.inner.opts.queue_capacity,
-            self.inner.budget.clone(),
-        )
-        .map_err(|e| e.to_string())
+        let runner_opts = RunnerOptions {
+            default_queue: self.inner.opts.queue_capacity,
+            budget: self.inner.budget.clone(),
+            idle_spin: self.inner.opts.executor_spin,
+        };
+        VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
+            .map_err(|e| e.to_string())
     }
 
     async fn poll_loop(&self) {

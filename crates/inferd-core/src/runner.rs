@@ -16,6 +16,17 @@ use crate::request::{PreparedRequest, finish_outputs};
 use crate::scheduler::{ComputeBudget, Scheduler, SchedulerSettings, merge_inputs, split_outputs};
 use crate::stats::{ExecutionTimes, VersionStats};
 
+/// Server-wide settings every version's executor shares.
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// Queue bound where the config sets none.
+    pub default_queue: usize,
+    /// The shared compute budget.
+    pub budget: Arc<ComputeBudget>,
+    /// How long idle executors poll before sleeping.
+    pub idle_spin: std::time::Duration,
+}
+
 /// A running model version.
 pub struct VersionRunner {
     model: String,
@@ -65,10 +76,11 @@ impl VersionRunner {
         version: u64,
         config: Arc<ModelConfig>,
         model: Arc<dyn LoadedModel>,
-        default_queue: usize,
-        budget: Arc<ComputeBudget>,
+        opts: &RunnerOptions,
     ) -> Result<Arc<Self>> {
-        let settings = SchedulerSettings::from_config(&config, default_queue);
+        let mut settings = SchedulerSettings::from_config(&config, opts.default_queue);
+        settings.idle_spin = opts.idle_spin;
+        let budget = opts.budget.clone();
         let scheduler = Arc::new(Scheduler::new(model_name, settings));
         let stats = Arc::new(Mutex::new(VersionStats::default()));
         let mut threads = Vec::new();

@@ -41,6 +41,8 @@ pub struct SchedulerSettings {
     pub levels: Vec<LevelPolicy>,
     /// Answer in request order.
     pub preserve_ordering: bool,
+    /// How long an idle executor polls the queue before it sleeps.
+    pub idle_spin: Duration,
 }
 
 impl SchedulerSettings {
@@ -58,6 +60,7 @@ impl SchedulerSettings {
                     action: TimeoutAction::Reject,
                 }],
                 preserve_ordering: false,
+                idle_spin: IDLE_SPIN,
             };
         };
         let level = |n: u32| {
@@ -96,6 +99,7 @@ impl SchedulerSettings {
             ),
             levels,
             preserve_ordering: db.preserve_ordering,
+            idle_spin: IDLE_SPIN,
         }
     }
 }
@@ -181,8 +185,8 @@ pub struct Scheduler {
     queued: AtomicUsize,
 }
 
-/// How long an idle executor polls the queue before it sleeps.
-const IDLE_SPIN: Duration = Duration::from_micros(50);
+/// How long an idle executor polls the queue before it sleeps, by default.
+pub const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 impl Scheduler {
     /// An empty scheduler.
@@ -287,9 +291,14 @@ impl Scheduler {
                 // Spin briefly before sleeping: waking a sleeping thread costs tens of
                 // microseconds on virtual machines, more than a small model's execution.
                 drop(q);
-                let spin_until = Instant::now() + IDLE_SPIN;
-                while self.queued.load(Ordering::Acquire) == 0 && Instant::now() < spin_until {
-                    std::hint::spin_loop();
+                let spin_until = Instant::now() + self.settings.idle_spin;
+                'spin: while Instant::now() < spin_until {
+                    for _ in 0..64 {
+                        if self.queued.load(Ordering::Acquire) != 0 {
+                            break 'spin;
+                        }
+                        std::hint::spin_loop();
+                    }
                 }
                 q = self.lock();
                 if q.len() == 0 && !q.closed {
