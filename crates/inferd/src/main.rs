@@ -39,6 +39,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Describe a weight file (GGUF): metadata, tensor table, and optionally some tensors'
+    /// dequantized values, as JSON.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+        /// Tensors to dequantize and summarise (repeatable).
+        #[arg(long)]
+        tensor: Vec<String>,
+    },
     /// Model repository tools.
     Repo {
         #[command(subcommand)]
@@ -250,6 +259,51 @@ fn repo_check(dir: PathBuf) -> Result<bool> {
     Ok(ok)
 }
 
+fn gguf_value_json(v: &inferd_gguf::Value) -> serde_json::Value {
+    use inferd_gguf::Value as V;
+    match v {
+        V::String(s) => serde_json::json!(s),
+        V::Bool(b) => serde_json::json!(b),
+        V::F32(f) => serde_json::json!(f),
+        V::F64(f) => serde_json::json!(f),
+        V::I8(x) => serde_json::json!(x),
+        V::I16(x) => serde_json::json!(x),
+        V::I32(x) => serde_json::json!(x),
+        V::I64(x) => serde_json::json!(x),
+        V::Array(a) => serde_json::json!({
+            "array_len": a.len(),
+            "head": a.iter().take(8).map(gguf_value_json).collect::<Vec<_>>(),
+        }),
+        other => serde_json::json!(other.as_u64()),
+    }
+}
+
+/// Runs `inferd inspect`.
+fn inspect(file: &std::path::Path, tensors: &[String]) -> Result<()> {
+    let g = inferd_gguf::GgufFile::open(file)?;
+    let mut dequantized = serde_json::Map::new();
+    for name in tensors {
+        let v = g.dequantize(name)?;
+        let sum: f64 = v.iter().map(|&x| x as f64).sum();
+        dequantized.insert(
+            name.clone(),
+            serde_json::json!({ "len": v.len(), "head": &v[..v.len().min(16)], "sum": sum }),
+        );
+    }
+    let doc = serde_json::json!({
+        "format": "gguf",
+        "version": g.version,
+        "alignment": g.alignment,
+        "metadata": g.metadata.iter().map(|(k, v)| (k.clone(), gguf_value_json(v))).collect::<serde_json::Map<_, _>>(),
+        "tensors": g.tensors.iter().map(|t| serde_json::json!({
+            "name": t.name, "type": t.ggml_type.name(), "dims": t.dims, "offset": t.offset, "size": t.size,
+        })).collect::<Vec<_>>(),
+        "dequantized": dequantized,
+    });
+    println!("{doc}");
+    Ok(())
+}
+
 /// Runs `inferd scan`; returns the exit code.
 fn scan(paths: &[PathBuf], format: Format) -> u8 {
     use inferd_core::artifact;
@@ -356,6 +410,7 @@ fn main() -> std::process::ExitCode {
             .build()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(serve(a))),
+        Command::Inspect { file, tensor } => inspect(&file, &tensor),
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));
         }
