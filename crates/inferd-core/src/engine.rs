@@ -513,7 +513,22 @@ impl Engine {
     /// load API does. Fails if the model ends with no ready version.
     pub async fn load(&self, name: &str) -> Result<()> {
         repository::validate_model_name(name)?;
-        self.reconcile(name, true).await?;
+        if !self.inner.opts.repository.join(name).is_dir() && !self.knows(name)? {
+            return Err(Error::NotFound(format!(
+                "model '{name}' is not in the repository"
+            )));
+        }
+        let failed = self.reconcile(name, true).await?;
+        if !failed.is_empty() {
+            let why: Vec<String> = failed
+                .iter()
+                .map(|(v, m)| format!("version {v}: {m}"))
+                .collect();
+            return Err(Error::InvalidArgument(format!(
+                "failed to load model '{name}' ({}); versions that were serving keep serving",
+                why.join("; ")
+            )));
+        }
         let models = self.inner.models.read().map_err(lock_err)?;
         let entry = models
             .get(name)
@@ -565,6 +580,9 @@ impl Engine {
 
     /// Unloads every version of a model.
     pub async fn unload(&self, name: &str) -> Result<()> {
+        if !self.knows(name)? {
+            return Err(Error::NotFound(format!("model '{name}' is not loaded")));
+        }
         let lock = self.model_lock(name)?;
         let _g = lock.lock().await;
         let retired = {
@@ -620,7 +638,8 @@ impl Engine {
 
     /// Brings a model in line with the repository: loads new and changed versions (all versions
     /// when the config changed), switches routing, then retires versions no longer wanted.
-    async fn reconcile(&self, name: &str, wanted: bool) -> Result<()> {
+    /// Returns the versions that failed to load, with why.
+    async fn reconcile(&self, name: &str, wanted: bool) -> Result<Vec<(u64, String)>> {
         let lock = self.model_lock(name)?;
         let _g = lock.lock().await;
         let repo = self.inner.opts.repository.clone();
@@ -642,7 +661,7 @@ impl Engine {
                     .collect()
             };
             self.retire(name, retired, false);
-            return Ok(());
+            return Ok(Vec::new());
         };
         let cfg_fp = dir.config_fingerprint();
         let parsed = match self.read_config(name, &dir) {
@@ -653,7 +672,7 @@ impl Engine {
                 let entry = models.entry(name.to_string()).or_default();
                 entry.wanted |= wanted;
                 entry.error = Some(msg);
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         let targets = parsed
@@ -670,7 +689,7 @@ impl Engine {
             let entry = models.entry(name.to_string()).or_default();
             entry.wanted |= wanted;
             entry.error = Some(msg);
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Decide what to load; mark new versions LOADING.
         let to_load: Vec<u64> = {
@@ -727,6 +746,7 @@ impl Engine {
         // Switch routing under one lock.
         let mut replaced = Vec::new();
         let mut retired = Vec::new();
+        let mut failed = Vec::new();
         {
             let mut models = self.inner.models.write().map_err(lock_err)?;
             let entry = models.entry(name.to_string()).or_default();
@@ -753,6 +773,7 @@ impl Engine {
                     }
                     Err(msg) => {
                         any_failed = true;
+                        failed.push((v, msg.clone()));
                         tracing::error!(model = %name, version = v, "load failed: {msg}");
                         if e.runner.is_some() {
                             // Keep serving the loaded copy; remember the files so an unchanged
@@ -788,7 +809,7 @@ impl Engine {
         }
         self.retire(name, replaced, false);
         self.retire(name, retired, true);
-        Ok(())
+        Ok(failed)
     }
 
     /// Checks one model folder without serving it: config syntax and fields, version folders,

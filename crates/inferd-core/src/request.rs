@@ -102,7 +102,10 @@ fn scheduling_params(
         .get(&level)
         .or(db.default_queue_policy.as_ref());
     let timeout = match (timeout_us, policy) {
-        (Some(t), Some(p)) if p.allow_timeout_override => Some(std::time::Duration::from_micros(t)),
+        // As in Triton, a timeout of 0 means none.
+        (Some(t), Some(p)) if p.allow_timeout_override && t > 0 => {
+            Some(std::time::Duration::from_micros(t))
+        }
         _ => None,
     };
     Ok((level, timeout))
@@ -436,6 +439,32 @@ mod tests {
         let mut r = req(vec![1, 4], 4);
         r.inputs.push(r.inputs[0].clone());
         assert!(err(prepare("m", &cfg(), r)).contains("more than once"));
+    }
+
+    #[test]
+    fn zero_timeout_means_no_timeout_and_bad_params_are_refused() {
+        use crate::config::{DynamicBatching, QueuePolicy};
+        let mut c = cfg();
+        c.dynamic_batching = Some(DynamicBatching {
+            default_queue_policy: Some(QueuePolicy {
+                allow_timeout_override: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut r = req(vec![1, 4], 4);
+        r.parameters.insert("timeout".into(), ParamValue::Int(0));
+        assert_eq!(prepare("m", &c, r).unwrap().timeout, None);
+        let mut r = req(vec![1, 4], 4);
+        r.parameters.insert("timeout".into(), ParamValue::Int(250));
+        assert_eq!(
+            prepare("m", &c, r).unwrap().timeout,
+            Some(std::time::Duration::from_micros(250))
+        );
+        let mut r = req(vec![1, 4], 4);
+        r.parameters
+            .insert("timeout".into(), ParamValue::String("soon".into()));
+        assert!(err(prepare("m", &c, r)).contains("parameter 'timeout'"));
     }
 
     #[test]

@@ -13,7 +13,9 @@ use crate::backend::{BackendError, LoadedModel, ModelInstance, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::request::{PreparedRequest, finish_outputs};
-use crate::scheduler::{ComputeBudget, Scheduler, SchedulerSettings, merge_inputs, split_outputs};
+use crate::scheduler::{
+    ComputeBudget, Job, Scheduler, SchedulerSettings, merge_inputs, split_outputs,
+};
 use crate::stats::{ExecutionTimes, VersionStats};
 
 /// Server-wide settings every version's executor shares.
@@ -102,7 +104,10 @@ impl VersionRunner {
             let handle = std::thread::Builder::new()
                 .name(format!("{model_name}-v{version}-{i}"))
                 .spawn(move || ctx.run(instance))
-                .map_err(|e| Error::Internal(format!("cannot start executor thread: {e}")))?;
+                .map_err(|e| {
+                    scheduler.close();
+                    Error::Internal(format!("cannot start executor thread: {e}"))
+                })?;
             threads.push(handle);
         }
         Ok(Arc::new(VersionRunner {
@@ -210,6 +215,12 @@ impl Drop for VersionRunner {
     }
 }
 
+/// A batch that ran: per-job outputs and timings.
+struct Executed {
+    per_job: Vec<Vec<NamedTensor>>,
+    times: ExecutionTimes,
+}
+
 struct Executor {
     model: String,
     config: Arc<ModelConfig>,
@@ -222,72 +233,86 @@ impl Executor {
     fn run(self, mut instance: Box<dyn ModelInstance>) {
         while let Some(mut jobs) = self.scheduler.next_batch() {
             let started = Instant::now();
-            let rows: Vec<usize> = jobs.iter().map(|j| j.req.batch).collect();
-            let outputs = jobs[0].req.outputs.clone();
-            let result = merge_inputs(&mut jobs).and_then(|(inputs, total)| {
-                let t0 = Instant::now();
-                let ran = {
-                    let _share = self.budget.acquire();
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        instance.execute(&inputs, &outputs)
-                    }))
-                };
-                let t1 = Instant::now();
-                let outs = match ran {
-                    Ok(Ok(outs)) => outs,
-                    Ok(Err(BackendError::InvalidInput(m))) => {
-                        return Err(Error::InvalidArgument(m));
-                    }
-                    Ok(Err(other)) => {
-                        return Err(Error::Internal(format!(
-                            "model '{}' failed: {other}",
-                            self.model
-                        )));
-                    }
-                    Err(_) => {
-                        return Err(Error::Internal(format!(
-                            "model '{}' panicked during execution",
-                            self.model
-                        )));
-                    }
-                };
-                let per_job = split_outputs(&self.model, outs, &rows)?
-                    .into_iter()
-                    .zip(&rows)
-                    .map(|(o, &r)| finish_outputs(&self.model, &self.config, o, r))
-                    .collect::<Result<Vec<_>>>()?;
-                let t2 = Instant::now();
-                Ok((per_job, total, t0 - started, t1 - t0, t2 - t1))
-            });
-            let done = Instant::now();
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let result = self.execute(instance.as_mut(), &mut jobs, started);
             match result {
-                Ok((per_job, total, input, infer, output)) => {
-                    stats.record_execution(ExecutionTimes {
-                        batch: total,
-                        requests: jobs.len(),
-                        input,
-                        infer,
-                        output,
-                    });
-                    for (job, out) in jobs.into_iter().zip(per_job) {
-                        stats.record_request(
-                            true,
-                            done - job.enqueued,
-                            Some(started - job.enqueued),
-                        );
-                        self.scheduler.complete(job, Ok(out));
+                // One request's input failed the whole batch: run each request alone, so only
+                // the one at fault gets the error.
+                Err(Error::InvalidArgument(_)) if jobs.len() > 1 => {
+                    for job in jobs {
+                        let mut one = vec![job];
+                        let started = Instant::now();
+                        let r = self.execute(instance.as_mut(), &mut one, started);
+                        self.deliver(one, r, started);
                     }
                 }
-                Err(e) => {
-                    for job in jobs {
-                        stats.record_request(
-                            false,
-                            done - job.enqueued,
-                            Some(started - job.enqueued),
-                        );
-                        self.scheduler.complete(job, Err(e.clone()));
-                    }
+                r => self.deliver(jobs, r, started),
+            }
+        }
+    }
+
+    /// Runs one batch; any panic (backend, batch assembly, output checks) becomes an error for
+    /// the batch instead of ending this executor thread.
+    fn execute(
+        &self,
+        instance: &mut dyn ModelInstance,
+        jobs: &mut [Job],
+        started: Instant,
+    ) -> Result<Executed> {
+        let model = self.model.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let rows: Vec<usize> = jobs.iter().map(|j| j.req.batch).collect();
+            let outputs = jobs[0].req.outputs.clone();
+            let (inputs, total) = merge_inputs(jobs)?;
+            let t0 = Instant::now();
+            let ran = {
+                let _share = self.budget.acquire();
+                instance.execute(&inputs, &outputs)
+            };
+            let t1 = Instant::now();
+            let outs = ran.map_err(|e| match e {
+                BackendError::InvalidInput(m) => Error::InvalidArgument(m),
+                other => Error::Internal(format!("model '{}' failed: {other}", self.model)),
+            })?;
+            let per_job = split_outputs(&self.model, outs, &rows)?
+                .into_iter()
+                .zip(&rows)
+                .map(|(o, &r)| finish_outputs(&self.model, &self.config, o, r))
+                .collect::<Result<Vec<_>>>()?;
+            let t2 = Instant::now();
+            Ok(Executed {
+                per_job,
+                times: ExecutionTimes {
+                    batch: total,
+                    requests: rows.len(),
+                    input: t0 - started,
+                    infer: t1 - t0,
+                    output: t2 - t1,
+                },
+            })
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(format!(
+                "model '{model}' panicked during execution"
+            )))
+        })
+    }
+
+    /// Records statistics and answers every job of a batch.
+    fn deliver(&self, jobs: Vec<Job>, result: Result<Executed>, started: Instant) {
+        let done = Instant::now();
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(ex) => {
+                stats.record_execution(ex.times);
+                for (job, out) in jobs.into_iter().zip(ex.per_job) {
+                    stats.record_request(true, done - job.enqueued, Some(started - job.enqueued));
+                    self.scheduler.complete(job, Ok(out));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    stats.record_request(false, done - job.enqueued, Some(started - job.enqueued));
+                    self.scheduler.complete(job, Err(e.clone()));
                 }
             }
         }

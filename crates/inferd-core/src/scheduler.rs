@@ -232,6 +232,13 @@ impl Scheduler {
             .min(self.settings.levels.len() - 1);
         let policy = &self.settings.levels[level];
         let deadline = req.timeout.or(policy.default_timeout).map(|d| now + d);
+        // Under preserve_ordering every request shares one FIFO, so a low-priority or delayed
+        // request cannot hold back the responses queued after it forever.
+        let slot = if self.settings.preserve_ordering {
+            0
+        } else {
+            level
+        };
         let (reply, rx) = oneshot::channel();
         let mut q = self.lock();
         if q.closed {
@@ -240,7 +247,10 @@ impl Scheduler {
                 self.model
             )));
         }
-        if q.levels[level].len() >= policy.max_queue {
+        if q.levels[slot].len() + q.delayed.len() >= policy.max_queue {
+            self.prune_cancelled(&mut q, slot);
+        }
+        if q.levels[slot].len() + q.delayed.len() >= policy.max_queue {
             let which = if self.settings.levels.len() > 1 {
                 format!(" at priority {}", level + 1)
             } else {
@@ -260,7 +270,7 @@ impl Scheduler {
             q.with_deadline += 1;
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
-        q.levels[level].push_back(Job {
+        q.levels[slot].push_back(Job {
             seq,
             req,
             enqueued: now,
@@ -270,6 +280,27 @@ impl Scheduler {
         drop(q);
         self.wake.notify_one();
         Ok(rx)
+    }
+
+    /// Drops queued requests whose callers went away (they would only be skipped later), so
+    /// they do not hold queue slots.
+    fn prune_cancelled(&self, q: &mut Queues, slot: usize) {
+        let jobs = std::mem::take(&mut q.levels[slot]);
+        for j in jobs {
+            if j.reply.is_closed() {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                if j.deadline.is_some() {
+                    q.with_deadline -= 1;
+                }
+                self.finish(
+                    j.seq,
+                    None,
+                    Err(Error::Cancelled("client went away".into())),
+                );
+            } else {
+                q.levels[slot].push_back(j);
+            }
+        }
     }
 
     /// Stops taking requests; executors finish what is queued, then `next_batch` returns `None`.
@@ -424,6 +455,10 @@ impl Scheduler {
                                         waited.as_micros()
                                     ))),
                                 );
+                            }
+                            // Kept in place under preserve_ordering (see `submit`).
+                            TimeoutAction::Delay if self.settings.preserve_ordering => {
+                                q.levels[level].push_back(j)
                             }
                             TimeoutAction::Delay => q.delayed.push_back(j),
                         }
@@ -841,6 +876,60 @@ mod tests {
             s.submit(req(1, 0, None, 1.0)),
             Err(Error::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn delayed_requests_count_against_the_queue_limit() {
+        let db = DynamicBatching {
+            default_queue_policy: Some(QueuePolicy {
+                default_timeout_microseconds: 1,
+                timeout_action: TimeoutAction::Delay,
+                max_queue_size: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = Scheduler::new("m", settings(db, 16));
+        let _a = s.submit(req(1, 0, None, 1.0)).unwrap();
+        let _b = s.submit(req(1, 0, None, 2.0)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        // Expire both into the delayed queue; they still hold their slots.
+        s.expire(&mut s.lock(), Instant::now());
+        assert!(matches!(
+            s.submit(req(1, 0, None, 3.0)),
+            Err(Error::Overloaded { .. })
+        ));
+    }
+
+    #[test]
+    fn cancelled_requests_free_their_slots_when_the_queue_is_full() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 1));
+        let gone = s.submit(req(1, 0, None, 1.0)).unwrap();
+        drop(gone);
+        let _kept = s.submit(req(1, 0, None, 2.0)).unwrap();
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 2.0);
+    }
+
+    #[test]
+    fn preserve_ordering_serves_priorities_in_arrival_order() {
+        let db = DynamicBatching {
+            preserve_ordering: true,
+            priority_levels: 2,
+            default_priority_level: 2,
+            ..Default::default()
+        };
+        let s = Scheduler::new(
+            "m",
+            SchedulerSettings {
+                batching: false,
+                ..settings(db, 16)
+            },
+        );
+        let _low = s.submit(req(1, 2, None, 2.0)).unwrap();
+        let _high = s.submit(req(1, 1, None, 1.0)).unwrap();
+        // A later high-priority request cannot overtake: its response would wait anyway.
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 2.0);
+        assert_eq!(tag(&s.next_batch().unwrap()[0]), 1.0);
     }
 
     #[test]

@@ -296,14 +296,20 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        Self::from_reader(BufReader::with_capacity(1 << 20, file), len, path)
+    }
+
+    /// Parses the header of a GGUF stream of `len` bytes (`path` names it in errors and is where
+    /// tensor data is read from later).
+    pub fn from_reader(reader: impl Read, len: u64, path: &Path) -> Result<Self, GgufError> {
         let fmt = |why: String| GgufError::Format {
             path: path.to_path_buf(),
             why,
         };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
         let mut r = Reader {
-            r: BufReader::with_capacity(1 << 20, file),
+            r: reader,
             pos: 0,
             len,
         };

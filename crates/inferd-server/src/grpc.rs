@@ -84,6 +84,11 @@ pub fn decode_infer(req: pb::ModelInferRequest) -> Result<InferRequest, Status> 
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if input.parameters.contains_key("shared_memory_region") {
+            return Err(bad(format!(
+                "input '{name}': the shared-memory extension is not supported; send the data in the request"
+            )));
+        }
         let tensor = if let Some(r) = raw.get(i) {
             if input.contents.as_ref().is_some_and(has_contents) {
                 return Err(bad(format!(

@@ -267,6 +267,107 @@ fn client_mistakes_are_precise_4xx_and_change_nothing() {
 }
 
 #[test]
+fn unsupported_extensions_are_named_not_misreported() {
+    let repo = repo_copy(&["simple_mlp"]);
+    let s = Server::start(repo.path(), &[]);
+    let shm = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+        "parameters": {"shared_memory_region": "r0", "shared_memory_byte_size": 256}}]});
+    let (st, body) = s.post("/v2/models/simple_mlp/infer", shm.to_string().as_bytes());
+    assert_eq!(st, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("shared-memory extension is not supported"),
+        "{body}"
+    );
+    let mut r = Server::agent()
+        .post(format!("http://{}/v2/models/simple_mlp/infer", s.http))
+        .header("content-encoding", "gzip")
+        .send(&[0x1f, 0x8b, 0, 0][..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    assert!(
+        r.body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("Content-Encoding")
+    );
+}
+
+#[test]
+fn explicit_reload_that_fails_is_reported_and_the_old_copy_serves_on() {
+    let repo = repo_copy(&["add_sub"]);
+    let s = Server::start(
+        repo.path(),
+        &[
+            "--model-control-mode",
+            "explicit",
+            "--load-model",
+            "add_sub",
+        ],
+    );
+    assert_eq!(s.get("/v2/models/add_sub/ready").0, 200);
+    std::fs::write(repo.path().join("add_sub/1/model.onnx"), b"now corrupt").unwrap();
+    let (st, body) = s.post("/v2/repository/models/add_sub/load", b"{}");
+    assert_eq!(st, 400, "{body}");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("failed to load model 'add_sub'") && msg.contains("version 1"),
+        "{msg}"
+    );
+    assert_eq!(
+        s.get("/v2/models/add_sub/ready").0,
+        200,
+        "the loaded copy keeps serving"
+    );
+    let (st, _) = s.post("/v2/repository/models/nope/load", b"{}");
+    assert_eq!(st, 404);
+}
+
+#[test]
+fn one_bad_request_in_a_batch_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &examples().join("string_identity"),
+        &dir.path().join("string_identity"),
+    );
+    let cfg = dir.path().join("string_identity/config.pbtxt");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "dynamic_batching { max_queue_delay_microseconds: 400000 preferred_batch_size: [ 8 ] }\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let url = format!("http://{}/v2/models/string_identity/infer", s.http);
+    let send = |payload: Vec<u8>| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut body = br#"{"inputs":[{"name":"INPUT0","shape":[1,1],"datatype":"BYTES","parameters":{"binary_data_size":"#.to_vec();
+            body.extend_from_slice(format!("{}}}}}]}}", payload.len() + 4).as_bytes());
+            let hlen = body.len();
+            body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            body.extend_from_slice(&payload);
+            let r = Server::agent()
+                .post(&url)
+                .header("inference-header-content-length", hlen.to_string())
+                .send(&body[..])
+                .unwrap();
+            r.status().as_u16()
+        })
+    };
+    let good = send(b"fine".to_vec());
+    let bad = send(vec![0xff, 0xfe]);
+    assert_eq!(bad.join().unwrap(), 400, "the non-UTF-8 request fails");
+    assert_eq!(good.join().unwrap(), 200, "its batch mate succeeds");
+    let (_, stats) = s.get("/v2/models/string_identity/stats");
+    assert_eq!(
+        stats["model_stats"][0]["inference_stats"]["success"]["count"], 1,
+        "{stats}"
+    );
+}
+
+#[test]
 fn broken_model_is_unavailable_with_reason_and_others_serve() {
     let repo = repo_copy(&["add_sub"]);
     std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();

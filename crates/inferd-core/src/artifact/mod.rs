@@ -76,8 +76,9 @@ impl fmt::Display for Finding {
 }
 
 const HEAD_BYTES: u64 = 64 * 1024;
-/// Files up to this size are read whole (zip directories, ONNX external data, complete pickles).
-const WHOLE_BYTES: u64 = 1 << 30;
+/// Files up to this size are read whole (zip directories, ONNX external data, complete pickles);
+/// 2 GiB is protobuf's own limit for an ONNX file.
+const WHOLE_BYTES: u64 = 2 << 30;
 /// GGUF metadata (vocabularies) can be large; read at most this much of the header.
 const GGUF_HEAD_BYTES: u64 = 256 << 20;
 
@@ -138,7 +139,14 @@ pub fn scan_file(path: &Path) -> Vec<Finding> {
     }
     let lower = name.to_ascii_lowercase();
     if lower.ends_with(".safetensors") {
-        for p in headers::check_safetensors(&data, len) {
+        // Large shards: read exactly the 8-byte length and the header it announces.
+        let header = if whole || data.len() < 8 {
+            data.clone()
+        } else {
+            let n = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
+            read_prefix(path, 8 + n.min(headers::SAFETENSORS_MAX_HEADER)).unwrap_or_default()
+        };
+        for p in headers::check_safetensors(&header, len) {
             out.push(finding(path, FindingKind::SafeTensors, p));
         }
     }
@@ -151,6 +159,13 @@ pub fn scan_file(path: &Path) -> Vec<Finding> {
         for p in headers::check_gguf(&gguf_head, len) {
             out.push(finding(path, FindingKind::Gguf, p));
         }
+    }
+    if lower.ends_with(".onnx") && !whole {
+        out.push(finding(
+            path,
+            FindingKind::Unreadable,
+            format!("ONNX file of {len} bytes is larger than the {WHOLE_BYTES}-byte scan limit; its external data references cannot be checked"),
+        ));
     }
     if lower.ends_with(".onnx") && whole {
         match headers::onnx_external_locations(&data) {

@@ -147,6 +147,15 @@ pub fn decode_request(
                 })
             })
             .collect::<Result<Vec<usize>>>()?;
+        if input
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("shared_memory_region"))
+        {
+            return err(format!(
+                "input '{name}': the shared-memory extension is not supported; send the data in the body"
+            ));
+        }
         let bin_size = match input
             .parameters
             .as_ref()
@@ -203,6 +212,15 @@ pub fn decode_request(
                 &format!("output '{}'", o.name),
             )? {
                 enc.binary.insert(o.name.clone(), b);
+            }
+            if o.parameters
+                .as_ref()
+                .is_some_and(|p| p.contains_key("shared_memory_region"))
+            {
+                return err(format!(
+                    "output '{}': the shared-memory extension is not supported",
+                    o.name
+                ));
             }
             if o.parameters
                 .as_ref()

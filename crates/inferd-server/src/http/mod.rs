@@ -347,6 +347,14 @@ async fn do_infer(
                 })?,
         ),
     };
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {enc:?} is not supported; send the request uncompressed"),
+        ));
+    }
     let body = read_body(body, s.max_body_bytes, &headers).await?;
     let (req, enc) =
         codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
