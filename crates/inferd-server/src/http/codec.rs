@@ -43,8 +43,10 @@ struct InputJson {
     datatype: String,
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
+    /// Kept as raw JSON text and parsed straight into typed storage once the datatype is
+    /// known: no `Value` tree, whose size would be many times the body's.
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -238,85 +240,207 @@ pub fn decode_request(
     Ok((req, enc))
 }
 
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<()> {
-    if depth > 64 {
-        return err("'data' is nested too deeply");
-    }
-    match v {
-        Value::Array(items) => {
-            for i in items {
-                flatten(i, out, depth + 1)?;
-            }
-        }
-        other => out.push(other),
-    }
-    Ok(())
+/// Where JSON elements go: typed little-endian bytes, or BYTES elements.
+struct Sink<'a> {
+    name: &'a str,
+    dtype: DataType,
+    raw: Vec<u8>,
+    items: Vec<Bytes>,
+    count: usize,
 }
 
-fn json_tensor(name: &str, dtype: DataType, shape: Vec<usize>, data: &Value) -> Result<Tensor> {
-    let mut flat = Vec::new();
-    flatten(data, &mut flat, 0)?;
-    let bad = |i: usize, v: &Value| {
-        DecodeError(format!(
-            "input '{name}': element {i} ({v}) is not a valid {dtype}"
-        ))
-    };
-    if dtype == DataType::Bytes {
-        let items = flat
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(Bytes::copy_from_slice(s.as_bytes())),
-                other => Err(bad(i, other)),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        return Tensor::new(dtype, shape, TensorData::Bytes(items))
-            .map_err(|e| DecodeError(format!("input '{name}': {e}")));
-    }
-    let size = dtype.size().unwrap_or(1);
-    let mut raw = Vec::with_capacity(flat.len() * size);
-    macro_rules! ints {
-        ($t:ty, $get:ident) => {
-            for (i, v) in flat.iter().enumerate() {
-                let x = v
-                    .$get()
-                    .and_then(|x| <$t>::try_from(x).ok())
-                    .ok_or_else(|| bad(i, v))?;
-                raw.extend_from_slice(&x.to_le_bytes());
-            }
-        };
-    }
-    macro_rules! floats {
-        ($conv:expr) => {
-            for (i, v) in flat.iter().enumerate() {
-                let x = v.as_f64().ok_or_else(|| bad(i, v))?;
-                raw.extend_from_slice(&$conv(x).to_le_bytes());
-            }
-        };
-    }
-    match dtype {
-        DataType::Bool => {
-            for (i, v) in flat.iter().enumerate() {
-                let b = v.as_bool().ok_or_else(|| bad(i, v))?;
-                raw.push(b as u8);
-            }
+/// A JSON number as written.
+#[derive(Clone, Copy)]
+enum Num {
+    I(i64),
+    U(u64),
+    F(f64),
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::I(v) => write!(f, "{v}"),
+            Num::U(v) => write!(f, "{v}"),
+            Num::F(v) => write!(f, "{v}"),
         }
-        DataType::U8 => ints!(u8, as_u64),
-        DataType::U16 => ints!(u16, as_u64),
-        DataType::U32 => ints!(u32, as_u64),
-        DataType::U64 => ints!(u64, as_u64),
-        DataType::I8 => ints!(i8, as_i64),
-        DataType::I16 => ints!(i16, as_i64),
-        DataType::I32 => ints!(i32, as_i64),
-        DataType::I64 => ints!(i64, as_i64),
-        DataType::F16 => floats!(|x: f64| f16::from_f64(x)),
-        DataType::F32 => floats!(|x: f64| x as f32),
-        DataType::F64 => floats!(|x: f64| x),
-        DataType::BF16 => floats!(|x: f64| bf16::from_f64(x)),
-        DataType::Bytes => unreachable!("handled above"),
     }
-    Tensor::new(dtype, shape, TensorData::Raw(raw.into()))
-        .map_err(|e| DecodeError(format!("input '{name}': {e}")))
+}
+
+impl Sink<'_> {
+    fn bad(&self, what: impl std::fmt::Display) -> String {
+        format!(
+            "input '{}': element {} ({what}) is not a valid {}",
+            self.name, self.count, self.dtype
+        )
+    }
+
+    fn num(&mut self, n: Num) -> std::result::Result<(), String> {
+        macro_rules! int {
+            ($t:ty) => {{
+                let v: Option<$t> = match n {
+                    Num::I(v) => <$t>::try_from(v).ok(),
+                    Num::U(v) => <$t>::try_from(v).ok(),
+                    Num::F(_) => None,
+                };
+                let v = v.ok_or_else(|| self.bad(n))?;
+                self.raw.extend_from_slice(&v.to_le_bytes());
+            }};
+        }
+        let f = match n {
+            Num::I(v) => v as f64,
+            Num::U(v) => v as f64,
+            Num::F(v) => v,
+        };
+        match self.dtype {
+            DataType::U8 => int!(u8),
+            DataType::U16 => int!(u16),
+            DataType::U32 => int!(u32),
+            DataType::U64 => int!(u64),
+            DataType::I8 => int!(i8),
+            DataType::I16 => int!(i16),
+            DataType::I32 => int!(i32),
+            DataType::I64 => int!(i64),
+            DataType::F16 => self.raw.extend_from_slice(&f16::from_f64(f).to_le_bytes()),
+            DataType::BF16 => self.raw.extend_from_slice(&bf16::from_f64(f).to_le_bytes()),
+            DataType::F32 => self.raw.extend_from_slice(&(f as f32).to_le_bytes()),
+            DataType::F64 => self.raw.extend_from_slice(&f.to_le_bytes()),
+            DataType::Bool | DataType::Bytes => return Err(self.bad(n)),
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn boolean(&mut self, b: bool) -> std::result::Result<(), String> {
+        if self.dtype != DataType::Bool {
+            return Err(self.bad(b));
+        }
+        self.raw.push(b as u8);
+        self.count += 1;
+        Ok(())
+    }
+
+    fn string(&mut self, s: &str) -> std::result::Result<(), String> {
+        if self.dtype != DataType::Bytes {
+            return Err(self.bad(format!("{s:?}")));
+        }
+        self.items.push(Bytes::copy_from_slice(s.as_bytes()));
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Walks (nested) JSON arrays, pushing each scalar into the sink.
+struct Flatten<'s, 'a> {
+    sink: &'s mut Sink<'a>,
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a (nested) array of values")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        if self.depth > 64 {
+            return Err(serde::de::Error::custom("'data' is nested too deeply"));
+        }
+        while seq
+            .next_element_seed(Flatten {
+                sink: &mut *self.sink,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.sink.boolean(v).map_err(E::custom)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.sink.num(Num::I(v)).map_err(E::custom)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.sink.num(Num::U(v)).map_err(E::custom)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.sink.num(Num::F(v)).map_err(E::custom)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.sink.string(v).map_err(E::custom)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        Err(E::custom(self.sink.bad("null")))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> std::result::Result<(), A::Error> {
+        Err(serde::de::Error::custom(self.sink.bad("an object")))
+    }
+}
+
+fn json_tensor(
+    name: &str,
+    dtype: DataType,
+    shape: Vec<usize>,
+    data: &serde_json::value::RawValue,
+) -> Result<Tensor> {
+    let text = data.get();
+    // Pre-size from the declared shape, bounded by what the text can hold (one element needs at
+    // least two characters), so a lying shape cannot force a large allocation.
+    let expected = inferd_core::tensor::element_count(&shape)
+        .unwrap_or(0)
+        .min(text.len() / 2 + 1);
+    let mut sink = Sink {
+        name,
+        dtype,
+        raw: Vec::with_capacity(if dtype == DataType::Bytes {
+            0
+        } else {
+            expected * dtype.size().unwrap_or(1)
+        }),
+        items: Vec::with_capacity(if dtype == DataType::Bytes {
+            expected
+        } else {
+            0
+        }),
+        count: 0,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::de::DeserializeSeed::deserialize(
+        Flatten {
+            sink: &mut sink,
+            depth: 0,
+        },
+        &mut de,
+    )
+    .map_err(|e| {
+        let msg = e.to_string();
+        // Our own messages already name the input; serde's need the context.
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        if msg.starts_with("input '") {
+            DecodeError(msg)
+        } else {
+            DecodeError(format!("input '{name}': malformed 'data': {msg}"))
+        }
+    })?;
+    let data = if dtype == DataType::Bytes {
+        TensorData::Bytes(sink.items)
+    } else {
+        TensorData::Raw(sink.raw.into())
+    };
+    Tensor::new(dtype, shape, data).map_err(|e| DecodeError(format!("input '{name}': {e}")))
 }
 
 /// Writes a tensor's elements as a flat JSON array.
@@ -550,6 +674,32 @@ mod tests {
             None,
         );
         assert!(m.contains("unknown datatype 'FLOAT'"), "{m}");
+    }
+
+    #[test]
+    fn json_data_with_a_lying_shape_is_refused_without_a_huge_allocation() {
+        // Pre-sizing from a billion-element shape would allocate 4 GB; the text holds one element.
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[1000000000],"datatype":"FP32","data":[1.5]}]}"#,
+            b"",
+            None,
+        );
+        assert!(
+            m.contains("input 'a'") && m.contains("4000000000 bytes"),
+            "{m}"
+        );
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[2],"datatype":"BOOL","data":[true, null]}]}"#,
+            b"",
+            None,
+        );
+        assert!(m.contains("element 1 (null) is not a valid BOOL"), "{m}");
+        let m = decode_err(
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"BYTES","data":[7]}]}"#,
+            b"",
+            None,
+        );
+        assert!(m.contains("element 0 (7) is not a valid BYTES"), "{m}");
     }
 
     #[test]
