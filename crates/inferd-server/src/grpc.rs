@@ -349,6 +349,35 @@ fn stat(d: inferd_core::stats::StatDuration) -> Option<pb::StatisticDuration> {
     })
 }
 
+/// Requests one ModelStreamInfer stream may have running at once.
+const STREAM_INFLIGHT: usize = 64;
+
+/// Answers one request of a stream; errors travel in-band, as the protocol has them.
+async fn stream_one(engine: &Engine, r: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+    let model = r.model_name.clone();
+    let id = r.id.clone();
+    let err = |message: String| pb::ModelStreamInferResponse {
+        error_message: message,
+        infer_response: Some(pb::ModelInferResponse {
+            model_name: model.clone(),
+            id: id.clone(),
+            ..Default::default()
+        }),
+    };
+    let (version, ireq) =
+        match parse_version(&r.model_version).and_then(|v| Ok((v, decode_infer(r)?))) {
+            Ok(x) => x,
+            Err(s) => return err(s.message().to_string()),
+        };
+    match engine.infer(&model, version, ireq).await {
+        Ok(resp) => pb::ModelStreamInferResponse {
+            error_message: String::new(),
+            infer_response: Some(encode_infer(resp)),
+        },
+        Err(e) => err(e.to_string()),
+    }
+}
+
 type StreamResult =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
@@ -455,30 +484,30 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let mut incoming = req.into_inner();
         let engine = self.engine.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_INFLIGHT);
         tokio::spawn(async move {
-            while let Ok(Some(r)) = incoming.message().await {
-                let model = r.model_name.clone();
-                let out =
-                    match parse_version(&r.model_version).and_then(|v| Ok((v, decode_infer(r)?))) {
-                        Ok((v, ireq)) => match engine.infer(&model, v, ireq).await {
-                            Ok(resp) => pb::ModelStreamInferResponse {
-                                error_message: String::new(),
-                                infer_response: Some(encode_infer(resp)),
-                            },
-                            Err(e) => pb::ModelStreamInferResponse {
-                                error_message: e.to_string(),
-                                infer_response: None,
-                            },
-                        },
-                        Err(s) => pb::ModelStreamInferResponse {
-                            error_message: s.message().to_string(),
-                            infer_response: None,
-                        },
-                    };
-                if tx.send(Ok(out)).await.is_err() {
+            // Requests on one stream run concurrently (so they can batch together), at most
+            // STREAM_INFLIGHT at a time; responses carry the request id and leave as they finish.
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(STREAM_INFLIGHT));
+            loop {
+                let r = match incoming.message().await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
-                }
+                };
+                let engine = engine.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let out = stream_one(&engine, r).await;
+                    let _ = tx.send(Ok(out)).await;
+                    drop(slot);
+                });
             }
         });
         Ok(Response::new(Box::pin(
