@@ -226,12 +226,29 @@ impl Engine {
                 }
             }
         };
+        // What poll mode compares against: taken before loading, so edits made while the
+        // startup loads run are seen as changes.
+        let baseline = if self.inner.opts.control_mode == ControlMode::Poll {
+            self.snapshot().await.unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
         let mut tasks = Vec::new();
         for name in names {
             let this = self.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = this.load(&name).await {
                     tracing::error!(model = %name, "startup load failed: {e}");
+                    if let (Error::NotFound(msg) | Error::InvalidArgument(msg), Ok(mut models)) =
+                        (&e, this.inner.models.write())
+                    {
+                        // Asked for but absent or invalid: it counts against strict readiness.
+                        let entry = models.entry(name.clone()).or_default();
+                        entry.wanted = true;
+                        if entry.error.is_none() && entry.versions.is_empty() {
+                            entry.error = Some(msg.clone());
+                        }
+                    }
                 }
             }));
         }
@@ -241,7 +258,7 @@ impl Engine {
         self.inner.started.store(true, Ordering::Release);
         if self.inner.opts.control_mode == ControlMode::Poll {
             let this = self.clone();
-            tokio::spawn(async move { this.poll_loop().await });
+            tokio::spawn(async move { this.poll_loop(baseline).await });
         }
         Ok(())
     }
@@ -990,16 +1007,11 @@ impl Engine {
             .map_err(|e| e.to_string())
     }
 
-    async fn poll_loop(&self) {
+    async fn poll_loop(&self, baseline: HashMap<String, Option<u64>>) {
         // A change is acted on once two consecutive scans agree, so a version folder that is
         // still being copied is not loaded half-written.
-        let mut previous: HashMap<String, Option<u64>> = HashMap::new();
-        let mut applied: HashMap<String, Option<u64>> = HashMap::new();
-        // Everything present at start was loaded by `start`.
-        if let Ok(snapshot) = self.snapshot().await {
-            applied = snapshot.clone();
-            previous = snapshot;
-        }
+        let mut previous = baseline.clone();
+        let mut applied = baseline;
         loop {
             tokio::time::sleep(self.inner.opts.poll_interval).await;
             if self.inner.stopping.load(Ordering::Acquire) {

@@ -937,3 +937,71 @@ fn scan_checks_pinned_digests() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("[sha256-mismatch]"));
 }
+
+#[test]
+fn explicit_startup_model_that_is_missing_keeps_strict_readiness_false() {
+    let repo = repo_copy(&["add_sub"]);
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .args([
+            "--model-control-mode",
+            "explicit",
+            "--load-model",
+            "add_sub",
+            "--load-model",
+            "missing",
+        ])
+        .arg("--model-repository")
+        .arg(repo.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let http = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .replace("HTTP listening on ", "");
+    let agent = Server::agent();
+    wait_for("the missing model to be reported", || {
+        let Ok(mut r) = agent
+            .post(format!("http://{http}/v2/repository/index"))
+            .send(&b"{}"[..])
+        else {
+            return false;
+        };
+        let index: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+            .unwrap_or(Value::Null);
+        index.as_array().is_some_and(|rows| {
+            rows.iter()
+                .any(|r| r["name"] == "missing" && r["state"] == "UNAVAILABLE")
+        })
+    });
+    let ready = agent
+        .get(format!("http://{http}/v2/health/ready"))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16();
+    let add_sub = agent
+        .get(format!("http://{http}/v2/models/add_sub/ready"))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ready, 503);
+    assert_eq!(add_sub, 200);
+}
