@@ -76,8 +76,9 @@ pub trait Backend: Send + Sync + 'static {
     fn platform(&self) -> Option<&'static str>;
     /// True when a config's `platform`/`backend` names this backend.
     fn accepts(&self, platform: &str, backend: &str) -> bool;
-    /// The file name looked for in a version folder when the config names none.
-    fn default_model_filename(&self) -> &'static str;
+    /// The file name looked for in a version folder when the config names none. `dir` is the
+    /// version folder, for backends whose default depends on which file is there.
+    fn default_model_filename(&self, config: &ModelConfig, dir: &Path) -> String;
     /// Loads a version. May take long: the engine calls it off the async runtime.
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError>;
 }

@@ -923,13 +923,13 @@ impl Engine {
         self.inner
             .backends
             .iter()
-            .find(|b| version_dir.join(b.default_model_filename()).exists())
+            .find(|b| version_dir.join(b.default_model_filename(cfg, version_dir)).exists())
             .cloned()
             .ok_or_else(|| {
                 format!(
                     "config sets neither platform nor backend, and '{}' holds no file a backend recognises ({})",
                     version_dir.display(),
-                    self.inner.backends.iter().map(|b| b.default_model_filename()).collect::<Vec<_>>().join(", ")
+                    self.inner.backends.iter().map(|b| b.default_model_filename(cfg, version_dir)).collect::<Vec<_>>().join(", ")
                 )
             })
     }
@@ -946,7 +946,7 @@ impl Engine {
         let mut cfg = parsed.config;
         let backend = self.pick_backend(&cfg, dir)?;
         let file_name = if cfg.default_model_filename.is_empty() {
-            backend.default_model_filename().to_string()
+            backend.default_model_filename(&cfg, dir)
         } else {
             cfg.default_model_filename.clone()
         };

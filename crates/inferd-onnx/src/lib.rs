@@ -39,8 +39,12 @@ impl Backend for OnnxBackend {
             || matches!(backend, "onnxruntime" | "onnx" | "tract")
     }
 
-    fn default_model_filename(&self) -> &'static str {
-        "model.onnx"
+    fn default_model_filename(
+        &self,
+        _config: &inferd_core::config::ModelConfig,
+        _dir: &std::path::Path,
+    ) -> String {
+        "model.onnx".to_string()
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {

@@ -125,6 +125,8 @@ fn backends() -> Vec<Arc<dyn Backend>> {
     vec![
         #[cfg(feature = "onnx")]
         Arc::new(inferd_onnx::OnnxBackend),
+        #[cfg(feature = "trees")]
+        Arc::new(inferd_trees::TreesBackend),
     ]
 }
 
