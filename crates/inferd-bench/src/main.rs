@@ -17,10 +17,10 @@ use inferd_onnx::{OnnxBackend, OnnxModel};
 #[command(about = "in-process ceiling of an ONNX model with one FP32 input named 'input'")]
 struct Args {
     /// Model repository holding MODEL (its version 1 file is also run directly).
-    #[arg(long)]
+    #[arg(long, default_value = ".")]
     repository: PathBuf,
     /// Model name in the repository.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     model: String,
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
@@ -28,6 +28,10 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Instead of an ONNX model: a tree-ensemble file (.json/.ubj XGBoost, .txt LightGBM),
+    /// evaluated directly, one thread.
+    #[arg(long)]
+    trees: Option<PathBuf>,
 }
 
 fn report(path: &str, model: &str, batch: usize, mut lat: Vec<Duration>, wall: Duration) {
@@ -59,8 +63,54 @@ fn measure(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<(Vec<Durat
     Ok((lat, start.elapsed()))
 }
 
+/// Tree-ensemble evaluation cost per row, one thread.
+fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Result<()> {
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => inferd_trees::Format::XgboostJson,
+        Some("ubj") => inferd_trees::Format::XgboostUbj,
+        _ => inferd_trees::Format::Lightgbm,
+    };
+    let forest = inferd_trees::load_forest(path, format).map_err(anyhow::Error::msg)?;
+    let nf = forest.n_features;
+    let mut state = 0x9e37_79b9u32;
+    for &batch in batches {
+        // Distinct rows on every call (a repeated row lets the branch predictor learn the walk).
+        let pool = batch.max(1024) * 4;
+        let rows: Vec<f32> = (0..pool * nf)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let mut out = vec![0f32; batch * forest.n_outputs];
+        let mut at = 0usize;
+        let (lat, wall) = measure(seconds, || {
+            let chunk = &rows[at * nf..(at + batch) * nf];
+            forest.predict(std::hint::black_box(chunk), &mut out);
+            at = (at + batch) % (pool - batch);
+            Ok(())
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        report("trees", &name, batch, lat.clone(), wall);
+        let per_row_ns = wall.as_secs_f64() * 1e9 / (lat.len() * batch) as f64;
+        println!(
+            "{}",
+            serde_json::json!({"path": "trees", "model": name, "batch": batch, "ns_per_row": per_row_ns.round()})
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(t) = &args.trees {
+        return bench_trees(t, &args.batch, args.seconds);
+    }
     let file = args.repository.join(&args.model).join("1/model.onnx");
     let loaded = OnnxModel::load(&file).with_context(|| format!("loading {}", file.display()))?;
     let width = loaded.signature().inputs[0]
