@@ -162,6 +162,36 @@ impl Drop for Server {
     }
 }
 
+/// Starts inferd without waiting for readiness; returns the child and its HTTP address.
+fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
+        .arg("--model-repository")
+        .arg(repo)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let http = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .replace("HTTP listening on ", "");
+    (child, http)
+}
+
 fn mlp_request(batch: usize) -> Value {
     let data: Vec<f32> = (0..batch * 64).map(|i| (i % 7) as f32 * 0.1).collect();
     json!({"inputs": [{"name": "input", "shape": [batch, 64], "datatype": "FP32", "data": data}]})
@@ -429,30 +459,7 @@ fn strict_readiness_stays_unready_while_a_model_is_broken() {
     let repo = repo_copy(&["add_sub"]);
     std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();
     std::fs::write(repo.path().join("broken/1/model.onnx"), b"junk").unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--http-address",
-            "127.0.0.1",
-            "--grpc-address",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--model-repository",
-        ])
-        .arg(repo.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .replace("HTTP listening on ", "");
+    let (mut child, http) = spawn_unready(repo.path(), &[]);
     let agent = Server::agent();
     // Give startup loading time to finish, then check readiness stays false.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -958,38 +965,17 @@ fn scan_checks_pinned_digests() {
 #[test]
 fn explicit_startup_model_that_is_missing_keeps_strict_readiness_false() {
     let repo = repo_copy(&["add_sub"]);
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--http-address",
-            "127.0.0.1",
-            "--grpc-address",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .args([
+    let (mut child, http) = spawn_unready(
+        repo.path(),
+        &[
             "--model-control-mode",
             "explicit",
             "--load-model",
             "add_sub",
             "--load-model",
             "missing",
-        ])
-        .arg("--model-repository")
-        .arg(repo.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .replace("HTTP listening on ", "");
+        ],
+    );
     let agent = Server::agent();
     wait_for(
         "the missing model to be reported and add_sub to load",

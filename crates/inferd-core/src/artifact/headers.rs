@@ -147,7 +147,7 @@ impl Cursor<'_> {
 }
 
 /// Bytes of one block and elements per block of a GGML tensor type, where known.
-fn ggml_block(t: u32) -> Option<(u64, u64)> {
+pub fn ggml_block(t: u32) -> Option<(u64, u64)> {
     Some(match t {
         0 => (4, 1),
         1 => (2, 1),
