@@ -39,6 +39,10 @@ fi
 echo "== protocol definitions match tritonclient's"
 "$venv/bin/python" crates/inferd-server/proto/check_protos.py
 
+# The ONNX Runtime backend loads the library shipped in the onnxruntime wheel.
+ORT_DYLIB_PATH=$(ls "$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')"/capi/libonnxruntime.so.* | head -1)
+export ORT_DYLIB_PATH
+
 echo "== cargo build"
 cargo build --workspace --bins --tests
 
@@ -47,3 +51,13 @@ cargo test --workspace
 
 echo "== python interop suite"
 INFERD_BIN="$CARGO_TARGET_DIR/debug/inferd" "$venv/bin/python" -m pytest -q tests/python
+
+echo "== the interop suite again with the onnxruntime feature (ONNX models on ONNX Runtime)"
+cargo build -p inferd --features onnxruntime
+INFERD_BIN="$CARGO_TARGET_DIR/debug/inferd" "$venv/bin/python" -m pytest -q tests/python
+echo "== without the library, loading says how to provide it"
+if out=$(env -u ORT_DYLIB_PATH "$CARGO_TARGET_DIR/debug/inferd" repo check examples/models); then
+  echo "expected repo check to fail without ORT_DYLIB_PATH"; exit 1
+fi
+echo "$out" | grep -q "set ORT_DYLIB_PATH" || { echo "missing how-to in: $out"; exit 1; }
+echo "ok: the missing library is reported with how to provide it"

@@ -122,7 +122,10 @@ struct ServeArgs {
 }
 
 fn backends() -> Vec<Arc<dyn Backend>> {
+    // Order matters: the first backend that accepts a config's platform/backend serves it.
     vec![
+        #[cfg(feature = "onnxruntime")]
+        Arc::new(inferd_ort::OrtBackend),
         #[cfg(feature = "onnx")]
         Arc::new(inferd_onnx::OnnxBackend),
         #[cfg(feature = "trees")]

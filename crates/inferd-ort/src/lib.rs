@@ -1,0 +1,309 @@
+//! # inferd-ort
+//!
+//! ONNX models on ONNX Runtime through the `ort` crate, with the runtime library loaded when the
+//! first model loads (`ORT_DYLIB_PATH`), so building needs nothing but cargo. Built only with the
+//! `inferd` binary's `onnxruntime` feature; it then serves `platform: "onnxruntime_onnx"` /
+//! `backend: "onnxruntime"` models, while `backend: "tract"` keeps the pure-Rust backend.
+//! CPU execution; each instance owns its session with one intra-op thread (the server's compute
+//! budget decides how many run at once).
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use inferd_core::backend::{
+    Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
+    TensorSpec,
+};
+use inferd_core::config::ModelConfig;
+use inferd_core::tensor::{DataType, Tensor, TensorData};
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, ValueType};
+
+/// How to provide the runtime library, for error messages.
+pub const HOWTO: &str = "set ORT_DYLIB_PATH to ONNX Runtime's shared library, e.g. `pip install onnxruntime` and \
+point it at <site-packages>/onnxruntime/capi/libonnxruntime.so.<version>, or build inferd without the \
+onnxruntime feature to use the pure-Rust ONNX backend";
+
+static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Loads the runtime library once per process.
+pub fn environment() -> Result<&'static Environment, String> {
+    ENV.get_or_init(|| {
+        let path = std::env::var_os("ORT_DYLIB_PATH")
+            .ok_or_else(|| format!("ONNX Runtime is not available: {HOWTO}"))?;
+        if !Path::new(&path).is_file() {
+            return Err(format!(
+                "ORT_DYLIB_PATH={} is not a file: {HOWTO}",
+                Path::new(&path).display()
+            ));
+        }
+        ort::init_from(&path)
+            .map_err(|e| {
+                format!(
+                    "cannot load ONNX Runtime from {}: {e}; {HOWTO}",
+                    Path::new(&path).display()
+                )
+            })?
+            .with_name("inferd")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// The ONNX Runtime backend.
+#[derive(Debug, Default)]
+pub struct OrtBackend;
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn platform(&self) -> Option<&'static str> {
+        Some("onnxruntime_onnx")
+    }
+
+    fn accepts(&self, platform: &str, backend: &str) -> bool {
+        platform == "onnxruntime_onnx" || backend == "onnxruntime"
+    }
+
+    fn default_model_filename(&self, _config: &ModelConfig, _dir: &Path) -> String {
+        "model.onnx".into()
+    }
+
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        Ok(Arc::new(OrtModel::load(&req.model_file)?))
+    }
+}
+
+fn to_dtype(t: TensorElementType) -> Option<DataType> {
+    Some(match t {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::U8,
+        TensorElementType::Uint16 => DataType::U16,
+        TensorElementType::Uint32 => DataType::U32,
+        TensorElementType::Uint64 => DataType::U64,
+        TensorElementType::Int8 => DataType::I8,
+        TensorElementType::Int16 => DataType::I16,
+        TensorElementType::Int32 => DataType::I32,
+        TensorElementType::Int64 => DataType::I64,
+        TensorElementType::Float16 => DataType::F16,
+        TensorElementType::Float32 => DataType::F32,
+        TensorElementType::Float64 => DataType::F64,
+        TensorElementType::Bfloat16 => DataType::BF16,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, BackendError> {
+    let et = ty
+        .tensor_type()
+        .ok_or_else(|| BackendError::Load(format!("'{name}' is not a tensor")))?;
+    let dtype = to_dtype(et).ok_or_else(|| {
+        BackendError::Load(format!(
+            "'{name}' has type {et:?}, which inferd cannot serve"
+        ))
+    })?;
+    let shape = ty
+        .tensor_shape()
+        .map(|s| s.iter().map(|&d| if d < 0 { -1 } else { d }).collect());
+    Ok(TensorSpec {
+        name: name.to_string(),
+        dtype,
+        shape,
+    })
+}
+
+/// A model file checked by ONNX Runtime; instances open their own sessions.
+pub struct OrtModel {
+    path: std::path::PathBuf,
+    signature: ModelSignature,
+}
+
+fn new_session(path: &Path) -> Result<Session, BackendError> {
+    let env = environment().map_err(BackendError::Load)?;
+    Session::builder(env)
+        .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| BackendError::Load(format!("ONNX Runtime cannot load the model: {e}")))
+}
+
+impl OrtModel {
+    /// Loads and describes a model.
+    pub fn load(path: &Path) -> Result<Self, BackendError> {
+        let session = new_session(path)?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect::<Result<_, _>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect::<Result<_, _>>()?;
+        Ok(OrtModel {
+            path: path.to_path_buf(),
+            signature: ModelSignature { inputs, outputs },
+        })
+    }
+}
+
+impl LoadedModel for OrtModel {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
+        Ok(Box::new(OrtInstance {
+            session: new_session(&self.path)?,
+        }))
+    }
+}
+
+struct OrtInstance {
+    session: Session,
+}
+
+fn bad(e: impl std::fmt::Display) -> BackendError {
+    BackendError::InvalidInput(e.to_string())
+}
+
+fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
+    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    macro_rules! typed {
+        ($ty:ty, $n:expr) => {{
+            let raw = t.raw().ok_or_else(|| bad("expected raw data"))?;
+            let v: Vec<$ty> = raw
+                .chunks_exact($n)
+                .map(|c| <$ty>::from_le_bytes(c.try_into().unwrap_or([0; $n])))
+                .collect();
+            ort::value::Tensor::from_array((shape, v))
+                .map(|t| t.into_dyn())
+                .map_err(bad)
+        }};
+    }
+    match t.dtype() {
+        DataType::F32 => typed!(f32, 4),
+        DataType::F64 => typed!(f64, 8),
+        DataType::I8 => typed!(i8, 1),
+        DataType::I16 => typed!(i16, 2),
+        DataType::I32 => typed!(i32, 4),
+        DataType::I64 => typed!(i64, 8),
+        DataType::U8 => typed!(u8, 1),
+        DataType::U16 => typed!(u16, 2),
+        DataType::U32 => typed!(u32, 4),
+        DataType::U64 => typed!(u64, 8),
+        DataType::F16 => typed!(half::f16, 2),
+        DataType::BF16 => typed!(half::bf16, 2),
+        DataType::Bool => {
+            let raw = t.raw().ok_or_else(|| bad("expected raw data"))?;
+            let v: Vec<bool> = raw.iter().map(|&b| b != 0).collect();
+            ort::value::Tensor::from_array((shape, v))
+                .map(|t| t.into_dyn())
+                .map_err(bad)
+        }
+        DataType::Bytes => {
+            let items = t
+                .bytes_elements()
+                .ok_or_else(|| bad("expected BYTES elements"))?;
+            let strings = items
+                .iter()
+                .enumerate()
+                .map(|(i, b)| String::from_utf8(b.to_vec()).map_err(|_| bad(format!("BYTES element {i} is not valid UTF-8, which ONNX string tensors require"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            ort::value::Tensor::from_string_array((shape, strings.as_slice()))
+                .map(|t| t.into_dyn())
+                .map_err(bad)
+        }
+    }
+}
+
+fn from_ort(name: &str, v: &DynValue) -> Result<Tensor, BackendError> {
+    let exec = |e: String| BackendError::Execution(format!("output '{name}': {e}"));
+    let et = v
+        .dtype()
+        .tensor_type()
+        .ok_or_else(|| exec("not a tensor".into()))?;
+    let dtype = to_dtype(et).ok_or_else(|| exec(format!("type {et:?} cannot be returned")))?;
+    macro_rules! typed {
+        ($ty:ty) => {{
+            let (shape, data) = v
+                .try_extract_tensor::<$ty>()
+                .map_err(|e| exec(e.to_string()))?;
+            let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (dims, TensorData::Raw(Bytes::from(bytes)))
+        }};
+    }
+    let (dims, data) = match dtype {
+        DataType::F32 => typed!(f32),
+        DataType::F64 => typed!(f64),
+        DataType::I8 => typed!(i8),
+        DataType::I16 => typed!(i16),
+        DataType::I32 => typed!(i32),
+        DataType::I64 => typed!(i64),
+        DataType::U8 => typed!(u8),
+        DataType::U16 => typed!(u16),
+        DataType::U32 => typed!(u32),
+        DataType::U64 => typed!(u64),
+        DataType::F16 => typed!(half::f16),
+        DataType::BF16 => typed!(half::bf16),
+        DataType::Bool => {
+            let (shape, data) = v
+                .try_extract_tensor::<bool>()
+                .map_err(|e| exec(e.to_string()))?;
+            (
+                shape.iter().map(|&d| d.max(0) as usize).collect(),
+                TensorData::Raw(data.iter().map(|&b| b as u8).collect::<Vec<_>>().into()),
+            )
+        }
+        DataType::Bytes => {
+            let (shape, strings) = v.try_extract_strings().map_err(|e| exec(e.to_string()))?;
+            (
+                shape.iter().map(|&d| d.max(0) as usize).collect(),
+                TensorData::Bytes(strings.into_iter().map(Bytes::from).collect()),
+            )
+        }
+    };
+    Tensor::new(dtype, dims, data).map_err(|e| exec(e.to_string()))
+}
+
+impl ModelInstance for OrtInstance {
+    fn execute(
+        &mut self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, BackendError> {
+        let feed: Vec<(String, SessionInputValue)> = inputs
+            .iter()
+            .map(|nt| {
+                Ok((
+                    nt.name.clone(),
+                    SessionInputValue::from(to_ort(&nt.tensor)?),
+                ))
+            })
+            .collect::<Result<_, BackendError>>()?;
+        let result = self
+            .session
+            .run(feed)
+            .map_err(|e| BackendError::Execution(e.to_string()))?;
+        outputs
+            .iter()
+            .map(|name| {
+                let v = result
+                    .get(name.as_str())
+                    .ok_or_else(|| BackendError::Execution(format!("no output '{name}'")))?;
+                Ok(NamedTensor {
+                    name: name.clone(),
+                    tensor: from_ort(name, v)?,
+                })
+            })
+            .collect()
+    }
+}
