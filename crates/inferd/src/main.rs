@@ -215,12 +215,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
     .context("cannot bind the listeners")?;
     let http = server.http_addr()?;
     let grpc = server.grpc_addr()?;
-    {
+    // For scripts and tests that bind port 0. A closed stdout must not stop the server.
+    let announce = {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "HTTP listening on {http}")?;
-        writeln!(out, "gRPC listening on {grpc}")?;
-        out.flush()?;
+        writeln!(out, "HTTP listening on {http}")
+            .and_then(|_| writeln!(out, "gRPC listening on {grpc}"))
+            .and_then(|_| out.flush())
+    };
+    if let Err(e) = announce {
+        tracing::warn!("cannot print the listening addresses on stdout: {e}");
     }
+    tracing::info!(%http, %grpc, "listening");
     tracing::info!(repository = %repo.display(), mode = %a.model_control_mode, "serving");
     // Health and metadata answer while models load; readiness turns true after startup loads.
     let serving = tokio::spawn(server.serve(shutdown_signal()));

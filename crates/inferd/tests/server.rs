@@ -162,7 +162,9 @@ impl Drop for Server {
     }
 }
 
-/// Starts inferd without waiting for readiness; returns the child and its HTTP address.
+/// Starts inferd without waiting for readiness; returns the child and its HTTP address. Both
+/// address lines are read before the pipe is dropped: the server stops if its stdout breaks
+/// while it prints them.
 fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
@@ -183,12 +185,15 @@ fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .replace("HTTP listening on ", "");
+    let mut http = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("HTTP listening on ") {
+            http = a.to_string();
+        } else if line.starts_with("gRPC listening on ") {
+            break;
+        }
+    }
     (child, http)
 }
 
