@@ -19,12 +19,13 @@ use crate::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 #[derive(Clone)]
 pub struct InferenceService {
     engine: Engine,
+    inflight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl InferenceService {
-    /// Wraps an engine.
-    pub fn new(engine: Engine) -> Self {
-        InferenceService { engine }
+    /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP).
+    pub fn new(engine: Engine, inflight: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
+        InferenceService { engine, inflight }
     }
 }
 
@@ -464,6 +465,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let _slot = crate::http::admit(&self.inflight).map_err(Status::resource_exhausted)?;
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = parse_version(&r.model_version)?;

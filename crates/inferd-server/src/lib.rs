@@ -44,6 +44,9 @@ pub struct ServerOptions {
     pub grpc_addr: SocketAddr,
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     pub max_body_bytes: usize,
+    /// Inference requests in flight at once (HTTP and gRPC together); 503 / RESOURCE_EXHAUSTED
+    /// past it. With the body limit, this bounds the memory requests can pin.
+    pub max_inflight: usize,
 }
 
 /// Listeners bound and ready to serve.
@@ -83,9 +86,12 @@ impl BoundServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let inflight =
+            std::sync::Arc::new(tokio::sync::Semaphore::new(self.opts.max_inflight.max(1)));
         let app = http::router(http::HttpState {
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
+            inflight: inflight.clone(),
         });
         let mut rx_http = rx.clone();
         let http_task = tokio::spawn(async move {
@@ -122,7 +128,7 @@ impl BoundServer {
             }
         });
         let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-            grpc::InferenceService::new(self.engine.clone()),
+            grpc::InferenceService::new(self.engine.clone(), inflight.clone()),
         )
         .max_decoding_message_size(self.opts.max_body_bytes)
         .max_encoding_message_size(usize::MAX);

@@ -107,6 +107,10 @@ struct ServeArgs {
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     #[arg(long, env = "INFERD_HTTP_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     http_max_body_bytes: usize,
+    /// Inference requests in flight at once over HTTP and gRPC together; past it requests are
+    /// answered 503 / RESOURCE_EXHAUSTED before their bodies are read.
+    #[arg(long, env = "INFERD_MAX_INFLIGHT_REQUESTS", default_value_t = 1024)]
+    max_inflight_requests: usize,
     /// Bound of each model version's request queue (per priority level) when its config sets
     /// no max_queue_size.
     #[arg(long, env = "INFERD_MAX_QUEUE_SIZE", default_value_t = 1024)]
@@ -155,6 +159,9 @@ fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptions> {
     }
     if a.http_max_body_bytes == 0 {
         bail!("--http-max-body-bytes: must be positive");
+    }
+    if a.max_inflight_requests == 0 {
+        bail!("--max-inflight-requests: must be positive");
     }
     if a.max_queue_size == 0 {
         bail!("--max-queue-size: must be positive");
@@ -209,6 +216,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             http_addr: SocketAddr::new(a.http_address, a.http_port),
             grpc_addr: SocketAddr::new(a.grpc_address, a.grpc_port),
             max_body_bytes: a.http_max_body_bytes,
+            max_inflight: a.max_inflight_requests,
         },
     )
     .await

@@ -1022,3 +1022,53 @@ fn explicit_startup_model_that_is_missing_keeps_strict_readiness_false() {
     assert_eq!(ready, 503);
     assert_eq!(add_sub, 200);
 }
+
+#[test]
+fn server_wide_inflight_limit_answers_503_before_reading_the_body() {
+    let repo = batched_mlp_repo(
+        "slow",
+        "dynamic_batching { max_queue_delay_microseconds: 1000000 preferred_batch_size: [ 64 ] }",
+    );
+    let s = Server::start(repo.path(), &["--max-inflight-requests", "1"]);
+    let url = format!("http://{}/v2/models/slow/infer", s.http);
+    let held = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            Server::agent()
+                .post(&url)
+                .send(mlp_request(1).to_string().as_bytes())
+                .map(|r| r.status().as_u16())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (st, body) = s.post(
+        "/v2/models/slow/infer",
+        mlp_request(1).to_string().as_bytes(),
+    );
+    assert_eq!(st, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-inflight-requests"),
+        "{body}"
+    );
+    let (rt, mut c) = s.grpc_client();
+    let req = pb::ModelInferRequest {
+        model_name: "slow".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0u8; 256].into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        rt.block_on(c.model_infer(req)).unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
+    assert_eq!(held.join().unwrap().unwrap(), 200);
+    assert_eq!(s.get("/v2/health/ready").0, 200, "health is never limited");
+}

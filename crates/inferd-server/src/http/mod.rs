@@ -33,6 +33,18 @@ pub struct HttpState {
     pub engine: Engine,
     /// Largest accepted request body in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Inference requests being read or served at once, over HTTP and gRPC together; past it
+    /// requests are answered 503 at once, before their bodies are read.
+    pub inflight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Takes one of the server's in-flight inference slots, or answers 503.
+pub fn admit(
+    inflight: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+    inflight.clone().try_acquire_owned().map_err(|_| {
+        "the server is at its limit of concurrent inference requests (--max-inflight-requests); retry later".to_string()
+    })
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -355,6 +367,11 @@ async fn do_infer(
             format!("Content-Encoding {enc:?} is not supported; send the request uncompressed"),
         ));
     }
+    let _slot = admit(&s.inflight).map_err(|m| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: m,
+        retry_after: Some(1),
+    })?;
     let body = read_body(body, s.max_body_bytes, &headers).await?;
     let (req, enc) =
         codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
