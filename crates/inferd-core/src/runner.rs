@@ -258,7 +258,6 @@ impl Executor {
         jobs: &mut [Job],
         started: Instant,
     ) -> Result<Executed> {
-        let model = self.model.clone();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let rows: Vec<usize> = jobs.iter().map(|j| j.req.batch).collect();
             let outputs = jobs[0].req.outputs.clone();
@@ -292,7 +291,8 @@ impl Executor {
         }))
         .unwrap_or_else(|_| {
             Err(Error::Internal(format!(
-                "model '{model}' panicked during execution"
+                "model '{}' panicked during execution",
+                self.model
             )))
         })
     }

@@ -346,9 +346,8 @@ impl Scheduler {
                     .map(Job::pending)
                     .collect();
                 match self.settings.policy.decide(&view, now) {
-                    Decision::WaitUntil(_) if q.closed => {
-                        Decision::Run(view.len().min(self.fits(&view)))
-                    }
+                    // Closing: nothing more will arrive, so decide as if the delay had passed.
+                    Decision::WaitUntil(due) if q.closed => self.settings.policy.decide(&view, due),
                     d => d,
                 }
             };
@@ -390,19 +389,6 @@ impl Scheduler {
                 }
             }
         }
-    }
-
-    fn fits(&self, view: &[Pending]) -> usize {
-        let mut rows = 0;
-        let mut n = 0;
-        for p in view {
-            if rows + p.rows > self.settings.policy.max_batch() || p.key != view[0].key {
-                break;
-            }
-            rows += p.rows;
-            n += 1;
-        }
-        n.max(1)
     }
 
     fn wait<'a>(
