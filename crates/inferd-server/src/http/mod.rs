@@ -3,9 +3,11 @@
 //!
 //! - [`codec`]: the inference body (JSON + binary tensor extension).
 //! - [`metrics`]: the Prometheus metrics page.
+//! - [`openai`]: OpenAI-compatible `/v1/embeddings` and `/v1/models`.
 
 pub mod codec;
 pub mod metrics;
+pub mod openai;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -80,6 +82,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{model}", get(openai::model))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
             "/v2/repository/models/{model}/unload",
