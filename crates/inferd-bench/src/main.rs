@@ -43,7 +43,7 @@ fn report(path: &str, model: &str, batch: usize, mut lat: Vec<Duration>, wall: D
         serde_json::json!({
             "path": path, "model": model, "batch": batch,
             "calls_per_s": calls.round(), "rows_per_s": (calls * batch as f64).round(),
-            "p50_us": pct(0.5).round(), "p99_us": pct(0.99).round(),
+            "p50_us": (pct(0.5) * 100.0).round() / 100.0, "p99_us": (pct(0.99) * 100.0).round() / 100.0,
         })
     );
 }
@@ -72,8 +72,16 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
     };
     let forest = inferd_trees::load_forest(path, format).map_err(anyhow::Error::msg)?;
     let nf = forest.n_features;
+    let predictor = inferd_trees::Predictor::new(forest.clone());
+    anyhow::ensure!(
+        predictor.is_compiled(),
+        "the model's trees are too deep for the compiled path"
+    );
     let mut state = 0x9e37_79b9u32;
-    for &batch in batches {
+    for (walk, &batch) in ["compiled", "reference"]
+        .iter()
+        .flat_map(|w| batches.iter().map(move |b| (*w, b)))
+    {
         // Distinct rows on every call (a repeated row lets the branch predictor learn the walk).
         let pool = batch.max(1024) * 4;
         let rows: Vec<f32> = (0..pool * nf)
@@ -88,19 +96,25 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
         let mut at = 0usize;
         let (lat, wall) = measure(seconds, || {
             let chunk = &rows[at * nf..(at + batch) * nf];
-            forest.predict(std::hint::black_box(chunk), &mut out);
+            if walk == "compiled" {
+                predictor.predict(std::hint::black_box(chunk), &mut out);
+            } else {
+                forest.predict(std::hint::black_box(chunk), &mut out);
+            }
             at = (at + batch) % (pool - batch);
             Ok(())
         })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = format!(
+            "{} ({walk} walk)",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
         report("trees", &name, batch, lat.clone(), wall);
         let per_row_ns = wall.as_secs_f64() * 1e9 / (lat.len() * batch) as f64;
         println!(
             "{}",
-            serde_json::json!({"path": "trees", "model": name, "batch": batch, "ns_per_row": per_row_ns.round()})
+            serde_json::json!({"path": "trees", "walk": walk, "model": name, "batch": batch, "ns_per_row": per_row_ns.round()})
         );
     }
     Ok(())

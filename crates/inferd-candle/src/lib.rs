@@ -459,3 +459,121 @@ impl ModelInstance for CandleInstance {
         Ok(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bert_cfg() -> BertConfig {
+        serde_json::from_value(serde_json::json!({
+            "model_type": "bert", "vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 64,
+        }))
+        .unwrap()
+    }
+
+    fn config(params: &[(&str, &str)]) -> ModelConfig {
+        let mut cfg = ModelConfig::default();
+        for (k, v) in params {
+            cfg.parameters.insert(
+                (*k).into(),
+                inferd_core::config::ModelParameter {
+                    string_value: (*v).into(),
+                },
+            );
+        }
+        cfg
+    }
+
+    #[test]
+    fn sentence_transformers_files_set_pooling_normalization_and_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Without the files: mean pooling, no normalization, the position table's length.
+        let s = settings(d, &config(&[]), &bert_cfg()).unwrap();
+        assert_eq!(
+            (s.pooling, s.normalize, s.max_seq_length),
+            (Pooling::Mean, false, 64)
+        );
+        std::fs::write(
+            d.join("modules.json"),
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+                {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+                {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("1_Pooling")).unwrap();
+        std::fs::write(
+            d.join("1_Pooling/config.json"),
+            r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("sentence_bert_config.json"),
+            r#"{"max_seq_length": 32}"#,
+        )
+        .unwrap();
+        let s = settings(d, &config(&[]), &bert_cfg()).unwrap();
+        assert_eq!(
+            (s.pooling, s.normalize, s.max_seq_length),
+            (Pooling::Cls, true, 32)
+        );
+        // config.pbtxt parameters win.
+        let s = settings(
+            d,
+            &config(&[
+                ("pooling", "max"),
+                ("normalize", "false"),
+                ("max_seq_length", "16"),
+            ]),
+            &bert_cfg(),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.pooling, s.normalize, s.max_seq_length),
+            (Pooling::Max, false, 16)
+        );
+    }
+
+    #[test]
+    fn bad_settings_name_the_parameter_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let err = |p: &[(&str, &str)]| settings(d, &config(p), &bert_cfg()).unwrap_err();
+        assert!(err(&[("pooling", "median")]).contains("parameter 'pooling'"));
+        assert!(err(&[("normalize", "yes")]).contains("parameter 'normalize'"));
+        assert!(err(&[("max_seq_length", "x")]).contains("parameter 'max_seq_length'"));
+        assert!(err(&[("max_seq_length", "65")]).contains("max_position_embeddings (64)"));
+        std::fs::write(
+            d.join("modules.json"),
+            r#"[{"path":"../../elsewhere","type":"sentence_transformers.models.Pooling"}]"#,
+        )
+        .unwrap();
+        assert!(err(&[]).contains("leaves the version folder"));
+        std::fs::write(d.join("modules.json"), "{not json").unwrap();
+        assert!(err(&[]).contains("modules.json: not valid JSON"));
+    }
+
+    #[test]
+    fn missing_companion_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let weights = d.join("model.safetensors");
+        let e = Embedder::load(d, &weights, &config(&[])).unwrap_err();
+        assert!(e.contains("config.json") && e.contains("missing"), "{e}");
+        std::fs::write(d.join("config.json"), r#"{"model_type": "t5"}"#).unwrap();
+        let e = Embedder::load(d, &weights, &config(&[])).unwrap_err();
+        assert!(e.contains("config.json"), "{e}");
+        std::fs::write(
+            d.join("config.json"),
+            serde_json::to_string(&serde_json::json!({
+                "model_type": "bert", "vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 64,
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let e = Embedder::load(d, &weights, &config(&[])).unwrap_err();
+        assert!(e.contains("tokenizer.json") && e.contains("missing"), "{e}");
+    }
+}

@@ -217,7 +217,8 @@ impl Forest {
         }
     }
 
-    fn finish(&self, margin: &[f64], out: &mut [f32]) {
+    /// Turns one row's margins into outputs.
+    pub(crate) fn finish(&self, margin: &[f64], out: &mut [f32]) {
         match self.transform {
             Transform::Identity => out.iter_mut().zip(margin).for_each(|(o, m)| *o = *m as f32),
             Transform::Exp => out

@@ -8,10 +8,12 @@
 //! Input `input__0` (FP32, one row of features) and output `output__0` (FP32: the probability,
 //! value, or one probability per class), as Triton's FIL backend names them.
 //!
-//! - [`forest`]: the flat-array evaluator.
+//! - [`forest`]: the model as node arrays, and the reference walk.
+//! - [`compiled`]: the fast path (perfect-tree layout, branch-free interleaved walks).
 //! - [`xgboost`]: XGBoost JSON/UBJSON -> forest.
 //! - [`lightgbm`]: LightGBM text -> forest.
 
+pub mod compiled;
 pub mod forest;
 pub mod lightgbm;
 pub mod xgboost;
@@ -27,7 +29,41 @@ use inferd_core::backend::{
 use inferd_core::config::ModelConfig;
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 
+pub use compiled::Compiled;
 pub use forest::Forest;
+
+/// A forest with its compiled form when it has one: predicts on the fast path when it can.
+#[derive(Clone, Debug)]
+pub struct Predictor {
+    forest: Forest,
+    compiled: Option<Compiled>,
+}
+
+impl Predictor {
+    /// Compiles the forest where its trees allow.
+    pub fn new(forest: Forest) -> Predictor {
+        let compiled = Compiled::new(&forest);
+        Predictor { forest, compiled }
+    }
+
+    /// The forest.
+    pub fn forest(&self) -> &Forest {
+        &self.forest
+    }
+
+    /// Whether the fast path serves this forest.
+    pub fn is_compiled(&self) -> bool {
+        self.compiled.is_some()
+    }
+
+    /// Predicts `rows` (row-major) into `out` (`n_outputs` per row).
+    pub fn predict(&self, rows: &[f32], out: &mut [f32]) {
+        match &self.compiled {
+            Some(c) => c.predict(&self.forest, rows, out),
+            None => self.forest.predict(rows, out),
+        }
+    }
+}
 
 /// Input tensor name (Triton FIL's).
 pub const INPUT: &str = "input__0";
@@ -140,14 +176,14 @@ impl Backend for TreesBackend {
             }],
         };
         Ok(Arc::new(TreesModel {
-            forest: Arc::new(forest),
+            forest: Arc::new(Predictor::new(forest)),
             signature,
         }))
     }
 }
 
 struct TreesModel {
-    forest: Arc<Forest>,
+    forest: Arc<Predictor>,
     signature: ModelSignature,
 }
 
@@ -165,7 +201,7 @@ impl LoadedModel for TreesModel {
 }
 
 struct TreesInstance {
-    forest: Arc<Forest>,
+    forest: Arc<Predictor>,
     rows: Vec<f32>,
 }
 
@@ -183,14 +219,14 @@ impl ModelInstance for TreesInstance {
             .tensor
             .raw()
             .ok_or_else(|| BackendError::InvalidInput(format!("'{INPUT}' must be FP32")))?;
-        let nf = self.forest.n_features.max(1);
+        let nf = self.forest.forest().n_features.max(1);
         self.rows.clear();
         self.rows.extend(
             raw.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
         let n = self.rows.len() / nf;
-        let no = self.forest.n_outputs;
+        let no = self.forest.forest().n_outputs;
         let mut out = vec![0f32; n * no];
         self.forest.predict(&self.rows, &mut out);
         let mut shape = x.tensor.shape().to_vec();

@@ -1,0 +1,415 @@
+//! The fast path: every tree re-laid out as a perfect binary tree, walked branch-free.
+//!
+//! A tree of depth `d` becomes `2^d - 1` split nodes in breadth-first order plus `2^d` leaves;
+//! a leaf that sits higher up is copied into every leaf slot below it (and the split nodes above
+//! those copies route arbitrarily), so every walk takes exactly `d` steps of
+//! `i = 2i + 1 + right`, with no "is this a leaf" test and no data-dependent branch. Each split
+//! is folded into one f32 comparison, `right = x >= t`, plus a missing-value rule, exactly
+//! equivalent to the library's own:
+//!
+//! - XGBoost: left iff `x < t` in f32, NaN goes the node's default way;
+//! - LightGBM: left iff `(x as f64) <= t` — for an f32 `x` the same as `x < t'` with `t'` the
+//!   next f32 above `t` rounded down; NaN (and, for "zero" missing types, `|x| <= 1e-35`) goes
+//!   the default way, or the way 0 goes when the node has no missing type.
+//!
+//! Walks are interleaved eight at a time — eight trees for one row, or one tree for eight rows —
+//! so their memory loads overlap instead of forming one long dependency chain. Leaf values are
+//! summed per row in tree order, in the precision the library sums in, so results are
+//! bit-identical to [`Forest::predict`](crate::Forest::predict)'s walk.
+
+use crate::forest::{Forest, LEAF, Missing, Rule};
+
+/// Deepest tree laid out this way (a perfect tree of depth 12 has 8191 split nodes).
+pub const MAX_DEPTH: u32 = 12;
+/// Walks interleaved.
+const LANES: usize = 8;
+/// Rows evaluated per block (bounds the per-block leaf buffer).
+const BLOCK_ROWS: usize = 32;
+
+const FEATURE_MASK: u32 = (1 << 30) - 1;
+const DEFAULT_RIGHT: u32 = 1 << 30;
+const ZERO_MISSING: u32 = 1 << 31;
+
+/// LightGBM's zero band (`|x| <= 1e-35`) as an f32 bound.
+fn zero_band() -> f32 {
+    round_down(1e-35)
+}
+
+/// Largest f32 not above `v`.
+fn round_down(v: f64) -> f32 {
+    let f = v as f32;
+    if f64::from(f) > v { f.next_down() } else { f }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct PNode {
+    /// Goes right iff `x >= t` (for values that are not missing).
+    t: f32,
+    /// Feature index, [`DEFAULT_RIGHT`], [`ZERO_MISSING`].
+    bits: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Group {
+    depth: u32,
+    /// Tree numbers (in the forest's order) of the trees in this group.
+    trees: Vec<u32>,
+    nodes: Vec<PNode>,
+    leaves: Vec<f64>,
+}
+
+/// A forest compiled for fast evaluation; see the module documentation.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    groups: Vec<Group>,
+    /// Output index of each tree, in tree order.
+    tree_group: Vec<u32>,
+    has_zero_missing: bool,
+    zero_band: f32,
+}
+
+fn depth(nodes: &[crate::forest::Node], i: usize) -> u32 {
+    let n = &nodes[i];
+    if n.left == LEAF {
+        0
+    } else {
+        1 + depth(nodes, n.left as usize).max(depth(nodes, n.right as usize))
+    }
+}
+
+impl Compiled {
+    /// Compiles a validated forest; `None` when a tree is deeper than [`MAX_DEPTH`] (the
+    /// forest's own walk serves those).
+    pub fn new(forest: &Forest) -> Option<Compiled> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut has_zero_missing = false;
+        for (t, tree) in forest.trees.iter().enumerate() {
+            let d = depth(&tree.nodes, 0);
+            if d > MAX_DEPTH {
+                return None;
+            }
+            let gi = match groups.iter().position(|g| g.depth == d) {
+                Some(i) => i,
+                None => {
+                    groups.push(Group {
+                        depth: d,
+                        trees: Vec::new(),
+                        nodes: Vec::new(),
+                        leaves: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let g = &mut groups[gi];
+            let n_int = (1usize << d) - 1;
+            let node_base = g.nodes.len();
+            let leaf_base = g.leaves.len();
+            g.nodes.resize(node_base + n_int, PNode::default());
+            g.leaves.resize(leaf_base + n_int + 1, 0.0);
+            let mut stack = vec![(0usize, 0usize)]; // (source node, slot in the perfect tree)
+            while let Some((src, slot)) = stack.pop() {
+                let n = &tree.nodes[src];
+                if slot >= n_int {
+                    // A leaf slot: the source must be a leaf here (depth is the maximum).
+                    g.leaves[leaf_base + slot - n_int] = n.value;
+                    continue;
+                }
+                if n.left == LEAF {
+                    // A leaf above the bottom: both subtrees repeat it.
+                    g.nodes[node_base + slot] = PNode { t: 0.0, bits: 0 };
+                    stack.push((src, 2 * slot + 1));
+                    stack.push((src, 2 * slot + 2));
+                    continue;
+                }
+                let (t, dr, zm) = match forest.rule {
+                    Rule::Xgboost => (n.value as f32, !n.default_left, false),
+                    Rule::Lightgbm => {
+                        let below = round_down(n.value);
+                        // left iff x <= below  <=>  right iff x >= next f32 above `below`.
+                        let t = if below == f32::INFINITY {
+                            f32::NAN // nothing is above +inf: never right
+                        } else {
+                            below.next_up()
+                        };
+                        match n.missing {
+                            // NaN is read as 0: it goes where 0 goes.
+                            Missing::None => (t, 0.0 > n.value, false),
+                            Missing::NaN => (t, !n.default_left, false),
+                            Missing::Zero => {
+                                has_zero_missing = true;
+                                (t, !n.default_left, true)
+                            }
+                        }
+                    }
+                };
+                let mut bits = n.feature & FEATURE_MASK;
+                if dr {
+                    bits |= DEFAULT_RIGHT;
+                }
+                if zm {
+                    bits |= ZERO_MISSING;
+                }
+                g.nodes[node_base + slot] = PNode { t, bits };
+                stack.push((n.left as usize, 2 * slot + 1));
+                stack.push((n.right as usize, 2 * slot + 2));
+            }
+            g.trees.push(t as u32);
+        }
+        Some(Compiled {
+            groups,
+            tree_group: forest.trees.iter().map(|t| t.group as u32).collect(),
+            has_zero_missing,
+            zero_band: zero_band(),
+        })
+    }
+
+    /// Predicts `rows` (row-major, `n_features` each) into `out` (`n_outputs` per row), exactly
+    /// as [`Forest::predict`] does; `forest` is the one this was compiled from.
+    pub fn predict(&self, forest: &Forest, rows: &[f32], out: &mut [f32]) {
+        let nf = forest.n_features.max(1);
+        let no = forest.n_outputs.max(1);
+        let n_rows = (rows.len() / nf).min(out.len() / no);
+        let n_trees = self.tree_group.len();
+        let mut vals = vec![0f64; BLOCK_ROWS.min(n_rows.max(1)) * n_trees];
+        let mut margin = vec![0f64; no];
+        let mut acc32 = vec![0f32; no];
+        for r0 in (0..n_rows).step_by(BLOCK_ROWS) {
+            let nr = BLOCK_ROWS.min(n_rows - r0);
+            let block = &rows[r0 * nf..(r0 + nr) * nf];
+            for g in &self.groups {
+                if self.has_zero_missing {
+                    self.walk::<true>(g, block, nf, nr, n_trees, &mut vals);
+                } else {
+                    self.walk::<false>(g, block, nf, nr, n_trees, &mut vals);
+                }
+            }
+            for r in 0..nr {
+                let v = &vals[r * n_trees..(r + 1) * n_trees];
+                match forest.rule {
+                    Rule::Xgboost => {
+                        for (a, b) in acc32.iter_mut().zip(&forest.base_margin) {
+                            *a = *b as f32;
+                        }
+                        for (x, &grp) in v.iter().zip(&self.tree_group) {
+                            acc32[grp as usize] += *x as f32;
+                        }
+                        for (m, a) in margin.iter_mut().zip(&acc32) {
+                            *m = f64::from(*a);
+                        }
+                    }
+                    Rule::Lightgbm => {
+                        margin.copy_from_slice(&forest.base_margin);
+                        for (x, &grp) in v.iter().zip(&self.tree_group) {
+                            margin[grp as usize] += *x;
+                        }
+                    }
+                }
+                let row = r0 + r;
+                forest.finish(&margin, &mut out[row * no..(row + 1) * no]);
+            }
+        }
+    }
+
+    /// Walks every (tree of `g`, row of `block`) pair, eight at a time, tree-major: one row
+    /// interleaves eight trees; many rows interleave eight rows of one tree. Writes each leaf
+    /// value to `vals[row * n_trees + tree]`.
+    #[inline(never)]
+    fn walk<const ZM: bool>(
+        &self,
+        g: &Group,
+        block: &[f32],
+        nf: usize,
+        nr: usize,
+        n_trees: usize,
+        vals: &mut [f64],
+    ) {
+        let d = g.depth;
+        let n_int = (1usize << d) - 1;
+        let total = g.trees.len() * nr;
+        let zb = self.zero_band;
+        let mut p = 0;
+        while p < total {
+            let k = LANES.min(total - p);
+            let mut node_base = [0usize; LANES];
+            let mut row_base = [0usize; LANES];
+            for l in 0..k {
+                node_base[l] = (p + l) / nr * n_int;
+                row_base[l] = (p + l) % nr * nf;
+            }
+            let mut idx = [0usize; LANES];
+            for _ in 0..d {
+                for l in 0..LANES {
+                    let n = g.nodes[node_base[l] + idx[l]];
+                    let x = block[row_base[l] + (n.bits & FEATURE_MASK) as usize];
+                    let ge = x >= n.t;
+                    let dr = n.bits & DEFAULT_RIGHT != 0;
+                    let miss = if ZM {
+                        x.is_nan() | ((n.bits & ZERO_MISSING != 0) & (x.abs() <= zb))
+                    } else {
+                        x.is_nan()
+                    };
+                    let right = (ge & !miss) | (miss & dr);
+                    idx[l] = 2 * idx[l] + 1 + right as usize;
+                }
+            }
+            for l in 0..k {
+                let tl = (p + l) / nr;
+                let r = (p + l) % nr;
+                let leaf = g.leaves[tl * (n_int + 1) + idx[l] - n_int];
+                vals[r * n_trees + g.trees[tl] as usize] = leaf;
+            }
+            p += k;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forest::{Node, Transform, Tree};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// A random, unbalanced tree over `nf` features with thresholds on a coarse grid (so rows
+    /// hit them exactly) and every missing rule.
+    fn tree(rng: &mut Rng, nf: usize, max_depth: u32, group: usize) -> Tree {
+        fn grow(rng: &mut Rng, nodes: &mut Vec<Node>, nf: usize, depth: u32, max: u32) -> u32 {
+            let i = nodes.len();
+            nodes.push(Node {
+                feature: 0,
+                left: LEAF,
+                right: LEAF,
+                default_left: false,
+                missing: Missing::None,
+                value: (rng.unit() - 0.5) * 2.0,
+            });
+            if depth < max && rng.unit() < 0.8 {
+                let l = grow(rng, nodes, nf, depth + 1, max);
+                let r = grow(rng, nodes, nf, depth + 1, max);
+                let missing = match rng.next() % 3 {
+                    0 => Missing::None,
+                    1 => Missing::Zero,
+                    _ => Missing::NaN,
+                };
+                nodes[i] = Node {
+                    feature: (rng.next() % nf as u64) as u32,
+                    left: l,
+                    right: r,
+                    default_left: rng.next() % 2 == 0,
+                    missing,
+                    // Grid values plus an f64 that is not an f32, to test the rounding.
+                    value: ((rng.next() % 9) as f64 - 4.0) / 4.0
+                        + if rng.next() % 4 == 0 { 1e-9 } else { 0.0 },
+                };
+            }
+            i as u32
+        }
+        // Children must come after their parent: grow depth-first (parents first).
+        let mut nodes = Vec::new();
+        grow(rng, &mut nodes, nf, 0, max_depth);
+        Tree { nodes, group }
+    }
+
+    fn rows(rng: &mut Rng, n: usize, nf: usize) -> Vec<f32> {
+        (0..n * nf)
+            .map(|_| match rng.next() % 10 {
+                0 => f32::NAN,
+                1 => 0.0,
+                2 => -0.0,
+                3 => 1e-36,
+                4 => ((rng.next() % 9) as f32 - 4.0) / 4.0, // exactly on a threshold
+                5 => f32::INFINITY,
+                _ => (rng.unit() as f32 - 0.5) * 3.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compiled_walk_equals_the_reference_walk_bit_for_bit() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for rule in [Rule::Xgboost, Rule::Lightgbm] {
+            for (n_outputs, transform) in [
+                (1, Transform::Sigmoid(1.0)),
+                (1, Transform::Identity),
+                (3, Transform::Softmax),
+            ] {
+                let nf = 7;
+                let trees: Vec<Tree> = (0..37)
+                    .map(|t| tree(&mut rng, nf, 1 + (t % 9) as u32, t % n_outputs))
+                    .collect();
+                let forest = Forest {
+                    trees,
+                    n_features: nf,
+                    n_outputs,
+                    base_margin: vec![0.25; n_outputs],
+                    transform,
+                    rule,
+                    objective: "test".into(),
+                };
+                forest.validate().unwrap();
+                let c = Compiled::new(&forest).unwrap();
+                for n in [1, 3, 8, 31, 32, 33, 100] {
+                    let x = rows(&mut rng, n, nf);
+                    let mut want = vec![0f32; n * n_outputs];
+                    let mut got = vec![0f32; n * n_outputs];
+                    forest.predict(&x, &mut want);
+                    c.predict(&forest, &x, &mut got);
+                    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{rule:?} n={n} element {i}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn trees_deeper_than_the_limit_are_left_to_the_plain_walk() {
+        let mut nodes = Vec::new();
+        for i in 0..=MAX_DEPTH + 1 {
+            let last = i == MAX_DEPTH + 1;
+            nodes.push(Node {
+                feature: 0,
+                left: if last { LEAF } else { 2 * i + 2 },
+                right: if last { LEAF } else { 2 * i + 1 },
+                default_left: true,
+                missing: Missing::NaN,
+                value: i as f64,
+            });
+            if !last {
+                nodes.push(Node {
+                    feature: 0,
+                    left: LEAF,
+                    right: LEAF,
+                    default_left: true,
+                    missing: Missing::NaN,
+                    value: -1.0,
+                });
+            }
+        }
+        let forest = Forest {
+            trees: vec![Tree { nodes, group: 0 }],
+            n_features: 1,
+            n_outputs: 1,
+            base_margin: vec![0.0],
+            transform: Transform::Identity,
+            rule: Rule::Xgboost,
+            objective: "test".into(),
+        };
+        assert!(Compiled::new(&forest).is_none());
+    }
+}
