@@ -4,8 +4,17 @@
 //! first model loads (`ORT_DYLIB_PATH`), so building needs nothing but cargo. Built only with the
 //! `inferd` binary's `onnxruntime` feature; it then serves `platform: "onnxruntime_onnx"` /
 //! `backend: "onnxruntime"` models, while `backend: "tract"` keeps the pure-Rust backend.
-//! CPU execution; each instance owns its session with one intra-op thread (the server's compute
-//! budget decides how many run at once).
+//! Each instance owns its session with one intra-op thread (the server's compute budget decides
+//! how many run at once).
+//!
+//! Execution providers come from the config, as Triton's ONNX Runtime backend reads it:
+//! `instance_group { kind: KIND_GPU gpus: [N] }` runs on CUDA device N, and
+//! `optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt"
+//! parameters { key: "precision_mode" value: "FP16" } } ] } }` puts TensorRT in front of CUDA.
+//! GPU providers need this crate's `cuda` / `tensorrt` features (cargo features only switch the
+//! API on; the library itself comes from `ORT_DYLIB_PATH`, e.g. the `onnxruntime-gpu` wheel's).
+//! A requested provider that the library lacks fails the load with what to do, never a quiet
+//! fall-back to CPU.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -75,8 +84,13 @@ impl Backend for OrtBackend {
         "model.onnx".into()
     }
 
+    fn supports_gpu(&self) -> bool {
+        cfg!(feature = "cuda")
+    }
+
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        Ok(Arc::new(OrtModel::load(&req.model_file)?))
+        let device = Device::from_config(req.config).map_err(BackendError::Load)?;
+        Ok(Arc::new(OrtModel::load_on(&req.model_file, device)?))
     }
 }
 
@@ -119,24 +133,171 @@ fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, BackendError> {
     })
 }
 
+/// Where a model's sessions run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// CUDA on a device, with TensorRT in front when `tensorrt` holds its settings.
+    Gpu {
+        /// CUDA device id.
+        device_id: i32,
+        /// TensorRT settings (`precision_mode`, `max_workspace_size_bytes`,
+        /// `trt_engine_cache_enable`, `trt_engine_cache_path`) when TensorRT is asked for.
+        tensorrt: Option<std::collections::BTreeMap<String, String>>,
+    },
+}
+
+impl Device {
+    /// Reads the config's instance kind and execution accelerators.
+    pub fn from_config(cfg: &ModelConfig) -> Result<Device, String> {
+        if let Some(a) = cfg.cpu_accelerators().first() {
+            return Err(format!(
+                "optimization.execution_accelerators.cpu_execution_accelerator '{}' is not supported by inferd's onnxruntime backend (remove it to run on ONNX Runtime's CPU provider)",
+                a.name
+            ));
+        }
+        if !cfg.wants_gpu() {
+            return Ok(Device::Cpu);
+        }
+        let device_id = cfg
+            .instance_group
+            .iter()
+            .find(|g| g.kind == inferd_core::config::InstanceKind::Gpu)
+            .and_then(|g| g.gpus.first().copied())
+            .unwrap_or(0);
+        let device_id = i32::try_from(device_id)
+            .map_err(|_| format!("instance_group gpus: device {device_id} is out of range"))?;
+        let mut tensorrt = None;
+        for a in cfg.gpu_accelerators() {
+            match a.name.as_str() {
+                "tensorrt" => tensorrt = Some(a.parameters.clone()),
+                "cuda" => {}
+                other => {
+                    return Err(format!(
+                        "optimization.execution_accelerators.gpu_execution_accelerator '{other}' is not supported (supported: tensorrt, cuda)"
+                    ));
+                }
+            }
+        }
+        Ok(Device::Gpu {
+            device_id,
+            tensorrt,
+        })
+    }
+}
+
 /// A model file checked by ONNX Runtime; instances open their own sessions.
 pub struct OrtModel {
     path: std::path::PathBuf,
+    device: Device,
     signature: ModelSignature,
 }
 
-fn new_session(path: &Path) -> Result<Session, BackendError> {
+#[cfg(feature = "cuda")]
+fn providers(device: &Device) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, BackendError> {
+    use ort::ep::ExecutionProvider;
+    let Device::Gpu {
+        device_id,
+        tensorrt,
+    } = device
+    else {
+        return Ok(Vec::new());
+    };
+    let missing = |what: &str| {
+        BackendError::Load(format!(
+            "the ONNX Runtime library at ORT_DYLIB_PATH has no {what} execution provider: point ORT_DYLIB_PATH at a GPU build (e.g. the onnxruntime-gpu wheel's libonnxruntime.so) or use KIND_CPU"
+        ))
+    };
+    let mut eps = Vec::new();
+    if let Some(settings) = tensorrt {
+        #[cfg(feature = "tensorrt")]
+        {
+            if !ort::ep::TensorRT::is_available().unwrap_or(false) {
+                return Err(missing("TensorRT"));
+            }
+            let mut trt = ort::ep::TensorRT::default().with_device_id(*device_id);
+            for (k, v) in settings {
+                trt = match (k.as_str(), v.as_str()) {
+                    ("precision_mode", "FP16") => trt.with_fp16(true),
+                    ("precision_mode", "FP32") => trt,
+                    ("precision_mode", "INT8") => trt.with_int8(true),
+                    ("max_workspace_size_bytes", n) => {
+                        trt.with_max_workspace_size(n.parse().map_err(|_| {
+                            BackendError::Load(format!(
+                                "tensorrt max_workspace_size_bytes '{n}' is not a number"
+                            ))
+                        })?)
+                    }
+                    ("trt_engine_cache_enable", b) => {
+                        trt.with_engine_cache(b == "true" || b == "1")
+                    }
+                    ("trt_engine_cache_path", p) => trt.with_engine_cache_path(p),
+                    (k, v) => {
+                        return Err(BackendError::Load(format!(
+                            "tensorrt parameter '{k}' = '{v}' is not supported (precision_mode FP32/FP16/INT8, max_workspace_size_bytes, trt_engine_cache_enable, trt_engine_cache_path)"
+                        )));
+                    }
+                };
+            }
+            eps.push(trt.build().error_on_failure());
+        }
+        #[cfg(not(feature = "tensorrt"))]
+        {
+            let _ = settings;
+            return Err(BackendError::Load(
+                "the tensorrt accelerator needs inferd built with the onnxruntime-tensorrt feature"
+                    .into(),
+            ));
+        }
+    }
+    if !ort::ep::CUDA::is_available().unwrap_or(false) {
+        return Err(missing("CUDA"));
+    }
+    eps.push(
+        ort::ep::CUDA::default()
+            .with_device_id(*device_id)
+            .build()
+            .error_on_failure(),
+    );
+    Ok(eps)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn providers(device: &Device) -> Result<Vec<ort::ep::ExecutionProviderDispatch>, BackendError> {
+    match device {
+        Device::Cpu => Ok(Vec::new()),
+        Device::Gpu { .. } => Err(BackendError::Load(
+            "KIND_GPU needs inferd built with the onnxruntime-cuda feature".into(),
+        )),
+    }
+}
+
+fn new_session(path: &Path, device: &Device) -> Result<Session, BackendError> {
     let env = environment().map_err(BackendError::Load)?;
+    let eps = providers(device)?;
     Session::builder(env)
         .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
+        .and_then(|b| {
+            if eps.is_empty() {
+                Ok(b)
+            } else {
+                b.with_execution_providers(&eps).map_err(Into::into)
+            }
+        })
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e| BackendError::Load(format!("ONNX Runtime cannot load the model: {e}")))
 }
 
 impl OrtModel {
-    /// Loads and describes a model.
+    /// Loads and describes a model for ONNX Runtime's CPU provider.
     pub fn load(path: &Path) -> Result<Self, BackendError> {
-        let session = new_session(path)?;
+        Self::load_on(path, Device::Cpu)
+    }
+
+    /// Loads and describes a model for a device.
+    pub fn load_on(path: &Path, device: Device) -> Result<Self, BackendError> {
+        let session = new_session(path, &device)?;
         let inputs = session
             .inputs()
             .iter()
@@ -149,6 +310,7 @@ impl OrtModel {
             .collect::<Result<_, _>>()?;
         Ok(OrtModel {
             path: path.to_path_buf(),
+            device,
             signature: ModelSignature { inputs, outputs },
         })
     }
@@ -161,7 +323,7 @@ impl LoadedModel for OrtModel {
 
     fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
         Ok(Box::new(OrtInstance {
-            session: new_session(&self.path)?,
+            session: new_session(&self.path, &self.device)?,
         }))
     }
 }

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod spin;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +48,9 @@ pub struct ServerOptions {
     /// Inference requests in flight at once (HTTP and gRPC together); 503 / RESOURCE_EXHAUSTED
     /// past it. With the body limit, this bounds the memory requests can pin.
     pub max_inflight: usize,
+    /// After each request, keep one async worker polling this long instead of parking (see
+    /// [`spin`]); zero disables.
+    pub spin: Duration,
 }
 
 /// Listeners bound and ready to serve.
@@ -88,11 +92,27 @@ impl BoundServer {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let inflight =
             std::sync::Arc::new(tokio::sync::Semaphore::new(self.opts.max_inflight.max(1)));
+        let spinner = spin::Spinner::new(self.opts.spin);
+        let spin_task = tokio::spawn(spinner.clone().run());
+        let touch = spinner.clone();
         let app = http::router(http::HttpState {
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
             inflight: inflight.clone(),
-        });
+        })
+        .layer(axum::middleware::map_request(
+            move |req: axum::extract::Request| {
+                touch.touch();
+                std::future::ready(req)
+            },
+        ));
+        let touch = spinner.clone();
+        let app = app.layer(axum::middleware::map_response(
+            move |resp: axum::response::Response| {
+                touch.touch();
+                std::future::ready(resp)
+            },
+        ));
         let mut rx_http = rx.clone();
         let http_task = tokio::spawn(async move {
             // Small request/response exchanges: never wait on Nagle's algorithm.
@@ -128,7 +148,7 @@ impl BoundServer {
             }
         });
         let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-            grpc::InferenceService::new(self.engine.clone(), inflight.clone()),
+            grpc::InferenceService::new(self.engine.clone(), inflight.clone(), spinner.clone()),
         )
         .max_decoding_message_size(self.opts.max_body_bytes)
         .max_encoding_message_size(usize::MAX);
@@ -150,6 +170,7 @@ impl BoundServer {
         let http_res = http_task.await;
         let grpc_res = grpc_task.await;
         health_task.abort();
+        spin_task.abort();
         if let Ok(Err(e)) = http_res {
             return Err(e);
         }

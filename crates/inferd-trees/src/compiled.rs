@@ -252,10 +252,10 @@ impl Compiled {
                     idx[l] = 2 * idx[l] + 1 + right as usize;
                 }
             }
-            for l in 0..k {
+            for (l, &i) in idx[..k].iter().enumerate() {
                 let tl = (p + l) / nr;
                 let r = (p + l) % nr;
-                let leaf = g.leaves[tl * (n_int + 1) + idx[l] - n_int];
+                let leaf = g.leaves[tl * (n_int + 1) + i - n_int];
                 vals[r * n_trees + g.trees[tl] as usize] = leaf;
             }
             p += k;
@@ -306,11 +306,11 @@ mod tests {
                     feature: (rng.next() % nf as u64) as u32,
                     left: l,
                     right: r,
-                    default_left: rng.next() % 2 == 0,
+                    default_left: rng.next().is_multiple_of(2),
                     missing,
                     // Grid values plus an f64 that is not an f32, to test the rounding.
                     value: ((rng.next() % 9) as f64 - 4.0) / 4.0
-                        + if rng.next() % 4 == 0 { 1e-9 } else { 0.0 },
+                        + if rng.next().is_multiple_of(4) { 1e-9 } else { 0.0 },
                 };
             }
             i as u32

@@ -121,8 +121,12 @@ struct ServeArgs {
     compute_threads: usize,
     /// Microseconds an idle executor polls its queue before sleeping: lower latency at low load
     /// for some CPU (0 turns it off).
-    #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 50)]
+    #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 100)]
     executor_spin_us: u64,
+    /// Microseconds one network worker keeps polling after a request instead of parking: a
+    /// parked thread takes tens of microseconds to wake on a VM (0 turns it off).
+    #[arg(long, env = "INFERD_NETWORK_SPIN_US", default_value_t = 100)]
+    network_spin_us: u64,
 }
 
 fn backends() -> Vec<Arc<dyn Backend>> {
@@ -219,6 +223,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             grpc_addr: SocketAddr::new(a.grpc_address, a.grpc_port),
             max_body_bytes: a.http_max_body_bytes,
             max_inflight: a.max_inflight_requests,
+            spin: Duration::from_micros(a.network_spin_us),
         },
     )
     .await

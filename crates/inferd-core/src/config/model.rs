@@ -44,6 +44,41 @@ pub struct ModelConfig {
     /// Free-form string parameters.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, ModelParameter>,
+    /// Optimization settings (execution accelerators).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimization: Option<Optimization>,
+}
+
+/// Triton's `optimization` message; inferd reads its execution accelerators.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Optimization {
+    /// Accelerators to run the model with, in order of preference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution_accelerators: Option<ExecutionAccelerators>,
+}
+
+/// Triton's `optimization.execution_accelerators`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecutionAccelerators {
+    /// For GPU instances (`tensorrt`, `cuda`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpu_execution_accelerator: Vec<Accelerator>,
+    /// For CPU instances (`openvino`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_execution_accelerator: Vec<Accelerator>,
+}
+
+/// One accelerator and its settings.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Accelerator {
+    /// Name (`tensorrt`).
+    pub name: String,
+    /// Settings (`precision_mode: FP16`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
 }
 
 impl ModelConfig {
@@ -60,6 +95,31 @@ impl ModelConfig {
     /// The output with this name.
     pub fn output(&self, name: &str) -> Option<&ModelOutput> {
         self.output.iter().find(|o| o.name == name)
+    }
+
+    /// True when an instance group asks for GPUs.
+    pub fn wants_gpu(&self) -> bool {
+        self.instance_group
+            .iter()
+            .any(|g| g.kind == InstanceKind::Gpu)
+    }
+
+    /// GPU accelerators named in `optimization.execution_accelerators`.
+    pub fn gpu_accelerators(&self) -> &[Accelerator] {
+        self.optimization
+            .as_ref()
+            .and_then(|o| o.execution_accelerators.as_ref())
+            .map(|e| e.gpu_execution_accelerator.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// CPU accelerators named in `optimization.execution_accelerators`.
+    pub fn cpu_accelerators(&self) -> &[Accelerator] {
+        self.optimization
+            .as_ref()
+            .and_then(|o| o.execution_accelerators.as_ref())
+            .map(|e| e.cpu_execution_accelerator.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Total execution instances (at least one).

@@ -2,6 +2,7 @@
 //! line, field path and reason. Unknown fields and fields inferd recognises but does not
 //! implement become warnings that name them; nothing is ignored silently.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -61,7 +62,6 @@ pub struct ParsedConfig {
 /// Fields inferd recognises from Triton's schema but does not implement (yet).
 const UNSUPPORTED_TOP_LEVEL: &[&str] = &[
     "sequence_batching",
-    "optimization",
     "model_transaction_policy",
     "model_operations",
     "model_repository_agents",
@@ -144,6 +144,9 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
         if let (Some(k), Some(v)) = (k, v) {
             cfg.parameters.insert(k, v);
         }
+    }
+    if let Some(o) = r.message(&mut cx, "optimization") {
+        cfg.optimization = Some(optimization(&mut cx, o));
     }
     for name in UNSUPPORTED_TOP_LEVEL {
         for f in r.take(name) {
@@ -592,6 +595,67 @@ fn instance_group(cx: &mut Cx, at: At) -> InstanceGroup {
     g
 }
 
+fn optimization(cx: &mut Cx, mut r: Fields) -> Optimization {
+    let mut o = Optimization::default();
+    if let Some(mut ea) = r.message(cx, "execution_accelerators") {
+        let mut list = |cx: &mut Cx, name: &str| -> Vec<Accelerator> {
+            ea.messages(name)
+                .into_iter()
+                .filter_map(|at| {
+                    let mut a = require_message(cx, &at)?;
+                    let name = a.string(cx, "name").unwrap_or_default();
+                    if name.is_empty() {
+                        cx.error(at.field.pos, &at.path, "accelerator has no name");
+                    }
+                    let mut parameters = BTreeMap::new();
+                    for p in a.messages("parameters") {
+                        let (k, v) = map_entry(cx, p, |cx, f| match &f.field.value {
+                            Value::Scalar(Scalar::Str(b)) => {
+                                Some(String::from_utf8_lossy(b).into_owned())
+                            }
+                            _ => {
+                                cx.error(f.field.value_pos, &f.path, "expected a string value");
+                                None
+                            }
+                        });
+                        if let (Some(k), Some(v)) = (k, v) {
+                            parameters.insert(k, v);
+                        }
+                    }
+                    a.finish(cx);
+                    Some(Accelerator { name, parameters })
+                })
+                .collect()
+        };
+        let gpu = list(cx, "gpu_execution_accelerator");
+        let cpu = list(cx, "cpu_execution_accelerator");
+        ea.finish(cx);
+        o.execution_accelerators = Some(ExecutionAccelerators {
+            gpu_execution_accelerator: gpu,
+            cpu_execution_accelerator: cpu,
+        });
+    }
+    for name in [
+        "graph",
+        "priority",
+        "cuda",
+        "input_pinned_memory",
+        "output_pinned_memory",
+        "gather_kernel_buffer_threshold",
+        "eager_batching",
+    ] {
+        for f in r.take(name) {
+            cx.warn(
+                f.pos,
+                &r.path(name),
+                "recognised Triton field, not supported by inferd yet; ignored",
+            );
+        }
+    }
+    r.finish(cx);
+    o
+}
+
 fn queue_policy(cx: &mut Cx, mut r: Fields) -> QueuePolicy {
     let mut q = QueuePolicy {
         default_timeout_microseconds: r
@@ -829,6 +893,39 @@ mod tests {
         assert_eq!(db.priority_queue_policy[&1].max_queue_size, 3);
         assert_eq!(c.model_warmup[0].inputs["x"].dims, vec![64]);
         assert_eq!(c.parameters["k"].string_value, "v");
+    }
+
+    #[test]
+    fn execution_accelerators_are_read_and_other_optimization_fields_warn() {
+        let p = parse(
+            r#"
+            name: "m"
+            instance_group [ { kind: KIND_GPU gpus: [ 1 ] } ]
+            optimization { execution_accelerators {
+              gpu_execution_accelerator : [ { name : "tensorrt"
+                parameters { key: "precision_mode" value: "FP16" } } ]
+              cpu_execution_accelerator : [ { name : "openvino" } ] }
+              graph { level: 1 } }
+            "#,
+        )
+        .unwrap();
+        let c = &p.config;
+        assert!(c.wants_gpu());
+        assert_eq!(c.gpu_accelerators()[0].name, "tensorrt");
+        assert_eq!(c.gpu_accelerators()[0].parameters["precision_mode"], "FP16");
+        assert_eq!(c.cpu_accelerators()[0].name, "openvino");
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert_eq!(p.warnings[0].field, "optimization.graph");
+        let err = parse("name: \"m\"\noptimization { execution_accelerators { gpu_execution_accelerator [ { parameters { key: \"a\" value: 3 } } ] } }").unwrap_err();
+        let text: Vec<String> = err.iter().map(|d| d.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("accelerator has no name")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("expected a string value")),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,62 @@
+"""GPU requests in config.pbtxt are honoured or refused, never quietly run on CPU.
+
+This machine has no GPU and the test suite's ONNX Runtime is the CPU wheel, so what is checked
+here is the refusal: a `KIND_GPU` model becomes UNAVAILABLE with a reason that says what to do,
+while the CPU models next to it serve. Which reason depends on the build, named by
+$INFERD_BUILD_FEATURES (scripts/test.sh sets it): the default build's backends run on CPU only;
+a build with `onnxruntime-cuda` asks the library for its CUDA provider and reports it missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import requests
+
+from inferd_testlib import copy_models
+
+FEATURES = os.environ.get("INFERD_BUILD_FEATURES", "")
+
+
+@pytest.fixture(scope="module")
+def server(inferd_server_factory, tmp_path_factory):
+    repo = copy_models(tmp_path_factory.mktemp("gpu") / "models", ["simple_mlp"])
+    src = repo / "simple_mlp"
+    for name, extra in (
+        ("on_gpu", 'instance_group [ { kind: KIND_GPU gpus: [ 0 ] } ]'),
+        (
+            "on_tensorrt",
+            'instance_group [ { kind: KIND_GPU } ]\n'
+            'optimization { execution_accelerators { gpu_execution_accelerator: '
+            '[ { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }',
+        ),
+    ):
+        dst = repo / name
+        shutil.copytree(src / "1", dst / "1")
+        text = (src / "config.pbtxt").read_text().replace('name: "simple_mlp"', f'name: "{name}"')
+        (dst / "config.pbtxt").write_text(text + "\n" + extra + "\n")
+    return inferd_server_factory(repo, strict_readiness=False)
+
+
+def reasons(server) -> dict[str, str]:
+    rows = requests.post(f"{server.http_base}/v2/repository/index", json={}, timeout=10).json()
+    return {r["name"]: (r.get("state", ""), r.get("reason", "")) for r in rows}
+
+
+@pytest.mark.parametrize("model", ["on_gpu", "on_tensorrt"])
+def test_gpu_instances_are_refused_with_what_to_do(server, model):
+    state, reason = reasons(server)[model]
+    assert state == "UNAVAILABLE", (state, reason)
+    if "onnxruntime-cuda" in FEATURES:
+        assert "no CUDA execution provider" in reason or "tensorrt" in reason.lower(), reason
+        assert "ORT_DYLIB_PATH" in reason or "onnxruntime-tensorrt" in reason, reason
+    else:
+        assert "KIND_GPU" in reason and "CPU only" in reason, reason
+    r = requests.post(f"{server.http_base}/v2/models/{model}/infer", json={"inputs": []}, timeout=10)
+    assert r.status_code in (400, 404, 503) and model in r.json()["error"]
+
+
+def test_cpu_models_beside_them_serve(server):
+    state, _ = reasons(server)["simple_mlp"]
+    assert state == "READY"
