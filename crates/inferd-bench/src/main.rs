@@ -94,10 +94,11 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
             .collect();
         let mut out = vec![0f32; batch * forest.n_outputs];
         let mut at = 0usize;
+        let mut scratch = inferd_trees::Scratch::default();
         let (lat, wall) = measure(seconds, || {
             let chunk = &rows[at * nf..(at + batch) * nf];
             if walk == "compiled" {
-                predictor.predict(std::hint::black_box(chunk), &mut out);
+                predictor.predict_with(std::hint::black_box(chunk), &mut out, &mut scratch);
             } else {
                 forest.predict(std::hint::black_box(chunk), &mut out);
             }

@@ -58,6 +58,14 @@ struct Group {
     leaves: Vec<f64>,
 }
 
+/// Buffers one evaluating thread reuses across calls.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    vals: Vec<f64>,
+    margin: Vec<f64>,
+    acc32: Vec<f32>,
+}
+
 /// A forest compiled for fast evaluation; see the module documentation.
 #[derive(Clone, Debug)]
 pub struct Compiled {
@@ -166,21 +174,30 @@ impl Compiled {
     /// Predicts `rows` (row-major, `n_features` each) into `out` (`n_outputs` per row), exactly
     /// as [`Forest::predict`] does; `forest` is the one this was compiled from.
     pub fn predict(&self, forest: &Forest, rows: &[f32], out: &mut [f32]) {
+        self.predict_with(forest, rows, out, &mut Scratch::default());
+    }
+
+    /// [`Compiled::predict`] with caller-kept buffers, so repeated calls allocate nothing.
+    pub fn predict_with(&self, forest: &Forest, rows: &[f32], out: &mut [f32], s: &mut Scratch) {
         let nf = forest.n_features.max(1);
         let no = forest.n_outputs.max(1);
         let n_rows = (rows.len() / nf).min(out.len() / no);
         let n_trees = self.tree_group.len();
-        let mut vals = vec![0f64; BLOCK_ROWS.min(n_rows.max(1)) * n_trees];
-        let mut margin = vec![0f64; no];
-        let mut acc32 = vec![0f32; no];
+        s.vals.clear();
+        s.vals.resize(BLOCK_ROWS.min(n_rows.max(1)) * n_trees, 0.0);
+        s.margin.clear();
+        s.margin.resize(no, 0.0);
+        s.acc32.clear();
+        s.acc32.resize(no, 0.0);
+        let (vals, margin, acc32) = (&mut s.vals[..], &mut s.margin[..], &mut s.acc32[..]);
         for r0 in (0..n_rows).step_by(BLOCK_ROWS) {
             let nr = BLOCK_ROWS.min(n_rows - r0);
             let block = &rows[r0 * nf..(r0 + nr) * nf];
             for g in &self.groups {
                 if self.has_zero_missing {
-                    self.walk::<true>(g, block, nf, nr, n_trees, &mut vals);
+                    self.walk::<true>(g, block, nf, nr, n_trees, vals);
                 } else {
-                    self.walk::<false>(g, block, nf, nr, n_trees, &mut vals);
+                    self.walk::<false>(g, block, nf, nr, n_trees, vals);
                 }
             }
             for r in 0..nr {
@@ -193,7 +210,7 @@ impl Compiled {
                         for (x, &grp) in v.iter().zip(&self.tree_group) {
                             acc32[grp as usize] += *x as f32;
                         }
-                        for (m, a) in margin.iter_mut().zip(&acc32) {
+                        for (m, a) in margin.iter_mut().zip(acc32.iter()) {
                             *m = f64::from(*a);
                         }
                     }
@@ -205,7 +222,7 @@ impl Compiled {
                     }
                 }
                 let row = r0 + r;
-                forest.finish(&margin, &mut out[row * no..(row + 1) * no]);
+                forest.finish(margin, &mut out[row * no..(row + 1) * no]);
             }
         }
     }
@@ -227,14 +244,25 @@ impl Compiled {
         let n_int = (1usize << d) - 1;
         let total = g.trees.len() * nr;
         let zb = self.zero_band;
+        // Lanes walk (tree, row) pairs in tree-major order; counters instead of divisions.
+        let (mut tl, mut r) = (0usize, 0usize);
+        let mut lane_tree = [0usize; LANES];
+        let mut lane_row = [0usize; LANES];
         let mut p = 0;
         while p < total {
             let k = LANES.min(total - p);
             let mut node_base = [0usize; LANES];
             let mut row_base = [0usize; LANES];
             for l in 0..k {
-                node_base[l] = (p + l) / nr * n_int;
-                row_base[l] = (p + l) % nr * nf;
+                lane_tree[l] = tl;
+                lane_row[l] = r;
+                node_base[l] = tl * n_int;
+                row_base[l] = r * nf;
+                r += 1;
+                if r == nr {
+                    r = 0;
+                    tl += 1;
+                }
             }
             let mut idx = [0usize; LANES];
             for _ in 0..d {
@@ -253,10 +281,9 @@ impl Compiled {
                 }
             }
             for (l, &i) in idx[..k].iter().enumerate() {
-                let tl = (p + l) / nr;
-                let r = (p + l) % nr;
-                let leaf = g.leaves[tl * (n_int + 1) + i - n_int];
-                vals[r * n_trees + g.trees[tl] as usize] = leaf;
+                let t = lane_tree[l];
+                vals[lane_row[l] * n_trees + g.trees[t] as usize] =
+                    g.leaves[t * (n_int + 1) + i - n_int];
             }
             p += k;
         }
@@ -310,7 +337,11 @@ mod tests {
                     missing,
                     // Grid values plus an f64 that is not an f32, to test the rounding.
                     value: ((rng.next() % 9) as f64 - 4.0) / 4.0
-                        + if rng.next().is_multiple_of(4) { 1e-9 } else { 0.0 },
+                        + if rng.next().is_multiple_of(4) {
+                            1e-9
+                        } else {
+                            0.0
+                        },
                 };
             }
             i as u32

@@ -29,7 +29,7 @@ use inferd_core::backend::{
 use inferd_core::config::ModelConfig;
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 
-pub use compiled::Compiled;
+pub use compiled::{Compiled, Scratch};
 pub use forest::Forest;
 
 /// A forest with its compiled form when it has one: predicts on the fast path when it can.
@@ -58,8 +58,13 @@ impl Predictor {
 
     /// Predicts `rows` (row-major) into `out` (`n_outputs` per row).
     pub fn predict(&self, rows: &[f32], out: &mut [f32]) {
+        self.predict_with(rows, out, &mut Scratch::default());
+    }
+
+    /// [`Predictor::predict`] reusing the caller's buffers.
+    pub fn predict_with(&self, rows: &[f32], out: &mut [f32], scratch: &mut Scratch) {
         match &self.compiled {
-            Some(c) => c.predict(&self.forest, rows, out),
+            Some(c) => c.predict_with(&self.forest, rows, out, scratch),
             None => self.forest.predict(rows, out),
         }
     }
@@ -196,6 +201,7 @@ impl LoadedModel for TreesModel {
         Ok(Box::new(TreesInstance {
             forest: self.forest.clone(),
             rows: Vec::new(),
+            scratch: Scratch::default(),
         }))
     }
 }
@@ -203,6 +209,7 @@ impl LoadedModel for TreesModel {
 struct TreesInstance {
     forest: Arc<Predictor>,
     rows: Vec<f32>,
+    scratch: Scratch,
 }
 
 impl ModelInstance for TreesInstance {
@@ -228,7 +235,8 @@ impl ModelInstance for TreesInstance {
         let n = self.rows.len() / nf;
         let no = self.forest.forest().n_outputs;
         let mut out = vec![0f32; n * no];
-        self.forest.predict(&self.rows, &mut out);
+        self.forest
+            .predict_with(&self.rows, &mut out, &mut self.scratch);
         let mut shape = x.tensor.shape().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = no;
