@@ -20,22 +20,12 @@ use crate::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 pub struct InferenceService {
     engine: Engine,
     inflight: std::sync::Arc<tokio::sync::Semaphore>,
-    spinner: std::sync::Arc<crate::spin::Spinner>,
 }
 
 impl InferenceService {
-    /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP);
-    /// `spinner` is told about each request (see [`crate::spin`]).
-    pub fn new(
-        engine: Engine,
-        inflight: std::sync::Arc<tokio::sync::Semaphore>,
-        spinner: std::sync::Arc<crate::spin::Spinner>,
-    ) -> Self {
-        InferenceService {
-            engine,
-            inflight,
-            spinner,
-        }
+    /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP).
+    pub fn new(engine: Engine, inflight: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
+        InferenceService { engine, inflight }
     }
 }
 
@@ -475,7 +465,6 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        self.spinner.touch();
         let _slot = crate::http::admit(&self.inflight).map_err(Status::resource_exhausted)?;
         let r = req.into_inner();
         let model = r.model_name.clone();
@@ -486,7 +475,6 @@ impl GrpcInferenceService for InferenceService {
             .infer(&model, version, ireq)
             .await
             .map_err(status)?;
-        self.spinner.touch();
         Ok(Response::new(encode_infer(resp)))
     }
 

@@ -1,4 +1,4 @@
-//! Keeps one async worker polling for a short window after traffic, instead of parking.
+//! Keeps one async worker polling for a short window after HTTP traffic, instead of parking.
 //!
 //! On virtual machines a parked thread takes tens of microseconds to wake (measured here: a
 //! blocking socket server answers a keep-alive request in ~120 us at p50, the same server
@@ -6,7 +6,8 @@
 //! open, a task yields in a loop: the runtime then polls its I/O driver without blocking, so a
 //! request that arrives (or a result that comes back from an executor thread) is picked up at
 //! once. The window closes `window` after the last request began or ended, so an idle server
-//! costs nothing; a busy one is never idle long enough for the spinner to matter.
+//! costs nothing; and it stays shut while more than one request is in flight, since a loaded
+//! server's workers are awake anyway and a spinning one would only take CPU from them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +21,7 @@ pub struct Spinner {
     window: Duration,
     epoch: Instant,
     last_ns: AtomicU64,
+    inflight: AtomicU64,
     spinning: AtomicBool,
     wake: Notify,
 }
@@ -31,6 +33,7 @@ impl Spinner {
             window,
             epoch: Instant::now(),
             last_ns: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             wake: Notify::new(),
         })
@@ -51,6 +54,13 @@ impl Spinner {
         }
     }
 
+    /// Marks a request in flight until the guard drops (and touches at both ends).
+    pub fn guard(self: &Arc<Self>) -> SpinGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        SpinGuard(self.clone())
+    }
+
     /// Runs the spinner until the runtime shuts down.
     pub async fn run(self: Arc<Self>) {
         if self.window.is_zero() {
@@ -60,15 +70,27 @@ impl Spinner {
         loop {
             self.wake.notified().await;
             self.spinning.store(true, Ordering::Relaxed);
-            while self
-                .now_ns()
-                .saturating_sub(self.last_ns.load(Ordering::Relaxed))
-                < window
+            while self.inflight.load(Ordering::Relaxed) <= 1
+                && self
+                    .now_ns()
+                    .saturating_sub(self.last_ns.load(Ordering::Relaxed))
+                    < window
             {
                 tokio::task::yield_now().await;
             }
             self.spinning.store(false, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request in flight; see [`Spinner::guard`].
+#[derive(Debug)]
+pub struct SpinGuard(Arc<Spinner>);
+
+impl Drop for SpinGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
     }
 }
 

@@ -123,8 +123,8 @@ struct ServeArgs {
     /// for some CPU (0 turns it off).
     #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 100)]
     executor_spin_us: u64,
-    /// Microseconds one network worker keeps polling after a request instead of parking: a
-    /// parked thread takes tens of microseconds to wake on a VM (0 turns it off).
+    /// Microseconds one network worker keeps polling after an HTTP request instead of parking:
+    /// a parked thread takes tens of microseconds to wake on a VM (0 turns it off).
     #[arg(long, env = "INFERD_NETWORK_SPIN_US", default_value_t = 100)]
     network_spin_us: u64,
 }
