@@ -27,6 +27,12 @@ const LANES: usize = 8;
 const BLOCK_ROWS: usize = 32;
 
 const FEATURE_MASK: u32 = (1 << 30) - 1;
+
+/// Which missing-value rule a walk applies: none (no NaN in the rows, no zero-as-missing
+/// nodes), NaN only, or NaN and LightGBM's zero band.
+const NONE: u8 = 0;
+const NAN: u8 = 1;
+const ZERO_OR_NAN: u8 = 2;
 const DEFAULT_RIGHT: u32 = 1 << 30;
 const ZERO_MISSING: u32 = 1 << 31;
 
@@ -194,10 +200,14 @@ impl Compiled {
             let nr = BLOCK_ROWS.min(n_rows - r0);
             let block = &rows[r0 * nf..(r0 + nr) * nf];
             for g in &self.groups {
+                // Rows without NaN (the common case) skip the missing-value rule entirely,
+                // unless some node treats zeros as missing.
                 if self.has_zero_missing {
-                    self.walk::<true>(g, block, nf, nr, n_trees, vals);
+                    self.walk::<ZERO_OR_NAN>(g, block, nf, nr, n_trees, vals);
+                } else if block.iter().any(|x| x.is_nan()) {
+                    self.walk::<NAN>(g, block, nf, nr, n_trees, vals);
                 } else {
-                    self.walk::<false>(g, block, nf, nr, n_trees, vals);
+                    self.walk::<NONE>(g, block, nf, nr, n_trees, vals);
                 }
             }
             for r in 0..nr {
@@ -231,7 +241,7 @@ impl Compiled {
     /// interleaves eight trees; many rows interleave eight rows of one tree. Writes each leaf
     /// value to `vals[row * n_trees + tree]`.
     #[inline(never)]
-    fn walk<const ZM: bool>(
+    fn walk<const MISSING: u8>(
         &self,
         g: &Group,
         block: &[f32],
@@ -270,13 +280,17 @@ impl Compiled {
                     let n = g.nodes[node_base[l] + idx[l]];
                     let x = block[row_base[l] + (n.bits & FEATURE_MASK) as usize];
                     let ge = x >= n.t;
-                    let dr = n.bits & DEFAULT_RIGHT != 0;
-                    let miss = if ZM {
-                        x.is_nan() | ((n.bits & ZERO_MISSING != 0) & (x.abs() <= zb))
+                    let right = if MISSING == NONE {
+                        ge
                     } else {
-                        x.is_nan()
+                        let dr = n.bits & DEFAULT_RIGHT != 0;
+                        let miss = if MISSING == ZERO_OR_NAN {
+                            x.is_nan() | ((n.bits & ZERO_MISSING != 0) & (x.abs() <= zb))
+                        } else {
+                            x.is_nan()
+                        };
+                        (ge & !miss) | (miss & dr)
                     };
-                    let right = (ge & !miss) | (miss & dr);
                     idx[l] = 2 * idx[l] + 1 + right as usize;
                 }
             }
