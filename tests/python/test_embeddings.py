@@ -227,3 +227,16 @@ def test_non_utf8_text_over_kserve_is_a_400_naming_the_element(server):
     # The model still answers afterwards.
     r = oai(server).embeddings.create(model="minilm", input="still fine", encoding_format="float")
     assert len(r.data[0].embedding) == 384
+
+
+def test_a_large_request_does_not_fill_a_small_queue_by_itself(inferd_server_factory, model_dir, tmp_path_factory):
+    """60 texts for a model that batches 4 rows are 15 engine requests; the queue holds 6. The
+    endpoint keeps only a few of them queued at once, so the request succeeds instead of being
+    refused as overload by its own chunks."""
+    repo = tmp_path_factory.mktemp("emb_small_queue") / "models"
+    shutil.copytree(model_dir, repo / "minilm_auto" / "1")
+    server = inferd_server_factory(repo, "--max-queue-size", "6")
+    texts = [f"text number {i}" for i in range(60)]
+    resp = oai(server).embeddings.create(model="minilm_auto", input=texts, encoding_format="float")
+    assert [d.index for d in resp.data] == list(range(60))
+    assert all(len(d.embedding) == 384 for d in resp.data)

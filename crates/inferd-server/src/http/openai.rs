@@ -24,6 +24,13 @@ use crate::error::ApiError;
 /// Most inputs one embeddings request may carry (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
 
+/// Engine requests one embeddings request keeps queued at once, per model instance (at least
+/// [`MIN_CHUNKS_IN_FLIGHT`]): enough to keep every instance fed with full batches, few enough
+/// that one large request cannot fill the model's queue by itself.
+const CHUNKS_PER_INSTANCE: usize = 2;
+/// See [`CHUNKS_PER_INSTANCE`].
+const MIN_CHUNKS_IN_FLIGHT: usize = 4;
+
 /// An error in OpenAI's shape.
 #[derive(Debug)]
 pub struct OpenAiError {
@@ -369,36 +376,46 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
     let per = layout.rows_per_request.max(1);
     let mut outputs = vec![layout.output.clone()];
     outputs.extend(layout.token_count.clone());
-    let calls = texts.chunks(per).map(|chunk| {
-        let items: Vec<Bytes> = chunk.iter().map(|t| Bytes::from(t.clone())).collect();
-        let shape = if layout.row_dim {
-            vec![items.len(), 1]
-        } else {
-            vec![items.len()]
-        };
-        let tensor = Tensor::new(DataType::Bytes, shape, TensorData::Bytes(items));
-        let engine = s.engine.clone();
-        let model = model.clone();
-        let layout = &layout;
-        let outputs = outputs.clone();
-        async move {
-            let tensor = tensor.map_err(|e| OpenAiError::bad(e.to_string(), "input"))?;
-            let req = InferRequest {
-                id: String::new(),
-                inputs: vec![NamedTensor {
-                    name: layout.input.clone(),
-                    tensor,
-                }],
-                outputs: Some(outputs),
-                parameters: Default::default(),
+    let calls: Vec<_> = texts
+        .chunks(per)
+        .map(|chunk| {
+            let items: Vec<Bytes> = chunk.iter().map(|t| Bytes::from(t.clone())).collect();
+            let shape = if layout.row_dim {
+                vec![items.len(), 1]
+            } else {
+                vec![items.len()]
             };
-            engine
-                .infer(&model, Some(version), req)
-                .await
-                .map_err(OpenAiError::from)
-        }
-    });
-    let responses = futures::future::join_all(calls).await;
+            let tensor = Tensor::new(DataType::Bytes, shape, TensorData::Bytes(items));
+            let engine = s.engine.clone();
+            let model = model.clone();
+            let input = layout.input.clone();
+            let outputs = outputs.clone();
+            async move {
+                let tensor = tensor.map_err(|e| OpenAiError::bad(e.to_string(), "input"))?;
+                let req = InferRequest {
+                    id: String::new(),
+                    inputs: vec![NamedTensor {
+                        name: input,
+                        tensor,
+                    }],
+                    outputs: Some(outputs),
+                    parameters: Default::default(),
+                };
+                engine
+                    .infer(&model, Some(version), req)
+                    .await
+                    .map_err(OpenAiError::from)
+            }
+        })
+        .collect();
+    // A bounded number of chunks queue at once (answers kept in order), so a 2048-text request
+    // to a model that batches a few rows cannot fill the model's queue by itself.
+    let in_flight = (CHUNKS_PER_INSTANCE * info.config.instance_count()).max(MIN_CHUNKS_IN_FLIGHT);
+    let responses: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffered(
+        futures::stream::iter(calls),
+        in_flight,
+    ))
+    .await;
     let mut data = Vec::with_capacity(texts.len());
     let mut tokens = 0u64;
     for resp in responses {
