@@ -148,15 +148,7 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
     if let Some(o) = r.message(&mut cx, "optimization") {
         cfg.optimization = Some(optimization(&mut cx, o));
     }
-    for name in UNSUPPORTED_TOP_LEVEL {
-        for f in r.take(name) {
-            cx.warn(
-                f.pos,
-                name,
-                "recognised Triton field, not supported by inferd yet; ignored",
-            );
-        }
-    }
+    r.unsupported(&mut cx, UNSUPPORTED_TOP_LEVEL);
     r.finish(&mut cx);
 
     let (errors, warnings): (Vec<_>, Vec<_>) = cx
@@ -233,6 +225,20 @@ impl<'a> Fields<'a> {
             name.to_string()
         } else {
             format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Warns about each of these fields that is set: recognised from Triton's schema, not
+    /// implemented by inferd.
+    fn unsupported(&mut self, cx: &mut Cx, names: &[&str]) {
+        for name in names {
+            for f in self.take(name) {
+                cx.warn(
+                    f.pos,
+                    &self.path(name),
+                    "recognised Triton field, not supported by inferd yet; ignored",
+                );
+            }
         }
     }
 
@@ -505,20 +511,15 @@ fn model_input(cx: &mut Cx, at: At) -> ModelInput {
         ..Default::default()
     };
     i.reshape = reshape(cx, &mut r);
-    for name in [
-        "format",
-        "is_shape_tensor",
-        "allow_ragged_batch",
-        "is_non_linear_format_io",
-    ] {
-        for f in r.take(name) {
-            cx.warn(
-                f.pos,
-                &r.path(name),
-                "recognised Triton field, not supported by inferd yet; ignored",
-            );
-        }
-    }
+    r.unsupported(
+        cx,
+        &[
+            "format",
+            "is_shape_tensor",
+            "allow_ragged_batch",
+            "is_non_linear_format_io",
+        ],
+    );
     if i.name.is_empty() {
         cx.error(at.field.pos, &at.path, "input has no name");
     }
@@ -538,15 +539,7 @@ fn model_output(cx: &mut Cx, at: At) -> ModelOutput {
         ..Default::default()
     };
     o.reshape = reshape(cx, &mut r);
-    for name in ["is_shape_tensor", "is_non_linear_format_io"] {
-        for f in r.take(name) {
-            cx.warn(
-                f.pos,
-                &r.path(name),
-                "recognised Triton field, not supported by inferd yet; ignored",
-            );
-        }
-    }
+    r.unsupported(cx, &["is_shape_tensor", "is_non_linear_format_io"]);
     if o.name.is_empty() {
         cx.error(at.field.pos, &at.path, "output has no name");
     }
@@ -576,21 +569,16 @@ fn instance_group(cx: &mut Cx, at: At) -> InstanceGroup {
             }
         };
     }
-    for name in [
-        "profile",
-        "passive",
-        "host_policy",
-        "rate_limiter",
-        "secondary_devices",
-    ] {
-        for f in r.take(name) {
-            cx.warn(
-                f.pos,
-                &r.path(name),
-                "recognised Triton field, not supported by inferd yet; ignored",
-            );
-        }
-    }
+    r.unsupported(
+        cx,
+        &[
+            "profile",
+            "passive",
+            "host_policy",
+            "rate_limiter",
+            "secondary_devices",
+        ],
+    );
     r.finish(cx);
     g
 }
@@ -635,23 +623,18 @@ fn optimization(cx: &mut Cx, mut r: Fields) -> Optimization {
             cpu_execution_accelerator: cpu,
         });
     }
-    for name in [
-        "graph",
-        "priority",
-        "cuda",
-        "input_pinned_memory",
-        "output_pinned_memory",
-        "gather_kernel_buffer_threshold",
-        "eager_batching",
-    ] {
-        for f in r.take(name) {
-            cx.warn(
-                f.pos,
-                &r.path(name),
-                "recognised Triton field, not supported by inferd yet; ignored",
-            );
-        }
-    }
+    r.unsupported(
+        cx,
+        &[
+            "graph",
+            "priority",
+            "cuda",
+            "input_pinned_memory",
+            "output_pinned_memory",
+            "gather_kernel_buffer_threshold",
+            "eager_batching",
+        ],
+    );
     r.finish(cx);
     o
 }
