@@ -405,8 +405,9 @@ mod tests {
 
     fn load(dir: &std::path::Path, cfg: BertConfig) -> Bert {
         let w = Weights::open(&dir.join("model.safetensors")).unwrap();
-        let prefix = weight_prefix(w.names()).unwrap();
-        Bert::load(cfg, &w.reader().unwrap(), prefix).unwrap()
+        let r = w.reader().unwrap();
+        let prefix = weight_prefix(r.names()).unwrap();
+        Bert::load(cfg, &r, prefix).unwrap()
     }
 
     #[test]
@@ -456,14 +457,35 @@ mod tests {
     }
 
     #[test]
-    fn prefixed_and_half_precision_checkpoints_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = tiny(dir.path(), "bert.", true);
-        let w = Weights::open(&dir.path().join("model.safetensors")).unwrap();
-        assert_eq!(weight_prefix(w.names()), Some("bert."));
-        let bert = Bert::load(cfg, &w.reader().unwrap(), "bert.").unwrap();
-        let v = embed(&bert, &[&[1, 2, 3]], Pooling::Mean);
-        assert!(v[0].iter().all(|x| x.is_finite()));
+    fn prefixed_and_half_precision_checkpoints_load_the_same_model() {
+        // The same pseudo-random weights, written three ways.
+        let plain = tempfile::tempdir().unwrap();
+        let prefixed = tempfile::tempdir().unwrap();
+        let half = tempfile::tempdir().unwrap();
+        let want = embed(
+            &load(plain.path(), tiny(plain.path(), "", false)),
+            &[&[1, 2, 3]],
+            Pooling::Mean,
+        );
+        let cfg = tiny(prefixed.path(), "bert.", false);
+        let w = Weights::open(&prefixed.path().join("model.safetensors")).unwrap();
+        let r = w.reader().unwrap();
+        assert_eq!(weight_prefix(r.names()), Some("bert."));
+        let got = embed(
+            &Bert::load(cfg, &r, "bert.").unwrap(),
+            &[&[1, 2, 3]],
+            Pooling::Mean,
+        );
+        assert_eq!(got, want, "a 'bert.' prefix changes nothing");
+        let got = embed(
+            &load(half.path(), tiny(half.path(), "", true)),
+            &[&[1, 2, 3]],
+            Pooling::Mean,
+        );
+        for (a, b) in got[0].iter().zip(&want[0]) {
+            assert!((a - b).abs() < 2e-2, "F16 weights: {a} vs {b}");
+        }
+        assert_ne!(got, want, "F16 weights are rounded, not read as F32");
     }
 
     #[test]
@@ -482,8 +504,10 @@ mod tests {
         assert!(cfg.check().unwrap_err().contains("model_type 'gpt2'"));
         let bad = dir.path().join("bad.safetensors");
         std::fs::write(&bad, b"\xff\xff\xff\xff\xff\xff\xff\x7fjunk").unwrap();
+        let mapped = Weights::open(&bad).unwrap();
         assert!(
-            Weights::open(&bad)
+            mapped
+                .reader()
                 .unwrap_err()
                 .contains("not a valid SafeTensors")
         );

@@ -33,13 +33,12 @@ pub mod weights;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use inferd_core::backend::{
     Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
     TensorSpec,
 };
 use inferd_core::config::ModelConfig;
-use inferd_core::tensor::{DataType, Tensor, TensorData};
+use inferd_core::tensor::{DataType, Tensor};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use bert::{Bert, BertConfig, Pooling};
@@ -241,15 +240,15 @@ impl Embedder {
             .map_err(|e| format!("{}: {e}", tok_path.display()))?;
         let w =
             Weights::open(weights_file).map_err(|e| format!("{}: {e}", weights_file.display()))?;
-        let prefix = bert::weight_prefix(w.names()).ok_or_else(|| {
+        let reader = w
+            .reader()
+            .map_err(|e| format!("{}: {e}", weights_file.display()))?;
+        let prefix = bert::weight_prefix(reader.names()).ok_or_else(|| {
             format!(
                 "{}: no BERT encoder weights (embeddings.word_embeddings.weight) in this file",
                 weights_file.display()
             )
         })?;
-        let reader = w
-            .reader()
-            .map_err(|e| format!("{}: {e}", weights_file.display()))?;
         let bert = Bert::load(bert_cfg, &reader, prefix)
             .map_err(|e| format!("{}: {e}", weights_file.display()))?;
         Ok(Embedder {
@@ -422,12 +421,8 @@ impl ModelInstance for CandleInstance {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
-        let x = inputs
-            .iter()
-            .find(|t| t.name == TEXT)
-            .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{TEXT}'")))?;
+        let x = inferd_core::backend::input(inputs, TEXT)?;
         let items = x
-            .tensor
             .bytes_elements()
             .ok_or_else(|| BackendError::InvalidInput(format!("'{TEXT}' must be BYTES")))?;
         let mut texts = Vec::with_capacity(items.len());
@@ -441,7 +436,7 @@ impl ModelInstance for CandleInstance {
             .pool
             .install(|| emb.embed(&texts))
             .map_err(BackendError::Execution)?;
-        let shape = x.tensor.shape();
+        let shape = x.shape();
         let rows: Vec<usize> = match shape {
             [rest @ .., 1] if !rest.is_empty() => rest.to_vec(),
             _ => shape.to_vec(),
@@ -453,14 +448,7 @@ impl ModelInstance for CandleInstance {
         let mut result = Vec::with_capacity(outputs.len());
         for name in outputs {
             let tensor = match name.as_str() {
-                EMBEDDING => {
-                    let bytes: Vec<u8> = vectors.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    Tensor::new(
-                        DataType::F32,
-                        e_shape.clone(),
-                        TensorData::Raw(Bytes::from(bytes)),
-                    )
-                }
+                EMBEDDING => Tensor::from_f32(e_shape.clone(), &vectors),
                 TOKEN_COUNT => {
                     let c: Vec<i64> = counts.iter().map(|&c| c as i64).collect();
                     Tensor::from_i64(c_shape.clone(), &c)

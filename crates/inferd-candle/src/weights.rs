@@ -6,28 +6,17 @@
 //! copied once out of the mapping into its candle tensor (converted to F32 when stored as F16 or
 //! BF16); tensors the model does not use are never touched.
 
-use std::collections::HashSet;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-/// A memory-mapped `.safetensors` file.
+/// A memory-mapped `.safetensors` file; [`Weights::reader`] parses and checks its header.
+#[derive(Debug)]
 pub struct Weights {
-    path: PathBuf,
     mmap: Mmap,
-    names: HashSet<String>,
-}
-
-impl std::fmt::Debug for Weights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Weights")
-            .field("path", &self.path)
-            .field("tensors", &self.names.len())
-            .finish()
-    }
 }
 
 /// Maps `file` read-only.
@@ -43,35 +32,11 @@ fn map(file: &File) -> std::io::Result<Mmap> {
 }
 
 impl Weights {
-    /// Maps and validates the file.
+    /// Maps the file.
     pub fn open(path: &Path) -> Result<Weights, String> {
         let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
         let mmap = map(&file).map_err(|e| format!("cannot map: {e}"))?;
-        let names = {
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| format!("not a valid SafeTensors file: {e}"))?;
-            st.names().into_iter().map(str::to_string).collect()
-        };
-        Ok(Weights {
-            path: path.to_path_buf(),
-            mmap,
-            names,
-        })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// True when the file holds a tensor of this name.
-    pub fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
-    }
-
-    /// Every tensor name.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+        Ok(Weights { mmap })
     }
 
     /// Parses the header once for a series of reads.
@@ -83,11 +48,17 @@ impl Weights {
 }
 
 /// Reads tensors out of a mapped file.
+#[derive(Debug)]
 pub struct Reader<'a> {
     st: SafeTensors<'a>,
 }
 
 impl Reader<'_> {
+    /// Every tensor name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.st.names().into_iter()
+    }
+
     /// Reads one tensor as F32, checking its shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, String> {
         let view = self

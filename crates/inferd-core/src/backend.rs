@@ -39,6 +39,15 @@ pub struct NamedTensor {
     pub tensor: Tensor,
 }
 
+/// The input named `name`, or an [`BackendError::InvalidInput`] saying it is missing.
+pub fn input<'a>(inputs: &'a [NamedTensor], name: &str) -> Result<&'a Tensor, BackendError> {
+    inputs
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| &t.tensor)
+        .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{name}'")))
+}
+
 /// A backend failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {

@@ -21,13 +21,12 @@ pub mod xgboost;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use inferd_core::backend::{
     Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
     TensorSpec,
 };
 use inferd_core::config::ModelConfig;
-use inferd_core::tensor::{DataType, Tensor, TensorData};
+use inferd_core::tensor::{DataType, Tensor};
 
 pub use compiled::{Compiled, Scratch};
 pub use forest::Forest;
@@ -218,12 +217,8 @@ impl ModelInstance for TreesInstance {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
-        let x = inputs
-            .iter()
-            .find(|t| t.name == INPUT)
-            .ok_or_else(|| BackendError::InvalidInput(format!("missing input '{INPUT}'")))?;
+        let x = inferd_core::backend::input(inputs, INPUT)?;
         let raw = x
-            .tensor
             .raw()
             .ok_or_else(|| BackendError::InvalidInput(format!("'{INPUT}' must be FP32")))?;
         let nf = self.forest.forest().n_features.max(1);
@@ -237,13 +232,12 @@ impl ModelInstance for TreesInstance {
         let mut out = vec![0f32; n * no];
         self.forest
             .predict_with(&self.rows, &mut out, &mut self.scratch);
-        let mut shape = x.tensor.shape().to_vec();
+        let mut shape = x.shape().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = no;
         }
-        let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t = Tensor::new(DataType::F32, shape, TensorData::Raw(Bytes::from(bytes)))
-            .map_err(|e| BackendError::Execution(e.to_string()))?;
+        let t =
+            Tensor::from_f32(shape, &out).map_err(|e| BackendError::Execution(e.to_string()))?;
         Ok(outputs
             .iter()
             .map(|name| NamedTensor {
