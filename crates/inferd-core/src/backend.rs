@@ -88,10 +88,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The file name looked for in a version folder when the config names none. `dir` is the
     /// version folder, for backends whose default depends on which file is there.
     fn default_model_filename(&self, config: &ModelConfig, dir: &Path) -> String;
-    /// True when this build of the backend can run `KIND_GPU` instances; the engine refuses GPU
-    /// instance groups for backends that cannot, rather than quietly running them on CPU.
-    fn supports_gpu(&self) -> bool {
-        false
+    /// `None` when this build of the backend can run `KIND_GPU` instances, else why not (and
+    /// how to get one that can). The engine refuses GPU instance groups for backends that
+    /// cannot, rather than quietly running them on CPU.
+    fn gpu_unsupported(&self) -> Option<String> {
+        Some(format!("backend '{}' runs on CPU only", self.name()))
     }
     /// Loads a version. May take long: the engine calls it off the async runtime.
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError>;

@@ -945,15 +945,11 @@ impl Engine {
         tracing::info!(model = %name, version, "loading");
         let mut cfg = parsed.config;
         let backend = self.pick_backend(&cfg, dir)?;
-        if cfg.wants_gpu() && !backend.supports_gpu() {
+        if cfg.wants_gpu()
+            && let Some(why) = backend.gpu_unsupported()
+        {
             return Err(format!(
-                "instance_group asks for KIND_GPU, but backend '{}' runs on CPU only in this build; use KIND_CPU or KIND_AUTO{}",
-                backend.name(),
-                if backend.name() == "onnxruntime" {
-                    " (or build inferd with the onnxruntime-cuda feature)"
-                } else {
-                    ""
-                }
+                "instance_group asks for KIND_GPU, but {why} in this build; use KIND_CPU or KIND_AUTO"
             ));
         }
         let file_name = if cfg.default_model_filename.is_empty() {

@@ -84,8 +84,10 @@ impl Backend for OrtBackend {
         "model.onnx".into()
     }
 
-    fn supports_gpu(&self) -> bool {
-        cfg!(feature = "cuda")
+    fn gpu_unsupported(&self) -> Option<String> {
+        (!cfg!(feature = "cuda")).then(|| {
+            "backend 'onnxruntime' runs on CPU only without the onnxruntime-cuda feature".into()
+        })
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {

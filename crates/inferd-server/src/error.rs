@@ -26,6 +26,15 @@ impl ApiError {
         }
     }
 
+    /// A 503 with `Retry-After: 1`: the server is at a limit; retry shortly.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            retry_after: Some(1),
+        }
+    }
+
     /// An error with any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {

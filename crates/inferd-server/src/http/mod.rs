@@ -372,11 +372,7 @@ async fn do_infer(
             format!("Content-Encoding {enc:?} is not supported; send the request uncompressed"),
         ));
     }
-    let _slot = admit(&s.inflight).map_err(|m| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: m,
-        retry_after: Some(1),
-    })?;
+    let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
     let body = read_body(body, s.max_body_bytes, &headers).await?;
     let (req, enc) =
         codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;

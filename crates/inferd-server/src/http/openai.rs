@@ -53,6 +53,18 @@ impl OpenAiError {
     }
 }
 
+impl OpenAiError {
+    fn internal(message: String) -> Self {
+        OpenAiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+}
+
 impl From<ApiError> for OpenAiError {
     fn from(e: ApiError) -> Self {
         OpenAiError {
@@ -311,13 +323,7 @@ pub async fn embeddings(State(s): State<HttpState>, headers: HeaderMap, body: Bo
 }
 
 async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult<Response> {
-    let _slot = admit(&s.inflight).map_err(|m| OpenAiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: m,
-        param: None,
-        code: None,
-        retry_after: Some(1),
-    })?;
+    let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
     let body = read_body(body, s.max_body_bytes, &headers).await?;
     let req: Value = serde_json::from_slice(&body)
         .map_err(|e| OpenAiError::bad(format!("malformed JSON body: {e}"), "body"))?;
@@ -420,33 +426,32 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
     let mut tokens = 0u64;
     for resp in responses {
         let resp = resp?;
-        let internal = |m: String| OpenAiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: m,
-            param: None,
-            code: None,
-            retry_after: None,
-        };
         let emb = resp
             .outputs
             .iter()
             .find(|o| o.name == layout.output)
-            .ok_or_else(|| internal(format!("model '{model}' returned no '{}'", layout.output)))?;
-        let raw = emb
-            .tensor
-            .raw()
-            .ok_or_else(|| internal(format!("'{}' is not FP32", layout.output)))?;
-        let rows = emb.tensor.shape().first().copied().unwrap_or(0).max(1);
-        let width = raw.len() / 4 / rows;
-        for row in raw.chunks_exact(width * 4) {
+            .ok_or_else(|| {
+                OpenAiError::internal(format!("model '{model}' returned no '{}'", layout.output))
+            })?;
+        let (Some(raw), Some(values)) = (emb.tensor.raw(), emb.tensor.to_f32_vec()) else {
+            return Err(OpenAiError::internal(format!(
+                "'{}' is not FP32",
+                layout.output
+            )));
+        };
+        let width: usize = emb.tensor.shape().iter().skip(1).product();
+        if width == 0 {
+            return Err(OpenAiError::internal(format!(
+                "'{}' has shape {:?}: no embedding per row",
+                layout.output,
+                emb.tensor.shape()
+            )));
+        }
+        for (row, floats) in raw.chunks_exact(width * 4).zip(values.chunks_exact(width)) {
             let embedding = if base64_out {
                 Vector::Base64(base64(row))
             } else {
-                Vector::Float(
-                    row.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                )
+                Vector::Float(floats.to_vec())
             };
             data.push(Item {
                 object: "embedding",
@@ -465,17 +470,11 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
         }
     }
     if data.len() != texts.len() {
-        return Err(OpenAiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!(
-                "model '{model}' returned {} embeddings for {} inputs",
-                data.len(),
-                texts.len()
-            ),
-            param: None,
-            code: None,
-            retry_after: None,
-        });
+        return Err(OpenAiError::internal(format!(
+            "model '{model}' returned {} embeddings for {} inputs",
+            data.len(),
+            texts.len()
+        )));
     }
     let out = EmbeddingsResponse {
         object: "list",
@@ -486,13 +485,7 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
             total_tokens: tokens,
         },
     };
-    let body = serde_json::to_vec(&out).map_err(|e| OpenAiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: e.to_string(),
-        param: None,
-        code: None,
-        retry_after: None,
-    })?;
+    let body = serde_json::to_vec(&out).map_err(|e| OpenAiError::internal(e.to_string()))?;
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
