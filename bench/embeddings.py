@@ -21,13 +21,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+from run import Inferd
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -81,28 +81,10 @@ def main():
     shutil.copytree(MODEL, repo / "minilm" / "1")
     (repo / "minilm" / "config.pbtxt").write_text(
         'backend: "candle"\nmax_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n')
-    log_path = repo.parent / "server.log"
-    t0 = time.perf_counter()
-    server = subprocess.Popen(
-        [str(TARGET / "release/inferd"), "serve", "--model-repository", str(repo), "--http-address",
-         "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--compute-threads", "1"],
-        stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True)
+    server = Inferd(repo, repo.parent, ["--compute-threads", "1"])
     try:
-        http = None
-        while http is None:
-            line = server.stdout.readline()
-            if not line:
-                raise RuntimeError(f"server exited; see {log_path}")
-            if line.startswith("HTTP listening on "):
-                http = line.split()[-1]
-        base = f"http://{http}"
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/v2/health/ready").status == 200:
-                    break
-            except OSError:
-                time.sleep(0.005)
-        log = re.sub(r"\x1b\[[0-9;]*m", "", log_path.read_text())
+        base = f"http://{server.http}"
+        log = re.sub(r"\x1b\[[0-9;]*m", "", server.log_path.read_text())
         load_ms = float(re.search(r"embedding model loaded.*?ms=(\S+)", log).group(1))
 
         def stamp(pattern: str) -> float:
@@ -130,8 +112,7 @@ def main():
         rows.append(("inferd candle, /v1/embeddings (1 compute thread)", ready, load_ms / 1e3, tp,
                      float(np.median(lat))))
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
     print("| engine | load to ready (s) | of which backend load (s) | texts/s (batches of 32) | one text p50 (ms) |")
     print("|---|---|---|---|---|")

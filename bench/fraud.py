@@ -18,12 +18,12 @@ import os
 import re
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import xgboost
+from run import Inferd
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -71,33 +71,15 @@ CONFIGS = [
 
 
 def measure(repo: Path, extra: list[str], body: str, want: float):
-    log = open(repo.parent / "server.log", "w")
-    server = subprocess.Popen(
-        [str(TARGET / "release/inferd"), "serve", "--model-repository", str(repo),
-         "--http-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", *extra],
-        stdout=subprocess.PIPE, stderr=log, text=True)
+    server = Inferd(repo, repo.parent, extra)
     try:
-        http = None
-        while http is None:
-            line = server.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited; see " + str(repo.parent / "server.log"))
-            if line.startswith("HTTP listening on "):
-                http = line.split()[-1]
-        base = f"http://{http}"
-        for _ in range(100):
-            try:
-                if urllib.request.urlopen(f"{base}/v2/health/ready").status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        base = f"http://{server.http}"
         got = json.load(urllib.request.urlopen(urllib.request.Request(
             f"{base}/v2/models/fraud/infer", data=body.encode())))
         assert abs(got["outputs"][0]["data"][0] - want) < 1e-6, (got, want)
         return wrk(f"{base}/v2/health/live", None), wrk(f"{base}/v2/models/fraud/infer", body)
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
 
 def main():

@@ -69,10 +69,14 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 class Inferd:
-    def __init__(self, repo: Path, out: Path):
-        self.log = open(out / "inferd.log", "w")
+    """The release `inferd` on ephemeral ports, ready; its log in `out/inferd.log`."""
+
+    def __init__(self, repo: Path, out: Path, extra: list[str] | tuple[str, ...] = ()):
+        self.log_path = out / "inferd.log"
+        self.log = open(self.log_path, "w")
         cmd = [str(TARGET / "release/inferd"), "serve", "--model-repository", str(repo),
-               "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0"]
+               "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
+               *extra]
         commands.append(" ".join(cmd))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         addrs = {}
