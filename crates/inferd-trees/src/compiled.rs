@@ -82,13 +82,23 @@ pub struct Compiled {
     zero_band: f32,
 }
 
-fn depth(nodes: &[crate::forest::Node], i: usize) -> u32 {
-    let n = &nodes[i];
-    if n.left == LEAF {
-        0
-    } else {
-        1 + depth(nodes, n.left as usize).max(depth(nodes, n.right as usize))
+/// A tree's depth, or `None` past [`MAX_DEPTH`]. Iterative and stopping early: a hostile model
+/// file can hold a chain of millions of nodes.
+fn depth(nodes: &[crate::forest::Node]) -> Option<u32> {
+    let mut max = 0;
+    let mut stack = vec![(0usize, 0u32)];
+    while let Some((i, d)) = stack.pop() {
+        let n = &nodes[i];
+        if n.left == LEAF {
+            max = max.max(d);
+        } else if d == MAX_DEPTH {
+            return None;
+        } else {
+            stack.push((n.left as usize, d + 1));
+            stack.push((n.right as usize, d + 1));
+        }
     }
+    Some(max)
 }
 
 impl Compiled {
@@ -98,10 +108,7 @@ impl Compiled {
         let mut groups: Vec<Group> = Vec::new();
         let mut has_zero_missing = false;
         for (t, tree) in forest.trees.iter().enumerate() {
-            let d = depth(&tree.nodes, 0);
-            if d > MAX_DEPTH {
-                return None;
-            }
+            let d = depth(&tree.nodes)?;
             let gi = match groups.iter().position(|g| g.depth == d) {
                 Some(i) => i,
                 None => {
@@ -420,6 +427,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_chain_of_a_million_nodes_is_left_to_the_plain_walk_without_recursing() {
+        let n = 1_000_000u32;
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| {
+                let last = i + 1 == n;
+                Node {
+                    feature: 0,
+                    left: if last { LEAF } else { i + 1 },
+                    right: if last { LEAF } else { i + 1 },
+                    default_left: true,
+                    missing: Missing::NaN,
+                    value: 0.0,
+                }
+            })
+            .collect();
+        assert_eq!(depth(&nodes), None);
+        assert_eq!(depth(&nodes[n as usize - 1..]), Some(0), "a lone leaf");
     }
 
     #[test]
