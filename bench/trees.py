@@ -6,7 +6,10 @@
 Model: 100 trees, depth 6, 30 features (XGBoost binary:logistic; LightGBM binary with 64
 leaves), the fraud-scoring shape from issue 4. Measured on one thread: batch 1 latency and
 batch 1000 cost per row for xgboost inplace_predict, lightgbm predict, onnxruntime
-TreeEnsemble (the XGBoost model converted by onnxmltools, when installed), and inferd's evaluator (inferd-bench --trees).
+TreeEnsemble (the XGBoost model converted by onnxmltools, when installed), and inferd's
+evaluators (inferd-bench --trees): the AVX-512 kernel ("simd", where the CPU has it), the
+portable compiled walk and the reference walk. Each engine's best median of ROUNDS (3)
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import xgboost
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
 
 def timeit(fn, seconds=2.0):
@@ -51,11 +55,12 @@ def main():
     lb.save_model(str(tmp / "model.txt"))
     thousand = x[:1000]
     singles = iter(np.tile(np.arange(5000), 1000))  # a different row on every call
-    rows = []
-    rows.append(("xgboost inplace_predict", timeit(lambda: xb.inplace_predict(x[next(singles)][None, :])),
-                 timeit(lambda: xb.inplace_predict(thousand)) / 1000))
-    rows.append(("lightgbm predict", timeit(lambda: lb.predict(x[next(singles)][None, :], num_threads=1)),
-                 timeit(lambda: lb.predict(thousand, num_threads=1)) / 1000))
+    engines = [
+        ("xgboost inplace_predict", lambda: xb.inplace_predict(x[next(singles)][None, :]),
+         lambda: xb.inplace_predict(thousand)),
+        ("lightgbm predict", lambda: lb.predict(x[next(singles)][None, :], num_threads=1),
+         lambda: lb.predict(thousand, num_threads=1)),
+    ]
     try:
         import onnxmltools
         import onnxruntime as ort
@@ -67,20 +72,35 @@ def main():
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(onx.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        rows.append(("onnxruntime TreeEnsemble (xgboost model)",
-                     timeit(lambda: sess.run(None, {"input": x[next(singles)][None, :]})),
-                     timeit(lambda: sess.run(None, {"input": thousand})) / 1000))
+        engines.append(("onnxruntime TreeEnsemble (xgboost model)",
+                        lambda: sess.run(None, {"input": x[next(singles)][None, :]}),
+                        lambda: sess.run(None, {"input": thousand})))
     except ImportError:
         print("(onnxmltools not installed: onnxruntime TreeEnsemble skipped)")
-    for name, f in (("xgboost", tmp / "model.json"), ("lightgbm", tmp / "model.txt")):
-        out = subprocess.run([str(TARGET / "release/inferd-bench"), "--trees", str(f), "--batch", "1,1000", "--seconds", "2"],
-                             check=True, capture_output=True, text=True).stdout
-        res = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
-        for walk in ("compiled", "reference"):
-            mine = [r for r in res if walk in r["model"]]
-            b1 = next(r for r in mine if r["batch"] == 1 and "p50_us" in r)["p50_us"] * 1e-6
-            per_row = next(r for r in mine if r["batch"] == 1000 and "ns_per_row" in r)["ns_per_row"] * 1e-9
-            rows.append((f"inferd, {walk} walk ({name} model)", b1, per_row))
+    # This machine's speed drifts by up to ~1.7x within seconds (a shared VM), so every engine
+    # is measured in each of ROUNDS interleaved rounds and keeps its best median.
+    best: dict[str, tuple[float, float]] = {}
+
+    def keep(name, b1, per_row):
+        old = best.get(name, (float("inf"), float("inf")))
+        best[name] = (min(old[0], b1), min(old[1], per_row))
+
+    for _ in range(ROUNDS):
+        for name, one, many in engines:
+            keep(name, timeit(one, 1.0), timeit(many, 1.0) / 1000)
+        for name, f in (("xgboost", tmp / "model.json"), ("lightgbm", tmp / "model.txt")):
+            out = subprocess.run([str(TARGET / "release/inferd-bench"), "--trees", str(f), "--batch", "1,1000",
+                                  "--seconds", "1"], check=True, capture_output=True, text=True).stdout
+            res = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+            for walk in ("simd", "compiled", "reference"):
+                mine = [r for r in res if f"({walk} walk)" in r["model"]]
+                if not mine:
+                    continue  # no SIMD kernel on this CPU
+                b1 = next(r for r in mine if r["batch"] == 1 and "p50_us" in r)["p50_us"] * 1e-6
+                # Median call / 1000, as timeit() measures the Python peers.
+                per_row = next(r for r in mine if r["batch"] == 1000 and "p50_us" in r)["p50_us"] * 1e-9
+                keep(f"inferd, {walk} walk ({name} model)", b1, per_row)
+    rows = [(name, b1, per) for name, (b1, per) in best.items()]
     print("| engine | batch 1 p50 (us) | batch 1000 (us per row) |")
     print("|---|---|---|")
     for name, b1, per in rows:

@@ -10,19 +10,29 @@ fn exercise(forest: inferd_trees::Forest) {
     if nf > 4096 || no > 256 || forest.trees.len() > 4096 {
         return;
     }
-    let mut rows = vec![0f32; 3 * nf];
+    // Nine rows: the SIMD kernel sums eight rows at a time and the ninth alone.
+    const ROWS: usize = 9;
+    let mut rows = vec![0f32; ROWS * nf];
     for (i, v) in rows.iter_mut().enumerate() {
-        *v = match i % 4 {
+        *v = match i % 7 {
             0 => f32::NAN,
             1 => -1.5,
             2 => 0.0,
+            3 => -0.0,
+            4 => f32::NEG_INFINITY,
+            5 => 0.25,
             _ => 1e30,
         };
     }
-    let mut a = vec![0f32; 3 * no];
-    let mut b = vec![0f32; 3 * no];
+    let mut a = vec![0f32; ROWS * no];
     forest.predict(&rows, &mut a);
-    if let Some(c) = inferd_trees::Compiled::new(&forest) {
+    // The SIMD kernel where this CPU and forest allow it, and the portable walk.
+    let compiled = [
+        inferd_trees::Compiled::new(&forest),
+        inferd_trees::Compiled::new_portable(&forest),
+    ];
+    for c in compiled.iter().flatten() {
+        let mut b = vec![0f32; ROWS * no];
         c.predict(&forest, &rows, &mut b);
         for (x, y) in a.iter().zip(&b) {
             assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));

@@ -72,13 +72,18 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
     };
     let forest = inferd_trees::load_forest(path, format).map_err(anyhow::Error::msg)?;
     let nf = forest.n_features;
-    let predictor = inferd_trees::Predictor::new(forest.clone());
-    anyhow::ensure!(
-        predictor.is_compiled(),
-        "the model's trees are too deep for the compiled path"
-    );
+    let simd = inferd_trees::Compiled::new(&forest)
+        .ok_or_else(|| anyhow::anyhow!("the model's trees are too deep for the compiled path"))?;
+    let portable = inferd_trees::Compiled::new_portable(&forest)
+        .ok_or_else(|| anyhow::anyhow!("the model's trees are too deep for the compiled path"))?;
+    let walks: &[&str] = if simd.uses_simd() {
+        &["simd", "compiled", "reference"]
+    } else {
+        eprintln!("no SIMD kernel for this model on this CPU: the portable walk serves it");
+        &["compiled", "reference"]
+    };
     let mut state = 0x9e37_79b9u32;
-    for (walk, &batch) in ["compiled", "reference"]
+    for (walk, &batch) in walks
         .iter()
         .flat_map(|w| batches.iter().map(move |b| (*w, b)))
     {
@@ -97,10 +102,17 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
         let mut scratch = inferd_trees::Scratch::default();
         let (lat, wall) = measure(seconds, || {
             let chunk = &rows[at * nf..(at + batch) * nf];
-            if walk == "compiled" {
-                predictor.predict_with(std::hint::black_box(chunk), &mut out, &mut scratch);
-            } else {
-                forest.predict(std::hint::black_box(chunk), &mut out);
+            match walk {
+                "simd" => {
+                    simd.predict_with(&forest, std::hint::black_box(chunk), &mut out, &mut scratch)
+                }
+                "compiled" => portable.predict_with(
+                    &forest,
+                    std::hint::black_box(chunk),
+                    &mut out,
+                    &mut scratch,
+                ),
+                _ => forest.predict(std::hint::black_box(chunk), &mut out),
             }
             at = (at + batch) % (pool - batch);
             Ok(())

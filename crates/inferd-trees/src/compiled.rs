@@ -16,8 +16,15 @@
 //! so their memory loads overlap instead of forming one long dependency chain. Leaf values are
 //! summed per row in tree order, in the precision the library sums in, so results are
 //! bit-identical to [`Forest::predict`](crate::Forest::predict)'s walk.
+//!
+//! On x86-64 CPUs with AVX-512F and BMI2, forests whose trees are at most 6 deep over at most
+//! 64 features go through the `simd` kernel instead (same layout at depth 6, same comparisons,
+//! same sums; see that module). [`Compiled::new_portable`] leaves it out.
 
 use crate::forest::{Forest, LEAF, Missing, Rule};
+
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 /// Deepest tree laid out this way (a perfect tree of depth 12 has 8191 split nodes).
 pub const MAX_DEPTH: u32 = 12;
@@ -70,6 +77,11 @@ pub struct Scratch {
     vals: Vec<f64>,
     margin: Vec<f64>,
     acc32: Vec<f32>,
+    acc64: Vec<f64>,
+    /// The SIMD kernel's "goes right" bits: packed (16 per chunk), then per tree spread
+    /// over its slots.
+    words: Vec<u16>,
+    slots: Vec<u64>,
 }
 
 /// A forest compiled for fast evaluation; see the module documentation.
@@ -80,6 +92,9 @@ pub struct Compiled {
     tree_group: Vec<u32>,
     has_zero_missing: bool,
     zero_band: f32,
+    /// The whole forest laid out for the AVX-512 kernel, where the CPU and the shape allow.
+    #[cfg(target_arch = "x86_64")]
+    simd: Option<simd::Kernel>,
 }
 
 /// A tree's depth, or `None` past [`MAX_DEPTH`]. Iterative and stopping early: a hostile model
@@ -101,14 +116,106 @@ fn depth(nodes: &[crate::forest::Node]) -> Option<u32> {
     Some(max)
 }
 
+/// One tree in the perfect layout of depth `d`.
+struct Laid {
+    /// `2^d - 1` split slots, breadth first.
+    nodes: Vec<PNode>,
+    /// `2^d` leaf slots.
+    leaves: Vec<f64>,
+    /// Slots (below 64) holding a real split rather than padding under a higher leaf.
+    real: u64,
+}
+
+/// Lays out `nodes` (a tree no deeper than `d`) as a perfect tree of depth `d`, each split
+/// folded into `right = x >= t` plus its missing rule under `rule`.
+fn lay_out(rule: Rule, nodes: &[crate::forest::Node], d: u32) -> Laid {
+    let n_int = (1usize << d) - 1;
+    let mut out = Laid {
+        nodes: vec![PNode::default(); n_int],
+        leaves: vec![0.0; n_int + 1],
+        real: 0,
+    };
+    let mut stack = vec![(0usize, 0usize)]; // (source node, slot in the perfect tree)
+    while let Some((src, slot)) = stack.pop() {
+        let n = &nodes[src];
+        if slot >= n_int {
+            // A leaf slot: the source must be a leaf here (`d` is at least the depth).
+            out.leaves[slot - n_int] = n.value;
+            continue;
+        }
+        if n.left == LEAF {
+            // A leaf above the bottom: both subtrees repeat it.
+            out.nodes[slot] = PNode { t: 0.0, bits: 0 };
+            stack.push((src, 2 * slot + 1));
+            stack.push((src, 2 * slot + 2));
+            continue;
+        }
+        let (t, dr, zm) = match rule {
+            Rule::Xgboost => (n.value as f32, !n.default_left, false),
+            Rule::Lightgbm => {
+                let below = round_down(n.value);
+                // left iff x <= below  <=>  right iff x >= next f32 above `below`.
+                let t = if below == f32::INFINITY {
+                    f32::NAN // nothing is above +inf: never right
+                } else {
+                    below.next_up()
+                };
+                match n.missing {
+                    // NaN is read as 0: it goes where 0 goes.
+                    Missing::None => (t, 0.0 > n.value, false),
+                    Missing::NaN => (t, !n.default_left, false),
+                    Missing::Zero => (t, !n.default_left, true),
+                }
+            }
+        };
+        let mut bits = n.feature & FEATURE_MASK;
+        if dr {
+            bits |= DEFAULT_RIGHT;
+        }
+        if zm {
+            bits |= ZERO_MISSING;
+        }
+        out.nodes[slot] = PNode { t, bits };
+        if slot < 64 {
+            out.real |= 1 << slot;
+        }
+        stack.push((n.left as usize, 2 * slot + 1));
+        stack.push((n.right as usize, 2 * slot + 2));
+    }
+    out
+}
+
 impl Compiled {
     /// Compiles a validated forest; `None` when a tree is deeper than [`MAX_DEPTH`] (the
     /// forest's own walk serves those).
     pub fn new(forest: &Forest) -> Option<Compiled> {
+        Compiled::build(forest, true)
+    }
+
+    /// [`Compiled::new`] without the SIMD kernel: the portable walk only (for tests and
+    /// benchmarks that compare the two).
+    pub fn new_portable(forest: &Forest) -> Option<Compiled> {
+        Compiled::build(forest, false)
+    }
+
+    /// Whether a SIMD kernel serves some of this forest's trees.
+    pub fn uses_simd(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.simd.is_some()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    fn build(forest: &Forest, allow_simd: bool) -> Option<Compiled> {
         let mut groups: Vec<Group> = Vec::new();
-        let mut has_zero_missing = false;
+        let mut depths = Vec::with_capacity(forest.trees.len());
         for (t, tree) in forest.trees.iter().enumerate() {
             let d = depth(&tree.nodes)?;
+            depths.push(d);
             let gi = match groups.iter().position(|g| g.depth == d) {
                 Some(i) => i,
                 None => {
@@ -122,65 +229,32 @@ impl Compiled {
                 }
             };
             let g = &mut groups[gi];
-            let n_int = (1usize << d) - 1;
-            let node_base = g.nodes.len();
-            let leaf_base = g.leaves.len();
-            g.nodes.resize(node_base + n_int, PNode::default());
-            g.leaves.resize(leaf_base + n_int + 1, 0.0);
-            let mut stack = vec![(0usize, 0usize)]; // (source node, slot in the perfect tree)
-            while let Some((src, slot)) = stack.pop() {
-                let n = &tree.nodes[src];
-                if slot >= n_int {
-                    // A leaf slot: the source must be a leaf here (depth is the maximum).
-                    g.leaves[leaf_base + slot - n_int] = n.value;
-                    continue;
-                }
-                if n.left == LEAF {
-                    // A leaf above the bottom: both subtrees repeat it.
-                    g.nodes[node_base + slot] = PNode { t: 0.0, bits: 0 };
-                    stack.push((src, 2 * slot + 1));
-                    stack.push((src, 2 * slot + 2));
-                    continue;
-                }
-                let (t, dr, zm) = match forest.rule {
-                    Rule::Xgboost => (n.value as f32, !n.default_left, false),
-                    Rule::Lightgbm => {
-                        let below = round_down(n.value);
-                        // left iff x <= below  <=>  right iff x >= next f32 above `below`.
-                        let t = if below == f32::INFINITY {
-                            f32::NAN // nothing is above +inf: never right
-                        } else {
-                            below.next_up()
-                        };
-                        match n.missing {
-                            // NaN is read as 0: it goes where 0 goes.
-                            Missing::None => (t, 0.0 > n.value, false),
-                            Missing::NaN => (t, !n.default_left, false),
-                            Missing::Zero => {
-                                has_zero_missing = true;
-                                (t, !n.default_left, true)
-                            }
-                        }
-                    }
-                };
-                let mut bits = n.feature & FEATURE_MASK;
-                if dr {
-                    bits |= DEFAULT_RIGHT;
-                }
-                if zm {
-                    bits |= ZERO_MISSING;
-                }
-                g.nodes[node_base + slot] = PNode { t, bits };
-                stack.push((n.left as usize, 2 * slot + 1));
-                stack.push((n.right as usize, 2 * slot + 2));
-            }
+            let laid = lay_out(forest.rule, &tree.nodes, d);
+            g.nodes.extend(laid.nodes);
+            g.leaves.extend(laid.leaves);
             g.trees.push(t as u32);
         }
+        let has_zero_missing = forest.rule == Rule::Lightgbm
+            && forest
+                .trees
+                .iter()
+                .flat_map(|t| &t.nodes)
+                .any(|n| n.left != LEAF && n.missing == Missing::Zero);
+        #[cfg(target_arch = "x86_64")]
+        let simd = if allow_simd {
+            simd::Kernel::new(forest, &depths)
+        } else {
+            None
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = allow_simd;
         Some(Compiled {
             groups,
             tree_group: forest.trees.iter().map(|t| t.group as u32).collect(),
             has_zero_missing,
             zero_band: zero_band(),
+            #[cfg(target_arch = "x86_64")]
+            simd,
         })
     }
 
@@ -192,6 +266,10 @@ impl Compiled {
 
     /// [`Compiled::predict`] with caller-kept buffers, so repeated calls allocate nothing.
     pub fn predict_with(&self, forest: &Forest, rows: &[f32], out: &mut [f32], s: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = &self.simd {
+            return k.predict(self, forest, rows, out, s);
+        }
         let nf = forest.n_features.max(1);
         let no = forest.n_outputs.max(1);
         let n_rows = (rows.len() / nf).min(out.len() / no);
@@ -209,12 +287,17 @@ impl Compiled {
             for g in &self.groups {
                 // Rows without NaN (the common case) skip the missing-value rule entirely,
                 // unless some node treats zeros as missing.
-                if self.has_zero_missing {
-                    self.walk::<ZERO_OR_NAN>(g, block, nf, nr, n_trees, vals);
+                let mode = if self.has_zero_missing {
+                    ZERO_OR_NAN
                 } else if block.iter().any(|x| x.is_nan()) {
-                    self.walk::<NAN>(g, block, nf, nr, n_trees, vals);
+                    NAN
                 } else {
-                    self.walk::<NONE>(g, block, nf, nr, n_trees, vals);
+                    NONE
+                };
+                match mode {
+                    NONE => self.walk::<NONE>(g, block, nf, nr, n_trees, vals),
+                    NAN => self.walk::<NAN>(g, block, nf, nr, n_trees, vals),
+                    _ => self.walk::<ZERO_OR_NAN>(g, block, nf, nr, n_trees, vals),
                 }
             }
             for r in 0..nr {
@@ -396,33 +479,55 @@ mod tests {
                 (1, Transform::Identity),
                 (3, Transform::Softmax),
             ] {
-                let nf = 7;
-                let trees: Vec<Tree> = (0..37)
-                    .map(|t| tree(&mut rng, nf, 1 + (t % 9) as u32, t % n_outputs))
-                    .collect();
-                let forest = Forest {
-                    trees,
-                    n_features: nf,
-                    n_outputs,
-                    base_margin: vec![0.25; n_outputs],
-                    transform,
-                    rule,
-                    objective: "test".into(),
-                };
-                forest.validate().unwrap();
-                let c = Compiled::new(&forest).unwrap();
-                for n in [1, 3, 8, 31, 32, 33, 100] {
-                    let x = rows(&mut rng, n, nf);
-                    let mut want = vec![0f32; n * n_outputs];
-                    let mut got = vec![0f32; n * n_outputs];
-                    forest.predict(&x, &mut want);
-                    c.predict(&forest, &x, &mut got);
-                    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "{rule:?} n={n} element {i}: {a} vs {b}"
-                        );
+                // 7, 20, 40 features: one, two and four registers a row in the AVX-512
+                // kernel; 70: past it (the portable walk).
+                // Trees up to 6 deep (the SIMD kernel's limit; depth 0 is a lone leaf), and
+                // up to 9 (the portable walk).
+                let shapes = [7, 20, 40, 70]
+                    .into_iter()
+                    .flat_map(|nf| [(nf, 6), (nf, 9)]);
+                for (nf, max_depth) in shapes {
+                    let trees: Vec<Tree> = (0..37)
+                        .map(|t| tree(&mut rng, nf, t % (max_depth + 1), t as usize % n_outputs))
+                        .collect();
+                    let forest = Forest {
+                        trees,
+                        n_features: nf,
+                        n_outputs,
+                        base_margin: vec![0.25; n_outputs],
+                        transform,
+                        rule,
+                        objective: "test".into(),
+                    };
+                    forest.validate().unwrap();
+                    let simd = Compiled::new(&forest).unwrap();
+                    let portable = Compiled::new_portable(&forest).unwrap();
+                    assert!(!portable.uses_simd());
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(
+                        simd.uses_simd(),
+                        nf <= 64
+                            && max_depth <= 6
+                            && std::arch::is_x86_feature_detected!("avx512f")
+                            && std::arch::is_x86_feature_detected!("bmi2"),
+                        "nf={nf} max_depth={max_depth}"
+                    );
+                    for c in [&simd, &portable] {
+                        for n in [1, 3, 8, 31, 32, 33, 100] {
+                            let x = rows(&mut rng, n, nf);
+                            let mut want = vec![0f32; n * n_outputs];
+                            let mut got = vec![0f32; n * n_outputs];
+                            forest.predict(&x, &mut want);
+                            c.predict(&forest, &x, &mut got);
+                            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                                assert_eq!(
+                                    a.to_bits(),
+                                    b.to_bits(),
+                                    "{rule:?} nf={nf} max_depth={max_depth} n={n} simd={} element {i}: {a} vs {b}",
+                                    c.uses_simd()
+                                );
+                            }
+                        }
                     }
                 }
             }

@@ -9,7 +9,8 @@
 //! value, or one probability per class), as Triton's FIL backend names them.
 //!
 //! - [`forest`]: the model as node arrays, and the reference walk.
-//! - [`compiled`]: the fast path (perfect-tree layout, branch-free interleaved walks).
+//! - [`compiled`]: the fast path (perfect-tree layout, branch-free interleaved walks; an
+//!   AVX-512 kernel for trees up to 6 deep).
 //! - [`xgboost`]: XGBoost JSON/UBJSON -> forest.
 //! - [`lightgbm`]: LightGBM text -> forest.
 
