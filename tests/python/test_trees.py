@@ -19,6 +19,7 @@ def data(seed: int, n: int = 600):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
     x[rng.random(x.shape) < 0.08] = np.nan
+    x[rng.random(x.shape) < 0.04] = 0.0  # exact zeros: LightGBM's zero-as-missing rule
     z = np.nan_to_num(x)
     score = z[:, 0] + 0.5 * z[:, 1] - z[:, 2] * z[:, 3]
     return x, score
@@ -58,6 +59,9 @@ def models(tmp_path_factory):
     lgb("lgb_binary", {"objective": "binary"}, y_bin)
     lgb("lgb_reg", {"objective": "regression"}, score)
     lgb("lgb_multi", {"objective": "multiclass", "num_class": 3}, y_multi)
+    # At most 6 deep: the AVX-512 kernel's shape (where the CPU has it), NaN and zero-missing.
+    lgb("lgb_binary_d6", {"objective": "binary", "max_depth": 6}, y_bin)
+    lgb("lgb_zero_missing_d6", {"objective": "regression", "max_depth": 6, "zero_as_missing": True}, score)
     return repo, refs
 
 
@@ -67,7 +71,9 @@ def server(inferd_server_factory, models):
 
 
 @pytest.mark.parametrize(
-    "name", ["xgb_binary", "xgb_reg_ubj", "xgb_multi", "fil_xgb", "lgb_binary", "lgb_reg", "lgb_multi"]
+    "name",
+    ["xgb_binary", "xgb_reg_ubj", "xgb_multi", "fil_xgb", "lgb_binary", "lgb_reg", "lgb_multi", "lgb_binary_d6",
+     "lgb_zero_missing_d6"],
 )
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_predictions_match_the_reference_library(server, models, name, protocol):
