@@ -31,6 +31,14 @@ def server(inferd_server_factory, tmp_path_factory):
             'optimization { execution_accelerators { gpu_execution_accelerator: '
             '[ { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }',
         ),
+        (
+            # GPU accelerators on a CPU model apply to nothing; the model serves and its config
+            # reports them as written.
+            "cpu_tagged",
+            'instance_group [ { kind: KIND_CPU } ]\n'
+            'optimization { execution_accelerators { gpu_execution_accelerator: '
+            '[ { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }',
+        ),
     ):
         dst = repo / name
         shutil.copytree(src / "1", dst / "1")
@@ -57,6 +65,21 @@ def test_gpu_instances_are_refused_with_what_to_do(server, model):
     assert r.status_code in (400, 404, 503) and model in r.json()["error"]
 
 
-def test_cpu_models_beside_them_serve(server):
-    state, _ = reasons(server)["simple_mlp"]
+@pytest.mark.parametrize("model", ["simple_mlp", "cpu_tagged"])
+def test_cpu_models_beside_them_serve(server, model):
+    state, _ = reasons(server)[model]
     assert state == "READY"
+
+
+def test_model_config_reports_execution_accelerators_over_http_and_grpc(server):
+    import tritonclient.grpc as grpcclient
+
+    http = requests.get(f"{server.http_base}/v2/models/cpu_tagged/config", timeout=10).json()
+    accel = http["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+    assert accel == [{"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}], http
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    cfg = client.get_model_config("cpu_tagged", as_json=True)["config"]
+    accel = cfg["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+    assert accel == [{"name": "tensorrt", "parameters": {"precision_mode": "FP16"}}], cfg
+    plain = client.get_model_config("simple_mlp", as_json=True)["config"]
+    assert "optimization" not in plain, plain

@@ -339,6 +339,27 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
             })
             .collect(),
         scheduling_choice: scheduling,
+        optimization: c.optimization.as_ref().map(|o| {
+            let accelerators = |list: &[cfg::Accelerator]| {
+                list.iter()
+                    .map(
+                        |a| pb::model_optimization_policy::execution_accelerators::Accelerator {
+                            name: a.name.clone(),
+                            parameters: a.parameters.clone().into_iter().collect(),
+                        },
+                    )
+                    .collect()
+            };
+            pb::ModelOptimizationPolicy {
+                execution_accelerators: o.execution_accelerators.as_ref().map(|e| {
+                    pb::model_optimization_policy::ExecutionAccelerators {
+                        gpu_execution_accelerator: accelerators(&e.gpu_execution_accelerator),
+                        cpu_execution_accelerator: accelerators(&e.cpu_execution_accelerator),
+                    }
+                }),
+                ..Default::default()
+            }
+        }),
         ..Default::default()
     }
 }
