@@ -104,6 +104,15 @@ pub trait LoadedModel: Send + Sync {
     fn signature(&self) -> &ModelSignature;
     /// Creates one execution instance.
     fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError>;
+    /// Creates the execution instance for one of the config's placements (its GPU, for
+    /// backends that place instances). The default ignores the placement.
+    fn new_instance_on(
+        &self,
+        placement: &crate::config::Placement,
+    ) -> Result<Box<dyn ModelInstance>, BackendError> {
+        let _ = placement;
+        self.new_instance()
+    }
 }
 
 /// One execution instance; owned by one executor thread.

@@ -72,7 +72,7 @@ impl Drop for InflightGuard {
 }
 
 impl VersionRunner {
-    /// Starts `config.instance_count()` executor threads over `model`.
+    /// Starts one executor thread over `model` per placement of `config`.
     pub fn start(
         model_name: &str,
         version: u64,
@@ -86,8 +86,8 @@ impl VersionRunner {
         let scheduler = Arc::new(Scheduler::new(model_name, settings));
         let stats = Arc::new(Mutex::new(VersionStats::default()));
         let mut threads = Vec::new();
-        for i in 0..config.instance_count() {
-            let instance = match model.new_instance() {
+        for (i, placement) in config.placements().iter().enumerate() {
+            let instance = match model.new_instance_on(placement) {
                 Ok(inst) => inst,
                 Err(e) => {
                     scheduler.close();

@@ -19,7 +19,12 @@ pub fn run(
     if cfg.model_warmup.is_empty() {
         return Ok(());
     }
-    let mut instance = loaded.new_instance().map_err(|e| format!("warm-up: {e}"))?;
+    // Warm-up runs on the first placement's device (what a request would meet first).
+    let mut instance = match cfg.placements().first() {
+        Some(p) => loaded.new_instance_on(p),
+        None => loaded.new_instance(),
+    }
+    .map_err(|e| format!("warm-up: {e}"))?;
     let outputs: Vec<String> = cfg.output.iter().map(|o| o.name.clone()).collect();
     for w in &cfg.model_warmup {
         let mut inputs = Vec::new();

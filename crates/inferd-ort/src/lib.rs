@@ -24,7 +24,7 @@ use inferd_core::backend::{
     Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
     TensorSpec,
 };
-use inferd_core::config::ModelConfig;
+use inferd_core::config::{InstanceKind, ModelConfig, Placement};
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
@@ -187,6 +187,20 @@ impl Device {
             tensorrt,
         })
     }
+
+    /// The device of one instance: a `KIND_CPU` group runs on the CPU even when another
+    /// group of the model asks for a GPU; a GPU group's `gpus` pin each instance to its device.
+    pub fn for_placement(&self, p: &Placement) -> Result<Device, String> {
+        match (self, p.kind, p.gpu) {
+            (_, InstanceKind::Cpu, _) => Ok(Device::Cpu),
+            (Device::Gpu { tensorrt, .. }, _, Some(gpu)) => Ok(Device::Gpu {
+                device_id: i32::try_from(gpu)
+                    .map_err(|_| format!("instance_group gpus: device {gpu} is out of range"))?,
+                tensorrt: tensorrt.clone(),
+            }),
+            _ => Ok(self.clone()),
+        }
+    }
 }
 
 /// A model file checked by ONNX Runtime; instances open their own sessions.
@@ -326,6 +340,19 @@ impl LoadedModel for OrtModel {
     fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
         Ok(Box::new(OrtInstance {
             session: new_session(&self.path, &self.device)?,
+        }))
+    }
+
+    fn new_instance_on(
+        &self,
+        placement: &Placement,
+    ) -> Result<Box<dyn ModelInstance>, BackendError> {
+        let device = self
+            .device
+            .for_placement(placement)
+            .map_err(BackendError::Load)?;
+        Ok(Box::new(OrtInstance {
+            session: new_session(&self.path, &device)?,
         }))
     }
 }
@@ -469,5 +496,53 @@ impl ModelInstance for OrtInstance {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> ModelConfig {
+        inferd_core::config::parse_config(text, Path::new("config.pbtxt"))
+            .expect("config parses")
+            .config
+    }
+
+    #[test]
+    fn each_gpu_instance_runs_on_its_listed_device_and_cpu_groups_on_the_cpu() {
+        let cfg = config(
+            r#"name: "m"
+            instance_group [ { count: 1 kind: KIND_GPU gpus: [ 2, 5 ] }, { kind: KIND_CPU } ]
+            optimization { execution_accelerators { gpu_execution_accelerator: [
+              { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }"#,
+        );
+        let model = Device::from_config(&cfg).expect("device");
+        let trt = Some([("precision_mode".to_string(), "FP16".to_string())].into());
+        let devices: Vec<Device> = cfg
+            .placements()
+            .iter()
+            .map(|p| model.for_placement(p).expect("placement"))
+            .collect();
+        let gpu = |device_id| Device::Gpu {
+            device_id,
+            tensorrt: trt.clone(),
+        };
+        assert_eq!(devices, vec![gpu(2), gpu(5), Device::Cpu]);
+    }
+
+    #[test]
+    fn a_gpu_group_without_gpus_uses_device_zero() {
+        let cfg = config(r#"name: "m" instance_group [ { count: 2 kind: KIND_GPU } ]"#);
+        let model = Device::from_config(&cfg).expect("device");
+        for p in cfg.placements() {
+            assert_eq!(
+                model.for_placement(&p),
+                Ok(Device::Gpu {
+                    device_id: 0,
+                    tensorrt: None
+                })
+            );
+        }
     }
 }

@@ -122,11 +122,55 @@ impl ModelConfig {
             .unwrap_or(&[])
     }
 
-    /// Total execution instances (at least one).
+    /// Total execution instances (at least one): one per [`Placement`].
     pub fn instance_count(&self) -> usize {
-        let n: u32 = self.instance_group.iter().map(|g| g.count.max(1)).sum();
-        n.max(1) as usize
+        self.placements().len()
     }
+
+    /// Where each execution instance runs, Triton's way: a group places `count` instances
+    /// (at least one), and a `KIND_GPU` group with `gpus: [a, b]` places `count` on each listed
+    /// GPU. No groups: one instance of the backend's choosing.
+    pub fn placements(&self) -> Vec<Placement> {
+        if self.instance_group.is_empty() {
+            return vec![Placement {
+                group: 0,
+                kind: InstanceKind::Auto,
+                gpu: None,
+            }];
+        }
+        let mut out = Vec::new();
+        for (i, g) in self.instance_group.iter().enumerate() {
+            let n = g.count.max(1) as usize;
+            let gpus: Vec<Option<i64>> = if g.kind == InstanceKind::Gpu && !g.gpus.is_empty() {
+                g.gpus.iter().map(|&d| Some(d)).collect()
+            } else {
+                vec![None]
+            };
+            for gpu in gpus {
+                out.extend(std::iter::repeat_n(
+                    Placement {
+                        group: i,
+                        kind: g.kind,
+                        gpu,
+                    },
+                    n,
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Where one execution instance runs (see [`ModelConfig::placements`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Index of its `instance_group`.
+    pub group: usize,
+    /// The group's kind.
+    pub kind: InstanceKind,
+    /// The GPU it is pinned to (`KIND_GPU` with `gpus` listed); `None`: the backend's default
+    /// device.
+    pub gpu: Option<i64>,
 }
 
 /// A string parameter (`parameters { key: "k" value: { string_value: "v" } }`).

@@ -879,6 +879,41 @@ mod tests {
     }
 
     #[test]
+    fn gpu_groups_place_count_instances_on_each_listed_gpu() {
+        use crate::config::{InstanceKind, Placement};
+        let p = parse(
+            r#"
+            name: "m"
+            instance_group [
+              { count: 2 kind: KIND_GPU gpus: [ 0, 3 ] },
+              { kind: KIND_GPU },
+              { count: 1 kind: KIND_CPU }
+            ]
+            "#,
+        )
+        .unwrap();
+        let at = |group, kind, gpu| Placement { group, kind, gpu };
+        let gpu = InstanceKind::Gpu;
+        assert_eq!(
+            p.config.placements(),
+            vec![
+                at(0, gpu, Some(0)),
+                at(0, gpu, Some(0)),
+                at(0, gpu, Some(3)),
+                at(0, gpu, Some(3)),
+                at(1, gpu, None),
+                at(2, InstanceKind::Cpu, None),
+            ]
+        );
+        assert_eq!(p.config.instance_count(), 6);
+        let none = parse("name: \"m\"").unwrap();
+        assert_eq!(
+            none.config.placements(),
+            vec![at(0, InstanceKind::Auto, None)]
+        );
+    }
+
+    #[test]
     fn execution_accelerators_are_read_and_other_optimization_fields_warn() {
         let p = parse(
             r#"
