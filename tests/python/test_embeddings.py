@@ -115,6 +115,15 @@ def test_single_string_input_and_models_list(server, reference):
     assert client.models.retrieve("minilm").id == "minilm"
 
 
+def test_candle_computes_on_the_instance_thread_not_its_shared_pool(server):
+    """candle's process-wide element-wise pool ("candle-bp-N" threads) would run outside the
+    compute budget and serialize instances; the binary confines candle to the calling thread."""
+    oai(server).embeddings.create(model="minilm", input=["word " * 300] * 16, encoding_format="float")
+    tasks = Path(f"/proc/{server.process.pid}/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+    assert not [n for n in names if n.startswith("candle-bp")], names
+
+
 def test_more_inputs_than_max_batch_size_are_split_and_kept_in_order(server, reference):
     texts = TEXTS * 5  # 50 inputs, max_batch_size 16
     resp = oai(server).embeddings.create(model="minilm", input=texts, encoding_format="float")

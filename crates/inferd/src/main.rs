@@ -421,6 +421,9 @@ fn config_files(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread exists (see the function's contract).
+    #[cfg(feature = "candle")]
+    inferd_candle::confine_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG")
