@@ -263,12 +263,63 @@ impl Bert {
             let i = match self.cfg.hidden_act.as_str() {
                 "relu" => i.relu()?,
                 "gelu_new" => i.gelu()?,
-                _ => i.gelu_erf()?,
+                _ => gelu_erf(&i)?,
             };
             x = l.out_norm.forward(&(l.out.forward(&i)? + a)?)?;
         }
         Ok(x)
     }
+}
+
+/// Exact (erf) GELU, `x/2 * (1 + erf(x/sqrt 2))`, over a whole tensor in one pass that the
+/// compiler vectorizes. candle's own calls libm's scalar `erff` per element: about a fifth of
+/// the encoder's time in a profile of MiniLM.
+fn gelu_erf(t: &Tensor) -> Result<Tensor, E> {
+    let mut v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    for x in &mut v {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+    Tensor::from_vec(v, t.shape(), t.device())
+}
+
+/// `erf`, within 6e-7 of the exact value in f32 arithmetic: Abramowitz and Stegun's formula 7.1.26
+/// (`1 - (a1 t + ... + a5 t^5) e^(-x^2)`, `t = 1 / (1 + p|x|)`, error <= 1.5e-7) with [`exp_neg`].
+/// Branch-free, so a loop over it vectorizes.
+#[inline]
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let z = x.abs();
+    let t = 1.0 / (1.0 + P * z);
+    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let y = 1.0 - poly * exp_neg(-z * z);
+    y.copysign(x)
+}
+
+/// `e^y` for `y <= 0` (relative error < 3e-7; 0 below -87), branch-free: `y = n ln 2 + r` with
+/// `n` rounded to nearest by the 1.5 * 2^23 trick, `r` reduced with `ln 2` split in two parts
+/// (Cody and Waite) so it stays exact for large `|y|`, `e^r` by a degree-6 Taylor polynomial
+/// (`|r| <= ln 2 / 2`), `2^n` built in the exponent bits.
+#[inline]
+fn exp_neg(y: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    const LN2_HI: f32 = f32::from_bits(0x3f31_7000); // ln 2, low 12 bits cleared: n * LN2_HI exact
+    const LN2_LO: f32 = 3.194_618_5e-5; // ln 2 - LN2_HI
+    let y = y.max(-87.0);
+    let n = (y * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = (y - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    p * scale
 }
 
 /// Pools `[batch, len, hidden]` token vectors into `[batch, hidden]` under the mask, and
@@ -313,6 +364,48 @@ pub fn pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_erf_and_exp_stay_within_their_bounds() {
+        let mut worst_erf = 0f64;
+        let mut worst_exp = 0f64;
+        for i in -80_000i32..=80_000 {
+            let x = i as f32 * 1e-4; // -8 .. 8
+            let want = libm::erf(f64::from(x));
+            worst_erf = worst_erf.max((f64::from(erf(x)) - want).abs());
+            let y = -(i.abs() as f32) * 1e-3; // 0 .. -80
+            let want = f64::from(y).exp();
+            worst_exp = worst_exp.max((f64::from(exp_neg(y)) - want).abs() / want);
+        }
+        assert!(worst_erf < 6e-7, "erf off by {worst_erf}");
+        assert!(worst_exp < 3e-7, "exp off by {worst_exp} (relative)");
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(-10.0), -1.0);
+        assert_eq!(exp_neg(-200.0), exp_neg(-87.0));
+    }
+
+    #[test]
+    fn gelu_matches_candles_exact_gelu() {
+        let x: Vec<f32> = (-600..600).map(|i| i as f32 * 0.01).collect();
+        let t = Tensor::from_vec(x, (2, 600), &Device::Cpu).unwrap();
+        let want: Vec<f32> = t
+            .gelu_erf()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got: Vec<f32> = gelu_erf(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(gelu_erf(&t).unwrap().dims(), t.dims());
+        for (a, b) in want.iter().zip(&got) {
+            assert!((a - b).abs() <= 2e-6, "{a} vs {b}");
+        }
+    }
     use crate::weights::Weights;
     use safetensors::tensor::TensorView;
 
