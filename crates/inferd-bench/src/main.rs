@@ -1,6 +1,7 @@
 //! `inferd-bench inprocess`: the in-process ceiling for a model, measured two ways in one run:
 //! the backend instance called directly (no engine at all) and the embedding API
-//! (`Engine::infer`: validation, queue, executor thread, oneshot back). Prints one JSON object
+//! (`Engine::infer`: validation, queue, executor thread, oneshot back; and
+//! `Engine::infer_blocking`, the same from a plain thread). Prints one JSON object
 //! per (path, batch) with calls/s, rows/s and latency percentiles.
 
 use std::path::PathBuf;
@@ -179,6 +180,16 @@ fn main() -> Result<()> {
             Ok(())
         })?;
         report("engine", &args.model, batch, lat, wall);
+        // The same engine from a plain thread: no async runtime between caller and result.
+        let (lat, wall) = measure(args.seconds, || {
+            let req = InferRequest {
+                inputs: inputs.clone(),
+                ..Default::default()
+            };
+            engine.infer_blocking(&args.model, None, req)?;
+            Ok(())
+        })?;
+        report("engine_blocking", &args.model, batch, lat, wall);
     }
     Ok(())
 }

@@ -303,7 +303,7 @@ impl Engine {
         let runner = guard.runner().clone();
         let id = req.id.clone();
         let prepared = prepare(model, runner.config(), req)?;
-        let outputs: Vec<NamedTensor> = runner.infer(prepared).await?;
+        let outputs: Vec<NamedTensor> = runner.infer(prepared, self.result_spin(&runner)).await?;
         drop(guard);
         Ok(InferResponse {
             model_name: model.to_string(),
@@ -311,6 +311,46 @@ impl Engine {
             id,
             outputs,
         })
+    }
+
+    /// [`Engine::infer`] for callers on a plain thread (an application embedding the engine
+    /// without async code): the same validation, queue and batching, but the caller polls
+    /// for its result (for the model's batching delay plus `executor_spin`) before sleeping,
+    /// so a short request pays no thread wake-up on the way back. Must not be called from
+    /// async code.
+    pub fn infer_blocking(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        req: InferRequest,
+    ) -> Result<InferResponse> {
+        let guard = self.route(model, version)?;
+        let runner = guard.runner().clone();
+        let id = req.id.clone();
+        let prepared = prepare(model, runner.config(), req)?;
+        let outputs = runner.infer_blocking(prepared, self.result_spin(&runner))?;
+        drop(guard);
+        Ok(InferResponse {
+            model_name: model.to_string(),
+            model_version: runner.version(),
+            id,
+            outputs,
+        })
+    }
+
+    /// How long a caller polls for its result before sleeping: as long as the batcher may hold
+    /// the request, plus the executor's own spin (0 when spinning is off).
+    fn result_spin(&self, runner: &VersionRunner) -> Duration {
+        let spin = self.inner.opts.executor_spin;
+        if spin.is_zero() {
+            return spin;
+        }
+        let delay = runner
+            .config()
+            .dynamic_batching
+            .as_ref()
+            .map_or(0, |d| d.max_queue_delay_microseconds);
+        spin + Duration::from_micros(delay)
     }
 
     /// Picks the version to serve a request and marks it in use.

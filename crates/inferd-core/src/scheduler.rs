@@ -185,8 +185,9 @@ pub struct Scheduler {
     queued: AtomicUsize,
 }
 
-/// How long an idle executor polls the queue before it sleeps, by default.
-pub const IDLE_SPIN: Duration = Duration::from_micros(50);
+/// How long an idle executor polls the queue before it sleeps, by default (the `inferd`
+/// binary's `--executor-spin-us` default too).
+pub const IDLE_SPIN: Duration = Duration::from_micros(100);
 
 impl Scheduler {
     /// An empty scheduler.
@@ -381,7 +382,22 @@ impl Scheduler {
                 }
                 Decision::WaitUntil(t) => {
                     let until = q.next_deadline().map_or(t, |d| d.min(t));
-                    q = self.wait(q, Some(until));
+                    if until.saturating_duration_since(now) <= self.settings.idle_spin {
+                        // A short batching delay is polled out rather than slept: a timed
+                        // sleep overshoots by tens of microseconds on a VM, longer than a
+                        // delay of 100 us itself. A new arrival ends the poll early.
+                        let seen = self.queued.load(Ordering::Acquire);
+                        drop(q);
+                        while Instant::now() < until && self.queued.load(Ordering::Acquire) == seen
+                        {
+                            for _ in 0..64 {
+                                std::hint::spin_loop();
+                            }
+                        }
+                        q = self.lock();
+                    } else {
+                        q = self.wait(q, Some(until));
+                    }
                 }
                 Decision::Idle => {
                     let until = q.next_deadline();
