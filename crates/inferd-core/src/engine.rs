@@ -15,7 +15,7 @@ use crate::backend::{Backend, LoadRequest, NamedTensor};
 use crate::config::{ModelConfig, ParsedConfig, complete_config, parse_config, validate_config};
 use crate::error::{Error, Result};
 use crate::repository::{self, ModelDir};
-use crate::request::{InferRequest, InferResponse, prepare};
+use crate::request::{InferRequest, InferResponse, PreparedRequest, prepare};
 use crate::runner::{InflightGuard, RunnerOptions, VersionRunner};
 use crate::scheduler::ComputeBudget;
 use crate::stats::VersionStats;
@@ -299,18 +299,10 @@ impl Engine {
         version: Option<u64>,
         req: InferRequest,
     ) -> Result<InferResponse> {
-        let guard = self.route(model, version)?;
-        let runner = guard.runner().clone();
-        let id = req.id.clone();
-        let prepared = prepare(model, runner.config(), req)?;
-        let outputs: Vec<NamedTensor> = runner.infer(prepared, self.result_spin(&runner)).await?;
-        drop(guard);
-        Ok(InferResponse {
-            model_name: model.to_string(),
-            model_version: runner.version(),
-            id,
-            outputs,
-        })
+        let (guard, prepared, id) = self.admit(model, version, req)?;
+        let runner = guard.runner();
+        let outputs = runner.infer(prepared, self.result_spin(runner)).await?;
+        Ok(respond(model, runner, id, outputs))
     }
 
     /// [`Engine::infer`] for callers on a plain thread (an application embedding the engine
@@ -324,18 +316,23 @@ impl Engine {
         version: Option<u64>,
         req: InferRequest,
     ) -> Result<InferResponse> {
+        let (guard, prepared, id) = self.admit(model, version, req)?;
+        let runner = guard.runner();
+        let outputs = runner.infer_blocking(prepared, self.result_spin(runner))?;
+        Ok(respond(model, runner, id, outputs))
+    }
+
+    /// Routes a request to a version (held by the guard) and validates it against its config.
+    fn admit(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        req: InferRequest,
+    ) -> Result<(InflightGuard, PreparedRequest, String)> {
         let guard = self.route(model, version)?;
-        let runner = guard.runner().clone();
         let id = req.id.clone();
-        let prepared = prepare(model, runner.config(), req)?;
-        let outputs = runner.infer_blocking(prepared, self.result_spin(&runner))?;
-        drop(guard);
-        Ok(InferResponse {
-            model_name: model.to_string(),
-            model_version: runner.version(),
-            id,
-            outputs,
-        })
+        let prepared = prepare(model, guard.runner().config(), req)?;
+        Ok((guard, prepared, id))
     }
 
     /// How long a caller polls for its result before sleeping: as long as the batcher may hold
@@ -1109,4 +1106,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("background task failed: {e}")))
+}
+
+fn respond(
+    model: &str,
+    runner: &VersionRunner,
+    id: String,
+    outputs: Vec<NamedTensor>,
+) -> InferResponse {
+    InferResponse {
+        model_name: model.to_string(),
+        model_version: runner.version(),
+        id,
+        outputs,
+    }
 }

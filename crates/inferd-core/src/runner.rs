@@ -168,16 +168,7 @@ impl VersionRunner {
         req: PreparedRequest,
         spin: std::time::Duration,
     ) -> Result<Vec<NamedTensor>> {
-        let start = Instant::now();
-        let mut rx = match self.scheduler.submit(req) {
-            Ok(rx) => rx,
-            Err(e) => {
-                if let Ok(mut s) = self.stats.lock() {
-                    s.record_request(false, start.elapsed(), None);
-                }
-                return Err(e);
-            }
-        };
+        let mut rx = self.submit(req)?;
         // At low load (this the only request on the version), keep polling for the result for
         // up to `spin` instead of letting the runtime's worker park: a parked worker takes
         // ~80 us to wake on a VM, several times a small model's execution. Each poll yields,
@@ -193,13 +184,27 @@ impl VersionRunner {
                 }
             }
         }
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Internal(format!(
-                "model '{}' version {} dropped the request",
-                self.model, self.version
-            ))),
-        }
+        rx.await.unwrap_or_else(|_| Err(self.dropped()))
+    }
+
+    /// Queues a request; a refusal (queue full, closed) counts as a failed request.
+    fn submit(
+        &self,
+        req: PreparedRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<NamedTensor>>>> {
+        let start = Instant::now();
+        self.scheduler.submit(req).inspect_err(|_| {
+            if let Ok(mut s) = self.stats.lock() {
+                s.record_request(false, start.elapsed(), None);
+            }
+        })
+    }
+
+    fn dropped(&self) -> Error {
+        Error::Internal(format!(
+            "model '{}' version {} dropped the request",
+            self.model, self.version
+        ))
     }
 
     /// [`VersionRunner::infer`] for a caller that is a plain thread, not async code: polls for
@@ -212,32 +217,17 @@ impl VersionRunner {
         spin: std::time::Duration,
     ) -> Result<Vec<NamedTensor>> {
         use tokio::sync::oneshot::error::TryRecvError;
-        let start = Instant::now();
-        let mut rx = match self.scheduler.submit(req) {
-            Ok(rx) => rx,
-            Err(e) => {
-                if let Ok(mut s) = self.stats.lock() {
-                    s.record_request(false, start.elapsed(), None);
-                }
-                return Err(e);
-            }
-        };
-        let dropped = || {
-            Error::Internal(format!(
-                "model '{}' version {} dropped the request",
-                self.model, self.version
-            ))
-        };
+        let mut rx = self.submit(req)?;
         let until = Instant::now() + spin;
         loop {
             match rx.try_recv() {
                 Ok(r) => return r,
-                Err(TryRecvError::Closed) => return Err(dropped()),
+                Err(TryRecvError::Closed) => return Err(self.dropped()),
                 Err(TryRecvError::Empty) if Instant::now() < until => std::hint::spin_loop(),
                 Err(TryRecvError::Empty) => break,
             }
         }
-        park_on(rx).unwrap_or_else(|_| Err(dropped()))
+        park_on(rx).unwrap_or_else(|_| Err(self.dropped()))
     }
 
     /// Waits until no request holds this version.
