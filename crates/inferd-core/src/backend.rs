@@ -108,9 +108,8 @@ pub trait LoadedModel: Send + Sync {
     /// backends that place instances). The default ignores the placement.
     fn new_instance_on(
         &self,
-        placement: &crate::config::Placement,
+        _placement: &crate::config::Placement,
     ) -> Result<Box<dyn ModelInstance>, BackendError> {
-        let _ = placement;
         self.new_instance()
     }
 }

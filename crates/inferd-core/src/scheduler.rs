@@ -323,15 +323,7 @@ impl Scheduler {
                 // Spin briefly before sleeping: waking a sleeping thread costs tens of
                 // microseconds on virtual machines, more than a small model's execution.
                 drop(q);
-                let spin_until = Instant::now() + self.settings.idle_spin;
-                'spin: while Instant::now() < spin_until {
-                    for _ in 0..64 {
-                        if self.queued.load(Ordering::Acquire) != 0 {
-                            break 'spin;
-                        }
-                        std::hint::spin_loop();
-                    }
-                }
+                self.poll_arrivals(0, Instant::now() + self.settings.idle_spin);
                 q = self.lock();
                 if q.len() == 0 && !q.closed {
                     q = self.wait(q, None);
@@ -388,12 +380,7 @@ impl Scheduler {
                         // delay of 100 us itself. A new arrival ends the poll early.
                         let seen = self.queued.load(Ordering::Acquire);
                         drop(q);
-                        while Instant::now() < until && self.queued.load(Ordering::Acquire) == seen
-                        {
-                            for _ in 0..64 {
-                                std::hint::spin_loop();
-                            }
-                        }
+                        self.poll_arrivals(seen, until);
                         q = self.lock();
                     } else {
                         q = self.wait(q, Some(until));
@@ -403,6 +390,18 @@ impl Scheduler {
                     let until = q.next_deadline();
                     q = self.wait(q, until);
                 }
+            }
+        }
+    }
+
+    /// Busy-polls (queue lock released) until the queued count moves off `seen` or `until`.
+    fn poll_arrivals(&self, seen: usize, until: Instant) {
+        while Instant::now() < until {
+            for _ in 0..64 {
+                if self.queued.load(Ordering::Acquire) != seen {
+                    return;
+                }
+                std::hint::spin_loop();
             }
         }
     }

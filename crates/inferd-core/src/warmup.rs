@@ -20,11 +20,10 @@ pub fn run(
         return Ok(());
     }
     // Warm-up runs on the first placement's device (what a request would meet first).
-    let mut instance = match cfg.placements().first() {
-        Some(p) => loaded.new_instance_on(p),
-        None => loaded.new_instance(),
-    }
-    .map_err(|e| format!("warm-up: {e}"))?;
+    let first = cfg.placements().first().copied().unwrap_or_default();
+    let mut instance = loaded
+        .new_instance_on(&first)
+        .map_err(|e| format!("warm-up: {e}"))?;
     let outputs: Vec<String> = cfg.output.iter().map(|o| o.name.clone()).collect();
     for w in &cfg.model_warmup {
         let mut inputs = Vec::new();

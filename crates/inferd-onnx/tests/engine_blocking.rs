@@ -1,6 +1,6 @@
 //! `Engine::infer_blocking`, the embedding API for callers on plain threads, against the
-//! example repository's `simple_mlp` on tract: same answers as the async `Engine::infer`, the
-//! same errors, and batching with other callers.
+//! example repository's `simple_mlp` on tract: same answers as the async `Engine::infer`, each
+//! of several concurrent callers its own, and the same errors.
 
 use std::sync::Arc;
 

@@ -185,6 +185,31 @@ fn lay_out(rule: Rule, nodes: &[crate::forest::Node], d: u32) -> Laid {
     out
 }
 
+/// The portable walk's layout: trees grouped by depth, each laid out as a perfect tree.
+fn portable_groups(forest: &Forest, depths: &[u32]) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (t, (tree, &d)) in forest.trees.iter().zip(depths).enumerate() {
+        let gi = match groups.iter().position(|g| g.depth == d) {
+            Some(i) => i,
+            None => {
+                groups.push(Group {
+                    depth: d,
+                    trees: Vec::new(),
+                    nodes: Vec::new(),
+                    leaves: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        let g = &mut groups[gi];
+        let laid = lay_out(forest.rule, &tree.nodes, d);
+        g.nodes.extend(laid.nodes);
+        g.leaves.extend(laid.leaves);
+        g.trees.push(t as u32);
+    }
+    groups
+}
+
 impl Compiled {
     /// Compiles a validated forest; `None` when a tree is deeper than [`MAX_DEPTH`] (the
     /// forest's own walk serves those).
@@ -198,7 +223,7 @@ impl Compiled {
         Compiled::build(forest, false)
     }
 
-    /// Whether a SIMD kernel serves some of this forest's trees.
+    /// Whether the SIMD kernel serves this forest (instead of the portable walk).
     pub fn uses_simd(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
@@ -211,35 +236,11 @@ impl Compiled {
     }
 
     fn build(forest: &Forest, allow_simd: bool) -> Option<Compiled> {
-        let mut groups: Vec<Group> = Vec::new();
-        let mut depths = Vec::with_capacity(forest.trees.len());
-        for (t, tree) in forest.trees.iter().enumerate() {
-            let d = depth(&tree.nodes)?;
-            depths.push(d);
-            let gi = match groups.iter().position(|g| g.depth == d) {
-                Some(i) => i,
-                None => {
-                    groups.push(Group {
-                        depth: d,
-                        trees: Vec::new(),
-                        nodes: Vec::new(),
-                        leaves: Vec::new(),
-                    });
-                    groups.len() - 1
-                }
-            };
-            let g = &mut groups[gi];
-            let laid = lay_out(forest.rule, &tree.nodes, d);
-            g.nodes.extend(laid.nodes);
-            g.leaves.extend(laid.leaves);
-            g.trees.push(t as u32);
-        }
-        let has_zero_missing = forest.rule == Rule::Lightgbm
-            && forest
-                .trees
-                .iter()
-                .flat_map(|t| &t.nodes)
-                .any(|n| n.left != LEAF && n.missing == Missing::Zero);
+        let depths = forest
+            .trees
+            .iter()
+            .map(|t| depth(&t.nodes))
+            .collect::<Option<Vec<u32>>>()?;
         #[cfg(target_arch = "x86_64")]
         let simd = if allow_simd {
             simd::Kernel::new(forest, &depths)
@@ -247,7 +248,22 @@ impl Compiled {
             None
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = allow_simd;
+        let simd: Option<()> = {
+            let _ = allow_simd;
+            None
+        };
+        // The portable layout only where the kernel does not serve the forest.
+        let groups = if simd.is_some() {
+            Vec::new()
+        } else {
+            portable_groups(forest, &depths)
+        };
+        let has_zero_missing = forest.rule == Rule::Lightgbm
+            && forest
+                .trees
+                .iter()
+                .flat_map(|t| &t.nodes)
+                .any(|n| n.left != LEAF && n.missing == Missing::Zero);
         Some(Compiled {
             groups,
             tree_group: forest.trees.iter().map(|t| t.group as u32).collect(),
@@ -256,6 +272,18 @@ impl Compiled {
             #[cfg(target_arch = "x86_64")]
             simd,
         })
+    }
+
+    /// The missing-value rule a block of rows needs: rows without NaN (the common case) skip
+    /// it entirely, unless some node treats zeros as missing.
+    fn missing_mode(&self, block: &[f32]) -> u8 {
+        if self.has_zero_missing {
+            ZERO_OR_NAN
+        } else if block.iter().any(|x| x.is_nan()) {
+            NAN
+        } else {
+            NONE
+        }
     }
 
     /// Predicts `rows` (row-major, `n_features` each) into `out` (`n_outputs` per row), exactly
@@ -284,16 +312,8 @@ impl Compiled {
         for r0 in (0..n_rows).step_by(BLOCK_ROWS) {
             let nr = BLOCK_ROWS.min(n_rows - r0);
             let block = &rows[r0 * nf..(r0 + nr) * nf];
+            let mode = self.missing_mode(block);
             for g in &self.groups {
-                // Rows without NaN (the common case) skip the missing-value rule entirely,
-                // unless some node treats zeros as missing.
-                let mode = if self.has_zero_missing {
-                    ZERO_OR_NAN
-                } else if block.iter().any(|x| x.is_nan()) {
-                    NAN
-                } else {
-                    NONE
-                };
                 match mode {
                     NONE => self.walk::<NONE>(g, block, nf, nr, n_trees, vals),
                     NAN => self.walk::<NAN>(g, block, nf, nr, n_trees, vals),

@@ -104,27 +104,33 @@ impl ModelConfig {
             .any(|g| g.kind == InstanceKind::Gpu)
     }
 
-    /// GPU accelerators named in `optimization.execution_accelerators`.
-    pub fn gpu_accelerators(&self) -> &[Accelerator] {
+    fn accelerators(&self) -> Option<&ExecutionAccelerators> {
         self.optimization
             .as_ref()
             .and_then(|o| o.execution_accelerators.as_ref())
-            .map(|e| e.gpu_execution_accelerator.as_slice())
-            .unwrap_or(&[])
+    }
+
+    /// GPU accelerators named in `optimization.execution_accelerators`.
+    pub fn gpu_accelerators(&self) -> &[Accelerator] {
+        self.accelerators()
+            .map_or(&[], |e| e.gpu_execution_accelerator.as_slice())
     }
 
     /// CPU accelerators named in `optimization.execution_accelerators`.
     pub fn cpu_accelerators(&self) -> &[Accelerator] {
-        self.optimization
-            .as_ref()
-            .and_then(|o| o.execution_accelerators.as_ref())
-            .map(|e| e.cpu_execution_accelerator.as_slice())
-            .unwrap_or(&[])
+        self.accelerators()
+            .map_or(&[], |e| e.cpu_execution_accelerator.as_slice())
     }
 
-    /// Total execution instances (at least one): one per [`Placement`].
+    /// Total execution instances (at least one): as many as [`ModelConfig::placements`]
+    /// lists, counted without building the list (request paths ask for it).
     pub fn instance_count(&self) -> usize {
-        self.placements().len()
+        let n: usize = self
+            .instance_group
+            .iter()
+            .map(|g| g.count.max(1) as usize * g.pinned_gpus().len().max(1))
+            .sum();
+        n.max(1)
     }
 
     /// Where each execution instance runs, Triton's way: a group places `count` instances
@@ -132,19 +138,14 @@ impl ModelConfig {
     /// GPU. No groups: one instance of the backend's choosing.
     pub fn placements(&self) -> Vec<Placement> {
         if self.instance_group.is_empty() {
-            return vec![Placement {
-                group: 0,
-                kind: InstanceKind::Auto,
-                gpu: None,
-            }];
+            return vec![Placement::default()];
         }
         let mut out = Vec::new();
         for (i, g) in self.instance_group.iter().enumerate() {
             let n = g.count.max(1) as usize;
-            let gpus: Vec<Option<i64>> = if g.kind == InstanceKind::Gpu && !g.gpus.is_empty() {
-                g.gpus.iter().map(|&d| Some(d)).collect()
-            } else {
-                vec![None]
+            let gpus: Vec<Option<i64>> = match g.pinned_gpus() {
+                [] => vec![None],
+                listed => listed.iter().map(|&d| Some(d)).collect(),
             };
             for gpu in gpus {
                 out.extend(std::iter::repeat_n(
@@ -161,8 +162,9 @@ impl ModelConfig {
     }
 }
 
-/// Where one execution instance runs (see [`ModelConfig::placements`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where one execution instance runs (see [`ModelConfig::placements`]). The default: the
+/// backend's choice, no GPU pinned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     /// Index of its `instance_group`.
     pub group: usize,
@@ -324,6 +326,17 @@ pub struct InstanceGroup {
     /// GPU ids for KIND_GPU.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<i64>,
+}
+
+impl InstanceGroup {
+    /// The GPUs the group pins its instances to (`KIND_GPU` with `gpus` listed; else none).
+    fn pinned_gpus(&self) -> &[i64] {
+        if self.kind == InstanceKind::Gpu {
+            &self.gpus
+        } else {
+            &[]
+        }
+    }
 }
 
 /// What happens to a request whose queue timeout expires.

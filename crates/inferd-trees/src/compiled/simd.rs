@@ -30,12 +30,11 @@ use crate::forest::{Forest, Rule};
 
 /// Nodes per chunk (one 512-bit register of f32).
 const CHUNK: usize = 16;
-/// Every tree is laid out at this depth: 63 split slots, one `u64` of bits.
+/// Every tree is laid out at this depth (so no deeper tree is taken): 63 split slots, one
+/// `u64` of bits.
 const DEPTH: u32 = 6;
-/// Deepest tree this kernel takes.
-pub(crate) const MAX_DEPTH: u32 = DEPTH;
 /// Most features: four registers of sixteen.
-pub(crate) const MAX_FEATURES: usize = 64;
+const MAX_FEATURES: usize = 64;
 /// Trees walked at once.
 const LANES: usize = 8;
 /// Rows per block (bounds the leaf-value buffer).
@@ -91,7 +90,7 @@ impl Kernel {
         let nf = forest.n_features;
         if !(std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("bmi2"))
-            || depths.iter().any(|&d| d > MAX_DEPTH)
+            || depths.iter().any(|&d| d > DEPTH)
             || nf > MAX_FEATURES
         {
             return None;
@@ -195,13 +194,7 @@ impl Kernel {
         for r0 in (0..n_rows).step_by(BLOCK_ROWS) {
             let nr = BLOCK_ROWS.min(n_rows - r0);
             let block = &rows[r0 * nf..(r0 + nr) * nf];
-            let mode = if c.has_zero_missing {
-                ZERO_OR_NAN
-            } else if block.iter().any(|x| x.is_nan()) {
-                NAN
-            } else {
-                NONE
-            };
+            let mode = c.missing_mode(block);
             let b = Block {
                 block,
                 nf,
