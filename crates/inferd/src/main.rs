@@ -127,6 +127,20 @@ struct ServeArgs {
     /// a parked thread takes tens of microseconds to wake on a VM (0 turns it off).
     #[arg(long, env = "INFERD_NETWORK_SPIN_US", default_value_t = 100)]
     network_spin_us: u64,
+    /// Threads that run HTTP and gRPC (0: half the cores, at least one). The model executors
+    /// have their own threads; more network threads than the executors leave cores for only
+    /// adds wake-ups (on 2 cores, 2 network threads serve 40% fewer batch-64 rows/s than 1).
+    #[arg(long, env = "INFERD_NETWORK_THREADS", default_value_t = 0)]
+    network_threads: usize,
+}
+
+/// The network thread count for `--network-threads n`: `n`, or for 0 half the cores (at least
+/// one).
+fn network_threads(n: usize, cores: usize) -> usize {
+    match n {
+        0 => (cores / 2).max(1),
+        n => n,
+    }
 }
 
 fn backends() -> Vec<Arc<dyn Backend>> {
@@ -241,7 +255,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
         tracing::warn!("cannot print the listening addresses on stdout: {e}");
     }
     tracing::info!(%http, %grpc, "listening");
-    tracing::info!(repository = %repo.display(), mode = %a.model_control_mode, "serving");
+    tracing::info!(
+        repository = %repo.display(),
+        mode = %a.model_control_mode,
+        network_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "serving"
+    );
     // Health and metadata answer while models load; readiness turns true after startup loads.
     let serving = tokio::spawn(server.serve(shutdown_signal()));
     engine.start().await.context("startup failed")?;
@@ -434,6 +453,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(network_threads(
+                a.network_threads,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ))
             .enable_all()
             .build()
             .context("cannot start the async runtime")
@@ -456,5 +479,19 @@ fn main() -> std::process::ExitCode {
             eprintln!("inferd: error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_threads;
+
+    #[test]
+    fn network_threads_default_to_half_the_cores_and_at_least_one() {
+        assert_eq!(network_threads(0, 1), 1);
+        assert_eq!(network_threads(0, 2), 1);
+        assert_eq!(network_threads(0, 3), 1);
+        assert_eq!(network_threads(0, 16), 8);
+        assert_eq!(network_threads(3, 2), 3);
     }
 }
