@@ -19,7 +19,7 @@ import pytest
 import requests
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from inferd_testlib import EXAMPLE_MODEL_NAMES, TritonClient, ready_versions
+from inferd_testlib import EXAMPLE_MODEL_NAMES, TritonClient, example_model_path, ready_versions
 
 SMALL_BODY_LIMIT = 65536
 
@@ -49,7 +49,7 @@ def server(inferd_server_factory, repo):
 def server_survives(request):
     """Whatever a test sent, the server it talked to is still running afterwards."""
     yield
-    for name in ("server", "small_limit_server", "server_with_broken_model"):
+    for name in ("server", "small_limit_server", "server_with_broken_model", "loose_server"):
         srv = request.node.funcargs.get(name)
         if srv is not None:
             assert srv.is_running(), f"inferd ({name}) died during {request.node.name}"
@@ -518,6 +518,48 @@ def test_grpc_repository_load_rejects_path_tricks(stub, server, name):
         stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=name), timeout=30)
     assert excinfo.value.code() in INVALID | {grpc.StatusCode.NOT_FOUND}, excinfo.value
     assert ready_model_names(server) == before
+
+
+# --------------------------------------------------------------------------------------------
+# a config looser than its model file: the model's own shape still decides (separate server)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loose_server(inferd_server_factory, tmp_path_factory):
+    """`loose_mlp`: simple_mlp's file (which takes [-1, 64]) under a config that says dims [-1]."""
+    repo = tmp_path_factory.mktemp("loose") / "models"
+    (repo / "loose_mlp" / "1").mkdir(parents=True)
+    shutil.copyfile(example_model_path("simple_mlp", 1), repo / "loose_mlp" / "1" / "model.onnx")
+    (repo / "loose_mlp" / "config.pbtxt").write_text(
+        'name: "loose_mlp"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "input" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+        'output [ { name: "output" data_type: TYPE_FP32 dims: [ 10 ] } ]\n'
+    )
+    return inferd_server_factory(repo, name="loose-config")
+
+
+def test_shape_the_config_allows_but_the_model_file_does_not_is_400(loose_server):
+    base = loose_server.http_base
+    body = mlp_json(shape=[2, 32], data=[0.5] * 64)
+    assert_json_error(post_json(base, "loose_mlp", body), "input", "[2, 32]", "[-1, 64]", statuses={400})
+    ok = post_json(base, "loose_mlp", mlp_json(batch=2))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["outputs"][0]["shape"] == [2, 10]
+
+
+def test_grpc_shape_the_config_allows_but_the_model_file_does_not_is_invalid_argument(loose_server):
+    channel = grpc.insecure_channel(loose_server.grpc_url)
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(
+            model_name="loose_mlp",
+            inputs=[grpc_tensor("input", "FP32", [1, 32])],
+            raw_input_contents=[np.zeros(32, dtype=np.float32).tobytes()],
+        )
+        grpc_error(lambda: stub.ModelInfer(request, timeout=10), "[-1, 64]", codes=INVALID)
+    finally:
+        channel.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use crate::backend::{Backend, LoadRequest, NamedTensor};
 use crate::config::{ModelConfig, ParsedConfig, complete_config, parse_config, validate_config};
 use crate::error::{Error, Result};
 use crate::repository::{self, ModelDir};
-use crate::request::{InferRequest, InferResponse, PreparedRequest, prepare};
+use crate::request::{InferRequest, InferResponse, PreparedRequest, check_model_shapes, prepare};
 use crate::runner::{InflightGuard, RunnerOptions, VersionRunner};
 use crate::scheduler::ComputeBudget;
 use crate::stats::VersionStats;
@@ -331,7 +331,14 @@ impl Engine {
     ) -> Result<(InflightGuard, PreparedRequest, String)> {
         let guard = self.route(model, version)?;
         let id = req.id.clone();
-        let prepared = prepare(model, guard.runner().config(), req)?;
+        let runner = guard.runner();
+        let prepared = prepare(model, runner.config(), req)?;
+        check_model_shapes(
+            model,
+            runner.config().batches(),
+            runner.signature(),
+            &prepared,
+        )?;
         Ok((guard, prepared, id))
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::NamedTensor;
+use crate::backend::{ModelSignature, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, element_count};
@@ -312,6 +312,49 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
     })
 }
 
+/// Checks a prepared request against the shapes the model file itself declares. A config may
+/// leave a dimension open (-1) that the model fixes; a request that passes the config but not
+/// the model is still the client's mistake, and is answered as one here instead of failing
+/// inside the backend. The batch dimension is the batcher's to fill and is not checked.
+pub fn check_model_shapes(
+    model: &str,
+    batching: bool,
+    sig: &ModelSignature,
+    req: &PreparedRequest,
+) -> Result<()> {
+    for nt in &req.inputs {
+        let Some(model_shape) = sig
+            .inputs
+            .iter()
+            .find(|s| s.name == nt.name)
+            .and_then(|s| s.shape.as_ref())
+        else {
+            continue;
+        };
+        let shape = nt.tensor.shape();
+        let skip = usize::from(batching);
+        let fits = model_shape.len() == shape.len()
+            && model_shape
+                .iter()
+                .zip(shape)
+                .skip(skip)
+                .all(|(&m, &a)| m < 0 || m as usize == a);
+        if !fits {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {shape:?} does not fit model '{model}', whose file takes [{}]{}",
+                nt.name,
+                fmt_dims(model_shape),
+                if batching {
+                    " (the first dimension is the batch)"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a backend's outputs against the config and applies output reshapes.
 pub fn finish_outputs(
     model: &str,
@@ -417,6 +460,42 @@ mod tests {
     fn refuses_batch_over_max() {
         let m = err(prepare("m", &cfg(), req(vec![9, 4], 36)));
         assert!(m.contains("batch size 9 exceeds max_batch_size 8"), "{m}");
+    }
+
+    fn sig(shape: Option<Vec<i64>>) -> ModelSignature {
+        ModelSignature {
+            inputs: vec![crate::backend::TensorSpec {
+                name: "x".into(),
+                dtype: DataType::F32,
+                shape,
+            }],
+            outputs: vec![],
+        }
+    }
+
+    #[test]
+    fn shape_the_config_leaves_open_but_the_model_fixes_is_refused_naming_both() {
+        let mut c = cfg();
+        c.input[0].dims = vec![-1];
+        let p = prepare("m", &c, req(vec![2, 3], 6)).unwrap();
+        let m = match check_model_shapes("m", true, &sig(Some(vec![-1, 4])), &p) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        };
+        assert!(m.contains("input 'x'") && m.contains("[2, 3]"), "{m}");
+        assert!(m.contains("[-1, 4]") && m.contains("batch"), "{m}");
+        // What the model takes passes, whatever the batch size; so does a model silent on shape.
+        let p = prepare("m", &c, req(vec![3, 4], 12)).unwrap();
+        check_model_shapes("m", true, &sig(Some(vec![-1, 4])), &p).unwrap();
+        check_model_shapes("m", true, &sig(Some(vec![1, 4])), &p).unwrap();
+        check_model_shapes("m", true, &sig(None), &p).unwrap();
+        // Without batching every dimension counts.
+        let mut c = cfg();
+        c.max_batch_size = 0;
+        c.input[0].dims = vec![-1, -1];
+        let p = prepare("m", &c, req(vec![3, 4], 12)).unwrap();
+        assert!(check_model_shapes("m", false, &sig(Some(vec![1, 4])), &p).is_err());
+        check_model_shapes("m", false, &sig(Some(vec![3, -1])), &p).unwrap();
     }
 
     #[test]

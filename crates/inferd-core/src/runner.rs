@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::backend::{BackendError, LoadedModel, ModelInstance, NamedTensor};
+use crate::backend::{BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::request::{PreparedRequest, finish_outputs};
@@ -34,6 +34,7 @@ pub struct VersionRunner {
     model: String,
     version: u64,
     config: Arc<ModelConfig>,
+    signature: ModelSignature,
     scheduler: Arc<Scheduler>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Mutex<VersionStats>>,
@@ -114,6 +115,7 @@ impl VersionRunner {
             model: model_name.to_string(),
             version,
             config,
+            signature: model.signature().clone(),
             scheduler,
             threads: Mutex::new(threads),
             stats,
@@ -135,6 +137,11 @@ impl VersionRunner {
     /// The effective (auto-completed) config.
     pub fn config(&self) -> &Arc<ModelConfig> {
         &self.config
+    }
+
+    /// The inputs and outputs the model file declares.
+    pub fn signature(&self) -> &ModelSignature {
+        &self.signature
     }
 
     /// A snapshot of the statistics.
