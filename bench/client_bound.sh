@@ -20,16 +20,16 @@ LD_LIBRARY_PATH=$(ls -d "$pa_venv"/lib/python3*/site-packages)/nvidia/cuda_runti
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 echo "| concurrency | requests/s (each 2 s window) | perf_analyzer CPU (cores) | responder CPU (cores) |"
 echo "|---|---|---|---|"
-for c in "${@:-1 4 16}"; do
-  for conc in $c; do
-    s0=$(ticks $srv); t0=$(date +%s.%N)
-    out=$(/usr/bin/time -f "cpu %U %S" timeout 60 "$pa_venv/bin/perf_analyzer" -m mlp_small -x 1 \
-      -u "127.0.0.1:$port" -i http --concurrency-range "$conc" --measurement-interval 2000 \
-      --max-trials 4 -v 2>&1 || true)
-    s1=$(ticks $srv); t1=$(date +%s.%N)
-    passes=$(grep -o "throughput: [0-9.]*" <<<"$out" | awk '{printf "%.0f ", $2}')
-    pa=$(grep -o "^cpu [0-9.]* [0-9.]*" <<<"$out" | awk -v d="$(echo "$t1 - $t0" | bc)" '{printf "%.2f", ($2 + $3) / d}')
-    resp=$(echo "($s1 - $s0) / 100 / ($t1 - $t0)" | bc -l | xargs printf "%.2f")
-    echo "| $conc | $passes | ${pa:-?} | $resp |"
-  done
+concurrencies=("$@")
+[ ${#concurrencies[@]} -gt 0 ] || concurrencies=(1 4 16)
+for conc in "${concurrencies[@]}"; do
+  s0=$(ticks $srv); t0=$(date +%s.%N)
+  out=$(/usr/bin/time -f "cpu %U %S" timeout 60 "$pa_venv/bin/perf_analyzer" -m mlp_small -x 1 \
+    -u "127.0.0.1:$port" -i http --concurrency-range "$conc" --measurement-interval 2000 \
+    --max-trials 4 -v 2>&1 || true)
+  s1=$(ticks $srv); t1=$(date +%s.%N)
+  passes=$(grep -o "throughput: [0-9.]*" <<<"$out" | awk '{printf "%.0f ", $2}')
+  pa=$(grep -o "^cpu [0-9.]* [0-9.]*" <<<"$out" | awk -v d="$(echo "$t1 - $t0" | bc)" '{printf "%.2f", ($2 + $3) / d}')
+  resp=$(echo "($s1 - $s0) / 100 / ($t1 - $t0)" | bc -l | xargs printf "%.2f")
+  echo "| $conc | $passes | ${pa:-?} | $resp |"
 done

@@ -57,7 +57,8 @@ int main(int argc, char **argv) {
                              "\"cache_hit\":{\"count\":0,\"ns\":0},\"cache_miss\":{\"count\":0,\"ns\":0}},"
                              "\"batch_stats\":[]}]}");
   struct resp r_server = json("{\"name\":\"canned\",\"version\":\"0\",\"extensions\":[\"binary_tensor_data\"]}");
-  struct resp r_ok = {"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 38};
+  static char ok[] = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+  struct resp r_ok = {ok, sizeof ok - 1};
 
   int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
   setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);

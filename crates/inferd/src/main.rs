@@ -127,9 +127,9 @@ struct ServeArgs {
     /// a parked thread takes tens of microseconds to wake on a VM (0 turns it off).
     #[arg(long, env = "INFERD_NETWORK_SPIN_US", default_value_t = 100)]
     network_spin_us: u64,
-    /// Threads that run HTTP and gRPC (0: half the cores, at least one). The model executors
-    /// have their own threads; more network threads than the executors leave cores for only
-    /// adds wake-ups (on 2 cores, 2 network threads serve 40% fewer batch-64 rows/s than 1).
+    /// Threads that run HTTP and gRPC (0: half the cores, at least one). Model executors have
+    /// threads of their own, so network threads beyond the cores they leave free only add
+    /// wake-ups (on 2 cores, 2 network threads served ~35% fewer batch-64 rows/s than 1).
     #[arg(long, env = "INFERD_NETWORK_THREADS", default_value_t = 0)]
     network_threads: usize,
 }
