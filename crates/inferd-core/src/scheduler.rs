@@ -133,6 +133,9 @@ struct Queues {
     next_seq: u64,
     with_deadline: usize,
     closed: bool,
+    /// Executors asleep on the condvar: `submit` wakes one only when this is non-zero, which
+    /// saves a futex syscall per request while executors are busy or polling.
+    sleepers: usize,
 }
 
 impl Queues {
@@ -278,8 +281,11 @@ impl Scheduler {
             deadline,
             reply,
         });
+        let sleeping = q.sleepers > 0;
         drop(q);
-        self.wake.notify_one();
+        if sleeping {
+            self.wake.notify_one();
+        }
         Ok(rx)
     }
 
@@ -408,10 +414,12 @@ impl Scheduler {
 
     fn wait<'a>(
         &self,
-        q: MutexGuard<'a, Queues>,
+        mut q: MutexGuard<'a, Queues>,
         until: Option<Instant>,
     ) -> MutexGuard<'a, Queues> {
-        match until {
+        // Counted under the lock, so a `submit` that queues after this check sees the sleeper.
+        q.sleepers += 1;
+        let mut q = match until {
             None => self.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
             Some(t) => {
                 let d = t
@@ -422,7 +430,9 @@ impl Scheduler {
                     .unwrap_or_else(|p| p.into_inner())
                     .0
             }
-        }
+        };
+        q.sleepers -= 1;
+        q
     }
 
     /// Answers REJECT requests whose queue timeout passed; moves DELAY ones behind the rest.
@@ -603,9 +613,17 @@ pub fn split_outputs(
 /// instead of oversubscribing them.
 #[derive(Debug)]
 pub struct ComputeBudget {
-    free: Mutex<usize>,
+    shares: Mutex<Shares>,
     cv: Condvar,
     total: usize,
+}
+
+#[derive(Debug)]
+struct Shares {
+    free: usize,
+    /// Executors blocked waiting for a share; a release wakes one only when non-zero (a
+    /// futex syscall per execution saved while the budget is not contended).
+    waiting: usize,
 }
 
 /// A held share of the budget.
@@ -617,7 +635,10 @@ impl ComputeBudget {
     /// A budget of `n` concurrent executions (at least one).
     pub fn new(n: usize) -> Self {
         ComputeBudget {
-            free: Mutex::new(n.max(1)),
+            shares: Mutex::new(Shares {
+                free: n.max(1),
+                waiting: 0,
+            }),
             cv: Condvar::new(),
             total: n.max(1),
         }
@@ -630,20 +651,26 @@ impl ComputeBudget {
 
     /// Blocks until a share is free.
     pub fn acquire(&self) -> BudgetPermit<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        let mut s = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        while s.free == 0 {
+            s.waiting += 1;
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            s.waiting -= 1;
         }
-        *free -= 1;
+        s.free -= 1;
         BudgetPermit { budget: self }
     }
 }
 
 impl Drop for BudgetPermit<'_> {
     fn drop(&mut self) {
-        let mut free = self.budget.free.lock().unwrap_or_else(|p| p.into_inner());
-        *free += 1;
-        self.budget.cv.notify_one();
+        let mut s = self.budget.shares.lock().unwrap_or_else(|p| p.into_inner());
+        s.free += 1;
+        let waiting = s.waiting > 0;
+        drop(s);
+        if waiting {
+            self.budget.cv.notify_one();
+        }
     }
 }
 
@@ -931,6 +958,35 @@ mod tests {
         // A later high-priority request cannot overtake: its response would wait anyway.
         assert_eq!(tag(&s.next_batch().unwrap()[0]), 2.0);
         assert_eq!(tag(&s.next_batch().unwrap()[0]), 1.0);
+    }
+
+    #[test]
+    fn submit_wakes_an_executor_asleep_on_an_empty_queue() {
+        // `submit` skips the condvar when no executor sleeps; each round here lets the executor
+        // pass its idle spin and fall asleep first, so a lost wake-up would hang the round.
+        let s = std::sync::Arc::new(Scheduler::new(
+            "m",
+            settings(DynamicBatching::default(), 16),
+        ));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let exec = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                while let Some(batch) = s.next_batch() {
+                    tx.send(batch.iter().map(tag).collect::<Vec<_>>()).unwrap();
+                }
+            })
+        };
+        for round in 0..20 {
+            std::thread::sleep(IDLE_SPIN * 20);
+            let _reply = s.submit(req(1, 0, None, round as f32)).unwrap();
+            let got = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("round {round}: the sleeping executor was not woken"));
+            assert_eq!(got, vec![round as f32]);
+        }
+        s.close();
+        exec.join().unwrap();
     }
 
     #[test]
