@@ -299,7 +299,7 @@ def main() -> int:
         if "batch64" in scenarios:
             log("client batch 64 over gRPC")
             rows = []
-            for c in (1, 2, 4):
+            for c in sweep:
                 m = perf_analyzer("mlp_small", inferd.grpc, "grpc", c, 64, out, seconds)
                 if m:
                     rows.append({"server": "inferd", "protocol": "grpc", "batch": 64, "concurrency": c, **m})
