@@ -1,15 +1,17 @@
 //! The `inferd` binary: `inferd serve` runs the server; `inferd repo check` validates a model
-//! repository. Flags use Triton's names so deployment scripts carry over; every flag can also be
-//! set through an `INFERD_*` environment variable.
+//! repository. Flags use Triton's names so deployment scripts carry over; every `serve` flag can
+//! also be set through an `INFERD_*` environment variable or a TOML file (`--config`).
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use clap::{ArgAction, Args, Parser, Subcommand};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use inferd_core::{Backend, ControlMode, Engine, EngineOptions};
 use inferd_server::{BoundServer, ServerOptions};
 
@@ -73,9 +75,13 @@ enum Format {
     Json,
 }
 
-/// Server settings: one schema for flags and environment.
+/// Server settings: one schema for flags, environment and the `--config` file.
 #[derive(Args, Debug, Clone)]
 struct ServeArgs {
+    /// TOML file of these settings, keyed by flag name without the dashes (`http-port = 8000`,
+    /// `load-model = ["a", "b"]`). A flag or INFERD_* variable overrides the file.
+    #[arg(long, env = "INFERD_CONFIG")]
+    config: Option<PathBuf>,
     /// Model repository folder (default: the bundled examples).
     #[arg(long, env = "INFERD_MODEL_REPOSITORY")]
     model_repository: Option<PathBuf>,
@@ -132,6 +138,20 @@ struct ServeArgs {
     /// wake-ups (on 2 cores, 2 network threads served ~35% fewer batch-64 rows/s than 1).
     #[arg(long, env = "INFERD_NETWORK_THREADS", default_value_t = 0)]
     network_threads: usize,
+    /// Where each setting not left at its default came from, by flag name (for errors).
+    #[arg(skip)]
+    origins: std::collections::BTreeMap<String, String>,
+}
+
+impl ServeArgs {
+    /// How to name setting `flag` in an error: `--flag`, its environment variable, or the
+    /// config file it came from.
+    fn origin(&self, flag: &str) -> String {
+        self.origins
+            .get(flag)
+            .cloned()
+            .unwrap_or_else(|| format!("--{flag}"))
+    }
 }
 
 /// The network thread count for `--network-threads n`: `n`, or for 0 half the cores (at least
@@ -140,6 +160,161 @@ fn network_threads(n: usize, cores: usize) -> usize {
     match n {
         0 => (cores / 2).max(1),
         n => n,
+    }
+}
+
+/// Parses the command line; for `serve --config FILE`, the file's settings join it as flags,
+/// below the command line and the environment. Clap errors and `--help` exit here, as usual.
+fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
+    let matches = Cli::command().get_matches_from(&argv);
+    let Some(("serve", sub)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let serve = Cli::command()
+        .find_subcommand("serve")
+        .cloned()
+        .context("the serve command is missing")?;
+    let path = sub.get_one::<PathBuf>("config");
+    let extra = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("config file {}: cannot read it", path.display()))?;
+            config_file_args(&serve, sub, path, &text)?
+        }
+        None => Vec::new(),
+    };
+    let mut origins = std::collections::BTreeMap::new();
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let prefix = format!("--{long}=");
+        let from_file = extra
+            .iter()
+            .any(|e| e.to_str().is_some_and(|e| e.starts_with(&prefix)));
+        let origin = match (path, arg.get_env()) {
+            (Some(path), _) if from_file => {
+                format!("'{long}' in config file {}", path.display())
+            }
+            (_, Some(var))
+                if sub.value_source(arg.get_id().as_str()) == Some(ValueSource::EnvVariable) =>
+            {
+                var.to_string_lossy().into_owned()
+            }
+            _ if sub.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) => {
+                format!("--{long}")
+            }
+            _ => continue,
+        };
+        origins.insert(long.to_string(), origin);
+    }
+    let mut cli = if extra.is_empty() {
+        Cli::from_arg_matches(&matches)?
+    } else {
+        // No options come before the subcommand, so argv[1] is `serve`.
+        let mut full: Vec<OsString> = argv[..2].to_vec();
+        full.extend(extra);
+        full.extend(argv[2..].iter().cloned());
+        Cli::from_arg_matches(&Cli::command().get_matches_from(full))?
+    };
+    if let Command::Serve(a) = &mut cli.command {
+        a.origins = origins;
+    }
+    Ok(cli)
+}
+
+/// The `--flag=value` arguments a config file contributes: every setting the command line or
+/// environment does not already give. Each value is checked with its flag's own parser first,
+/// so an error names the file, the setting and the reason.
+fn config_file_args(
+    serve: &clap::Command,
+    given: &ArgMatches,
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Vec<OsString>> {
+    let file = path.display();
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow!("config file {file}: not valid TOML: {e}"))?;
+    let settable = || {
+        serve
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "config" && l != "help"))
+    };
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let Some(arg) = settable().find(|a| a.get_long() == Some(key.as_str())) else {
+            let known: Vec<&str> = settable().filter_map(|a| a.get_long()).collect();
+            bail!(
+                "config file {file}: unknown setting '{key}' (settings are the serve flags \
+                 without the dashes: {})",
+                known.join(", ")
+            );
+        };
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        let values = match value {
+            toml::Value::Array(items) if repeatable => items
+                .iter()
+                .map(|v| {
+                    config_scalar(v).map_err(|why| anyhow!("config file {file}: '{key}': {why}"))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            v => vec![
+                config_scalar(v).map_err(|why| anyhow!("config file {file}: '{key}': {why}"))?,
+            ],
+        };
+        for v in &values {
+            // The flag's own parser, through clap (an invalid environment variable would
+            // already have stopped the first parse, so an error here is this value's).
+            let alone = [OsString::from("serve"), format!("--{key}={v}").into()];
+            if let Err(e) = serve.clone().try_get_matches_from(alone) {
+                bail!(
+                    "config file {file}: '{key}' = {v:?}: {}",
+                    clap_reason(&e.to_string())
+                );
+            }
+        }
+        let overridden = matches!(
+            given.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !overridden {
+            out.extend(values.into_iter().map(|v| format!("--{key}={v}").into()));
+        }
+    }
+    Ok(out)
+}
+
+/// A TOML value as the flag text it stands for.
+fn config_scalar(v: &toml::Value) -> std::result::Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expects a single string, number or boolean, got {}",
+            match other {
+                toml::Value::Array(_) => "an array",
+                toml::Value::Table(_) => "a table",
+                _ => "a date-time",
+            }
+        )),
+    }
+}
+
+/// The reason in a clap value error, without clap's "error: invalid value ... for '--flag':"
+/// preamble and usage hint (the caller names the file and setting instead).
+fn clap_reason(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let reason = match first.find(">': ") {
+        Some(i) => first[i + 4..].to_string(),
+        None => "invalid value".to_string(),
+    };
+    // e.g. "[possible values: true, false]"
+    match lines.next().filter(|l| l.starts_with('[')) {
+        Some(hint) => format!("{reason} ({})", hint.trim_matches(['[', ']'])),
+        None => reason,
     }
 }
 
@@ -173,21 +348,29 @@ fn default_repository() -> PathBuf {
 fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptions> {
     if !(a.repository_poll_secs.is_finite() && a.repository_poll_secs > 0.0) {
         bail!(
-            "--repository-poll-secs: must be a positive number of seconds, got {}",
+            "{}: must be a positive number of seconds, got {}",
+            a.origin("repository-poll-secs"),
             a.repository_poll_secs
         );
     }
-    if a.http_max_body_bytes == 0 {
-        bail!("--http-max-body-bytes: must be positive");
-    }
-    if a.max_inflight_requests == 0 {
-        bail!("--max-inflight-requests: must be positive");
-    }
-    if a.max_queue_size == 0 {
-        bail!("--max-queue-size: must be positive");
+    for (flag, v) in [
+        ("http-max-body-bytes", a.http_max_body_bytes),
+        ("max-inflight-requests", a.max_inflight_requests),
+        ("max-queue-size", a.max_queue_size),
+    ] {
+        if v == 0 {
+            bail!("{}: must be positive", a.origin(flag));
+        }
     }
     if !a.load_model.is_empty() && a.model_control_mode != ControlMode::Explicit {
-        bail!("--load-model: only valid with --model-control-mode explicit");
+        let mode = match a.origins.get("model-control-mode") {
+            Some(o) => format!("{}, from {o}", a.model_control_mode),
+            None => format!("{}, the default", a.model_control_mode),
+        };
+        bail!(
+            "{}: only valid with model-control-mode explicit (it is {mode})",
+            a.origin("load-model"),
+        );
     }
     Ok(EngineOptions {
         repository: repo,
@@ -226,7 +409,11 @@ async fn serve(a: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(default_repository);
     if !repo.is_dir() {
-        bail!("--model-repository: '{}' is not a folder", repo.display());
+        bail!(
+            "{}: '{}' is not a folder",
+            a.origin("model-repository"),
+            repo.display()
+        );
     }
     let opts = engine_options(&a, repo.clone())?;
     let engine = Engine::new(opts, backends());
@@ -450,7 +637,13 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match parse_cli(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("inferd: error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(network_threads(
