@@ -11,7 +11,8 @@ Scenarios (each measured in the same run as the numbers it is compared with):
   same KServe v2 JSON request against inferd, Triton and FastAPI + uvicorn + onnxruntime.
 - batching:  the compute-bound MLP (mlp_large, about 1 ms at batch 1) with dynamic batching and
   without (mlp_large_nobatch), gRPC, concurrency sweep up to 32; Triton on the same file.
-- batch64:   client batch 64 over gRPC against inferd: rows/s next to the in-process ceiling.
+- batch64:   client batch 64 over gRPC against inferd, concurrency sweep up to 16: rows/s next to
+  the in-process ceiling.
 
 Writes bench/results/latest.md (tables, ratios, the commands, machine facts), latest.json and
 throughput_latency.png. Servers and load generators share this machine's cores.
