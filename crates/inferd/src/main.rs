@@ -442,6 +442,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         tracing::warn!("cannot print the listening addresses on stdout: {e}");
     }
     tracing::info!(%http, %grpc, "listening");
+    if let Some(file) = &a.config {
+        tracing::info!(config = %file.display(), "settings read from the config file");
+    }
     tracing::info!(
         repository = %repo.display(),
         mode = %a.model_control_mode,
