@@ -249,10 +249,12 @@ def main() -> int:
             fastapi = FastApi("mlp_small", small, out)
             try:
                 servers = [("inferd", "mlp_small", inferd)] + ([("triton", "peer_onnx", triton)] if triton else [])
-                for name, model, srv in servers:
-                    for proto in ("http", "grpc"):
-                        url = srv.http if proto == "http" else srv.grpc
-                        for c in sweep:
+                # Servers take turns at each point, so a ratio compares measurements a few
+                # seconds apart: this VM drifts by tens of percent over a run's minutes.
+                for proto in ("http", "grpc"):
+                    for c in sweep:
+                        for name, model, srv in servers:
+                            url = srv.http if proto == "http" else srv.grpc
                             m = perf_analyzer(model, url, proto, c, 1, out, seconds)
                             if m:
                                 rows.append({"server": name, "tool": "perf_analyzer", "protocol": proto, "concurrency": c, **m})
@@ -263,8 +265,8 @@ def main() -> int:
                 if triton:
                     hey_targets.append(("triton", f"http://{triton.http}/v2/models/peer_onnx/infer"))
                 hey_targets.append(("fastapi", f"http://{fastapi.http}/v2/models/mlp_small/infer"))
-                for name, url in hey_targets:
-                    for c in sweep:
+                for c in sweep:
+                    for name, url in hey_targets:
                         m = hey(url, body, c, seconds)
                         if m:
                             rows.append({"server": name, "tool": "hey", "protocol": "http", "concurrency": c, **m})
@@ -277,23 +279,24 @@ def main() -> int:
         if "batching" in scenarios:
             log("compute-bound MLP: batching on and off")
             rows = []
-            for model in ("mlp_large", "mlp_large_nobatch"):
+            triton = None if args.no_triton else Triton(large)
+            try:
+                # Batching on, off and Triton take turns at each concurrency (see above).
                 for c in big_sweep:
-                    before = batch_stats(inferd.http, model)
-                    m = perf_analyzer(model, inferd.grpc, "grpc", c, 1, out, seconds)
-                    if m:
-                        # The batches this point executed (server statistics, diffed): the
-                        # target's "two batch compute times" is measured, not assumed.
-                        m.update(executed_batches(before, batch_stats(inferd.http, model)))
-                        rows.append({"server": "inferd", "model": model, "protocol": "grpc", "concurrency": c, **m})
-            if not args.no_triton:
-                triton = Triton(large)
-                try:
-                    for c in big_sweep:
+                    for model in ("mlp_large", "mlp_large_nobatch"):
+                        before = batch_stats(inferd.http, model)
+                        m = perf_analyzer(model, inferd.grpc, "grpc", c, 1, out, seconds)
+                        if m:
+                            # The batches this point executed (server statistics, diffed): the
+                            # target's "two batch compute times" is measured, not assumed.
+                            m.update(executed_batches(before, batch_stats(inferd.http, model)))
+                            rows.append({"server": "inferd", "model": model, "protocol": "grpc", "concurrency": c, **m})
+                    if triton:
                         m = perf_analyzer("peer_onnx", triton.grpc, "grpc", c, 1, out, seconds)
                         if m:
                             rows.append({"server": "triton", "model": "mlp_large", "protocol": "grpc", "concurrency": c, **m})
-                finally:
+            finally:
+                if triton:
                     triton.stop()
             res["batching"] = rows
 
