@@ -175,36 +175,35 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
         .cloned()
         .context("the serve command is missing")?;
     let path = sub.get_one::<PathBuf>("config");
-    let extra = match path {
+    let from_file = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("config file {}: cannot read it", path.display()))?;
-            config_file_args(&serve, sub, path, &text)?
+            config_file_settings(&serve, sub, path, &text)?
         }
         None => Vec::new(),
     };
     let mut origins = std::collections::BTreeMap::new();
     for arg in serve.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        let prefix = format!("--{long}=");
-        let from_file = extra
-            .iter()
-            .any(|e| e.to_str().is_some_and(|e| e.starts_with(&prefix)));
-        let origin = match (path, arg.get_env()) {
-            (Some(path), _) if from_file => {
-                format!("'{long}' in config file {}", path.display())
-            }
-            (_, Some(var))
-                if sub.value_source(arg.get_id().as_str()) == Some(ValueSource::EnvVariable) =>
-            {
-                var.to_string_lossy().into_owned()
-            }
-            _ if sub.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) => {
-                format!("--{long}")
-            }
+        let origin = match sub.value_source(arg.get_id().as_str()) {
+            Some(ValueSource::EnvVariable) => arg
+                .get_env()
+                .map_or(format!("--{long}"), |v| v.to_string_lossy().into_owned()),
+            Some(ValueSource::CommandLine) => format!("--{long}"),
             _ => continue,
         };
         origins.insert(long.to_string(), origin);
+    }
+    let mut extra: Vec<OsString> = Vec::new();
+    if let Some(path) = path {
+        for (key, values) in from_file {
+            origins.insert(
+                key.clone(),
+                format!("'{key}' in config file {}", path.display()),
+            );
+            extra.extend(values.iter().map(|v| format!("--{key}={v}").into()));
+        }
     }
     let mut cli = if extra.is_empty() {
         Cli::from_arg_matches(&matches)?
@@ -221,15 +220,15 @@ fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
     Ok(cli)
 }
 
-/// The `--flag=value` arguments a config file contributes: every setting the command line or
-/// environment does not already give. Each value is checked with its flag's own parser first,
-/// so an error names the file, the setting and the reason.
-fn config_file_args(
+/// The settings a config file contributes, as (flag name, values): every setting the command
+/// line or environment does not already give. Each value is checked with its flag's own parser
+/// first, so an error names the file, the setting and the reason.
+fn config_file_settings(
     serve: &clap::Command,
     given: &ArgMatches,
     path: &std::path::Path,
     text: &str,
-) -> Result<Vec<OsString>> {
+) -> Result<Vec<(String, Vec<String>)>> {
     let file = path.display();
     let table: toml::Table = text
         .parse()
@@ -249,27 +248,22 @@ fn config_file_args(
                 known.join(", ")
             );
         };
-        let repeatable = matches!(arg.get_action(), ArgAction::Append);
-        let values = match value {
-            toml::Value::Array(items) if repeatable => items
-                .iter()
-                .map(|v| {
-                    config_scalar(v).map_err(|why| anyhow!("config file {file}: '{key}': {why}"))
-                })
-                .collect::<Result<Vec<_>>>()?,
-            v => vec![
-                config_scalar(v).map_err(|why| anyhow!("config file {file}: '{key}': {why}"))?,
-            ],
+        let items: Vec<&toml::Value> = match value {
+            toml::Value::Array(items) if matches!(arg.get_action(), ArgAction::Append) => {
+                items.iter().collect()
+            }
+            v => vec![v],
         };
+        let values = items
+            .into_iter()
+            .map(|v| config_scalar(v).map_err(|why| anyhow!("config file {file}: '{key}': {why}")))
+            .collect::<Result<Vec<_>>>()?;
         for v in &values {
             // The flag's own parser, through clap (an invalid environment variable would
             // already have stopped the first parse, so an error here is this value's).
             let alone = [OsString::from("serve"), format!("--{key}={v}").into()];
             if let Err(e) = serve.clone().try_get_matches_from(alone) {
-                bail!(
-                    "config file {file}: '{key}' = {v:?}: {}",
-                    clap_reason(&e.to_string())
-                );
+                bail!("config file {file}: '{key}' = {v:?}: {}", clap_reason(&e));
             }
         }
         let overridden = matches!(
@@ -277,7 +271,7 @@ fn config_file_args(
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         );
         if !overridden {
-            out.extend(values.into_iter().map(|v| format!("--{key}={v}").into()));
+            out.push((key.clone(), values));
         }
     }
     Ok(out)
@@ -301,20 +295,15 @@ fn config_scalar(v: &toml::Value) -> std::result::Result<String, String> {
     }
 }
 
-/// The reason in a clap value error, without clap's "error: invalid value ... for '--flag':"
-/// preamble and usage hint (the caller names the file and setting instead).
-fn clap_reason(rendered: &str) -> String {
-    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let reason = match first.find(">': ") {
-        Some(i) => first[i + 4..].to_string(),
-        None => "invalid value".to_string(),
-    };
-    // e.g. "[possible values: true, false]"
-    match lines.next().filter(|l| l.starts_with('[')) {
-        Some(hint) => format!("{reason} ({})", hint.trim_matches(['[', ']'])),
-        None => reason,
+/// Why clap refused a value: the value parser's own error, or the values it accepts (the caller
+/// names the file and setting instead of clap's flag and usage).
+fn clap_reason(e: &clap::Error) -> String {
+    if let Some(why) = std::error::Error::source(e) {
+        return why.to_string();
+    }
+    match e.get(clap::error::ContextKind::ValidValue) {
+        Some(valid) => format!("invalid value (possible values: {valid})"),
+        None => e.kind().to_string(),
     }
 }
 
