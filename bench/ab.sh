@@ -3,7 +3,7 @@
 # percent within minutes, so configurations are measured in turn, round after round, and every
 # 2 s window perf_analyzer reports is printed with the server's CPU time for the run.
 #   bench/ab.sh ROUNDS http|grpc CONCURRENCY BATCH 'CONFIG A' 'CONFIG B' ...
-# A config is shell assignments: BIN= (inferd binary), ARGS= (extra serve flags), MODEL=
+# A config is shell assignments: BIN= (inferd binary; default the `--profile dist` build), ARGS= (extra serve flags), MODEL=
 # (default mlp_small), REPO= (default bench/models/repo), PIN=1 (pin executors to core 1 and the
 # network to core 0), or any INFERD_* variable. Example:
 #   bench/ab.sh 3 grpc 4 64 'INFERD_NETWORK_THREADS=2' 'INFERD_NETWORK_THREADS=1'
@@ -21,7 +21,7 @@ for _ in $(seq "$rounds"); do
     (
       eval "export $cfg"
       # shellcheck disable=SC2086
-      exec "${BIN:-$target/release/inferd}" serve --model-repository "${REPO:-bench/models/repo}" \
+      exec "${BIN:-$target/dist/inferd}" serve --model-repository "${REPO:-bench/models/repo}" \
         --http-port 18500 --grpc-port 18501 --http-address 127.0.0.1 --grpc-address 127.0.0.1 \
         ${ARGS:-} >"$log" 2>&1
     ) &

@@ -70,12 +70,12 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 class Inferd:
-    """The release `inferd` on ephemeral ports, ready; its log in `out/inferd.log`."""
+    """The shipping (`--profile dist`) `inferd` on ephemeral ports, ready; its log in `out/inferd.log`."""
 
     def __init__(self, repo: Path, out: Path, extra: list[str] | tuple[str, ...] = ()):
         self.log_path = out / "inferd.log"
         self.log = open(self.log_path, "w")
-        cmd = [str(TARGET / "release/inferd"), "serve", "--model-repository", str(repo),
+        cmd = [str(TARGET / "dist/inferd"), "serve", "--model-repository", str(repo),
                "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
                *extra]
         commands.append(" ".join(cmd))
@@ -232,7 +232,7 @@ def main() -> int:
         log("in-process ceiling")
         rows = []
         for model in ("mlp_small", "mlp_large"):
-            r = run([str(TARGET / "release/inferd-bench"), "--repository", str(repo), "--model", model,
+            r = run([str(TARGET / "dist/inferd-bench"), "--repository", str(repo), "--model", model,
                      "--seconds", str(seconds)])
             rows += [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
         res["inprocess"] = rows

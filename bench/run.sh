@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark harness: builds release binaries, prepares the Python side (venv with the peers'
+# The benchmark harness: builds the shipping binaries (`--profile dist`: release with LTO), prepares the Python side (venv with the peers'
 # packages; perf_analyzer from the tritonclient 2.51 wheel; hey), then runs bench/run.py.
 #   bench/run.sh [--quick] [--scenario inprocess|overhead|batching|batch64 ...] [--no-triton]
 set -euo pipefail
@@ -16,5 +16,5 @@ fi
 if ! command -v hey >/dev/null || ! dpkg -s libb64-0d >/dev/null 2>&1; then
   apt-get install -y -qq hey libb64-0d
 fi
-cargo build --release -p inferd -p inferd-bench >&2
+cargo build --profile dist -p inferd -p inferd-bench >&2
 exec "$venv/bin/python" bench/run.py "$@"

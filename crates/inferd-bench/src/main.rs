@@ -14,6 +14,9 @@ use inferd_core::backend::LoadedModel;
 use inferd_core::{Engine, EngineOptions, InferRequest, NamedTensor, Tensor};
 use inferd_onnx::{OnnxBackend, OnnxModel};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "in-process ceiling of an ONNX model with one FP32 input named 'input'")]
 struct Args {

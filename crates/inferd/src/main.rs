@@ -15,6 +15,10 @@ use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, 
 use inferd_core::{Backend, ControlMode, Engine, EngineOptions};
 use inferd_server::{BoundServer, ServerOptions};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "inferd",
