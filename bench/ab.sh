@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Interleaved A/B of inferd server settings under perf_analyzer: this VM drifts by tens of
 # percent within minutes, so configurations are measured in turn, round after round, and every
-# 2 s window perf_analyzer reports is printed with the server's CPU time for the run.
+# 2 s window perf_analyzer reports is printed with the server's CPU time for the run, in all and
+# per served request.
 #   bench/ab.sh ROUNDS http|grpc CONCURRENCY BATCH 'CONFIG A' 'CONFIG B' ...
-# A config is shell assignments: BIN= (inferd binary; default the `--profile dist` build), ARGS= (extra serve flags), MODEL=
-# (default mlp_small), REPO= (default bench/models/repo), PIN=1 (pin executors to core 1 and the
-# network to core 0), or any INFERD_* variable. Example:
+# A config is shell assignments: BIN= (inferd binary; default the `--profile dist` build), ARGS=
+# (extra serve flags), MODEL= (default mlp_small), REPO= (default bench/models/repo), PIN=1 (pin
+# executors to core 1 and the network to core 0), or any INFERD_* variable. Example:
 #   bench/ab.sh 3 grpc 4 64 'INFERD_NETWORK_THREADS=2' 'INFERD_NETWORK_THREADS=1'
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,13 +38,19 @@ for _ in $(seq "$rounds"); do
       done
     fi
     if [ "$proto" = http ]; then url=127.0.0.1:18500; else url=127.0.0.1:18501; fi
+    served() { curl -s "localhost:18500/v2/models/$model/stats" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["model_stats"][0]["inference_stats"]["success"]["count"])'; }
+    n0=$(served)
     s0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     out=$(timeout 60 "$pa_venv/bin/perf_analyzer" -m "$model" -x 1 -u "$url" -i "$proto" -b "$batch" \
       --concurrency-range "$conc" --measurement-interval 2000 --max-trials 3 -v 2>&1)
     s1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    n1=$(served)
     passes=$(grep -o "throughput: [0-9.]*" <<<"$out" | awk '{printf "%.0f ", $2}')
     p99=$(grep -o "p99 latency: [0-9]*" <<<"$out" | tail -1)
-    echo "[$cfg] windows/s: ${passes}server cpu: $(( (s1 - s0) * 10 )) ms ${p99}"
+    # CPU per served request (the model's success count; a batch-64 request counts once).
+    per=$(python3 -c "print(f'{($s1 - $s0) * 10000 / max($n1 - $n0, 1):.1f}')")
+    echo "[$cfg] windows/s: ${passes}server cpu: $(( (s1 - s0) * 10 )) ms, ${per} us per request ${p99}"
     kill "$pid"; wait "$pid" 2>/dev/null; sleep 0.3
   done
 done
