@@ -15,6 +15,11 @@ pa_venv=${PA_VENV:-$HOME/.cache/inferd/pa-venv}
 target=${CARGO_TARGET_DIR:-$PWD/target}
 export LD_LIBRARY_PATH
 LD_LIBRARY_PATH=$(ls -d "$pa_venv"/lib/python3*/site-packages)/nvidia/cuda_runtime/lib
+# Requests the model served so far (its statistics' success count).
+served() {
+  curl -s "localhost:18500/v2/models/$1/stats" | python3 -c \
+    'import json, sys; print(json.load(sys.stdin)["model_stats"][0]["inference_stats"]["success"]["count"])'
+}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for _ in $(seq "$rounds"); do
@@ -38,14 +43,12 @@ for _ in $(seq "$rounds"); do
       done
     fi
     if [ "$proto" = http ]; then url=127.0.0.1:18500; else url=127.0.0.1:18501; fi
-    served() { curl -s "localhost:18500/v2/models/$model/stats" |
-      python3 -c 'import json, sys; print(json.load(sys.stdin)["model_stats"][0]["inference_stats"]["success"]["count"])'; }
-    n0=$(served)
+    n0=$(served "$model")
     s0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     out=$(timeout 60 "$pa_venv/bin/perf_analyzer" -m "$model" -x 1 -u "$url" -i "$proto" -b "$batch" \
       --concurrency-range "$conc" --measurement-interval 2000 --max-trials 3 -v 2>&1)
     s1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    n1=$(served)
+    n1=$(served "$model")
     passes=$(grep -o "throughput: [0-9.]*" <<<"$out" | awk '{printf "%.0f ", $2}')
     p99=$(grep -o "p99 latency: [0-9]*" <<<"$out" | tail -1)
     # CPU per served request (the model's success count; a batch-64 request counts once).

@@ -70,7 +70,7 @@ def wait_http(url: str, timeout: float = 120) -> None:
 
 
 class Inferd:
-    """The shipping (`--profile dist`) `inferd` on ephemeral ports, ready; its log in `out/inferd.log`."""
+    """The `--profile dist` `inferd` on ephemeral ports, ready; its log in `out/inferd.log`."""
 
     def __init__(self, repo: Path, out: Path, extra: list[str] | tuple[str, ...] = ()):
         self.log_path = out / "inferd.log"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark harness: builds the shipping binaries (`--profile dist`: release with LTO), prepares the Python side (venv with the peers'
-# packages; perf_analyzer from the tritonclient 2.51 wheel; hey), then runs bench/run.py.
+# The benchmark harness: builds the shipping binaries (`--profile dist`: release with LTO),
+# prepares the Python side (venv with the peers' packages; perf_analyzer from the tritonclient 2.51
+# wheel; hey), then runs bench/run.py.
 #   bench/run.sh [--quick] [--scenario inprocess|overhead|batching|batch64 ...] [--no-triton]
 set -euo pipefail
 cd "$(dirname "$0")/.."
