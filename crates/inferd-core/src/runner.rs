@@ -187,7 +187,11 @@ impl VersionRunner {
                 match rx.try_recv() {
                     Ok(r) => return r,
                     Err(TryRecvError::Closed) => break,
-                    Err(TryRecvError::Empty) => tokio::task::yield_now().await,
+                    Err(TryRecvError::Empty) => {
+                        // Offer the core to other threads first (see the scheduler's poll).
+                        std::thread::yield_now();
+                        tokio::task::yield_now().await
+                    }
                 }
             }
         }

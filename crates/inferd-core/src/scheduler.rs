@@ -409,6 +409,11 @@ impl Scheduler {
                 }
                 std::hint::spin_loop();
             }
+            // Offer the core to any other runnable thread (the network thread, a client on
+            // the same machine): on a small machine this poll otherwise takes the core they
+            // need to send the very requests it waits for. With nothing else to run, the
+            // call returns at once and the poll goes on.
+            std::thread::yield_now();
         }
     }
 

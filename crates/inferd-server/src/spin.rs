@@ -76,6 +76,9 @@ impl Spinner {
                     .saturating_sub(self.last_ns.load(Ordering::Relaxed))
                     < window
             {
+                // Offer the core to other threads (a client on the same machine) before
+                // polling again; with none runnable this returns at once.
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
             }
             self.spinning.store(false, Ordering::Relaxed);
