@@ -1,9 +1,15 @@
 //! Batch formation for the dynamic batcher, as a pure policy: given the queued requests (oldest
 //! first) and the time, decide to run a batch now or when to look again. No I/O, no clocks of its
 //! own, so every rule is unit-tested directly. Follows Triton's `dynamic_batching` semantics:
-//! a batch never exceeds `max_batch_size`; a preferred batch size that can be formed runs at once;
-//! otherwise the batch waits until the oldest request has waited `max_queue_delay`.
-//!
+//! - a batch never exceeds `max_batch_size`, and holds only requests of one shape;
+//! - no `preferred_batch_size` means one preferred size, `max_batch_size`;
+//! - while the oldest request is within `max_queue_delay`, the largest preferred size that the
+//!   queue can form runs at once (when the queue holds more than the largest preferred size but
+//!   none can be formed exactly, the requests below it run);
+//! - a queue that reaches the largest preferred size, or holds more than one batch can take,
+//!   runs at once;
+//! - otherwise the batch waits until the oldest request has waited `max_queue_delay`, and then
+//!   runs everything that fits.
 
 use std::time::{Duration, Instant};
 
@@ -65,18 +71,27 @@ impl BatchPolicy {
         let Some(oldest) = queue.first() else {
             return Decision::Idle;
         };
-        // The longest prefix that fits, and the row count after each request.
+        let max_preferred = self.preferred.last().copied().unwrap_or(self.max_batch);
+        // The longest prefix that fits, its row count, and the longest prefix ending on a
+        // preferred size (or, when the queue goes past the largest preferred size without
+        // forming one, the prefix just below it).
         let mut rows = 0usize;
         let mut fits = 0usize;
-        let mut best_preferred: Option<usize> = None;
+        let mut best: Option<usize> = None;
         for p in queue {
-            if rows + p.rows > self.max_batch || p.key != oldest.key {
+            if p.key != oldest.key {
+                break;
+            }
+            if fits > 0 && best.is_none() && rows + p.rows > max_preferred {
+                best = Some(fits);
+            }
+            if rows + p.rows > self.max_batch {
                 break;
             }
             rows += p.rows;
             fits += 1;
-            if self.preferred.contains(&rows) {
-                best_preferred = Some(fits);
+            if rows == max_preferred || self.preferred.contains(&rows) {
+                best = Some(fits);
             }
         }
         if fits == 0 {
@@ -84,16 +99,15 @@ impl BatchPolicy {
             // it); run it alone rather than stall.
             return Decision::Run(1);
         }
-        let full = rows == self.max_batch || fits < queue.len();
-        if full {
-            return Decision::Run(fits);
-        }
-        if best_preferred == Some(fits) && self.preferred.last() == Some(&rows) {
-            return Decision::Run(fits);
-        }
         let due = oldest.enqueued + self.max_delay;
-        if now >= due {
-            return Decision::Run(best_preferred.unwrap_or(fits));
+        let delay_passed = !self.max_delay.is_zero() && now >= due;
+        if let Some(n) = best
+            && !delay_passed
+        {
+            return Decision::Run(n);
+        }
+        if fits < queue.len() || rows >= max_preferred || delay_passed || self.max_delay.is_zero() {
+            return Decision::Run(fits);
         }
         Decision::WaitUntil(due)
     }
@@ -145,16 +159,51 @@ mod tests {
     }
 
     #[test]
-    fn largest_preferred_size_runs_at_once_and_on_timeout_the_best_preferred_prefix() {
+    fn a_formed_preferred_size_runs_at_once_and_on_timeout_everything_that_fits() {
         let t0 = Instant::now();
         let d = Duration::from_millis(1);
         let p = BatchPolicy::new(16, &[4, 8], d);
         assert_eq!(p.decide(&q(t0, &[4, 4]), t0), Decision::Run(2));
-        assert_eq!(
-            p.decide(&q(t0, &[2, 2, 1]), t0),
-            Decision::WaitUntil(t0 + d)
-        );
-        assert_eq!(p.decide(&q(t0, &[2, 2, 1]), t0 + d), Decision::Run(2));
+        // 2 + 2 forms the preferred 4, and the 1 behind it forms none: the 4 runs now.
+        assert_eq!(p.decide(&q(t0, &[2, 2, 1]), t0), Decision::Run(2));
+        // Five single rows: the largest size they can form is 4.
+        assert_eq!(p.decide(&q(t0, &[1; 5]), t0), Decision::Run(4));
+        // Nothing preferred formed yet: wait, and after the delay run all that fits.
+        assert_eq!(p.decide(&q(t0, &[2, 1]), t0), Decision::WaitUntil(t0 + d));
+        assert_eq!(p.decide(&q(t0, &[2, 1]), t0 + d), Decision::Run(2));
+        assert_eq!(p.decide(&q(t0, &[2, 2, 1]), t0 + d), Decision::Run(3));
+    }
+
+    #[test]
+    fn a_queue_past_the_largest_preferred_size_runs_that_size_until_the_delay_passes() {
+        let t0 = Instant::now();
+        let d = Duration::from_millis(2);
+        let p = BatchPolicy::new(64, &[16], d);
+        assert_eq!(p.decide(&q(t0, &[1; 20]), t0), Decision::Run(16));
+        // Once the oldest has waited out the delay, everything that fits runs.
+        assert_eq!(p.decide(&q(t0, &[1; 20]), t0 + d), Decision::Run(20));
+        // Past 16 without forming it: the requests below it run.
+        assert_eq!(p.decide(&q(t0, &[10, 10]), t0), Decision::Run(1));
+        // One request larger than the preferred size runs alone, at once.
+        assert_eq!(p.decide(&q(t0, &[20]), t0), Decision::Run(1));
+    }
+
+    #[test]
+    fn no_preferred_sizes_means_max_batch_size_is_the_preferred_size() {
+        let t0 = Instant::now();
+        let d = Duration::from_millis(1);
+        let p = BatchPolicy::new(8, &[], d);
+        assert_eq!(p.decide(&q(t0, &[3, 4]), t0), Decision::WaitUntil(t0 + d));
+        assert_eq!(p.decide(&q(t0, &[4, 4]), t0), Decision::Run(2));
+        assert_eq!(p.decide(&q(t0, &[1; 12]), t0), Decision::Run(8));
+    }
+
+    #[test]
+    fn zero_delay_with_preferred_sizes_runs_the_largest_formed_or_all() {
+        let t0 = Instant::now();
+        let p = BatchPolicy::new(16, &[4, 8], Duration::ZERO);
+        assert_eq!(p.decide(&q(t0, &[1; 6]), t0), Decision::Run(4));
+        assert_eq!(p.decide(&q(t0, &[1; 3]), t0), Decision::Run(3));
     }
 
     #[test]
