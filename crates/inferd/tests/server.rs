@@ -900,6 +900,53 @@ fn request_timeout_and_priority_parameters() {
 }
 
 #[test]
+fn a_formed_preferred_batch_runs_without_waiting_out_the_delay() {
+    // Triton's rule: a preferred size the queue can form runs at once, even when it is not the
+    // largest preferred size; with none formed, the batch waits out the delay.
+    let repo = batched_mlp_repo(
+        "pref",
+        "dynamic_batching { max_queue_delay_microseconds: 3000000 preferred_batch_size: [ 2, 4 ] }",
+    );
+    let s = Server::start(repo.path(), &[]);
+    let url = format!("http://{}/v2/models/pref/infer", s.http);
+    let send = |url: String| {
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = Server::agent()
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(mlp_request(1).to_string().as_bytes())
+                .unwrap();
+            (r.status().as_u16(), t.elapsed())
+        })
+    };
+    let first = send(url.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let second = send(url.clone());
+    let (st1, t1) = first.join().unwrap();
+    let (st2, t2) = second.join().unwrap();
+    assert_eq!((st1, st2), (200, 200));
+    // The second request formed the preferred 2: both answered long before the 3 s delay.
+    assert!(t1 < Duration::from_millis(2000), "first waited {t1:?}");
+    assert!(t2 < Duration::from_millis(1700), "second waited {t2:?}");
+    // A lone request forms no preferred size: it waits out the delay.
+    let (st3, t3) = send(url).join().unwrap();
+    assert_eq!(st3, 200);
+    assert!(
+        t3 >= Duration::from_millis(2900),
+        "lone request waited only {t3:?}"
+    );
+    let (_, stats) = s.get("/v2/models/pref/stats");
+    let sizes: Vec<u64> = stats["model_stats"][0]["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![1, 2], "{stats}");
+}
+
+#[test]
 fn disconnected_client_request_never_reaches_the_model() {
     let repo = batched_mlp_repo(
         "slowbatch",
