@@ -4,6 +4,7 @@ serves normally again as soon as the load drops."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ import numpy as np
 import onnx
 import pytest
 import requests
-from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "models"))
+from generate import build_mlp  # noqa: E402  (the benchmark's MLP builder)
 
 MODEL = "tight_queue"
 CLIENTS = 48
@@ -27,34 +30,6 @@ dynamic_batching {{ max_queue_delay_microseconds: 500 default_queue_policy {{ ma
 """
 
 
-def slow_mlp() -> onnx.ModelProto:
-    """64-4096-4096-10 Gemm+Relu: a 64-row batch costs milliseconds, so the model, not the
-    Python clients, is the bottleneck however fast the server's own path is. (The example MLP
-    let the clients lose the race once the server got faster, and no request was refused.)"""
-    rng = np.random.default_rng(7)
-    layers = (64, 4096, 4096, 10)
-    inits, nodes, current = [], [], "input"
-    for i, (fan_in, fan_out) in enumerate(zip(layers, layers[1:])):
-        w = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(fan_out, np.float32), f"b{i}")]
-        last = i == len(layers) - 2
-        out = "output" if last else f"fc{i}"
-        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
-            current = f"relu{i}"
-    graph = helper.make_graph(
-        nodes,
-        MODEL,
-        inputs=[helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        outputs=[helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -67,7 +42,10 @@ def server(inferd_server_factory, tmp_path_factory):
     repo = tmp_path_factory.mktemp("overload") / "models"
     (repo / MODEL / "1").mkdir(parents=True)
     (repo / MODEL / "config.pbtxt").write_text(CONFIG)
-    onnx.save(slow_mlp(), repo / MODEL / "1" / "model.onnx")
+    # 64-4096-4096-10: a 32-row batch costs milliseconds, so the model, not the Python clients,
+    # is the bottleneck however fast the server's own path is. (The example MLP let the clients
+    # lose the race once the server got faster, and no request was refused.)
+    onnx.save(build_mlp((64, 4096, 4096, 10), seed=7, name=MODEL), repo / MODEL / "1" / "model.onnx")
     return inferd_server_factory(repo)
 
 

@@ -45,7 +45,7 @@ pub struct BatchPolicy {
 }
 
 impl BatchPolicy {
-    /// A policy; preferred sizes above `max_batch` are dropped.
+    /// A policy; preferred sizes above `max_batch` are dropped, and none means `max_batch`.
     pub fn new(max_batch: usize, preferred: &[usize], max_delay: Duration) -> Self {
         let mut preferred: Vec<usize> = preferred
             .iter()
@@ -54,6 +54,10 @@ impl BatchPolicy {
             .collect();
         preferred.sort_unstable();
         preferred.dedup();
+        // As Triton normalizes a config without preferred sizes.
+        if preferred.is_empty() {
+            preferred.push(max_batch.max(1));
+        }
         BatchPolicy {
             max_batch: max_batch.max(1),
             preferred,
@@ -71,6 +75,7 @@ impl BatchPolicy {
         let Some(oldest) = queue.first() else {
             return Decision::Idle;
         };
+        // Never empty (see `new`).
         let max_preferred = self.preferred.last().copied().unwrap_or(self.max_batch);
         // The longest prefix that fits, its row count, and the longest prefix ending on a
         // preferred size (or, when the queue goes past the largest preferred size without
@@ -90,7 +95,7 @@ impl BatchPolicy {
             }
             rows += p.rows;
             fits += 1;
-            if rows == max_preferred || self.preferred.contains(&rows) {
+            if self.preferred.contains(&rows) {
                 best = Some(fits);
             }
         }

@@ -908,29 +908,24 @@ fn a_formed_preferred_batch_runs_without_waiting_out_the_delay() {
         "dynamic_batching { max_queue_delay_microseconds: 3000000 preferred_batch_size: [ 2, 4 ] }",
     );
     let s = Server::start(repo.path(), &[]);
-    let url = format!("http://{}/v2/models/pref/infer", s.http);
-    let send = |url: String| {
-        std::thread::spawn(move || {
-            let t = Instant::now();
-            let r = Server::agent()
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(mlp_request(1).to_string().as_bytes())
-                .unwrap();
-            (r.status().as_u16(), t.elapsed())
-        })
+    let body = mlp_request(1).to_string();
+    let timed = || {
+        let t = Instant::now();
+        let (st, _) = s.post("/v2/models/pref/infer", body.as_bytes());
+        (st, t.elapsed())
     };
-    let first = send(url.clone());
-    std::thread::sleep(Duration::from_millis(300));
-    let second = send(url.clone());
-    let (st1, t1) = first.join().unwrap();
-    let (st2, t2) = second.join().unwrap();
+    let ((st1, t1), (st2, t2)) = std::thread::scope(|sc| {
+        let first = sc.spawn(timed);
+        std::thread::sleep(Duration::from_millis(300));
+        let second = sc.spawn(timed);
+        (first.join().unwrap(), second.join().unwrap())
+    });
     assert_eq!((st1, st2), (200, 200));
     // The second request formed the preferred 2: both answered long before the 3 s delay.
     assert!(t1 < Duration::from_millis(2000), "first waited {t1:?}");
     assert!(t2 < Duration::from_millis(1700), "second waited {t2:?}");
     // A lone request forms no preferred size: it waits out the delay.
-    let (st3, t3) = send(url).join().unwrap();
+    let (st3, t3) = timed();
     assert_eq!(st3, 200);
     assert!(
         t3 >= Duration::from_millis(2900),
