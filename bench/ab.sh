@@ -2,7 +2,7 @@
 # Interleaved A/B of inferd server settings under perf_analyzer: this VM drifts by tens of
 # percent within minutes, so configurations are measured in turn, round after round, and every
 # 2 s window perf_analyzer reports is printed with the server's CPU time for the run, in all and
-# per served request.
+# per served request, and perf_analyzer's CPU per served request.
 #   bench/ab.sh ROUNDS http|grpc CONCURRENCY BATCH 'CONFIG A' 'CONFIG B' ...
 # A config is shell assignments: BIN= (inferd binary; default the `--profile dist` build), ARGS=
 # (extra serve flags), MODEL= (default mlp_small), REPO= (default bench/models/repo), PIN=1 (pin
@@ -45,15 +45,19 @@ for _ in $(seq "$rounds"); do
     if [ "$proto" = http ]; then url=127.0.0.1:18500; else url=127.0.0.1:18501; fi
     n0=$(served "$model")
     s0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    out=$(timeout 60 "$pa_venv/bin/perf_analyzer" -m "$model" -x 1 -u "$url" -i "$proto" -b "$batch" \
-      --concurrency-range "$conc" --measurement-interval 2000 --max-trials 3 -v 2>&1)
+    out=$({ TIMEFORMAT="client-cpu %U %S"; time timeout 60 "$pa_venv/bin/perf_analyzer" -m "$model" \
+      -x 1 -u "$url" -i "$proto" -b "$batch" --concurrency-range "$conc" --measurement-interval 2000 \
+      --max-trials 3 -v; } 2>&1)
     s1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     n1=$(served "$model")
     passes=$(grep -o "throughput: [0-9.]*" <<<"$out" | awk '{printf "%.0f ", $2}')
     p99=$(grep -o "p99 latency: [0-9]*" <<<"$out" | tail -1)
     # CPU per served request (the model's success count; a batch-64 request counts once).
     per=$(python3 -c "print(f'{($s1 - $s0) * 10000 / max($n1 - $n0, 1):.1f}')")
-    echo "[$cfg] windows/s: ${passes}server cpu: $(( (s1 - s0) * 10 )) ms, ${per} us per request ${p99}"
+    # perf_analyzer's own CPU per served request (it shares the cores with the server).
+    client=$(awk -v n=$((n1 - n0)) '/^client-cpu/ {printf "%.1f", ($2 + $3) * 1e6 / (n > 0 ? n : 1)}' <<<"$out")
+    echo "[$cfg] windows/s: ${passes}server cpu: $(( (s1 - s0) * 10 )) ms, ${per} us per request," \
+      "client ${client} us per request ${p99}"
     kill "$pid"; wait "$pid" 2>/dev/null; sleep 0.3
   done
 done

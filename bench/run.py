@@ -12,7 +12,7 @@ Scenarios (each measured in the same run as the numbers it is compared with):
 - batching:  the compute-bound MLP (mlp_large, about 1 ms at batch 1) with dynamic batching and
   without (mlp_large_nobatch), gRPC, concurrency sweep up to 32; Triton on the same file.
 - batch64:   client batch 64 over gRPC against inferd, concurrency sweep up to 16: rows/s next to
-  the in-process ceiling.
+  the in-process ceiling (at the start of the run, and again just before each point).
 
 Writes bench/results/latest.md (tables, ratios, the commands, machine facts), latest.json and
 throughput_latency.png. Servers and load generators share this machine's cores.
@@ -138,7 +138,67 @@ class FastApi:
         self.proc.wait(10)
 
 
-def perf_analyzer(model: str, url: str, proto: str, conc: int, batch: int, out: Path, seconds: float) -> dict | None:
+def inferd_bench(repo: Path, model: str, batches: list[int], seconds: float) -> list[dict]:
+    """The in-process rows (backend, engine, engine_blocking) of `inferd-bench`."""
+    r = run([str(TARGET / "dist/inferd-bench"), "--repository", str(repo), "--model", model,
+             "--batch", ",".join(map(str, batches)), "--seconds", str(seconds)])
+    return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+
+
+def inprocess(repo: Path, model: str, batch: int, seconds: float, path: str) -> float | None:
+    """Rows/s of one in-process path at one batch size."""
+    row = next((r for r in inferd_bench(repo, model, [batch], seconds) if r["path"] == path), None)
+    return row["rows_per_s"] if row else None
+
+
+def served(http: str, model: str) -> int | None:
+    """Requests the model has answered successfully (statistics extension; inferd and Triton)."""
+    try:
+        with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=10) as r:
+            return json.load(r)["model_stats"][0]["inference_stats"]["success"]["count"]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq)."""
+    f = open("/proc/stat").readline().split()
+    return sum(int(f[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSplit:
+    """The machine's CPU per served request over a load run, split into the load generator's own
+    (a child of this process: its rusage) and the rest, which is the server's: client and server
+    share the cores, so a server's requests/s depends on both."""
+
+    def __init__(self, http: str | None, model: str):
+        self.http, self.model = http, model
+
+    def __enter__(self) -> "CpuSplit":
+        self.n0 = served(self.http, self.model) if self.http else None
+        self.busy0, self.child0 = machine_busy_s(), self._children()
+        return self
+
+    @staticmethod
+    def _children() -> float:
+        t = os.times()
+        return t.children_user + t.children_system
+
+    def __exit__(self, *exc) -> None:
+        self.busy, self.child = machine_busy_s() - self.busy0, self._children() - self.child0
+        self.n = (served(self.http, self.model) or 0) - self.n0 if self.n0 is not None else 0
+
+    def per_request(self) -> dict:
+        if self.n <= 0:
+            return {}
+        return {"client_us": round(self.child * 1e6 / self.n, 1),
+                "server_us": round((self.busy - self.child) * 1e6 / self.n, 1)}
+
+
+def perf_analyzer(model: str, url: str, proto: str, conc: int, batch: int, out: Path, seconds: float,
+                  stats_http: str | None = None) -> dict | None:
+    """One perf_analyzer point; with `stats_http` (the server's HTTP address), also the CPU per
+    served request of perf_analyzer and of the server (see CpuSplit)."""
     site = next((PA_VENV / "lib").glob("python3*/site-packages"))
     env = dict(os.environ, LD_LIBRARY_PATH=f"{site}/nvidia/cuda_runtime/lib")
     csv_path = out / f"pa-{model}-{proto}-{url.replace(':', '_')}-c{conc}-b{batch}.csv"
@@ -149,7 +209,8 @@ def perf_analyzer(model: str, url: str, proto: str, conc: int, batch: int, out: 
         cmd = [str(PA_VENV / "bin/perf_analyzer"), "-m", model, "-x", "1", "-u", url, "-i", proto, "-b", str(batch),
                "--concurrency-range", str(conc), "--measurement-interval", str(int(interval * 1000)),
                "--stability-percentage", "25", "--max-trials", str(trials), "-f", str(csv_path)]
-        r = run(cmd, env=env, timeout=600)
+        with CpuSplit(stats_http, model) as cpu:
+            r = run(cmd, env=env, timeout=600)
         if r.returncode == 0 and csv_path.exists():
             break
         log(f"perf_analyzer failed ({proto} {url} c{conc}, {interval:g} s windows): {(r.stdout + r.stderr)[-400:]}")
@@ -157,7 +218,8 @@ def perf_analyzer(model: str, url: str, proto: str, conc: int, batch: int, out: 
         return None
     row = list(csv.DictReader(open(csv_path)))[-1]
     ips = float(row["Inferences/Second"])
-    return {"rps": ips / batch, "rows_per_s": ips, "p50_us": int(row["p50 latency"]), "p99_us": int(row["p99 latency"])}
+    return {"rps": ips / batch, "rows_per_s": ips, "p50_us": int(row["p50 latency"]), "p99_us": int(row["p99 latency"]),
+            **cpu.per_request()}
 
 
 def batch_stats(http: str, model: str) -> dict[int, tuple[int, int]]:
@@ -180,9 +242,11 @@ def executed_batches(before: dict, after: dict) -> dict:
     return {"batches": runs, "mean_batch": round(rows / runs, 1), "batch_compute_us": round(ns / runs / 1000)}
 
 
-def hey(url: str, body: Path, conc: int, seconds: float) -> dict | None:
+def hey(url: str, body: Path, conc: int, seconds: float, stats: tuple[str, str] | None = None) -> dict | None:
+    """One `hey` point; with `stats` (the server's HTTP address and model), the CPU split too."""
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(conc), "-m", "POST", "-T", "application/json", "-D", str(body), url]
-    r = run(cmd, timeout=seconds + 60)
+    with CpuSplit(*(stats or (None, ""))) as cpu:
+        r = run(cmd, timeout=seconds + 60)
     text = r.stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     p50 = re.search(r"50% in ([\d.]+) secs", text)
@@ -193,7 +257,7 @@ def hey(url: str, body: Path, conc: int, seconds: float) -> dict | None:
         log(f"hey failed for {url}: {text[-400:]} {r.stderr[-400:]}")
         return None
     return {"rps": float(m.group(1)), "p50_us": int(float(p50.group(1)) * 1e6),
-            "p99_us": int(float(p99.group(1)) * 1e6), "non_200": bad}
+            "p99_us": int(float(p99.group(1)) * 1e6), "non_200": bad, **cpu.per_request()}
 
 
 def machine() -> str:
@@ -232,9 +296,7 @@ def main() -> int:
         log("in-process ceiling")
         rows = []
         for model in ("mlp_small", "mlp_large"):
-            r = run([str(TARGET / "dist/inferd-bench"), "--repository", str(repo), "--model", model,
-                     "--seconds", str(seconds)])
-            rows += [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+            rows += inferd_bench(repo, model, [1, 64], seconds)
         res["inprocess"] = rows
 
     if "overhead" in scenarios or "batch64" in scenarios or "batching" in scenarios:
@@ -255,19 +317,21 @@ def main() -> int:
                     for c in sweep:
                         for name, model, srv in servers:
                             url = srv.http if proto == "http" else srv.grpc
-                            m = perf_analyzer(model, url, proto, c, 1, out, seconds)
+                            m = perf_analyzer(model, url, proto, c, 1, out, seconds, srv.http)
                             if m:
                                 rows.append({"server": name, "tool": "perf_analyzer", "protocol": proto, "concurrency": c, **m})
                 body = out / "small.json"
                 body.write_text(json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                                                         "data": [0.25] * 64}]}))
-                hey_targets = [("inferd", f"http://{inferd.http}/v2/models/mlp_small/infer")]
+                hey_targets = [("inferd", f"http://{inferd.http}/v2/models/mlp_small/infer", (inferd.http, "mlp_small"))]
                 if triton:
-                    hey_targets.append(("triton", f"http://{triton.http}/v2/models/peer_onnx/infer"))
-                hey_targets.append(("fastapi", f"http://{fastapi.http}/v2/models/mlp_small/infer"))
+                    hey_targets.append(("triton", f"http://{triton.http}/v2/models/peer_onnx/infer",
+                                        (triton.http, "peer_onnx")))
+                # The FastAPI peer has no statistics endpoint: no CPU split for it.
+                hey_targets.append(("fastapi", f"http://{fastapi.http}/v2/models/mlp_small/infer", None))
                 for c in sweep:
-                    for name, url in hey_targets:
-                        m = hey(url, body, c, seconds)
+                    for name, url, stats in hey_targets:
+                        m = hey(url, body, c, seconds, stats)
                         if m:
                             rows.append({"server": name, "tool": "hey", "protocol": "http", "concurrency": c, **m})
             finally:
@@ -304,9 +368,14 @@ def main() -> int:
             log("client batch 64 over gRPC")
             rows = []
             for c in sweep:
-                m = perf_analyzer("mlp_small", inferd.grpc, "grpc", c, 64, out, seconds)
+                # The ceiling again, just before each point (the served server idle): the VM's
+                # speed drifts over a run's minutes, so the start-of-run ceiling alone can be
+                # measured on a quicker or slower machine than the point it is compared with.
+                ceiling = inprocess(repo, "mlp_small", 64, seconds / 2, "backend")
+                m = perf_analyzer("mlp_small", inferd.grpc, "grpc", c, 64, out, seconds, inferd.http)
                 if m:
-                    rows.append({"server": "inferd", "protocol": "grpc", "batch": 64, "concurrency": c, **m})
+                    rows.append({"server": "inferd", "protocol": "grpc", "batch": 64, "concurrency": c, **m,
+                                 "ceiling_rows_per_s": ceiling})
             res["batch64"] = rows
     finally:
         if inferd:
@@ -324,6 +393,16 @@ def best(rows: list[dict], **match) -> dict | None:
     return max(cand, key=lambda r: r["rps"]) if cand else None
 
 
+def cpu_comparison(i: dict, p: dict) -> str:
+    """The CPU split behind a requests/s ratio, and the ratio a free server would reach."""
+    if not all(k in r for r in (i, p) for k in ("client_us", "server_us")):
+        return ""
+    bound = (p["client_us"] + p["server_us"]) / i["client_us"]
+    return (f"; server CPU per request {i['server_us']} us vs {p['server_us']} us (the peer's is "
+            f"**{p['server_us'] / i['server_us']:.2f}x** inferd's), the load generator's own {i['client_us']} us vs "
+            f"{p['client_us']} us, so a server that took no CPU at all would reach {bound:.2f}x")
+
+
 def report(res: dict) -> None:
     md = [f"# Benchmark run {res['date']}", "", f"Machine: {res['machine']}. Servers and load generators share the cores.",
           f"Command: `bench/run.sh {' '.join(res['args'])}`", ""]
@@ -336,7 +415,10 @@ def report(res: dict) -> None:
         for r in rows:
             r["rps"] = round(r["rps"])
         md += ["## Overhead-bound MLP (mlp_small, 1 row per request)", "",
-               table(rows, ["tool", "server", "protocol", "concurrency", "rps", "p50_us", "p99_us"]), ""]
+               "client_us and server_us: the machine's CPU time per served request during the point, taken by "
+               "the load generator and by everything else (the server); the two share the cores.", "",
+               table(rows, ["tool", "server", "protocol", "concurrency", "rps", "p50_us", "p99_us", "client_us",
+                            "server_us"]), ""]
         for tool, proto in (("perf_analyzer", "http"), ("perf_analyzer", "grpc"), ("hey", "http")):
             i = best(rows, tool=tool, server="inferd", protocol=proto)
             for peer in ("triton", "fastapi"):
@@ -344,7 +426,8 @@ def report(res: dict) -> None:
                 if i and p:
                     ratios.append(f"- {tool} {proto}: inferd {i['rps']:.0f} req/s (c{i['concurrency']}) vs {peer} "
                                   f"{p['rps']:.0f} (c{p['concurrency']}): **{i['rps'] / p['rps']:.2f}x**; p99 at those points "
-                                  f"{i['p99_us']} us vs {p['p99_us']} us ({i['p99_us'] / max(p['p99_us'], 1):.2f}x)")
+                                  f"{i['p99_us']} us vs {p['p99_us']} us ({i['p99_us'] / max(p['p99_us'], 1):.2f}x)"
+                                  + cpu_comparison(i, p))
     if "batching" in res:
         rows = sorted(res["batching"], key=lambda r: (r["server"], r["model"], r["concurrency"]))
         for r in rows:
@@ -368,12 +451,18 @@ def report(res: dict) -> None:
         for r in rows:
             r["rows_per_s"] = round(r["rows_per_s"])
         md += ["## Client batch 64 over gRPC (mlp_small)", "",
-               table(rows, ["server", "protocol", "batch", "concurrency", "rows_per_s", "p50_us", "p99_us"]), ""]
+               "ceiling_rows_per_s: the in-process backend at batch 64, measured just before the point.", "",
+               table(rows, ["server", "protocol", "batch", "concurrency", "rows_per_s", "p50_us", "p99_us", "client_us",
+                            "server_us", "ceiling_rows_per_s"]), ""]
         ceiling = next((r for r in res.get("inprocess", []) if r["model"] == "mlp_small" and r["path"] == "backend" and r["batch"] == 64), None)
         top = max(rows, key=lambda r: r["rows_per_s"]) if rows else None
         if ceiling and top:
-            ratios.append(f"- batch 64 over gRPC: {top['rows_per_s']} rows/s vs in-process backend ceiling "
-                          f"{ceiling['rows_per_s']:.0f}: **{top['rows_per_s'] / ceiling['rows_per_s']:.0%}**")
+            line = (f"- batch 64 over gRPC: {top['rows_per_s']} rows/s (c{top['concurrency']}) vs in-process backend "
+                    f"ceiling {ceiling['rows_per_s']:.0f} (start of run): **{top['rows_per_s'] / ceiling['rows_per_s']:.0%}**")
+            if top.get("ceiling_rows_per_s"):
+                line += (f"; vs the ceiling measured just before that point, {top['ceiling_rows_per_s']:.0f}: "
+                         f"**{top['rows_per_s'] / top['ceiling_rows_per_s']:.0%}**")
+            ratios.append(line)
     if ratios:
         md += ["## Ratios (this run)", ""] + ratios + [""]
     md += ["## Commands", "", "```"] + res["commands"] + ["```", ""]
