@@ -7,7 +7,9 @@
 //! - [`http`]: HTTP routes and the binary tensor codec.
 //! - [`grpc`]: the gRPC service.
 //! - [`error`]: error -> status mapping.
+//! - [`coalesce`]: gathers a gRPC connection's writes: an answer's frames leave in one write.
 
+pub mod coalesce;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -150,8 +152,12 @@ impl BoundServer {
         )
         .max_decoding_message_size(self.opts.max_body_bytes)
         .max_encoding_message_size(usize::MAX);
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        // An answer's frames, and answers finished together, leave in one write (see
+        // [`coalesce`]).
+        let incoming = tokio_stream::StreamExt::map(
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+            |conn| conn.map(coalesce::Coalescing::new),
+        );
         let mut rx_grpc = rx.clone();
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
