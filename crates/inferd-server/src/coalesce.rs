@@ -11,7 +11,8 @@
 //! [`Coalescing`] copies small writes into a buffer. The first flush after new data yields once
 //! instead (a deferred wake-up: tokio polls the task again after the tasks that are ready have
 //! run), so the trailers, and the other answers of the batch, join the buffer; the next flush
-//! writes it all at once. Large writes pass straight through when nothing is buffered.
+//! writes it all at once. Large writes pass straight through when nothing is buffered, the
+//! buffer is written out before it passes 64 KiB, and a drained buffer keeps at most 16 KiB.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -64,6 +65,8 @@ impl<T: AsyncWrite + Unpin> Coalescing<T> {
         }
         self.buf.clear();
         self.pos = 0;
+        // An idle connection keeps at most a small buffer, whatever its last burst needed.
+        self.buf.shrink_to(PASS_THROUGH);
         Poll::Ready(Ok(()))
     }
 
@@ -410,6 +413,10 @@ mod tests {
         }
         io.shutdown().await.unwrap();
         assert_eq!(io.get_ref().writes.concat(), expected);
+        assert!(
+            io.buf.capacity() <= PASS_THROUGH,
+            "the drained buffer shrinks back"
+        );
         assert!(
             io.get_ref()
                 .writes
