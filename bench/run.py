@@ -138,32 +138,38 @@ class FastApi:
         self.proc.wait(10)
 
 
-def inferd_bench(repo: Path, model: str, batches: list[int], seconds: float) -> list[dict]:
+def inferd_bench(repo: Path, model: str, batches: list[int], seconds: float, *extra: str) -> list[dict]:
     """The in-process rows (backend, engine, engine_blocking) of `inferd-bench`."""
     r = run([str(TARGET / "dist/inferd-bench"), "--repository", str(repo), "--model", model,
-             "--batch", ",".join(map(str, batches)), "--seconds", str(seconds)])
+             "--batch", ",".join(map(str, batches)), "--seconds", str(seconds), *extra])
     return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
 
 
-def inprocess(repo: Path, model: str, batch: int, seconds: float, path: str) -> float | None:
-    """Rows/s of one in-process path at one batch size."""
-    row = next((r for r in inferd_bench(repo, model, [batch], seconds) if r["path"] == path), None)
-    return row["rows_per_s"] if row else None
+def backend_ceiling(repo: Path, model: str, batch: int, seconds: float) -> float | None:
+    """Rows/s of the bare backend at one batch size."""
+    rows = inferd_bench(repo, model, [batch], seconds, "--backend-only")
+    return rows[0]["rows_per_s"] if rows else None
+
+
+def model_stats(http: str, model: str) -> dict:
+    """The model's entry in the statistics extension (inferd and Triton)."""
+    with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=10) as r:
+        return json.load(r)["model_stats"][0]
 
 
 def served(http: str, model: str) -> int | None:
-    """Requests the model has answered successfully (statistics extension; inferd and Triton)."""
+    """Requests the model has answered successfully."""
     try:
-        with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=10) as r:
-            return json.load(r)["model_stats"][0]["inference_stats"]["success"]["count"]
+        return model_stats(http, model)["inference_stats"]["success"]["count"]
     except Exception:  # noqa: BLE001
         return None
 
 
 def machine_busy_s() -> float:
     """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq)."""
-    f = open("/proc/stat").readline().split()
-    return sum(int(f[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()
+    return sum(int(cpu[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuSplit:
@@ -224,8 +230,7 @@ def perf_analyzer(model: str, url: str, proto: str, conc: int, batch: int, out: 
 
 def batch_stats(http: str, model: str) -> dict[int, tuple[int, int]]:
     """Per executed batch size: (executions, compute ns), from the statistics extension."""
-    with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=10) as r:
-        stats = json.load(r)["model_stats"][0]["batch_stats"]
+    stats = model_stats(http, model)["batch_stats"]
     return {b["batch_size"]: (b["compute_infer"]["count"], b["compute_infer"]["ns"]) for b in stats}
 
 
@@ -371,7 +376,7 @@ def main() -> int:
                 # The ceiling again, just before each point (the served server idle): the VM's
                 # speed drifts over a run's minutes, so the start-of-run ceiling alone can be
                 # measured on a quicker or slower machine than the point it is compared with.
-                ceiling = inprocess(repo, "mlp_small", 64, seconds / 2, "backend")
+                ceiling = backend_ceiling(repo, "mlp_small", 64, seconds / 2)
                 m = perf_analyzer("mlp_small", inferd.grpc, "grpc", c, 64, out, seconds, inferd.http)
                 if m:
                     rows.append({"server": "inferd", "protocol": "grpc", "batch": 64, "concurrency": c, **m,

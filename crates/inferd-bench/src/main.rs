@@ -36,6 +36,9 @@ struct Args {
     /// evaluated directly, one thread.
     #[arg(long)]
     trees: Option<PathBuf>,
+    /// Only the bare backend (the ceiling), not the engine paths.
+    #[arg(long)]
+    backend_only: bool,
 }
 
 fn report(path: &str, model: &str, batch: usize, mut lat: Vec<Duration>, wall: Duration) {
@@ -153,14 +156,19 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let engine = Engine::new(
-        EngineOptions {
-            repository: args.repository.clone(),
-            ..Default::default()
-        },
-        vec![Arc::new(OnnxBackend)],
-    );
-    rt.block_on(engine.load(&args.model))?;
+    let engine = if args.backend_only {
+        None
+    } else {
+        let engine = Engine::new(
+            EngineOptions {
+                repository: args.repository.clone(),
+                ..Default::default()
+            },
+            vec![Arc::new(OnnxBackend)],
+        );
+        rt.block_on(engine.load(&args.model))?;
+        Some(engine)
+    };
     for &batch in &args.batch {
         let x = Tensor::from_f32(vec![batch, width], &vec![0.5; batch * width])?;
         let mut inst = loaded.new_instance()?;
@@ -174,6 +182,7 @@ fn main() -> Result<()> {
             Ok(())
         })?;
         report("backend", &args.model, batch, lat, wall);
+        let Some(engine) = &engine else { continue };
         let (lat, wall) = measure(args.seconds, || {
             let req = InferRequest {
                 inputs: inputs.clone(),
