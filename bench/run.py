@@ -8,7 +8,9 @@ Scenarios (each measured in the same run as the numbers it is compared with):
   batch 1 and batch 64: the ceiling.
 - overhead:  the 1-row 64-256-256-10 MLP (mlp_small). perf_analyzer concurrency sweep over HTTP
   and gRPC against inferd and NVIDIA Triton 2.51 (shared/testbed/triton-peer.sh); `hey` with the
-  same KServe v2 JSON request against inferd, Triton and FastAPI + uvicorn + onnxruntime.
+  same KServe v2 JSON request against inferd, Triton and FastAPI + uvicorn + onnxruntime; `h2load`
+  (nghttp2's lighter load generator) with that request over HTTP/1.1 against the same three, and
+  with the same tensor as a gRPC ModelInfer over HTTP/2 against inferd and Triton.
 - batching:  the compute-bound MLP (mlp_large, about 1 ms at batch 1) with dynamic batching and
   without (mlp_large_nobatch), gRPC, concurrency sweep up to 32; Triton on the same file.
 - batch64:   client batch 64 over gRPC against inferd, concurrency sweep up to 16: rows/s next to
@@ -28,6 +30,7 @@ import platform
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -265,6 +268,62 @@ def hey(url: str, body: Path, conc: int, seconds: float, stats: tuple[str, str] 
             "p99_us": int(float(p99.group(1)) * 1e6), "non_200": bad, **cpu.per_request()}
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def grpc_infer_body(model: str, width: int, rows: int = 1) -> bytes:
+    """One KServe v2 `ModelInferRequest` (FP32 input "input" of shape [rows, width], raw contents of
+    0.25s) as a gRPC message frame: what a client puts in the HTTP/2 DATA frame. Field numbers
+    from the protocol's grpc_service.proto: request model_name 1, inputs 5, raw_input_contents 7;
+    tensor name 1, datatype 2, shape 3 (packed int64)."""
+    shape = _varint(rows) + _varint(width)
+    tensor = _field(1, b"input") + _field(2, b"FP32") + _field(3, shape)
+    raw = struct.pack(f"<{rows * width}f", *([0.25] * (rows * width)))
+    msg = _field(1, model.encode()) + _field(5, tensor) + _field(7, raw)
+    return b"\0" + struct.pack(">I", len(msg)) + msg
+
+
+def h2load(url: str, body: Path, conc: int, seconds: float, grpc: bool, out: Path,
+           stats: tuple[str, str] | None = None) -> dict | None:
+    """One `h2load` point (nghttp2's load generator, one C thread on an event loop: a lighter
+    client than perf_analyzer or hey): `conc` connections with one request in flight on each,
+    HTTP/1.1 for the REST endpoint, or HTTP/2 with gRPC's headers for ModelInfer. Percentiles
+    come from its per-request log. gRPC answers errors with HTTP 200 and a grpc-status trailer,
+    which h2load does not read, so with `stats` (the server's HTTP address and model) the
+    requests h2load counts are checked against the model's success count."""
+    log_path = out / "h2load.log"
+    log_path.unlink(missing_ok=True)  # h2load appends to its log
+    cmd = ["h2load", "-c", str(conc), "-m", "1", "-D", str(int(seconds)), "--log-file", str(log_path), "-d", str(body)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"] if grpc else \
+        ["--h1", "-H", "content-type: application/json"]
+    with CpuSplit(*(stats or (None, ""))) as cpu:
+        r = run(cmd + [url], timeout=seconds + 60)
+    rps = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", r.stdout)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", r.stdout)
+    times = sorted(int(ln.split("\t")[2]) for ln in log_path.read_text().splitlines()) if log_path.exists() else []
+    if r.returncode != 0 or not rps or not done or not times:
+        log(f"h2load failed for {url}: {r.stdout[-400:]} {r.stderr[-400:]}")
+        return None
+    # Requests h2load saw answered without a 2xx status, plus (gRPC) those the server did not
+    # count as successes: a served count at or above h2load's means every answer was a success.
+    failed = int(done.group(1)) - int(done.group(2))
+    if grpc and stats:
+        failed += max(0, int(done.group(2)) - cpu.n)
+    return {"rps": float(rps.group(1)), "p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],
+            "non_200": failed, **cpu.per_request()}
+
+
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem = next((ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), "0")
@@ -339,6 +398,22 @@ def main() -> int:
                         m = hey(url, body, c, seconds, stats)
                         if m:
                             rows.append({"server": name, "tool": "hey", "protocol": "http", "concurrency": c, **m})
+                # h2load, the lighter client, over HTTP/1.1 (the same JSON request) and gRPC.
+                grpc_targets = [(name, f"http://{srv.grpc}/inference.GRPCInferenceService/ModelInfer", (srv.http, model))
+                                for name, model, srv in servers]
+                bodies = {}
+                for name, model, _ in servers:
+                    bodies[name] = out / f"{name}.grpc"
+                    bodies[name].write_bytes(grpc_infer_body(model, 64))
+                for c in sweep:
+                    for name, url, stats in hey_targets:
+                        m = h2load(url, body, c, seconds, False, out, stats)
+                        if m:
+                            rows.append({"server": name, "tool": "h2load", "protocol": "http", "concurrency": c, **m})
+                    for name, url, stats in grpc_targets:
+                        m = h2load(url, bodies[name], c, seconds, True, out, stats)
+                        if m:
+                            rows.append({"server": name, "tool": "h2load", "protocol": "grpc", "concurrency": c, **m})
             finally:
                 fastapi.stop()
                 if triton:
@@ -359,11 +434,35 @@ def main() -> int:
                             # The batches this point executed (server statistics, diffed): the
                             # target's "two batch compute times" is measured, not assumed.
                             m.update(executed_batches(before, batch_stats(inferd.http, model)))
-                            rows.append({"server": "inferd", "model": model, "protocol": "grpc", "concurrency": c, **m})
+                            rows.append({"server": "inferd", "tool": "perf_analyzer", "model": model, "protocol": "grpc",
+                                         "concurrency": c, **m})
                     if triton:
                         m = perf_analyzer("peer_onnx", triton.grpc, "grpc", c, 1, out, seconds)
                         if m:
-                            rows.append({"server": "triton", "model": "mlp_large", "protocol": "grpc", "concurrency": c, **m})
+                            rows.append({"server": "triton", "tool": "perf_analyzer", "model": "mlp_large", "protocol": "grpc",
+                                         "concurrency": c, **m})
+                # The same sweep under h2load, whose requests come back within microseconds of
+                # an answer, so a batch's rows arrive together rather than spread over the
+                # client's CPU time.
+                url = f"http://{inferd.grpc}/inference.GRPCInferenceService/ModelInfer"
+                for c in big_sweep:
+                    for model in ("mlp_large", "mlp_large_nobatch"):
+                        body = out / f"{model}.grpc"
+                        body.write_bytes(grpc_infer_body(model, 1024))
+                        before = batch_stats(inferd.http, model)
+                        m = h2load(url, body, c, seconds, True, out, (inferd.http, model))
+                        if m:
+                            m.update(executed_batches(before, batch_stats(inferd.http, model)))
+                            rows.append({"server": "inferd", "tool": "h2load", "model": model, "protocol": "grpc",
+                                         "concurrency": c, **m})
+                    if triton:
+                        body = out / "peer_large.grpc"
+                        body.write_bytes(grpc_infer_body("peer_onnx", 1024))
+                        m = h2load(f"http://{triton.grpc}/inference.GRPCInferenceService/ModelInfer", body, c,
+                                   seconds, True, out, (triton.http, "peer_onnx"))
+                        if m:
+                            rows.append({"server": "triton", "tool": "h2load", "model": "mlp_large", "protocol": "grpc",
+                                         "concurrency": c, **m})
             finally:
                 if triton:
                     triton.stop()
@@ -372,6 +471,8 @@ def main() -> int:
         if "batch64" in scenarios:
             log("client batch 64 over gRPC")
             rows = []
+            body = out / "batch64.grpc"
+            body.write_bytes(grpc_infer_body("mlp_small", 64, 64))
             for c in sweep:
                 # The ceiling again, just before each point (the served server idle): the VM's
                 # speed drifts over a run's minutes, so the start-of-run ceiling alone can be
@@ -379,8 +480,13 @@ def main() -> int:
                 ceiling = backend_ceiling(repo, "mlp_small", 64, seconds / 2)
                 m = perf_analyzer("mlp_small", inferd.grpc, "grpc", c, 64, out, seconds, inferd.http)
                 if m:
-                    rows.append({"server": "inferd", "protocol": "grpc", "batch": 64, "concurrency": c, **m,
-                                 "ceiling_rows_per_s": ceiling})
+                    rows.append({"server": "inferd", "tool": "perf_analyzer", "protocol": "grpc", "batch": 64,
+                                 "concurrency": c, **m, "ceiling_rows_per_s": ceiling})
+                m = h2load(f"http://{inferd.grpc}/inference.GRPCInferenceService/ModelInfer", body, c, seconds, True, out,
+                           (inferd.http, "mlp_small"))
+                if m:
+                    rows.append({"server": "inferd", "tool": "h2load", "protocol": "grpc", "batch": 64, "concurrency": c,
+                                 **m, "rows_per_s": m["rps"] * 64, "ceiling_rows_per_s": ceiling})
             res["batch64"] = rows
     finally:
         if inferd:
@@ -422,9 +528,11 @@ def report(res: dict) -> None:
         md += ["## Overhead-bound MLP (mlp_small, 1 row per request)", "",
                "client_us and server_us: the machine's CPU time per served request during the point, taken by "
                "the load generator and by everything else (the server); the two share the cores.", "",
+               "non_200 (hey and h2load): answers that were not successes.", "",
                table(rows, ["tool", "server", "protocol", "concurrency", "rps", "p50_us", "p99_us", "client_us",
-                            "server_us"]), ""]
-        for tool, proto in (("perf_analyzer", "http"), ("perf_analyzer", "grpc"), ("hey", "http")):
+                            "server_us", "non_200"]), ""]
+        for tool, proto in (("perf_analyzer", "http"), ("perf_analyzer", "grpc"), ("hey", "http"), ("h2load", "http"),
+                            ("h2load", "grpc")):
             i = best(rows, tool=tool, server="inferd", protocol=proto)
             for peer in ("triton", "fastapi"):
                 p = best(rows, tool=tool, server=peer, protocol=proto)
@@ -434,36 +542,44 @@ def report(res: dict) -> None:
                                   f"{i['p99_us']} us vs {p['p99_us']} us ({i['p99_us'] / max(p['p99_us'], 1):.2f}x)"
                                   + cpu_comparison(i, p))
     if "batching" in res:
-        rows = sorted(res["batching"], key=lambda r: (r["server"], r["model"], r["concurrency"]))
+        rows = sorted(res["batching"], key=lambda r: (r.get("tool", "perf_analyzer"), r["server"], r["model"],
+                                                      r["concurrency"]))
         for r in rows:
             r["rps"] = round(r["rps"])
         md += ["## Compute-bound MLP (mlp_large): dynamic batching on and off", "",
-               table(rows, ["server", "model", "protocol", "concurrency", "rps", "p50_us", "p99_us",
+               table(rows, ["tool", "server", "model", "protocol", "concurrency", "rps", "p50_us", "p99_us",
                             "mean_batch", "batch_compute_us"]), ""]
-        on = next((r for r in rows if r["server"] == "inferd" and r["model"] == "mlp_large" and r["concurrency"] == 32), None)
-        off = next((r for r in rows if r["server"] == "inferd" and r["model"] == "mlp_large_nobatch" and r["concurrency"] == 32), None)
-        if on and off:
+        for tool in ("perf_analyzer", "h2load"):
+            at32 = {r["model"]: r for r in rows if r.get("tool", "perf_analyzer") == tool and r["server"] == "inferd"
+                    and r["concurrency"] == 32}
+            on, off = at32.get("mlp_large"), at32.get("mlp_large_nobatch")
+            if not (on and off):
+                continue
             bound = ""
             if on.get("batch_compute_us"):
                 limit = 2000 + 2 * on["batch_compute_us"]
                 bound = (f"; bound max_queue_delay + 2 x mean batch compute = 2000 + 2 x {on['batch_compute_us']} = "
                          f"{limit} us (batches of {on['mean_batch']} rows on average): p99 is "
                          f"**{on['p99_us'] / limit:.2f}x** the bound")
-            ratios.append(f"- batching at concurrency 32: {on['rps']} vs {off['rps']} req/s: **{on['rps'] / off['rps']:.2f}x**; "
-                          f"p99 {on['p99_us']} us (max_queue_delay 2000 us){bound}")
+            ratios.append(f"- {tool} batching at concurrency 32: {on['rps']} vs {off['rps']} req/s: "
+                          f"**{on['rps'] / off['rps']:.2f}x**; p99 {on['p99_us']} us (max_queue_delay 2000 us){bound}")
     if "batch64" in res:
-        rows = res["batch64"]
+        rows = sorted(res["batch64"], key=lambda r: (r.get("tool", "perf_analyzer"), r["concurrency"]))
         for r in rows:
             r["rows_per_s"] = round(r["rows_per_s"])
         md += ["## Client batch 64 over gRPC (mlp_small)", "",
                "ceiling_rows_per_s: the in-process backend at batch 64, measured just before the point.", "",
-               table(rows, ["server", "protocol", "batch", "concurrency", "rows_per_s", "p50_us", "p99_us", "client_us",
-                            "server_us", "ceiling_rows_per_s"]), ""]
+               table(rows, ["tool", "server", "protocol", "batch", "concurrency", "rows_per_s", "p50_us", "p99_us",
+                            "client_us", "server_us", "ceiling_rows_per_s"]), ""]
         ceiling = next((r for r in res.get("inprocess", []) if r["model"] == "mlp_small" and r["path"] == "backend" and r["batch"] == 64), None)
-        top = max(rows, key=lambda r: r["rows_per_s"]) if rows else None
-        if ceiling and top:
-            line = (f"- batch 64 over gRPC: {top['rows_per_s']} rows/s (c{top['concurrency']}) vs in-process backend "
-                    f"ceiling {ceiling['rows_per_s']:.0f} (start of run): **{top['rows_per_s'] / ceiling['rows_per_s']:.0%}**")
+        for tool in ("perf_analyzer", "h2load"):
+            cand = [r for r in rows if r.get("tool", "perf_analyzer") == tool]
+            top = max(cand, key=lambda r: r["rows_per_s"]) if cand else None
+            if not (ceiling and top):
+                continue
+            line = (f"- {tool} batch 64 over gRPC: {top['rows_per_s']} rows/s (c{top['concurrency']}) vs in-process "
+                    f"backend ceiling {ceiling['rows_per_s']:.0f} (start of run): "
+                    f"**{top['rows_per_s'] / ceiling['rows_per_s']:.0%}**")
             if top.get("ceiling_rows_per_s"):
                 line += (f"; vs the ceiling measured just before that point, {top['ceiling_rows_per_s']:.0f}: "
                          f"**{top['rows_per_s'] / top['ceiling_rows_per_s']:.0%}**")
@@ -498,7 +614,7 @@ def plot(res: dict) -> None:
     axes[0][1].set_title("mlp_small: p99 latency (ms)")
     series = {}
     for r in res.get("batching", []):
-        series.setdefault(f"{r['server']} {r['model']}", []).append(r)
+        series.setdefault(f"{r['server']} {r['model']} ({r.get('tool', 'perf_analyzer')})", []).append(r)
     for label, rows in sorted(series.items()):
         rows.sort(key=lambda r: r["concurrency"])
         xs = [r["concurrency"] for r in rows]
