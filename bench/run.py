@@ -602,24 +602,27 @@ def plot(res: dict) -> None:
         log("matplotlib missing: no plot")
         return
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    series: dict[str, list] = {}
-    for r in res.get("overhead", []):
-        series.setdefault(f"{r['server']} {r['protocol']} ({r['tool']})", []).append(r)
-    for label, rows in sorted(series.items()):
-        rows.sort(key=lambda r: r["concurrency"])
-        xs = [r["concurrency"] for r in rows]
-        axes[0][0].plot(xs, [r["rps"] for r in rows], marker="o", label=label)
-        axes[0][1].plot(xs, [r["p99_us"] / 1000 for r in rows], marker="o", label=label)
+    # One colour per server and protocol (or model), one line style per load generator: with
+    # three tools, the default colour cycle would give two series the same colour.
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    dashes = {"h2load": "-", "perf_analyzer": "--", "hey": ":"}
+
+    def draw(row: int, key: str, rows_in: list[dict]) -> None:
+        series: dict[tuple[str, str], list] = {}
+        for r in rows_in:
+            series.setdefault((f"{r['server']} {r[key]}", r.get("tool", "perf_analyzer")), []).append(r)
+        colours = {name: palette[i % len(palette)] for i, name in enumerate(sorted({n for n, _ in series}))}
+        for (name, tool), rows in sorted(series.items()):
+            rows.sort(key=lambda r: r["concurrency"])
+            xs = [r["concurrency"] for r in rows]
+            style = {"marker": "o", "color": colours[name], "linestyle": dashes.get(tool, "-.")}
+            axes[row][0].plot(xs, [r["rps"] for r in rows], label=f"{name} ({tool})", **style)
+            axes[row][1].plot(xs, [r["p99_us"] / 1000 for r in rows], label=f"{name} ({tool})", **style)
+
+    draw(0, "protocol", res.get("overhead", []))
     axes[0][0].set_title("mlp_small: requests/s")
     axes[0][1].set_title("mlp_small: p99 latency (ms)")
-    series = {}
-    for r in res.get("batching", []):
-        series.setdefault(f"{r['server']} {r['model']} ({r.get('tool', 'perf_analyzer')})", []).append(r)
-    for label, rows in sorted(series.items()):
-        rows.sort(key=lambda r: r["concurrency"])
-        xs = [r["concurrency"] for r in rows]
-        axes[1][0].plot(xs, [r["rps"] for r in rows], marker="o", label=label)
-        axes[1][1].plot(xs, [r["p99_us"] / 1000 for r in rows], marker="o", label=label)
+    draw(1, "model", res.get("batching", []))
     axes[1][0].set_title("mlp_large (gRPC): requests/s")
     axes[1][1].set_title("mlp_large (gRPC): p99 latency (ms)")
     for ax in axes.flat:
