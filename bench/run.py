@@ -294,6 +294,18 @@ def grpc_infer_body(model: str, width: int, rows: int = 1) -> bytes:
     return b"\0" + struct.pack(">I", len(msg)) + msg
 
 
+def grpc_body_file(out: Path, model: str, width: int, rows: int = 1) -> Path:
+    """`grpc_infer_body` written once to a file, for h2load's `-d`."""
+    path = out / f"{model}-{rows}x{width}.grpc"
+    path.write_bytes(grpc_infer_body(model, width, rows))
+    return path
+
+
+def model_infer_url(grpc: str) -> str:
+    """The URL of the KServe v2 ModelInfer method at a gRPC address, as h2load posts to it."""
+    return f"http://{grpc}/inference.GRPCInferenceService/ModelInfer"
+
+
 def h2load(url: str, body: Path, conc: int, seconds: float, grpc: bool, out: Path,
            stats: tuple[str, str] | None = None) -> dict | None:
     """One `h2load` point (nghttp2's load generator, one C thread on an event loop: a lighter
@@ -399,12 +411,8 @@ def main() -> int:
                         if m:
                             rows.append({"server": name, "tool": "hey", "protocol": "http", "concurrency": c, **m})
                 # h2load, the lighter client, over HTTP/1.1 (the same JSON request) and gRPC.
-                grpc_targets = [(name, f"http://{srv.grpc}/inference.GRPCInferenceService/ModelInfer", (srv.http, model))
-                                for name, model, srv in servers]
-                bodies = {}
-                for name, model, _ in servers:
-                    bodies[name] = out / f"{name}.grpc"
-                    bodies[name].write_bytes(grpc_infer_body(model, 64))
+                grpc_targets = [(name, model_infer_url(srv.grpc), (srv.http, model)) for name, model, srv in servers]
+                bodies = {name: grpc_body_file(out, model, 64) for name, model, _ in servers}
                 for c in sweep:
                     for name, url, stats in hey_targets:
                         m = h2load(url, body, c, seconds, False, out, stats)
@@ -444,22 +452,20 @@ def main() -> int:
                 # The same sweep under h2load, whose requests come back within microseconds of
                 # an answer, so a batch's rows arrive together rather than spread over the
                 # client's CPU time.
-                url = f"http://{inferd.grpc}/inference.GRPCInferenceService/ModelInfer"
+                models = ("mlp_large", "mlp_large_nobatch")
+                bodies = {model: grpc_body_file(out, model, 1024) for model in models + ("peer_onnx",)}
                 for c in big_sweep:
-                    for model in ("mlp_large", "mlp_large_nobatch"):
-                        body = out / f"{model}.grpc"
-                        body.write_bytes(grpc_infer_body(model, 1024))
+                    for model in models:
                         before = batch_stats(inferd.http, model)
-                        m = h2load(url, body, c, seconds, True, out, (inferd.http, model))
+                        m = h2load(model_infer_url(inferd.grpc), bodies[model], c, seconds, True, out,
+                                   (inferd.http, model))
                         if m:
                             m.update(executed_batches(before, batch_stats(inferd.http, model)))
                             rows.append({"server": "inferd", "tool": "h2load", "model": model, "protocol": "grpc",
                                          "concurrency": c, **m})
                     if triton:
-                        body = out / "peer_large.grpc"
-                        body.write_bytes(grpc_infer_body("peer_onnx", 1024))
-                        m = h2load(f"http://{triton.grpc}/inference.GRPCInferenceService/ModelInfer", body, c,
-                                   seconds, True, out, (triton.http, "peer_onnx"))
+                        m = h2load(model_infer_url(triton.grpc), bodies["peer_onnx"], c, seconds, True, out,
+                                   (triton.http, "peer_onnx"))
                         if m:
                             rows.append({"server": "triton", "tool": "h2load", "model": "mlp_large", "protocol": "grpc",
                                          "concurrency": c, **m})
@@ -471,8 +477,7 @@ def main() -> int:
         if "batch64" in scenarios:
             log("client batch 64 over gRPC")
             rows = []
-            body = out / "batch64.grpc"
-            body.write_bytes(grpc_infer_body("mlp_small", 64, 64))
+            body = grpc_body_file(out, "mlp_small", 64, 64)
             for c in sweep:
                 # The ceiling again, just before each point (the served server idle): the VM's
                 # speed drifts over a run's minutes, so the start-of-run ceiling alone can be
@@ -482,8 +487,7 @@ def main() -> int:
                 if m:
                     rows.append({"server": "inferd", "tool": "perf_analyzer", "protocol": "grpc", "batch": 64,
                                  "concurrency": c, **m, "ceiling_rows_per_s": ceiling})
-                m = h2load(f"http://{inferd.grpc}/inference.GRPCInferenceService/ModelInfer", body, c, seconds, True, out,
-                           (inferd.http, "mlp_small"))
+                m = h2load(model_infer_url(inferd.grpc), body, c, seconds, True, out, (inferd.http, "mlp_small"))
                 if m:
                     rows.append({"server": "inferd", "tool": "h2load", "protocol": "grpc", "batch": 64, "concurrency": c,
                                  **m, "rows_per_s": m["rps"] * 64, "ceiling_rows_per_s": ceiling})
