@@ -3,22 +3,29 @@
 //! ONNX models for inferd, executed by `tract` (pure Rust; no native runtime needed). The model is
 //! parsed, typed and optimised once per version; each instance keeps its own execution state.
 //! Inputs and outputs, with dynamic dimensions, are read from the model for auto-complete.
+//!
+//! - [`load`]: parsing, the operator check, facts for unknown dimensions.
+//! - [`ml`]: the ONNX-ML operators converters emit (trees, linear models, SVMs, encoders).
+//! - `convert`: tensors between inferd and tract.
+
+mod convert;
+pub mod load;
+pub mod ml;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use inferd_core::backend::{
     Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
     TensorSpec,
 };
-use inferd_core::tensor::{DataType, Tensor, TensorData};
+use inferd_core::config::ModelConfig;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, TValue, TVec, TypedModel,
-    TypedRunnableModel, TypedSimpleState,
+    InferenceModelExt, IntoRunnable, TValue, TVec, TypedModel, TypedRunnableModel, TypedSimpleState,
 };
-use tract_onnx::tract_hir::internal::tract_ndarray::{ArrayD, IxDyn};
+
+use convert::{from_tract, to_dtype, to_tract};
 
 /// The ONNX backend. Answers to Triton's `platform: "onnxruntime_onnx"` and
 /// `backend: "onnxruntime"` so existing repositories load unmodified.
@@ -48,7 +55,10 @@ impl Backend for OnnxBackend {
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        Ok(Arc::new(OnnxModel::load(&req.model_file)?))
+        Ok(Arc::new(OnnxModel::load_with_config(
+            &req.model_file,
+            Some(req.config),
+        )?))
     }
 }
 
@@ -62,44 +72,6 @@ pub struct OnnxModel {
 
 fn load_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Load(e.to_string())
-}
-
-fn to_dtype(dt: DatumType) -> Option<DataType> {
-    Some(match dt {
-        DatumType::Bool => DataType::Bool,
-        DatumType::U8 => DataType::U8,
-        DatumType::U16 => DataType::U16,
-        DatumType::U32 => DataType::U32,
-        DatumType::U64 => DataType::U64,
-        DatumType::I8 => DataType::I8,
-        DatumType::I16 => DataType::I16,
-        DatumType::I32 => DataType::I32,
-        DatumType::I64 => DataType::I64,
-        DatumType::F16 => DataType::F16,
-        DatumType::F32 => DataType::F32,
-        DatumType::F64 => DataType::F64,
-        DatumType::String => DataType::Bytes,
-        _ => return None,
-    })
-}
-
-fn from_dtype(dt: DataType) -> Option<DatumType> {
-    Some(match dt {
-        DataType::Bool => DatumType::Bool,
-        DataType::U8 => DatumType::U8,
-        DataType::U16 => DatumType::U16,
-        DataType::U32 => DatumType::U32,
-        DataType::U64 => DatumType::U64,
-        DataType::I8 => DatumType::I8,
-        DataType::I16 => DatumType::I16,
-        DataType::I32 => DatumType::I32,
-        DataType::I64 => DatumType::I64,
-        DataType::F16 => DatumType::F16,
-        DataType::F32 => DatumType::F32,
-        DataType::F64 => DatumType::F64,
-        DataType::Bytes => DatumType::String,
-        DataType::BF16 => return None,
-    })
 }
 
 fn signature_of(model: &TypedModel) -> Result<ModelSignature, BackendError> {
@@ -142,9 +114,15 @@ fn signature_of(model: &TypedModel) -> Result<ModelSignature, BackendError> {
 impl OnnxModel {
     /// Parses, types and optimises an ONNX file.
     pub fn load(path: &Path) -> Result<Self, BackendError> {
-        let inference = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| load_err(format!("not a loadable ONNX model: {e:#}")))?;
+        Self::load_with_config(path, None)
+    }
+
+    /// [`OnnxModel::load`], taking the dims the config gives the inputs as facts.
+    pub fn load_with_config(
+        path: &Path,
+        config: Option<&ModelConfig>,
+    ) -> Result<Self, BackendError> {
+        let inference = load::parse(path, config)?;
         let typed = inference
             .into_typed()
             .map_err(|e| load_err(format!("cannot infer tensor types and shapes: {e:#}")))?;
@@ -200,68 +178,6 @@ struct OnnxInstance {
     n_inputs: usize,
     input_index: HashMap<String, usize>,
     output_index: HashMap<String, usize>,
-}
-
-fn to_tract(t: &Tensor) -> Result<TValue, BackendError> {
-    let bad = |e: String| BackendError::InvalidInput(e);
-    match t.data() {
-        TensorData::Raw(raw) => {
-            let dt = from_dtype(t.dtype()).ok_or_else(|| {
-                bad(format!(
-                    "{} tensors are not supported by the ONNX backend",
-                    t.dtype()
-                ))
-            })?;
-            let mut out = tract_onnx::prelude::Tensor::zero_dt(dt, t.shape())
-                .map_err(|e| bad(format!("{e:#}")))?;
-            let dst = out.as_bytes_mut();
-            if dst.len() != raw.len() {
-                return Err(bad(format!(
-                    "expected {} bytes, got {}",
-                    dst.len(),
-                    raw.len()
-                )));
-            }
-            dst.copy_from_slice(raw);
-            Ok(out.into_tvalue())
-        }
-        TensorData::Bytes(items) => {
-            let strings = items
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    String::from_utf8(b.to_vec()).map_err(|_| bad(format!("BYTES element {i} is not valid UTF-8, which ONNX string tensors require")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let arr = ArrayD::from_shape_vec(IxDyn(t.shape()), strings)
-                .map_err(|e| bad(e.to_string()))?;
-            Ok(tract_onnx::prelude::Tensor::from(arr).into_tvalue())
-        }
-    }
-}
-
-fn from_tract(name: &str, v: &TValue) -> Result<Tensor, BackendError> {
-    let exec = |e: String| BackendError::Execution(format!("output '{name}': {e}"));
-    let dt = v.datum_type();
-    let dtype = to_dtype(dt).ok_or_else(|| exec(format!("type {dt:?} cannot be returned")))?;
-    let shape = v.shape().to_vec();
-    if dtype == DataType::Bytes {
-        let view = v
-            .to_plain_array_view::<String>()
-            .map_err(|e| exec(format!("{e:#}")))?;
-        let items = view
-            .iter()
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .collect();
-        return Tensor::new(dtype, shape, TensorData::Bytes(items))
-            .map_err(|e| exec(e.to_string()));
-    }
-    Tensor::new(
-        dtype,
-        shape,
-        TensorData::Raw(Bytes::copy_from_slice(v.as_bytes())),
-    )
-    .map_err(|e| exec(e.to_string()))
 }
 
 impl ModelInstance for OnnxInstance {

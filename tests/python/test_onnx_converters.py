@@ -1,0 +1,150 @@
+"""ONNX as users export it: models made at test time by the real converters (skl2onnx,
+onnxmltools, torch.onnx) with default options, each dropped into a repository folder with no
+config and served by the default build, every output held against onnxruntime on random rows:
+labels equal, floats within 1e-4. None refused, none wrong.
+
+The models are listed in ``onnx_converters.py``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from inferd_testlib import TritonClient
+from onnx_converters import all_models, write_repository
+
+# Every model the generator makes; the fixture checks the two lists agree.
+MODEL_NAMES = [
+    "skl_linear_regression",
+    "skl_logistic_binary",
+    "skl_logistic_multiclass",
+    "skl_random_forest_binary",
+    "skl_random_forest_multiclass",
+    "skl_random_forest_regressor",
+    "skl_extra_trees_classifier",
+    "skl_extra_trees_regressor",
+    "skl_gradient_boosting_binary",
+    "skl_gradient_boosting_multiclass",
+    "skl_gradient_boosting_regressor",
+    "skl_svc_multiclass",
+    "skl_svc_binary_probability",
+    "skl_svr",
+    "skl_mlp_classifier",
+    "skl_mlp_regressor",
+    "skl_pipeline_impute_scale_onehot",
+    "xgb_classifier_binary",
+    "xgb_classifier_multiclass",
+    "xgb_regressor",
+    "lgbm_classifier_binary",
+    "lgbm_classifier_multiclass",
+    "lgbm_regressor",
+    "catboost_classifier_binary",
+    "catboost_regressor",
+    "torch_mlp",
+    "torch_cnn",
+    "torch_transformer_encoder",
+]
+
+# Requests of these many rows each (auto-complete gives batching models max_batch_size 4).
+CHUNKS = [1, 4, 3, 2, 4]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, inferd_server_factory, onnx_reference):
+    models = {m.name: m for m in all_models()}
+    assert sorted(models) == sorted(MODEL_NAMES), "MODEL_NAMES and the generator disagree"
+    root = tmp_path_factory.mktemp("converters")
+    repo = root / "models"
+    write_repository(repo, list(models.values()))
+    # Not waiting for readiness: a model that fails to load must fail its own test, by name.
+    server = inferd_server_factory(repo, wait_ready=False)
+    client = TritonClient("http", server)
+    yield server, client, models, repo
+    client.close()
+
+
+def _load_state(client: TritonClient, name: str) -> tuple[str, str]:
+    for entry in client.repository_index():
+        if entry["name"] == name:
+            return entry["state"], entry["reason"]
+    return "MISSING", ""
+
+
+def _wait_loaded(client: TritonClient, name: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        state, reason = _load_state(client, name)
+        if state == "READY":
+            return
+        if state == "UNAVAILABLE" or time.monotonic() > deadline:
+            pytest.fail(f"model {name} was not served: {state}: {reason}", pytrace=False)
+        time.sleep(0.2)
+
+
+def _zipmap_labels(path) -> dict[str, list]:
+    """Class labels of the ZipMaps that make graph outputs (inferd serves those as tensors)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(path)).graph
+    out = {}
+    for node in graph.node:
+        if node.op_type == "ZipMap":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            labels = attrs.get("classlabels_int64s") or [s.decode() for s in attrs["classlabels_strings"]]
+            out[node.output[0]] = list(labels)
+    return out
+
+
+def _compare(name: str, output: str, ours: np.ndarray, ref, rows: int) -> None:
+    assert ours.shape == ref.shape, f"{name}.{output}: shape {ours.shape}, onnxruntime {ref.shape}"
+    if ref.dtype == object or ref.dtype.kind in "US":
+        ours = np.array([v.decode() if isinstance(v, bytes) else v for v in ours.ravel()]).reshape(ours.shape)
+        assert (ours == ref.astype(str)).all(), f"{name}.{output}: labels differ: {ours} vs {ref}"
+    elif ref.dtype.kind in "iub":
+        assert ours.dtype == ref.dtype, f"{name}.{output}: type {ours.dtype}, onnxruntime {ref.dtype}"
+        wrong = int((ours != ref).sum())
+        assert wrong == 0, f"{name}.{output}: {wrong} of {ref.size} values differ: {ours} vs {ref}"
+    else:
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4, err_msg=f"{name}.{output}")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_converted_model_is_served_with_onnxruntimes_answers(served, onnx_reference, name):
+    server, client, models, repo = served
+    _wait_loaded(client, name)
+    model = models[name]
+    path = repo / name / "1" / "model.onnx"
+    outputs = [o.name for o in onnx_reference.session(path).get_outputs()]
+    zipmaps = _zipmap_labels(path)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    for rows in CHUNKS:
+        feeds = model.feeds(rng, rows)
+        ref = onnx_reference.run(path, feeds)
+        for out, labels in zipmaps.items():
+            # onnxruntime returns one {label: probability} per row; inferd the FP32 rows.
+            ref[out] = np.array([[m[k] for k in labels] for m in ref[out]], dtype=np.float32)
+        _, ours = client.infer(name, feeds, outputs)
+        for out in outputs:
+            _compare(name, out, ours[out], ref[out], rows)
+
+
+def test_converted_models_also_answer_over_grpc(served, onnx_reference):
+    server, _, models, repo = served
+    grpc = TritonClient("grpc", server)
+    try:
+        for name in ("skl_random_forest_binary", "lgbm_classifier_multiclass", "skl_pipeline_impute_scale_onehot"):
+            path = repo / name / "1" / "model.onnx"
+            outputs = [o.name for o in onnx_reference.session(path).get_outputs()]
+            feeds = models[name].feeds(np.random.default_rng(7), 3)
+            ref = onnx_reference.run(path, feeds)
+            _, ours = grpc.infer(name, feeds, outputs)
+            for out in outputs:
+                _compare(name, out, ours[out], ref[out], 3)
+    finally:
+        grpc.close()
