@@ -67,6 +67,9 @@ export ORT_DYLIB_PATH
 
 echo "== cargo build"
 cargo build --workspace --bins --tests
+# Runs ONNX's own node tests through the ONNX backend (tests/python/test_onnx_node_conformance.py).
+cargo build -p inferd-onnx --example onnx_node_report
+export INFERD_ONNX_NODE_REPORT="$CARGO_TARGET_DIR/debug/examples/onnx_node_report"
 
 echo "== cargo test"
 cargo test --workspace

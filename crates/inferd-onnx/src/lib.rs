@@ -68,6 +68,7 @@ pub struct OnnxModel {
     signature: ModelSignature,
     input_index: HashMap<String, usize>,
     output_index: HashMap<String, usize>,
+    operators: Arc<load::Operators>,
 }
 
 fn load_err(e: impl std::fmt::Display) -> BackendError {
@@ -122,7 +123,8 @@ impl OnnxModel {
         path: &Path,
         config: Option<&ModelConfig>,
     ) -> Result<Self, BackendError> {
-        let inference = load::parse(path, config)?;
+        let (inference, operators) = load::parse(path, config)?;
+        let load_err = |e: String| BackendError::Load(operators.explain(&e));
         let typed = inference
             .into_typed()
             .map_err(|e| load_err(format!("cannot infer tensor types and shapes: {e:#}")))?;
@@ -150,7 +152,21 @@ impl OnnxModel {
             signature,
             input_index,
             output_index,
+            operators: Arc::new(operators),
         })
+    }
+}
+
+impl OnnxModel {
+    /// The optimised, runnable tract plan (for tools that feed tract values directly, such as
+    /// the ONNX node-test report).
+    pub fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+
+    /// An error from tract about this model, with the ONNX operator of the node it names.
+    pub fn explain(&self, msg: &str) -> String {
+        self.operators.explain(msg)
     }
 }
 
@@ -169,6 +185,7 @@ impl LoadedModel for OnnxModel {
             n_inputs: self.signature.inputs.len(),
             input_index: self.input_index.clone(),
             output_index: self.output_index.clone(),
+            operators: self.operators.clone(),
         }))
     }
 }
@@ -178,6 +195,7 @@ struct OnnxInstance {
     n_inputs: usize,
     input_index: HashMap<String, usize>,
     output_index: HashMap<String, usize>,
+    operators: Arc<load::Operators>,
 }
 
 impl ModelInstance for OnnxInstance {
@@ -205,7 +223,7 @@ impl ModelInstance for OnnxInstance {
         let result = self
             .state
             .run(args)
-            .map_err(|e| BackendError::Execution(format!("{e:#}")))?;
+            .map_err(|e| BackendError::Execution(self.operators.explain(&format!("{e:#}"))))?;
         let mut out = Vec::with_capacity(outputs.len());
         for name in outputs {
             let &i = self.output_index.get(name).ok_or_else(|| {

@@ -114,6 +114,173 @@ pub fn unzip_outputs(proto: &mut ModelProto) -> Vec<String> {
     changed
 }
 
+/// ONNX element types tract carries (`TensorProto.DataType` codes): float, uint8, int8,
+/// uint16, int16, int32, int64, string, bool, float16, double, uint32, uint64.
+const TRACT_TYPES: &[i32] = &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+
+fn type_name(code: i32) -> String {
+    tract_onnx::pb::tensor_proto::DataType::try_from(code)
+        .map(|t| t.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("type {code}"))
+}
+
+/// Refuses a model whose graph inputs, outputs or weights have an element type tract cannot
+/// carry (bfloat16, the float8/float4 and int4 families, complex), naming the operator that
+/// reads or writes the tensor.
+pub fn check_types(proto: &ModelProto) -> Result<(), BackendError> {
+    let Some(graph) = &proto.graph else {
+        return Ok(());
+    };
+    let declared = graph
+        .input
+        .iter()
+        .chain(&graph.output)
+        .filter_map(|v| match v.r#type.as_ref()?.value.as_ref()? {
+            tract_onnx::pb::type_proto::Value::TensorType(t) => {
+                Some((v.name.as_str(), t.elem_type))
+            }
+        })
+        .chain(
+            graph
+                .initializer
+                .iter()
+                .map(|t| (t.name.as_str(), t.data_type)),
+        );
+    for (tensor, code) in declared {
+        if TRACT_TYPES.contains(&code) {
+            continue;
+        }
+        let user = graph
+            .node
+            .iter()
+            .find(|n| n.input.iter().chain(&n.output).any(|i| i == tensor));
+        let at = match user {
+            Some(n) => format!("operator {} at node '{}'", n.op_type, node_label(n)),
+            None => format!(
+                "the graph (operators: {})",
+                Operators::of(proto).all.join(", ")
+            ),
+        };
+        return Err(load_err(format!(
+            "{at} uses tensor '{tensor}' of type {}, which the ONNX backend (tract) does not support; {HOW_TO_SERVE_THE_REST}",
+            type_name(code)
+        )));
+    }
+    Ok(())
+}
+
+/// A node's name as tract reports it: its name, else its first output, else its position.
+fn node_label(n: &tract_onnx::pb::NodeProto) -> &str {
+    if !n.name.is_empty() {
+        &n.name
+    } else {
+        n.output.first().map(String::as_str).unwrap_or("(unnamed)")
+    }
+}
+
+/// Which ONNX operator each node (by tract's name for it) is, so errors from deep inside
+/// tract can name the operator.
+#[derive(Clone, Debug, Default)]
+pub struct Operators {
+    by_node: std::collections::HashMap<String, String>,
+    /// The model's distinct operators, sorted.
+    all: Vec<String>,
+}
+
+impl Operators {
+    /// Indexes a model's nodes.
+    pub fn of(proto: &ModelProto) -> Operators {
+        let mut nodes = Vec::new();
+        if let Some(g) = &proto.graph {
+            walk_graph(g, &mut nodes);
+        }
+        let mut all: Vec<String> = nodes.iter().map(|n| n.op_type.clone()).collect();
+        all.sort();
+        all.dedup();
+        Operators {
+            by_node: nodes
+                .into_iter()
+                .map(|n| (node_label(n).to_string(), n.op_type.clone()))
+                .collect(),
+            all,
+        }
+    }
+
+    /// `msg` with the operator of the first node it names (tract writes `node #N "name"`), or
+    /// else with the model's operators.
+    pub fn explain(&self, msg: &str) -> String {
+        let mut rest = msg;
+        while let Some(at) = rest.find("node #") {
+            rest = &rest[at + 6..];
+            if let Some(open) = rest.find('"') {
+                let tail = &rest[open + 1..];
+                if let Some(close) = tail.find('"')
+                    && let Some(op) = self.by_node.get(&tail[..close])
+                {
+                    return format!("operator {op} at node '{}': {msg}", &tail[..close]);
+                }
+            }
+        }
+        let mut ops = self
+            .all
+            .iter()
+            .take(8)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if self.all.len() > 8 {
+            ops.push_str(", ...");
+        }
+        format!("{msg} (the model's operators: {ops})")
+    }
+}
+
+/// Operators, or operator settings, for which tract answers differently from the ONNX
+/// reference (found by the ONNX node tests; see the README). They are refused rather than
+/// served wrong.
+fn known_wrong(node: &tract_onnx::pb::NodeProto, graph_has_f16: bool) -> Option<&'static str> {
+    let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+    let attr_str = |name: &str| attr(name).map(|a| String::from_utf8_lossy(&a.s).to_string());
+    match node.op_type.as_str() {
+        "BitShift" => Some("tract overflows for shift amounts at or beyond the type's width"),
+        "Attention" if node.domain.is_empty() || node.domain == "ai.onnx" => {
+            Some("tract's Attention ignores windows and past key/value inputs")
+        }
+        "GRU" | "LSTM" | "RNN" if attr_str("direction").as_deref() == Some("reverse") => {
+            Some("tract runs reverse recurrences forward")
+        }
+        "Swish" if attr("alpha").is_some() => Some("tract ignores Swish's alpha"),
+        "SpaceToDepth" if attr_str("mode").as_deref() == Some("CRD") => {
+            Some("tract ignores SpaceToDepth's CRD mode")
+        }
+        "Celu" if graph_has_f16 => Some("tract computes Celu wrongly on float16"),
+        _ => None,
+    }
+}
+
+/// Refuses nodes [`known_wrong`] lists.
+pub fn check_known_wrong(proto: &ModelProto) -> Result<(), BackendError> {
+    let Some(graph) = &proto.graph else {
+        return Ok(());
+    };
+    let has_f16 = graph.input.iter().chain(&graph.output).any(|v| {
+        matches!(v.r#type.as_ref().and_then(|t| t.value.as_ref()),
+            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) if t.elem_type == 10)
+    });
+    let mut nodes = Vec::new();
+    walk_graph(graph, &mut nodes);
+    for node in nodes {
+        if let Some(why) = known_wrong(node, has_f16) {
+            return Err(load_err(format!(
+                "operator {} at node '{}' is refused: {why}, which would give wrong answers; {HOW_TO_SERVE_THE_REST}",
+                node.op_type,
+                node_label(node)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The dims the config gives an input, batch dimension included, when it gives them.
 fn config_dims(config: Option<&ModelConfig>, name: &str) -> Option<Vec<i64>> {
     let cfg = config?;
@@ -174,8 +341,12 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// Parses an ONNX file into an inference model with every input dimension known or symbolic.
-pub fn parse(path: &Path, config: Option<&ModelConfig>) -> Result<InferenceModel, BackendError> {
+/// Parses an ONNX file into an inference model with every input dimension known or symbolic,
+/// and the map from its nodes to their operators.
+pub fn parse(
+    path: &Path,
+    config: Option<&ModelConfig>,
+) -> Result<(InferenceModel, Operators), BackendError> {
     let onnx = framework();
     let mut proto = onnx
         .proto_model_for_path(path)
@@ -188,10 +359,13 @@ pub fn parse(path: &Path, config: Option<&ModelConfig>) -> Result<InferenceModel
         );
     }
     check_operators(&onnx, &proto)?;
+    check_types(&proto)?;
+    check_known_wrong(&proto)?;
+    let operators = Operators::of(&proto);
     let dir = path.parent().and_then(Path::to_str);
     let parsed = onnx
         .parse(&proto, dir)
-        .map_err(|e| load_err(format!("not a loadable ONNX model: {e:#}")))?;
+        .map_err(|e| load_err(operators.explain(&format!("not a loadable ONNX model: {e:#}"))))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(load_err(format!(
             "the graph reads tensors nothing produces: {:?}",
@@ -200,7 +374,7 @@ pub fn parse(path: &Path, config: Option<&ModelConfig>) -> Result<InferenceModel
     }
     let mut model = parsed.model;
     fix_input_facts(&mut model, config)?;
-    Ok(model)
+    Ok((model, operators))
 }
 
 #[cfg(test)]
