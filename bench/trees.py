@@ -75,6 +75,10 @@ def main():
         engines.append(("onnxruntime TreeEnsemble (xgboost model)",
                         lambda: sess.run(None, {"input": x[next(singles)][None, :]}),
                         lambda: sess.run(None, {"input": thousand})))
+        # The same ONNX file on inferd's ONNX backend (its tree ensemble on inferd-trees' kernel).
+        onnx_repo = tmp / "onnx_repo"
+        (onnx_repo / "xgb_onnx" / "1").mkdir(parents=True)
+        (onnx_repo / "xgb_onnx" / "1" / "model.onnx").write_bytes(onx.SerializeToString())
     except ImportError:
         print("(onnxmltools not installed: onnxruntime TreeEnsemble skipped)")
     # This machine's speed drifts by up to ~1.7x within seconds (a shared VM), so every engine
@@ -100,6 +104,14 @@ def main():
                 # Median call / 1000, as timeit() measures the Python peers.
                 per_row = next(r for r in mine if r["batch"] == 1000 and "p50_us" in r)["p50_us"] * 1e-9
                 keep(f"inferd, {walk} walk ({name} model)", b1, per_row)
+        if (tmp / "onnx_repo").is_dir():
+            out = subprocess.run([str(TARGET / "release/inferd-bench"), "--repository", str(tmp / "onnx_repo"),
+                                  "--model", "xgb_onnx", "--batch", "1,1000", "--seconds", "1", "--backend-only"],
+                                 check=True, capture_output=True, text=True).stdout
+            res = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+            b1 = next(r for r in res if r["batch"] == 1)["p50_us"] * 1e-6
+            per_row = next(r for r in res if r["batch"] == 1000)["p50_us"] * 1e-9
+            keep("inferd, ONNX backend (the onnxmltools file)", b1, per_row)
     rows = [(name, b1, per) for name, (b1, per) in best.items()]
     print("| engine | batch 1 p50 (us) | batch 1000 (us per row) |")
     print("|---|---|---|")

@@ -13,6 +13,7 @@
 //! post-transform cases.
 
 mod encode;
+mod fast_tree;
 mod linear;
 mod prep;
 mod svm;

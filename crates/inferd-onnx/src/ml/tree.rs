@@ -11,7 +11,11 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
+use super::fast_tree::Fast;
 use super::transform::{self, Labels, PostTransform};
+
+/// The compiled form of an ensemble, made on first use for the row width then seen.
+type FastCache = std::sync::OnceLock<(usize, Option<Fast>)>;
 use super::{Kernel, OutShape, OutSpec, as_f32, numeric_input, rows_of, tensor};
 
 /// A split's comparison; the row goes to the true branch when it holds.
@@ -88,25 +92,25 @@ impl Aggregate {
 
 /// One node, with absolute indices of its children.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Node {
-    feature: u32,
-    mode: Mode,
-    threshold: f64,
-    on_true: u32,
-    on_false: u32,
-    nan_true: bool,
+pub(super) struct Node {
+    pub(super) feature: u32,
+    pub(super) mode: Mode,
+    pub(super) threshold: f64,
+    pub(super) on_true: u32,
+    pub(super) on_false: u32,
+    pub(super) nan_true: bool,
     /// Leaf weights: `weights[first..last]`.
-    first: u32,
-    last: u32,
+    pub(super) first: u32,
+    pub(super) last: u32,
 }
 
 /// A tree ensemble's structure and leaf weights, ready to walk.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ensemble {
-    nodes: Vec<Node>,
-    roots: Vec<u32>,
+    pub(super) nodes: Vec<Node>,
+    pub(super) roots: Vec<u32>,
     /// `(target, weight)` of every leaf, grouped by leaf.
-    weights: Vec<(u32, f64)>,
+    pub(super) weights: Vec<(u32, f64)>,
     /// Targets (regressor) or classes (classifier).
     pub n_targets: usize,
     /// How weights combine.
@@ -421,6 +425,34 @@ impl Ensemble {
         (out, has)
     }
 
+    /// [`Ensemble::scores`] on the compiled kernel when the ensemble compiles (for the row
+    /// width it first sees), else on the reference walk.
+    fn sums(
+        &self,
+        cache: &FastCache,
+        rows: &[f32],
+        n_rows: usize,
+        cols: usize,
+    ) -> (Vec<f64>, Vec<bool>) {
+        let (width, fast) = cache.get_or_init(|| (cols, Fast::new(self, cols)));
+        let Some(fast) = fast.as_ref().filter(|_| *width == cols) else {
+            return self.scores(rows, n_rows);
+        };
+        let nt = self.n_targets;
+        let mut sums = vec![0f32; n_rows * nt];
+        fast.sums(rows, &mut sums);
+        let div = if self.aggregate == Aggregate::Average {
+            self.roots.len().max(1) as f64
+        } else {
+            1.0
+        };
+        let out = sums.iter().map(|&s| s as f64 / div).collect();
+        let has = (0..n_rows)
+            .flat_map(|_| fast.scored.iter().copied())
+            .collect();
+        (out, has)
+    }
+
     /// A regressor row's final values: base values added, unscored targets 0 (several
     /// targets); for a single target the base value is added whether or not a leaf scored.
     fn finish_regression(&self, row: &[f64], seen: &[bool]) -> Vec<f64> {
@@ -477,6 +509,7 @@ impl Ensemble {
 pub struct Regressor {
     ensemble: Ensemble,
     post: PostTransform,
+    fast: FastCache,
 }
 
 pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc<dyn Kernel>> {
@@ -507,7 +540,11 @@ pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc
         node.get_attr_opt::<&str>("post_transform")?
             .unwrap_or("NONE"),
     )?;
-    Ok(Arc::new(Regressor { ensemble, post }))
+    Ok(Arc::new(Regressor {
+        ensemble,
+        post,
+        fast: FastCache::new(),
+    }))
 }
 
 impl Kernel for Regressor {
@@ -527,7 +564,7 @@ impl Kernel for Regressor {
         let (rows, cols) = rows_of(&inputs[0])?;
         self.ensemble.check_row_width(cols)?;
         let x = as_f32(&inputs[0])?;
-        let (scores, has) = self.ensemble.scores(&x, rows);
+        let (scores, has) = self.ensemble.sums(&self.fast, &x, rows, cols);
         let nt = self.ensemble.n_targets;
         let mut out = Vec::with_capacity(rows * nt);
         for (row, seen) in scores.chunks(nt).zip(has.chunks(nt)) {
@@ -547,6 +584,7 @@ pub struct Classifier {
     labels: Labels,
     post: PostTransform,
     binary: Option<transform::Binary>,
+    fast: FastCache,
 }
 
 pub(super) fn classifier(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc<dyn Kernel>> {
@@ -572,6 +610,7 @@ pub(super) fn classifier(_: &ParsingContext, node: &NodeProto) -> TractResult<Ar
         labels,
         post,
         binary,
+        fast: FastCache::new(),
     }))
 }
 
@@ -592,7 +631,7 @@ impl Kernel for Classifier {
         let (rows, cols) = rows_of(&inputs[0])?;
         self.ensemble.check_row_width(cols)?;
         let x = as_f32(&inputs[0])?;
-        let (scores, has) = self.ensemble.scores(&x, rows);
+        let (scores, has) = self.ensemble.sums(&self.fast, &x, rows, cols);
         let nc = self.labels.len();
         let mut winners = Vec::with_capacity(rows);
         let mut probs = Vec::with_capacity(rows * nc);
