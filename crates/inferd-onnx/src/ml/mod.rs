@@ -19,6 +19,7 @@ mod prep;
 mod svm;
 mod transform;
 pub(crate) mod tree;
+mod tree5;
 
 use std::fmt::Debug;
 use std::sync::Arc;

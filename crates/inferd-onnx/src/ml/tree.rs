@@ -325,7 +325,7 @@ impl Ensemble {
     }
 
     /// Refuses trees whose walk could loop: every path from a root must end at a leaf.
-    fn check_acyclic(&self) -> TractResult<()> {
+    pub(super) fn check_acyclic(&self) -> TractResult<()> {
         // 0: unseen, 1: on the current path, 2: done.
         let mut state = vec![0u8; self.nodes.len()];
         for &root in &self.roots {
@@ -510,6 +510,8 @@ pub struct Regressor {
     ensemble: Ensemble,
     post: PostTransform,
     fast: FastCache,
+    /// The ONNX operator (`TreeEnsembleRegressor`, or `TreeEnsemble` for version 5).
+    op: &'static str,
 }
 
 pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc<dyn Kernel>> {
@@ -544,12 +546,13 @@ pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc
         ensemble,
         post,
         fast: FastCache::new(),
+        op: "TreeEnsembleRegressor",
     }))
 }
 
 impl Kernel for Regressor {
     fn name(&self) -> &'static str {
-        "TreeEnsembleRegressor"
+        self.op
     }
 
     fn outputs(&self, input: DatumType) -> TractResult<Vec<OutSpec>> {
@@ -652,9 +655,16 @@ impl Kernel for Classifier {
     }
 }
 
-/// `TreeEnsemble` (ai.onnx.ml 5) is not converted by the exporters' defaults yet.
-pub(super) fn tree_ensemble_v5(_: &ParsingContext, _: &NodeProto) -> TractResult<Arc<dyn Kernel>> {
-    bail!(
-        "TreeEnsemble (ai.onnx.ml 5) is not implemented by the tract backend yet; export with ai.onnx.ml opset 3 (TreeEnsembleClassifier/Regressor) or build with --features onnxruntime"
-    )
+/// `TreeEnsemble` (ai.onnx.ml 5): see [`super::tree5`].
+pub(super) fn tree_ensemble_v5(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<Arc<dyn Kernel>> {
+    let (ensemble, post) = super::tree5::parse(ctx, node)?;
+    Ok(Arc::new(Regressor {
+        ensemble,
+        post,
+        fast: FastCache::new(),
+        op: "TreeEnsemble",
+    }))
 }
