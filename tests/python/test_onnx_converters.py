@@ -148,3 +148,45 @@ def test_converted_models_also_answer_over_grpc(served, onnx_reference):
                 _compare(name, out, ours[out], ref[out], 3)
     finally:
         grpc.close()
+
+
+# No converter emits TreeEnsemble (ai.onnx.ml 5) by default yet (skl2onnx keeps the ml-3
+# operators even at ml opset 5), so this one is written by hand: two trees, two targets, four
+# split modes, a NaN that tracks true, leaves in their own arrays.
+def _tree_ensemble_v5():
+    from onnx import TensorProto, helper, numpy_helper
+
+    # Two trees over 3 features, 2 targets; modes LEQ, LT, GT, NEQ; missing tracks true on one.
+    node = helper.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml",
+        n_targets=2, aggregate_function=1, post_transform=0,
+        tree_roots=[0, 2],
+        nodes_featureids=[0, 1, 2, 0],
+        nodes_splits=numpy_helper.from_array(np.array([0.5, -0.2, 0.1, 1.0], dtype=np.float32), "s"),
+        nodes_modes=numpy_helper.from_array(np.array([0, 1, 3, 5], dtype=np.uint8), "m"),
+        nodes_truenodeids=[1, 0, 3, 2], nodes_trueleafs=[0, 1, 0, 1],
+        nodes_falsenodeids=[1, 1, 4, 3], nodes_falseleafs=[1, 1, 1, 1],
+        nodes_missing_value_tracks_true=[0, 1, 0, 0],
+        leaf_targetids=[0, 1, 0, 1, 0],
+        leaf_weights=numpy_helper.from_array(np.array([1.0, 2.0, 4.0, 8.0, 16.0], dtype=np.float32), "w"),
+    )
+    g = helper.make_graph([node], "v5", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 2])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.onnx.ml", 5)])
+
+
+
+def test_tree_ensemble_v5_is_served_with_onnxruntimes_answers(inferd_server_factory, onnx_reference, tmp_path):
+    import onnx
+    model = _tree_ensemble_v5()
+    onnx.checker.check_model(model)
+    d = tmp_path / "models" / "tree5" / "1"
+    d.mkdir(parents=True)
+    (d / "model.onnx").write_bytes(model.SerializeToString())
+    server = inferd_server_factory(tmp_path / "models")
+    client = TritonClient("http", server)
+    x = np.array([[0.4, -0.3, 0.2], [0.6, np.nan, 0.0], [2.0, 0.0, 1.0], [np.nan, 5, np.nan]], dtype=np.float32)
+    ref = onnx_reference.run(d / "model.onnx", {"X": x})
+    _, ours = client.infer("tree5", {"X": x}, ["Y"])
+    client.close()
+    _compare("tree5", "Y", ours["Y"], ref["Y"], 4)
