@@ -8,6 +8,7 @@ The models are listed in ``onnx_converters.py``.
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
@@ -47,6 +48,9 @@ MODEL_NAMES = [
     "torch_cnn",
     "torch_transformer_encoder",
 ]
+
+# Models the ONNX Runtime build refuses (with this reason), where the default build serves them.
+ORT_BUILD_REFUSES = {"catboost_classifier_binary": "'probabilities' is not a tensor"}
 
 # Requests of these many rows each (auto-complete gives batching models max_batch_size 4).
 CHUNKS = [1, 4, 3, 2, 4]
@@ -117,6 +121,16 @@ def _compare(name: str, output: str, ours: np.ndarray, ref, rows: int) -> None:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_converted_model_is_served_with_onnxruntimes_answers(served, onnx_reference, name):
     server, client, models, repo = served
+    if name in ORT_BUILD_REFUSES and "onnxruntime" in os.environ.get("INFERD_BUILD_FEATURES", ""):
+        # The ONNX Runtime backend does not yet serve a terminal ZipMap as its tensor (the
+        # default backend does): it must refuse the model, saying why, not serve it wrong.
+        import time
+
+        deadline = time.monotonic() + 60
+        while (state := _load_state(client, name))[0] not in ("UNAVAILABLE", "READY") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state[0] == "UNAVAILABLE" and ORT_BUILD_REFUSES[name] in state[1], state
+        return
     _wait_loaded(client, name)
     model = models[name]
     path = repo / name / "1" / "model.onnx"
