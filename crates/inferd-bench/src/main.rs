@@ -55,6 +55,18 @@ fn report(path: &str, model: &str, batch: usize, mut lat: Vec<Duration>, wall: D
     );
 }
 
+/// `n` values in [-1, 1) from a xorshift generator: distinct rows for every call, cheap to make.
+fn random_rows(state: &mut u32, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 17;
+            *state ^= *state << 5;
+            (*state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
 fn measure(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<(Vec<Duration>, Duration)> {
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(300) {
@@ -96,14 +108,7 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
     {
         // Distinct rows on every call (a repeated row lets the branch predictor learn the walk).
         let pool = batch.max(1024) * 4;
-        let rows: Vec<f32> = (0..pool * nf)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect();
+        let rows = random_rows(&mut state, pool * nf);
         let mut out = vec![0f32; batch * forest.n_outputs];
         let mut at = 0usize;
         let mut scratch = inferd_trees::Scratch::default();
@@ -181,14 +186,7 @@ fn main() -> Result<()> {
         // branch predictor learn a tree model's walk.
         let pool: Vec<Vec<NamedTensor>> = (0..16)
             .map(|_| {
-                let v: Vec<f32> = (0..batch * width)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 17;
-                        state ^= state << 5;
-                        (state % 2000) as f32 / 1000.0 - 1.0
-                    })
-                    .collect();
+                let v = random_rows(&mut state, batch * width);
                 Ok(vec![NamedTensor {
                     name: "input".into(),
                     tensor: Tensor::from_f32(vec![batch, width], &v)?,

@@ -52,10 +52,7 @@ pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc
     if !intercepts.is_empty() && intercepts.len() != targets as usize {
         bail!("{} intercepts for {targets} targets", intercepts.len());
     }
-    let post = PostTransform::parse(
-        node.get_attr_opt::<&str>("post_transform")?
-            .unwrap_or("NONE"),
-    )?;
+    let post = PostTransform::of(node)?;
     Ok(Arc::new(Regressor {
         coefficients,
         intercepts,
@@ -136,10 +133,7 @@ pub(super) fn classifier(_: &ParsingContext, node: &NodeProto) -> TractResult<Ar
             coefficients.len()
         );
     }
-    let post = PostTransform::parse(
-        node.get_attr_opt::<&str>("post_transform")?
-            .unwrap_or("NONE"),
-    )?;
+    let post = PostTransform::of(node)?;
     Ok(Arc::new(Classifier {
         coefficients,
         intercepts,

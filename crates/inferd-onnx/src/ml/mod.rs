@@ -140,6 +140,15 @@ pub trait Kernel: Debug + Send + Sync {
     fn eval(&self, inputs: &[TValue]) -> TractResult<Vec<Tensor>>;
 }
 
+/// A kernel's outputs for whichever input type it accepts: how many there are and their shapes
+/// do not depend on the type.
+fn any_type_specs(kernel: &dyn Kernel) -> TractResult<Vec<OutSpec>> {
+    kernel
+        .outputs(DatumType::F32)
+        .or_else(|_| kernel.outputs(DatumType::I64))
+        .or_else(|_| kernel.outputs(DatumType::String))
+}
+
 /// Adapts a [`Kernel`] to tract: shape inference (as an expansion) and typed evaluation.
 #[derive(Clone, Debug)]
 struct MlOp {
@@ -152,13 +161,7 @@ impl Expansion for MlOp {
     }
 
     fn nboutputs(&self) -> TractResult<usize> {
-        // The element type does not change how many outputs there are.
-        Ok(self
-            .kernel
-            .outputs(DatumType::F32)
-            .or_else(|_| self.kernel.outputs(DatumType::I64))
-            .or_else(|_| self.kernel.outputs(DatumType::String))?
-            .len())
+        Ok(any_type_specs(&*self.kernel)?.len())
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -179,11 +182,7 @@ impl Expansion for MlOp {
         let kernel = self.kernel.clone();
         s.given(&inputs[0].rank, move |s, rank| {
             let rank = rank as usize;
-            // Shapes are the same whatever the type; any type the kernel accepts tells them.
-            let specs = kernel
-                .outputs(DatumType::F32)
-                .or_else(|_| kernel.outputs(DatumType::I64))
-                .or_else(|_| kernel.outputs(DatumType::String))?;
+            let specs = any_type_specs(&*kernel)?;
             for (o, spec) in specs.iter().enumerate() {
                 let out = &outputs[o];
                 match spec.shape {

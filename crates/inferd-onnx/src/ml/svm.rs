@@ -209,10 +209,7 @@ pub(super) fn classifier(_: &ParsingContext, node: &NodeProto) -> TractResult<Ar
         rho,
         prob_a,
         prob_b,
-        post: PostTransform::parse(
-            node.get_attr_opt::<&str>("post_transform")?
-                .unwrap_or("NONE"),
-        )?,
+        post: PostTransform::of(node)?,
         all_positive,
     }))
 }

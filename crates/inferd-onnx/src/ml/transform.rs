@@ -23,6 +23,14 @@ pub enum PostTransform {
 }
 
 impl PostTransform {
+    /// A node's `post_transform` attribute (NONE when absent).
+    pub fn of(node: &NodeProto) -> TractResult<PostTransform> {
+        Self::parse(
+            node.get_attr_opt::<&str>("post_transform")?
+                .unwrap_or("NONE"),
+        )
+    }
+
     /// Parses the attribute.
     pub fn parse(s: &str) -> TractResult<PostTransform> {
         Ok(match s {

@@ -538,10 +538,7 @@ pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc
         }
         ensemble.base = base;
     }
-    let post = PostTransform::parse(
-        node.get_attr_opt::<&str>("post_transform")?
-            .unwrap_or("NONE"),
-    )?;
+    let post = PostTransform::of(node)?;
     Ok(Arc::new(Regressor {
         ensemble,
         post,
@@ -600,10 +597,7 @@ pub(super) fn classifier(_: &ParsingContext, node: &NodeProto) -> TractResult<Ar
         }
         ensemble.base = base;
     }
-    let post = PostTransform::parse(
-        node.get_attr_opt::<&str>("post_transform")?
-            .unwrap_or("NONE"),
-    )?;
+    let post = PostTransform::of(node)?;
     let binary = (n == 2).then(|| transform::Binary {
         single_class: ensemble.single_class(),
         all_positive: ensemble.weights_all_positive(),
