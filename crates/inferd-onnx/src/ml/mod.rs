@@ -20,6 +20,7 @@ mod svm;
 mod transform;
 pub(crate) mod tree;
 mod tree5;
+mod tree_ops;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -76,11 +77,15 @@ pub fn register(reg: &mut OnnxOpRegister) {
     reg.insert("Scaler", |c, n| build(c, n, prep::scaler));
     reg.insert("SVMClassifier", |c, n| build(c, n, svm::classifier));
     reg.insert("SVMRegressor", |c, n| build(c, n, svm::regressor));
-    reg.insert("TreeEnsemble", |c, n| build(c, n, tree::tree_ensemble_v5));
-    reg.insert("TreeEnsembleClassifier", |c, n| {
-        build(c, n, tree::classifier)
+    reg.insert("TreeEnsemble", |c, n| {
+        build(c, n, tree_ops::tree_ensemble_v5)
     });
-    reg.insert("TreeEnsembleRegressor", |c, n| build(c, n, tree::regressor));
+    reg.insert("TreeEnsembleClassifier", |c, n| {
+        build(c, n, tree_ops::classifier)
+    });
+    reg.insert("TreeEnsembleRegressor", |c, n| {
+        build(c, n, tree_ops::regressor)
+    });
 }
 
 type Parser = fn(&ParsingContext, &NodeProto) -> TractResult<Arc<dyn Kernel>>;

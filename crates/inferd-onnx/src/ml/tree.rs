@@ -1,22 +1,18 @@
-//! Tree ensembles: `TreeEnsembleClassifier` and `TreeEnsembleRegressor` (ai.onnx.ml 1 and 3,
+//! Tree ensembles of `TreeEnsembleClassifier` and `TreeEnsembleRegressor` (ai.onnx.ml 1 and 3,
 //! with the `*_as_tensor` double forms). Trees are checked at load (ids, children, cycles,
 //! feature and class indices) and walked with onnxruntime's comparisons: thresholds and sums in
 //! float, or in double for the `_as_tensor` forms; NaN takes the true branch where
 //! `nodes_missing_value_tracks_true` says so, and otherwise whatever the comparison gives.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
 use super::fast_tree::Fast;
-use super::transform::{self, Labels, PostTransform};
 
 /// The compiled form of an ensemble, made on first use for the row width then seen.
-type FastCache = std::sync::OnceLock<(usize, Option<Fast>)>;
-use super::{Kernel, OutShape, OutSpec, as_f32, numeric_input, rows_of, tensor};
+pub(super) type FastCache = std::sync::OnceLock<(usize, Option<Fast>)>;
 
 /// A split's comparison; the row goes to the true branch when it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +75,7 @@ pub enum Aggregate {
 }
 
 impl Aggregate {
-    fn parse(s: &str) -> TractResult<Aggregate> {
+    pub(super) fn parse(s: &str) -> TractResult<Aggregate> {
         Ok(match s {
             "SUM" => Aggregate::Sum,
             "AVERAGE" => Aggregate::Average,
@@ -124,7 +120,10 @@ pub struct Ensemble {
 }
 
 /// Reads a float attribute or its `_as_tensor` double form.
-fn floats_or_doubles(node: &NodeProto, name: &str) -> TractResult<Option<(Vec<f64>, bool)>> {
+pub(super) fn floats_or_doubles(
+    node: &NodeProto,
+    name: &str,
+) -> TractResult<Option<(Vec<f64>, bool)>> {
     if let Some(t) =
         node.get_attr_opt::<&tract_onnx::pb::TensorProto>(&format!("{name}_as_tensor"))?
     {
@@ -147,7 +146,7 @@ fn ints(node: &NodeProto, name: &str, n: usize) -> TractResult<Vec<i64>> {
 }
 
 /// The leaf attributes: `class_*` for classifiers, `target_*` for regressors.
-struct LeafAttrs {
+pub(super) struct LeafAttrs {
     trees: Vec<i64>,
     nodes: Vec<i64>,
     ids: Vec<i64>,
@@ -155,7 +154,7 @@ struct LeafAttrs {
     double: bool,
 }
 
-fn leaf_attrs(node: &NodeProto, prefix: &str) -> TractResult<LeafAttrs> {
+pub(super) fn leaf_attrs(node: &NodeProto, prefix: &str) -> TractResult<LeafAttrs> {
     let ids: Vec<i64> = node.get_attr_vec(&format!("{prefix}_ids"))?;
     let n = ids.len();
     let (weights, double) = floats_or_doubles(node, &format!("{prefix}_weights"))?
@@ -177,7 +176,7 @@ fn leaf_attrs(node: &NodeProto, prefix: &str) -> TractResult<LeafAttrs> {
 
 impl Ensemble {
     /// Builds the ensemble from a v1/v3 node's attributes; `n_targets` bounds the leaf ids.
-    fn parse(
+    pub(super) fn parse(
         node: &NodeProto,
         leaves: LeafAttrs,
         n_targets: usize,
@@ -427,7 +426,7 @@ impl Ensemble {
 
     /// [`Ensemble::scores`] on the compiled kernel when the ensemble compiles (for the row
     /// width it first sees), else on the reference walk.
-    fn sums(
+    pub(super) fn sums(
         &self,
         cache: &FastCache,
         rows: &[f32],
@@ -455,7 +454,7 @@ impl Ensemble {
 
     /// A regressor row's final values: base values added, unscored targets 0 (several
     /// targets); for a single target the base value is added whether or not a leaf scored.
-    fn finish_regression(&self, row: &[f64], seen: &[bool]) -> Vec<f64> {
+    pub(super) fn finish_regression(&self, row: &[f64], seen: &[bool]) -> Vec<f64> {
         if self.n_targets == 1 {
             let origin = if self.base.len() == 1 {
                 self.base[0]
@@ -479,7 +478,7 @@ impl Ensemble {
             .collect()
     }
 
-    fn check_row_width(&self, cols: usize) -> TractResult<()> {
+    pub(super) fn check_row_width(&self, cols: usize) -> TractResult<()> {
         if cols < self.n_features {
             bail!(
                 "the trees read feature {} but rows have {cols} features",
@@ -490,7 +489,7 @@ impl Ensemble {
     }
 
     /// Whether every leaf weight is for one and the same class (onnxruntime's binary case).
-    fn single_class(&self) -> bool {
+    pub(super) fn single_class(&self) -> bool {
         let mut ids = self.weights.iter().map(|w| w.0);
         match ids.next() {
             Some(first) => ids.all(|i| i == first),
@@ -499,166 +498,7 @@ impl Ensemble {
     }
 
     /// Whether no leaf weight is negative.
-    fn weights_all_positive(&self) -> bool {
+    pub(super) fn weights_all_positive(&self) -> bool {
         self.weights.iter().all(|w| w.1 >= 0.0)
     }
-}
-
-/// `TreeEnsembleRegressor`.
-#[derive(Debug)]
-pub struct Regressor {
-    ensemble: Ensemble,
-    post: PostTransform,
-    fast: FastCache,
-    /// The ONNX operator (`TreeEnsembleRegressor`, or `TreeEnsemble` for version 5).
-    op: &'static str,
-}
-
-pub(super) fn regressor(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc<dyn Kernel>> {
-    let n_targets: i64 = node.get_attr_opt("n_targets")?.unwrap_or(1);
-    if n_targets < 1 {
-        bail!("'n_targets' must be at least 1");
-    }
-    let aggregate = Aggregate::parse(
-        node.get_attr_opt::<&str>("aggregate_function")?
-            .unwrap_or("SUM"),
-    )?;
-    let mut ensemble = Ensemble::parse(
-        node,
-        leaf_attrs(node, "target")?,
-        n_targets as usize,
-        aggregate,
-    )?;
-    if let Some((base, _)) = floats_or_doubles(node, "base_values")? {
-        if !base.is_empty() && base.len() != n_targets as usize {
-            bail!(
-                "'base_values' has {} values for {n_targets} targets",
-                base.len()
-            );
-        }
-        ensemble.base = base;
-    }
-    let post = PostTransform::of(node)?;
-    Ok(Arc::new(Regressor {
-        ensemble,
-        post,
-        fast: FastCache::new(),
-        op: "TreeEnsembleRegressor",
-    }))
-}
-
-impl Kernel for Regressor {
-    fn name(&self) -> &'static str {
-        self.op
-    }
-
-    fn outputs(&self, input: DatumType) -> TractResult<Vec<OutSpec>> {
-        numeric_input("TreeEnsembleRegressor", input)?;
-        Ok(vec![OutSpec::new(
-            DatumType::F32,
-            OutShape::RowsBy(self.ensemble.n_targets),
-        )])
-    }
-
-    fn eval(&self, inputs: &[TValue]) -> TractResult<Vec<Tensor>> {
-        let (rows, cols) = rows_of(&inputs[0])?;
-        self.ensemble.check_row_width(cols)?;
-        let x = as_f32(&inputs[0])?;
-        let (scores, has) = self.ensemble.sums(&self.fast, &x, rows, cols);
-        let nt = self.ensemble.n_targets;
-        let mut out = Vec::with_capacity(rows * nt);
-        for (row, seen) in scores.chunks(nt).zip(has.chunks(nt)) {
-            out.extend(transform::apply(
-                self.post,
-                &self.ensemble.finish_regression(row, seen),
-            ));
-        }
-        Ok(vec![tensor(&[rows, nt], out)?])
-    }
-}
-
-/// `TreeEnsembleClassifier`.
-#[derive(Debug)]
-pub struct Classifier {
-    ensemble: Ensemble,
-    labels: Labels,
-    post: PostTransform,
-    binary: Option<transform::Binary>,
-    fast: FastCache,
-}
-
-pub(super) fn classifier(_: &ParsingContext, node: &NodeProto) -> TractResult<Arc<dyn Kernel>> {
-    let labels = Labels::parse(node)?;
-    let n = labels.len();
-    let mut ensemble = Ensemble::parse(node, leaf_attrs(node, "class")?, n, Aggregate::Sum)?;
-    if let Some((base, _)) = floats_or_doubles(node, "base_values")? {
-        if !base.is_empty() && base.len() != n && !(n == 2 && base.len() == 1) {
-            bail!("'base_values' has {} values for {n} classes", base.len());
-        }
-        ensemble.base = base;
-    }
-    let post = PostTransform::of(node)?;
-    let binary = (n == 2).then(|| transform::Binary {
-        single_class: ensemble.single_class(),
-        all_positive: ensemble.weights_all_positive(),
-    });
-    Ok(Arc::new(Classifier {
-        ensemble,
-        labels,
-        post,
-        binary,
-        fast: FastCache::new(),
-    }))
-}
-
-impl Kernel for Classifier {
-    fn name(&self) -> &'static str {
-        "TreeEnsembleClassifier"
-    }
-
-    fn outputs(&self, input: DatumType) -> TractResult<Vec<OutSpec>> {
-        numeric_input("TreeEnsembleClassifier", input)?;
-        Ok(vec![
-            OutSpec::new(self.labels.dt(), OutShape::Rows),
-            OutSpec::new(DatumType::F32, OutShape::RowsBy(self.labels.len())),
-        ])
-    }
-
-    fn eval(&self, inputs: &[TValue]) -> TractResult<Vec<Tensor>> {
-        let (rows, cols) = rows_of(&inputs[0])?;
-        self.ensemble.check_row_width(cols)?;
-        let x = as_f32(&inputs[0])?;
-        let (scores, has) = self.ensemble.sums(&self.fast, &x, rows, cols);
-        let nc = self.labels.len();
-        let mut winners = Vec::with_capacity(rows);
-        let mut probs = Vec::with_capacity(rows * nc);
-        for r in 0..rows {
-            let row = &scores[r * nc..(r + 1) * nc];
-            let seen = &has[r * nc..(r + 1) * nc];
-            let (winner, p) = match self.binary {
-                Some(b) => transform::tree_binary(b, row, seen, &self.ensemble.base, self.post),
-                None => transform::multiclass(row, seen, &self.ensemble.base, self.post),
-            };
-            winners.push(winner);
-            probs.extend(p);
-        }
-        Ok(vec![
-            self.labels.pick(rows, &winners)?,
-            tensor(&[rows, nc], probs)?,
-        ])
-    }
-}
-
-/// `TreeEnsemble` (ai.onnx.ml 5): see [`super::tree5`].
-pub(super) fn tree_ensemble_v5(
-    ctx: &ParsingContext,
-    node: &NodeProto,
-) -> TractResult<Arc<dyn Kernel>> {
-    let (ensemble, post) = super::tree5::parse(ctx, node)?;
-    Ok(Arc::new(Regressor {
-        ensemble,
-        post,
-        fast: FastCache::new(),
-        op: "TreeEnsemble",
-    }))
 }
