@@ -6,7 +6,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::backend::{LoadedModel, NamedTensor};
-use crate::config::{ModelConfig, WarmupInput};
+use crate::config::{ModelConfig, ModelWarmup, WarmupInput};
 use crate::tensor::{DataType, Tensor, TensorData, element_count};
 
 /// Runs every warm-up sample; an error names the sample and why it failed.
@@ -48,6 +48,27 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// The inputs of one warm-up sample, by the names its config gives them (for a backend that runs
+/// the warm-up rows itself, such as the ONNX cross-check; the config may be the one written,
+/// before auto-complete).
+pub fn sample_inputs(
+    cfg: &ModelConfig,
+    w: &ModelWarmup,
+    version_dir: &Path,
+) -> Result<Vec<NamedTensor>, String> {
+    w.inputs
+        .iter()
+        .map(|(name, wi)| {
+            let tensor = tensor_for(cfg, w.batch_size, wi, version_dir)
+                .map_err(|e| format!("warm-up '{}' input '{name}': {e}", w.name))?;
+            Ok(NamedTensor {
+                name: name.clone(),
+                tensor,
+            })
+        })
+        .collect()
 }
 
 fn tensor_for(
