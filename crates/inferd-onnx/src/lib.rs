@@ -55,6 +55,26 @@ impl Backend for OnnxBackend {
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        // A model that asks for ONNX Runtime must not quietly run on tract.
+        if let Some(p) = req.config.parameters.get("onnx_backend") {
+            match p.string_value.as_str() {
+                "auto" | "tract" => {}
+                "onnxruntime" => {
+                    return Err(BackendError::Load(
+                        "config parameters 'onnx_backend' asks for onnxruntime, but tract loads this \
+                         model (the build has no ONNX Runtime, or the config pins backend \
+                         \"tract\"): build inferd with --features onnxruntime, or remove the pin"
+                            .into(),
+                    ));
+                }
+                other => {
+                    return Err(BackendError::Load(format!(
+                        "config parameters 'onnx_backend': '{other}' is not an ONNX backend \
+                         (auto, tract, onnxruntime)"
+                    )));
+                }
+            }
+        }
         Ok(Arc::new(OnnxModel::load_with_config(
             &req.model_file,
             Some(req.config),

@@ -14,8 +14,7 @@ use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 use crate::ml;
 
 /// What to do for a model tract cannot run.
-pub const HOW_TO_SERVE_THE_REST: &str =
-    "build inferd with --features onnxruntime and set ORT_DYLIB_PATH to serve it on ONNX Runtime";
+pub const HOW_TO_SERVE_THE_REST: &str = "build inferd with --features onnxruntime and set ORT_DYLIB_PATH, and --onnx-backend auto (the default) serves it on ONNX Runtime";
 
 fn load_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Load(e.to_string())

@@ -15,6 +15,12 @@
 //! API on; the library itself comes from `ORT_DYLIB_PATH`, e.g. the `onnxruntime-gpu` wheel's).
 //! A requested provider that the library lacks fails the load with what to do, never a quiet
 //! fall-back to CPU.
+//!
+//! [`OnnxSelect`] (the binary's `--onnx-backend`) decides, model by model, whether tract or ONNX
+//! Runtime runs it, cross-checking the two at load in `auto` mode ([`select`], [`check`]).
+
+pub mod check;
+pub mod select;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -29,11 +35,12 @@ use inferd_core::tensor::{DataType, Tensor, TensorData};
 use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
+pub use select::{OnnxChoice, OnnxSelect};
 
 /// How to provide the runtime library, for error messages.
 pub const HOWTO: &str = "set ORT_DYLIB_PATH to ONNX Runtime's shared library, e.g. `pip install onnxruntime` and \
-point it at <site-packages>/onnxruntime/capi/libonnxruntime.so.<version>, or build inferd without the \
-onnxruntime feature to use the pure-Rust ONNX backend";
+point it at <site-packages>/onnxruntime/capi/libonnxruntime.so.<version>, or serve on the pure-Rust \
+backend with `--onnx-backend tract` (or `auto`, which uses tract when ONNX Runtime is missing)";
 
 static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
 
