@@ -81,9 +81,11 @@ echo "== the interop suite again with ONNX Runtime (ONNX models on ONNX Runtime;
 echo "   API built in, so KIND_GPU models ask the CPU-only library for it and are refused)"
 cargo build -p inferd --features onnxruntime-cuda
 INFERD_BUILD_FEATURES=onnxruntime-cuda INFERD_BIN="$CARGO_TARGET_DIR/debug/inferd" "$venv/bin/python" -m pytest -q tests/python
-echo "== without the library, loading says how to provide it"
-if out=$(env -u ORT_DYLIB_PATH "$CARGO_TARGET_DIR/debug/inferd" repo check examples/models); then
+echo "== without the library, --onnx-backend onnxruntime says how to provide it"
+if out=$(env -u ORT_DYLIB_PATH "$CARGO_TARGET_DIR/debug/inferd" repo check --onnx-backend onnxruntime examples/models); then
   echo "expected repo check to fail without ORT_DYLIB_PATH"; exit 1
 fi
 echo "$out" | grep -q "set ORT_DYLIB_PATH" || { echo "missing how-to in: $out"; exit 1; }
 echo "ok: the missing library is reported with how to provide it"
+echo "== without the library, auto (the default) serves the ONNX models on tract"
+env -u ORT_DYLIB_PATH "$CARGO_TARGET_DIR/debug/inferd" repo check examples/models

@@ -68,7 +68,22 @@ enum RepoCommand {
     Check {
         /// The repository folder.
         dir: PathBuf,
+        /// Which backend loads ONNX models (as `serve --onnx-backend`).
+        #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
+        onnx_backend: OnnxBackend,
     },
+}
+
+/// Which backend runs ONNX models.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnnxBackend {
+    /// tract; with ONNX Runtime built in, also ONNX Runtime for what tract refuses, and for
+    /// models whose answers on the warm-up rows differ between the two (checked at load).
+    Auto,
+    /// tract (pure Rust) for every ONNX model.
+    Tract,
+    /// ONNX Runtime for every ONNX model (needs the onnxruntime feature).
+    Onnxruntime,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +157,9 @@ struct ServeArgs {
     /// wake-ups (on 2 cores, 2 network threads served ~35% fewer batch-64 rows/s than 1).
     #[arg(long, env = "INFERD_NETWORK_THREADS", default_value_t = 0)]
     network_threads: usize,
+    /// Which backend runs ONNX models; a model's config parameter `onnx_backend` overrides it.
+    #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
+    onnx_backend: OnnxBackend,
     /// Where each setting not left at its default came from, by flag name (for errors).
     #[arg(skip)]
     origins: std::collections::BTreeMap<String, String>,
@@ -311,18 +329,33 @@ fn clap_reason(e: &clap::Error) -> String {
     }
 }
 
-fn backends() -> Vec<Arc<dyn Backend>> {
+/// The backends of this build; `origin` names where `onnx` came from, for its error.
+fn backends(onnx: OnnxBackend, origin: &str) -> Result<Vec<Arc<dyn Backend>>> {
+    #[cfg(feature = "onnxruntime")]
+    let choice = match onnx {
+        OnnxBackend::Auto => inferd_ort::OnnxChoice::Auto,
+        OnnxBackend::Tract => inferd_ort::OnnxChoice::Tract,
+        OnnxBackend::Onnxruntime => inferd_ort::OnnxChoice::OnnxRuntime,
+    };
+    #[cfg(not(feature = "onnxruntime"))]
+    if onnx == OnnxBackend::Onnxruntime {
+        bail!(
+            "{origin}: onnxruntime is not built in (build inferd with `--features onnxruntime`, \
+             or use auto or tract)"
+        );
+    }
+    let _ = origin;
     // Order matters: the first backend that accepts a config's platform/backend serves it.
-    vec![
+    Ok(vec![
         #[cfg(feature = "onnxruntime")]
-        Arc::new(inferd_ort::OrtBackend),
+        Arc::new(inferd_ort::OnnxSelect::new(choice)),
         #[cfg(feature = "onnx")]
         Arc::new(inferd_onnx::OnnxBackend),
         #[cfg(feature = "trees")]
         Arc::new(inferd_trees::TreesBackend),
         #[cfg(feature = "candle")]
         Arc::new(inferd_candle::CandleBackend),
-    ]
+    ])
 }
 
 /// The bundled example repository: `examples/models` under the working directory, else the one
@@ -409,7 +442,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
     }
     let opts = engine_options(&a, repo.clone())?;
-    let engine = Engine::new(opts, backends());
+    let engine = Engine::new(opts, backends(a.onnx_backend, &a.origin("onnx-backend"))?);
     let server = BoundServer::bind(
         engine.clone(),
         ServerOptions {
@@ -452,7 +485,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-fn repo_check(dir: PathBuf) -> Result<bool> {
+fn repo_check(dir: PathBuf, onnx: OnnxBackend) -> Result<bool> {
     if !dir.is_dir() {
         bail!("'{}' is not a folder", dir.display());
     }
@@ -461,7 +494,7 @@ fn repo_check(dir: PathBuf) -> Result<bool> {
             repository: dir.clone(),
             ..Default::default()
         },
-        backends(),
+        backends(onnx, "--onnx-backend")?,
     );
     let names = inferd_core::repository::list_models(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     if names.is_empty() {
@@ -632,6 +665,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = match parse_cli(std::env::args_os().collect()) {
         Ok(cli) => cli,
@@ -655,8 +690,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(scan(&paths, format));
         }
         Command::Repo {
-            command: RepoCommand::Check { dir },
-        } => match repo_check(dir) {
+            command: RepoCommand::Check { dir, onnx_backend },
+        } => match repo_check(dir, onnx_backend) {
             Ok(true) => return std::process::ExitCode::SUCCESS,
             Ok(false) => return std::process::ExitCode::from(1),
             Err(e) => Err(e),
