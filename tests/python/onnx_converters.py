@@ -1,7 +1,8 @@
 """Models made by the real ONNX converters with their default options, as a user exports them.
 
 Each entry of ``MODELS`` builds one model at test time (scikit-learn through ``skl2onnx``;
-XGBoost, LightGBM and CatBoost through ``onnxmltools``; PyTorch through ``torch.onnx.export``)
+XGBoost, LightGBM and CatBoost through ``onnxmltools``; PyTorch through ``torch.onnx.export``;
+Keras through ``tf2onnx``)
 and says how to make request rows for it. ``test_onnx_converters.py`` serves every one with no
 config and holds each output against onnxruntime.
 
@@ -220,8 +221,54 @@ def torch_models() -> list[Exported]:
     return out
 
 
+def keras_models() -> list[Exported]:
+    """Keras 3 models through tf2onnx. ``tf2onnx.convert.from_keras`` cannot read Keras 3
+    models (it fails looking up a ``keras_tensor``), so users export a ``tf.function`` of the
+    model with ``from_function``: that is what these do, with tf2onnx's default opset."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tf2onnx
+
+    tf.keras.utils.set_random_seed(0)
+    x, _, _, y_multi = _data()
+    out = []
+
+    def export(name, model, spec, feeds):
+        fn = tf.function(lambda t: model(t, training=False))
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec)
+        out.append(Exported(name, proto.SerializeToString(), feeds))
+
+    layers = tf.keras.layers
+    mlp = tf.keras.Sequential([
+        tf.keras.Input(shape=(N_FEATURES,)),
+        layers.Dense(32, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Dropout(0.2),
+        layers.Dense(3, activation="softmax"),
+    ])
+    mlp.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    mlp.fit(x, y_multi, epochs=2, verbose=0)
+    export("keras_mlp_classifier", mlp, (tf.TensorSpec((None, N_FEATURES), tf.float32, name="X"),),
+           _float_rows)
+
+    cnn = tf.keras.Sequential([
+        tf.keras.Input(shape=(8, 8, 3)),
+        layers.Conv2D(4, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(2),
+    ])
+    export(
+        "keras_cnn_nhwc", cnn, (tf.TensorSpec((None, 8, 8, 3), tf.float32, name="image"),),
+        lambda rng, n: {"image": rng.normal(size=(n, 8, 8, 3)).astype(np.float32)},
+    )
+    return out
+
+
 def all_models() -> list[Exported]:
-    return sklearn_models() + boosting_models() + torch_models()
+    return sklearn_models() + boosting_models() + torch_models() + keras_models()
 
 
 def write_repository(repo: Path, models: list[Exported]) -> None:

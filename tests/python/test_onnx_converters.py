@@ -1,7 +1,11 @@
 """ONNX as users export it: models made at test time by the real converters (skl2onnx,
-onnxmltools, torch.onnx) with default options, each dropped into a repository folder with no
-config and served by the default build, every output held against onnxruntime on random rows:
-labels equal, floats within 1e-4. None refused, none wrong.
+onnxmltools, torch.onnx, tf2onnx) with default options, each dropped into a repository folder
+with no config and served by the default build, every output held against onnxruntime on random
+rows: labels equal, floats within 1e-4. None refused, none wrong.
+
+On the ONNX Runtime build (``INFERD_BUILD_FEATURES`` names onnxruntime) the same repository is
+served twice: with ``--onnx-backend auto`` (tract, cross-checked against ONNX Runtime at load)
+and with ``--onnx-backend onnxruntime``.
 
 The models are listed in ``onnx_converters.py``.
 """
@@ -47,26 +51,38 @@ MODEL_NAMES = [
     "torch_mlp",
     "torch_cnn",
     "torch_transformer_encoder",
+    "keras_mlp_classifier",
+    "keras_cnn_nhwc",
 ]
 
-# Models the ONNX Runtime build refuses (with this reason), where the default build serves them.
-ORT_BUILD_REFUSES = {"catboost_classifier_binary": "'probabilities' is not a tensor"}
+ORT_BUILD = "onnxruntime" in os.environ.get("INFERD_BUILD_FEATURES", "")
+BACKENDS = ["auto", "onnxruntime"] if ORT_BUILD else ["auto"]
+
+# Models that --onnx-backend onnxruntime refuses (with this reason), where tract serves them.
+ORT_REFUSES = {"catboost_classifier_binary": "'probabilities' is not a tensor"}
 
 # Requests of these many rows each (auto-complete gives batching models max_batch_size 4).
 CHUNKS = [1, 4, 3, 2, 4]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, inferd_server_factory, onnx_reference):
+def exported(tmp_path_factory):
     models = {m.name: m for m in all_models()}
     assert sorted(models) == sorted(MODEL_NAMES), "MODEL_NAMES and the generator disagree"
-    root = tmp_path_factory.mktemp("converters")
-    repo = root / "models"
+    repo = tmp_path_factory.mktemp("converters") / "models"
     write_repository(repo, list(models.values()))
+    return models, repo
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, exported, inferd_server_factory):
+    models, repo = exported
     # Not waiting for readiness: a model that fails to load must fail its own test, by name.
-    server = inferd_server_factory(repo, wait_ready=False)
+    server = inferd_server_factory(
+        repo, "--onnx-backend", request.param, wait_ready=False, name=f"converters-{request.param}"
+    )
     client = TritonClient("http", server)
-    yield server, client, models, repo
+    yield server, client, models, repo, request.param
     client.close()
 
 
@@ -120,16 +136,16 @@ def _compare(name: str, output: str, ours: np.ndarray, ref, rows: int) -> None:
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_converted_model_is_served_with_onnxruntimes_answers(served, onnx_reference, name):
-    server, client, models, repo = served
-    if name in ORT_BUILD_REFUSES and "onnxruntime" in os.environ.get("INFERD_BUILD_FEATURES", ""):
-        # The ONNX Runtime backend does not yet serve a terminal ZipMap as its tensor (the
-        # default backend does): it must refuse the model, saying why, not serve it wrong.
+    server, client, models, repo, backend = served
+    if name in ORT_REFUSES and backend == "onnxruntime":
+        # ONNX Runtime does not serve a terminal ZipMap as its tensor (tract does): it must
+        # refuse the model, saying why, not serve it wrong.
         import time
 
         deadline = time.monotonic() + 60
         while (state := _load_state(client, name))[0] not in ("UNAVAILABLE", "READY") and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert state[0] == "UNAVAILABLE" and ORT_BUILD_REFUSES[name] in state[1], state
+        assert state[0] == "UNAVAILABLE" and ORT_REFUSES[name] in state[1], state
         return
     _wait_loaded(client, name)
     model = models[name]
@@ -149,7 +165,7 @@ def test_converted_model_is_served_with_onnxruntimes_answers(served, onnx_refere
 
 
 def test_converted_models_also_answer_over_grpc(served, onnx_reference):
-    server, _, models, repo = served
+    server, _, models, repo, _ = served
     grpc = TritonClient("grpc", server)
     try:
         for name in ("skl_random_forest_binary", "lgbm_classifier_multiclass", "skl_pipeline_impute_scale_onehot"):
@@ -162,6 +178,23 @@ def test_converted_models_also_answer_over_grpc(served, onnx_reference):
                 _compare(name, out, ours[out], ref[out], 3)
     finally:
         grpc.close()
+
+
+@pytest.mark.skipif(not ORT_BUILD, reason="the cross-check needs the ONNX Runtime build, which scripts/test.sh also runs")
+@pytest.mark.parametrize("served", ["auto"], indirect=True)
+def test_auto_serves_every_converted_model_on_tract_after_the_cross_check(served):
+    server, client, models, _, _ = served
+    for name in MODEL_NAMES:
+        _wait_loaded(client, name)
+    log = server.stderr_path.read_text(errors="replace")
+    for name in MODEL_NAMES:
+        who = f"model '{name}' version 1: served on tract"
+        if name in ORT_REFUSES:
+            # Nothing to check against: ONNX Runtime cannot load it, and tract's answers are
+            # held against onnxruntime's own (dict) output by the test above.
+            assert f"{who} without the ONNX Runtime cross-check" in log, name
+        else:
+            assert f"{who} (its answers match ONNX Runtime's)" in log, (name, server.log_tail())
 
 
 # No converter emits TreeEnsemble (ai.onnx.ml 5) by default yet (skl2onnx keeps the ml-3
