@@ -9,6 +9,7 @@
 //! - `convert`: tensors between inferd and tract.
 
 mod convert;
+mod extremum;
 pub mod load;
 pub mod ml;
 
@@ -145,9 +146,11 @@ impl OnnxModel {
     ) -> Result<Self, BackendError> {
         let (inference, operators) = load::parse(path, config)?;
         let load_err = |e: String| BackendError::Load(operators.explain(&e));
-        let typed = inference
+        let mut typed = inference
             .into_typed()
             .map_err(|e| load_err(format!("cannot infer tensor types and shapes: {e:#}")))?;
+        extremum::exact(&mut typed)
+            .map_err(|e| load_err(format!("cannot prepare ReduceMax/ReduceMin: {e:#}")))?;
         let signature = signature_of(&typed)?;
         let optimized = typed
             .into_optimized()
