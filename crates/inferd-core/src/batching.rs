@@ -20,8 +20,9 @@ pub struct Pending {
     pub rows: usize,
     /// When it was queued.
     pub enqueued: Instant,
-    /// Requests batch together only when their keys (shapes past the batch dimension, inputs,
-    /// outputs) are equal.
+    /// A hash of what requests must share to batch together (shapes past the batch dimension,
+    /// inputs, outputs): different keys never batch; equal keys batch only when the caller's
+    /// exact comparison agrees (see [`BatchPolicy::decide_with`]).
     pub key: u64,
 }
 
@@ -70,8 +71,19 @@ impl BatchPolicy {
         self.max_batch
     }
 
-    /// Decides for a queue in service order (oldest first).
+    /// Decides for a queue in service order (oldest first), batching requests of equal keys.
     pub fn decide(&self, queue: &[Pending], now: Instant) -> Decision {
+        self.decide_with(queue, now, |_| true)
+    }
+
+    /// [`BatchPolicy::decide`], where `same(i)` must also hold for request `i` to join the
+    /// oldest's batch: the exact comparison behind equal keys (a hash can collide).
+    pub fn decide_with(
+        &self,
+        queue: &[Pending],
+        now: Instant,
+        same: impl Fn(usize) -> bool,
+    ) -> Decision {
         let Some(oldest) = queue.first() else {
             return Decision::Idle;
         };
@@ -83,8 +95,8 @@ impl BatchPolicy {
         let mut rows = 0usize;
         let mut fits = 0usize;
         let mut best: Option<usize> = None;
-        for p in queue {
-            if p.key != oldest.key {
+        for (i, p) in queue.iter().enumerate() {
+            if p.key != oldest.key || (i > 0 && !same(i)) {
                 break;
             }
             if fits > 0 && best.is_none() && rows + p.rows > max_preferred {
@@ -224,5 +236,15 @@ mod tests {
     fn preferred_sizes_above_max_are_ignored() {
         let p = BatchPolicy::new(4, &[8, 2, 2], Duration::ZERO);
         assert_eq!(p.preferred, vec![2]);
+    }
+
+    #[test]
+    fn equal_keys_that_the_exact_comparison_tells_apart_do_not_batch() {
+        let t0 = Instant::now();
+        let p = BatchPolicy::new(8, &[], Duration::ZERO);
+        let queue = q(t0, &[1, 1, 1]);
+        assert_eq!(p.decide(&queue, t0), Decision::Run(3));
+        assert_eq!(p.decide_with(&queue, t0, |i| i != 2), Decision::Run(2));
+        assert_eq!(p.decide_with(&queue, t0, |_| false), Decision::Run(1));
     }
 }

@@ -66,6 +66,23 @@ pub struct PreparedRequest {
     pub shape_key: u64,
 }
 
+impl PreparedRequest {
+    /// Whether two requests to a model that batches may run in one batch: the same inputs, in
+    /// the same order, of the same types and the same shapes past the batch dimension, asking for
+    /// the same outputs. Compared exactly; [`PreparedRequest::shape_key`] (a hash) only lets
+    /// unequal requests be told apart fast.
+    pub fn same_batch_as(&self, other: &PreparedRequest) -> bool {
+        self.shape_key == other.shape_key
+            && self.outputs == other.outputs
+            && self.inputs.len() == other.inputs.len()
+            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| {
+                a.name == b.name
+                    && a.tensor.dtype() == b.tensor.dtype()
+                    && a.tensor.shape().get(1..) == b.tensor.shape().get(1..)
+            })
+    }
+}
+
 /// Reads the `priority` and `timeout` request parameters (Triton's names) against the model's
 /// dynamic batching settings.
 fn scheduling_params(

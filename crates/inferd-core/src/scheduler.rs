@@ -339,14 +339,16 @@ impl Scheduler {
             let decision = if !self.settings.batching {
                 Decision::Run(1)
             } else {
-                let view: Vec<Pending> = q
+                let jobs: Vec<&Job> = q
                     .in_order()
                     .take(self.settings.policy.max_batch() + 1)
-                    .map(Job::pending)
                     .collect();
-                match self.settings.policy.decide(&view, now) {
+                let view: Vec<Pending> = jobs.iter().map(|j| j.pending()).collect();
+                let same = |i: usize| jobs[i].req.same_batch_as(&jobs[0].req);
+                let policy = &self.settings.policy;
+                match policy.decide_with(&view, now, same) {
                     // Closing: nothing more will arrive, so decide as if the delay had passed.
-                    Decision::WaitUntil(due) if q.closed => self.settings.policy.decide(&view, due),
+                    Decision::WaitUntil(due) if q.closed => policy.decide_with(&view, due, same),
                     d => d,
                 }
             };
@@ -513,12 +515,35 @@ impl Scheduler {
     }
 }
 
-/// Concatenates the jobs' inputs along the batch dimension (jobs share a shape key). One job's
-/// inputs are moved, not copied.
+/// Concatenates the jobs' inputs along the batch dimension. One job's inputs are moved, not
+/// copied. The jobs must batch together ([`PreparedRequest::same_batch_as`]) and each input's
+/// leading dimension must be its job's row count: checked here again, so a scheduler bug is an
+/// error naming the input, never tensors of different shapes run as one.
 pub fn merge_inputs(jobs: &mut [Job]) -> Result<(Vec<NamedTensor>, usize)> {
     let rows: usize = jobs.iter().map(|j| j.req.batch).sum();
     if jobs.len() == 1 {
         return Ok((std::mem::take(&mut jobs[0].req.inputs), rows));
+    }
+    for (k, j) in jobs.iter().enumerate() {
+        if !j.req.same_batch_as(&jobs[0].req) {
+            return Err(Error::Internal(format!(
+                "batch assembly: request {k} of the batch differs from the first in its inputs, \
+                 their types or shapes past the batch dimension, or its outputs"
+            )));
+        }
+        if let Some(bad) = j
+            .req
+            .inputs
+            .iter()
+            .find(|nt| nt.tensor.shape().first() != Some(&j.req.batch))
+        {
+            return Err(Error::Internal(format!(
+                "batch assembly: input '{}' of request {k} has shape {:?}, not {} rows",
+                bad.name,
+                bad.tensor.shape(),
+                j.req.batch
+            )));
+        }
     }
     let n_inputs = jobs[0].req.inputs.len();
     let mut merged = Vec::with_capacity(n_inputs);
@@ -763,6 +788,49 @@ mod tests {
         assert_eq!(split[0][0].tensor.to_f32_vec().unwrap(), vec![1.0; 3]);
         assert_eq!(split[1][0].tensor.shape(), &[4, 1]);
         assert_eq!(s.next_batch().unwrap().len(), 1);
+    }
+
+    /// `req` with a feature width other than 1, under the same (forced) shape key.
+    fn wide_req(rows: usize, width: usize, tag: f32) -> PreparedRequest {
+        let mut r = req(rows, 0, None, tag);
+        r.inputs[0].tensor = Tensor::from_f32(vec![rows, width], &vec![tag; rows * width]).unwrap();
+        r
+    }
+
+    #[test]
+    fn requests_whose_keys_collide_but_whose_shapes_differ_never_share_a_batch() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 16));
+        let _a = s.submit(req(2, 0, None, 1.0)).unwrap();
+        let _b = s.submit(wide_req(2, 3, 2.0)).unwrap();
+        let _c = s.submit(wide_req(1, 3, 3.0)).unwrap();
+        let first = s.next_batch().unwrap();
+        assert_eq!(first.iter().map(tag).collect::<Vec<_>>(), vec![1.0]);
+        let second = s.next_batch().unwrap();
+        assert_eq!(second.iter().map(tag).collect::<Vec<_>>(), vec![2.0, 3.0]);
+    }
+
+    #[test]
+    fn merging_refuses_requests_of_different_shapes_naming_the_request() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 16));
+        let _a = s.submit(req(1, 0, None, 1.0)).unwrap();
+        let _b = s.submit(wide_req(1, 2, 2.0)).unwrap();
+        let mut both = s.next_batch().unwrap();
+        both.extend(s.next_batch().unwrap());
+        let err = merge_inputs(&mut both).unwrap_err();
+        assert!(err.to_string().contains("request 1"), "{err}");
+    }
+
+    #[test]
+    fn merging_refuses_an_input_whose_rows_are_not_its_batch() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 16));
+        let mut bad = req(2, 0, None, 1.0);
+        bad.batch = 1;
+        let _a = s.submit(req(1, 0, None, 0.0)).unwrap();
+        let _b = s.submit(bad).unwrap();
+        let mut both = s.next_batch().unwrap();
+        assert_eq!(both.len(), 2);
+        let err = merge_inputs(&mut both).unwrap_err();
+        assert!(err.to_string().contains("input 'x' of request 1"), "{err}");
     }
 
     #[test]
