@@ -150,7 +150,12 @@ class InferdServer:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env={**os.environ, "RUST_BACKTRACE": os.environ.get("RUST_BACKTRACE", "1")},
+                # No pause between SIGTERM and closing (--drain-delay-secs) unless a test sets one.
+                env={
+                    "INFERD_DRAIN_DELAY_SECS": "0",
+                    **os.environ,
+                    "RUST_BACKTRACE": os.environ.get("RUST_BACKTRACE", "1"),
+                },
             )
         ACTIVE_SERVERS.append(self)
         try:

@@ -374,6 +374,18 @@ fn stat(d: inferd_core::stats::StatDuration) -> Option<pb::StatisticDuration> {
 /// Requests one ModelStreamInfer stream may have running at once.
 const STREAM_INFLIGHT: usize = 64;
 
+/// The in-band answer to a stream request refused for want of a server-wide slot.
+fn refused_in_stream(r: &pb::ModelInferRequest, message: String) -> pb::ModelStreamInferResponse {
+    pb::ModelStreamInferResponse {
+        error_message: message,
+        infer_response: Some(pb::ModelInferResponse {
+            model_name: r.model_name.clone(),
+            id: r.id.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
 /// Answers one request of a stream; errors travel in-band, as the protocol has them.
 async fn stream_one(engine: &Engine, r: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
     let model = r.model_name.clone();
@@ -486,7 +498,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let _slot = crate::http::admit(&self.inflight).map_err(Status::resource_exhausted)?;
+        let _slot = crate::admission::admit(&self.inflight).map_err(Status::resource_exhausted)?;
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = parse_version(&r.model_version)?;
@@ -507,6 +519,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let mut incoming = req.into_inner();
         let engine = self.engine.clone();
+        let inflight = self.inflight.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_INFLIGHT);
         tokio::spawn(async move {
             // Requests on one stream run concurrently (so they can batch together), at most
@@ -526,7 +539,17 @@ impl GrpcInferenceService for InferenceService {
                 };
                 let engine = engine.clone();
                 let tx = tx.clone();
+                // Each request of a stream counts against --max-inflight-requests like any other;
+                // one refused is answered in-band and the stream goes on.
+                let server_slot = match crate::admission::admit(&inflight) {
+                    Ok(slot) => slot,
+                    Err(message) => {
+                        let _ = tx.send(Ok(refused_in_stream(&r, message))).await;
+                        continue;
+                    }
+                };
                 tokio::spawn(async move {
+                    let _server_slot = server_slot;
                     let out = stream_one(&engine, r).await;
                     let _ = tx.send(Ok(out)).await;
                     drop(slot);

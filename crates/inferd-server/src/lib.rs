@@ -8,18 +8,21 @@
 //! - [`grpc`]: the gRPC service.
 //! - [`error`]: error -> status mapping.
 //! - [`coalesce`]: gathers a gRPC connection's writes: an answer's frames leave in one write.
+//! - [`listen`]: the HTTP accept loop: connection cap, head/body/idle timeouts.
+//! - [`admission`]: the server-wide count of inference requests in flight.
 
+pub mod admission;
 pub mod coalesce;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod spin;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use inferd_core::Engine;
 use tokio::net::TcpListener;
 
@@ -50,6 +53,20 @@ pub struct ServerOptions {
     /// Inference requests in flight at once (HTTP and gRPC together); 503 / RESOURCE_EXHAUSTED
     /// past it. With the body limit, this bounds the memory requests can pin.
     pub max_inflight: usize,
+    /// Connections open at once, HTTP and gRPC together; more are closed as they arrive.
+    pub max_connections: usize,
+    /// HTTP timeouts and HTTP/2 stream limit.
+    pub http: listen::HttpLimits,
+    /// gRPC: HTTP/2 keepalive ping interval (a peer that does not answer within
+    /// `grpc_keepalive_timeout` is dropped).
+    pub grpc_keepalive_time: Duration,
+    /// gRPC: how long a keepalive ping may go unanswered.
+    pub grpc_keepalive_timeout: Duration,
+    /// gRPC: concurrent streams per connection.
+    pub grpc_max_concurrent_streams: u32,
+    /// After shutdown is asked (readiness turns false at once), the listeners stay open this
+    /// long so load balancers stop sending first.
+    pub drain_delay: Duration,
     /// After each HTTP request, keep one async worker polling this long instead of parking
     /// (see [`spin`]); zero disables. gRPC does not engage it: measured with perf_analyzer on
     /// the same two cores, it cost gRPC about as much as it gained HTTP.
@@ -102,6 +119,7 @@ impl BoundServer {
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
             inflight: inflight.clone(),
+            read_timeout: self.opts.http.read_timeout,
         })
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -113,18 +131,16 @@ impl BoundServer {
                 }
             },
         ));
-        let mut rx_http = rx.clone();
-        let http_task = tokio::spawn(async move {
-            // Small request/response exchanges: never wait on Nagle's algorithm.
-            let listener = self.http.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx_http.wait_for(|v| *v).await;
-                })
-                .await
-        });
+        let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(
+            self.opts.max_connections.max(1),
+        ));
+        let http_task = tokio::spawn(listen::serve_http(
+            self.http,
+            app,
+            self.opts.http,
+            connections.clone(),
+            rx.clone(),
+        ));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let engine = self.engine.clone();
@@ -154,13 +170,25 @@ impl BoundServer {
         .max_encoding_message_size(usize::MAX);
         // An answer's frames, and answers finished together, leave in one write (see
         // [`coalesce`]).
-        let incoming = tokio_stream::StreamExt::map(
+        // Each connection holds a --max-connections slot until it closes; past the cap it is
+        // closed as it arrives.
+        let incoming = tokio_stream::StreamExt::filter_map(
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
-            |conn| conn.map(coalesce::Coalescing::new),
+            move |conn| match conn {
+                Ok(tcp) => listen::admit_connection(&connections)
+                    .map(|slot| Ok(coalesce::Coalescing::new(listen::Counted::new(tcp, slot)))),
+                Err(e) => Some(Err(e)),
+            },
         );
         let mut rx_grpc = rx.clone();
+        let grpc_keepalive_time = self.opts.grpc_keepalive_time;
+        let grpc_keepalive_timeout = self.opts.grpc_keepalive_timeout;
+        let grpc_max_streams = self.opts.grpc_max_concurrent_streams;
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(grpc_keepalive_time))
+                .http2_keepalive_timeout(Some(grpc_keepalive_timeout))
+                .max_concurrent_streams(Some(grpc_max_streams))
                 .add_service(health_service)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -170,6 +198,14 @@ impl BoundServer {
         });
         shutdown.await;
         self.engine.begin_shutdown();
+        if !self.opts.drain_delay.is_zero() {
+            tracing::info!(
+                "not ready; still accepting for {:?} (--drain-delay-secs) while load balancers catch up",
+                self.opts.drain_delay
+            );
+            tokio::time::sleep(self.opts.drain_delay).await;
+        }
+        tracing::info!("closing the listeners: finishing the requests in flight");
         let _ = tx.send(true);
         let http_res = http_task.await;
         let grpc_res = grpc_task.await;

@@ -3,209 +3,16 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup step should panic
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::*;
 
 use inferd_server::pb;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_inferd");
-
-fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/models")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
-
-/// A copy of the example repository in a temp folder.
-fn repo_copy(models: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for m in models {
-        copy_dir(&examples().join(m), &dir.path().join(m));
-    }
-    dir
-}
-
-struct Server {
-    child: Child,
-    http: String,
-    grpc: String,
-}
-
-impl Server {
-    fn start(repo: &Path, extra: &[&str]) -> Server {
-        Self::start_with_env(repo, extra, &[])
-    }
-
-    fn start_with_env(repo: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(BIN)
-            .envs(env.iter().copied())
-            .args(["serve", "--model-repository"])
-            .arg(repo)
-            .args([
-                "--http-address",
-                "127.0.0.1",
-                "--grpc-address",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start inferd");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut http = String::new();
-        let mut grpc = String::new();
-        while http.is_empty() || grpc.is_empty() {
-            let line = lines
-                .next()
-                .expect("inferd exited before listening")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("HTTP listening on ") {
-                http = a.to_string();
-            } else if let Some(a) = line.strip_prefix("gRPC listening on ") {
-                grpc = a.to_string();
-            }
-        }
-        let s = Server { child, http, grpc };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s.get("/v2/health/ready").0 != 200 {
-            assert!(Instant::now() < deadline, "server not ready in time");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into()
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        match Self::agent()
-            .get(format!("http://{}{path}", self.http))
-            .call()
-        {
-            Ok(mut r) => {
-                let status = r.status().as_u16();
-                let body = r.body_mut().read_to_string().unwrap_or_default();
-                (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
-    }
-
-    fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
-        let mut r = Self::agent()
-            .post(format!("http://{}{path}", self.http))
-            .header("content-type", "application/json")
-            .send(body)
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn grpc_client(
-        &self,
-    ) -> (
-        tokio::runtime::Runtime,
-        pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
-    ) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let url = format!("http://{}", self.grpc);
-        let client = rt
-            .block_on(pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(url))
-            .unwrap();
-        (rt, client)
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "inferd did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts inferd without waiting for readiness; returns the child and its HTTP address. Both
-/// address lines are read before the pipe is dropped: the server stops if its stdout breaks
-/// while it prints them.
-fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--http-address",
-            "127.0.0.1",
-            "--grpc-address",
-            "127.0.0.1",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-        ])
-        .arg("--model-repository")
-        .arg(repo)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut http = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(a) = line.strip_prefix("HTTP listening on ") {
-            http = a.to_string();
-        } else if line.starts_with("gRPC listening on ") {
-            break;
-        }
-    }
-    (child, http)
-}
-
-fn mlp_request(batch: usize) -> Value {
-    let data: Vec<f32> = (0..batch * 64).map(|i| (i % 7) as f32 * 0.1).collect();
-    json!({"inputs": [{"name": "input", "shape": [batch, 64], "datatype": "FP32", "data": data}]})
-}
 
 #[test]
 fn http_json_inference_answers_from_the_newest_version() {
@@ -564,9 +371,44 @@ fn grpc_inference_with_raw_contents() {
 }
 
 #[test]
-fn sigterm_drains_and_exits_cleanly() {
-    let repo = repo_copy(&["add_sub"]);
-    let s = Server::start(repo.path(), &[]);
+fn sigterm_turns_unready_keeps_accepting_for_the_drain_delay_and_finishes_requests_in_flight() {
+    // Requests wait up to 1.5 s in the batcher, so they are in flight when the signal lands.
+    let repo = batched_mlp_repo(
+        "slow",
+        "dynamic_batching { max_queue_delay_microseconds: 1500000 preferred_batch_size: [ 64 ] }",
+    );
+    let s = Server::start(repo.path(), &["--drain-delay-secs", "1"]);
+    let url = format!("http://{}/v2/models/slow/infer", s.http);
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                Server::agent()
+                    .post(&url)
+                    .send(mlp_request(1).to_string().as_bytes())
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        in_flight.iter().all(|t| !t.is_finished()),
+        "the requests finished before the signal: nothing in flight to drain"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+    // Within the drain delay: not ready, yet still answering.
+    assert_eq!(s.get("/v2/health/ready").0, 503);
+    assert_eq!(s.get("/v2/health/live").0, 200);
+    for t in in_flight {
+        assert_eq!(
+            t.join().unwrap().unwrap(),
+            200,
+            "a request in flight was dropped"
+        );
+    }
     let st = s.terminate();
     assert!(st.success(), "exit status {st:?}");
 }
@@ -1163,7 +1005,7 @@ fn explicit_startup_model_that_is_missing_keeps_strict_readiness_false() {
 }
 
 #[test]
-fn server_wide_inflight_limit_answers_503_before_reading_the_body() {
+fn server_wide_inflight_limit_refuses_http_grpc_and_stream_requests_alike() {
     let repo = batched_mlp_repo(
         "slow",
         "dynamic_batching { max_queue_delay_microseconds: 1000000 preferred_batch_size: [ 64 ] }",
@@ -1205,9 +1047,32 @@ fn server_wide_inflight_limit_answers_503_before_reading_the_body() {
         ..Default::default()
     };
     assert_eq!(
-        rt.block_on(c.model_infer(req)).unwrap_err().code(),
+        rt.block_on(c.model_infer(req.clone())).unwrap_err().code(),
         tonic::Code::ResourceExhausted
     );
+    // A ModelStreamInfer request counts like any other: refused in-band, the stream stays up.
+    let answers: Vec<pb::ModelStreamInferResponse> = rt.block_on(async {
+        let mut stream = c
+            .model_stream_infer(tokio_stream::iter(vec![pb::ModelInferRequest {
+                id: "s1".into(),
+                ..req
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            got.push(m);
+        }
+        got
+    });
+    assert_eq!(answers.len(), 1);
+    assert!(
+        answers[0].error_message.contains("--max-inflight-requests"),
+        "{:?}",
+        answers[0].error_message
+    );
+    assert_eq!(answers[0].infer_response.as_ref().unwrap().id, "s1");
     assert_eq!(held.join().unwrap().unwrap(), 200);
     assert_eq!(s.get("/v2/health/ready").0, 200, "health is never limited");
 }

@@ -23,6 +23,7 @@ use inferd_core::stats::{StatDuration, VersionStats};
 use serde_json::{Value, json};
 
 use crate::SERVER_EXTENSIONS;
+use crate::admission::admit;
 use crate::error::ApiError;
 
 /// Header naming the JSON part's length when binary tensor data follows.
@@ -35,18 +36,11 @@ pub struct HttpState {
     pub engine: Engine,
     /// Largest accepted request body in bytes (413 above).
     pub max_body_bytes: usize,
-    /// Inference requests being read or served at once, over HTTP and gRPC together; past it
-    /// requests are answered 503 at once, before their bodies are read.
+    /// Inference requests served at once, over HTTP and gRPC together (see [`crate::admission`]);
+    /// past it requests are answered 503 once their bodies are in.
     pub inflight: std::sync::Arc<tokio::sync::Semaphore>,
-}
-
-/// Takes one of the server's in-flight inference slots, or answers 503.
-pub fn admit(
-    inflight: &std::sync::Arc<tokio::sync::Semaphore>,
-) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
-    inflight.clone().try_acquire_owned().map_err(|_| {
-        "the server is at its limit of concurrent inference requests (--max-inflight-requests); retry later".to_string()
-    })
+    /// Deadline for a request body, from the moment its handler starts (408 past it).
+    pub read_timeout: std::time::Duration,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -124,7 +118,24 @@ fn parse_version(v: &str) -> ApiResult<Option<u64>> {
     })
 }
 
-async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> ApiResult<Bytes> {
+/// Reads a request body of at most `s.max_body_bytes` (413 past it) that must be complete within
+/// `s.read_timeout` (408 past it; both answers close the connection).
+async fn read_body(body: Body, s: &HttpState, headers: &HeaderMap) -> ApiResult<Bytes> {
+    let secs = s.read_timeout.as_secs_f64();
+    tokio::time::timeout(
+        s.read_timeout,
+        read_body_limited(body, s.max_body_bytes, headers),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {secs} s (--http-read-timeout-secs)"),
+        ))
+    })
+}
+
+async fn read_body_limited(body: Body, limit: usize, headers: &HeaderMap) -> ApiResult<Bytes> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -372,8 +383,8 @@ async fn do_infer(
             format!("Content-Encoding {enc:?} is not supported; send the request uncompressed"),
         ));
     }
+    let body = read_body(body, &s, &headers).await?;
     let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
-    let body = read_body(body, s.max_body_bytes, &headers).await?;
     let (req, enc) =
         codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
     drop(body);
@@ -420,8 +431,8 @@ fn index_json(rows: &[IndexEntry]) -> Value {
     )
 }
 
-async fn json_body(body: Body, limit: usize, headers: &HeaderMap) -> ApiResult<Value> {
-    let bytes = read_body(body, limit, headers).await?;
+async fn json_body(body: Body, s: &HttpState, headers: &HeaderMap) -> ApiResult<Value> {
+    let bytes = read_body(body, s, headers).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
@@ -440,7 +451,7 @@ async fn repository_index(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let req = json_body(body, s.max_body_bytes, &headers).await?;
+    let req = json_body(body, &s, &headers).await?;
     let ready = match req.get("ready") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -459,7 +470,7 @@ async fn repository_load(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let req = json_body(body, s.max_body_bytes, &headers).await?;
+    let req = json_body(body, &s, &headers).await?;
     if let Some(params) = req.get("parameters").and_then(Value::as_object)
         && let Some(k) = params
             .keys()
@@ -479,7 +490,7 @@ async fn repository_unload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let _ = json_body(body, s.max_body_bytes, &headers).await?;
+    let _ = json_body(body, &s, &headers).await?;
     s.engine.unload_api(&model).await?;
     Ok(Json(json!({})))
 }

@@ -18,7 +18,8 @@ use inferd_core::tensor::{DataType, Tensor, TensorData};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{HttpState, admit, read_body};
+use super::{HttpState, read_body};
+use crate::admission::admit;
 use crate::error::ApiError;
 
 /// Most inputs one embeddings request may carry (OpenAI's limit).
@@ -323,8 +324,8 @@ pub async fn embeddings(State(s): State<HttpState>, headers: HeaderMap, body: Bo
 }
 
 async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult<Response> {
+    let body = read_body(body, &s, &headers).await?;
     let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
-    let body = read_body(body, s.max_body_bytes, &headers).await?;
     let req: Value = serde_json::from_slice(&body)
         .map_err(|e| OpenAiError::bad(format!("malformed JSON body: {e}"), "body"))?;
     let Value::Object(req) = req else {

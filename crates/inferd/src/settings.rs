@@ -1,0 +1,400 @@
+//! `inferd serve`'s settings: one typed schema for flags, `INFERD_*` environment variables and
+//! the `--config` TOML file, checked into the engine's and the front-ends' options with errors
+//! that name where a bad value came from.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches};
+use inferd_core::{ControlMode, EngineOptions};
+use inferd_server::ServerOptions;
+use inferd_server::listen::HttpLimits;
+
+use crate::{Cli, Command};
+
+/// Which backend runs ONNX models.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnnxBackend {
+    /// tract; with ONNX Runtime built in, also ONNX Runtime for what tract refuses, and for
+    /// models whose answers on the warm-up rows differ between the two (checked at load).
+    Auto,
+    /// tract (pure Rust) for every ONNX model.
+    Tract,
+    /// ONNX Runtime for every ONNX model (needs the onnxruntime feature).
+    Onnxruntime,
+}
+
+/// Server settings: one schema for flags, environment and the `--config` file.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ServeArgs {
+    /// TOML file of these settings, keyed by flag name without the dashes (`http-port = 8000`,
+    /// `load-model = ["a", "b"]`). A flag or INFERD_* variable overrides the file.
+    #[arg(long, env = "INFERD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Model repository folder (default: examples/models under the working directory).
+    #[arg(long, env = "INFERD_MODEL_REPOSITORY")]
+    pub(crate) model_repository: Option<PathBuf>,
+    /// HTTP port (0 picks a free one).
+    #[arg(long, env = "INFERD_HTTP_PORT", default_value_t = 8000)]
+    pub(crate) http_port: u16,
+    /// gRPC port (0 picks a free one).
+    #[arg(long, env = "INFERD_GRPC_PORT", default_value_t = 8001)]
+    pub(crate) grpc_port: u16,
+    /// HTTP listen address.
+    #[arg(long, env = "INFERD_HTTP_ADDRESS", default_value = "0.0.0.0")]
+    pub(crate) http_address: IpAddr,
+    /// gRPC listen address.
+    #[arg(long, env = "INFERD_GRPC_ADDRESS", default_value = "0.0.0.0")]
+    pub(crate) grpc_address: IpAddr,
+    /// none: load everything at start; poll: also follow repository changes; explicit: load
+    /// only --load-model models and what the repository API asks for.
+    #[arg(long, env = "INFERD_MODEL_CONTROL_MODE", default_value = "none")]
+    pub(crate) model_control_mode: ControlMode,
+    /// Seconds between repository scans in poll mode (fractions allowed).
+    #[arg(long, env = "INFERD_REPOSITORY_POLL_SECS", default_value_t = 15.0)]
+    pub(crate) repository_poll_secs: f64,
+    /// Model to load at start in explicit mode (repeatable; `*` loads all).
+    #[arg(long = "load-model", env = "INFERD_LOAD_MODEL", value_delimiter = ',')]
+    pub(crate) load_model: Vec<String>,
+    /// Ready only when every model that should be loaded is ready.
+    #[arg(long, env = "INFERD_STRICT_READINESS", default_value_t = true, action = ArgAction::Set)]
+    pub(crate) strict_readiness: bool,
+    /// Largest request body (HTTP) or message (gRPC) in bytes.
+    #[arg(long, env = "INFERD_HTTP_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) http_max_body_bytes: usize,
+    /// Inference requests in flight at once over HTTP and gRPC together; past it requests are
+    /// answered 503 / RESOURCE_EXHAUSTED (once their bodies are in: a client still sending holds
+    /// a connection, not a slot).
+    #[arg(long, env = "INFERD_MAX_INFLIGHT_REQUESTS", default_value_t = 1024)]
+    pub(crate) max_inflight_requests: usize,
+    /// Bound of each model version's request queue (per priority level) when its config sets
+    /// no max_queue_size.
+    #[arg(long, env = "INFERD_MAX_QUEUE_SIZE", default_value_t = 1024)]
+    pub(crate) max_queue_size: usize,
+    /// Model executions that may run at once across all models and instances, so instances
+    /// share the cores instead of oversubscribing them (0: one per core).
+    #[arg(long, env = "INFERD_COMPUTE_THREADS", default_value_t = 0)]
+    pub(crate) compute_threads: usize,
+    /// Microseconds an idle executor polls its queue before sleeping: lower latency at low load
+    /// for some CPU (0 turns it off).
+    #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 100)]
+    pub(crate) executor_spin_us: u64,
+    /// Microseconds one network worker keeps polling after an HTTP request instead of parking:
+    /// a parked thread takes tens of microseconds to wake on a VM (0 turns it off).
+    #[arg(long, env = "INFERD_NETWORK_SPIN_US", default_value_t = 100)]
+    pub(crate) network_spin_us: u64,
+    /// Threads that run HTTP and gRPC (0: half the cores, at least one). Model executors have
+    /// threads of their own, so network threads beyond the cores they leave free only add
+    /// wake-ups (on 2 cores, 2 network threads served ~35% fewer batch-64 rows/s than 1).
+    #[arg(long, env = "INFERD_NETWORK_THREADS", default_value_t = 0)]
+    pub(crate) network_threads: usize,
+    /// Seconds a client has to send a request's head, once it starts, and its body (HTTP);
+    /// past it the connection is closed (head) or answered 408 and closed (body).
+    #[arg(long, env = "INFERD_HTTP_READ_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub(crate) http_read_timeout_secs: f64,
+    /// Seconds an HTTP connection may stay open with no request in progress.
+    #[arg(long, env = "INFERD_HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub(crate) http_idle_timeout_secs: f64,
+    /// Connections open at once, HTTP and gRPC together; more are closed as they arrive.
+    #[arg(long, env = "INFERD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub(crate) max_connections: usize,
+    /// Seconds between gRPC HTTP/2 keepalive pings to each client.
+    #[arg(long, env = "INFERD_GRPC_KEEPALIVE_TIME_SECS", default_value_t = 60.0)]
+    pub(crate) grpc_keepalive_time_secs: f64,
+    /// Seconds a gRPC keepalive ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "INFERD_GRPC_KEEPALIVE_TIMEOUT_SECS",
+        default_value_t = 20.0
+    )]
+    pub(crate) grpc_keepalive_timeout_secs: f64,
+    /// Concurrent streams per HTTP/2 connection (gRPC, and HTTP/2 on the HTTP port).
+    #[arg(
+        long,
+        env = "INFERD_GRPC_MAX_CONCURRENT_STREAMS",
+        default_value_t = 256
+    )]
+    pub(crate) grpc_max_concurrent_streams: u32,
+    /// Seconds between SIGTERM (readiness turns false at once) and the listeners closing, so
+    /// load balancers stop sending before the server stops accepting.
+    #[arg(long, env = "INFERD_DRAIN_DELAY_SECS", default_value_t = 5.0)]
+    pub(crate) drain_delay_secs: f64,
+    /// Which backend runs ONNX models; a model's config parameter `onnx_backend` overrides it.
+    #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
+    pub(crate) onnx_backend: OnnxBackend,
+    /// Where each setting not left at its default came from, by flag name (for errors).
+    #[arg(skip)]
+    pub(crate) origins: std::collections::BTreeMap<String, String>,
+}
+
+impl ServeArgs {
+    /// How to name setting `flag` in an error: `--flag`, its environment variable, or the
+    /// config file it came from.
+    pub(crate) fn origin(&self, flag: &str) -> String {
+        self.origins
+            .get(flag)
+            .cloned()
+            .unwrap_or_else(|| format!("--{flag}"))
+    }
+}
+
+/// The network thread count for `--network-threads n`: `n`, or for 0 half the cores (at least
+/// one).
+pub(crate) fn network_threads(n: usize, cores: usize) -> usize {
+    match n {
+        0 => (cores / 2).max(1),
+        n => n,
+    }
+}
+
+/// Parses the command line; for `serve --config FILE`, the file's settings join it as flags,
+/// below the command line and the environment. Clap errors and `--help` exit here, as usual.
+pub(crate) fn parse_cli(argv: Vec<OsString>) -> Result<Cli> {
+    let matches = Cli::command().get_matches_from(&argv);
+    let Some(("serve", sub)) = matches.subcommand() else {
+        return Ok(Cli::from_arg_matches(&matches)?);
+    };
+    let serve = Cli::command()
+        .find_subcommand("serve")
+        .cloned()
+        .context("the serve command is missing")?;
+    let path = sub.get_one::<PathBuf>("config");
+    let from_file = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("config file {}: cannot read it", path.display()))?;
+            config_file_settings(&serve, sub, path, &text)?
+        }
+        None => Vec::new(),
+    };
+    let mut origins = std::collections::BTreeMap::new();
+    for arg in serve.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        let origin = match sub.value_source(arg.get_id().as_str()) {
+            Some(ValueSource::EnvVariable) => arg
+                .get_env()
+                .map_or(format!("--{long}"), |v| v.to_string_lossy().into_owned()),
+            Some(ValueSource::CommandLine) => format!("--{long}"),
+            _ => continue,
+        };
+        origins.insert(long.to_string(), origin);
+    }
+    let mut extra: Vec<OsString> = Vec::new();
+    if let Some(path) = path {
+        for (key, values) in from_file {
+            origins.insert(
+                key.clone(),
+                format!("'{key}' in config file {}", path.display()),
+            );
+            extra.extend(values.iter().map(|v| format!("--{key}={v}").into()));
+        }
+    }
+    let mut cli = if extra.is_empty() {
+        Cli::from_arg_matches(&matches)?
+    } else {
+        // No options come before the subcommand, so argv[1] is `serve`.
+        let mut full: Vec<OsString> = argv[..2].to_vec();
+        full.extend(extra);
+        full.extend(argv[2..].iter().cloned());
+        Cli::from_arg_matches(&Cli::command().get_matches_from(full))?
+    };
+    if let Command::Serve(a) = &mut cli.command {
+        a.origins = origins;
+    }
+    Ok(cli)
+}
+
+/// The settings a config file contributes, as (flag name, values): every setting the command
+/// line or environment does not already give. Each value is checked with its flag's own parser
+/// first, so an error names the file, the setting and the reason.
+fn config_file_settings(
+    serve: &clap::Command,
+    given: &ArgMatches,
+    path: &std::path::Path,
+    text: &str,
+) -> Result<Vec<(String, Vec<String>)>> {
+    let file = path.display();
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow!("config file {file}: not valid TOML: {e}"))?;
+    let settable = || {
+        serve
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "config" && l != "help"))
+    };
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let Some(arg) = settable().find(|a| a.get_long() == Some(key.as_str())) else {
+            let known: Vec<&str> = settable().filter_map(|a| a.get_long()).collect();
+            bail!(
+                "config file {file}: unknown setting '{key}' (settings are the serve flags \
+                 without the dashes: {})",
+                known.join(", ")
+            );
+        };
+        let items: Vec<&toml::Value> = match value {
+            toml::Value::Array(items) if matches!(arg.get_action(), ArgAction::Append) => {
+                items.iter().collect()
+            }
+            v => vec![v],
+        };
+        let values = items
+            .into_iter()
+            .map(|v| config_scalar(v).map_err(|why| anyhow!("config file {file}: '{key}': {why}")))
+            .collect::<Result<Vec<_>>>()?;
+        for v in &values {
+            // The flag's own parser, through clap (an invalid environment variable would
+            // already have stopped the first parse, so an error here is this value's).
+            let alone = [OsString::from("serve"), format!("--{key}={v}").into()];
+            if let Err(e) = serve.clone().try_get_matches_from(alone) {
+                bail!("config file {file}: '{key}' = {v:?}: {}", clap_reason(&e));
+            }
+        }
+        let overridden = matches!(
+            given.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !overridden {
+            out.push((key.clone(), values));
+        }
+    }
+    Ok(out)
+}
+
+/// A TOML value as the flag text it stands for.
+fn config_scalar(v: &toml::Value) -> std::result::Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expects a single string, number or boolean, got {}",
+            match other {
+                toml::Value::Array(_) => "an array",
+                toml::Value::Table(_) => "a table",
+                _ => "a date-time",
+            }
+        )),
+    }
+}
+
+/// Why clap refused a value: the value parser's own error, or the values it accepts (the caller
+/// names the file and setting instead of clap's flag and usage).
+fn clap_reason(e: &clap::Error) -> String {
+    if let Some(why) = std::error::Error::source(e) {
+        return why.to_string();
+    }
+    match e.get(clap::error::ContextKind::ValidValue) {
+        Some(valid) => format!("invalid value (possible values: {valid})"),
+        None => e.kind().to_string(),
+    }
+}
+
+pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptions> {
+    if !(a.repository_poll_secs.is_finite() && a.repository_poll_secs > 0.0) {
+        bail!(
+            "{}: must be a positive number of seconds, got {}",
+            a.origin("repository-poll-secs"),
+            a.repository_poll_secs
+        );
+    }
+    for (flag, v) in [
+        ("http-max-body-bytes", a.http_max_body_bytes),
+        ("max-inflight-requests", a.max_inflight_requests),
+        ("max-queue-size", a.max_queue_size),
+    ] {
+        if v == 0 {
+            bail!("{}: must be positive", a.origin(flag));
+        }
+    }
+    if !a.load_model.is_empty() && a.model_control_mode != ControlMode::Explicit {
+        let mode = match a.origins.get("model-control-mode") {
+            Some(o) => format!("{}, from {o}", a.model_control_mode),
+            None => format!("{}, the default", a.model_control_mode),
+        };
+        bail!(
+            "{}: only valid with model-control-mode explicit (it is {mode})",
+            a.origin("load-model"),
+        );
+    }
+    Ok(EngineOptions {
+        repository: repo,
+        control_mode: a.model_control_mode,
+        poll_interval: Duration::from_secs_f64(a.repository_poll_secs),
+        startup_models: a.load_model.clone(),
+        strict_readiness: a.strict_readiness,
+        queue_capacity: a.max_queue_size,
+        compute_threads: a.compute_threads,
+        executor_spin: Duration::from_micros(a.executor_spin_us),
+    })
+}
+
+/// Seconds from setting `flag`: finite and at least `min`.
+fn seconds(a: &ServeArgs, flag: &str, v: f64, min: f64) -> Result<Duration> {
+    if !(v.is_finite() && v >= min) {
+        bail!(
+            "{}: must be a number of seconds of at least {min}, got {v}",
+            a.origin(flag)
+        );
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The front-ends' settings.
+pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
+    if a.max_connections == 0 {
+        bail!("{}: must be positive", a.origin("max-connections"));
+    }
+    if a.grpc_max_concurrent_streams == 0 {
+        bail!(
+            "{}: must be positive",
+            a.origin("grpc-max-concurrent-streams")
+        );
+    }
+    Ok(ServerOptions {
+        http_addr: SocketAddr::new(a.http_address, a.http_port),
+        grpc_addr: SocketAddr::new(a.grpc_address, a.grpc_port),
+        max_body_bytes: a.http_max_body_bytes,
+        max_inflight: a.max_inflight_requests,
+        max_connections: a.max_connections,
+        http: HttpLimits {
+            read_timeout: seconds(a, "http-read-timeout-secs", a.http_read_timeout_secs, 0.001)?,
+            idle_timeout: seconds(a, "http-idle-timeout-secs", a.http_idle_timeout_secs, 0.001)?,
+            max_concurrent_streams: a.grpc_max_concurrent_streams,
+        },
+        grpc_keepalive_time: seconds(
+            a,
+            "grpc-keepalive-time-secs",
+            a.grpc_keepalive_time_secs,
+            1.0,
+        )?,
+        grpc_keepalive_timeout: seconds(
+            a,
+            "grpc-keepalive-timeout-secs",
+            a.grpc_keepalive_timeout_secs,
+            0.001,
+        )?,
+        grpc_max_concurrent_streams: a.grpc_max_concurrent_streams,
+        drain_delay: seconds(a, "drain-delay-secs", a.drain_delay_secs, 0.0)?,
+        spin: Duration::from_micros(a.network_spin_us),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_threads;
+
+    #[test]
+    fn network_threads_default_to_half_the_cores_and_at_least_one() {
+        assert_eq!(network_threads(0, 1), 1);
+        assert_eq!(network_threads(0, 2), 1);
+        assert_eq!(network_threads(0, 3), 1);
+        assert_eq!(network_threads(0, 16), 8);
+        assert_eq!(network_threads(3, 2), 3);
+    }
+}
