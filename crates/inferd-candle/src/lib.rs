@@ -206,6 +206,17 @@ pub fn settings(
     Ok(s)
 }
 
+/// Why texts could not be embedded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmbedError {
+    /// A text the tokenizer or the vocabulary cannot take: the client's mistake.
+    #[error("{0}")]
+    Input(String),
+    /// The encoder failed: the server's fault.
+    #[error("{0}")]
+    Model(String),
+}
+
 /// A loaded embedding model: encoder, tokenizer, settings.
 pub struct Embedder {
     bert: Bert,
@@ -290,13 +301,13 @@ impl Embedder {
 
     /// Embeds texts; returns one `dim()`-long vector per text (row-major) and each text's token
     /// count.
-    pub fn embed(&self, texts: &[&str]) -> Result<(Vec<f32>, Vec<usize>), String> {
+    pub fn embed(&self, texts: &[&str]) -> Result<(Vec<f32>, Vec<usize>), EmbedError> {
         let mut encodings = Vec::with_capacity(texts.len());
         for (i, t) in texts.iter().enumerate() {
             encodings.push(
                 self.tokenizer
                     .encode(*t, true)
-                    .map_err(|e| format!("row {i}: cannot tokenize: {e}"))?,
+                    .map_err(|e| EmbedError::Input(format!("row {i}: cannot tokenize: {e}")))?,
             );
         }
         let counts: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
@@ -318,9 +329,9 @@ impl Embedder {
                 let e = &encodings[i];
                 for (j, (&id, &ty)) in e.get_ids().iter().zip(e.get_type_ids()).enumerate() {
                     if id >= vocab || ty >= types {
-                        return Err(format!(
+                        return Err(EmbedError::Input(format!(
                             "row {i}: token id {id} (type {ty}) is outside the model's vocabulary"
-                        ));
+                        )));
                     }
                     ids[r * len + j] = id;
                     type_ids[r * len + j] = ty;
@@ -341,7 +352,7 @@ impl Embedder {
                     )
                 })
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .map_err(|e| format!("encoder failed: {e}"))?;
+                .map_err(|e| EmbedError::Model(format!("encoder failed: {e}")))?;
             for (r, &i) in chunk.iter().enumerate() {
                 out[i * dim..(i + 1) * dim].copy_from_slice(&pooled[r * dim..(r + 1) * dim]);
             }
@@ -422,7 +433,7 @@ impl LoadedModel for CandleModel {
             .num_threads(1)
             .thread_name(|_| "inferd-candle".into())
             .build()
-            .map_err(|e| BackendError::Load(format!("cannot start a compute thread: {e}")))?;
+            .map_err(|e| BackendError::Internal(format!("cannot start a compute thread: {e}")))?;
         Ok(Box::new(CandleInstance {
             emb: self.emb.clone(),
             pool,
@@ -455,7 +466,10 @@ impl ModelInstance for CandleInstance {
         let (vectors, counts) = self
             .pool
             .install(|| emb.embed(&texts))
-            .map_err(BackendError::Execution)?;
+            .map_err(|e| match e {
+                EmbedError::Input(m) => BackendError::InvalidInput(m),
+                EmbedError::Model(m) => BackendError::Execution(m),
+            })?;
         let shape = x.shape();
         let rows: Vec<usize> = match shape {
             [rest @ .., 1] if !rest.is_empty() => rest.to_vec(),

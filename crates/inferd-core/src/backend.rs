@@ -60,6 +60,10 @@ pub enum BackendError {
     /// Execution failed.
     #[error("{0}")]
     Execution(String),
+    /// The server's own fault, not the model's or the request's (an I/O error reading files it
+    /// may read, a thread it cannot start): a 5xx, even at load.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What a backend gets to load one version.

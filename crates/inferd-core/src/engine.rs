@@ -179,6 +179,64 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// Why a version did not load, and whose fault it is: the model's (bad files, config, an
+/// operator the backend refuses: the client's to fix, 400 on the load API) or the server's
+/// (I/O, resources, a backend panic: 500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoadFailure {
+    /// What went wrong, paths relative to the repository.
+    pub reason: String,
+    /// The server is at fault, not the model.
+    pub server_fault: bool,
+}
+
+impl From<String> for LoadFailure {
+    fn from(reason: String) -> Self {
+        LoadFailure {
+            reason,
+            server_fault: false,
+        }
+    }
+}
+
+impl LoadFailure {
+    fn server(reason: String) -> Self {
+        LoadFailure {
+            reason,
+            server_fault: true,
+        }
+    }
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// `message` with the repository's absolute path taken out, so clients see paths relative to
+/// the repository and never the server's filesystem layout.
+pub(crate) fn relative_to(repository: &Path, message: &str) -> String {
+    let mut out = message.to_string();
+    let mut prefixes = vec![repository.to_path_buf()];
+    if let Ok(c) = repository.canonicalize() {
+        prefixes.push(c);
+    }
+    if let Ok(cwd) = std::env::current_dir()
+        && repository.is_relative()
+    {
+        prefixes.push(cwd.join(repository));
+    }
+    for p in prefixes {
+        let p = p.display().to_string();
+        if p.is_empty() || p == "/" || !p.starts_with('/') {
+            continue;
+        }
+        out = out.replace(&format!("{}/", p.trim_end_matches('/')), "");
+    }
+    out
+}
+
 fn lock_err<T>(_: T) -> Error {
     Error::Internal("engine state lock poisoned".into())
 }
@@ -585,10 +643,15 @@ impl Engine {
                 .iter()
                 .map(|(v, m)| format!("version {v}: {m}"))
                 .collect();
-            return Err(Error::InvalidArgument(format!(
+            let message = format!(
                 "failed to load model '{name}' ({}); versions that were serving keep serving",
                 why.join("; ")
-            )));
+            );
+            return Err(if failed.iter().any(|(_, f)| f.server_fault) {
+                Error::Internal(message)
+            } else {
+                Error::InvalidArgument(message)
+            });
         }
         let models = self.inner.models.read().map_err(lock_err)?;
         let entry = models
@@ -700,7 +763,7 @@ impl Engine {
     /// Brings a model in line with the repository: loads new and changed versions (all versions
     /// when the config changed), switches routing, then retires versions no longer wanted.
     /// Returns the versions that failed to load, with why.
-    async fn reconcile(&self, name: &str, wanted: bool) -> Result<Vec<(u64, String)>> {
+    async fn reconcile(&self, name: &str, wanted: bool) -> Result<Vec<(u64, LoadFailure)>> {
         let lock = self.model_lock(name)?;
         let _g = lock.lock().await;
         let repo = self.inner.opts.repository.clone();
@@ -732,7 +795,7 @@ impl Engine {
                 let mut models = self.inner.models.write().map_err(lock_err)?;
                 let entry = models.entry(name.to_string()).or_default();
                 entry.wanted |= wanted;
-                entry.error = Some(msg);
+                entry.error = Some(relative_to(&self.inner.opts.repository, &msg));
                 return Ok(Vec::new());
             }
         };
@@ -749,7 +812,7 @@ impl Engine {
             let mut models = self.inner.models.write().map_err(lock_err)?;
             let entry = models.entry(name.to_string()).or_default();
             entry.wanted |= wanted;
-            entry.error = Some(msg);
+            entry.error = Some(relative_to(&self.inner.opts.repository, &msg));
             return Ok(Vec::new());
         }
         // Decide what to load; mark new versions LOADING.
@@ -800,7 +863,7 @@ impl Engine {
         for (v, fp, h) in handles {
             let r = match h.await {
                 Ok(r) => r,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(LoadFailure::server(e.to_string())),
             };
             results.push((v, fp, r));
         }
@@ -832,9 +895,10 @@ impl Engine {
                         e.fingerprint = fp;
                         e.config_fingerprint = cfg_fp;
                     }
-                    Err(msg) => {
+                    Err(failure) => {
+                        let msg = failure.reason.clone();
                         any_failed = true;
-                        failed.push((v, msg.clone()));
+                        failed.push((v, failure));
                         tracing::error!(model = %name, version = v, "load failed: {msg}");
                         if e.runner.is_some() {
                             // Keep serving the loaded copy; remember the files so an unchanged
@@ -985,7 +1049,21 @@ impl Engine {
         version: u64,
         dir: &Path,
         parsed: ParsedConfig,
-    ) -> std::result::Result<Arc<VersionRunner>, String> {
+    ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
+        self.load_version_inner(name, version, dir, parsed)
+            .map_err(|f| LoadFailure {
+                reason: relative_to(&self.inner.opts.repository, &f.reason),
+                ..f
+            })
+    }
+
+    fn load_version_inner(
+        &self,
+        name: &str,
+        version: u64,
+        dir: &Path,
+        parsed: ParsedConfig,
+    ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
         tracing::info!(model = %name, version, "loading");
         let mut cfg = parsed.config;
         let backend = self.pick_backend(&cfg, dir)?;
@@ -994,7 +1072,8 @@ impl Engine {
         {
             return Err(format!(
                 "instance_group asks for KIND_GPU, but {why} in this build; use KIND_CPU or KIND_AUTO"
-            ));
+            )
+            .into());
         }
         let file_name = if cfg.default_model_filename.is_empty() {
             backend.default_model_filename(&cfg, dir)
@@ -1019,10 +1098,11 @@ impl Engine {
                 findings.len(),
                 if findings.len() == 1 { "" } else { "s" },
                 shown.join("; ")
-            ));
+            )
+            .into());
         }
         if !model_file.exists() {
-            return Err(format!("model file '{}' not found", model_file.display()));
+            return Err(format!("model file '{}' not found", model_file.display()).into());
         }
         let loaded = backend
             .load(&LoadRequest {
@@ -1032,7 +1112,13 @@ impl Engine {
                 model_file: model_file.clone(),
                 config: &cfg,
             })
-            .map_err(|e| format!("{}: {e}", model_file.display()))?;
+            .map_err(|e| {
+                let reason = format!("{}: {e}", model_file.display());
+                match e {
+                    crate::BackendError::Internal(_) => LoadFailure::server(reason),
+                    _ => LoadFailure::from(reason),
+                }
+            })?;
         if cfg.platform.is_empty() && cfg.backend.is_empty() {
             cfg.backend = backend.name().to_string();
         }
@@ -1055,7 +1141,7 @@ impl Engine {
             idle_spin: self.inner.opts.executor_spin,
         };
         VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
-            .map_err(|e| e.to_string())
+            .map_err(|e| LoadFailure::server(e.to_string()))
     }
 
     async fn poll_loop(&self, baseline: HashMap<String, Option<u64>>) {
@@ -1126,5 +1212,27 @@ fn respond(
         model_version: runner.version(),
         id,
         outputs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_visible_reasons_name_paths_relative_to_the_repository() {
+        let repo = Path::new("/srv/models");
+        assert_eq!(
+            relative_to(repo, "/srv/models/mlp/1/model.onnx: bad operator"),
+            "mlp/1/model.onnx: bad operator"
+        );
+        assert_eq!(
+            relative_to(
+                Path::new("/srv/models/"),
+                "config file /srv/models/a/config.pbtxt"
+            ),
+            "config file a/config.pbtxt"
+        );
+        assert_eq!(relative_to(repo, "/etc/other: x"), "/etc/other: x");
     }
 }

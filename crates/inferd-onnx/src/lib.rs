@@ -205,6 +205,7 @@ impl LoadedModel for OnnxModel {
             .map_err(|e| BackendError::Load(format!("{e:#}")))?;
         Ok(Box::new(OnnxInstance {
             state,
+            plan: self.plan.clone(),
             n_inputs: self.signature.inputs.len(),
             input_index: self.input_index.clone(),
             output_index: self.output_index.clone(),
@@ -215,6 +216,8 @@ impl LoadedModel for OnnxModel {
 
 struct OnnxInstance {
     state: TypedSimpleState,
+    /// To start a fresh state after tract panics mid-run.
+    plan: Arc<TypedRunnableModel>,
     n_inputs: usize,
     input_index: HashMap<String, usize>,
     output_index: HashMap<String, usize>,
@@ -243,10 +246,35 @@ impl ModelInstance for OnnxInstance {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let result = self
-            .state
-            .run(args)
-            .map_err(|e| BackendError::Execution(self.operators.explain(&format!("{e:#}"))))?;
+        // tract panics on some inputs its plan cannot take (a Gather index past the axis): the
+        // plan is fixed at load, so the input is the cause. The state may be half-updated, so a
+        // fresh one replaces it.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.state.run(args)));
+        let ran = match run {
+            Ok(r) => r,
+            Err(panic) => {
+                if let Ok(fresh) = self.plan.spawn() {
+                    self.state = fresh;
+                }
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                return Err(BackendError::InvalidInput(format!(
+                    "the model cannot run on this input: the ONNX backend stopped: {why}"
+                )));
+            }
+        };
+        let result = ran
+            // The plan is fixed at load and was warmed up: what makes it fail now is the input
+            // (dims the config leaves open but the graph constrains, indices out of range).
+            .map_err(|e| {
+                BackendError::InvalidInput(format!(
+                    "the model cannot run on this input: {}",
+                    self.operators.explain(&format!("{e:#}"))
+                ))
+            })?;
         let mut out = Vec::with_capacity(outputs.len());
         for name in outputs {
             let &i = self.output_index.get(name).ok_or_else(|| {

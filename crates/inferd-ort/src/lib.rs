@@ -487,10 +487,14 @@ impl ModelInstance for OrtInstance {
                 ))
             })
             .collect::<Result<_, BackendError>>()?;
-        let result = self
-            .session
-            .run(feed)
-            .map_err(|e| BackendError::Execution(e.to_string()))?;
+        let result = self.session.run(feed).map_err(|e| match e.code() {
+            // ONNX Runtime says the input does not suit the model (shapes, values): the
+            // client's mistake, answered with its reason.
+            ort::error::ErrorCode::InvalidArgument => {
+                BackendError::InvalidInput(format!("the model cannot run on this input: {e}"))
+            }
+            _ => BackendError::Execution(e.to_string()),
+        })?;
         outputs
             .iter()
             .map(|name| {

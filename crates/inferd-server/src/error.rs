@@ -45,32 +45,36 @@ impl ApiError {
     }
 }
 
-/// HTTP status for an engine error.
-pub fn http_status(e: &Error) -> StatusCode {
+/// The one mapping from an engine error to (HTTP status, gRPC code). Client mistakes are 4xx /
+/// INVALID_ARGUMENT-like; the server's limits and states are 503 / UNAVAILABLE-like; only the
+/// server's own faults are 500 / INTERNAL.
+pub fn codes(e: &Error) -> (StatusCode, tonic::Code) {
     match e {
-        Error::InvalidArgument(_) | Error::FailedPrecondition(_) => StatusCode::BAD_REQUEST,
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Unavailable(_)
-        | Error::Overloaded { .. }
-        | Error::Cancelled(_)
-        | Error::DeadlineExceeded(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+        Error::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, tonic::Code::FailedPrecondition),
+        Error::NotFound(_) => (StatusCode::NOT_FOUND, tonic::Code::NotFound),
+        Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+        Error::Overloaded { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            tonic::Code::ResourceExhausted,
+        ),
+        Error::Cancelled(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Cancelled),
+        Error::DeadlineExceeded(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            tonic::Code::DeadlineExceeded,
+        ),
+        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
     }
 }
 
-/// gRPC status for an engine error.
+/// HTTP status for an engine error (see [`codes`]).
+pub fn http_status(e: &Error) -> StatusCode {
+    codes(e).0
+}
+
+/// gRPC status for an engine error (see [`codes`]).
 pub fn grpc_status(e: &Error) -> tonic::Status {
-    let msg = e.to_string();
-    match e {
-        Error::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-        Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
-        Error::NotFound(_) => tonic::Status::not_found(msg),
-        Error::Unavailable(_) => tonic::Status::unavailable(msg),
-        Error::Overloaded { .. } => tonic::Status::resource_exhausted(msg),
-        Error::Cancelled(_) => tonic::Status::cancelled(msg),
-        Error::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
-        Error::Internal(_) => tonic::Status::internal(msg),
-    }
+    tonic::Status::new(codes(e).1, e.to_string())
 }
 
 impl From<Error> for ApiError {
@@ -116,5 +120,63 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_error_kind_maps_to_one_http_status_and_one_grpc_code() {
+        let m = || "m".to_string();
+        let cases = [
+            (
+                Error::InvalidArgument(m()),
+                400,
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Error::FailedPrecondition(m()),
+                400,
+                tonic::Code::FailedPrecondition,
+            ),
+            (Error::NotFound(m()), 404, tonic::Code::NotFound),
+            (Error::Unavailable(m()), 503, tonic::Code::Unavailable),
+            (
+                Error::Overloaded {
+                    message: m(),
+                    retry_after_secs: 1,
+                },
+                503,
+                tonic::Code::ResourceExhausted,
+            ),
+            (Error::Cancelled(m()), 503, tonic::Code::Cancelled),
+            (
+                Error::DeadlineExceeded(m()),
+                503,
+                tonic::Code::DeadlineExceeded,
+            ),
+            (Error::Internal(m()), 500, tonic::Code::Internal),
+        ];
+        for (e, http, grpc) in cases {
+            assert_eq!(http_status(&e).as_u16(), http, "{e:?}");
+            let st = grpc_status(&e);
+            assert_eq!(st.code(), grpc, "{e:?}");
+            assert_eq!(st.message(), "m");
+        }
+    }
+
+    #[test]
+    fn overload_answers_carry_retry_after_and_unread_bodies_close_the_connection() {
+        let r = ApiError::from(Error::Overloaded {
+            message: "full".into(),
+            retry_after_secs: 2,
+        })
+        .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert!(r.headers().get(header::CONNECTION).is_none());
+        let r = ApiError::new(StatusCode::REQUEST_TIMEOUT, "slow").into_response();
+        assert_eq!(r.headers()[header::CONNECTION], "close");
     }
 }
