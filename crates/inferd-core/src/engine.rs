@@ -1066,23 +1066,17 @@ impl Engine {
     ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
         tracing::info!(model = %name, version, "loading");
         let mut cfg = parsed.config;
-        let backend = self.pick_backend(&cfg, dir)?;
-        if cfg.wants_gpu()
-            && let Some(why) = backend.gpu_unsupported()
-        {
-            return Err(format!(
-                "instance_group asks for KIND_GPU, but {why} in this build; use KIND_CPU or KIND_AUTO"
-            )
-            .into());
+        if cfg.ensemble_scheduling.is_some() || cfg.platform == "ensemble" {
+            return Err(
+                "field 'ensemble_scheduling': inferd does not execute ensembles yet \
+                 (a pipeline of models); the model is not loaded rather than served differently"
+                    .to_string()
+                    .into(),
+            );
         }
-        let file_name = if cfg.default_model_filename.is_empty() {
-            backend.default_model_filename(&cfg, dir)
-        } else {
-            cfg.default_model_filename.clone()
-        };
-        let model_file = dir.join(&file_name);
-        // Safety before anything is interpreted: pickles, escaping links or external data,
-        // malformed headers, pinned digests.
+        // Safety before anything is interpreted, and before the backend is chosen, so a pickle
+        // is refused as a pickle even for a backend this build lacks (`pytorch_libtorch`,
+        // `python`): escaping links or external data, malformed headers, pinned digests.
         let mut findings = crate::artifact::scan_tree(dir, &self.inner.opts.repository);
         if let Some(model_dir) = dir.parent() {
             findings.extend(crate::artifact::check_pins(
@@ -1101,6 +1095,21 @@ impl Engine {
             )
             .into());
         }
+        let backend = self.pick_backend(&cfg, dir)?;
+        if cfg.wants_gpu()
+            && let Some(why) = backend.gpu_unsupported()
+        {
+            return Err(format!(
+                "instance_group asks for KIND_GPU, but {why} in this build; use KIND_CPU or KIND_AUTO"
+            )
+            .into());
+        }
+        let file_name = if cfg.default_model_filename.is_empty() {
+            backend.default_model_filename(&cfg, dir)
+        } else {
+            cfg.default_model_filename.clone()
+        };
+        let model_file = dir.join(&file_name);
         if !model_file.exists() {
             return Err(format!("model file '{}' not found", model_file.display()).into());
         }

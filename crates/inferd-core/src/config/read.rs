@@ -1,6 +1,12 @@
 //! Maps a parsed `config.pbtxt` tree onto [`ModelConfig`], reporting every problem with the file,
-//! line, field path and reason. Unknown fields and fields inferd recognises but does not
-//! implement become warnings that name them; nothing is ignored silently.
+//! line, field path and reason. Nothing is ignored silently:
+//! - an unknown field (a typo) is an error, with its position;
+//! - a Triton field whose semantics inferd does not implement (sequence batching, decoupled
+//!   transactions, batch inputs/outputs, the response cache) is an error: serving the model
+//!   without it would answer differently from what the config asks;
+//! - a Triton field that only tunes performance or describes deployment is a warning;
+//! - every number that sizes memory or time is bounded, so a huge value is an error, never an
+//!   abort of the server.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,20 +65,49 @@ pub struct ParsedConfig {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Fields inferd recognises from Triton's schema but does not implement (yet).
-const UNSUPPORTED_TOP_LEVEL: &[&str] = &[
-    "sequence_batching",
-    "model_transaction_policy",
+/// Triton fields that only tune performance or describe deployment: loading without them
+/// serves the same answers, so they are warnings.
+const IGNORED_TOP_LEVEL: &[&str] = &[
     "model_operations",
     "model_repository_agents",
-    "response_cache",
-    "batch_input",
-    "batch_output",
     "cc_model_filenames",
     "metric_tags",
     "model_metrics",
     "runtime",
 ];
+
+/// Triton fields whose semantics inferd does not implement: a model asking for them is not
+/// loaded, with what the field means.
+const REFUSED_TOP_LEVEL: &[(&str, &str)] = &[
+    (
+        "sequence_batching",
+        "stateful sequences (correlation ids, sequence start/end, implicit state)",
+    ),
+    (
+        "batch_input",
+        "inputs the batcher synthesises (element counts, accumulated sizes)",
+    ),
+    (
+        "batch_output",
+        "outputs split by the batcher as batch_input describes",
+    ),
+];
+
+/// Upper bounds of config numbers that size memory or time.
+pub mod limits {
+    /// `max_batch_size` (and every preferred batch size).
+    pub const MAX_BATCH_SIZE: i64 = 1 << 20;
+    /// `priority_levels`: one queue each.
+    pub const PRIORITY_LEVELS: i64 = 256;
+    /// A queue policy's `max_queue_size`, in requests.
+    pub const QUEUE_SIZE: i64 = 1 << 20;
+    /// Microseconds of queue delay or timeout: one day.
+    pub const MICROSECONDS: i64 = 86_400_000_000;
+    /// `instance_group.count`.
+    pub const INSTANCES: i64 = 1024;
+    /// `model_warmup.count`.
+    pub const WARMUP_COUNT: i64 = 1000;
+}
 
 /// Parses `config.pbtxt` text. `file` is used only in messages.
 pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnostic>> {
@@ -102,7 +137,7 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
             .unwrap_or_default(),
         ..Default::default()
     };
-    let mbs = r.int(&mut cx, "max_batch_size", 0, i32::MAX as i64);
+    let mbs = r.int(&mut cx, "max_batch_size", 0, limits::MAX_BATCH_SIZE);
     let max_batch_size_set = mbs.is_some();
     cfg.max_batch_size = mbs.unwrap_or(0) as u32;
     if let Some(vp) = r.message(&mut cx, "version_policy") {
@@ -148,7 +183,32 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
     if let Some(o) = r.message(&mut cx, "optimization") {
         cfg.optimization = Some(optimization(&mut cx, o));
     }
-    r.unsupported(&mut cx, UNSUPPORTED_TOP_LEVEL);
+    for (name, what) in REFUSED_TOP_LEVEL {
+        r.refuse(&mut cx, name, what);
+    }
+    if let Some(mut t) = r.message(&mut cx, "model_transaction_policy") {
+        if let Some((true, pos)) = t.bool_at(&mut cx, "decoupled") {
+            cx.error(
+                pos,
+                &t.path("decoupled"),
+                "inferd does not implement decoupled models (any number of responses per \
+                 request); serving this model would change its behaviour, so it is not loaded",
+            );
+        }
+        t.finish(&mut cx);
+    }
+    if let Some(mut c) = r.message(&mut cx, "response_cache") {
+        if let Some((true, pos)) = c.bool_at(&mut cx, "enable") {
+            cx.error(
+                pos,
+                &c.path("enable"),
+                "inferd does not implement the response cache yet; the model is not loaded \
+                 (remove the field, or set enable: false)",
+            );
+        }
+        c.finish(&mut cx);
+    }
+    r.unsupported(&mut cx, IGNORED_TOP_LEVEL);
     r.finish(&mut cx);
 
     let (errors, warnings): (Vec<_>, Vec<_>) = cx
@@ -228,15 +288,31 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Warns about each of these fields that is set: recognised from Triton's schema, not
-    /// implemented by inferd.
+    /// Refuses field `name` when it is set: a Triton feature (`what`) inferd does not
+    /// implement, so the model cannot be served as its config asks.
+    fn refuse(&mut self, cx: &mut Cx, name: &str, what: &str) {
+        for f in self.take(name) {
+            cx.error(
+                f.pos,
+                &self.path(name),
+                format!(
+                    "inferd does not implement {what}; serving this model without it would \
+                     change its behaviour, so it is not loaded"
+                ),
+            );
+        }
+    }
+
+    /// Warns about each of these fields that is set: recognised from Triton's schema, only
+    /// tuning performance or deployment, not implemented by inferd.
     fn unsupported(&mut self, cx: &mut Cx, names: &[&str]) {
         for name in names {
             for f in self.take(name) {
                 cx.warn(
                     f.pos,
                     &self.path(name),
-                    "recognised Triton field, not supported by inferd yet; ignored",
+                    "recognised Triton field that only tunes performance or deployment, not \
+                     implemented by inferd; ignored",
                 );
             }
         }
@@ -316,12 +392,17 @@ impl<'a> Fields<'a> {
     }
 
     fn bool(&mut self, cx: &mut Cx, name: &str) -> Option<bool> {
+        self.bool_at(cx, name).map(|(b, _)| b)
+    }
+
+    /// A boolean field and where its value is.
+    fn bool_at(&mut self, cx: &mut Cx, name: &str) -> Option<(bool, Pos)> {
         let (s, pos) = self.scalar(cx, name)?;
         match s {
-            Scalar::Ident(i) if i == "true" || i == "True" || i == "t" => Some(true),
-            Scalar::Ident(i) if i == "false" || i == "False" || i == "f" => Some(false),
-            Scalar::Number(n) if n == "1" => Some(true),
-            Scalar::Number(n) if n == "0" => Some(false),
+            Scalar::Ident(i) if i == "true" || i == "True" || i == "t" => Some((true, pos)),
+            Scalar::Ident(i) if i == "false" || i == "False" || i == "f" => Some((false, pos)),
+            Scalar::Number(n) if n == "1" => Some((true, pos)),
+            Scalar::Number(n) if n == "0" => Some((false, pos)),
             other => {
                 cx.error(
                     pos,
@@ -403,11 +484,15 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Warns about every field nobody consumed.
+    /// Refuses every field nobody consumed: not in Triton's schema (a typo?).
     fn finish(self, cx: &mut Cx) {
         for (i, f) in self.msg.fields.iter().enumerate() {
             if !self.used[i] {
-                cx.warn(f.pos, &self.path(&f.name), "unknown field; ignored");
+                cx.error(
+                    f.pos,
+                    &self.path(&f.name),
+                    "unknown field (not in Triton's model configuration schema; a typo?)",
+                );
             }
         }
     }
@@ -553,7 +638,7 @@ fn instance_group(cx: &mut Cx, at: At) -> InstanceGroup {
     };
     let mut g = InstanceGroup {
         name: r.string(cx, "name").unwrap_or_default(),
-        count: r.int(cx, "count", 1, 1024).unwrap_or(1) as u32,
+        count: r.int(cx, "count", 1, limits::INSTANCES).unwrap_or(1) as u32,
         gpus: r.ints(cx, "gpus", 0, i64::MAX),
         ..Default::default()
     };
@@ -642,10 +727,12 @@ fn optimization(cx: &mut Cx, mut r: Fields) -> Optimization {
 fn queue_policy(cx: &mut Cx, mut r: Fields) -> QueuePolicy {
     let mut q = QueuePolicy {
         default_timeout_microseconds: r
-            .int(cx, "default_timeout_microseconds", 0, i64::MAX)
+            .int(cx, "default_timeout_microseconds", 0, limits::MICROSECONDS)
             .unwrap_or(0) as u64,
         allow_timeout_override: r.bool(cx, "allow_timeout_override").unwrap_or(false),
-        max_queue_size: r.int(cx, "max_queue_size", 0, u32::MAX as i64).unwrap_or(0) as u32,
+        max_queue_size: r
+            .int(cx, "max_queue_size", 0, limits::QUEUE_SIZE)
+            .unwrap_or(0) as u32,
         ..Default::default()
     };
     if let Some((a, pos)) = r.ident(cx, "timeout_action") {
@@ -669,19 +756,19 @@ fn queue_policy(cx: &mut Cx, mut r: Fields) -> QueuePolicy {
 fn dynamic_batching(cx: &mut Cx, mut r: Fields) -> DynamicBatching {
     let mut d = DynamicBatching {
         preferred_batch_size: r
-            .ints(cx, "preferred_batch_size", 1, i32::MAX as i64)
+            .ints(cx, "preferred_batch_size", 1, limits::MAX_BATCH_SIZE)
             .into_iter()
             .map(|v| v as u32)
             .collect(),
         max_queue_delay_microseconds: r
-            .int(cx, "max_queue_delay_microseconds", 0, i64::MAX)
+            .int(cx, "max_queue_delay_microseconds", 0, limits::MICROSECONDS)
             .unwrap_or(0) as u64,
         preserve_ordering: r.bool(cx, "preserve_ordering").unwrap_or(false),
         priority_levels: r
-            .int(cx, "priority_levels", 0, u32::MAX as i64)
+            .int(cx, "priority_levels", 0, limits::PRIORITY_LEVELS)
             .unwrap_or(0) as u32,
         default_priority_level: r
-            .int(cx, "default_priority_level", 0, u32::MAX as i64)
+            .int(cx, "default_priority_level", 0, limits::PRIORITY_LEVELS)
             .unwrap_or(0) as u32,
         ..Default::default()
     };
@@ -716,8 +803,10 @@ fn model_warmup(cx: &mut Cx, at: At) -> ModelWarmup {
     };
     let mut w = ModelWarmup {
         name: r.string(cx, "name").unwrap_or_default(),
-        batch_size: r.int(cx, "batch_size", 0, u32::MAX as i64).unwrap_or(1) as u32,
-        count: r.int(cx, "count", 0, u32::MAX as i64).unwrap_or(1) as u32,
+        batch_size: r
+            .int(cx, "batch_size", 0, limits::MAX_BATCH_SIZE)
+            .unwrap_or(1) as u32,
+        count: r.int(cx, "count", 0, limits::WARMUP_COUNT).unwrap_or(1) as u32,
         ..Default::default()
     };
     for e in r.messages("inputs") {
@@ -947,20 +1036,76 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_unsupported_fields_warn_by_name() {
-        let p = parse("name: \"m\"\nfoo: 1\nsequence_batching { }\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [1] bar: 2 } ]").unwrap();
-        let w: Vec<String> = p.warnings.iter().map(|d| d.to_string()).collect();
+    fn unknown_fields_are_errors_with_their_position() {
+        let errs = parse(
+            "name: \"m\"\nfoo: 1\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [1] bar: 2 } ]",
+        )
+        .unwrap_err();
+        let e: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
         assert!(
-            w.iter()
+            e.iter()
                 .any(|s| s.contains("m/config.pbtxt:2:1: field 'foo': unknown field")),
-            "{w:?}"
+            "{e:?}"
         );
-        assert!(
-            w.iter()
-                .any(|s| s.contains("'sequence_batching'") && s.contains("not supported")),
-            "{w:?}"
-        );
-        assert!(w.iter().any(|s| s.contains("'input[0].bar'")), "{w:?}");
+        assert!(e.iter().any(|s| s.contains("'input[0].bar'")), "{e:?}");
+    }
+
+    #[test]
+    fn fields_whose_semantics_inferd_lacks_are_refused_by_name() {
+        for (text, field) in [
+            ("sequence_batching { }", "sequence_batching"),
+            (
+                "batch_input [ { kind: BATCH_ELEMENT_COUNT } ]",
+                "batch_input",
+            ),
+            ("batch_output [ { target_name: \"y\" } ]", "batch_output"),
+            (
+                "model_transaction_policy { decoupled: true }",
+                "model_transaction_policy.decoupled",
+            ),
+            ("response_cache { enable: true }", "response_cache.enable"),
+        ] {
+            let errs = parse(&format!("name: \"m\"\n{text}")).unwrap_err();
+            let e: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+            assert!(
+                e.iter().any(|s| s.starts_with("m/config.pbtxt:2:")
+                    && s.contains(&format!("field '{field}'"))
+                    && s.contains("does not implement")),
+                "{text}: {e:?}"
+            );
+        }
+        // Switched off, they mean nothing and load.
+        let p = parse("name: \"m\"\nmodel_transaction_policy { decoupled: false }\nresponse_cache { enable: false }").unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn fields_that_only_tune_performance_warn_by_name() {
+        let p = parse("name: \"m\"\nmodel_metrics { }\noptimization { cuda { graphs: true } }")
+            .unwrap();
+        let w: Vec<String> = p.warnings.iter().map(|d| d.to_string()).collect();
+        assert!(w.iter().any(|s| s.contains("'model_metrics'")), "{w:?}");
+        assert!(w.iter().any(|s| s.contains("'optimization.cuda'")), "{w:?}");
+    }
+
+    #[test]
+    fn numbers_that_size_memory_or_time_are_bounded() {
+        for text in [
+            "max_batch_size: 4294967295",
+            "dynamic_batching { priority_levels: 4294967295 }",
+            "dynamic_batching { default_queue_policy { max_queue_size: 4294967295 } }",
+            "dynamic_batching { max_queue_delay_microseconds: 9223372036854775807 }",
+            "instance_group [ { count: 100000 } ]",
+            "model_warmup [ { name: \"w\" batch_size: 1 count: 4294967295 } ]",
+        ] {
+            let errs = parse(&format!("name: \"m\"\n{text}")).unwrap_err();
+            assert!(
+                errs.iter().any(|d| d.message.contains("out of range")
+                    || d.message.contains("must be")
+                    || d.message.contains("at most")),
+                "{text}: {errs:?}"
+            );
+        }
     }
 
     #[test]
