@@ -77,6 +77,9 @@ pub struct EngineOptions {
     /// How long an idle executor polls its queue before sleeping (lower latency at low load,
     /// at the price of some CPU).
     pub executor_spin: Duration,
+    /// How long an unloaded version may take to finish its requests; then what is still queued
+    /// is failed (UNAVAILABLE) and the version stops.
+    pub unload_timeout: Duration,
 }
 
 impl Default for EngineOptions {
@@ -90,6 +93,7 @@ impl Default for EngineOptions {
             queue_capacity: 1024,
             compute_threads: 0,
             executor_spin: crate::scheduler::IDLE_SPIN,
+            unload_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -741,8 +745,23 @@ impl Engine {
         for (v, runner) in runners {
             let this = self.clone();
             let name = name.to_string();
+            let limit = self.inner.opts.unload_timeout;
             tokio::spawn(async move {
-                runner.wait_idle().await;
+                if tokio::time::timeout(limit, runner.wait_idle())
+                    .await
+                    .is_err()
+                {
+                    let cancelled = runner.cancel_queued(&Error::Unavailable(format!(
+                        "model '{name}' version {v} was unloaded before this request ran"
+                    )));
+                    tracing::warn!(
+                        model = %name,
+                        version = v,
+                        "unload: requests still in flight after {limit:?}; cancelled {cancelled} \
+                         queued, waiting for {} executing",
+                        runner.inflight().saturating_sub(cancelled)
+                    );
+                }
                 let r = runner.clone();
                 let _ = blocking(move || r.shutdown_blocking()).await;
                 drop(runner);

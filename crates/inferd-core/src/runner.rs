@@ -252,6 +252,12 @@ impl VersionRunner {
         }
     }
 
+    /// Closes the queue and fails the requests still waiting in it with `error`; returns how
+    /// many (requests already executing finish).
+    pub fn cancel_queued(&self, error: &Error) -> usize {
+        self.scheduler.cancel_queued(error)
+    }
+
     /// Closes the queue (queued requests still run) and joins the executor threads (blocking;
     /// call off the runtime).
     pub fn shutdown_blocking(&self) {

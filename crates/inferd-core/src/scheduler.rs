@@ -316,6 +316,28 @@ impl Scheduler {
         self.wake.notify_all();
     }
 
+    /// Closes the queue and fails every request still waiting in it with `error`; returns how
+    /// many. Requests an executor already took run to the end.
+    pub fn cancel_queued(&self, error: &Error) -> usize {
+        let mut q = self.lock();
+        q.closed = true;
+        let mut jobs = Vec::new();
+        while let Some(j) = q.pop_front() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if j.deadline.is_some() {
+                q.with_deadline -= 1;
+            }
+            jobs.push(j);
+        }
+        drop(q);
+        self.wake.notify_all();
+        let n = jobs.len();
+        for j in jobs {
+            self.finish(j.seq, Some(j.reply), Err(error.clone()));
+        }
+        n
+    }
+
     /// Blocks until a batch is due; `None` once closed and drained.
     pub fn next_batch(&self) -> Option<Vec<Job>> {
         let mut q = self.lock();
@@ -831,6 +853,25 @@ mod tests {
         assert_eq!(both.len(), 2);
         let err = merge_inputs(&mut both).unwrap_err();
         assert!(err.to_string().contains("input 'x' of request 1"), "{err}");
+    }
+
+    #[test]
+    fn cancel_queued_fails_every_waiting_request_and_closes_the_queue() {
+        let s = Scheduler::new("m", settings(DynamicBatching::default(), 16));
+        let a = s.submit(req(1, 0, None, 1.0)).unwrap();
+        let b = s.submit(req(1, 0, None, 2.0)).unwrap();
+        let n = s.cancel_queued(&Error::Unavailable("unloaded".into()));
+        assert_eq!(n, 2);
+        assert_eq!(s.depth(), 0);
+        for rx in [a, b] {
+            let got = rx.blocking_recv().unwrap();
+            assert_eq!(got.unwrap_err(), Error::Unavailable("unloaded".into()));
+        }
+        assert!(s.next_batch().is_none(), "closed and empty");
+        assert!(
+            s.submit(req(1, 0, None, 3.0)).is_err(),
+            "closed to new requests"
+        );
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub(crate) struct ServeArgs {
         default_value_t = 256
     )]
     pub(crate) grpc_max_concurrent_streams: u32,
+    /// Seconds an unloaded (or replaced) model version may take to finish its requests; then
+    /// the ones still queued are failed with UNAVAILABLE and the version stops.
+    #[arg(long, env = "INFERD_MODEL_UNLOAD_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub(crate) model_unload_timeout_secs: f64,
     /// Seconds between SIGTERM (readiness turns false at once) and the listeners closing, so
     /// load balancers stop sending before the server stops accepting.
     #[arg(long, env = "INFERD_DRAIN_DELAY_SECS", default_value_t = 5.0)]
@@ -331,6 +335,12 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         queue_capacity: a.max_queue_size,
         compute_threads: a.compute_threads,
         executor_spin: Duration::from_micros(a.executor_spin_us),
+        unload_timeout: seconds(
+            a,
+            "model-unload-timeout-secs",
+            a.model_unload_timeout_secs,
+            0.0,
+        )?,
     })
 }
 

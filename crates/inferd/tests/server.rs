@@ -603,24 +603,6 @@ fn poll_mode_follows_added_removed_and_broken_models() {
 }
 
 /// simple_mlp version 1 under another name, with the given scheduling block in its config.
-fn batched_mlp_repo(name: &str, scheduling: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join(name);
-    std::fs::create_dir_all(m.join("1")).unwrap();
-    std::fs::copy(
-        examples().join("simple_mlp/1/model.onnx"),
-        m.join("1/model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(
-        m.join("config.pbtxt"),
-        format!(
-            "name: \"{name}\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 64\n{scheduling}\n"
-        ),
-    )
-    .unwrap();
-    dir
-}
 
 fn mlp_request_with(batch: usize, params: Value) -> Vec<u8> {
     let mut r = mlp_request(batch);

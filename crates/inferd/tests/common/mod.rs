@@ -208,3 +208,23 @@ pub fn mlp_request(batch: usize) -> Value {
     let data: Vec<f32> = (0..batch * 64).map(|i| (i % 7) as f32 * 0.1).collect();
     json!({"inputs": [{"name": "input", "shape": [batch, 64], "datatype": "FP32", "data": data}]})
 }
+
+/// A repository of one batching MLP `name` with `scheduling` in its config.
+pub fn batched_mlp_repo(name: &str, scheduling: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join(name);
+    std::fs::create_dir_all(m.join("1")).unwrap();
+    std::fs::copy(
+        examples().join("simple_mlp/1/model.onnx"),
+        m.join("1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("config.pbtxt"),
+        format!(
+            "name: \"{name}\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 64\n{scheduling}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
