@@ -602,8 +602,6 @@ fn poll_mode_follows_added_removed_and_broken_models() {
     assert_eq!(s.get("/v2/models/add_sub/ready").0, 200);
 }
 
-/// simple_mlp version 1 under another name, with the given scheduling block in its config.
-
 fn mlp_request_with(batch: usize, params: Value) -> Vec<u8> {
     let mut r = mlp_request(batch);
     r["parameters"] = params;

@@ -209,7 +209,7 @@ pub fn mlp_request(batch: usize) -> Value {
     json!({"inputs": [{"name": "input", "shape": [batch, 64], "datatype": "FP32", "data": data}]})
 }
 
-/// A repository of one batching MLP `name` with `scheduling` in its config.
+/// simple_mlp version 1 under another name, with the given scheduling block in its config.
 pub fn batched_mlp_repo(name: &str, scheduling: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join(name);
