@@ -160,7 +160,9 @@ impl BoundServer {
                         .await;
                     last = Some(ready);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Readiness is a few atomic reads: follow it closely, so a probe sees SIGTERM
+                // (or a model going away) within 50 ms.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
         let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
