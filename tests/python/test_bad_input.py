@@ -407,7 +407,7 @@ def test_repository_load_rejects_path_tricks_and_loads_nothing(server, repo):
     index = repository_index(server)
     assert not [e for e in index if e["name"] not in EXAMPLE_MODEL_NAMES], index
     resp = requests.get(f"{server.http_base}/v2/models/evil_model/ready", timeout=10)
-    assert resp.status_code != 200
+    assert_json_error(resp, "evil_model", statuses={404})
 
 
 def test_repository_load_of_unknown_model_is_4xx_naming_it(server):
@@ -517,6 +517,8 @@ def test_grpc_repository_load_rejects_path_tricks(stub, server, name):
     with pytest.raises(grpc.RpcError) as excinfo:
         stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=name), timeout=30)
     assert excinfo.value.code() in INVALID | {grpc.StatusCode.NOT_FOUND}, excinfo.value
+    details = excinfo.value.details() or ""
+    assert "model name" in details.lower() or "not in the repository" in details, details
     assert ready_model_names(server) == before
 
 

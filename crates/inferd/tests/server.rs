@@ -199,7 +199,9 @@ fn one_bad_request_in_a_batch_fails_alone() {
     let cfg = dir.path().join("string_identity/config.pbtxt");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(
-        "dynamic_batching { max_queue_delay_microseconds: 400000 preferred_batch_size: [ 8 ] }\n",
+        // A lone request waits 10 s; two form the preferred size and run at once, so answers
+        // well before 10 s prove the two shared a batch.
+        "dynamic_batching { max_queue_delay_microseconds: 10000000 preferred_batch_size: [ 2 ] }\n",
     );
     std::fs::write(&cfg, text).unwrap();
     let s = Server::start(dir.path(), &[]);
@@ -220,10 +222,17 @@ fn one_bad_request_in_a_batch_fails_alone() {
             r.status().as_u16()
         })
     };
+    let t = Instant::now();
     let good = send(b"fine".to_vec());
+    std::thread::sleep(Duration::from_millis(200));
     let bad = send(vec![0xff, 0xfe]);
     assert_eq!(bad.join().unwrap(), 400, "the non-UTF-8 request fails");
     assert_eq!(good.join().unwrap(), 200, "its batch mate succeeds");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "answered after {:?}: the two did not form a batch",
+        t.elapsed()
+    );
     let (_, stats) = s.get("/v2/models/string_identity/stats");
     assert_eq!(
         stats["model_stats"][0]["inference_stats"]["success"]["count"], 1,
