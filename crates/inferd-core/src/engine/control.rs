@@ -1,0 +1,153 @@
+//! The explicit load and unload API, and retiring versions: a retired version takes no new
+//! requests, finishes (or, past the unload timeout, cancels) what it holds, then stops.
+
+use super::*;
+
+impl Engine {
+    /// Loads (or reloads what changed of) a model from the repository, as the explicit-mode
+    /// load API does. Fails if the model ends with no ready version.
+    pub async fn load(&self, name: &str) -> Result<()> {
+        repository::validate_model_name(name)?;
+        if !self.inner.opts.repository.join(name).is_dir() && !self.knows(name)? {
+            return Err(Error::NotFound(format!(
+                "model '{name}' is not in the repository"
+            )));
+        }
+        let failed = self.reconcile(name, true).await?;
+        if !failed.is_empty() {
+            let why: Vec<String> = failed
+                .iter()
+                .map(|(v, m)| format!("version {v}: {m}"))
+                .collect();
+            let message = format!(
+                "failed to load model '{name}' ({}); versions that were serving keep serving",
+                why.join("; ")
+            );
+            return Err(if failed.iter().any(|(_, f)| f.server_fault) {
+                Error::Internal(message)
+            } else {
+                Error::InvalidArgument(message)
+            });
+        }
+        let models = self.inner.models.read().map_err(lock_err)?;
+        let entry = models
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("model '{name}' is not in the repository")))?;
+        if entry
+            .versions
+            .values()
+            .any(|v| v.state == VersionState::Ready)
+        {
+            return Ok(());
+        }
+        let reason = entry.error.clone().unwrap_or_else(|| {
+            entry
+                .versions
+                .iter()
+                .map(|(v, e)| format!("version {v}: {}", e.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Err(Error::InvalidArgument(format!(
+            "failed to load model '{name}': {reason}"
+        )))
+    }
+
+    /// Explicit-mode load API: refuses in other modes.
+    pub async fn load_api(&self, name: &str) -> Result<()> {
+        self.require_explicit("load")?;
+        repository::validate_model_name(name)?;
+        self.load(name).await
+    }
+
+    /// Explicit-mode unload API: stops routing to every version of the model at once; the
+    /// versions finish their in-flight requests in the background, then unload.
+    pub async fn unload_api(&self, name: &str) -> Result<()> {
+        self.require_explicit("unload")?;
+        repository::validate_model_name(name)?;
+        self.unload(name).await
+    }
+
+    pub(super) fn require_explicit(&self, what: &str) -> Result<()> {
+        if self.inner.opts.control_mode != ControlMode::Explicit {
+            return Err(Error::FailedPrecondition(format!(
+                "explicit model {what} is not allowed in model control mode '{}'; start the server with --model-control-mode explicit",
+                self.inner.opts.control_mode
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unloads every version of a model.
+    pub async fn unload(&self, name: &str) -> Result<()> {
+        if !self.knows(name)? {
+            return Err(Error::NotFound(format!("model '{name}' is not loaded")));
+        }
+        let lock = self.model_lock(name)?;
+        let _g = lock.lock().await;
+        let retired = {
+            let mut models = self.inner.models.write().map_err(lock_err)?;
+            let Some(entry) = models.get_mut(name) else {
+                return Err(Error::NotFound(format!("model '{name}' is not loaded")));
+            };
+            entry.wanted = false;
+            entry.error = None;
+            let mut retired = Vec::new();
+            for (v, e) in entry.versions.iter_mut() {
+                if let Some(r) = e.runner.take() {
+                    e.state = VersionState::Unloading;
+                    e.reason.clear();
+                    retired.push((*v, r));
+                }
+            }
+            retired
+        };
+        self.retire(name, retired, true);
+        Ok(())
+    }
+
+    pub(super) fn model_lock(&self, name: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        let mut locks = self.inner.locks.lock().map_err(lock_err)?;
+        Ok(locks.entry(name.to_string()).or_default().clone())
+    }
+
+    /// Drains and unloads runners in the background; with `mark`, their entries become
+    /// UNAVAILABLE ("unloaded") afterwards.
+    pub(super) fn retire(&self, name: &str, runners: Vec<(u64, Arc<VersionRunner>)>, mark: bool) {
+        for (v, runner) in runners {
+            let this = self.clone();
+            let name = name.to_string();
+            let limit = self.inner.opts.unload_timeout;
+            tokio::spawn(async move {
+                if tokio::time::timeout(limit, runner.wait_idle())
+                    .await
+                    .is_err()
+                {
+                    let cancelled = runner.cancel_queued(&Error::Unavailable(format!(
+                        "model '{name}' version {v} was unloaded before this request ran"
+                    )));
+                    tracing::warn!(
+                        model = %name,
+                        version = v,
+                        "unload: requests still in flight after {limit:?}; cancelled {cancelled} \
+                         queued, waiting for {} executing",
+                        runner.inflight().saturating_sub(cancelled)
+                    );
+                }
+                let r = runner.clone();
+                let _ = blocking(move || r.shutdown_blocking()).await;
+                drop(runner);
+                tracing::info!(model = %name, version = v, "unloaded");
+                if mark
+                    && let Ok(mut models) = this.inner.models.write()
+                    && let Some(e) = models.get_mut(&name).and_then(|m| m.versions.get_mut(&v))
+                    && e.state == VersionState::Unloading
+                    && e.runner.is_none()
+                {
+                    e.state = VersionState::Unavailable;
+                    e.reason = "unloaded".into();
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Loading one version: its config, its backend, the safety scan, the backend's load,
+//! auto-complete, warm-up. Failures say whose fault they are and name paths relative to the
+//! repository.
+
+use super::*;
+
+/// Why a version did not load, and whose fault it is: the model's (bad files, config, an
+/// operator the backend refuses: the client's to fix, 400 on the load API) or the server's
+/// (I/O, resources, a backend panic: 500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoadFailure {
+    /// What went wrong, paths relative to the repository.
+    pub reason: String,
+    /// The server is at fault, not the model.
+    pub server_fault: bool,
+}
+
+impl From<String> for LoadFailure {
+    fn from(reason: String) -> Self {
+        LoadFailure {
+            reason,
+            server_fault: false,
+        }
+    }
+}
+
+impl LoadFailure {
+    pub(super) fn server(reason: String) -> Self {
+        LoadFailure {
+            reason,
+            server_fault: true,
+        }
+    }
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// `message` with the repository's absolute path taken out, so clients see paths relative to
+/// the repository and never the server's filesystem layout.
+pub(crate) fn relative_to(repository: &Path, message: &str) -> String {
+    let mut out = message.to_string();
+    let mut prefixes = vec![repository.to_path_buf()];
+    if let Ok(c) = repository.canonicalize() {
+        prefixes.push(c);
+    }
+    if let Ok(cwd) = std::env::current_dir()
+        && repository.is_relative()
+    {
+        prefixes.push(cwd.join(repository));
+    }
+    for p in prefixes {
+        let p = p.display().to_string();
+        if p.is_empty() || p == "/" || !p.starts_with('/') {
+            continue;
+        }
+        out = out.replace(&format!("{}/", p.trim_end_matches('/')), "");
+    }
+    out
+}
+
+impl Engine {
+    /// Checks one model folder without serving it: config syntax and fields, version folders,
+    /// and a full load (and warm-up) of every version the policy selects. Blocking. Returns the
+    /// problems found (empty when the model is fine) and the warnings.
+    pub fn check_model_blocking(&self, name: &str) -> (Vec<String>, Vec<String>) {
+        let mut problems = Vec::new();
+        let Some(dir) = repository::scan_model(&self.inner.opts.repository, name) else {
+            return (vec![format!("model folder '{name}' not found")], vec![]);
+        };
+        let parsed = match self.read_config(name, &dir) {
+            Ok(p) => p,
+            Err(e) => return (vec![e], vec![]),
+        };
+        let warnings = parsed.warnings.iter().map(|w| w.to_string()).collect();
+        let targets = parsed
+            .config
+            .version_policy
+            .select(&dir.versions.keys().copied().collect::<Vec<_>>());
+        if targets.is_empty() {
+            problems.push(format!(
+                "{}: no numeric version folder matches the version policy (found: {:?})",
+                dir.path.display(),
+                dir.versions.keys().collect::<Vec<_>>()
+            ));
+        }
+        for v in targets {
+            let vdir = &dir.versions[&v].path;
+            match self.load_version(name, v, vdir, parsed.clone()) {
+                Ok(runner) => runner.shutdown_blocking(),
+                Err(e) => problems.push(format!("version {v}: {e}")),
+            }
+        }
+        (problems, warnings)
+    }
+
+    pub(super) fn read_config(
+        &self,
+        name: &str,
+        dir: &ModelDir,
+    ) -> std::result::Result<ParsedConfig, String> {
+        let file = dir.path.join(repository::CONFIG_FILE);
+        let mut parsed = match &dir.config {
+            None => ParsedConfig {
+                config: ModelConfig::default(),
+                max_batch_size_set: false,
+                warnings: vec![],
+            },
+            Some(Err(e)) => return Err(e.clone()),
+            Some(Ok(text)) => parse_config(text, &file).map_err(|errs| {
+                errs.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?,
+        };
+        for w in &parsed.warnings {
+            tracing::warn!(model = %name, "{w}");
+        }
+        if parsed.config.name.is_empty() {
+            parsed.config.name = name.to_string();
+        } else if parsed.config.name != name {
+            return Err(format!(
+                "{}: field 'name': \"{}\" does not match the model folder name \"{name}\"",
+                file.display(),
+                parsed.config.name
+            ));
+        }
+        Ok(parsed)
+    }
+
+    pub(super) fn pick_backend(
+        &self,
+        cfg: &ModelConfig,
+        version_dir: &Path,
+    ) -> std::result::Result<Arc<dyn Backend>, String> {
+        if !cfg.platform.is_empty() || !cfg.backend.is_empty() {
+            return self
+                .inner
+                .backends
+                .iter()
+                .find(|b| b.accepts(&cfg.platform, &cfg.backend))
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "no backend for platform '{}' / backend '{}' in this build (available: {})",
+                        cfg.platform,
+                        cfg.backend,
+                        self.inner
+                            .backends
+                            .iter()
+                            .map(|b| b.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                });
+        }
+        self.inner
+            .backends
+            .iter()
+            .find(|b| version_dir.join(b.default_model_filename(cfg, version_dir)).exists())
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "config sets neither platform nor backend, and '{}' holds no file a backend recognises ({})",
+                    version_dir.display(),
+                    self.inner.backends.iter().map(|b| b.default_model_filename(cfg, version_dir)).collect::<Vec<_>>().join(", ")
+                )
+            })
+    }
+
+    /// Loads one version: backend load, auto-complete, validation, instances, warm-up.
+    pub(super) fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        dir: &Path,
+        parsed: ParsedConfig,
+    ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
+        self.load_version_inner(name, version, dir, parsed)
+            .map_err(|f| LoadFailure {
+                reason: relative_to(&self.inner.opts.repository, &f.reason),
+                ..f
+            })
+    }
+
+    pub(super) fn load_version_inner(
+        &self,
+        name: &str,
+        version: u64,
+        dir: &Path,
+        parsed: ParsedConfig,
+    ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
+        tracing::info!(model = %name, version, "loading");
+        let mut cfg = parsed.config;
+        if cfg.ensemble_scheduling.is_some() || cfg.platform == "ensemble" {
+            return Err(
+                "field 'ensemble_scheduling': inferd does not execute ensembles yet \
+                 (a pipeline of models); the model is not loaded rather than served differently"
+                    .to_string()
+                    .into(),
+            );
+        }
+        // Safety before anything is interpreted, and before the backend is chosen, so a pickle
+        // is refused as a pickle even for a backend this build lacks (`pytorch_libtorch`,
+        // `python`): escaping links or external data, malformed headers, pinned digests.
+        let mut findings = crate::artifact::scan_tree(dir, &self.inner.opts.repository);
+        if let Some(model_dir) = dir.parent() {
+            findings.extend(crate::artifact::check_pins(
+                model_dir,
+                cfg.parameters.iter().map(|(k, v)| (k, &v.string_value)),
+                Some(dir),
+            ));
+        }
+        if !findings.is_empty() {
+            let shown: Vec<String> = findings.iter().take(5).map(|f| f.to_string()).collect();
+            return Err(format!(
+                "refused before loading ({} finding{}): {}",
+                findings.len(),
+                if findings.len() == 1 { "" } else { "s" },
+                shown.join("; ")
+            )
+            .into());
+        }
+        let backend = self.pick_backend(&cfg, dir)?;
+        if cfg.wants_gpu()
+            && let Some(why) = backend.gpu_unsupported()
+        {
+            return Err(format!(
+                "instance_group asks for KIND_GPU, but {why} in this build; use KIND_CPU or KIND_AUTO"
+            )
+            .into());
+        }
+        let file_name = if cfg.default_model_filename.is_empty() {
+            backend.default_model_filename(&cfg, dir)
+        } else {
+            cfg.default_model_filename.clone()
+        };
+        let model_file = dir.join(&file_name);
+        if !model_file.exists() {
+            return Err(format!("model file '{}' not found", model_file.display()).into());
+        }
+        let loaded = backend
+            .load(&LoadRequest {
+                model: name,
+                version,
+                version_dir: dir,
+                model_file: model_file.clone(),
+                config: &cfg,
+            })
+            .map_err(|e| {
+                let reason = format!("{}: {e}", model_file.display());
+                match e {
+                    crate::BackendError::Internal(_) => LoadFailure::server(reason),
+                    _ => LoadFailure::from(reason),
+                }
+            })?;
+        if cfg.platform.is_empty() && cfg.backend.is_empty() {
+            cfg.backend = backend.name().to_string();
+        }
+        if cfg.platform.is_empty()
+            && let Some(p) = backend.platform()
+        {
+            cfg.platform = p.to_string();
+        }
+        complete_config(&mut cfg, parsed.max_batch_size_set, loaded.signature()).map_err(|e| {
+            format!(
+                "config does not match the model file {}: {e}",
+                model_file.display()
+            )
+        })?;
+        validate_config(&cfg).map_err(|e| format!("invalid config: {e}"))?;
+        warmup::run(name, &cfg, loaded.as_ref(), dir)?;
+        let runner_opts = RunnerOptions {
+            default_queue: self.inner.opts.queue_capacity,
+            budget: self.inner.budget.clone(),
+            idle_spin: self.inner.opts.executor_spin,
+        };
+        VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
+            .map_err(|e| LoadFailure::server(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_visible_reasons_name_paths_relative_to_the_repository() {
+        let repo = Path::new("/srv/models");
+        assert_eq!(
+            relative_to(repo, "/srv/models/mlp/1/model.onnx: bad operator"),
+            "mlp/1/model.onnx: bad operator"
+        );
+        assert_eq!(
+            relative_to(
+                Path::new("/srv/models/"),
+                "config file /srv/models/a/config.pbtxt"
+            ),
+            "config file a/config.pbtxt"
+        );
+        assert_eq!(relative_to(repo, "/etc/other: x"), "/etc/other: x");
+    }
+}

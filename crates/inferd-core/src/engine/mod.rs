@@ -1,0 +1,323 @@
+//! The engine: model lifecycle over a repository, routing of requests to ready versions, and the
+//! embedding API. Front-ends (HTTP, gRPC) and embedders call the same methods.
+//!
+//! Reload is availability-preserving: new versions load while the old ones serve; routing
+//! switches under one write lock; replaced versions stop taking requests, finish the ones they
+//! hold, then unload. A version that fails to load leaves the serving versions untouched.
+//!
+//! One job per file:
+//! - this file: the engine's types, startup and health;
+//! - [`routing`]: admission and routing of inference requests to a ready version;
+//! - [`introspect`]: metadata, readiness, statistics and the repository index;
+//! - [`control`]: the explicit load/unload API and retiring versions;
+//! - [`reconcile`]: bringing a model in line with its folder, and poll mode;
+//! - [`loading`]: reading a config, choosing a backend, loading one version;
+//! - [`lifecycle`]: the version state machine, as pure functions.
+
+mod control;
+mod introspect;
+pub(crate) mod lifecycle;
+mod loading;
+mod reconcile;
+mod routing;
+
+use loading::{LoadFailure, relative_to};
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use crate::backend::{Backend, LoadRequest, NamedTensor};
+use crate::config::{ModelConfig, ParsedConfig, complete_config, parse_config, validate_config};
+use crate::error::{Error, Result};
+use crate::repository::{self, ModelDir};
+use crate::request::{InferRequest, InferResponse, PreparedRequest, check_model_shapes, prepare};
+use crate::runner::{InflightGuard, RunnerOptions, VersionRunner};
+use crate::scheduler::ComputeBudget;
+use crate::stats::VersionStats;
+use crate::warmup;
+
+/// How the set of loaded models is decided (Triton's `--model-control-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ControlMode {
+    /// Load everything at start; never change.
+    #[default]
+    None,
+    /// Load everything at start and follow the repository's changes.
+    Poll,
+    /// Load only what is asked for, at start or through the API.
+    Explicit,
+}
+
+impl std::str::FromStr for ControlMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(ControlMode::None),
+            "poll" => Ok(ControlMode::Poll),
+            "explicit" => Ok(ControlMode::Explicit),
+            other => Err(format!(
+                "unknown model control mode '{other}' (expected none, poll or explicit)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ControlMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+        })
+    }
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// The model repository folder.
+    pub repository: PathBuf,
+    /// Model control mode.
+    pub control_mode: ControlMode,
+    /// How often poll mode rescans the repository.
+    pub poll_interval: Duration,
+    /// Models to load at start in explicit mode (`*` for all).
+    pub startup_models: Vec<String>,
+    /// Ready only when every wanted model is ready.
+    pub strict_readiness: bool,
+    /// Bound of each version's request queue when its config sets none.
+    pub queue_capacity: usize,
+    /// Executions that may run at once across all models and instances; 0 means one per core.
+    pub compute_threads: usize,
+    /// How long an idle executor polls its queue before sleeping (lower latency at low load,
+    /// at the price of some CPU).
+    pub executor_spin: Duration,
+    /// How long an unloaded version may take to finish its requests; then what is still queued
+    /// is failed (UNAVAILABLE) and the version stops.
+    pub unload_timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            repository: PathBuf::from("models"),
+            control_mode: ControlMode::None,
+            poll_interval: Duration::from_secs(5),
+            startup_models: Vec::new(),
+            strict_readiness: true,
+            queue_capacity: 1024,
+            compute_threads: 0,
+            executor_spin: crate::scheduler::IDLE_SPIN,
+            unload_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Lifecycle state of a model version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionState {
+    /// Being loaded.
+    Loading,
+    /// Serving.
+    Ready,
+    /// No longer routed to; finishing in-flight requests.
+    Unloading,
+    /// Not serving (see the reason).
+    Unavailable,
+}
+
+impl VersionState {
+    /// Triton's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Loading => "LOADING",
+            VersionState::Ready => "READY",
+            VersionState::Unloading => "UNLOADING",
+            VersionState::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// One row of the repository index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Model name.
+    pub name: String,
+    /// Version; `None` for a model with no version state.
+    pub version: Option<u64>,
+    /// State; `None` when the model was never loaded.
+    pub state: Option<VersionState>,
+    /// Why, when not ready.
+    pub reason: String,
+}
+
+/// What the metadata endpoints describe.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Name.
+    pub name: String,
+    /// Ready versions, ascending.
+    pub versions: Vec<u64>,
+    /// The version described.
+    pub version: u64,
+    /// Its effective config.
+    pub config: Arc<ModelConfig>,
+}
+
+struct VersionEntry {
+    state: VersionState,
+    reason: String,
+    runner: Option<Arc<VersionRunner>>,
+    fingerprint: u64,
+    config_fingerprint: u64,
+}
+
+#[derive(Default)]
+struct ModelEntry {
+    versions: BTreeMap<u64, VersionEntry>,
+    /// A problem with the model as a whole (bad config, no versions).
+    error: Option<String>,
+    /// Should be loaded (counts for strict readiness).
+    wanted: bool,
+}
+
+struct Inner {
+    opts: EngineOptions,
+    backends: Vec<Arc<dyn Backend>>,
+    models: RwLock<BTreeMap<String, ModelEntry>>,
+    /// Serialises lifecycle operations per model.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    started: AtomicBool,
+    stopping: AtomicBool,
+    budget: Arc<ComputeBudget>,
+}
+
+/// The inferd engine. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn lock_err<T>(_: T) -> Error {
+    Error::Internal("engine state lock poisoned".into())
+}
+
+impl Engine {
+    /// Creates an engine; nothing is loaded until [`Engine::start`].
+    pub fn new(opts: EngineOptions, backends: Vec<Arc<dyn Backend>>) -> Self {
+        let threads = match opts.compute_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let budget = Arc::new(ComputeBudget::new(threads));
+        Engine {
+            inner: Arc::new(Inner {
+                opts,
+                backends,
+                models: RwLock::new(BTreeMap::new()),
+                locks: Mutex::new(HashMap::new()),
+                started: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+                budget,
+            }),
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    /// Loads the startup models and, in poll mode, starts following the repository. Returns when
+    /// the startup loads have finished (failures leave those models UNAVAILABLE).
+    pub async fn start(&self) -> Result<()> {
+        let repo = self.inner.opts.repository.clone();
+        let all = blocking(move || repository::list_models(&repo)).await??;
+        let names: Vec<String> = match self.inner.opts.control_mode {
+            ControlMode::None | ControlMode::Poll => all,
+            ControlMode::Explicit => {
+                if self.inner.opts.startup_models.iter().any(|m| m == "*") {
+                    all
+                } else {
+                    self.inner.opts.startup_models.clone()
+                }
+            }
+        };
+        // What poll mode compares against: taken before loading, so edits made while the
+        // startup loads run are seen as changes.
+        let baseline = if self.inner.opts.control_mode == ControlMode::Poll {
+            self.snapshot().await.unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
+        let mut tasks = Vec::new();
+        for name in names {
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = this.load(&name).await {
+                    tracing::error!(model = %name, "startup load failed: {e}");
+                    if let (Error::NotFound(msg) | Error::InvalidArgument(msg), Ok(mut models)) =
+                        (&e, this.inner.models.write())
+                    {
+                        // Asked for but absent or invalid: it counts against strict readiness.
+                        let entry = models.entry(name.clone()).or_default();
+                        entry.wanted = true;
+                        if entry.error.is_none() && entry.versions.is_empty() {
+                            entry.error = Some(msg.clone());
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.inner.started.store(true, Ordering::Release);
+        if self.inner.opts.control_mode == ControlMode::Poll {
+            let this = self.clone();
+            tokio::spawn(async move { this.poll_loop(baseline).await });
+        }
+        Ok(())
+    }
+
+    /// Stops polling and marks the engine as shutting down (not ready).
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+    }
+
+    /// Live: the process is up and answering.
+    pub fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Ready: startup loading is done and, with strict readiness, every wanted model is ready.
+    pub fn is_ready(&self) -> bool {
+        if !self.inner.started.load(Ordering::Acquire)
+            || self.inner.stopping.load(Ordering::Acquire)
+        {
+            return false;
+        }
+        if !self.inner.opts.strict_readiness {
+            return true;
+        }
+        let Ok(models) = self.inner.models.read() else {
+            return false;
+        };
+        models
+            .values()
+            .filter(|m| m.wanted)
+            .all(|m| m.versions.values().any(|v| v.state == VersionState::Ready))
+    }
+}
+
+/// Runs blocking work off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("background task failed: {e}")))
+}

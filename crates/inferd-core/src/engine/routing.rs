@@ -1,0 +1,164 @@
+//! Admission and routing: an inference request goes to the version it names, or the newest
+//! ready one, through that version's scheduler.
+
+use super::*;
+
+impl Engine {
+    /// Runs inference on a model (newest ready version unless `version` is given).
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        req: InferRequest,
+    ) -> Result<InferResponse> {
+        let (guard, prepared, id) = self.admit(model, version, req)?;
+        let runner = guard.runner();
+        let outputs = runner.infer(prepared, self.result_spin(runner)).await?;
+        Ok(respond(model, runner, id, outputs))
+    }
+
+    /// [`Engine::infer`] for callers on a plain thread (an application embedding the engine
+    /// without async code): the same validation, queue and batching, but the caller polls
+    /// for its result (for the model's batching delay plus `executor_spin`) before sleeping,
+    /// so a short request pays no thread wake-up on the way back. Must not be called from
+    /// async code.
+    pub fn infer_blocking(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        req: InferRequest,
+    ) -> Result<InferResponse> {
+        let (guard, prepared, id) = self.admit(model, version, req)?;
+        let runner = guard.runner();
+        let outputs = runner.infer_blocking(prepared, self.result_spin(runner))?;
+        Ok(respond(model, runner, id, outputs))
+    }
+
+    /// Routes a request to a version (held by the guard) and validates it against its config.
+    pub(super) fn admit(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        req: InferRequest,
+    ) -> Result<(InflightGuard, PreparedRequest, String)> {
+        let guard = self.route(model, version)?;
+        let id = req.id.clone();
+        let runner = guard.runner();
+        let prepared = prepare(model, runner.config(), req)?;
+        check_model_shapes(
+            model,
+            runner.config().batches(),
+            runner.signature(),
+            &prepared,
+        )?;
+        Ok((guard, prepared, id))
+    }
+
+    /// How long a caller polls for its result before sleeping: as long as the batcher may hold
+    /// the request, plus the executor's own spin (0 when spinning is off).
+    pub(super) fn result_spin(&self, runner: &VersionRunner) -> Duration {
+        let spin = self.inner.opts.executor_spin;
+        if spin.is_zero() {
+            return spin;
+        }
+        let delay = runner
+            .config()
+            .dynamic_batching
+            .as_ref()
+            .map_or(0, |d| d.max_queue_delay_microseconds);
+        spin + Duration::from_micros(delay)
+    }
+
+    /// Picks the version to serve a request and marks it in use.
+    pub fn route(&self, model: &str, version: Option<u64>) -> Result<InflightGuard> {
+        let models = self.inner.models.read().map_err(lock_err)?;
+        let Some(entry) = models.get(model) else {
+            return Err(Error::NotFound(format!("unknown model '{model}'")));
+        };
+        let pick = match version {
+            Some(v) => match entry.versions.get(&v) {
+                None => {
+                    return Err(Error::NotFound(format!(
+                        "model '{model}' has no version {v}"
+                    )));
+                }
+                Some(e) => match (&e.state, &e.runner) {
+                    (VersionState::Ready, Some(r)) => r,
+                    _ => {
+                        let msg = format!(
+                            "model '{model}' version {v} is not ready ({}{})",
+                            e.state.as_str(),
+                            if e.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", e.reason)
+                            }
+                        );
+                        // Loading is transient (503); unloaded or failed is the client's to fix.
+                        return Err(if e.state == VersionState::Loading {
+                            Error::Unavailable(msg)
+                        } else {
+                            Error::NotFound(msg)
+                        });
+                    }
+                },
+            },
+            None => match entry
+                .versions
+                .values()
+                .rev()
+                .find_map(|e| match (&e.state, &e.runner) {
+                    (VersionState::Ready, Some(r)) => Some(r),
+                    _ => None,
+                }) {
+                Some(r) => r,
+                None => {
+                    let loading = entry
+                        .versions
+                        .values()
+                        .any(|e| e.state == VersionState::Loading);
+                    let why = entry.error.clone().unwrap_or_else(|| {
+                        let states: Vec<String> = entry
+                            .versions
+                            .iter()
+                            .map(|(v, e)| {
+                                let reason = if e.reason.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", e.reason)
+                                };
+                                format!("version {v} {}{reason}", e.state.as_str())
+                            })
+                            .collect();
+                        if states.is_empty() {
+                            "no version is loaded".to_string()
+                        } else {
+                            states.join("; ")
+                        }
+                    });
+                    let msg = format!("model '{model}' is not ready: {why}");
+                    return Err(if loading {
+                        Error::Unavailable(msg)
+                    } else {
+                        Error::NotFound(msg)
+                    });
+                }
+            },
+        };
+        Ok(pick.begin())
+    }
+}
+
+fn respond(
+    model: &str,
+    runner: &VersionRunner,
+    id: String,
+    outputs: Vec<NamedTensor>,
+) -> InferResponse {
+    InferResponse {
+        model_name: model.to_string(),
+        model_version: runner.version(),
+        id,
+        outputs,
+    }
+}
