@@ -90,17 +90,7 @@ impl Engine {
             let Some(entry) = models.get_mut(name) else {
                 return Err(Error::NotFound(format!("model '{name}' is not loaded")));
             };
-            entry.wanted = false;
-            entry.error = None;
-            let mut retired = Vec::new();
-            for (v, e) in entry.versions.iter_mut() {
-                if let Some(r) = e.runner.take() {
-                    e.state = VersionState::Unloading;
-                    e.reason.clear();
-                    retired.push((*v, r));
-                }
-            }
-            retired
+            entry.unload()
         };
         self.retire(name, retired, true);
         Ok(())
@@ -140,12 +130,9 @@ impl Engine {
                 tracing::info!(model = %name, version = v, "unloaded");
                 if mark
                     && let Ok(mut models) = this.inner.models.write()
-                    && let Some(e) = models.get_mut(&name).and_then(|m| m.versions.get_mut(&v))
-                    && e.state == VersionState::Unloading
-                    && e.runner.is_none()
+                    && let Some(m) = models.get_mut(&name)
                 {
-                    e.state = VersionState::Unavailable;
-                    e.reason = "unloaded".into();
+                    m.stopped(v);
                 }
             });
         }

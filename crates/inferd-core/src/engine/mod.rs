@@ -167,22 +167,8 @@ pub struct ModelInfo {
     pub config: Arc<ModelConfig>,
 }
 
-struct VersionEntry {
-    state: VersionState,
-    reason: String,
-    runner: Option<Arc<VersionRunner>>,
-    fingerprint: u64,
-    config_fingerprint: u64,
-}
-
-#[derive(Default)]
-struct ModelEntry {
-    versions: BTreeMap<u64, VersionEntry>,
-    /// A problem with the model as a whole (bad config, no versions).
-    error: Option<String>,
-    /// Should be loaded (counts for strict readiness).
-    wanted: bool,
-}
+/// A model's versions, each holding its loaded copy when it has one.
+type ModelEntry = lifecycle::ModelEntry<Arc<VersionRunner>>;
 
 struct Inner {
     opts: EngineOptions,

@@ -1,6 +1,7 @@
 //! Bringing a model in line with its folder: which versions load, which retire, and the poll
 //! loop that follows the repository.
 
+use super::lifecycle::{Files, Settled};
 use super::*;
 
 impl Engine {
@@ -63,36 +64,22 @@ impl Engine {
             entry.error = Some(relative_to(&self.inner.opts.repository, &msg));
             return Ok(Vec::new());
         }
-        // Decide what to load; mark new versions LOADING.
+        // Decide what to load; versions without a serving copy turn LOADING.
+        let files: Vec<(u64, Files)> = targets
+            .iter()
+            .map(|v| {
+                let files = Files {
+                    version: dir.versions[v].fingerprint,
+                    config: cfg_fp,
+                };
+                (*v, files)
+            })
+            .collect();
         let to_load: Vec<u64> = {
             let mut models = self.inner.models.write().map_err(lock_err)?;
             let entry = models.entry(name.to_string()).or_default();
             entry.wanted |= wanted;
-            let mut out = Vec::new();
-            for v in &targets {
-                let fp = dir.versions[v].fingerprint;
-                let needs = match entry.versions.get(v) {
-                    Some(e) => {
-                        e.runner.is_none() || e.fingerprint != fp || e.config_fingerprint != cfg_fp
-                    }
-                    None => true,
-                };
-                if needs {
-                    let e = entry.versions.entry(*v).or_insert(VersionEntry {
-                        state: VersionState::Loading,
-                        reason: String::new(),
-                        runner: None,
-                        fingerprint: fp,
-                        config_fingerprint: cfg_fp,
-                    });
-                    if e.runner.is_none() {
-                        e.state = VersionState::Loading;
-                        e.reason.clear();
-                    }
-                    out.push(*v);
-                }
-            }
-            out
+            entry.plan_loads(&files)
         };
         // Load off the runtime, in parallel across versions.
         let mut handles = Vec::new();
@@ -108,78 +95,36 @@ impl Engine {
             ));
         }
         let mut results = Vec::new();
+        let mut failed = Vec::new();
         for (v, fp, h) in handles {
             let r = match h.await {
                 Ok(r) => r,
                 Err(e) => Err(LoadFailure::server(e.to_string())),
             };
-            results.push((v, fp, r));
+            let files = Files {
+                version: fp,
+                config: cfg_fp,
+            };
+            match r {
+                Ok(runner) => {
+                    tracing::info!(model = %name, version = v, "ready");
+                    results.push((v, files, Ok(runner)));
+                }
+                Err(failure) => {
+                    tracing::error!(model = %name, version = v, "load failed: {failure}");
+                    results.push((v, files, Err(failure.reason.clone())));
+                    failed.push((v, failure));
+                }
+            }
         }
         // Switch routing under one lock.
-        let mut replaced = Vec::new();
-        let mut retired = Vec::new();
-        let mut failed = Vec::new();
-        {
+        let Settled { replaced, retired } = {
             let mut models = self.inner.models.write().map_err(lock_err)?;
             let entry = models.entry(name.to_string()).or_default();
-            entry.error = None;
-            let mut any_failed = false;
-            for (v, fp, r) in results {
-                let e = entry.versions.entry(v).or_insert(VersionEntry {
-                    state: VersionState::Loading,
-                    reason: String::new(),
-                    runner: None,
-                    fingerprint: fp,
-                    config_fingerprint: cfg_fp,
-                });
-                match r {
-                    Ok(runner) => {
-                        tracing::info!(model = %name, version = v, "ready");
-                        if let Some(old) = e.runner.replace(runner) {
-                            replaced.push((v, old));
-                        }
-                        e.state = VersionState::Ready;
-                        e.reason.clear();
-                        e.fingerprint = fp;
-                        e.config_fingerprint = cfg_fp;
-                    }
-                    Err(failure) => {
-                        let msg = failure.reason.clone();
-                        any_failed = true;
-                        failed.push((v, failure));
-                        tracing::error!(model = %name, version = v, "load failed: {msg}");
-                        if e.runner.is_some() {
-                            // Keep serving the loaded copy; remember the files so an unchanged
-                            // broken copy is not retried on every poll.
-                            e.reason =
-                                format!("reload failed, still serving the previous load: {msg}");
-                        } else {
-                            e.state = VersionState::Unavailable;
-                            e.reason = msg;
-                        }
-                        e.fingerprint = fp;
-                        e.config_fingerprint = cfg_fp;
-                    }
-                }
-            }
-            if !any_failed {
-                for (v, e) in entry.versions.iter_mut() {
-                    if !targets.contains(v)
-                        && let Some(r) = e.runner.take()
-                    {
-                        e.state = VersionState::Unloading;
-                        e.reason.clear();
-                        retired.push((*v, r));
-                    }
-                }
-            }
-            // Forget versions whose folders are gone and that hold nothing.
-            entry.versions.retain(|v, e| {
-                dir.versions.contains_key(v)
-                    || e.runner.is_some()
-                    || e.state == VersionState::Unloading
-            });
-        }
+            let settled = entry.settle(results, &targets);
+            entry.forget_missing(|v| dir.versions.contains_key(&v));
+            settled
+        };
         self.retire(name, replaced, false);
         self.retire(name, retired, true);
         Ok(failed)
