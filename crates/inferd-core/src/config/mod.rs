@@ -2,10 +2,12 @@
 //!
 //! - [`pbtxt`]: protobuf text format parser (untyped tree with positions).
 //! - [`model`]: the typed config and version policy.
-//! - [`read`]: tree -> typed config, with file/line/field diagnostics.
+//! - [`read`]: tree -> typed config, with file/line/field diagnostics (the field reader and
+//!   diagnostics live in `fields.rs`).
 //! - [`complete`]: auto-complete from the model file, and validation.
 
 pub mod complete;
+mod fields;
 pub mod model;
 pub mod pbtxt;
 pub mod read;
