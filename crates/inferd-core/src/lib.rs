@@ -19,6 +19,7 @@
 //! - [`error`]: the engine's error type.
 
 pub mod artifact;
+pub mod assembly;
 pub mod backend;
 pub mod batching;
 pub mod config;

@@ -9,13 +9,12 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::assembly::{merge_inputs, split_outputs};
 use crate::backend::{BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::request::{PreparedRequest, finish_outputs};
-use crate::scheduler::{
-    ComputeBudget, Job, Scheduler, SchedulerSettings, merge_inputs, split_outputs,
-};
+use crate::scheduler::{ComputeBudget, Job, Scheduler, SchedulerSettings};
 use crate::stats::{ExecutionTimes, VersionStats};
 
 /// Server-wide settings every version's executor shares.
