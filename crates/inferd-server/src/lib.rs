@@ -67,6 +67,9 @@ pub struct ServerOptions {
     /// After shutdown is asked (readiness turns false at once), the listeners stay open this
     /// long so load balancers stop sending first.
     pub drain_delay: Duration,
+    /// After the drain delay, how long admitted requests may take to finish before the process
+    /// exits anyway (Triton's `--exit-timeout-secs`).
+    pub exit_timeout: Duration,
     /// After each HTTP request, keep one async worker polling this long instead of parking
     /// (see [`spin`]); zero disables. gRPC does not engage it: measured with perf_analyzer on
     /// the same two cores, it cost gRPC about as much as it gained HTTP.
@@ -207,10 +210,38 @@ impl BoundServer {
             );
             tokio::time::sleep(self.opts.drain_delay).await;
         }
-        tracing::info!("closing the listeners: finishing the requests in flight");
+        // New requests are refused (503 / UNAVAILABLE, saying why) while the admitted ones
+        // finish, up to --exit-timeout-secs; then the listeners close.
+        self.engine.refuse_new_requests();
+        let deadline = tokio::time::Instant::now() + self.opts.exit_timeout;
+        let waiting = self.engine.inflight();
+        if waiting > 0 {
+            tracing::info!(
+                "refusing new requests; waiting up to {:?} (--exit-timeout-secs) for {waiting} in flight",
+                self.opts.exit_timeout
+            );
+        }
+        while self.engine.inflight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.engine.inflight();
+        if left > 0 {
+            tracing::warn!("exit timeout: {left} requests still in flight are dropped");
+        }
+        tracing::info!("closing the listeners");
         let _ = tx.send(true);
-        let http_res = http_task.await;
-        let grpc_res = grpc_task.await;
+        // Connections close as their last answers go out; past the deadline, they are dropped.
+        let grace = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(500));
+        let (http_res, grpc_res) =
+            match tokio::time::timeout(grace, async { (http_task.await, grpc_task.await) }).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("connections still open at the exit timeout are dropped");
+                    (Ok(Ok(())), Ok(Ok(())))
+                }
+            };
         health_task.abort();
         spin_task.abort();
         if let Ok(Err(e)) = http_res {

@@ -7,6 +7,7 @@ mod settings;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -129,7 +130,18 @@ fn default_repository() -> Result<PathBuf> {
     )
 }
 
+/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
 async fn shutdown_signal() {
+    first_signal().await;
+    tracing::info!("shutting down: draining in-flight requests (a second signal exits now)");
+    tokio::spawn(async {
+        first_signal().await;
+        tracing::warn!("second signal: exiting now, without waiting for requests in flight");
+        std::process::exit(1);
+    });
+}
+
+async fn first_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -145,7 +157,6 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: draining in-flight requests");
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
@@ -192,9 +203,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
         "serving"
     );
     // Health and metadata answer while models load; readiness turns true after startup loads.
-    let serving = tokio::spawn(server.serve(shutdown_signal()));
-    engine.start().await.context("startup failed")?;
-    tracing::info!(ready = engine.is_ready(), "startup loading finished");
+    let mut serving = tokio::spawn(server.serve(shutdown_signal()));
+    // A signal during startup loading ends the server without waiting for the loads.
+    tokio::select! {
+        started = engine.start() => {
+            started.context("startup failed")?;
+            tracing::info!(ready = engine.is_ready(), "startup loading finished");
+        }
+        done = &mut serving => {
+            done.context("server task failed")??;
+            tracing::info!("stopped during startup loading");
+            return Ok(());
+        }
+    }
     serving.await.context("server task failed")??;
     Ok(())
 }
@@ -398,7 +419,13 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(serve(*a))),
+            .and_then(|rt| {
+                let r = rt.block_on(serve(*a));
+                // Loads still running on blocking threads (a signal during startup) are not
+                // waited for.
+                rt.shutdown_timeout(Duration::from_millis(200));
+                r
+            }),
         Command::Inspect { file, tensor } => inspect(&file, &tensor),
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));

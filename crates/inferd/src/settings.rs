@@ -119,6 +119,10 @@ pub(crate) struct ServeArgs {
         default_value_t = 256
     )]
     pub(crate) grpc_max_concurrent_streams: u32,
+    /// Seconds, after the drain delay, that requests already admitted may take to finish
+    /// (new ones get 503 / UNAVAILABLE meanwhile); then the process exits anyway.
+    #[arg(long, env = "INFERD_EXIT_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub(crate) exit_timeout_secs: f64,
     /// Seconds an unloaded (or replaced) model version may take to finish its requests; then
     /// the ones still queued are failed with UNAVAILABLE and the version stops.
     #[arg(long, env = "INFERD_MODEL_UNLOAD_TIMEOUT_SECS", default_value_t = 30.0)]
@@ -391,6 +395,7 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         )?,
         grpc_max_concurrent_streams: a.grpc_max_concurrent_streams,
         drain_delay: seconds(a, "drain-delay-secs", a.drain_delay_secs, 0.0)?,
+        exit_timeout: seconds(a, "exit-timeout-secs", a.exit_timeout_secs, 0.0)?,
         spin: Duration::from_micros(a.network_spin_us),
     })
 }

@@ -178,6 +178,8 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     started: AtomicBool,
     stopping: AtomicBool,
+    /// Past the drain delay: new inference requests are refused.
+    refusing: AtomicBool,
     budget: Arc<ComputeBudget>,
 }
 
@@ -209,6 +211,7 @@ impl Engine {
                 locks: Mutex::new(HashMap::new()),
                 started: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
+                refusing: AtomicBool::new(false),
                 budget,
             }),
         }
@@ -274,6 +277,25 @@ impl Engine {
     /// Stops polling and marks the engine as shutting down (not ready).
     pub fn begin_shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
+    }
+
+    /// Refuses every new inference request from now on (UNAVAILABLE: the server is shutting
+    /// down); requests already admitted run to the end.
+    pub fn refuse_new_requests(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.refusing.store(true, Ordering::Release);
+    }
+
+    /// Inference requests admitted and not yet answered, across every model and version.
+    pub fn inflight(&self) -> usize {
+        self.inner.models.read().map_or(0, |models| {
+            models
+                .values()
+                .flat_map(|m| m.versions.values())
+                .filter_map(|v| v.runner.as_ref())
+                .map(|r| r.inflight())
+                .sum()
+        })
     }
 
     /// Live: the process is up and answering.

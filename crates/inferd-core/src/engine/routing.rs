@@ -41,6 +41,12 @@ impl Engine {
         version: Option<u64>,
         req: InferRequest,
     ) -> Result<(InflightGuard, PreparedRequest, String)> {
+        if self.inner.refusing.load(Ordering::Acquire) {
+            return Err(Error::Unavailable(
+                "the server is shutting down and takes no new requests; retry on another replica"
+                    .into(),
+            ));
+        }
         let guard = self.route(model, version)?;
         let id = req.id.clone();
         let runner = guard.runner();
