@@ -80,7 +80,7 @@ class Inferd:
         self.log = open(self.log_path, "w")
         cmd = [str(TARGET / "dist/inferd"), "serve", "--model-repository", str(repo),
                "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",
-               *extra]
+               "--metrics-port", "0", *extra]
         commands.append(" ".join(cmd))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         addrs = {}

@@ -124,6 +124,7 @@ class InferdServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.http_host = self.grpc_host = ""
         self.http_port = self.grpc_port = 0
+        self.metrics_url = ""  # http://host:port of the metrics listener, when it has one
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class InferdServer:
                 # No pause between SIGTERM and closing (--drain-delay-secs) unless a test sets one.
                 env={
                     "INFERD_DRAIN_DELAY_SECS": "0",
+                    # Never the default 8002: tests run servers side by side.
+                    "INFERD_METRICS_PORT": "0",
                     **os.environ,
                     "RUST_BACKTRACE": os.environ.get("RUST_BACKTRACE", "1"),
                 },
@@ -184,6 +187,8 @@ class InferdServer:
                     raise TimeoutError(f"no '... listening on HOST:PORT' line on stdout for {missing}")
                 time.sleep(0.05)
         self.http_host, self.http_port = found["http"]["host"], int(found["http"]["port"])
+        if m := re.search(r"^Metrics listening on (\S+)\s*$", text, re.M):
+            self.metrics_url = f"http://{m.group(1)}"
         self.grpc_host, self.grpc_port = found["grpc"]["host"], int(found["grpc"]["port"])
         if self.http_port == 0 or self.grpc_port == 0:
             raise AssertionError("server printed port 0 instead of the bound ephemeral port")

@@ -15,7 +15,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::request::{PreparedRequest, finish_outputs};
 use crate::scheduler::{ComputeBudget, Job, Scheduler, SchedulerSettings};
-use crate::stats::{ExecutionTimes, VersionStats};
+use crate::stats::{ExecutionTimes, FailureReason, VersionStats};
 
 /// Server-wide settings every version's executor shares.
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ pub struct VersionRunner {
     stats: Arc<Mutex<VersionStats>>,
     inflight: AtomicUsize,
     idle: Notify,
+    /// How long loading took (backend load, auto-complete, warm-up), in nanoseconds.
+    load_ns: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for VersionRunner {
@@ -120,6 +122,7 @@ impl VersionRunner {
             stats,
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
+            load_ns: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -174,6 +177,17 @@ impl VersionRunner {
         req: PreparedRequest,
         spin: std::time::Duration,
     ) -> Result<Vec<NamedTensor>> {
+        let start = Instant::now();
+        let r = self.infer_unrecorded(req, spin).await;
+        self.record(start, &r);
+        r
+    }
+
+    async fn infer_unrecorded(
+        &self,
+        req: PreparedRequest,
+        spin: std::time::Duration,
+    ) -> Result<Vec<NamedTensor>> {
         let mut rx = self.submit(req)?;
         // At low load (this the only request on the version), keep polling for the result for
         // up to `spin` instead of letting the runtime's worker park: a parked worker takes
@@ -197,17 +211,29 @@ impl VersionRunner {
         rx.await.unwrap_or_else(|_| Err(self.dropped()))
     }
 
-    /// Queues a request; a refusal (queue full, closed) counts as a failed request.
+    /// Counts how a request ended (every request is counted once, here).
+    fn record(&self, start: Instant, r: &Result<Vec<NamedTensor>>) {
+        let outcome = r.as_ref().map(|_| ()).map_err(FailureReason::of);
+        self.record_outcome(outcome, start.elapsed());
+    }
+
+    /// Counts a request that ended before or outside the queue (e.g. refused by validation).
+    pub fn record_outcome(
+        &self,
+        outcome: std::result::Result<(), FailureReason>,
+        total: std::time::Duration,
+    ) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.record_outcome(outcome, total);
+        }
+    }
+
+    /// Queues a request.
     fn submit(
         &self,
         req: PreparedRequest,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<NamedTensor>>>> {
-        let start = Instant::now();
-        self.scheduler.submit(req).inspect_err(|_| {
-            if let Ok(mut s) = self.stats.lock() {
-                s.record_request(false, start.elapsed(), None);
-            }
-        })
+        self.scheduler.submit(req)
     }
 
     fn dropped(&self) -> Error {
@@ -222,6 +248,17 @@ impl VersionRunner {
     /// that window costs no thread wake-up (~80 us on a VM). Never blocks an async runtime's
     /// worker: do not call it from async code (use `infer().await` there).
     pub fn infer_blocking(
+        &self,
+        req: PreparedRequest,
+        spin: std::time::Duration,
+    ) -> Result<Vec<NamedTensor>> {
+        let start = Instant::now();
+        let r = self.infer_blocking_unrecorded(req, spin);
+        self.record(start, &r);
+        r
+    }
+
+    fn infer_blocking_unrecorded(
         &self,
         req: PreparedRequest,
         spin: std::time::Duration,
@@ -249,6 +286,17 @@ impl VersionRunner {
             }
             notified.await;
         }
+    }
+
+    /// Notes how long loading this version took.
+    pub fn set_load_duration(&self, d: std::time::Duration) {
+        self.load_ns
+            .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// How long loading this version took.
+    pub fn load_duration(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.load_ns.load(Ordering::Relaxed))
     }
 
     /// Closes the queue and fails the requests still waiting in it with `error`; returns how
@@ -363,19 +411,18 @@ impl Executor {
 
     /// Records statistics and answers every job of a batch.
     fn deliver(&self, jobs: Vec<Job>, result: Result<Executed>, started: Instant) {
-        let done = Instant::now();
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(ex) => {
                 stats.record_execution(ex.times);
                 for (job, out) in jobs.into_iter().zip(ex.per_job) {
-                    stats.record_request(true, done - job.enqueued, Some(started - job.enqueued));
+                    stats.record_queue(started - job.enqueued);
                     self.scheduler.complete(job, Ok(out));
                 }
             }
             Err(e) => {
                 for job in jobs {
-                    stats.record_request(false, done - job.enqueued, Some(started - job.enqueued));
+                    stats.record_queue(started - job.enqueued);
                     self.scheduler.complete(job, Err(e.clone()));
                 }
             }

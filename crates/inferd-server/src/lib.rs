@@ -10,6 +10,7 @@
 //! - [`coalesce`]: gathers a gRPC connection's writes: an answer's frames leave in one write.
 //! - [`listen`]: the HTTP accept loop: connection cap, head/body/idle timeouts.
 //! - [`admission`]: the server-wide count of inference requests in flight.
+//! - [`metrics`]: the Prometheus page, on `--metrics-port` and at `/metrics` on the HTTP port.
 
 pub mod admission;
 pub mod coalesce;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod spin;
 
 use std::future::Future;
@@ -48,6 +50,8 @@ pub struct ServerOptions {
     pub http_addr: SocketAddr,
     /// gRPC listen address (port 0 picks one).
     pub grpc_addr: SocketAddr,
+    /// Metrics listen address (port 0 picks one); `None` serves metrics on the HTTP port only.
+    pub metrics_addr: Option<SocketAddr>,
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     pub max_body_bytes: usize,
     /// Inference requests in flight at once (HTTP and gRPC together); 503 / RESOURCE_EXHAUSTED
@@ -82,6 +86,7 @@ pub struct BoundServer {
     opts: ServerOptions,
     http: TcpListener,
     grpc: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -89,11 +94,16 @@ impl BoundServer {
     pub async fn bind(engine: Engine, opts: ServerOptions) -> std::io::Result<Self> {
         let http = TcpListener::bind(opts.http_addr).await?;
         let grpc = TcpListener::bind(opts.grpc_addr).await?;
+        let metrics = match opts.metrics_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         Ok(BoundServer {
             engine,
             opts,
             http,
             grpc,
+            metrics,
         })
     }
 
@@ -107,6 +117,11 @@ impl BoundServer {
         self.grpc.local_addr()
     }
 
+    /// The bound metrics address, when metrics have a listener of their own.
+    pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.metrics.as_ref().map(|l| l.local_addr()).transpose()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
     pub async fn serve(
         self,
@@ -118,11 +133,24 @@ impl BoundServer {
         let spinner = spin::Spinner::new(self.opts.spin);
         let spin_task = tokio::spawn(spinner.clone().run());
         let guard_spinner = spinner.clone();
+        let metrics = std::sync::Arc::new(metrics::Metrics::new(self.engine.clone()));
+        let metrics_task = self.metrics.map(|listener| {
+            let app = metrics::router(metrics.clone());
+            let mut stop = rx.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|v| *v).await;
+                    })
+                    .await
+            })
+        });
         let app = http::router(http::HttpState {
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
             inflight: inflight.clone(),
             read_timeout: self.opts.http.read_timeout,
+            metrics,
         })
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -244,6 +272,9 @@ impl BoundServer {
             };
         health_task.abort();
         spin_task.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         if let Ok(Err(e)) = http_res {
             return Err(e);
         }

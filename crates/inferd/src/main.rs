@@ -183,9 +183,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let http = server.http_addr()?;
     let grpc = server.grpc_addr()?;
     // For scripts and tests that bind port 0. A closed stdout must not stop the server.
+    let metrics = server.metrics_addr()?;
     let announce = {
         let mut out = std::io::stdout().lock();
         writeln!(out, "HTTP listening on {http}")
+            .and_then(|_| match metrics {
+                Some(m) => writeln!(out, "Metrics listening on {m}"),
+                None => Ok(()),
+            })
             .and_then(|_| writeln!(out, "gRPC listening on {grpc}"))
             .and_then(|_| out.flush())
     };

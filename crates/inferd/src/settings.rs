@@ -44,6 +44,17 @@ pub(crate) struct ServeArgs {
     /// gRPC port (0 picks a free one).
     #[arg(long, env = "INFERD_GRPC_PORT", default_value_t = 8001)]
     pub(crate) grpc_port: u16,
+    /// Port of the Prometheus metrics listener (0 picks a free one); the same page is also at
+    /// /metrics on the HTTP port.
+    #[arg(long, env = "INFERD_METRICS_PORT", default_value_t = 8002)]
+    pub(crate) metrics_port: u16,
+    /// Metrics listen address.
+    #[arg(long, env = "INFERD_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    pub(crate) metrics_address: IpAddr,
+    /// Serve metrics on their own listener (--metrics-port); false keeps them on the HTTP port
+    /// only.
+    #[arg(long, env = "INFERD_ALLOW_METRICS", default_value_t = true, action = ArgAction::Set)]
+    pub(crate) allow_metrics: bool,
     /// HTTP listen address.
     #[arg(long, env = "INFERD_HTTP_ADDRESS", default_value = "0.0.0.0")]
     pub(crate) http_address: IpAddr,
@@ -373,6 +384,9 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
     Ok(ServerOptions {
         http_addr: SocketAddr::new(a.http_address, a.http_port),
         grpc_addr: SocketAddr::new(a.grpc_address, a.grpc_port),
+        metrics_addr: a
+            .allow_metrics
+            .then(|| SocketAddr::new(a.metrics_address, a.metrics_port)),
         max_body_bytes: a.http_max_body_bytes,
         max_inflight: a.max_inflight_requests,
         max_connections: a.max_connections,

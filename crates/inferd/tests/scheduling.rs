@@ -133,7 +133,7 @@ fn full_queue_answers_503_with_retry_after_at_once() {
         "inferd_batch_size_bucket{model=\"held\",version=\"1\",le=\"2\"} 1",
         "inferd_batch_size_count{model=\"held\",version=\"1\"} 1",
         "inferd_queue_depth{model=\"held\",version=\"1\"} 0",
-        "inferd_request_failure_total{model=\"held\",version=\"1\"} 1",
+        "inferd_request_failure_total{model=\"held\",version=\"1\",reason=\"rejected\"} 1",
         "inferd_request_success_total{model=\"held\",version=\"1\"} 2",
     ] {
         assert!(

@@ -80,6 +80,29 @@ impl Engine {
         Ok(out)
     }
 
+    /// What a metrics page shows of every version the engine knows, loaded or not.
+    pub fn metrics_snapshot(&self) -> Vec<VersionMetrics> {
+        let Ok(models) = self.inner.models.read() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, entry) in models.iter() {
+            for (v, e) in &entry.versions {
+                let r = e.runner.as_ref();
+                out.push(VersionMetrics {
+                    model: name.clone(),
+                    version: *v,
+                    state: e.state,
+                    queue_depth: r.map_or(0, |r| r.queue_depth()),
+                    inflight: r.map_or(0, |r| r.inflight()),
+                    load_duration: r.map(|r| r.load_duration()),
+                    stats: r.map(|r| r.stats()),
+                });
+            }
+        }
+        out
+    }
+
     /// Live load of every ready version: (model, version, queue depth, requests in flight).
     pub fn load_gauges(&self) -> Vec<(String, u64, usize, usize)> {
         let Ok(models) = self.inner.models.read() else {

@@ -180,7 +180,9 @@ impl Engine {
         dir: &Path,
         parsed: ParsedConfig,
     ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
+        let start = std::time::Instant::now();
         self.load_version_inner(name, version, dir, parsed)
+            .inspect(|r| r.set_load_duration(start.elapsed()))
             .map_err(|f| LoadFailure {
                 reason: relative_to(&self.inner.opts.repository, &f.reason),
                 ..f

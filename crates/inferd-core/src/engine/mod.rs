@@ -130,6 +130,14 @@ pub enum VersionState {
 }
 
 impl VersionState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [VersionState; 4] = [
+        VersionState::Loading,
+        VersionState::Ready,
+        VersionState::Unloading,
+        VersionState::Unavailable,
+    ];
+
     /// Triton's name for the state.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -152,6 +160,25 @@ pub struct IndexEntry {
     pub state: Option<VersionState>,
     /// Why, when not ready.
     pub reason: String,
+}
+
+/// One version as a metrics page sees it.
+#[derive(Clone, Debug)]
+pub struct VersionMetrics {
+    /// Model name.
+    pub model: String,
+    /// Version.
+    pub version: u64,
+    /// Lifecycle state.
+    pub state: VersionState,
+    /// Requests waiting in its queue.
+    pub queue_depth: usize,
+    /// Requests holding it (queued or running).
+    pub inflight: usize,
+    /// How long its load took, while a loaded copy exists.
+    pub load_duration: Option<Duration>,
+    /// Its statistics, while a loaded copy exists.
+    pub stats: Option<VersionStats>,
 }
 
 /// What the metadata endpoints describe.
@@ -187,6 +214,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("repository", &self.inner.opts.repository)
+            .finish_non_exhaustive()
+    }
 }
 
 fn lock_err<T>(_: T) -> Error {

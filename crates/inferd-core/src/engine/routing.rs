@@ -47,17 +47,22 @@ impl Engine {
                     .into(),
             ));
         }
+        let start = std::time::Instant::now();
         let guard = self.route(model, version)?;
         let id = req.id.clone();
         let runner = guard.runner();
-        let prepared = prepare(model, runner.config(), req)?;
-        check_model_shapes(
-            model,
-            runner.config().batches(),
-            runner.signature(),
-            &prepared,
-        )?;
-        Ok((guard, prepared, id))
+        let prepared = prepare(model, runner.config(), req).and_then(|p| {
+            check_model_shapes(model, runner.config().batches(), runner.signature(), &p)?;
+            Ok(p)
+        });
+        match prepared {
+            Ok(p) => Ok((guard, p, id)),
+            Err(e) => {
+                // Routed to a version but refused by validation: that version counts it.
+                runner.record_outcome(Err(crate::stats::FailureReason::of(&e)), start.elapsed());
+                Err(e)
+            }
+        }
     }
 
     /// How long a caller polls for its result before sleeping: as long as the batcher may hold

@@ -2,11 +2,9 @@
 //! (binary tensor data, model configuration, model repository, statistics).
 //!
 //! - [`codec`]: the inference body (JSON + binary tensor extension).
-//! - [`metrics`]: the Prometheus metrics page.
 //! - [`openai`]: OpenAI-compatible `/v1/embeddings` and `/v1/models`.
 
 pub mod codec;
-pub mod metrics;
 pub mod openai;
 
 use axum::body::Body;
@@ -41,6 +39,8 @@ pub struct HttpState {
     pub inflight: std::sync::Arc<tokio::sync::Semaphore>,
     /// Deadline for a request body, from the moment its handler starts (408 past it).
     pub read_timeout: std::time::Duration,
+    /// The metrics page (also on its own listener).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -159,13 +159,9 @@ async fn read_body_limited(body: Body, limit: usize, headers: &HeaderMap) -> Api
     }
 }
 
+/// The same page as the metrics listener's.
 async fn metrics_page(State(s): State<HttpState>) -> Response {
-    let mut r = Response::new(Body::from(metrics::render(&s.engine)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    r
+    s.metrics.response()
 }
 
 async fn server_metadata() -> Json<Value> {

@@ -53,6 +53,8 @@ impl Server {
         let mut child = Command::new(BIN)
             // No pause between SIGTERM and closing unless a test asks for one.
             .env("INFERD_DRAIN_DELAY_SECS", "0")
+            // Never the default 8002: tests run servers side by side.
+            .env("INFERD_METRICS_PORT", "0")
             .envs(env.iter().copied())
             .args(["serve", "--model-repository"])
             .arg(repo)
@@ -174,6 +176,7 @@ impl Drop for Server {
 pub fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .env("INFERD_DRAIN_DELAY_SECS", "0")
+        .env("INFERD_METRICS_PORT", "0")
         .args([
             "serve",
             "--http-address",
