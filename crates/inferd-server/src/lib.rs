@@ -10,6 +10,7 @@
 //! - [`coalesce`]: gathers a gRPC connection's writes: an answer's frames leave in one write.
 //! - [`listen`]: the HTTP accept loop: connection cap, head/body/idle timeouts.
 //! - [`admission`]: the server-wide count of inference requests in flight.
+//! - [`request_id`]: `x-request-id` and `traceparent` on every answer and in every log line.
 //! - [`metrics`]: the Prometheus page, on `--metrics-port` and at `/metrics` on the HTTP port.
 
 pub mod admission;
@@ -19,6 +20,7 @@ pub mod grpc;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod request_id;
 pub mod spin;
 
 use std::future::Future;
@@ -152,6 +154,7 @@ impl BoundServer {
             read_timeout: self.opts.http.read_timeout,
             metrics,
         })
+        .layer(request_id::RequestIdLayer)
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let guard = guard_spinner.guard();
@@ -219,6 +222,7 @@ impl BoundServer {
         let grpc_max_streams = self.opts.grpc_max_concurrent_streams;
         let grpc_task = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .layer(request_id::RequestIdLayer)
                 .http2_keepalive_interval(Some(grpc_keepalive_time))
                 .http2_keepalive_timeout(Some(grpc_keepalive_timeout))
                 .max_concurrent_streams(Some(grpc_max_streams))

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use inferd_core::{Backend, Engine, EngineOptions};
 use inferd_server::BoundServer;
 use settings::{
-    OnnxBackend, ServeArgs, engine_options, network_threads, parse_cli, server_options,
+    LogFormat, OnnxBackend, ServeArgs, engine_options, network_threads, parse_cli, server_options,
 };
 
 #[cfg(feature = "mimalloc")]
@@ -128,6 +128,27 @@ fn default_repository() -> Result<PathBuf> {
         "no model repository: pass --model-repository DIR (or set INFERD_MODEL_REPOSITORY); \
          the default, examples/models, is not under {cwd}"
     )
+}
+
+/// Logs to stderr, filtered by `INFERD_LOG` (a `tracing` filter, default `info`): text, coloured
+/// only for a person at a terminal, or one JSON object per line for log collectors.
+fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
@@ -399,15 +420,6 @@ fn main() -> std::process::ExitCode {
     // Before any thread exists (see the function's contract).
     #[cfg(feature = "candle")]
     inferd_candle::confine_candle_threads();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = match parse_cli(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
@@ -415,6 +427,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let json = matches!(&cli.command, Command::Serve(a) if a.log_format == LogFormat::Json);
+    init_logging(json);
     let result = match cli.command {
         Command::Serve(a) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(network_threads(

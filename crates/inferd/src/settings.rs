@@ -28,6 +28,15 @@ pub(crate) enum OnnxBackend {
     Onnxruntime,
 }
 
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (fields, span with the request id), for log collectors.
+    Json,
+}
+
 /// Server settings: one schema for flags, environment and the `--config` file.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ServeArgs {
@@ -142,6 +151,9 @@ pub(crate) struct ServeArgs {
     /// load balancers stop sending before the server stops accepting.
     #[arg(long, env = "INFERD_DRAIN_DELAY_SECS", default_value_t = 5.0)]
     pub(crate) drain_delay_secs: f64,
+    /// Log lines as text or JSON (one object per line).
+    #[arg(long, env = "INFERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     /// Which backend runs ONNX models; a model's config parameter `onnx_backend` overrides it.
     #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
     pub(crate) onnx_backend: OnnxBackend,
