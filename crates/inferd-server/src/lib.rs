@@ -11,6 +11,7 @@
 //! - [`listen`]: the HTTP accept loop: connection cap, head/body/idle timeouts.
 //! - [`admission`]: the server-wide count of inference requests in flight.
 //! - [`request_id`]: `x-request-id` and `traceparent` on every answer and in every log line.
+//! - [`tls`]: TLS and mutual TLS on both listeners, reloaded on SIGHUP or file change.
 //! - [`metrics`]: the Prometheus page, on `--metrics-port` and at `/metrics` on the HTTP port.
 
 pub mod admission;
@@ -22,6 +23,7 @@ pub mod listen;
 pub mod metrics;
 pub mod request_id;
 pub mod spin;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,6 +78,8 @@ pub struct ServerOptions {
     /// After the drain delay, how long admitted requests may take to finish before the process
     /// exits anyway (Triton's `--exit-timeout-secs`).
     pub exit_timeout: Duration,
+    /// TLS for the HTTP and gRPC listeners (the metrics listener stays plain).
+    pub tls: Option<std::sync::Arc<tls::Tls>>,
     /// After each HTTP request, keep one async worker polling this long instead of parking
     /// (see [`spin`]); zero disables. gRPC does not engage it: measured with perf_analyzer on
     /// the same two cores, it cost gRPC about as much as it gained HTTP.
@@ -168,11 +172,13 @@ impl BoundServer {
         let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(
             self.opts.max_connections.max(1),
         ));
+        let tls_task = self.opts.tls.clone().map(|t| tokio::spawn(t.watch()));
         let http_task = tokio::spawn(listen::serve_http(
             self.http,
             app,
             self.opts.http,
             connections.clone(),
+            self.opts.tls.clone(),
             rx.clone(),
         ));
 
@@ -207,14 +213,12 @@ impl BoundServer {
         // An answer's frames, and answers finished together, leave in one write (see
         // [`coalesce`]).
         // Each connection holds a --max-connections slot until it closes; past the cap it is
-        // closed as it arrives.
-        let incoming = tokio_stream::StreamExt::filter_map(
-            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
-            move |conn| match conn {
-                Ok(tcp) => listen::admit_connection(&connections)
-                    .map(|slot| Ok(coalesce::Coalescing::new(listen::Counted::new(tcp, slot)))),
-                Err(e) => Some(Err(e)),
-            },
+        // closed as it arrives. With TLS, handshakes run concurrently off the accept loop.
+        let incoming = grpc_incoming(
+            self.grpc,
+            connections,
+            self.opts.tls.clone(),
+            self.opts.http.read_timeout,
         );
         let mut rx_grpc = rx.clone();
         let grpc_keepalive_time = self.opts.grpc_keepalive_time;
@@ -279,6 +283,9 @@ impl BoundServer {
         if let Some(t) = metrics_task {
             t.abort();
         }
+        if let Some(t) = tls_task {
+            t.abort();
+        }
         if let Ok(Err(e)) = http_res {
             return Err(e);
         }
@@ -287,4 +294,59 @@ impl BoundServer {
         }
         Ok(())
     }
+}
+
+/// A gRPC connection: counted against `--max-connections`, TLS when configured.
+type GrpcConn = coalesce::Coalescing<listen::Counted<tls::MaybeTls>>;
+
+/// The gRPC listener's accepted connections, ready for tonic.
+fn grpc_incoming(
+    listener: TcpListener,
+    connections: std::sync::Arc<tokio::sync::Semaphore>,
+    tls: Option<std::sync::Arc<tls::Tls>>,
+    handshake_timeout: Duration,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<GrpcConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!("accepting a gRPC connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Some(slot) = listen::admit_connection(&connections) else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            match &tls {
+                None => {
+                    let conn = listen::Counted::new(tls::MaybeTls::Plain(tcp), slot);
+                    if tx.send(Ok(coalesce::Coalescing::new(conn))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let acceptor = tls.grpc_acceptor();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                let conn = listen::Counted::new(
+                                    tls::MaybeTls::Tls(Box::new(stream)),
+                                    slot,
+                                );
+                                let _ = tx.send(Ok(coalesce::Coalescing::new(conn))).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!("gRPC TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

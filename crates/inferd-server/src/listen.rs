@@ -27,7 +27,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -61,6 +61,7 @@ pub(crate) async fn serve_http(
     app: Router,
     limits: HttpLimits,
     connections: Arc<Semaphore>,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut tasks = JoinSet::new();
@@ -83,7 +84,23 @@ pub(crate) async fn serve_http(
                 };
                 // Small request/response exchanges: never wait on Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
-                tasks.spawn(serve_connection(tcp, app.clone(), limits, permit, shutdown.clone()));
+                let (app, stop) = (app.clone(), shutdown.clone());
+                match &tls {
+                    None => {
+                        tasks.spawn(serve_connection(tcp, app, limits, permit, stop));
+                    }
+                    Some(tls) => {
+                        let acceptor = tls.http_acceptor();
+                        tasks.spawn(async move {
+                            // The handshake is part of the head: it gets the read timeout.
+                            match tokio::time::timeout(limits.read_timeout, acceptor.accept(tcp)).await {
+                                Ok(Ok(stream)) => serve_connection(stream, app, limits, permit, stop).await,
+                                Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
@@ -115,13 +132,15 @@ pub(crate) fn admit_connection(connections: &Arc<Semaphore>) -> Option<OwnedSema
     }
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
+async fn serve_connection<I>(
+    tcp: I,
     app: Router,
     limits: HttpLimits,
     _permit: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
         inner: tcp,
@@ -358,12 +377,12 @@ impl hyper::body::Body for Guarded {
 }
 
 /// The socket, noting reads and blocked writes in the connection's [`Activity`].
-struct Tracked {
-    inner: TcpStream,
+struct Tracked<I> {
+    inner: I,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -378,7 +397,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

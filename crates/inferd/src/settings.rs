@@ -151,6 +151,16 @@ pub(crate) struct ServeArgs {
     /// load balancers stop sending before the server stops accepting.
     #[arg(long, env = "INFERD_DRAIN_DELAY_SECS", default_value_t = 5.0)]
     pub(crate) drain_delay_secs: f64,
+    /// PEM certificate chain: serve HTTP and gRPC over TLS (with --tls-key-file). Re-read on
+    /// SIGHUP and when the files change.
+    #[arg(long, env = "INFERD_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "INFERD_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "INFERD_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
     /// Log lines as text or JSON (one object per line).
     #[arg(long, env = "INFERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
@@ -423,7 +433,22 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         drain_delay: seconds(a, "drain-delay-secs", a.drain_delay_secs, 0.0)?,
         exit_timeout: seconds(a, "exit-timeout-secs", a.exit_timeout_secs, 0.0)?,
         spin: Duration::from_micros(a.network_spin_us),
+        tls: tls(a)?,
     })
+}
+
+/// The TLS files, read and checked now, so a bad one stops the start naming it.
+fn tls(a: &ServeArgs) -> Result<Option<std::sync::Arc<inferd_server::tls::Tls>>> {
+    let (Some(cert), Some(key)) = (&a.tls_cert_file, &a.tls_key_file) else {
+        return Ok(None);
+    };
+    let files = inferd_server::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: a.tls_client_ca_file.clone(),
+    };
+    let tls = inferd_server::tls::Tls::load(files).map_err(|e| anyhow!("TLS: {e}"))?;
+    Ok(Some(std::sync::Arc::new(tls)))
 }
 
 #[cfg(test)]
