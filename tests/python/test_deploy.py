@@ -1,0 +1,158 @@
+"""The Kubernetes manifests (deploy/kubernetes) and the Grafana dashboard (deploy/grafana):
+every kustomization renders with `kubectl kustomize` and passes `kubernetes-validate --strict`;
+the probes, grace period and ports agree with the server's flags; and every metric named by
+the dashboard, the HPA rule and the KEDA trigger is one a running inferd really exports.
+
+Kinds without a schema in kubernetes-validate (ServiceMonitor, ScaledObject, Knative Service,
+ClusterServingRuntime) are checked here by structure instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "deploy" / "kubernetes"
+DASHBOARD = ROOT / "deploy" / "grafana" / "inferd-dashboard.json"
+VARIANTS = ["base", "overlays/gpu", "overlays/mig", "overlays/hpa", "overlays/keda", "overlays/knative",
+            "overlays/kserve"]
+
+
+def render(variant: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed (it renders kustomizations offline)", pytrace=False)
+    out = subprocess.run([kubectl, "kustomize", str(KUBE / variant)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, (kind, [d["kind"] for d in docs])
+    return found[0]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_renders_and_validates_strictly(variant, tmp_path):
+    # Installed with the test requirements, beside this interpreter.
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    if not tool.exists():
+        pytest.fail("kubernetes-validate is not installed (tests/python/requirements.txt)", pytrace=False)
+    docs = render(variant)
+    f = tmp_path / "rendered.yaml"
+    f.write_text(yaml.safe_dump_all(docs))
+    out = subprocess.run([str(tool), "--strict", str(f)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ERROR" not in out.stdout and "FAIL" not in out.stdout, out.stdout
+    for d in docs:
+        assert d["metadata"].get("name"), d
+
+
+def flag(args: list[str], name: str, default: float) -> float:
+    for a in args:
+        if a.startswith(f"--{name}="):
+            return float(a.split("=", 1)[1])
+    return default
+
+
+def test_the_deployment_probes_and_grace_period_match_the_server():
+    dep = by_kind(render("base"), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][0] == "serve"
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    budget = flag(c["args"], "drain-delay-secs", 5) + flag(c["args"], "exit-timeout-secs", 30)
+    assert pod["terminationGracePeriodSeconds"] > budget
+    assert {p["containerPort"] for p in c["ports"]} == {8000, 8001, 8002}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = by_kind(render("base"), "Service")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert by_kind(render("base"), "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert by_kind(render("base"), "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_gpu_and_mig_overlays_ask_for_the_device():
+    gpu = by_kind(render("overlays/gpu"), "Deployment")["spec"]["template"]["spec"]
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu"
+    mig = by_kind(render("overlays/mig"), "Deployment")["spec"]["template"]["spec"]
+    assert mig["containers"][0]["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
+
+
+def test_custom_resources_have_their_required_structure():
+    so = by_kind(render("overlays/keda"), "ScaledObject")
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    assert so["spec"]["scaleTargetRef"]["name"] == by_kind(render("overlays/keda"), "Deployment")["metadata"]["name"]
+    assert so["spec"]["triggers"][0]["type"] == "prometheus"
+    ksvc = by_kind(render("overlays/knative"), "Service")
+    assert ksvc["apiVersion"] == "serving.knative.dev/v1"
+    assert ksvc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    rt = by_kind(render("overlays/kserve"), "ClusterServingRuntime")
+    assert rt["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert {"v2", "grpc-v2"} <= set(rt["spec"]["protocolVersions"])
+    assert {"onnx", "xgboost", "lightgbm"} <= {f["name"] for f in rt["spec"]["supportedModelFormats"]}
+    assert "--model-repository=/mnt/models" in rt["spec"]["containers"][0]["args"]
+
+
+def queries() -> list[tuple[str, str]]:
+    """Every PromQL expression shipped: (where, expression)."""
+    out = []
+    dash = json.loads(DASHBOARD.read_text())
+    for p in dash["panels"]:
+        for t in p["targets"]:
+            out.append((f"dashboard panel '{p['title']}'", t["expr"]))
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            out.append((f"dashboard variable '{v['name']}'", v["query"]))
+    keda = by_kind(render("overlays/keda"), "ScaledObject")
+    out.append(("KEDA trigger", keda["spec"]["triggers"][0]["metadata"]["query"]))
+    rules = yaml.safe_load(by_kind(render("overlays/hpa"), "ConfigMap")["data"]["config.yaml"])["rules"]
+    for r in rules:
+        out.append(("prometheus-adapter rule", r["seriesQuery"]))
+    hpa = by_kind(render("overlays/hpa"), "HorizontalPodAutoscaler")
+    out.append(("HPA metric", hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(inferd_server_factory, model_repo_factory) -> set[str]:
+    srv = inferd_server_factory(model_repo_factory(["add_sub"]))
+    body = {"inputs": [{"name": n, "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]} for n in ("INPUT0", "INPUT1")]}
+    requests.post(f"{srv.http_base}/v2/models/add_sub/infer", json=body, timeout=10).raise_for_status()
+    page = requests.get(f"{srv.metrics_url}/metrics", timeout=10).text
+    return {l.split("{")[0].split(" ")[0] for l in page.splitlines() if l and not l.startswith("#")}
+
+
+def test_every_shipped_query_names_metrics_the_server_exports(exported):
+    assert "inferd_queue_depth" in exported
+    for where, expr in queries():
+        names = set(re.findall(r"\b((?:inferd|process)_[a-z_]+)\b", expr))
+        assert names, (where, expr)
+        missing = names - exported
+        assert not missing, f"{where} names {missing}, which the server does not export: {expr}"
+
+
+def test_the_dashboard_is_well_formed():
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {v["name"] for v in dash["templating"]["list"]} >= {"datasource", "model", "job"}
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
