@@ -2,6 +2,7 @@
 //! repository. Flags use Triton's names so deployment scripts carry over; every `serve` flag can
 //! also be set through an `INFERD_*` environment variable or a TOML file (`--config`).
 
+mod alloc;
 mod settings;
 
 use std::io::Write;
@@ -16,10 +17,6 @@ use inferd_server::BoundServer;
 use settings::{
     LogFormat, OnnxBackend, ServeArgs, engine_options, network_threads, parse_cli, server_options,
 };
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -372,6 +372,7 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         queue_capacity: a.max_queue_size,
         compute_threads: a.compute_threads,
         executor_spin: Duration::from_micros(a.executor_spin_us),
+        reclaim_memory: Some(crate::alloc::reclaim),
         unload_timeout: seconds(
             a,
             "model-unload-timeout-secs",

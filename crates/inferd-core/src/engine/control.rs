@@ -127,6 +127,9 @@ impl Engine {
                 let r = runner.clone();
                 let _ = blocking(move || r.shutdown_blocking()).await;
                 drop(runner);
+                if let Some(reclaim) = this.inner.opts.reclaim_memory {
+                    let _ = blocking(reclaim).await;
+                }
                 tracing::info!(model = %name, version = v, "unloaded");
                 if mark
                     && let Ok(mut models) = this.inner.models.write()

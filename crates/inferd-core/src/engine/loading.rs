@@ -181,7 +181,12 @@ impl Engine {
         parsed: ParsedConfig,
     ) -> std::result::Result<Arc<VersionRunner>, LoadFailure> {
         let start = std::time::Instant::now();
-        self.load_version_inner(name, version, dir, parsed)
+        let loaded = self.load_version_inner(name, version, dir, parsed);
+        // The load's temporaries (file bytes, parsed graphs) were freed on this thread.
+        if let Some(reclaim) = self.inner.opts.reclaim_memory {
+            reclaim();
+        }
+        loaded
             .inspect(|r| r.set_load_duration(start.elapsed()))
             .map_err(|f| LoadFailure {
                 reason: relative_to(&self.inner.opts.repository, &f.reason),

@@ -98,6 +98,9 @@ pub struct EngineOptions {
     /// How long an unloaded version may take to finish its requests; then what is still queued
     /// is failed (UNAVAILABLE) and the version stops.
     pub unload_timeout: Duration,
+    /// Called after a version loads (on the loading thread) and after one unloads, to return
+    /// freed memory to the OS; the binary passes its allocator's (see `inferd`'s `alloc.rs`).
+    pub reclaim_memory: Option<fn()>,
 }
 
 impl Default for EngineOptions {
@@ -112,6 +115,7 @@ impl Default for EngineOptions {
             compute_threads: 0,
             executor_spin: crate::scheduler::IDLE_SPIN,
             unload_timeout: Duration::from_secs(30),
+            reclaim_memory: None,
         }
     }
 }
