@@ -68,7 +68,7 @@ fn two_thousand_stalled_bodies_neither_take_slots_nor_delay_a_request_and_get_40
         repo.path(),
         &[
             "--http-read-timeout-secs",
-            "4",
+            "8",
             "--max-inflight-requests",
             "16",
         ],
@@ -81,7 +81,7 @@ fn two_thousand_stalled_bodies_neither_take_slots_nor_delay_a_request_and_get_40
     std::thread::sleep(Duration::from_millis(500));
     let during = median_latency(&s, &body, 20);
     assert!(
-        opened.elapsed() < Duration::from_secs(4),
+        opened.elapsed() < Duration::from_secs(8),
         "the normal requests ran after the stalled ones timed out: nothing was tested"
     );
     // Timing on a shared 2-core machine is noisy: a stalled client costing a normal request
@@ -104,8 +104,8 @@ fn two_thousand_stalled_bodies_neither_take_slots_nor_delay_a_request_and_get_40
     assert_eq!(answered, 2000);
     let waited = opened.elapsed();
     assert!(
-        waited >= Duration::from_millis(3500),
-        "closed before the 4 s timeout: {waited:?}"
+        waited >= Duration::from_millis(7500),
+        "closed before the 8 s timeout: {waited:?}"
     );
     assert_eq!(
         s.post("/v2/models/simple_mlp/infer", body.as_bytes()).0,
