@@ -3,6 +3,7 @@
 //! also be set through an `INFERD_*` environment variable or a TOML file (`--config`).
 
 mod alloc;
+mod health;
 mod settings;
 
 use std::io::Write;
@@ -52,6 +53,16 @@ pub(crate) enum Command {
         /// Tensors to dequantize and summarise (repeatable).
         #[arg(long)]
         tensor: Vec<String>,
+    },
+    /// Check that an inferd endpoint answers 200 (a container HEALTHCHECK: the image has no
+    /// curl). Exit code 0 when it does, 1 otherwise.
+    Health {
+        /// The URL (default: readiness on 127.0.0.1 at INFERD_HTTP_PORT, else 8000, so a
+        /// container's HEALTHCHECK follows the port the server was given).
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout_secs: f64,
     },
     /// Model repository tools.
     Repo {
@@ -443,6 +454,24 @@ fn main() -> std::process::ExitCode {
                 r
             }),
         Command::Inspect { file, tensor } => inspect(&file, &tensor),
+        Command::Health { url, timeout_secs } => {
+            let url = url.unwrap_or_else(|| {
+                let port = std::env::var("INFERD_HTTP_PORT").unwrap_or_else(|_| "8000".into());
+                format!("http://127.0.0.1:{port}/v2/health/ready")
+            });
+            let timeout = Duration::from_secs_f64(timeout_secs.clamp(0.001, 3600.0));
+            return match health::check(&url, timeout) {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("inferd health: {url} did not answer 200");
+                    std::process::ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("inferd health: {e:#}");
+                    std::process::ExitCode::from(1)
+                }
+            };
+        }
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));
         }
