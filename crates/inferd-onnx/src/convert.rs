@@ -87,7 +87,10 @@ pub(crate) fn to_tract(t: &Tensor) -> Result<TValue, BackendError> {
 }
 
 /// A result value as an inferd tensor.
-pub(crate) fn from_tract(name: &str, v: &TValue) -> Result<Tensor, BackendError> {
+pub(crate) fn from_tract(
+    name: &str,
+    v: &tract_onnx::prelude::Tensor,
+) -> Result<Tensor, BackendError> {
     let exec = |e: String| BackendError::Execution(format!("output '{name}': {e}"));
     let dt = v.datum_type();
     let dtype = to_dtype(dt).ok_or_else(|| exec(format!("type {dt:?} cannot be returned")))?;

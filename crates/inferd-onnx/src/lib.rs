@@ -9,6 +9,7 @@
 //! - `convert`: tensors between inferd and tract.
 
 mod convert;
+mod direct;
 mod extremum;
 pub mod load;
 pub mod ml;
@@ -86,6 +87,8 @@ impl Backend for OnnxBackend {
 /// A loaded, optimised ONNX model.
 pub struct OnnxModel {
     plan: Arc<TypedRunnableModel>,
+    /// Set when the graph is one inferd operator: its kernel runs without the plan.
+    direct: Option<direct::Direct>,
     signature: ModelSignature,
     input_index: HashMap<String, usize>,
     output_index: HashMap<String, usize>,
@@ -155,6 +158,7 @@ impl OnnxModel {
         let optimized = typed
             .into_optimized()
             .map_err(|e| load_err(format!("cannot optimise the model: {e:#}")))?;
+        let direct = direct::of(&optimized);
         let plan = optimized
             .into_runnable()
             .map_err(|e| load_err(format!("cannot plan the model: {e:#}")))?;
@@ -172,6 +176,7 @@ impl OnnxModel {
             .collect();
         Ok(OnnxModel {
             plan,
+            direct,
             signature,
             input_index,
             output_index,
@@ -181,6 +186,11 @@ impl OnnxModel {
 }
 
 impl OnnxModel {
+    /// Whether the graph is one inferd operator whose kernel runs without tract's plan.
+    pub fn runs_directly(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// The optimised, runnable tract plan (for tools that feed tract values directly, such as
     /// the ONNX node-test report).
     pub fn plan(&self) -> &Arc<TypedRunnableModel> {
@@ -205,6 +215,7 @@ impl LoadedModel for OnnxModel {
             .map_err(|e| BackendError::Load(format!("{e:#}")))?;
         Ok(Box::new(OnnxInstance {
             state,
+            direct: self.direct.clone(),
             plan: self.plan.clone(),
             n_inputs: self.signature.inputs.len(),
             input_index: self.input_index.clone(),
@@ -216,6 +227,7 @@ impl LoadedModel for OnnxModel {
 
 struct OnnxInstance {
     state: TypedSimpleState,
+    direct: Option<direct::Direct>,
     /// To start a fresh state after tract panics mid-run.
     plan: Arc<TypedRunnableModel>,
     n_inputs: usize,
@@ -246,6 +258,26 @@ impl ModelInstance for OnnxInstance {
                 })
             })
             .collect::<Result<_, _>>()?;
+        if let Some(d) = &self.direct {
+            let kernel_inputs: TVec<TValue> = d.inputs.iter().map(|&i| args[i].clone()).collect();
+            let result = d.kernel.eval(&kernel_inputs).map_err(|e| {
+                BackendError::InvalidInput(format!(
+                    "the model cannot run on this input: {}: {e:#}",
+                    d.kernel.name()
+                ))
+            })?;
+            let mut out = Vec::with_capacity(outputs.len());
+            for name in outputs {
+                let &i = self.output_index.get(name).ok_or_else(|| {
+                    BackendError::Execution(format!("the model has no output '{name}'"))
+                })?;
+                out.push(NamedTensor {
+                    name: name.clone(),
+                    tensor: from_tract(name, &result[d.outputs[i]])?,
+                });
+            }
+            return Ok(out);
+        }
         // tract panics on some inputs its plan cannot take (a Gather index past the axis): the
         // plan is fixed at load, so the input is the cause. The state may be half-updated, so a
         // fresh one replaces it.

@@ -113,3 +113,95 @@ fn corrupt_file_is_a_load_error_not_a_panic() {
     let err = OnnxModel::load(&p).err().expect("must fail");
     assert!(err.to_string().contains("ONNX"), "{err}");
 }
+
+/// A bare scikit-learn-style linear regression: one `LinearRegressor` node (ai.onnx.ml).
+fn linear_regressor_file(dir: &std::path::Path) -> PathBuf {
+    use prost::Message;
+    use tract_onnx::pb;
+    let float_attr = |name: &str, v: &[f32]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Floats as i32,
+        floats: v.to_vec(),
+        ..Default::default()
+    };
+    let tensor_type = |name: &str, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::tensor_shape_proto::Dimension {
+                            value: Some(if d < 0 {
+                                pb::tensor_shape_proto::dimension::Value::DimParam("N".into())
+                            } else {
+                                pb::tensor_shape_proto::dimension::Value::DimValue(d)
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            },
+            pb::OperatorSetIdProto {
+                domain: "ai.onnx.ml".into(),
+                version: 1,
+            },
+        ],
+        graph: Some(pb::GraphProto {
+            name: "linear".into(),
+            node: vec![pb::NodeProto {
+                op_type: "LinearRegressor".into(),
+                domain: "ai.onnx.ml".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                attribute: vec![
+                    float_attr("coefficients", &[1.0, 2.0, 3.0]),
+                    float_attr("intercepts", &[0.5]),
+                ],
+                ..Default::default()
+            }],
+            input: vec![tensor_type("x", &[-1, 3])],
+            output: vec![tensor_type("y", &[-1, 1])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+#[test]
+fn a_graph_of_one_ml_operator_runs_its_kernel_without_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = OnnxModel::load(&linear_regressor_file(dir.path())).unwrap();
+    assert!(m.runs_directly());
+    let input = vec![NamedTensor {
+        name: "x".into(),
+        tensor: Tensor::from_f32(vec![2, 3], &[1.0, 1.0, 1.0, 0.0, 1.0, -1.0]).unwrap(),
+    }];
+    let out = m
+        .new_instance()
+        .unwrap()
+        .execute(&input, &["y".to_string()])
+        .unwrap();
+    assert_eq!(out[0].tensor.shape(), &[2, 1]);
+    assert_eq!(out[0].tensor.to_f32_vec().unwrap(), vec![6.5, -0.5]);
+    assert!(
+        !OnnxModel::load(&example("simple_mlp", 2))
+            .unwrap()
+            .runs_directly()
+    );
+}

@@ -247,6 +247,11 @@ impl Expansion for MlOp {
     }
 }
 
+/// The kernel a node runs, when the node is one of inferd's ONNX-ML operators.
+pub(crate) fn kernel_of(node: &TypedNode) -> Option<Arc<dyn Kernel>> {
+    node.op_as::<MlTypedOp>().map(|op| op.kernel.clone())
+}
+
 /// The typed, runnable form of [`MlOp`].
 #[derive(Clone, Debug)]
 struct MlTypedOp {
