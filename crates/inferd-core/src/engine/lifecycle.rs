@@ -80,13 +80,10 @@ impl<R> ModelEntry<R> {
             if !needs {
                 continue;
             }
-            let e = self.versions.entry(v).or_insert_with(|| VersionEntry {
-                state: VersionState::Loading,
-                reason: String::new(),
-                runner: None,
-                fingerprint: files.version,
-                config_fingerprint: files.config,
-            });
+            let e = self
+                .versions
+                .entry(v)
+                .or_insert_with(|| VersionEntry::loading(files));
             if e.runner.is_none() {
                 e.state = VersionState::Loading;
                 e.reason.clear();
@@ -107,13 +104,10 @@ impl<R> ModelEntry<R> {
         let mut replaced = Vec::new();
         let mut any_failed = false;
         for (v, files, result) in results {
-            let e = self.versions.entry(v).or_insert_with(|| VersionEntry {
-                state: VersionState::Loading,
-                reason: String::new(),
-                runner: None,
-                fingerprint: files.version,
-                config_fingerprint: files.config,
-            });
+            let e = self
+                .versions
+                .entry(v)
+                .or_insert_with(|| VersionEntry::loading(files));
             // Remember the files either way, so an unchanged broken copy is not retried on
             // every poll.
             e.fingerprint = files.version;
@@ -180,6 +174,17 @@ impl<R> ModelEntry<R> {
 }
 
 impl<R> VersionEntry<R> {
+    /// A version about to load these files, with nothing loaded yet.
+    fn loading(files: Files) -> Self {
+        VersionEntry {
+            state: VersionState::Loading,
+            reason: String::new(),
+            runner: None,
+            fingerprint: files.version,
+            config_fingerprint: files.config,
+        }
+    }
+
     /// Stops routing to this version: its runner, if any, is handed back to be stopped, and it
     /// is UNLOADING until then.
     pub(crate) fn retire(&mut self) -> Option<R> {
