@@ -8,10 +8,10 @@
 //!   gauges, executed batch sizes, state, load duration;
 //! - [`process`]: the `process_*` series Prometheus clients conventionally export (CPU,
 //!   resident memory, open files, start time), read from `/proc`;
+//! - [`gpu`]: per-GPU utilisation and memory through NVML, absent without a GPU;
 //! - this file: server uptime, build info, readiness, and the listener.
-//!
-//! No GPU series yet: NVML is not wired in (see the README).
 
+pub mod gpu;
 pub mod models;
 pub mod process;
 
@@ -45,6 +45,7 @@ impl Metrics {
         }));
         registry.register_collector(Box::new(models::ModelCollector::new(engine)));
         registry.register_collector(Box::new(process::ProcessCollector));
+        registry.register_collector(Box::new(gpu::GpuCollector::new()));
         Metrics { registry }
     }
 
