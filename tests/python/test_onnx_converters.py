@@ -58,8 +58,6 @@ MODEL_NAMES = [
 ORT_BUILD = "onnxruntime" in os.environ.get("INFERD_BUILD_FEATURES", "")
 BACKENDS = ["auto", "onnxruntime"] if ORT_BUILD else ["auto"]
 
-# Models that --onnx-backend onnxruntime refuses (with this reason), where tract serves them.
-ORT_REFUSES = {"catboost_classifier_binary": "'probabilities' is not a tensor"}
 
 # Requests of these many rows each (auto-complete gives batching models max_batch_size 4).
 CHUNKS = [1, 4, 3, 2, 4]
@@ -137,16 +135,7 @@ def _compare(name: str, output: str, ours: np.ndarray, ref, rows: int) -> None:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_converted_model_is_served_with_onnxruntimes_answers(served, onnx_reference, name):
     server, client, models, repo, backend = served
-    if name in ORT_REFUSES and backend == "onnxruntime":
-        # ONNX Runtime does not serve a terminal ZipMap as its tensor (tract does): it must
-        # refuse the model, saying why, not serve it wrong.
-        import time
-
-        deadline = time.monotonic() + 60
-        while (state := _load_state(client, name))[0] not in ("UNAVAILABLE", "READY") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert state[0] == "UNAVAILABLE" and ORT_REFUSES[name] in state[1], state
-        return
+    # Both backends serve a terminal ZipMap (CatBoost's) as the FP32 tensor it maps.
     _wait_loaded(client, name)
     model = models[name]
     path = repo / name / "1" / "model.onnx"
@@ -189,12 +178,8 @@ def test_auto_serves_every_converted_model_on_tract_after_the_cross_check(served
     log = server.stderr_path.read_text(errors="replace")
     for name in MODEL_NAMES:
         who = f"model '{name}' version 1: served on tract"
-        if name in ORT_REFUSES:
-            # Nothing to check against: ONNX Runtime cannot load it, and tract's answers are
-            # held against onnxruntime's own (dict) output by the test above.
-            assert f"{who} without the ONNX Runtime cross-check" in log, name
-        else:
-            assert f"{who} (its answers match ONNX Runtime's)" in log, (name, server.log_tail())
+        # CatBoost's ZipMap included: ONNX Runtime gets the model with it unzipped too.
+        assert f"{who} (its answers match ONNX Runtime's)" in log, (name, server.log_tail())
 
 
 # No converter emits TreeEnsemble (ai.onnx.ml 5) by default yet (skl2onnx keeps the ml-3

@@ -340,6 +340,30 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// The model file with its terminal ZipMaps made into the tensors they map ([`unzip_outputs`]),
+/// encoded again, for runtimes that read a model from memory (ONNX Runtime), and the outputs
+/// changed. `None` when there is nothing to unzip, or when the model keeps tensors in external
+/// files (only a path lets a runtime find those).
+pub fn unzipped_model(path: &Path) -> Result<Option<(Vec<u8>, Vec<String>)>, BackendError> {
+    use prost::Message;
+    let mut proto = framework()
+        .proto_model_for_path(path)
+        .map_err(|e| load_err(format!("not a loadable ONNX model: {e:#}")))?;
+    let external = proto.graph.as_ref().is_some_and(|g| {
+        g.initializer.iter().any(|t| {
+            t.data_location == Some(tract_onnx::pb::tensor_proto::DataLocation::External as i32)
+        })
+    });
+    if external {
+        return Ok(None);
+    }
+    let changed = unzip_outputs(&mut proto);
+    if changed.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((proto.encode_to_vec(), changed)))
+}
+
 /// Parses an ONNX file into an inference model with every input dimension known or symbolic,
 /// and the map from its nodes to their operators.
 pub fn parse(

@@ -298,6 +298,16 @@ fn providers(device: &Device) -> Result<Vec<ort::ep::ExecutionProviderDispatch>,
 
 fn new_session(path: &Path, device: &Device) -> Result<Session, BackendError> {
     let env = environment().map_err(BackendError::Load)?;
+    let unzipped = inferd_onnx::load::unzipped_model(path)?;
+    if let Some((_, outputs)) = &unzipped {
+        for output in outputs {
+            tracing::warn!(
+                model = %path.display(),
+                output,
+                "ZipMap output served as an FP32 tensor, one column per class in class-label order"
+            );
+        }
+    }
     let eps = providers(device)?;
     Session::builder(env)
         .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
@@ -308,7 +318,12 @@ fn new_session(path: &Path, device: &Device) -> Result<Session, BackendError> {
                 b.with_execution_providers(&eps).map_err(Into::into)
             }
         })
-        .and_then(|mut b| b.commit_from_file(path))
+        .and_then(|mut b| match &unzipped {
+            // A terminal ZipMap (CatBoost's exporter always adds one) is served as the tensor it
+            // maps, as the tract backend serves it: the model goes to ONNX Runtime without it.
+            Some((bytes, _)) => b.commit_from_memory(bytes),
+            None => b.commit_from_file(path),
+        })
         .map_err(|e| BackendError::Load(format!("ONNX Runtime cannot load the model: {e}")))
 }
 
