@@ -340,11 +340,20 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// A model re-encoded with its terminal ZipMaps unzipped.
+#[derive(Debug, Clone)]
+pub struct Unzipped {
+    /// The model, encoded.
+    pub bytes: Vec<u8>,
+    /// The outputs that are now the tensors their ZipMaps mapped.
+    pub outputs: Vec<String>,
+}
+
 /// The model file with its terminal ZipMaps made into the tensors they map ([`unzip_outputs`]),
-/// encoded again, for runtimes that read a model from memory (ONNX Runtime), and the outputs
-/// changed. `None` when there is nothing to unzip, or when the model keeps tensors in external
-/// files (only a path lets a runtime find those).
-pub fn unzipped_model(path: &Path) -> Result<Option<(Vec<u8>, Vec<String>)>, BackendError> {
+/// encoded again, for runtimes that read a model from memory (ONNX Runtime). `None` when there
+/// is nothing to unzip, or when the model keeps tensors in external files (only a path lets a
+/// runtime find those).
+pub fn unzipped_model(path: &Path) -> Result<Option<Unzipped>, BackendError> {
     use prost::Message;
     let mut proto = framework()
         .proto_model_for_path(path)
@@ -361,7 +370,10 @@ pub fn unzipped_model(path: &Path) -> Result<Option<(Vec<u8>, Vec<String>)>, Bac
     if changed.is_empty() {
         return Ok(None);
     }
-    Ok(Some((proto.encode_to_vec(), changed)))
+    Ok(Some(Unzipped {
+        bytes: proto.encode_to_vec(),
+        outputs: changed,
+    }))
 }
 
 /// Parses an ONNX file into an inference model with every input dimension known or symbolic,

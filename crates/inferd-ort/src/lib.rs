@@ -299,8 +299,8 @@ fn providers(device: &Device) -> Result<Vec<ort::ep::ExecutionProviderDispatch>,
 fn new_session(path: &Path, device: &Device) -> Result<Session, BackendError> {
     let env = environment().map_err(BackendError::Load)?;
     let unzipped = inferd_onnx::load::unzipped_model(path)?;
-    if let Some((_, outputs)) = &unzipped {
-        for output in outputs {
+    if let Some(u) = &unzipped {
+        for output in &u.outputs {
             tracing::warn!(
                 model = %path.display(),
                 output,
@@ -321,7 +321,7 @@ fn new_session(path: &Path, device: &Device) -> Result<Session, BackendError> {
         .and_then(|mut b| match &unzipped {
             // A terminal ZipMap (CatBoost's exporter always adds one) is served as the tensor it
             // maps, as the tract backend serves it: the model goes to ONNX Runtime without it.
-            Some((bytes, _)) => b.commit_from_memory(bytes),
+            Some(u) => b.commit_from_memory(&u.bytes),
             None => b.commit_from_file(path),
         })
         .map_err(|e| BackendError::Load(format!("ONNX Runtime cannot load the model: {e}")))
