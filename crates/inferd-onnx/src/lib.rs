@@ -266,17 +266,7 @@ impl ModelInstance for OnnxInstance {
                     d.kernel.name()
                 ))
             })?;
-            let mut out = Vec::with_capacity(outputs.len());
-            for name in outputs {
-                let &i = self.output_index.get(name).ok_or_else(|| {
-                    BackendError::Execution(format!("the model has no output '{name}'"))
-                })?;
-                out.push(NamedTensor {
-                    name: name.clone(),
-                    tensor: from_tract(name, &result[d.outputs[i]])?,
-                });
-            }
-            return Ok(out);
+            return self.named_outputs(outputs, |i| &result[d.outputs[i]]);
         }
         // tract panics on some inputs its plan cannot take (a Gather index past the axis): the
         // plan is fixed at load, so the input is the cause. The state may be half-updated, so a
@@ -307,16 +297,28 @@ impl ModelInstance for OnnxInstance {
                     self.operators.explain(&format!("{e:#}"))
                 ))
             })?;
-        let mut out = Vec::with_capacity(outputs.len());
-        for name in outputs {
-            let &i = self.output_index.get(name).ok_or_else(|| {
-                BackendError::Execution(format!("the model has no output '{name}'"))
-            })?;
-            out.push(NamedTensor {
-                name: name.clone(),
-                tensor: from_tract(name, &result[i])?,
-            });
-        }
-        Ok(out)
+        self.named_outputs(outputs, |i| &result[i])
+    }
+}
+
+impl OnnxInstance {
+    /// The requested outputs, by name, from `value(model output index)`.
+    fn named_outputs<'a>(
+        &self,
+        outputs: &[String],
+        value: impl Fn(usize) -> &'a tract_onnx::prelude::Tensor,
+    ) -> Result<Vec<NamedTensor>, BackendError> {
+        outputs
+            .iter()
+            .map(|name| {
+                let &i = self.output_index.get(name).ok_or_else(|| {
+                    BackendError::Execution(format!("the model has no output '{name}'"))
+                })?;
+                Ok(NamedTensor {
+                    name: name.clone(),
+                    tensor: from_tract(name, value(i))?,
+                })
+            })
+            .collect()
     }
 }

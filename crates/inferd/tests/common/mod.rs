@@ -50,43 +50,7 @@ impl Server {
     }
 
     pub fn start_with_env(repo: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(BIN)
-            // No pause between SIGTERM and closing unless a test asks for one.
-            .env("INFERD_DRAIN_DELAY_SECS", "0")
-            // Never the default 8002: tests run servers side by side.
-            .env("INFERD_METRICS_PORT", "0")
-            .envs(env.iter().copied())
-            .args(["serve", "--model-repository"])
-            .arg(repo)
-            .args([
-                "--http-address",
-                "127.0.0.1",
-                "--grpc-address",
-                "127.0.0.1",
-                "--http-port",
-                "0",
-                "--grpc-port",
-                "0",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start inferd");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut http = String::new();
-        let mut grpc = String::new();
-        while http.is_empty() || grpc.is_empty() {
-            let line = lines
-                .next()
-                .expect("inferd exited before listening")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("HTTP listening on ") {
-                http = a.to_string();
-            } else if let Some(a) = line.strip_prefix("gRPC listening on ") {
-                grpc = a.to_string();
-            }
-        }
+        let (child, http, grpc) = launch(repo, extra, env);
         let s = Server { child, http, grpc };
         let deadline = Instant::now() + Duration::from_secs(60);
         while s.get("/v2/health/ready").0 != 200 {
@@ -185,15 +149,19 @@ impl Drop for Server {
     }
 }
 
-/// Starts inferd without waiting for readiness; returns the child and its HTTP address. Both
+/// Starts inferd on ephemeral ports; returns the child and its HTTP and gRPC addresses. Both
 /// address lines are read before the pipe is dropped: the server stops if its stdout breaks
 /// while it prints them.
-pub fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
+pub fn launch(repo: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, String, String) {
     let mut child = Command::new(BIN)
+        // No pause between SIGTERM and closing unless a test asks for one.
         .env("INFERD_DRAIN_DELAY_SECS", "0")
+        // Never the default 8002: tests run servers side by side.
         .env("INFERD_METRICS_PORT", "0")
+        .envs(env.iter().copied())
+        .args(["serve", "--model-repository"])
+        .arg(repo)
         .args([
-            "serve",
             "--http-address",
             "127.0.0.1",
             "--grpc-address",
@@ -203,22 +171,30 @@ pub fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
             "--grpc-port",
             "0",
         ])
-        .arg("--model-repository")
-        .arg(repo)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    let mut http = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
+        .expect("start inferd");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut http, mut grpc) = (String::new(), String::new());
+    while http.is_empty() || grpc.is_empty() {
+        let line = lines
+            .next()
+            .expect("inferd exited before listening")
+            .unwrap();
         if let Some(a) = line.strip_prefix("HTTP listening on ") {
             http = a.to_string();
-        } else if line.starts_with("gRPC listening on ") {
-            break;
+        } else if let Some(a) = line.strip_prefix("gRPC listening on ") {
+            grpc = a.to_string();
         }
     }
+    (child, http, grpc)
+}
+
+/// Starts inferd without waiting for readiness; returns the child and its HTTP address.
+pub fn spawn_unready(repo: &Path, extra: &[&str]) -> (Child, String) {
+    let (child, http, _) = launch(repo, extra, &[]);
     (child, http)
 }
 
