@@ -4,6 +4,7 @@
 
 mod alloc;
 mod health;
+mod remote;
 mod settings;
 
 use std::io::Write;
@@ -63,6 +64,25 @@ pub(crate) enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3.0)]
         timeout_secs: f64,
+    },
+    /// Copy a repository (or chosen models) from object storage to a folder, for init
+    /// containers and preloading to local disk. Each version folder arrives whole (downloaded
+    /// under a hidden name, size and pinned sha256 checked, then renamed) or not at all; a
+    /// second pull fetches only what changed. Exit code: 0 done, 1 some version or file failed
+    /// its checks, 2 the store could not be read.
+    Pull {
+        /// The repository: s3://bucket/prefix, gs://bucket/prefix or az://container/prefix
+        /// (credentials from the standard environment).
+        source: String,
+        /// The destination folder (created when missing).
+        #[arg(long)]
+        to: PathBuf,
+        /// Only these models (repeatable); default: every model.
+        #[arg(long)]
+        model: Vec<String>,
+        /// No progress bar or summary.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Model repository tools.
     Repo {
@@ -197,6 +217,14 @@ async fn serve(a: ServeArgs) -> Result<()> {
         Some(dir) => dir,
         None => default_repository()?,
     };
+    let mirror = match remote::remote_url(&opts.repository) {
+        Some(url) => {
+            let m = remote::mirror(url, a.model_cache_dir.clone())?;
+            opts.repository = m.root().to_path_buf();
+            Some(m)
+        }
+        None => None,
+    };
     if !opts.repository.is_dir() {
         bail!(
             "{}: '{}' is not a folder",
@@ -205,6 +233,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
     }
     let repo = opts.repository.clone();
+    let poll = opts.poll_interval;
     let engine = Engine::new(opts, backends(a.onnx_backend, &a.origin("onnx-backend"))?);
     let server = BoundServer::bind(engine.clone(), server_opts)
         .await
@@ -231,7 +260,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         tracing::info!(config = %file.display(), "settings read from the config file");
     }
     tracing::info!(
-        repository = %repo.display(),
+        repository = %a.model_repository.as_deref().unwrap_or(&repo).display(),
         mode = %a.model_control_mode,
         network_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "serving"
@@ -239,8 +268,17 @@ async fn serve(a: ServeArgs) -> Result<()> {
     // Health and metadata answer while models load; readiness turns true after startup loads.
     let mut serving = tokio::spawn(server.serve(shutdown_signal()));
     // A signal during startup loading ends the server without waiting for the loads.
+    let startup = async {
+        if let Some(m) = mirror {
+            remote::first_sync(&m).await?;
+            if a.model_control_mode != inferd_core::ControlMode::None {
+                tokio::spawn(remote::follow(m, poll));
+            }
+        }
+        engine.start().await.map_err(anyhow::Error::from)
+    };
     tokio::select! {
-        started = engine.start() => {
+        started = startup => {
             started.context("startup failed")?;
             tracing::info!(ready = engine.is_ready(), "startup loading finished");
         }
@@ -471,6 +509,14 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::from(1)
                 }
             };
+        }
+        Command::Pull {
+            source,
+            to,
+            model,
+            quiet,
+        } => {
+            return std::process::ExitCode::from(remote::pull(&source, to, model, quiet));
         }
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));

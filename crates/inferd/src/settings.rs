@@ -44,9 +44,16 @@ pub(crate) struct ServeArgs {
     /// `load-model = ["a", "b"]`). A flag or INFERD_* variable overrides the file.
     #[arg(long, env = "INFERD_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// Model repository folder (default: examples/models under the working directory).
+    /// Model repository: a folder (default: examples/models under the working directory) or
+    /// object storage (`s3://bucket/prefix`, `gs://...`, `az://...`; credentials from the
+    /// standard environment, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).
     #[arg(long, env = "INFERD_MODEL_REPOSITORY")]
     pub(crate) model_repository: Option<PathBuf>,
+    /// Local folder that holds the copy of an object-storage repository (default: a folder
+    /// named after the URL under the system's temporary folder). Kept across restarts, so an
+    /// unchanged version is not downloaded again.
+    #[arg(long, env = "INFERD_MODEL_CACHE_DIR")]
+    pub(crate) model_cache_dir: Option<PathBuf>,
     /// HTTP port (0 picks a free one).
     #[arg(long, env = "INFERD_HTTP_PORT", default_value_t = 8000)]
     pub(crate) http_port: u16,
