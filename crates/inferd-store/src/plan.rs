@@ -60,10 +60,10 @@ pub fn place(key: &str) -> Option<Place> {
     let model = parts[0].to_string();
     if parts.len() >= 3 {
         // Numeric folders without leading zeros are versions, as the repository scanner has it.
-        if let Ok(v) = parts[1].parse::<u64>() {
-            if !(parts[1].starts_with('0') && parts[1] != "0") {
-                return Some(Place::Version(model, v));
-            }
+        if let Ok(v) = parts[1].parse::<u64>()
+            && !(parts[1].starts_with('0') && parts[1] != "0")
+        {
+            return Some(Place::Version(model, v));
         }
     }
     Some(Place::ModelFile(model))

@@ -37,14 +37,15 @@ pub struct Remote {
 /// Bounded retries: a startup against an unreachable store must fail in seconds, not the
 /// library's default three minutes; poll mode retries on its own schedule.
 fn retry() -> RetryConfig {
-    let mut r = RetryConfig::default();
-    r.max_retries = 3;
-    r.retry_timeout = Duration::from_secs(20);
-    let mut b = BackoffConfig::default();
-    b.init_backoff = Duration::from_millis(100);
-    b.max_backoff = Duration::from_secs(2);
-    r.backoff = b;
-    r
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            ..BackoffConfig::default()
+        },
+    }
 }
 
 fn client() -> ClientOptions {
