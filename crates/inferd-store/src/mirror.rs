@@ -58,6 +58,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Deletes a file or a folder, whichever `path` is (best effort: leftovers are swept later).
+fn remove_any(path: &Path) {
+    let _ = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+}
+
 impl Mirror {
     /// A mirror of `remote` into `root` (created when missing), limited to `only` models when
     /// given.
@@ -120,12 +129,7 @@ impl Mirror {
             };
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(TMP) {
-                    let p = e.path();
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
+                    remove_any(&e.path());
                 }
             }
         }
@@ -251,13 +255,9 @@ impl Mirror {
         // Renamed away first: the engine sees the unit vanish at once, never half-deleted.
         let parent = path.parent().unwrap_or(&self.root);
         let gone = parent.join(format!("{TMP}removed"));
-        let _ = std::fs::remove_dir_all(&gone);
+        remove_any(&gone);
         std::fs::rename(path, &gone).map_err(io_err(path))?;
-        let _ = if gone.is_dir() {
-            std::fs::remove_dir_all(&gone)
-        } else {
-            std::fs::remove_file(&gone)
-        };
+        remove_any(&gone);
         Ok(0)
     }
 
@@ -326,18 +326,35 @@ impl Mirror {
         if dest.exists() {
             let parent = dest.parent().unwrap_or(&self.root);
             let old = parent.join(format!("{TMP}replaced"));
-            let _ = std::fs::remove_dir_all(&old);
-            let _ = std::fs::remove_file(&old);
+            remove_any(&old);
             std::fs::rename(dest, &old).map_err(io_err(dest))?;
             std::fs::rename(tmp, dest).map_err(io_err(dest))?;
-            let _ = if old.is_dir() {
-                std::fs::remove_dir_all(&old)
-            } else {
-                std::fs::remove_file(&old)
-            };
+            remove_any(&old);
             Ok(())
         } else {
             std::fs::rename(tmp, dest).map_err(io_err(dest))
+        }
+    }
+
+    /// Downloads `keys` into the fresh temporary folder `tmp` (stripping `strip` key
+    /// components) and renames it to `dest`; on failure nothing but the sweepable `tmp` is left.
+    async fn fetch_into(
+        &self,
+        model: &str,
+        keys: &[(String, u64)],
+        strip: usize,
+        tmp: &Path,
+        dest: &Path,
+        progress: &dyn Progress,
+    ) -> Result<u64, StoreError> {
+        remove_any(tmp);
+        std::fs::create_dir_all(tmp).map_err(io_err(tmp))?;
+        match self.download_all(model, keys, strip, tmp, progress).await {
+            Ok(bytes) => self.swap_in(tmp, dest).map(|()| bytes),
+            Err(e) => {
+                remove_any(tmp);
+                Err(e)
+            }
         }
     }
 
@@ -348,16 +365,8 @@ impl Mirror {
         progress: &dyn Progress,
     ) -> Result<u64, StoreError> {
         let tmp = self.root.join(format!("{TMP}{model}"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let r = self.download_all(model, keys, 1, &tmp, progress).await;
-        match r {
-            Ok(bytes) => self.swap_in(&tmp, &self.root.join(model)).map(|()| bytes),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(e)
-            }
-        }
+        self.fetch_into(model, keys, 1, &tmp, &self.root.join(model), progress)
+            .await
     }
 
     async fn fetch_version(
@@ -369,18 +378,15 @@ impl Mirror {
     ) -> Result<u64, StoreError> {
         let dir = self.root.join(model);
         let tmp = dir.join(format!("{TMP}{version}"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        let r = self.download_all(model, keys, 2, &tmp, progress).await;
-        match r {
-            Ok(bytes) => self
-                .swap_in(&tmp, &dir.join(version.to_string()))
-                .map(|()| bytes),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(e)
-            }
-        }
+        self.fetch_into(
+            model,
+            keys,
+            2,
+            &tmp,
+            &dir.join(version.to_string()),
+            progress,
+        )
+        .await
     }
 
     async fn fetch_file(
