@@ -58,7 +58,7 @@ def model_repo_factory(tmp_path_factory) -> Callable[..., Path]:
 @pytest.fixture(scope="module")
 def inferd_server_factory(inferd_bin, tmp_path_factory, request) -> Callable[..., InferdServer]:
     """``start(repo, *extra_args, control_mode=None, poll_secs=None, load_models=(),
-    strict_readiness=None, wait_ready=True, name=None)`` -> a started InferdServer.
+    strict_readiness=None, wait_ready=True, name=None, env=None)`` -> a started InferdServer.
 
     Always binds 127.0.0.1 with ``--http-port 0 --grpc-port 0`` and learns the ports from the
     ``HTTP listening on ...`` / ``gRPC listening on ...`` stdout lines, then waits (60 s max) for
@@ -77,6 +77,7 @@ def inferd_server_factory(inferd_bin, tmp_path_factory, request) -> Callable[...
         strict_readiness: bool | None = None,
         wait_ready: bool = True,
         name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> InferdServer:
         args: list[str] = []
         if control_mode is not None:
@@ -89,7 +90,7 @@ def inferd_server_factory(inferd_bin, tmp_path_factory, request) -> Callable[...
             args += ["--strict-readiness", "true" if strict_readiness else "false"]
         args += list(extra_args)
         server = InferdServer(
-            inferd_bin, repo, args, log_dir, name or f"{module_name}-{len(started)}"
+            inferd_bin, repo, args, log_dir, name or f"{module_name}-{len(started)}", env=env
         )
         started.append(server)
         return server.start(wait_ready=wait_ready)

@@ -99,8 +99,17 @@ def example_model_path(name: str, version: int | str = 1) -> Path:
 class InferdServer:
     """One ``inferd serve`` process bound to ephemeral ports, with its output in log files."""
 
-    def __init__(self, binary: Path, repo: Path, args: list[str], log_dir: Path, name: str):
+    def __init__(
+        self,
+        binary: Path,
+        repo: Path | str,
+        args: list[str],
+        log_dir: Path,
+        name: str,
+        env: dict[str, str] | None = None,
+    ):
         self.binary = binary
+        self.env = dict(env or {})  # added to (and overriding) this process's environment
         self.repo = repo
         self.name = name
         self.argv = [
@@ -158,6 +167,7 @@ class InferdServer:
                     "INFERD_METRICS_PORT": "0",
                     **os.environ,
                     "RUST_BACKTRACE": os.environ.get("RUST_BACKTRACE", "1"),
+                    **self.env,
                 },
             )
         ACTIVE_SERVERS.append(self)

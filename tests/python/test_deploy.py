@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
 DASHBOARD = ROOT / "deploy" / "grafana" / "inferd-dashboard.json"
 VARIANTS = ["base", "overlays/gpu", "overlays/mig", "overlays/hpa", "overlays/keda", "overlays/knative",
-            "overlays/kserve"]
+            "overlays/kserve", "overlays/pull", "overlays/pull-pvc"]
 
 
 def render(variant: str) -> list[dict]:
@@ -83,6 +83,40 @@ def test_the_deployment_probes_and_grace_period_match_the_server():
     assert svc["spec"]["selector"].items() <= labels.items()
     assert by_kind(render("base"), "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert by_kind(render("base"), "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+@pytest.mark.parametrize("variant", ["overlays/pull", "overlays/pull-pvc"])
+def test_pull_overlays_fill_the_models_volume_before_the_server_starts(variant, inferd_bin, tmp_path):
+    docs = render(variant)
+    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    [server] = pod["containers"]
+    assert init["image"] == server["image"], "the pull runs the same binary as the server"
+    assert init["args"][0] == "pull"
+    to = next(a.split("=", 1)[1] for a in init["args"] if a.startswith("--to="))
+    served = next(a.split("=", 1)[1] for a in server["args"] if a.startswith("--model-repository="))
+    assert to == served
+    [init_mount] = [m for m in init["volumeMounts"] if m["mountPath"] == to]
+    [server_mount] = [m for m in server["volumeMounts"] if m["mountPath"] == served]
+    assert init_mount["name"] == server_mount["name"]
+    assert not init_mount.get("readOnly") and server_mount["readOnly"] is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == init_mount["name"]]
+    assert set(volume) == {"name", "emptyDir" if variant == "overlays/pull" else "ephemeral"}, volume
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "nothing to fill ahead of time"
+
+    # The real binary accepts the init container's command line: with the source expanded as
+    # Kubernetes would and no store to reach, the pull itself fails (exit 2), not the parsing.
+    env = {e["name"]: e["value"] for e in init.get("env", [])}
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in init["args"]]
+    args = [f"--to={tmp_path / 'models'}" if a.startswith("--to=") else a for a in args]
+    out = subprocess.run(
+        [str(inferd_bin), *args],
+        env={"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+             "AWS_REGION": "us-east-1", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and out.stderr.startswith("inferd pull: error:"), out.stderr
+    assert env["INFERD_MODEL_SOURCE"] in out.stderr
 
 
 def test_gpu_and_mig_overlays_ask_for_the_device():

@@ -12,20 +12,18 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from inferd_testlib import TritonClient, example_model_path, mlp_input, ready_versions, wait_until
+from client_loops import ClientLoop, wait_for_only_version
+from inferd_testlib import TritonClient, example_model_path, mlp_input, wait_until
 
 MODEL = "reload_mlp"
 ROUNDS = 4
 POLL_SECS = 0.5
 ROUND_TIMEOUT_S = 15.0  # for the server to swap versions after a copy
 CLIENT_CAP_S = 60.0  # hard stop for the client threads
-MAX_REQUESTS_PER_CLIENT = 20_000
-PAUSE_BETWEEN_REQUESTS_S = 0.002  # leave some CPU to the server on small machines
 COPY_CHUNKS = 4
 COPY_CHUNK_PAUSE_S = 0.2
 
@@ -70,75 +68,6 @@ def copy_slowly(src, dest_dir) -> None:
             time.sleep(COPY_CHUNK_PAUSE_S)
 
 
-@dataclass
-class Observation:
-    version: str = ""
-    output: np.ndarray | None = None
-    error: str | None = None
-
-
-@dataclass
-class ClientLoop:
-    """Sends the same batch-1 request in a loop on its own thread, recording every response."""
-
-    protocol: str
-    server: object
-    x: np.ndarray
-    stop: threading.Event
-    deadline: float
-    observations: list[Observation] = field(default_factory=list)
-    thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"{self.protocol}-client", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            client = TritonClient(self.protocol, self.server)  # tritonclient objects stay on one thread
-        except Exception as exc:  # noqa: BLE001
-            self.observations.append(Observation(error=f"client setup failed: {exc!r}"))
-            return
-        try:
-            while (
-                not self.stop.is_set()
-                and time.monotonic() < self.deadline
-                and len(self.observations) < MAX_REQUESTS_PER_CLIENT
-            ):
-                try:
-                    version, out = client.infer(MODEL, {"input": self.x}, ["output"], timeout=10.0)
-                    self.observations.append(Observation(version=version, output=out["output"]))
-                except Exception as exc:  # noqa: BLE001 - every failure is a finding
-                    self.observations.append(Observation(error=f"{type(exc).__name__}: {exc}"))
-                time.sleep(PAUSE_BETWEEN_REQUESTS_S)
-        finally:
-            client.close()
-
-    def last_version(self) -> str:
-        return self.observations[-1].version if self.observations else ""
-
-    def join(self) -> None:
-        assert self.thread is not None
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), f"{self.protocol} client thread did not stop"
-
-
-def wait_for_only_version(client: TritonClient, version: int, timeout: float) -> None:
-    """Until version is READY and is the only version the server reports."""
-    want = str(version)
-
-    def swapped() -> bool:
-        metadata_versions = client.model_metadata(MODEL)["versions"]
-        index_ready = ready_versions(client.repository_index(), MODEL)
-        return (
-            metadata_versions == [want]
-            and index_ready == {want}
-            and client.is_model_ready(MODEL, want)
-        )
-
-    wait_until(swapped, timeout=timeout, interval=0.1, what=f"{MODEL} to serve only version {want}")
-
-
 @pytest.fixture
 def reload_repo(tmp_path):
     repo = tmp_path / "models"
@@ -162,17 +91,17 @@ def test_versions_roll_forward_under_load_without_failed_requests(
     final_version = 1 + ROUNDS
     stop = threading.Event()
     deadline = time.monotonic() + CLIENT_CAP_S
-    loops = [ClientLoop(protocol, server, x, stop, deadline) for protocol in ("http", "grpc")]
+    loops = [ClientLoop(protocol, server, MODEL, x, stop, deadline) for protocol in ("http", "grpc")]
     control = TritonClient("http", server)
     try:
-        wait_for_only_version(control, 1, timeout=ROUND_TIMEOUT_S)
+        wait_for_only_version(control, MODEL, 1, timeout=ROUND_TIMEOUT_S)
         for loop in loops:
             loop.start()
         wait_until(lambda: all(loop.observations for loop in loops), timeout=10, what="first responses")
         for new in range(2, final_version + 1):
             copy_slowly(example_model_path("simple_mlp", weights_of(new)), model_dir / str(new))
             shutil.rmtree(model_dir / str(new - 1))
-            wait_for_only_version(control, new, timeout=ROUND_TIMEOUT_S)
+            wait_for_only_version(control, MODEL, new, timeout=ROUND_TIMEOUT_S)
             # Once the old version is gone, every client's next response comes from the new one.
             wait_until(
                 lambda: all(loop.last_version() == str(new) or loop.observations[-1].error for loop in loops),

@@ -158,11 +158,13 @@ fn default_repository() -> Result<PathBuf> {
     )
 }
 
-/// Logs to stderr, filtered by `INFERD_LOG` (a `tracing` filter, default `info`): text, coloured
-/// only for a person at a terminal, or one JSON object per line for log collectors.
+/// Logs to stderr, filtered by `INFERD_LOG` (a `tracing` filter, default `info` with
+/// `object_store` at `warn`: its per-retry lines are noise, and the outcome of a sync is logged
+/// once by inferd itself): text, coloured only for a person at a terminal, or one JSON object
+/// per line for log collectors.
 fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INFERD_LOG")
+        .unwrap_or_else(|_| "info,object_store=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
