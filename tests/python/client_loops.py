@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -86,3 +88,43 @@ def wait_for_only_version(client: TritonClient, model: str, version: int, timeou
         return metadata_versions == [want] and index_ready == {want} and client.is_model_ready(model, want)
 
     wait_until(swapped, timeout=timeout, interval=0.1, what=f"{model} to serve only version {want}")
+
+
+@contextmanager
+def clients_running(server, model: str, x: np.ndarray, cap_s: float) -> Iterator[list[ClientLoop]]:
+    """An HTTP and a gRPC ``ClientLoop`` sending ``x`` to ``model`` until the block ends (or
+    ``cap_s`` passes); entered once both have had a first response."""
+    stop = threading.Event()
+    deadline = time.monotonic() + cap_s
+    loops = [ClientLoop(protocol, server, model, x, stop, deadline) for protocol in ("http", "grpc")]
+    try:
+        for loop in loops:
+            loop.start()
+        wait_until(lambda: all(loop.observations for loop in loops), timeout=10, what="first responses")
+        yield loops
+    finally:
+        stop.set()
+        for loop in loops:
+            if loop.thread is not None:
+                loop.join()
+
+
+def assert_served_cleanly(
+    loops: list[ClientLoop], versions: set[int], expected: Callable[[int], np.ndarray]
+) -> None:
+    """No request failed; versions only went forward and covered ``versions``; each answer
+    matches ``expected(version)`` of the version it names."""
+    for loop in loops:
+        errors = loop.errors()
+        assert not errors, f"{loop.protocol}: {len(errors)} failed requests, first: {errors[:3]}"
+        bad = [o.version for o in loop.observations if not o.version.isdigit()]
+        assert not bad, f"{loop.protocol}: responses without a numeric model_version: {bad[:3]}"
+        seen = [int(o.version) for o in loop.observations]
+        assert seen == sorted(seen), f"{loop.protocol}: served versions went backwards: {seen}"
+        assert set(seen) == versions, f"{loop.protocol}: saw versions {sorted(set(seen))}"
+        for i, obs in enumerate(loop.observations):
+            want = expected(int(obs.version))
+            assert np.allclose(obs.output, want, atol=1e-5, rtol=1e-5), (
+                f"{loop.protocol} response #{i} says version {obs.version} but its output "
+                f"{obs.output} does not match that version's reference {want}"
+            )

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from client_loops import ClientLoop, wait_for_only_version
+from client_loops import assert_served_cleanly, clients_running, wait_for_only_version
 from inferd_testlib import TritonClient, example_model_path, mlp_input, wait_until
 
 MODEL = "reload_mlp"
@@ -89,47 +88,21 @@ def test_versions_roll_forward_under_load_without_failed_requests(
     assert np.abs(expected[1] - expected[2]).max() > 1e-2, "the two weight sets must be distinguishable"
 
     final_version = 1 + ROUNDS
-    stop = threading.Event()
-    deadline = time.monotonic() + CLIENT_CAP_S
-    loops = [ClientLoop(protocol, server, MODEL, x, stop, deadline) for protocol in ("http", "grpc")]
     control = TritonClient("http", server)
     try:
         wait_for_only_version(control, MODEL, 1, timeout=ROUND_TIMEOUT_S)
-        for loop in loops:
-            loop.start()
-        wait_until(lambda: all(loop.observations for loop in loops), timeout=10, what="first responses")
-        for new in range(2, final_version + 1):
-            copy_slowly(example_model_path("simple_mlp", weights_of(new)), model_dir / str(new))
-            shutil.rmtree(model_dir / str(new - 1))
-            wait_for_only_version(control, MODEL, new, timeout=ROUND_TIMEOUT_S)
-            # Once the old version is gone, every client's next response comes from the new one.
-            wait_until(
-                lambda: all(loop.last_version() == str(new) or loop.observations[-1].error for loop in loops),
-                timeout=10,
-                what=f"both clients to be served by version {new} (client threads stop after {CLIENT_CAP_S:.0f}s)",
-            )
+        with clients_running(server, MODEL, x, CLIENT_CAP_S) as loops:
+            for new in range(2, final_version + 1):
+                copy_slowly(example_model_path("simple_mlp", weights_of(new)), model_dir / str(new))
+                shutil.rmtree(model_dir / str(new - 1))
+                wait_for_only_version(control, MODEL, new, timeout=ROUND_TIMEOUT_S)
+                # Once the old version is gone, every client's next response comes from the new one.
+                wait_until(
+                    lambda: all(loop.last_version() == str(new) or loop.observations[-1].error for loop in loops),
+                    timeout=10,
+                    what=f"both clients to be served by version {new} (client threads stop after {CLIENT_CAP_S:.0f}s)",
+                )
     finally:
-        stop.set()
-        for loop in loops:
-            if loop.thread is not None:
-                loop.join()
         control.close()
 
-    for loop in loops:
-        errors = [o.error for o in loop.observations if o.error]
-        assert not errors, f"{loop.protocol}: {len(errors)} failed requests, first: {errors[:3]}"
-
-        bad = [o.version for o in loop.observations if not o.version.isdigit()]
-        assert not bad, f"{loop.protocol}: responses without a numeric model_version: {bad[:3]}"
-        versions = [int(o.version) for o in loop.observations]
-        assert versions == sorted(versions), f"{loop.protocol}: served versions went backwards: {versions}"
-        assert set(versions) == set(range(1, final_version + 1)), (
-            f"{loop.protocol}: saw versions {sorted(set(versions))}"
-        )
-
-        for i, obs in enumerate(loop.observations):
-            want = expected[weights_of(int(obs.version))]
-            assert np.allclose(obs.output, want, atol=1e-5, rtol=1e-5), (
-                f"{loop.protocol} response #{i} says version {obs.version} but its output "
-                f"{obs.output} does not match that version's reference {want}"
-            )
+    assert_served_cleanly(loops, set(range(1, final_version + 1)), lambda v: expected[weights_of(v)])

@@ -20,14 +20,12 @@ import re
 import select
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from client_loops import ClientLoop, wait_for_only_version
+from client_loops import assert_served_cleanly, clients_running, wait_for_only_version
 from inferd_testlib import (
     EXAMPLE_MODELS,
     TritonClient,
@@ -144,62 +142,46 @@ def test_serving_from_s3_swaps_versions_under_load_and_rides_out_a_store_outage(
     x = mlp_input(1, seed=77)
     expected = {w: onnx_reference.run(example_model_path("simple_mlp", w), {"input": x})["output"] for w in (1, 2)}
 
-    stop = threading.Event()
-    loops = [ClientLoop(p, server, model, x, stop, time.monotonic() + CLIENT_CAP_S) for p in ("http", "grpc")]
     control = TritonClient("http", server)
     try:
         wait_for_only_version(control, model, 1, timeout=SWAP_TIMEOUT_S)
-        for loop in loops:
-            loop.start()
-        wait_until(lambda: all(loop.observations for loop in loops), timeout=10, what="first responses")
+        with clients_running(server, model, x, CLIENT_CAP_S) as loops:
+            # A new version in the bucket is swapped in under traffic.
+            put_mlp_version(store, prefix, model, 2)
+            wait_for_only_version(control, model, 2, timeout=SWAP_TIMEOUT_S)
+            assert (cache / model / "2" / "model.onnx").read_bytes() == example_model_path("simple_mlp", 2).read_bytes()
 
-        # A new version in the bucket is swapped in under traffic.
-        put_mlp_version(store, prefix, model, 2)
-        wait_for_only_version(control, model, 2, timeout=SWAP_TIMEOUT_S)
-        assert (cache / model / "2" / "model.onnx").read_bytes() == example_model_path("simple_mlp", 2).read_bytes()
+            # The store goes away: serving goes on, the outage is logged once.
+            store.stop()
+            assert store.is_down()
+            served_before = sum(len(loop.observations) for loop in loops)
+            time.sleep(6 * POLL_SECS)
+            wait_until(
+                lambda: "object store unavailable" in server.stderr_path.read_text()
+                + server.stdout_path.read_text(),
+                timeout=30,
+                what="the server to log that the store is unavailable",
+            )
+            assert server.is_running()
+            assert control.is_model_ready(model, "2")
+            assert sum(len(loop.observations) for loop in loops) > served_before + 10, "requests stopped during the outage"
 
-        # The store goes away: serving goes on, the outage is logged once.
-        store.stop()
-        assert store.is_down()
-        served_before = sum(len(loop.observations) for loop in loops)
-        time.sleep(6 * POLL_SECS)
-        wait_until(
-            lambda: "object store unavailable" in server.stderr_path.read_text()
-            + server.stdout_path.read_text(),
-            timeout=30,
-            what="the server to log that the store is unavailable",
-        )
-        assert server.is_running()
-        assert control.is_model_ready(model, "2")
-        assert sum(len(loop.observations) for loop in loops) > served_before + 10, "requests stopped during the outage"
-
-        # It comes back (same data): the next version added arrives.
-        store.start()
-        put_mlp_version(store, prefix, model, 3)
-        wait_for_only_version(control, model, 3, timeout=90)  # backoff is at most a minute
-        wait_until(
-            lambda: all(loop.last_version() == "3" or loop.observations[-1].error for loop in loops),
-            timeout=10,
-            what="both clients to be served by version 3",
-        )
+            # It comes back (same data): the next version added arrives.
+            store.start()
+            put_mlp_version(store, prefix, model, 3)
+            wait_for_only_version(control, model, 3, timeout=90)  # backoff is at most a minute
+            wait_until(
+                lambda: all(loop.last_version() == "3" or loop.observations[-1].error for loop in loops),
+                timeout=10,
+                what="both clients to be served by version 3",
+            )
     finally:
-        stop.set()
-        for loop in loops:
-            if loop.thread is not None:
-                loop.join()
         control.close()
 
     logs = server.stderr_path.read_text() + server.stdout_path.read_text()
     assert logs.count("object store unavailable") == 1, "the outage must be logged once, not per poll"
     assert "object store reachable again" in logs
-    for loop in loops:
-        assert not loop.errors(), f"{loop.protocol}: {len(loop.errors())} failed requests: {loop.errors()[:3]}"
-        versions = [int(o.version) for o in loop.observations]
-        assert versions == sorted(versions), f"{loop.protocol}: served versions went backwards"
-        assert set(versions) == {1, 2, 3}, f"{loop.protocol}: saw versions {sorted(set(versions))}"
-        for obs in loop.observations:
-            want = expected[weights_of(int(obs.version))]
-            assert np.allclose(obs.output, want, atol=1e-5), f"version {obs.version} answered {obs.output}"
+    assert_served_cleanly(loops, {1, 2, 3}, lambda v: expected[weights_of(v)])
     assert not leftovers(cache), f"temporary files left in the cache: {leftovers(cache)}"
 
 
