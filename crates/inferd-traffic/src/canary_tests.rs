@@ -1,0 +1,290 @@
+//! The canary state machine: every phase x event, and the decisions' reasons.
+
+use crate::canary::{Event, Phase, Rollout, Window};
+use crate::spec::{Guardrails, Step};
+
+fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            weight: 5,
+            duration_secs: 60,
+            min_requests: 100,
+        },
+        Step {
+            weight: 20,
+            duration_secs: 120,
+            min_requests: 0,
+        },
+        Step {
+            weight: 50,
+            duration_secs: 240,
+            min_requests: 0,
+        },
+    ]
+}
+
+fn rails() -> Guardrails {
+    Guardrails {
+        max_error_rate: Some(0.01),
+        max_p99_ratio: Some(1.5),
+    }
+}
+
+fn rollout(threshold: u32) -> Rollout {
+    Rollout::new(steps(), threshold, rails(), 0.0)
+}
+
+fn healthy(requests: u64) -> Window {
+    Window {
+        requests,
+        errors: 0,
+        p99_secs: Some(0.010),
+    }
+}
+
+fn primary() -> Window {
+    Window {
+        requests: 1000,
+        errors: 0,
+        p99_secs: Some(0.010),
+    }
+}
+
+fn analysis(now: f64, canary: Window) -> Event {
+    Event::Analysis {
+        now,
+        canary,
+        primary: primary(),
+    }
+}
+
+fn failing() -> Window {
+    Window {
+        requests: 100,
+        errors: 5,
+        p99_secs: Some(0.010),
+    }
+}
+
+fn slow() -> Window {
+    Window {
+        requests: 100,
+        errors: 0,
+        p99_secs: Some(0.050),
+    }
+}
+
+/// A rollout in each phase, for the phase x event table.
+fn in_phase(name: &str) -> Rollout {
+    let mut r = rollout(1);
+    match name {
+        "progressing" => {}
+        "paused" => r.apply(Event::Pause { now: 10.0 }).unwrap(),
+        "promoted" => r.apply(Event::Promote).unwrap(),
+        "rolled_back" => r
+            .apply(Event::Abort {
+                reason: "test".into(),
+            })
+            .unwrap(),
+        other => panic!("{other}"),
+    }
+    assert_eq!(r.phase_name(), name);
+    r
+}
+
+const PHASES: [&str; 4] = ["progressing", "paused", "promoted", "rolled_back"];
+
+fn events() -> Vec<(&'static str, Event)> {
+    vec![
+        ("healthy analysis", analysis(30.0, healthy(50))),
+        ("failing analysis", analysis(30.0, failing())),
+        ("promote", Event::Promote),
+        (
+            "abort",
+            Event::Abort {
+                reason: "operator".into(),
+            },
+        ),
+        ("pause", Event::Pause { now: 30.0 }),
+        ("resume", Event::Resume { now: 30.0 }),
+    ]
+}
+
+/// The expected phase after each (phase, event), or None for a refused action (409).
+fn expected(phase: &str, event: &str) -> Option<&'static str> {
+    match (phase, event) {
+        ("progressing", "healthy analysis") => Some("progressing"),
+        ("progressing", "failing analysis") => Some("rolled_back"),
+        ("progressing" | "paused", "promote") => Some("promoted"),
+        ("progressing" | "paused", "abort") => Some("rolled_back"),
+        ("progressing", "pause") => Some("paused"),
+        ("paused", "resume") => Some("progressing"),
+        // Analyses of a held or finished rollout change nothing.
+        ("paused", "healthy analysis" | "failing analysis") => Some("paused"),
+        ("promoted", "healthy analysis" | "failing analysis") => Some("promoted"),
+        ("rolled_back", "healthy analysis" | "failing analysis") => Some("rolled_back"),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_phase_and_event_has_the_expected_outcome() {
+    for phase in PHASES {
+        for (name, event) in events() {
+            let mut r = in_phase(phase);
+            let before = r.clone();
+            let got = r.apply(event);
+            match expected(phase, name) {
+                Some(after) => {
+                    assert!(got.is_ok(), "{phase} x {name}: refused: {got:?}");
+                    assert_eq!(r.phase_name(), after, "{phase} x {name}");
+                }
+                None => {
+                    let e = got.expect_err(&format!("{phase} x {name} should be refused"));
+                    assert!(e.to_string().contains(phase), "{phase} x {name}: {e}");
+                    assert_eq!(
+                        r, before,
+                        "{phase} x {name}: a refused action changed the rollout"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_follow_the_phase() {
+    assert_eq!(in_phase("progressing").canary_weight(), 5);
+    assert_eq!(in_phase("paused").canary_weight(), 5);
+    assert_eq!(in_phase("promoted").canary_weight(), 100);
+    assert_eq!(in_phase("rolled_back").canary_weight(), 0);
+}
+
+#[test]
+fn a_healthy_canary_walks_every_step_then_is_promoted() {
+    let mut r = rollout(2);
+    let mut now = 0.0;
+    let mut weights = vec![r.canary_weight()];
+    while r.phase_name() == "progressing" && now < 10_000.0 {
+        now += 10.0;
+        r.apply(analysis(now, healthy(40))).unwrap();
+        if weights.last() != Some(&r.canary_weight()) {
+            weights.push(r.canary_weight());
+        }
+    }
+    assert_eq!(weights, vec![5, 20, 50, 100]);
+    assert_eq!(r.phase_name(), "promoted");
+    assert!(
+        r.reason.contains("promoted after 3 healthy steps"),
+        "{}",
+        r.reason
+    );
+    // 60 s for step 1, then 120 s and 240 s: promoted at 420 s.
+    assert_eq!(now, 420.0);
+}
+
+#[test]
+fn a_step_waits_for_its_minimum_requests() {
+    let mut r = rollout(1);
+    for t in 1..=12 {
+        r.apply(analysis(f64::from(t) * 10.0, healthy(5))).unwrap();
+    }
+    // 120 s in, but only 60 canary requests of the 100 step 1 asks for.
+    assert_eq!(r.canary_weight(), 5);
+    assert!(
+        r.reason.contains("waiting for requests: 60 of 100"),
+        "{}",
+        r.reason
+    );
+    r.apply(analysis(130.0, healthy(40))).unwrap();
+    assert_eq!(r.canary_weight(), 20);
+}
+
+#[test]
+fn an_erroring_canary_is_rolled_back_with_the_reason() {
+    let mut r = rollout(1);
+    r.apply(analysis(10.0, failing())).unwrap();
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert_eq!(r.canary_weight(), 0);
+    assert!(
+        r.reason.contains("error_rate 0.0500 > 0.01"),
+        "{}",
+        r.reason
+    );
+    let check = r
+        .last_checks
+        .iter()
+        .find(|c| c.name == "error_rate")
+        .unwrap();
+    assert!(!check.passed);
+    assert_eq!(check.value, Some(0.05));
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back_on_the_p99_ratio() {
+    let mut r = rollout(1);
+    r.apply(analysis(10.0, slow())).unwrap();
+    assert_eq!(r.phase_name(), "rolled_back");
+    assert!(r.reason.contains("p99_ratio 5.0000 > 1.5"), "{}", r.reason);
+}
+
+#[test]
+fn rollback_waits_for_threshold_failures_counted_over_the_rollout() {
+    let mut r = rollout(3);
+    r.apply(analysis(10.0, failing())).unwrap();
+    r.apply(analysis(20.0, healthy(50))).unwrap();
+    r.apply(analysis(30.0, slow())).unwrap();
+    assert_eq!(r.phase_name(), "progressing");
+    assert_eq!(r.failures, 2);
+    assert!(r.reason.contains("2 of 3 allowed"), "{}", r.reason);
+    r.apply(analysis(40.0, failing())).unwrap();
+    assert_eq!(r.phase_name(), "rolled_back");
+}
+
+#[test]
+fn no_canary_traffic_is_not_a_failure_and_not_progress() {
+    let mut r = rollout(1);
+    for t in 1..=20 {
+        r.apply(analysis(f64::from(t) * 10.0, Window::default()))
+            .unwrap();
+    }
+    assert_eq!(r.phase_name(), "progressing");
+    assert_eq!(r.canary_weight(), 5, "min_requests holds the step");
+    assert!(r.last_checks.iter().all(|c| c.passed && c.value.is_none()));
+}
+
+#[test]
+fn pause_keeps_the_time_already_spent_in_the_step() {
+    let mut r = rollout(1);
+    r.apply(analysis(40.0, healthy(100))).unwrap();
+    r.apply(Event::Pause { now: 50.0 }).unwrap();
+    // Long pause: analyses do nothing meanwhile.
+    r.apply(analysis(500.0, failing())).unwrap();
+    assert_eq!(r.phase_name(), "paused");
+    r.apply(Event::Resume { now: 1000.0 }).unwrap();
+    // 50 s were spent before the pause; 10 more finish the 60 s step.
+    r.apply(analysis(1005.0, healthy(1))).unwrap();
+    assert_eq!(r.canary_weight(), 5);
+    r.apply(analysis(1010.0, healthy(1))).unwrap();
+    assert_eq!(r.canary_weight(), 20);
+}
+
+#[test]
+fn operator_abort_records_why() {
+    let mut r = rollout(1);
+    r.apply(Event::Abort {
+        reason: "bad business numbers".into(),
+    })
+    .unwrap();
+    assert_eq!(r.reason, "aborted by an operator: bad business numbers");
+}
+
+#[test]
+fn the_state_serializes_as_the_api_shows_it() {
+    let r = in_phase("rolled_back");
+    let v = serde_json::to_value(&r.phase).unwrap();
+    assert_eq!(v["state"], "rolled_back");
+    let v = serde_json::to_value(&in_phase("paused").phase).unwrap();
+    assert_eq!(v["state"], "paused");
+    assert_eq!(v["step"], 0);
+}
