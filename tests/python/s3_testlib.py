@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -191,6 +190,3 @@ class SeaweedS3:
                 key = "/".join(p for p in (prefix.strip("/"), path.relative_to(folder).as_posix()) if p)
                 client.upload_file(str(path), bucket, key)
 
-
-def wait_port_closed(port: int, timeout: float = 10.0) -> None:
-    wait_until(lambda: _port_free(port), timeout=timeout, interval=0.1, what=f"port {port} to close")
