@@ -22,6 +22,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod request_id;
+pub mod routes;
 pub mod spin;
 pub mod tls;
 
@@ -84,6 +85,8 @@ pub struct ServerOptions {
     /// (see [`spin`]); zero disables. gRPC does not engage it: measured with perf_analyzer on
     /// the same two cores, it cost gRPC about as much as it gained HTTP.
     pub spin: Duration,
+    /// Traffic routes (`--routes-file`); empty when none.
+    pub routes: std::sync::Arc<routes::Routes>,
 }
 
 /// Listeners bound and ready to serve.
@@ -157,6 +160,7 @@ impl BoundServer {
             inflight: inflight.clone(),
             read_timeout: self.opts.http.read_timeout,
             metrics,
+            routes: self.opts.routes.clone(),
         })
         .layer(request_id::RequestIdLayer)
         .layer(axum::middleware::from_fn(
@@ -206,7 +210,11 @@ impl BoundServer {
             }
         });
         let svc = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
-            grpc::InferenceService::new(self.engine.clone(), inflight.clone()),
+            grpc::InferenceService::new(
+                self.engine.clone(),
+                inflight.clone(),
+                self.opts.routes.clone(),
+            ),
         )
         .max_decoding_message_size(self.opts.max_body_bytes)
         .max_encoding_message_size(usize::MAX);

@@ -5,6 +5,7 @@
 mod alloc;
 mod health;
 mod remote;
+mod routes;
 mod settings;
 
 use std::io::Write;
@@ -236,6 +237,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     let repo = opts.repository.clone();
     let poll = opts.poll_interval;
+    let routes = server_opts.routes.clone();
+    let routes_file = routes::file(a.routes_file.as_deref(), &repo, mirror.is_some());
     let engine = Engine::new(opts, backends(a.onnx_backend, &a.origin("onnx-backend"))?);
     let server = BoundServer::bind(engine.clone(), server_opts)
         .await
@@ -276,6 +279,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
             if a.model_control_mode != inferd_core::ControlMode::None {
                 tokio::spawn(remote::follow(m, poll));
             }
+        }
+        if let Some(file) = &routes_file {
+            routes.replace(routes::load(file, &repo)?);
         }
         engine.start().await.map_err(anyhow::Error::from)
     };

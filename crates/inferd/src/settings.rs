@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// unchanged version is not downloaded again.
     #[arg(long, env = "INFERD_MODEL_CACHE_DIR")]
     pub(crate) model_cache_dir: Option<PathBuf>,
+    /// Traffic routes (TOML, `[routes.NAME]` tables: split, ab, shadow, canary, bluegreen).
+    /// Default: `routes.toml` at the root of a local repository, when there is one.
+    #[arg(long, env = "INFERD_ROUTES_FILE")]
+    pub(crate) routes_file: Option<PathBuf>,
     /// HTTP port (0 picks a free one).
     #[arg(long, env = "INFERD_HTTP_PORT", default_value_t = 8000)]
     pub(crate) http_port: u16,
@@ -442,6 +446,7 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         exit_timeout: seconds(a, "exit-timeout-secs", a.exit_timeout_secs, 0.0)?,
         spin: Duration::from_micros(a.network_spin_us),
         tls: tls(a)?,
+        routes: Default::default(),
     })
 }
 

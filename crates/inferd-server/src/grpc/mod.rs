@@ -26,12 +26,22 @@ use crate::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 pub struct InferenceService {
     engine: Engine,
     inflight: std::sync::Arc<tokio::sync::Semaphore>,
+    routes: std::sync::Arc<crate::routes::Routes>,
 }
 
 impl InferenceService {
-    /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP).
-    pub fn new(engine: Engine, inflight: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
-        InferenceService { engine, inflight }
+    /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP);
+    /// `routes` sends requests naming a route to its targets.
+    pub fn new(
+        engine: Engine,
+        inflight: std::sync::Arc<tokio::sync::Semaphore>,
+        routes: std::sync::Arc<crate::routes::Routes>,
+    ) -> Self {
+        InferenceService {
+            engine,
+            inflight,
+            routes,
+        }
     }
 }
 
@@ -185,16 +195,49 @@ impl GrpcInferenceService for InferenceService {
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let _slot = crate::admission::admit(&self.inflight).map_err(Status::resource_exhausted)?;
+        let metadata = req.metadata().clone();
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = parse_version(&r.model_version)?;
+        // A route takes the unversioned calls; its sticky key comes from the metadata entry
+        // named by the route's header, else the request parameter of that name.
+        let routed = match version {
+            None => self.routes.resolve(&model, &|name| {
+                metadata
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(
+                        || match r.parameters.get(name)?.parameter_choice.as_ref()? {
+                            pb::infer_parameter::ParameterChoice::StringParam(s) => Some(s.clone()),
+                            pb::infer_parameter::ParameterChoice::Int64Param(i) => {
+                                Some(i.to_string())
+                            }
+                            _ => None,
+                        },
+                    )
+            }),
+            Some(_) => None,
+        };
+        let (model, version) = match routed {
+            Some(d) => (d.target.model, d.target.version),
+            None => (model, version),
+        };
         let ireq = decode_infer(r)?;
         let resp = self
             .engine
             .infer(&model, version, ireq)
             .await
             .map_err(status)?;
-        Ok(Response::new(encode_infer(resp)))
+        let target = crate::routes::target_label(&resp.model_name, resp.model_version);
+        let mut out = encode_infer(resp);
+        out.parameters.insert(
+            "target".into(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(target)),
+            },
+        );
+        Ok(Response::new(out))
     }
 
     type ModelStreamInferStream = StreamResult;

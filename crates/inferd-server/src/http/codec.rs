@@ -548,6 +548,16 @@ pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedRes
     if !resp.id.is_empty() {
         head.insert("id".into(), Value::String(resp.id.clone()));
     }
+    // The model version that produced the answer, also when a route chose it.
+    let mut params = Map::new();
+    params.insert(
+        "target".into(),
+        Value::String(crate::routes::target_label(
+            &resp.model_name,
+            resp.model_version,
+        )),
+    );
+    head.insert("parameters".into(), Value::Object(params));
     head.insert("outputs".into(), Value::Array(outputs));
     let header = serde_json::to_vec(&Value::Object(head)).unwrap_or_default();
     if blobs.is_empty() {

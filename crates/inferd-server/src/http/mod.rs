@@ -27,6 +27,9 @@ use crate::error::ApiError;
 /// Header naming the JSON part's length when binary tensor data follows.
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
+/// Response header naming the model version that produced the answer (`MODEL/VERSION`).
+pub const TARGET_HEADER: &str = "x-inferd-target";
+
 /// State shared by the HTTP handlers.
 #[derive(Clone)]
 pub struct HttpState {
@@ -41,6 +44,8 @@ pub struct HttpState {
     pub read_timeout: std::time::Duration,
     /// The metrics page (also on its own listener).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Traffic routes: a request naming a route goes where it sends it.
+    pub routes: std::sync::Arc<crate::routes::Routes>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -53,6 +58,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
+        .route("/v2/routes", get(list_routes))
+        .route("/v2/routes/{route}", get(get_route))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -326,6 +333,19 @@ async fn model_stats_v(
     )))
 }
 
+async fn list_routes(State(s): State<HttpState>) -> Json<Value> {
+    Json(crate::routes::routes_json(&s.routes.snapshot()))
+}
+
+async fn get_route(
+    State(s): State<HttpState>,
+    Path(route): Path<String>,
+) -> ApiResult<Json<Value>> {
+    crate::routes::route_json(&route, &s.routes.snapshot())
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no route named '{route}'")))
+}
+
 async fn infer(
     State(s): State<HttpState>,
     Path(model): Path<String>,
@@ -384,10 +404,29 @@ async fn do_infer(
     let (req, enc) =
         codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
     drop(body);
+    // A route named like its model takes the unversioned calls; `/versions/N/` goes direct.
+    let (model, version) = match version {
+        None => match s.routes.resolve(&model, &|name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        }) {
+            Some(d) => (d.target.model, d.target.version),
+            None => (model, None),
+        },
+        v => (model, v),
+    };
     let resp = s.engine.infer(&model, version, req).await?;
     let out = codec::encode_response(&resp, &enc);
     let mut r = Response::new(Body::from(out.body));
     let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&crate::routes::target_label(
+        &resp.model_name,
+        resp.model_version,
+    )) {
+        h.insert(TARGET_HEADER, v);
+    }
     match out.header_len {
         Some(n) => {
             h.insert(

@@ -1,0 +1,45 @@
+//! `--routes-file`: the traffic routes read at start, validated against the repository's
+//! models before the first request can reach them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use inferd_traffic::spec::RoutesFile;
+use inferd_traffic::table::Table;
+
+/// The routes file to read: the one named, else `routes.toml` at the root of a local
+/// repository when it exists (a mirrored one copies model folders only).
+pub(crate) fn file(named: Option<&Path>, repo: &Path, remote: bool) -> Option<PathBuf> {
+    if let Some(f) = named {
+        return Some(f.to_path_buf());
+    }
+    let default = repo.join("routes.toml");
+    (!remote && default.is_file()).then_some(default)
+}
+
+/// The model names of a repository: its folders (Triton's layout names a model by its folder).
+fn models(repo: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(repo)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads and validates `file`; any refusal stops startup with the file, route, field and
+/// reason.
+pub(crate) fn load(file: &Path, repo: &Path) -> Result<Table> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("routes file {}: cannot read it", file.display()))?;
+    let parsed = RoutesFile::parse(&file.display().to_string(), &text)?;
+    let names = models(repo);
+    let table = Table::from_specs(&parsed.routes, &|m| names.contains(m), 0.0)
+        .with_context(|| format!("routes file {}", file.display()))?;
+    tracing::info!(file = %file.display(), routes = parsed.routes.len(), "traffic routes loaded");
+    Ok(table)
+}
