@@ -22,9 +22,9 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod request_id;
-pub mod routes;
 pub mod spin;
 pub mod tls;
+pub mod traffic;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,8 +85,8 @@ pub struct ServerOptions {
     /// (see [`spin`]); zero disables. gRPC does not engage it: measured with perf_analyzer on
     /// the same two cores, it cost gRPC about as much as it gained HTTP.
     pub spin: Duration,
-    /// Traffic routes (`--routes-file`); empty when none.
-    pub routes: std::sync::Arc<routes::Routes>,
+    /// Traffic routes (`--routes-file`, the admin API, `--state-dir`); empty when none.
+    pub traffic: std::sync::Arc<traffic::Traffic>,
 }
 
 /// Listeners bound and ready to serve.
@@ -141,8 +141,12 @@ impl BoundServer {
             std::sync::Arc::new(tokio::sync::Semaphore::new(self.opts.max_inflight.max(1)));
         let spinner = spin::Spinner::new(self.opts.spin);
         let spin_task = tokio::spawn(spinner.clone().run());
+        let canary_task = traffic::controller::spawn(&self.opts.traffic);
         let guard_spinner = spinner.clone();
-        let metrics = std::sync::Arc::new(metrics::Metrics::new(self.engine.clone()));
+        let metrics = std::sync::Arc::new(metrics::Metrics::new(
+            self.engine.clone(),
+            &self.opts.traffic,
+        ));
         let metrics_task = self.metrics.map(|listener| {
             let app = metrics::router(metrics.clone());
             let mut stop = rx.clone();
@@ -160,7 +164,7 @@ impl BoundServer {
             inflight: inflight.clone(),
             read_timeout: self.opts.http.read_timeout,
             metrics,
-            routes: self.opts.routes.clone(),
+            traffic: self.opts.traffic.clone(),
         })
         .layer(request_id::RequestIdLayer)
         .layer(axum::middleware::from_fn(
@@ -213,7 +217,7 @@ impl BoundServer {
             grpc::InferenceService::new(
                 self.engine.clone(),
                 inflight.clone(),
-                self.opts.routes.clone(),
+                self.opts.traffic.clone(),
             ),
         )
         .max_decoding_message_size(self.opts.max_body_bytes)
@@ -288,6 +292,7 @@ impl BoundServer {
             };
         health_task.abort();
         spin_task.abort();
+        canary_task.abort();
         if let Some(t) = metrics_task {
             t.abort();
         }

@@ -151,6 +151,21 @@ impl Table {
         Ok(t)
     }
 
+    /// The table a restart starts from: the `saved` routes with their state, except where
+    /// the routes `file` now says something else (a route whose spec changed in the file
+    /// starts over from the file; one the file adds is added). Routes made through the API
+    /// and absent from the file are kept.
+    pub fn restored(saved: Table, file: Table) -> Table {
+        let mut t = saved;
+        for (name, route) in file.routes {
+            let same = t.routes.get(&name).is_some_and(|r| r.spec == route.spec);
+            if !same {
+                t.routes.insert(name, route);
+            }
+        }
+        t
+    }
+
     /// The route called `name`.
     pub fn get(&self, name: &str) -> Option<&Route> {
         self.routes.get(name)

@@ -201,3 +201,39 @@ fn a_file_with_a_bad_route_is_refused_whole() {
         0
     );
 }
+
+#[test]
+fn a_restart_keeps_saved_state_unless_the_file_changed_the_route() {
+    let mut saved = table()
+        .with_canary_event("fraud", Event::Promote)
+        .unwrap()
+        .with_switch("embed", &|_| true)
+        .unwrap();
+    let api_made: RouteSpec =
+        serde_json::from_str(r#"{"kind":"split","targets":[{"model":"ranker","weight":1}]}"#)
+            .unwrap();
+    saved = saved
+        .with_route("ranker_api", api_made, &models, 0.0)
+        .unwrap();
+    // The file now changes the blue-green route's environments; the rest is as before.
+    let edited = ROUTES.replace("version = 2 }\nactive", "version = 3 }\nactive");
+    let file = Table::from_specs(
+        &RoutesFile::parse("routes.toml", &edited).unwrap().routes,
+        &models,
+        0.0,
+    )
+    .unwrap();
+    let t = Table::restored(saved, file);
+    assert_eq!(
+        t.get("fraud").unwrap().state(),
+        "promoted",
+        "unchanged route keeps its state"
+    );
+    let embed = t.get("embed").unwrap();
+    assert_eq!(
+        embed.weights()[0].1,
+        100,
+        "changed route starts over on blue"
+    );
+    assert!(t.get("ranker_api").is_some(), "API-made route is kept");
+}

@@ -237,7 +237,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
     }
     let repo = opts.repository.clone();
     let poll = opts.poll_interval;
-    let routes = server_opts.routes.clone();
+    let traffic = server_opts.traffic.clone();
+    if traffic.auth.admin_open() {
+        tracing::warn!(
+            "no --admin-token: route changes and repository load/unload are open to anyone who can reach the HTTP and gRPC ports"
+        );
+    }
     let routes_file = routes::file(a.routes_file.as_deref(), &repo, mirror.is_some());
     let engine = Engine::new(opts, backends(a.onnx_backend, &a.origin("onnx-backend"))?);
     let server = BoundServer::bind(engine.clone(), server_opts)
@@ -280,9 +285,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
                 tokio::spawn(remote::follow(m, poll));
             }
         }
-        if let Some(file) = &routes_file {
-            routes.replace(routes::load(file, &repo)?);
-        }
+        routes::install(&traffic, routes_file.as_deref(), &repo)?;
         engine.start().await.map_err(anyhow::Error::from)
     };
     tokio::select! {

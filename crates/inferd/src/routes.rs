@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use inferd_server::traffic::Traffic;
 use inferd_traffic::spec::RoutesFile;
 use inferd_traffic::table::Table;
 
@@ -42,4 +43,22 @@ pub(crate) fn load(file: &Path, repo: &Path) -> Result<Table> {
         .with_context(|| format!("routes file {}", file.display()))?;
     tracing::info!(file = %file.display(), routes = parsed.routes.len(), "traffic routes loaded");
     Ok(table)
+}
+
+/// Puts the routes in force at start: those saved in the state dir (with their state), updated
+/// by the routes file where it changed them.
+pub(crate) fn install(traffic: &Traffic, file: Option<&Path>, repo: &Path) -> Result<()> {
+    let from_file = file.map(|f| load(f, repo)).transpose()?;
+    let saved = match traffic.state_dir() {
+        Some(s) => s.load().map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    let table = match (saved, from_file) {
+        (Some(saved), Some(file)) => Table::restored(saved, file),
+        (Some(saved), None) => saved,
+        (None, Some(file)) => file,
+        (None, None) => return Ok(()),
+    };
+    tracing::info!(routes = table.iter().count(), "traffic routes in force");
+    traffic.install(table).map_err(anyhow::Error::msg)
 }

@@ -58,6 +58,19 @@ pub(crate) struct ServeArgs {
     /// Default: `routes.toml` at the root of a local repository, when there is one.
     #[arg(long, env = "INFERD_ROUTES_FILE")]
     pub(crate) routes_file: Option<PathBuf>,
+    /// Where routes and their live state (canary progress, blue-green side) are kept across
+    /// restarts, with the audit log of every change. Without it they live in memory only.
+    #[arg(long, env = "INFERD_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Bearer token(s) for every mutating call (routes, actions, repository load/unload):
+    /// `NAME:SECRET` (NAME goes to the audit log) or `SECRET`; repeat the flag or separate
+    /// with commas. Without one, those calls are open to anyone (logged as a warning).
+    #[arg(long, env = "INFERD_ADMIN_TOKEN", value_delimiter = ',')]
+    pub(crate) admin_token: Vec<String>,
+    /// Bearer token(s) for `POST /v2/feedback` only (admin tokens are accepted too), so an
+    /// application can report outcomes without admin rights.
+    #[arg(long, env = "INFERD_FEEDBACK_TOKEN", value_delimiter = ',')]
+    pub(crate) feedback_token: Vec<String>,
     /// HTTP port (0 picks a free one).
     #[arg(long, env = "INFERD_HTTP_PORT", default_value_t = 8000)]
     pub(crate) http_port: u16,
@@ -404,6 +417,31 @@ fn seconds(a: &ServeArgs, flag: &str, v: f64, min: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Routes' auth and state dir (the routes themselves are read once models are known).
+fn traffic(a: &ServeArgs) -> Result<inferd_server::traffic::Traffic> {
+    use inferd_server::traffic::auth::{Auth, Token};
+    let tokens = |flag: &str, list: &[String], default_name: &str| -> Result<Vec<Token>> {
+        list.iter()
+            .map(|t| {
+                Token::parse(t.trim(), default_name)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", a.origin(flag)))
+            })
+            .collect()
+    };
+    let auth = Auth::new(
+        tokens("admin-token", &a.admin_token, "admin")?,
+        tokens("feedback-token", &a.feedback_token, "feedback")?,
+    );
+    let state = match &a.state_dir {
+        Some(d) => Some(
+            inferd_server::traffic::persist::StateDir::open(d)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.origin("state-dir")))?,
+        ),
+        None => None,
+    };
+    Ok(inferd_server::traffic::Traffic::new(auth, state))
+}
+
 /// The front-ends' settings.
 pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
     if a.max_connections == 0 {
@@ -446,7 +484,7 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         exit_timeout: seconds(a, "exit-timeout-secs", a.exit_timeout_secs, 0.0)?,
         spin: Duration::from_micros(a.network_spin_us),
         tls: tls(a)?,
-        routes: Default::default(),
+        traffic: std::sync::Arc::new(traffic(a)?),
     })
 }
 

@@ -26,22 +26,37 @@ use crate::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 pub struct InferenceService {
     engine: Engine,
     inflight: std::sync::Arc<tokio::sync::Semaphore>,
-    routes: std::sync::Arc<crate::routes::Routes>,
+    traffic: std::sync::Arc<crate::traffic::Traffic>,
 }
 
 impl InferenceService {
     /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP);
-    /// `routes` sends requests naming a route to its targets.
+    /// `traffic` sends requests naming a route to its targets and guards repository changes.
     pub fn new(
         engine: Engine,
         inflight: std::sync::Arc<tokio::sync::Semaphore>,
-        routes: std::sync::Arc<crate::routes::Routes>,
+        traffic: std::sync::Arc<crate::traffic::Traffic>,
     ) -> Self {
         InferenceService {
             engine,
             inflight,
-            routes,
+            traffic,
         }
+    }
+}
+
+impl InferenceService {
+    /// Refuses a mutating call without a valid admin token (`authorization` metadata,
+    /// `Bearer ...`): UNAUTHENTICATED without one, PERMISSION_DENIED when wrong.
+    fn admin<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let value = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.traffic.auth.admin(value).map_err(|d| match d {
+            crate::traffic::auth::Denied::Missing => Status::unauthenticated(d.message()),
+            crate::traffic::auth::Denied::Wrong => Status::permission_denied(d.message()),
+        })
     }
 }
 
@@ -202,7 +217,7 @@ impl GrpcInferenceService for InferenceService {
         // A route takes the unversioned calls; its sticky key comes from the metadata entry
         // named by the route's header, else the request parameter of that name.
         let routed = match version {
-            None => self.routes.resolve(&model, &|name| {
+            None => self.traffic.resolve(&model, &|name| {
                 metadata
                     .get(name)
                     .and_then(|v| v.to_str().ok())
@@ -219,17 +234,28 @@ impl GrpcInferenceService for InferenceService {
             }),
             Some(_) => None,
         };
-        let (model, version) = match routed {
-            Some(d) => (d.target.model, d.target.version),
-            None => (model, version),
-        };
         let ireq = decode_infer(r)?;
-        let resp = self
-            .engine
-            .infer(&model, version, ireq)
-            .await
-            .map_err(status)?;
-        let target = crate::routes::target_label(&resp.model_name, resp.model_version);
+        let resp = match &routed {
+            None => self.engine.infer(&model, version, ireq).await,
+            Some(rt) => {
+                let t = &rt.decision.target;
+                let started = std::time::Instant::now();
+                let result = self.engine.infer(&t.model, t.version, ireq).await;
+                let failed = match &result {
+                    Ok(_) => false,
+                    Err(e) => crate::error::codes(e).0.is_server_error(),
+                };
+                self.traffic.observed.record(
+                    &rt.route,
+                    &t.to_string(),
+                    started.elapsed().as_secs_f64(),
+                    failed,
+                );
+                result
+            }
+        }
+        .map_err(status)?;
+        let target = crate::traffic::view::target_label(&resp.model_name, resp.model_version);
         let mut out = encode_infer(resp);
         out.parameters.insert(
             "target".into(),
@@ -378,6 +404,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        self.admin(&req)?;
         let r = req.into_inner();
         if let Some(k) = r
             .parameters
@@ -396,6 +423,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.admin(&req)?;
         let r = req.into_inner();
         self.engine
             .unload_api(&r.model_name)

@@ -552,7 +552,7 @@ pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedRes
     let mut params = Map::new();
     params.insert(
         "target".into(),
-        Value::String(crate::routes::target_label(
+        Value::String(crate::traffic::view::target_label(
             &resp.model_name,
             resp.model_version,
         )),

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::SERVER_EXTENSIONS;
 use crate::admission::admit;
 use crate::error::ApiError;
+use crate::traffic::admin;
 
 /// Header naming the JSON part's length when binary tensor data follows.
 pub const HEADER_LEN: &str = "inference-header-content-length";
@@ -45,7 +46,7 @@ pub struct HttpState {
     /// The metrics page (also on its own listener).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Traffic routes: a request naming a route goes where it sends it.
-    pub routes: std::sync::Arc<crate::routes::Routes>,
+    pub traffic: std::sync::Arc<crate::traffic::Traffic>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -58,8 +59,14 @@ pub fn router(state: HttpState) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
-        .route("/v2/routes", get(list_routes))
-        .route("/v2/routes/{route}", get(get_route))
+        .route("/v2/routes", get(admin::list_routes))
+        .route(
+            "/v2/routes/{route}",
+            get(admin::get_route)
+                .put(admin::put_route)
+                .delete(admin::delete_route),
+        )
+        .route("/v2/routes/{route}/{action}", post(admin::route_action))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -127,7 +134,7 @@ fn parse_version(v: &str) -> ApiResult<Option<u64>> {
 
 /// Reads a request body of at most `s.max_body_bytes` (413 past it) that must be complete within
 /// `s.read_timeout` (408 past it; both answers close the connection).
-async fn read_body(body: Body, s: &HttpState, headers: &HeaderMap) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(body: Body, s: &HttpState, headers: &HeaderMap) -> ApiResult<Bytes> {
     let secs = s.read_timeout.as_secs_f64();
     tokio::time::timeout(
         s.read_timeout,
@@ -333,19 +340,6 @@ async fn model_stats_v(
     )))
 }
 
-async fn list_routes(State(s): State<HttpState>) -> Json<Value> {
-    Json(crate::routes::routes_json(&s.routes.snapshot()))
-}
-
-async fn get_route(
-    State(s): State<HttpState>,
-    Path(route): Path<String>,
-) -> ApiResult<Json<Value>> {
-    crate::routes::route_json(&route, &s.routes.snapshot())
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no route named '{route}'")))
-}
-
 async fn infer(
     State(s): State<HttpState>,
     Path(model): Path<String>,
@@ -404,24 +398,41 @@ async fn do_infer(
     let (req, enc) =
         codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
     drop(body);
-    // A route named like its model takes the unversioned calls; `/versions/N/` goes direct.
-    let (model, version) = match version {
-        None => match s.routes.resolve(&model, &|name| {
+    // A route takes the unversioned calls (its sticky key from the header the route names,
+    // else the request parameter of that name); `/versions/N/` goes direct.
+    let routed = match version {
+        None => s.traffic.resolve(&model, &|name| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
-        }) {
-            Some(d) => (d.target.model, d.target.version),
-            None => (model, None),
-        },
-        v => (model, v),
+                .or_else(|| crate::traffic::param_key(&req.parameters, name))
+        }),
+        Some(_) => None,
     };
-    let resp = s.engine.infer(&model, version, req).await?;
+    let resp = match &routed {
+        None => s.engine.infer(&model, version, req).await?,
+        Some(r) => {
+            let t = &r.decision.target;
+            let started = std::time::Instant::now();
+            let result = s.engine.infer(&t.model, t.version, req).await;
+            let failed = match &result {
+                Ok(_) => false,
+                Err(e) => crate::error::codes(e).0.is_server_error(),
+            };
+            s.traffic.observed.record(
+                &r.route,
+                &t.to_string(),
+                started.elapsed().as_secs_f64(),
+                failed,
+            );
+            result?
+        }
+    };
     let out = codec::encode_response(&resp, &enc);
     let mut r = Response::new(Body::from(out.body));
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&crate::routes::target_label(
+    if let Ok(v) = HeaderValue::from_str(&crate::traffic::view::target_label(
         &resp.model_name,
         resp.model_version,
     )) {
@@ -505,6 +516,7 @@ async fn repository_load(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    admin::admin(&s, &headers)?;
     let req = json_body(body, &s, &headers).await?;
     if let Some(params) = req.get("parameters").and_then(Value::as_object)
         && let Some(k) = params
@@ -525,6 +537,7 @@ async fn repository_unload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    admin::admin(&s, &headers)?;
     let _ = json_body(body, &s, &headers).await?;
     s.engine.unload_api(&model).await?;
     Ok(Json(json!({})))

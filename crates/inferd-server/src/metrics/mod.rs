@@ -9,6 +9,8 @@
 //! - [`process`]: the `process_*` series Prometheus clients conventionally export (CPU,
 //!   resident memory, open files, start time), read from `/proc`;
 //! - [`gpu`]: per-GPU utilisation and memory through NVML, absent without a GPU;
+//! - per traffic route and target: requests by outcome and latency (see
+//!   [`crate::traffic::observe`]);
 //! - this file: server uptime, build info, readiness, and the listener.
 
 pub mod gpu;
@@ -36,9 +38,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics over `engine`, with the server's own series.
-    pub fn new(engine: Engine) -> Self {
+    /// Metrics over `engine`, with the server's own series and `traffic`'s per-route ones.
+    pub fn new(engine: Engine, traffic: &crate::traffic::Traffic) -> Self {
         let mut registry = Registry::default();
+        traffic.observed.register(&mut registry);
         registry.register_collector(Box::new(ServerCollector {
             engine: engine.clone(),
             started: Instant::now(),

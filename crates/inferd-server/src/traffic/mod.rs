@@ -1,0 +1,352 @@
+//! Traffic routes at the front door. A request to `/v2/models/{name}/infer` (or gRPC
+//! `ModelInfer`) that names a route and no version goes where the route sends it. The policy
+//! is pure and lives in `inferd-traffic`; this module holds the table in force and drives it:
+//!
+//! - this file: [`Traffic`], the table (swapped whole, so a request sees one table from start
+//!   to end), resolution, and every change (validated, saved, audited, then swapped);
+//! - [`auth`]: admin and feedback bearer tokens;
+//! - [`persist`]: the state dir (routes with their state, audit log);
+//! - [`observe`]: per-route windows for canary analysis, and per-route metrics;
+//! - [`controller`]: the actor that runs canary analyses every interval;
+//! - [`admin`]: the admin API's HTTP handlers;
+//! - [`view`]: the routes as the API shows them.
+
+pub mod admin;
+pub mod auth;
+pub mod controller;
+pub mod observe;
+pub mod persist;
+pub mod view;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use inferd_traffic::TrafficError;
+use inferd_traffic::canary::{Event, Phase};
+use inferd_traffic::spec::{RouteSpec, Target};
+use inferd_traffic::table::{ActionError, Decision, Table};
+
+use self::auth::Auth;
+use self::observe::Observed;
+use self::persist::{AuditEntry, StateDir, rfc3339_now};
+
+/// The audit log's `who` for the canary controller's decisions.
+pub const CONTROLLER: &str = "controller";
+
+/// Where one request goes, and under which route.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The route's name.
+    pub route: String,
+    /// Its decision.
+    pub decision: Decision,
+}
+
+/// Why a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The route or body is invalid (400).
+    #[error(transparent)]
+    Invalid(#[from] TrafficError),
+    /// No such route (404).
+    #[error("no route named '{0}'")]
+    NotFound(String),
+    /// The route's kind or state refuses the action (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The state dir could not be written; nothing changed (500).
+    #[error("cannot save the routes in the state dir: {0}")]
+    Storage(String),
+}
+
+impl ChangeError {
+    fn from_action(route: &str, e: ActionError) -> ChangeError {
+        match e {
+            ActionError::NoRoute => ChangeError::NotFound(route.to_string()),
+            other => ChangeError::Conflict(format!("route '{route}': {other}")),
+        }
+    }
+}
+
+/// The traffic routes of one server.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    table: RwLock<Arc<Table>>,
+    /// Serialises changes: each builds on the last.
+    changes: tokio::sync::Mutex<()>,
+    state: Option<StateDir>,
+    /// Who may change routes and send feedback.
+    pub auth: Auth,
+    /// What each route's targets did.
+    pub observed: Observed,
+    /// When each canary was last analysed (clock seconds).
+    analysed: Mutex<HashMap<String, f64>>,
+}
+
+/// A sticky key carried as the KServe request parameter `name` (a string or an integer).
+pub fn param_key(
+    params: &std::collections::BTreeMap<String, inferd_core::request::ParamValue>,
+    name: &str,
+) -> Option<String> {
+    use inferd_core::request::ParamValue;
+    match params.get(name)? {
+        ParamValue::String(s) => Some(s.clone()),
+        ParamValue::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Wall-clock seconds: rollouts keep their step start across restarts, so not a monotonic clock.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Traffic {
+    /// Routes guarded by `auth`, saved in `state` when given.
+    pub fn new(auth: Auth, state: Option<StateDir>) -> Traffic {
+        Traffic {
+            auth,
+            state,
+            ..Traffic::default()
+        }
+    }
+
+    /// The state dir, if any.
+    pub fn state_dir(&self) -> Option<&StateDir> {
+        self.state.as_ref()
+    }
+
+    /// The table now (a cheap snapshot).
+    pub fn snapshot(&self) -> Arc<Table> {
+        // A poisoned lock still holds a whole table: swaps replace the Arc in one store.
+        self.table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, table: Table) {
+        *self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+    }
+
+    /// Puts `table` in force at start (before any request) and saves it.
+    pub fn install(&self, table: Table) -> Result<(), String> {
+        if let Some(s) = &self.state {
+            s.save(&table)
+                .map_err(|e| format!("state dir {}: {e}", s.path().display()))?;
+        }
+        self.replace(table);
+        Ok(())
+    }
+
+    /// Where a request for `name` goes, if `name` is a route: `key` finds the request's sticky
+    /// key by the route's header name.
+    pub fn resolve(&self, name: &str, key: &dyn Fn(&str) -> Option<String>) -> Option<Resolved> {
+        let table = self.snapshot();
+        let route = table.get(name)?;
+        let sticky = route.sticky_header().and_then(key);
+        Some(Resolved {
+            route: name.to_string(),
+            decision: route.resolve(
+                name,
+                sticky.as_deref(),
+                fastrand::u64(..),
+                fastrand::u64(..),
+            ),
+        })
+    }
+
+    /// Applies one change: `build` makes the new table from the current one; it is saved,
+    /// audited and swapped in, or refused with nothing changed. An empty `why` is filled with
+    /// the rollout's own reason. Controller analyses are audited only when they move the
+    /// rollout (a phase, a step, a failed check), so the log holds decisions, not heartbeats.
+    pub async fn change(
+        &self,
+        who: &str,
+        action: &str,
+        route: &str,
+        why: &str,
+        build: impl FnOnce(&Table) -> Result<Table, ChangeError>,
+    ) -> Result<Arc<Table>, ChangeError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let current = self.snapshot();
+        let next = build(&current)?;
+        let before = current.get(route).and_then(|r| r.rollout.as_ref());
+        let after = next.get(route).and_then(|r| r.rollout.as_ref());
+        let moved = match (before, after) {
+            (Some(b), Some(a)) => {
+                b.phase_name() != a.phase_name()
+                    || b.canary_weight() != a.canary_weight()
+                    || b.failures != a.failures
+            }
+            _ => true,
+        };
+        let entry = AuditEntry {
+            time: rfc3339_now(),
+            who: who.to_string(),
+            action: action.to_string(),
+            route: route.to_string(),
+            why: if why.is_empty() {
+                after.map(|a| a.reason.clone()).unwrap_or_default()
+            } else {
+                why.to_string()
+            },
+            state: next.get(route).map(|r| r.state().to_string()),
+        };
+        let audit = action != "analysis" || moved;
+        if let Some(s) = self.state.clone() {
+            let t = next.clone();
+            let e = entry.clone();
+            tokio::task::spawn_blocking(move || {
+                s.save(&t)?;
+                if audit { s.audit(&e) } else { Ok(()) }
+            })
+            .await
+            .map_err(|e| ChangeError::Storage(e.to_string()))?
+            .map_err(|e| ChangeError::Storage(e.to_string()))?;
+        }
+        if audit {
+            tracing::info!(
+                who = %entry.who,
+                action = %entry.action,
+                route = %entry.route,
+                why = %entry.why,
+                state = entry.state.as_deref().unwrap_or("deleted"),
+                "route changed"
+            );
+        }
+        if matches!(action, "put" | "delete") {
+            self.observed.forget(route);
+            self.analysed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(route);
+        }
+        self.replace(next);
+        Ok(self.snapshot())
+    }
+
+    /// Sets route `name` to `spec`, validated against `models` (the repository's model names).
+    pub async fn put(
+        &self,
+        who: &str,
+        name: &str,
+        spec: RouteSpec,
+        models: &(dyn Fn(&str) -> bool + Sync),
+        why: &str,
+    ) -> Result<Arc<Table>, ChangeError> {
+        self.change(who, "put", name, why, |t| {
+            Ok(t.with_route(name, spec, models, now())?)
+        })
+        .await
+    }
+
+    /// Deletes route `name`.
+    pub async fn delete(&self, who: &str, name: &str, why: &str) -> Result<(), ChangeError> {
+        self.change(who, "delete", name, why, |t| {
+            t.without_route(name)
+                .ok_or_else(|| ChangeError::NotFound(name.to_string()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// An operator's canary action (`promote`, `abort`, `pause`, `resume`).
+    pub async fn canary_action(
+        &self,
+        who: &str,
+        name: &str,
+        action: &str,
+        why: &str,
+    ) -> Result<Arc<Table>, ChangeError> {
+        let event = match action {
+            "promote" => Event::Promote,
+            "abort" => Event::Abort {
+                reason: if why.is_empty() {
+                    format!("by {who}")
+                } else {
+                    why.to_string()
+                },
+            },
+            "pause" => Event::Pause { now: now() },
+            "resume" => Event::Resume { now: now() },
+            other => return Err(ChangeError::Conflict(format!("unknown action '{other}'"))),
+        };
+        self.change(who, action, name, why, |t| {
+            t.with_canary_event(name, event)
+                .map_err(|e| ChangeError::from_action(name, e))
+        })
+        .await
+    }
+
+    /// Switches blue-green route `name`, if `ready` says the incoming side can serve.
+    pub async fn switch(
+        &self,
+        who: &str,
+        name: &str,
+        ready: &(dyn Fn(&Target) -> bool + Sync),
+        why: &str,
+    ) -> Result<Arc<Table>, ChangeError> {
+        self.change(who, "switch", name, why, |t| {
+            t.with_switch(name, ready)
+                .map_err(|e| ChangeError::from_action(name, e))
+        })
+        .await
+    }
+
+    /// Runs every canary analysis that is due at clock `now`; returns how many ran.
+    pub async fn analyse_due(&self, now: f64) -> usize {
+        let due: Vec<(String, Target, Target)> = {
+            let table = self.snapshot();
+            let mut analysed = self.analysed.lock().unwrap_or_else(|p| p.into_inner());
+            table
+                .iter()
+                .filter_map(|(name, r)| {
+                    let RouteSpec::Canary {
+                        primary,
+                        canary,
+                        interval_secs,
+                        ..
+                    } = &r.spec
+                    else {
+                        return None;
+                    };
+                    let ro = r.rollout.as_ref()?;
+                    if !matches!(ro.phase, Phase::Progressing { .. }) {
+                        return None;
+                    }
+                    let last = analysed.entry(name.clone()).or_insert(now);
+                    if now - *last < *interval_secs as f64 {
+                        return None;
+                    }
+                    *last = now;
+                    Some((name.clone(), primary.clone(), canary.clone()))
+                })
+                .collect()
+        };
+        let mut ran = 0;
+        for (name, primary, canary) in due {
+            let event = Event::Analysis {
+                now,
+                canary: self.observed.take(&name, &canary.to_string()),
+                primary: self.observed.take(&name, &primary.to_string()),
+            };
+            let result = self
+                .change(CONTROLLER, "analysis", &name, "", |t| {
+                    t.with_canary_event(&name, event)
+                        .map_err(|e| ChangeError::from_action(&name, e))
+                })
+                .await;
+            match result {
+                Ok(_) => ran += 1,
+                Err(e) => tracing::warn!(route = %name, "canary analysis not applied: {e}"),
+            }
+        }
+        ran
+    }
+}
