@@ -6,6 +6,8 @@
 //! - [`split`]: weighted and sticky target choice, shadow sampling;
 //! - [`canary`]: the canary rollout state machine;
 //! - [`stats`]: A/B test statistics on outcome feedback;
+//! - [`experiment`]: an A/B test's outcomes per arm and its report;
+//! - [`shadow`]: a shadow route's comparison of primary and shadow answers;
 //! - [`bluegreen`]: the atomic switch and its refusal rules;
 //! - [`table`]: the routes in force with their live state, swapped whole on each change.
 //!
@@ -13,6 +15,8 @@
 
 pub mod bluegreen;
 pub mod canary;
+pub mod experiment;
+pub mod shadow;
 pub mod spec;
 pub mod split;
 pub mod stats;

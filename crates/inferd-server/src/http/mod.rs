@@ -66,7 +66,11 @@ pub fn router(state: HttpState) -> Router {
                 .put(admin::put_route)
                 .delete(admin::delete_route),
         )
-        .route("/v2/routes/{route}/{action}", post(admin::route_action))
+        .route(
+            "/v2/routes/{route}/{action}",
+            get(admin::route_report).post(admin::route_action),
+        )
+        .route("/v2/feedback", post(admin::feedback))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -414,18 +418,21 @@ async fn do_infer(
         None => s.engine.infer(&model, version, req).await?,
         Some(r) => {
             let t = &r.decision.target;
+            let copy = r.decision.shadow.as_ref().map(|_| req.clone());
             let started = std::time::Instant::now();
             let result = s.engine.infer(&t.model, t.version, req).await;
+            let secs = started.elapsed().as_secs_f64();
             let failed = match &result {
                 Ok(_) => false,
                 Err(e) => crate::error::codes(e).0.is_server_error(),
             };
-            s.traffic.observed.record(
-                &r.route,
-                &t.to_string(),
-                started.elapsed().as_secs_f64(),
-                failed,
-            );
+            let id = headers
+                .get(&crate::request_id::REQUEST_ID)
+                .and_then(|v| v.to_str().ok());
+            s.traffic.served(r, secs, failed, id);
+            if let Some(copy) = copy {
+                s.traffic.mirror(&s.engine, r, copy, &result, secs, id);
+            }
             result?
         }
     };

@@ -60,7 +60,7 @@ pub fn feedback_caller(s: &HttpState, headers: &HeaderMap) -> ApiResult<String> 
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
         let status = match &e {
-            ChangeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ChangeError::Invalid(_) | ChangeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
             ChangeError::Conflict(_) => StatusCode::CONFLICT,
             ChangeError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,4 +171,51 @@ pub async fn route_action(
         }
     }
     shown(&s, &route)
+}
+
+/// `GET /v2/routes/{route}/report`: an A/B test's statistics, a canary's analyses, a shadow's
+/// comparison.
+pub async fn route_report(
+    State(s): State<HttpState>,
+    Path((route, what)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    if what != "report" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no '{what}' under route '{route}'; GET .../report"),
+        ));
+    }
+    let table = s.traffic.snapshot();
+    let r = table
+        .get(&route)
+        .ok_or_else(|| ApiError::from(ChangeError::NotFound(route.clone())))?;
+    let mut out = route_json(&route, &table).unwrap_or(Value::Null);
+    match &r.spec {
+        RouteSpec::Ab { experiment, .. } => {
+            let arms: Vec<String> = r.weights().iter().map(|(t, _)| t.to_string()).collect();
+            out["experiment"] = s
+                .traffic
+                .experiments
+                .outcomes(&route)
+                .report(&arms, experiment);
+        }
+        RouteSpec::Shadow { .. } => {
+            out["shadow"] = s.traffic.shadow_report(&route);
+        }
+        _ => {}
+    }
+    Ok(Json(out))
+}
+
+/// `POST /v2/feedback`: an outcome for an A/B test, by request id or by route and key.
+pub async fn feedback(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    feedback_caller(&s, &headers)?;
+    let body = read_body(body, &s, &headers).await?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("feedback body is not JSON: {e}")))?;
+    Ok(Json(s.traffic.feedback(&v)?))
 }

@@ -8,14 +8,18 @@
 //! - [`persist`]: the state dir (routes with their state, audit log);
 //! - [`observe`]: per-route windows for canary analysis, and per-route metrics;
 //! - [`controller`]: the actor that runs canary analyses every interval;
+//! - [`ab`]: A/B tests' exposures and outcome feedback;
+//! - [`shadow`]: shadow routes' mirrored copies, comparison and prediction log;
 //! - [`admin`]: the admin API's HTTP handlers;
 //! - [`view`]: the routes as the API shows them.
 
+pub mod ab;
 pub mod admin;
 pub mod auth;
 pub mod controller;
 pub mod observe;
 pub mod persist;
+pub mod shadow;
 pub mod view;
 
 use std::collections::HashMap;
@@ -48,6 +52,9 @@ pub enum ChangeError {
     /// The route or body is invalid (400).
     #[error(transparent)]
     Invalid(#[from] TrafficError),
+    /// Some other request body is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
     /// No such route (404).
     #[error("no route named '{0}'")]
     NotFound(String),
@@ -79,6 +86,10 @@ pub struct Traffic {
     pub auth: Auth,
     /// What each route's targets did.
     pub observed: Observed,
+    /// A/B tests' outcomes.
+    pub experiments: ab::Experiments,
+    /// Shadow routes' copies and comparisons.
+    pub shadows: Arc<shadow::Shadows>,
     /// When each canary was last analysed (clock seconds).
     analysed: Mutex<HashMap<String, f64>>,
 }
@@ -108,6 +119,9 @@ impl Traffic {
     pub fn new(auth: Auth, state: Option<StateDir>) -> Traffic {
         Traffic {
             auth,
+            shadows: Arc::new(shadow::Shadows::new(
+                state.as_ref().map(|s| s.path().join("predictions")),
+            )),
             state,
             ..Traffic::default()
         }
@@ -134,9 +148,13 @@ impl Traffic {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
     }
 
-    /// Puts `table` in force at start (before any request) and saves it.
+    /// Puts `table` in force at start (before any request) and saves it; restores saved A/B
+    /// outcomes.
     pub fn install(&self, table: Table) -> Result<(), String> {
         if let Some(s) = &self.state {
+            if let Some(o) = s.load_outcomes()? {
+                self.experiments.restore(o);
+            }
             s.save(&table)
                 .map_err(|e| format!("state dir {}: {e}", s.path().display()))?;
         }
@@ -159,6 +177,91 @@ impl Traffic {
                 fastrand::u64(..),
             ),
         })
+    }
+
+    /// Records what a routed request did: its window and metrics, and an A/B exposure.
+    pub fn served(&self, r: &Resolved, secs: f64, failed: bool, request_id: Option<&str>) {
+        let arm = r.decision.target.to_string();
+        self.observed.record(&r.route, &arm, secs, failed);
+        if !failed
+            && let Some(route) = self.snapshot().get(&r.route)
+            && matches!(route.spec, RouteSpec::Ab { .. })
+        {
+            self.experiments.exposed(&r.route, &arm, request_id);
+        }
+    }
+
+    /// Records outcome feedback (see [`ab::Feedback`]) against the arm that answered.
+    pub fn feedback(&self, body: &serde_json::Value) -> Result<serde_json::Value, ChangeError> {
+        let f = ab::Feedback::parse(body).map_err(ChangeError::BadRequest)?;
+        let table = self.snapshot();
+        let (route, arm) = match &f.by {
+            ab::By::Request(id) => self.experiments.by_request(id).ok_or_else(|| {
+                ChangeError::NotFound(format!(
+                    "request '{id}' (no A/B route answered it recently)"
+                ))
+            })?,
+            ab::By::Key { route, key } => {
+                let r = table
+                    .get(route)
+                    .ok_or_else(|| ChangeError::NotFound(route.clone()))?;
+                (
+                    route.clone(),
+                    r.resolve(route, Some(key), 0, 0).target.to_string(),
+                )
+            }
+        };
+        let Some(RouteSpec::Ab { experiment, .. }) = table.get(&route).map(|r| &r.spec) else {
+            return Err(ChangeError::Conflict(format!(
+                "route '{route}' is not an A/B test"
+            )));
+        };
+        let metric = f.metric.unwrap_or_else(|| experiment.metric.clone());
+        self.experiments.feedback(&route, &arm, &metric, f.value);
+        Ok(serde_json::json!({ "route": route, "target": arm, "metric": metric }))
+    }
+
+    /// Sends a copy of a shadow route's request to its shadow target, after the primary
+    /// answered `result` in `secs` (see [`shadow`]).
+    pub fn mirror(
+        &self,
+        engine: &inferd_core::Engine,
+        r: &Resolved,
+        request: inferd_core::InferRequest,
+        result: &inferd_core::Result<inferd_core::InferResponse>,
+        secs: f64,
+        request_id: Option<&str>,
+    ) {
+        let Some(target) = &r.decision.shadow else {
+            return;
+        };
+        self.shadows.mirror(
+            engine,
+            shadow::Mirror {
+                route: r.route.clone(),
+                request_id: request_id.map(str::to_string),
+                primary: (r.decision.target.clone(), shadow::answer(result, secs)),
+                shadow: target.clone(),
+                request,
+            },
+        );
+    }
+
+    /// A shadow route's comparison so far.
+    pub fn shadow_report(&self, route: &str) -> serde_json::Value {
+        self.shadows.report(route)
+    }
+
+    /// Saves A/B outcomes that changed since the last save.
+    pub async fn save_outcomes(&self) {
+        let (Some(s), Some(o)) = (self.state.clone(), self.experiments.take_changed()) else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || s.save_outcomes(&o)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot save A/B outcomes in the state dir: {e}"),
+            Err(e) => tracing::warn!("cannot save A/B outcomes in the state dir: {e}"),
+        }
     }
 
     /// Applies one change: `build` makes the new table from the current one; it is saved,
@@ -222,6 +325,8 @@ impl Traffic {
         }
         if matches!(action, "put" | "delete") {
             self.observed.forget(route);
+            self.experiments.forget(route);
+            self.shadows.forget(route);
             self.analysed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -1,16 +1,21 @@
 //! `--state-dir`: the routes with their live state (`routes.json`, replaced whole through a
 //! temporary file and a rename, so a crash leaves the old file or the new one, never half of
-//! one) and the audit log (`audit.log`, one JSON object per change, appended).
+//! one), A/B outcomes (`experiments.json`, the same way) and the audit log (`audit.log`, one JSON object per change, appended).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use inferd_traffic::experiment::Outcomes;
 use inferd_traffic::table::Table;
 use serde::Serialize;
 
 /// The routes file inside the state dir.
 pub const ROUTES_FILE: &str = "routes.json";
+/// A/B outcomes inside the state dir.
+pub const OUTCOMES_FILE: &str = "experiments.json";
 /// The audit log inside the state dir.
 pub const AUDIT_FILE: &str = "audit.log";
 
@@ -70,16 +75,38 @@ impl StateDir {
             .map_err(|e| format!("{}: not a routes snapshot: {e}", path.display()))
     }
 
-    /// Replaces the saved routes with `table`: temp file, fsync, rename, fsync of the dir.
+    /// Replaces the saved routes with `table`.
     pub fn save(&self, table: &Table) -> std::io::Result<()> {
-        let body = serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!(".{ROUTES_FILE}.tmp"));
+        self.save_json(ROUTES_FILE, table)
+    }
+
+    /// The saved A/B outcomes, if any.
+    pub fn load_outcomes(&self) -> Result<Option<BTreeMap<String, Outcomes>>, String> {
+        let path = self.dir.join(OUTCOMES_FILE);
+        match std::fs::read(&path) {
+            Ok(t) => serde_json::from_slice(&t)
+                .map(Some)
+                .map_err(|e| format!("{}: not A/B outcomes: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: cannot read it: {e}", path.display())),
+        }
+    }
+
+    /// Replaces the saved A/B outcomes.
+    pub fn save_outcomes(&self, o: &BTreeMap<String, Outcomes>) -> std::io::Result<()> {
+        self.save_json(OUTCOMES_FILE, o)
+    }
+
+    /// Replaces file `name` with `value` as JSON: temp file, fsync, rename, fsync of the dir.
+    fn save_json<T: Serialize>(&self, name: &str, value: &T) -> std::io::Result<()> {
+        let body = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, self.dir.join(ROUTES_FILE))?;
+        std::fs::rename(&tmp, self.dir.join(name))?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
