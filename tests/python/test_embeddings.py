@@ -250,3 +250,31 @@ def test_a_large_request_does_not_fill_a_small_queue_by_itself(inferd_server_fac
     resp = oai(server).embeddings.create(model="minilm_auto", input=texts, encoding_format="float")
     assert [d.index for d in resp.data] == list(range(60))
     assert all(len(d.embedding) == 384 for d in resp.data)
+
+
+def test_a_route_named_in_the_openai_model_field_picks_its_target(server, reference):
+    """Routes serve OpenAI's ``model`` field like the KServe endpoints: the answer names its
+    target in ``x-inferd-target``, a sticky ``user`` keeps one arm, and the embeddings are right."""
+    split = {
+        "kind": "split",
+        "targets": [{"model": "minilm", "version": 1, "weight": 50}, {"model": "minilm_auto", "version": 1, "weight": 50}],
+    }
+    r = requests.put(f"{server.http_base}/v2/routes/embedder", json=split, timeout=10)
+    assert r.status_code == 200, r.text
+    try:
+        client = oai(server)
+        seen = set()
+        for i in range(40):
+            raw = client.embeddings.with_raw_response.create(model="embedder", input=TEXTS[:2], encoding_format="float")
+            seen.add(raw.headers["x-inferd-target"])
+            resp = raw.parse()
+            assert resp.model == "embedder"
+            assert_matches(np.stack([d.embedding for d in resp.data]), reference["vectors"][:2])
+        assert seen == {"minilm/1", "minilm_auto/1"}
+        sticky = {
+            client.embeddings.with_raw_response.create(model="embedder", input="a", user="user-7").headers["x-inferd-target"]
+            for _ in range(20)
+        }
+        assert len(sticky) == 1, sticky
+    finally:
+        requests.delete(f"{server.http_base}/v2/routes/embedder", timeout=10)

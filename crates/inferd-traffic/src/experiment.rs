@@ -222,6 +222,50 @@ mod tests {
         assert!((m["arms"][1]["mean"].as_f64().unwrap() - 14.0).abs() < 1e-9);
     }
 
+    /// The false-positive rate over `trials` A/A experiments of `n` users per arm, both arms
+    /// converting at 10% (conversion) or drawn from one normal (mean).
+    fn false_positive_rate(numeric: bool, trials: u64, n: u64) -> f64 {
+        let mut rng = fastrand::Rng::with_seed(20261205);
+        let mut significant = 0;
+        for _ in 0..trials {
+            let mut o = Outcomes::default();
+            for _ in 0..n {
+                for arm in ["m/1", "m/2"] {
+                    o.expose(arm);
+                    if numeric {
+                        // Sum of 12 uniforms minus 6: a standard normal, near enough.
+                        let z: f64 = (0..12).map(|_| rng.f64()).sum::<f64>() - 6.0;
+                        o.feedback(arm, "revenue", 10.0 + 3.0 * z);
+                    } else if rng.f64() < 0.10 {
+                        o.feedback(arm, "conversion", 1.0);
+                    }
+                }
+            }
+            let r = o.report(&arms(), &exp());
+            let metric = if numeric { "revenue" } else { "conversion" };
+            let m = r["metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["metric"] == metric)
+                .unwrap()
+                .clone();
+            if m["comparisons"][0]["result"]["significant"] == true {
+                significant += 1;
+            }
+        }
+        significant as f64 / trials as f64
+    }
+
+    #[test]
+    fn with_no_effect_significance_comes_in_about_alpha_of_trials() {
+        // 1000 A/A trials at alpha 0.05: the binomial sd is 0.7 points, so 2.5..8% is > 3 sd.
+        for numeric in [false, true] {
+            let rate = false_positive_rate(numeric, 1000, 500);
+            assert!((0.025..=0.08).contains(&rate), "numeric={numeric}: {rate}");
+        }
+    }
+
     #[test]
     fn outcomes_round_trip_through_json() {
         let mut o = Outcomes::default();

@@ -1,5 +1,5 @@
 //! A shadow route's comparison of its two sides, fed one pair of answers at a time: how often
-//! they agree (argmax per row), how far apart their numbers are (mean and max absolute
+//! they agree (argmax per row, or a single score thresholded at 0.5), how far apart their numbers are (mean and max absolute
 //! difference), how differently their outputs are distributed (population stability index
 //! over the primary's deciles), and each side's latency (p50, p99) and error rate. Memory is
 //! bounded: latencies and output values are kept as uniform samples of fixed size.
@@ -97,13 +97,18 @@ pub struct Comparison {
     abs_diff_max: f64,
 }
 
-fn argmaxes(values: &[f64], rows: usize) -> Vec<usize> {
+/// Each row's label: its argmax, or for one score per row the score thresholded at 0.5.
+fn labels(values: &[f64], rows: usize) -> Vec<usize> {
     if rows == 0 || !values.len().is_multiple_of(rows) {
         return Vec::new();
     }
     values
         .chunks(values.len() / rows)
         .map(|row| {
+            // One score per row: the label is the score thresholded at 0.5.
+            if let [score] = row {
+                return usize::from(*score >= 0.5);
+            }
             row.iter()
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))
@@ -130,7 +135,7 @@ impl Comparison {
             self.abs_diff_n += 1;
             self.abs_diff_max = self.abs_diff_max.max(d);
         }
-        let (pa, sa) = (argmaxes(p, primary.rows), argmaxes(s, shadow.rows));
+        let (pa, sa) = (labels(p, primary.rows), labels(s, shadow.rows));
         self.rows += pa.len() as u64;
         self.agreeing_rows += pa.iter().zip(&sa).filter(|(a, b)| a == b).count() as u64;
     }
@@ -222,6 +227,22 @@ mod tests {
         assert!((r["shadow"]["error_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(r["primary"]["p99_secs"], 0.010);
         assert_eq!(r["shadow"]["p50_secs"], 0.030);
+    }
+
+    #[test]
+    fn single_scores_agree_by_their_label_at_0_5() {
+        let mut c = Comparison::default();
+        // Rows (0.7, 0.2, 0.55) against (0.9, 0.4, 0.45): labels 1,0,1 vs 1,0,0.
+        c.push(
+            &answer(vec![0.7, 0.2, 0.55], 3, 0.0),
+            &answer(vec![0.9, 0.4, 0.45], 3, 0.0),
+            1,
+        );
+        let r = c.report();
+        assert!(
+            (r["agreement"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12,
+            "{r}"
+        );
     }
 
     #[test]

@@ -356,7 +356,20 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
         }
     };
     let texts = texts(req.get("input"))?;
-    let info = s.engine.model_info(&model, None)?;
+    // A route named in `model` picks the target (sticky by its header, else OpenAI's `user`).
+    let routed = s.traffic.resolve(&model, &|name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.get("user").and_then(Value::as_str).map(str::to_string))
+    });
+    let (target, target_version) = match &routed {
+        Some(r) => (r.decision.target.model.clone(), r.decision.target.version),
+        None => (model.clone(), None),
+    };
+    let started = std::time::Instant::now();
+    let info = s.engine.model_info(&target, target_version)?;
     let layout = embedding_model(&info.config).map_err(|m| OpenAiError::bad(m, "model"))?;
     match req.get("dimensions") {
         None | Some(Value::Null) => {}
@@ -394,7 +407,7 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
             };
             let tensor = Tensor::new(DataType::Bytes, shape, TensorData::Bytes(items));
             let engine = s.engine.clone();
-            let model = model.clone();
+            let model = target.clone();
             let input = layout.input.clone();
             let outputs = outputs.clone();
             async move {
@@ -423,6 +436,16 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
         in_flight,
     ))
     .await;
+    if let Some(r) = &routed {
+        let failed = responses
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.status.is_server_error()));
+        let id = headers
+            .get(&crate::request_id::REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        s.traffic
+            .served(r, started.elapsed().as_secs_f64(), failed, id);
+    }
     let mut data = Vec::with_capacity(texts.len());
     let mut tokens = 0u64;
     for resp in responses {
@@ -492,6 +515,9 @@ async fn do_embeddings(s: HttpState, headers: HeaderMap, body: Body) -> OaResult
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Ok(v) = HeaderValue::from_str(&crate::traffic::view::target_label(&target, version)) {
+        r.headers_mut().insert(super::TARGET_HEADER, v);
+    }
     Ok(r)
 }
 
