@@ -134,6 +134,7 @@ class InferdServer:
         self.http_host = self.grpc_host = ""
         self.http_port = self.grpc_port = 0
         self.metrics_url = ""  # http://host:port of the metrics listener, when it has one
+        self.admin_base = ""  # http://host:port of the admin listener (--admin-port), when it has one
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -199,6 +200,8 @@ class InferdServer:
         self.http_host, self.http_port = found["http"]["host"], int(found["http"]["port"])
         if m := re.search(r"^Metrics listening on (\S+)\s*$", text, re.M):
             self.metrics_url = f"http://{m.group(1)}"
+        if m := re.search(r"^Admin listening on (\S+)\s*$", text, re.M):
+            self.admin_base = f"http://{m.group(1)}"
         self.grpc_host, self.grpc_port = found["grpc"]["host"], int(found["grpc"]["port"])
         if self.http_port == 0 or self.grpc_port == 0:
             raise AssertionError("server printed port 0 instead of the bound ephemeral port")

@@ -307,6 +307,27 @@ def test_admin_api_needs_its_token_and_audits_who_changed_what(inferd_server_fac
     assert target_of(infer(requests.Session(), again, "r1", mlp_input(1))) == "simple_mlp/2"
 
 
+def test_admin_port_takes_the_admin_api_off_the_http_port(inferd_server_factory, repo):
+    server = inferd_server_factory(repo, "--admin-token", ADMIN, "--admin-port", "0")
+    assert server.admin_base.startswith("http://127.0.0.1:"), "the admin listener binds loopback by default"
+    spec = {"kind": "split", "targets": [{"model": "simple_mlp", "version": 2, "weight": 1}]}
+    for method, path in (("PUT", "/v2/routes/r1"), ("GET", "/v2/routes"), ("POST", "/v2/routes/r1/promote"),
+                         ("POST", "/v2/repository/models/simple_mlp/unload")):
+        r = requests.request(method, server.http_base + path, json=spec, headers=AUTH, timeout=10)
+        assert r.status_code == 404 and "--admin-port" in r.json()["error"], (method, path, r.text)
+    assert requests.put(server.admin_base + "/v2/routes/r1", json=spec, timeout=10).status_code == 401
+    r = requests.put(server.admin_base + "/v2/routes/r1", json=spec, headers=AUTH, timeout=10)
+    assert r.status_code == 200, r.text
+    assert [x["name"] for x in requests.get(server.admin_base + "/v2/routes", timeout=10).json()] == ["r1"]
+    # Clients still call the route (and report feedback) on the HTTP port.
+    assert target_of(infer(requests.Session(), server, "r1", mlp_input(1))) == "simple_mlp/2"
+    r = requests.post(server.http_base + "/v2/feedback", json={"route": "r1", "key": "k", "value": 1}, headers=AUTH, timeout=10)
+    assert r.status_code == 409 and "not an A/B test" in r.json()["error"], r.text
+    # Inference is not served on the admin port.
+    r = requests.post(server.admin_base + "/v2/models/simple_mlp/infer", json=body(mlp_input(1)), timeout=10)
+    assert r.status_code == 404
+
+
 BLUEGREEN = """
 [routes.embed]
 kind = "bluegreen"

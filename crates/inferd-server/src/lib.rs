@@ -48,6 +48,9 @@ pub const SERVER_EXTENSIONS: &[&str] = &[
     "schedule_policy",
 ];
 
+/// Connections the admin listener holds open at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// Front-end settings.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -57,6 +60,9 @@ pub struct ServerOptions {
     pub grpc_addr: SocketAddr,
     /// Metrics listen address (port 0 picks one); `None` serves metrics on the HTTP port only.
     pub metrics_addr: Option<SocketAddr>,
+    /// Admin listen address (`--admin-port`): when given, the admin API (routes, actions,
+    /// reports, repository load/unload) is served there and not on the HTTP port.
+    pub admin_addr: Option<SocketAddr>,
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     pub max_body_bytes: usize,
     /// Inference requests in flight at once (HTTP and gRPC together); 503 / RESOURCE_EXHAUSTED
@@ -96,6 +102,7 @@ pub struct BoundServer {
     http: TcpListener,
     grpc: TcpListener,
     metrics: Option<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -107,12 +114,17 @@ impl BoundServer {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
+        let admin = match opts.admin_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         Ok(BoundServer {
             engine,
             opts,
             http,
             grpc,
             metrics,
+            admin,
         })
     }
 
@@ -129,6 +141,11 @@ impl BoundServer {
     /// The bound metrics address, when metrics have a listener of their own.
     pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
         self.metrics.as_ref().map(|l| l.local_addr()).transpose()
+    }
+
+    /// The bound admin address, when the admin API has a listener of its own.
+    pub fn admin_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.admin.as_ref().map(|l| l.local_addr()).transpose()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
@@ -158,25 +175,39 @@ impl BoundServer {
                     .await
             })
         });
-        let app = http::router(http::HttpState {
+        let state = http::HttpState {
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
             inflight: inflight.clone(),
             read_timeout: self.opts.http.read_timeout,
             metrics,
             traffic: self.opts.traffic.clone(),
-        })
-        .layer(request_id::RequestIdLayer)
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let guard = guard_spinner.guard();
-                async move {
-                    let resp = next.run(req).await;
-                    drop(guard);
-                    resp
-                }
-            },
-        ));
+        };
+        // The admin listener has its own connection budget, so a flood of inference
+        // connections cannot lock operators out (and the reverse).
+        let admin_task = self.admin.map(|listener| {
+            let app = http::admin_router(state.clone()).layer(request_id::RequestIdLayer);
+            tokio::spawn(listen::serve_http(
+                listener,
+                app,
+                self.opts.http,
+                std::sync::Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS)),
+                self.opts.tls.clone(),
+                rx.clone(),
+            ))
+        });
+        let app = http::router(state, admin_task.is_none())
+            .layer(request_id::RequestIdLayer)
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let guard = guard_spinner.guard();
+                    async move {
+                        let resp = next.run(req).await;
+                        drop(guard);
+                        resp
+                    }
+                },
+            ));
         let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(
             self.opts.max_connections.max(1),
         ));
@@ -294,6 +325,9 @@ impl BoundServer {
         spin_task.abort();
         canary_task.abort();
         if let Some(t) = metrics_task {
+            t.abort();
+        }
+        if let Some(t) = admin_task {
             t.abort();
         }
         if let Some(t) = tls_task {

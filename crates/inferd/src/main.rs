@@ -252,11 +252,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let grpc = server.grpc_addr()?;
     // For scripts and tests that bind port 0. A closed stdout must not stop the server.
     let metrics = server.metrics_addr()?;
+    let admin = server.admin_addr()?;
     let announce = {
         let mut out = std::io::stdout().lock();
         writeln!(out, "HTTP listening on {http}")
             .and_then(|_| match metrics {
                 Some(m) => writeln!(out, "Metrics listening on {m}"),
+                None => Ok(()),
+            })
+            .and_then(|_| match admin {
+                Some(a) => writeln!(out, "Admin listening on {a}"),
                 None => Ok(()),
             })
             .and_then(|_| writeln!(out, "gRPC listening on {grpc}"))

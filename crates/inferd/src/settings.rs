@@ -84,6 +84,14 @@ pub(crate) struct ServeArgs {
     /// Metrics listen address.
     #[arg(long, env = "INFERD_METRICS_ADDRESS", default_value = "0.0.0.0")]
     pub(crate) metrics_address: IpAddr,
+    /// Serve the admin API (routes, actions, reports, repository load/unload) on a listener of
+    /// its own on this port (0 picks a free one) instead of the HTTP port.
+    #[arg(long, env = "INFERD_ADMIN_PORT")]
+    pub(crate) admin_port: Option<u16>,
+    /// The admin listener's address (with --admin-port; default 127.0.0.1, reachable only
+    /// from the pod or host unless widened).
+    #[arg(long, env = "INFERD_ADMIN_ADDRESS")]
+    pub(crate) admin_address: Option<IpAddr>,
     /// Serve metrics on their own listener (--metrics-port); false keeps them on the HTTP port
     /// only.
     #[arg(long, env = "INFERD_ALLOW_METRICS", default_value_t = true, action = ArgAction::Set)]
@@ -459,6 +467,7 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         metrics_addr: a
             .allow_metrics
             .then(|| SocketAddr::new(a.metrics_address, a.metrics_port)),
+        admin_addr: admin_addr(a)?,
         max_body_bytes: a.http_max_body_bytes,
         max_inflight: a.max_inflight_requests,
         max_connections: a.max_connections,
@@ -486,6 +495,21 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         tls: tls(a)?,
         traffic: std::sync::Arc::new(traffic(a)?),
     })
+}
+
+/// The admin listener's address: `--admin-port` on `--admin-address` (127.0.0.1 by default).
+fn admin_addr(a: &ServeArgs) -> Result<Option<SocketAddr>> {
+    match (a.admin_port, a.admin_address) {
+        (Some(port), addr) => Ok(Some(SocketAddr::new(
+            addr.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            port,
+        ))),
+        (None, Some(_)) => bail!(
+            "{}: needs --admin-port (without it the admin API is on the HTTP port)",
+            a.origin("admin-address")
+        ),
+        (None, None) => Ok(None),
+    }
 }
 
 /// The TLS files, read and checked now, so a bad one stops the start naming it.

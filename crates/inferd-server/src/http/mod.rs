@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -51,25 +51,15 @@ pub struct HttpState {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Builds the HTTP router.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
+/// Builds the HTTP router. With `admin_here` false (an admin listener of its own, see
+/// [`admin_router`]) the admin endpoints answer 404 here, saying where they are.
+pub fn router(state: HttpState, admin_here: bool) -> Router {
+    let r = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
-        .route("/v2/routes", get(admin::list_routes))
-        .route(
-            "/v2/routes/{route}",
-            get(admin::get_route)
-                .put(admin::put_route)
-                .delete(admin::delete_route),
-        )
-        .route(
-            "/v2/routes/{route}/{action}",
-            get(admin::route_report).post(admin::route_action),
-        )
         .route("/v2/feedback", post(admin::feedback))
         .route("/v2/models/{model}", get(model_metadata))
         .route(
@@ -96,15 +86,60 @@ pub fn router(state: HttpState) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
-        .route("/v1/models/{model}", get(openai::model))
+        .route("/v1/models/{model}", get(openai::model));
+    let r = if admin_here {
+        r.merge(admin_routes())
+    } else {
+        r.route("/v2/routes", any(admin_elsewhere))
+            .route("/v2/routes/{*rest}", any(admin_elsewhere))
+            .route("/v2/repository/models/{*rest}", any(admin_elsewhere))
+    };
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The admin endpoints: routes and their actions and reports, feedback, and the repository's
+/// load/unload.
+fn admin_routes() -> Router<HttpState> {
+    Router::new()
+        .route("/v2/routes", get(admin::list_routes))
+        .route(
+            "/v2/routes/{route}",
+            get(admin::get_route)
+                .put(admin::put_route)
+                .delete(admin::delete_route),
+        )
+        .route(
+            "/v2/routes/{route}/{action}",
+            get(admin::route_report).post(admin::route_action),
+        )
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+}
+
+/// The admin listener's router (`--admin-port`): the admin endpoints, feedback and liveness.
+pub fn admin_router(state: HttpState) -> Router {
+    admin_routes()
+        .route("/v2/feedback", post(admin::feedback))
+        .route("/v2/health/live", get(live))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+async fn admin_elsewhere(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{} {} is served on the admin listener (--admin-port), not on this port",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 async fn not_found(req: Request) -> ApiError {
