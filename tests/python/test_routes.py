@@ -328,6 +328,59 @@ def test_admin_port_takes_the_admin_api_off_the_http_port(inferd_server_factory,
     assert r.status_code == 404
 
 
+def test_the_route_cli_drives_the_admin_api(inferd_server_factory, inferd_bin, repo, tmp_path):
+    state = tmp_path / "state"
+    server = inferd_server_factory(repo, "--admin-token", ADMIN, "--admin-port", "0", "--state-dir", str(state))
+    at = ["--url", server.admin_base, "--token", ADMIN]
+
+    def cli(*args, at=at):
+        return subprocess.run([str(inferd_bin), *args, *at], capture_output=True, text=True, timeout=60)
+
+    routes = tmp_path / "routes.toml"
+    routes.write_text(SPLIT_ROUTES + """
+[routes.embed]
+kind = "bluegreen"
+blue = { model = "simple_mlp", version = 1 }
+green = { model = "simple_mlp", version = 2 }
+active = "blue"
+
+[routes.checkout]
+kind = "ab"
+targets = [ { model = "simple_mlp", version = 1, weight = 50 }, { model = "simple_mlp", version = 2, weight = 50 } ]
+experiment = { metric = "conversion" }
+""")
+    r = cli("route", "apply", str(routes), "--reason", "first rollout")
+    assert r.returncode == 0, r.stderr
+    assert [x["name"] for x in json.loads(r.stdout)] == ["checkout", "embed", "ranker"]
+    r = cli("route", "list")
+    assert r.returncode == 0 and {x["name"] for x in json.loads(r.stdout)} == {"checkout", "embed", "ranker"}
+    r = cli("route", "get", "ranker")
+    assert json.loads(r.stdout)["weights"] == [{"target": "simple_mlp/1", "weight": 90}, {"target": "simple_mlp/2", "weight": 10}]
+    r = cli("route", "switch", "embed", "--reason", "v2 verified")
+    assert r.returncode == 0 and json.loads(r.stdout)["active"] == "green", r.stderr
+    assert target_of(infer(requests.Session(), server, "embed", mlp_input(1))) == "simple_mlp/2"
+    r = cli("report", "checkout")
+    assert r.returncode == 0 and json.loads(r.stdout)["experiment"]["metrics"][0]["metric"] == "conversion"
+    # Refusals exit 1 with the server's status and message; a dead URL exits 2.
+    r = cli("route", "promote", "embed")
+    assert r.returncode == 1 and "409" in r.stderr, r.stderr
+    r = cli("route", "delete", "ranker", at=["--url", server.admin_base])
+    assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    r = cli("route", "delete", "ranker", at=["--url", server.admin_base, "--token", "wrong"])
+    assert r.returncode == 1 and "403" in r.stderr, r.stderr
+    r = cli("route", "get", "nosuch")
+    assert r.returncode == 1 and "404" in r.stderr and "nosuch" in r.stderr
+    r = cli("route", "list", at=["--url", "http://127.0.0.1:9"])
+    assert r.returncode == 2, r.stderr
+    assert cli("route", "delete", "ranker").returncode == 0
+    audit = [json.loads(line) for line in (state / "audit.log").read_text().splitlines()]
+    assert [(e["who"], e["action"], e["route"], e["why"]) for e in audit] == [
+        ("alice", "put", "checkout", "first rollout"), ("alice", "put", "embed", "first rollout"),
+        ("alice", "put", "ranker", "first rollout"), ("alice", "switch", "embed", "v2 verified"),
+        ("alice", "delete", "ranker", ""),
+    ]
+
+
 BLUEGREEN = """
 [routes.embed]
 kind = "bluegreen"

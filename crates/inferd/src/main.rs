@@ -5,6 +5,7 @@
 mod alloc;
 mod health;
 mod remote;
+mod route_cli;
 mod routes;
 mod settings;
 
@@ -89,6 +90,20 @@ pub(crate) enum Command {
     Repo {
         #[command(subcommand)]
         command: RepoCommand,
+    },
+    /// Traffic routes through a server's admin API (list, get, apply FILE, delete, and the
+    /// canary and blue-green actions). Exit code: 0 done, 1 refused by the server, 2 usage or
+    /// connection error.
+    Route {
+        #[command(subcommand)]
+        command: route_cli::RouteCommand,
+    },
+    /// A route's report: an A/B test's statistics, a shadow's comparison, a canary's analyses.
+    Report {
+        /// The route.
+        route: String,
+        #[command(flatten)]
+        at: route_cli::Endpoint,
     },
 }
 
@@ -533,6 +548,12 @@ fn main() -> std::process::ExitCode {
             quiet,
         } => {
             return std::process::ExitCode::from(remote::pull(&source, to, model, quiet));
+        }
+        Command::Route { command } => {
+            return std::process::ExitCode::from(route_cli::route(command));
+        }
+        Command::Report { route, at } => {
+            return std::process::ExitCode::from(route_cli::report(&route, &at));
         }
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));
