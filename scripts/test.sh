@@ -65,21 +65,21 @@ echo "== protocol definitions match tritonclient's"
 ORT_DYLIB_PATH=$(ls "$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')"/capi/libonnxruntime.so.* | head -1)
 export ORT_DYLIB_PATH
 
-echo "== cargo build"
-cargo build --workspace --bins --tests
+echo "== cargo build (with routes shared through etcd: needs protoc, see .ci/run)"
+cargo build --workspace --bins --tests --features inferd/etcd
 # Runs ONNX's own node tests through the ONNX backend (tests/python/test_onnx_node_conformance.py).
 cargo build -p inferd-onnx --example onnx_node_report
 export INFERD_ONNX_NODE_REPORT="$CARGO_TARGET_DIR/debug/examples/onnx_node_report"
 
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace --features inferd/etcd
 
 echo "== python interop suite"
 INFERD_BIN="$CARGO_TARGET_DIR/debug/inferd" "$venv/bin/python" -m pytest -q tests/python
 
 echo "== the interop suite again with ONNX Runtime (ONNX models on ONNX Runtime; the CUDA provider"
 echo "   API built in, so KIND_GPU models ask the CPU-only library for it and are refused)"
-cargo build -p inferd --features onnxruntime-cuda
+cargo build -p inferd --features onnxruntime-cuda,etcd
 INFERD_BUILD_FEATURES=onnxruntime-cuda INFERD_BIN="$CARGO_TARGET_DIR/debug/inferd" "$venv/bin/python" -m pytest -q tests/python
 echo "== without the library, --onnx-backend onnxruntime says how to provide it"
 if out=$(env -u ORT_DYLIB_PATH "$CARGO_TARGET_DIR/debug/inferd" repo check --onnx-backend onnxruntime examples/models); then

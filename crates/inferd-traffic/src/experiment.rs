@@ -49,6 +49,25 @@ impl Outcomes {
         }
     }
 
+    /// These outcomes and `other`'s together (another replica's, say).
+    pub fn merged(&self, other: &Outcomes) -> Outcomes {
+        let mut out = self.clone();
+        for (name, b) in &other.arms {
+            let a = out.arms.entry(name.clone()).or_default();
+            a.exposures += b.exposures;
+            for (metric, m) in &b.metrics {
+                let mine = a.metrics.entry(metric.clone()).or_default();
+                *mine = mine.merged(m);
+            }
+            for m in &b.numeric {
+                if !a.numeric.contains(m) {
+                    a.numeric.push(m.clone());
+                }
+            }
+        }
+        out
+    }
+
     fn arm_of(&self, name: &str) -> Arm {
         self.arms.get(name).cloned().unwrap_or_default()
     }
@@ -263,6 +282,39 @@ mod tests {
         for numeric in [false, true] {
             let rate = false_positive_rate(numeric, 1000, 500);
             assert!((0.025..=0.08).contains(&rate), "numeric={numeric}: {rate}");
+        }
+    }
+
+    #[test]
+    fn merging_two_replicas_outcomes_equals_counting_them_in_one() {
+        let (mut a, mut b, mut both) = (
+            Outcomes::default(),
+            Outcomes::default(),
+            Outcomes::default(),
+        );
+        for i in 0..300u32 {
+            let v = f64::from(i % 17) * 1.5 - 3.0;
+            let (one, arm) = if i % 3 == 0 {
+                (&mut a, "m/1")
+            } else {
+                (&mut b, "m/2")
+            };
+            for o in [one, &mut both] {
+                o.expose(arm);
+                o.feedback(arm, "revenue", v);
+                o.feedback("m/1", "revenue", v * 2.0);
+            }
+        }
+        let merged = a.merged(&b);
+        for (name, want) in &both.arms {
+            let got = &merged.arms[name];
+            assert_eq!(got.exposures, want.exposures);
+            let (g, w) = (got.metrics["revenue"], want.metrics["revenue"]);
+            assert_eq!(g.n, w.n);
+            assert!(
+                (g.mean - w.mean).abs() < 1e-9 && (g.m2 - w.m2).abs() < 1e-6,
+                "{g:?} {w:?}"
+            );
         }
     }
 

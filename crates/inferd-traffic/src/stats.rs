@@ -29,6 +29,21 @@ impl Moments {
         self.m2 += d * (x - self.mean);
     }
 
+    /// Both sets of outcomes together (Chan et al.'s pairwise update: exact, so replicas'
+    /// counts can be summed in any order).
+    pub fn merged(&self, o: &Moments) -> Moments {
+        let n = self.n + o.n;
+        if n == 0 {
+            return Moments::default();
+        }
+        let d = o.mean - self.mean;
+        Moments {
+            n,
+            mean: self.mean + d * o.n as f64 / n as f64,
+            m2: self.m2 + o.m2 + d * d * self.n as f64 * o.n as f64 / n as f64,
+        }
+    }
+
     /// The sample variance; `None` under two outcomes.
     pub fn variance(&self) -> Option<f64> {
         (self.n >= 2).then(|| self.m2 / (self.n - 1) as f64)

@@ -305,7 +305,13 @@ async fn serve(a: ServeArgs) -> Result<()> {
                 tokio::spawn(remote::follow(m, poll));
             }
         }
-        routes::install(&traffic, routes_file.as_deref(), &repo)?;
+        match &a.state_store {
+            Some(url) => {
+                let store = routes::connect(url, &a.origin("state-store")).await?;
+                routes::install_shared(&traffic, store, routes_file.as_deref(), &repo).await?;
+            }
+            None => routes::install(&traffic, routes_file.as_deref(), &repo)?,
+        }
         engine.start().await.map_err(anyhow::Error::from)
     };
     tokio::select! {

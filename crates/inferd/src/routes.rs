@@ -62,3 +62,54 @@ pub(crate) fn install(traffic: &Traffic, file: Option<&Path>, repo: &Path) -> Re
     tracing::info!(routes = table.iter().count(), "traffic routes in force");
     traffic.install(table).map_err(anyhow::Error::msg)
 }
+
+/// Connects to the `--state-store` (`origin` names the flag, env var or file field).
+#[cfg(feature = "etcd")]
+pub(crate) async fn connect(
+    url: &str,
+    origin: &str,
+) -> Result<std::sync::Arc<dyn inferd_server::traffic::shared::SharedState>> {
+    inferd_server::traffic::shared::StoreUrl::parse(url)
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    // Unique per process: a restarted replica's A/B counts stay in the store under the old
+    // id and keep counting in reports.
+    let replica = format!(
+        "{}-{}-{:08x}",
+        if host.is_empty() { "inferd" } else { &host },
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    let store = inferd_server::traffic::etcd::EtcdState::connect(url, replica)
+        .await
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    Ok(store)
+}
+
+/// Without the `etcd` feature there is no store to connect to.
+#[cfg(not(feature = "etcd"))]
+pub(crate) async fn connect(
+    _url: &str,
+    origin: &str,
+) -> Result<std::sync::Arc<dyn inferd_server::traffic::shared::SharedState>> {
+    anyhow::bail!(
+        "{origin}: this inferd was built without the etcd feature; build it with `cargo build --features etcd` (needs protoc)"
+    )
+}
+
+/// Puts the shared routes in force, merged with the routes `file` when there is one.
+pub(crate) async fn install_shared(
+    traffic: &std::sync::Arc<Traffic>,
+    store: std::sync::Arc<dyn inferd_server::traffic::shared::SharedState>,
+    file: Option<&Path>,
+    repo: &Path,
+) -> Result<()> {
+    let from_file = file.map(|f| load(f, repo)).transpose()?;
+    let what = store.describe();
+    traffic
+        .install_shared(store, from_file)
+        .await
+        .map_err(|e| anyhow::anyhow!("state store {what}: {e}"))
+}

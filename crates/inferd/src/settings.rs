@@ -62,6 +62,12 @@ pub(crate) struct ServeArgs {
     /// restarts, with the audit log of every change. Without it they live in memory only.
     #[arg(long, env = "INFERD_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
+    /// Share routes and their state with the other replicas through etcd:
+    /// `etcd://host:port[,host:port]/prefix` (replicas of one deployment use one prefix). A
+    /// change through any replica reaches every replica at once, and one replica at a time
+    /// (the lease holder) makes the canary decisions. Needs a build with the `etcd` feature.
+    #[arg(long, env = "INFERD_STATE_STORE")]
+    pub(crate) state_store: Option<String>,
     /// Bearer token(s) for every mutating call (routes, actions, repository load/unload):
     /// `NAME:SECRET` (NAME goes to the audit log) or `SECRET`; repeat the flag or separate
     /// with commas. Without one, those calls are open to anyone (logged as a warning).

@@ -193,11 +193,7 @@ pub async fn route_report(
     match &r.spec {
         RouteSpec::Ab { experiment, .. } => {
             let arms: Vec<String> = r.weights().iter().map(|(t, _)| t.to_string()).collect();
-            out["experiment"] = s
-                .traffic
-                .experiments
-                .outcomes(&route)
-                .report(&arms, experiment);
+            out["experiment"] = s.traffic.outcomes(&route).await.report(&arms, experiment);
         }
         RouteSpec::Shadow { .. } => {
             out["shadow"] = s.traffic.shadow_report(&route);

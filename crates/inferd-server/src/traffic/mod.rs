@@ -10,6 +10,7 @@
 //! - [`controller`]: the actor that runs canary analyses every interval;
 //! - [`ab`]: A/B tests' exposures and outcome feedback;
 //! - [`shadow`]: shadow routes' mirrored copies, comparison and prediction log;
+//! - [`shared`]: state shared by replicas (`--state-store`), and [`etcd`] which keeps it;
 //! - [`admin`]: the admin API's HTTP handlers;
 //! - [`view`]: the routes as the API shows them.
 
@@ -20,7 +21,11 @@ pub mod controller;
 pub mod observe;
 pub mod persist;
 pub mod shadow;
+pub mod shared;
 pub mod view;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -92,6 +97,11 @@ pub struct Traffic {
     pub shadows: Arc<shadow::Shadows>,
     /// When each canary was last analysed (clock seconds).
     analysed: Mutex<HashMap<String, f64>>,
+    /// The replicas' shared store, when there is one.
+    shared: std::sync::OnceLock<Arc<dyn shared::SharedState>>,
+    /// The shared store's revision of the table in force (0 without a store); held while
+    /// the table is swapped, so an older revision never replaces a newer one.
+    revision: Mutex<i64>,
 }
 
 /// A sticky key carried as the KServe request parameter `name` (a string or an integer).
@@ -254,6 +264,15 @@ impl Traffic {
 
     /// Saves A/B outcomes that changed since the last save.
     pub async fn save_outcomes(&self) {
+        if let Some(store) = self.shared.get() {
+            if let Some(o) = self.experiments.take_changed() {
+                let json = serde_json::to_string(&o).unwrap_or_default();
+                if let Err(e) = store.save_outcomes(json).await {
+                    tracing::warn!("cannot save A/B outcomes in {}: {e}", store.describe());
+                }
+            }
+            return;
+        }
         let (Some(s), Some(o)) = (self.state.clone(), self.experiments.take_changed()) else {
             return;
         };
@@ -302,6 +321,10 @@ impl Traffic {
             state: next.get(route).map(|r| r.state().to_string()),
         };
         let audit = action != "analysis" || moved;
+        let revision = match self.shared.get() {
+            Some(store) => Some(self.swap_shared(store, &next, &entry).await?),
+            None => None,
+        };
         if let Some(s) = self.state.clone() {
             let t = next.clone();
             let e = entry.clone();
@@ -332,7 +355,12 @@ impl Traffic {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(route);
         }
-        self.replace(next);
+        match revision {
+            Some(rev) => {
+                self.replace_at(next, rev);
+            }
+            None => self.replace(next),
+        }
         Ok(self.snapshot())
     }
 
@@ -406,6 +434,10 @@ impl Traffic {
 
     /// Runs every canary analysis that is due at clock `now`; returns how many ran.
     pub async fn analyse_due(&self, now: f64) -> usize {
+        // With replicas, one decides (the lease holder) and the others follow its writes.
+        if self.shared.get().is_some_and(|s| !s.is_decider()) {
+            return 0;
+        }
         let due: Vec<(String, Target, Target)> = {
             let table = self.snapshot();
             let mut analysed = self.analysed.lock().unwrap_or_else(|p| p.into_inner());
