@@ -547,3 +547,20 @@ def test_a_healthy_canary_is_promoted_and_a_restart_keeps_its_step(inferd_server
         r = requests.post(again.http_base + f"/v2/routes/slow/{action}", json={"reason": f"{action} test"}, timeout=10)
         assert r.status_code == 200 and r.json()["state"] == state_after, r.text
     assert requests.post(again.http_base + "/v2/routes/slow/abort", timeout=10).status_code == 409
+
+
+def test_a_canary_from_the_routes_file_runs_its_first_step_in_full(inferd_server_factory, repo):
+    """Regression: routes from the file started their steps at clock 0, so a healthy canary was
+    promoted at its first analysis however long its step."""
+    spec = canary_spec("simple_mlp", [{"weight": 50, "duration_secs": 600}])
+    spec["canary"] = {"model": "simple_mlp", "version": 2}
+    (repo / "routes.toml").write_text(
+        "[routes.fraud]\nkind = \"canary\"\nprimary = { model = \"simple_mlp\", version = 1 }\n"
+        "canary = { model = \"simple_mlp\", version = 2 }\nsteps = [ { weight = 50, duration_secs = 600 } ]\n"
+        "interval_secs = 1\nguardrails = { max_error_rate = 0.05 }\n"
+    )
+    server = inferd_server_factory(repo)
+    drive(server, "fraud", lambda r: len(r["analyses"]) > 0, timeout=10)
+    time.sleep(2.5)  # two more analyses
+    got = requests.get(server.http_base + "/v2/routes/fraud", timeout=10).json()
+    assert got["state"] == "progressing" and got["step"] == 1, got

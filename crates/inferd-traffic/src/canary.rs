@@ -6,13 +6,16 @@
 //! Failed analyses count over the whole rollout (as Flagger's failed checks do): a canary that
 //! fails now and then is rolled back, not retried forever.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Conflict;
 use crate::spec::{Guardrails, Step};
+use crate::stats::Moments;
 
 /// A side's numbers over one analysis interval.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Window {
     /// Requests finished in the interval.
     pub requests: u64,
@@ -20,6 +23,9 @@ pub struct Window {
     pub errors: u64,
     /// p99 latency in seconds, when there were requests.
     pub p99_secs: Option<f64>,
+    /// Outcome feedback received in the interval, by metric.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, Moments>,
 }
 
 impl Window {
@@ -97,6 +103,9 @@ pub struct Check {
     pub value: Option<f64>,
     /// The limit.
     pub limit: f64,
+    /// Whether the limit is a floor (the value must stay at or above it), not a ceiling.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub floor: bool,
     /// Whether it passed (a check without data passes: no traffic is not a failure).
     pub passed: bool,
 }
@@ -228,7 +237,7 @@ impl Rollout {
         }
     }
 
-    fn checks(&self, canary: Window, primary: Window) -> Vec<Check> {
+    fn checks(&self, canary: &Window, primary: &Window) -> Vec<Check> {
         let mut checks = Vec::new();
         if let Some(limit) = self.guardrails.max_error_rate {
             let value = canary.error_rate();
@@ -237,6 +246,7 @@ impl Rollout {
                 value,
                 limit,
                 passed: value.is_none_or(|v| v <= limit),
+                floor: false,
             });
         }
         if let Some(limit) = self.guardrails.max_p99_ratio {
@@ -249,7 +259,32 @@ impl Rollout {
                 value,
                 limit,
                 passed: value.is_none_or(|v| v <= limit),
+                floor: false,
             });
+        }
+        for g in &self.guardrails.metrics {
+            let value = match (
+                canary.metrics.get(&g.metric),
+                primary.metrics.get(&g.metric),
+            ) {
+                (Some(c), Some(p))
+                    if c.n >= g.min_samples && p.n >= g.min_samples && p.mean != 0.0 =>
+                {
+                    Some(c.mean / p.mean)
+                }
+                _ => None,
+            };
+            let name = format!("{}_ratio", g.metric);
+            for (limit, floor) in [(g.min_ratio, true), (g.max_ratio, false)] {
+                let Some(limit) = limit else { continue };
+                checks.push(Check {
+                    name: name.clone(),
+                    value,
+                    limit,
+                    passed: value.is_none_or(|v| if floor { v >= limit } else { v <= limit }),
+                    floor,
+                });
+            }
         }
         checks
     }
@@ -263,15 +298,16 @@ impl Rollout {
         else {
             return;
         };
-        let checks = self.checks(canary, primary);
+        let checks = self.checks(&canary, &primary);
         let failed: Vec<String> = checks
             .iter()
             .filter(|c| !c.passed)
             .map(|c| {
                 format!(
-                    "{} {:.4} > {}",
+                    "{} {:.4} {} {}",
                     c.name,
                     c.value.unwrap_or(f64::NAN),
+                    if c.floor { "<" } else { ">" },
                     c.limit
                 )
             })

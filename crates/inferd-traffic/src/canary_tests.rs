@@ -27,6 +27,7 @@ fn rails() -> Guardrails {
     Guardrails {
         max_error_rate: Some(0.01),
         max_p99_ratio: Some(1.5),
+        metrics: Vec::new(),
     }
 }
 
@@ -39,6 +40,7 @@ fn healthy(requests: u64) -> Window {
         requests,
         errors: 0,
         p99_secs: Some(0.010),
+        ..Window::default()
     }
 }
 
@@ -47,6 +49,7 @@ fn primary() -> Window {
         requests: 1000,
         errors: 0,
         p99_secs: Some(0.010),
+        ..Window::default()
     }
 }
 
@@ -63,6 +66,7 @@ fn failing() -> Window {
         requests: 100,
         errors: 5,
         p99_secs: Some(0.010),
+        ..Window::default()
     }
 }
 
@@ -71,6 +75,7 @@ fn slow() -> Window {
         requests: 100,
         errors: 0,
         p99_secs: Some(0.050),
+        ..Window::default()
     }
 }
 
@@ -287,4 +292,59 @@ fn the_state_serializes_as_the_api_shows_it() {
     let v = serde_json::to_value(&in_phase("paused").phase).unwrap();
     assert_eq!(v["state"], "paused");
     assert_eq!(v["step"], 0);
+}
+
+fn with_metric(requests: u64, metric: &str, outcomes: &[f64]) -> Window {
+    let mut m = crate::stats::Moments::default();
+    for x in outcomes {
+        m.push(*x);
+    }
+    let mut w = healthy(requests);
+    w.metrics.insert(metric.to_string(), m);
+    w
+}
+
+#[test]
+fn a_business_metric_below_its_floor_rolls_back_and_too_few_outcomes_do_not_count() {
+    let mut rails = rails();
+    rails.metrics.push(crate::spec::MetricGuard {
+        metric: "conversion".into(),
+        min_ratio: Some(0.9),
+        max_ratio: None,
+        min_samples: 30,
+    });
+    let mut r = Rollout::new(steps(), 1, rails, 0.0);
+    // Primary converts 20%, canary 10%: ratio 0.5, under the 0.9 floor.
+    let primary: Vec<f64> = (0..100).map(|i| f64::from(u8::from(i % 5 == 0))).collect();
+    let canary: Vec<f64> = (0..100).map(|i| f64::from(u8::from(i % 10 == 0))).collect();
+    // Under min_samples on one side: no verdict yet, so the analysis passes.
+    r.apply(Event::Analysis {
+        now: 1.0,
+        canary: with_metric(100, "conversion", &canary[..10]),
+        primary: with_metric(1000, "conversion", &primary),
+    })
+    .unwrap();
+    assert!(
+        matches!(r.phase, Phase::Progressing { .. }),
+        "{:?}",
+        r.phase
+    );
+    r.apply(Event::Analysis {
+        now: 2.0,
+        canary: with_metric(100, "conversion", &canary),
+        primary: with_metric(1000, "conversion", &primary),
+    })
+    .unwrap();
+    assert_eq!(r.phase, Phase::RolledBack);
+    assert!(
+        r.reason.contains("conversion_ratio 0.5000 < 0.9"),
+        "{}",
+        r.reason
+    );
+    let check = r
+        .last_checks
+        .iter()
+        .find(|c| c.name == "conversion_ratio")
+        .unwrap();
+    assert!(check.floor && !check.passed);
 }

@@ -96,6 +96,32 @@ pub struct Guardrails {
     /// Highest ratio of the canary's p99 latency to the primary's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<f64>,
+    /// Business metrics from outcome feedback (`POST /v2/feedback`) the canary must hold
+    /// against the primary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricGuard>,
+}
+
+/// A feedback metric checked in each canary analysis: the canary's mean over the interval
+/// divided by the primary's must stay within the bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricGuard {
+    /// The feedback metric's name.
+    pub metric: String,
+    /// Lowest allowed ratio (for metrics where higher is better, such as a conversion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ratio: Option<f64>,
+    /// Highest allowed ratio (for metrics where lower is better, such as refunds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<f64>,
+    /// Outcomes each side needs in an interval before the check counts (default 30).
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+}
+
+fn default_min_samples() -> u64 {
+    30
 }
 
 /// Which environment of a blue-green route takes the traffic.
@@ -170,6 +196,11 @@ pub enum RouteSpec {
         /// The header holding the sticky key (a user stays on one side within a step).
         #[serde(default = "default_sticky")]
         sticky_header: String,
+        /// A Prometheus server (`http://host:9090`) that scrapes every replica: when set, the
+        /// analyses read the error rate and p99 of both sides from it (summed over replicas),
+        /// not from this replica's own requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prometheus: Option<String>,
     },
     /// Two environments, one active; `switch` flips them atomically.
     Bluegreen {
@@ -198,6 +229,7 @@ fn no_guardrails() -> Guardrails {
     Guardrails {
         max_error_rate: None,
         max_p99_ratio: None,
+        metrics: Vec::new(),
     }
 }
 

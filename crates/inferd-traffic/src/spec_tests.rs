@@ -271,6 +271,24 @@ fn validation_names_the_field_and_the_reason() {
             "same target",
         ),
         (
+            "t17",
+            "kind = \"canary\"\nprimary = { model = \"fraud\", version = 1 }\ncanary = { model = \"fraud\", version = 2 }\nsteps = [ { weight = 5, duration_secs = 1 } ]\nguardrails = { metrics = [ { metric = \"conversion\" } ] }",
+            "guardrails.metrics[0].min_ratio",
+            "min_ratio, max_ratio or both",
+        ),
+        (
+            "t18",
+            "kind = \"canary\"\nprimary = { model = \"fraud\", version = 1 }\ncanary = { model = \"fraud\", version = 2 }\nsteps = [ { weight = 5, duration_secs = 1 } ]\nguardrails = { metrics = [ { metric = \"refunds\", max_ratio = -1.0 } ] }",
+            "guardrails.metrics[0].max_ratio",
+            "above 0",
+        ),
+        (
+            "t19",
+            "kind = \"canary\"\nprimary = { model = \"fraud\", version = 1 }\ncanary = { model = \"fraud\", version = 2 }\nsteps = [ { weight = 5, duration_secs = 1 } ]\nprometheus = \"prom:9090\"",
+            "prometheus",
+            "not an http://",
+        ),
+        (
             "bad name!",
             "kind = \"split\"\ntargets = [ { model = \"ranker\", weight = 1 } ]",
             "name",

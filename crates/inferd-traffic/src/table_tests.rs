@@ -68,6 +68,7 @@ fn a_rolled_back_canary_gets_nothing() {
         requests: 100,
         errors: 10,
         p99_secs: None,
+        ..Window::default()
     };
     let t = table()
         .with_canary_event(

@@ -124,6 +124,7 @@ pub fn validate(name: &str, spec: &RouteSpec, names: &dyn Names) -> Result<(), T
             interval_secs,
             threshold,
             guardrails,
+            prometheus,
             ..
         } => {
             if primary == canary {
@@ -162,6 +163,37 @@ pub fn validate(name: &str, spec: &RouteSpec, names: &dyn Names) -> Result<(), T
                 .is_some_and(|r| r.is_nan() || r <= 0.0)
             {
                 return Err(invalid(name, "guardrails.max_p99_ratio", "must be above 0"));
+            }
+            for (i, m) in guardrails.metrics.iter().enumerate() {
+                let field = |f: &str| format!("guardrails.metrics[{i}].{f}");
+                if m.metric.is_empty() {
+                    return Err(invalid(
+                        name,
+                        &field("metric"),
+                        "must name a feedback metric",
+                    ));
+                }
+                if m.min_ratio.is_none() && m.max_ratio.is_none() {
+                    return Err(invalid(
+                        name,
+                        &field("min_ratio"),
+                        "give min_ratio, max_ratio or both",
+                    ));
+                }
+                for (f, v) in [("min_ratio", m.min_ratio), ("max_ratio", m.max_ratio)] {
+                    if v.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                        return Err(invalid(name, &field(f), "must be above 0"));
+                    }
+                }
+            }
+            if let Some(url) = prometheus
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    name,
+                    "prometheus",
+                    format!("'{url}' is not an http:// or https:// URL"),
+                ));
             }
             Ok(())
         }

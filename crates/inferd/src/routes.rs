@@ -39,8 +39,13 @@ pub(crate) fn load(file: &Path, repo: &Path) -> Result<Table> {
         .with_context(|| format!("routes file {}: cannot read it", file.display()))?;
     let parsed = RoutesFile::parse(&file.display().to_string(), &text)?;
     let names = models(repo);
-    let table = Table::from_specs(&parsed.routes, &|m| names.contains(m), 0.0)
-        .with_context(|| format!("routes file {}", file.display()))?;
+    // Steps start now: a canary from the file runs its first step in full.
+    let table = Table::from_specs(
+        &parsed.routes,
+        &|m| names.contains(m),
+        inferd_server::traffic::now(),
+    )
+    .with_context(|| format!("routes file {}", file.display()))?;
     tracing::info!(file = %file.display(), routes = parsed.routes.len(), "traffic routes loaded");
     Ok(table)
 }

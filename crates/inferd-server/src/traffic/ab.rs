@@ -37,6 +37,14 @@ impl Experiments {
             .expose(arm);
         self.dirty.store(true, Ordering::Relaxed);
         if let Some(id) = request_id {
+            self.remember(route, arm, id);
+        }
+    }
+
+    /// Remembers that `arm` of `route` answered request `id`, for feedback by request id
+    /// (A/B tests and canaries' business metrics).
+    pub fn remember(&self, route: &str, arm: &str, id: &str) {
+        {
             let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             if r.arm
                 .insert(id.to_string(), (route.to_string(), arm.to_string()))

@@ -8,6 +8,7 @@
 //! - [`persist`]: the state dir (routes with their state, audit log);
 //! - [`observe`]: per-route windows for canary analysis, and per-route metrics;
 //! - [`controller`]: the actor that runs canary analyses every interval;
+//! - [`prom`]: analyses on Prometheus's numbers, summed over replicas;
 //! - [`ab`]: A/B tests' exposures and outcome feedback;
 //! - [`shadow`]: shadow routes' mirrored copies, comparison and prediction log;
 //! - [`shared`]: state shared by replicas (`--state-store`), and [`etcd`] which keeps it;
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod controller;
 pub mod observe;
 pub mod persist;
+pub mod prom;
 pub mod shadow;
 pub mod shared;
 pub mod view;
@@ -193,11 +195,17 @@ impl Traffic {
     pub fn served(&self, r: &Resolved, secs: f64, failed: bool, request_id: Option<&str>) {
         let arm = r.decision.target.to_string();
         self.observed.record(&r.route, &arm, secs, failed);
-        if !failed
-            && let Some(route) = self.snapshot().get(&r.route)
-            && matches!(route.spec, RouteSpec::Ab { .. })
-        {
-            self.experiments.exposed(&r.route, &arm, request_id);
+        if failed {
+            return;
+        }
+        match self.snapshot().get(&r.route).map(|route| &route.spec) {
+            Some(RouteSpec::Ab { .. }) => self.experiments.exposed(&r.route, &arm, request_id),
+            Some(RouteSpec::Canary { guardrails, .. }) if !guardrails.metrics.is_empty() => {
+                if let Some(id) = request_id {
+                    self.experiments.remember(&r.route, &arm, id);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -221,13 +229,26 @@ impl Traffic {
                 )
             }
         };
-        let Some(RouteSpec::Ab { experiment, .. }) = table.get(&route).map(|r| &r.spec) else {
-            return Err(ChangeError::Conflict(format!(
-                "route '{route}' is not an A/B test"
-            )));
+        let metric = match table.get(&route).map(|r| &r.spec) {
+            Some(RouteSpec::Ab { experiment, .. }) => {
+                let metric = f.metric.unwrap_or_else(|| experiment.metric.clone());
+                self.experiments.feedback(&route, &arm, &metric, f.value);
+                metric
+            }
+            // A canary's business metrics: into the current analysis window.
+            Some(RouteSpec::Canary { guardrails, .. }) if !guardrails.metrics.is_empty() => {
+                let metric = f
+                    .metric
+                    .unwrap_or_else(|| guardrails.metrics[0].metric.clone());
+                self.observed.feedback(&route, &arm, &metric, f.value);
+                metric
+            }
+            _ => {
+                return Err(ChangeError::Conflict(format!(
+                    "route '{route}' is not an A/B test or a canary with metric guardrails"
+                )));
+            }
         };
-        let metric = f.metric.unwrap_or_else(|| experiment.metric.clone());
-        self.experiments.feedback(&route, &arm, &metric, f.value);
         Ok(serde_json::json!({ "route": route, "target": arm, "metric": metric }))
     }
 
@@ -438,7 +459,7 @@ impl Traffic {
         if self.shared.get().is_some_and(|s| !s.is_decider()) {
             return 0;
         }
-        let due: Vec<(String, Target, Target)> = {
+        let due: Vec<(String, Target, Target, Option<String>, u64)> = {
             let table = self.snapshot();
             let mut analysed = self.analysed.lock().unwrap_or_else(|p| p.into_inner());
             table
@@ -448,6 +469,7 @@ impl Traffic {
                         primary,
                         canary,
                         interval_secs,
+                        prometheus,
                         ..
                     } = &r.spec
                     else {
@@ -462,16 +484,47 @@ impl Traffic {
                         return None;
                     }
                     *last = now;
-                    Some((name.clone(), primary.clone(), canary.clone()))
+                    Some((
+                        name.clone(),
+                        primary.clone(),
+                        canary.clone(),
+                        prometheus.clone(),
+                        *interval_secs,
+                    ))
                 })
                 .collect()
         };
         let mut ran = 0;
-        for (name, primary, canary) in due {
+        for (name, primary, canary, prometheus, interval) in due {
+            let mut c = self.observed.take(&name, &canary.to_string());
+            let mut p = self.observed.take(&name, &primary.to_string());
+            if let Some(url) = prometheus {
+                // Request numbers from Prometheus; feedback metrics stay this replica's.
+                match prom::windows(&url, &name, &primary, &canary, interval).await {
+                    Ok((pw, cw)) => {
+                        tracing::debug!(route = %name, primary = ?pw, canary = ?cw, "canary analysis: Prometheus's numbers");
+                        (p, c) = (
+                            inferd_traffic::canary::Window {
+                                metrics: p.metrics,
+                                ..pw
+                            },
+                            inferd_traffic::canary::Window {
+                                metrics: c.metrics,
+                                ..cw
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        // No numbers, no decision: the rollout holds where it is.
+                        tracing::warn!(route = %name, "canary analysis skipped: Prometheus: {e}");
+                        continue;
+                    }
+                }
+            }
             let event = Event::Analysis {
                 now,
-                canary: self.observed.take(&name, &canary.to_string()),
-                primary: self.observed.take(&name, &primary.to_string()),
+                canary: c,
+                primary: p,
             };
             let result = self
                 .change(CONTROLLER, "analysis", &name, "", |t| {

@@ -4,10 +4,11 @@
 //! `inferd_route_request_duration_seconds`), labelled `route`, `target` and, for requests,
 //! `outcome`, so Argo Rollouts, Flagger and dashboards can read them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use inferd_traffic::canary::Window;
+use inferd_traffic::stats::Moments;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -28,6 +29,7 @@ struct Acc {
     requests: u64,
     errors: u64,
     latencies: Vec<f64>,
+    metrics: BTreeMap<String, Moments>,
 }
 
 /// Per-route observations.
@@ -83,6 +85,20 @@ impl Observed {
         }
     }
 
+    /// Outcome feedback `value` for `metric` on `route`'s `target`, for the canary's
+    /// business-metric checks.
+    pub fn feedback(&self, route: &str, target: &str, metric: &str, value: f64) {
+        self.windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route.to_string(), target.to_string()))
+            .or_default()
+            .metrics
+            .entry(metric.to_string())
+            .or_default()
+            .push(value);
+    }
+
     /// The window of `route`'s `target` since the last call, which starts a new one.
     pub fn take(&self, route: &str, target: &str) -> Window {
         let acc = self
@@ -95,6 +111,7 @@ impl Observed {
             requests: acc.requests,
             errors: acc.errors,
             p99_secs: p99(acc.latencies),
+            metrics: acc.metrics,
         }
     }
 
