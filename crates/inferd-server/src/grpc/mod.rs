@@ -238,22 +238,8 @@ impl GrpcInferenceService for InferenceService {
         let resp = match &routed {
             None => self.engine.infer(&model, version, ireq).await,
             Some(rt) => {
-                let t = &rt.decision.target;
-                let copy = rt.decision.shadow.as_ref().map(|_| ireq.clone());
-                let started = std::time::Instant::now();
-                let result = self.engine.infer(&t.model, t.version, ireq).await;
-                let secs = started.elapsed().as_secs_f64();
-                let failed = match &result {
-                    Ok(_) => false,
-                    Err(e) => crate::error::codes(e).0.is_server_error(),
-                };
                 let id = metadata.get("x-request-id").and_then(|v| v.to_str().ok());
-                self.traffic.served(rt, secs, failed, id);
-                if let Some(copy) = copy {
-                    self.traffic
-                        .mirror(&self.engine, rt, copy, &result, secs, id);
-                }
-                result
+                self.traffic.infer(&self.engine, rt, ireq, id).await
             }
         }
         .map_err(status)?;

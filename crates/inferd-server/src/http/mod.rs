@@ -452,23 +452,10 @@ async fn do_infer(
     let resp = match &routed {
         None => s.engine.infer(&model, version, req).await?,
         Some(r) => {
-            let t = &r.decision.target;
-            let copy = r.decision.shadow.as_ref().map(|_| req.clone());
-            let started = std::time::Instant::now();
-            let result = s.engine.infer(&t.model, t.version, req).await;
-            let secs = started.elapsed().as_secs_f64();
-            let failed = match &result {
-                Ok(_) => false,
-                Err(e) => crate::error::codes(e).0.is_server_error(),
-            };
             let id = headers
                 .get(&crate::request_id::REQUEST_ID)
                 .and_then(|v| v.to_str().ok());
-            s.traffic.served(r, secs, failed, id);
-            if let Some(copy) = copy {
-                s.traffic.mirror(&s.engine, r, copy, &result, secs, id);
-            }
-            result?
+            s.traffic.infer(&s.engine, r, req, id).await?
         }
     };
     let out = codec::encode_response(&resp, &enc);

@@ -252,9 +252,34 @@ impl Traffic {
         Ok(serde_json::json!({ "route": route, "target": arm, "metric": metric }))
     }
 
+    /// Serves one routed request: the decision's target answers; the request is recorded
+    /// (window, metrics, A/B exposure) and, on a shadow route, copied to the shadow once the
+    /// answer is in.
+    pub async fn infer(
+        &self,
+        engine: &inferd_core::Engine,
+        r: &Resolved,
+        req: inferd_core::InferRequest,
+        request_id: Option<&str>,
+    ) -> inferd_core::Result<inferd_core::InferResponse> {
+        let t = &r.decision.target;
+        let copy = r.decision.shadow.as_ref().map(|_| req.clone());
+        let started = std::time::Instant::now();
+        let result = engine.infer(&t.model, t.version, req).await;
+        let secs = started.elapsed().as_secs_f64();
+        let failed = result
+            .as_ref()
+            .is_err_and(|e| crate::error::codes(e).0.is_server_error());
+        self.served(r, secs, failed, request_id);
+        if let Some(copy) = copy {
+            self.mirror(engine, r, copy, &result, secs, request_id);
+        }
+        result
+    }
+
     /// Sends a copy of a shadow route's request to its shadow target, after the primary
     /// answered `result` in `secs` (see [`shadow`]).
-    pub fn mirror(
+    fn mirror(
         &self,
         engine: &inferd_core::Engine,
         r: &Resolved,
