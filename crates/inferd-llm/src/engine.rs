@@ -1,0 +1,1 @@
+//! The generation loop (see the crate docs).

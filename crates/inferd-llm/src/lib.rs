@@ -1,0 +1,16 @@
+//! inferd's LLM engine (issue 18), engine side only: no HTTP or gRPC.
+//!
+//! - [`blocks`]: the KV block manager: fixed-size blocks, per-sequence block tables,
+//!   reference counts with copy-on-write, and the prefix cache (full blocks keyed by a hash
+//!   chained to their prefix, kept after use and evicted least recently used). Pure.
+//! - [`scheduler`]: iteration-level continuous batching with chunked prefill under a token
+//!   budget, `max_num_seqs`, preemption by recompute, priorities, cancellation. Pure.
+//! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, penalties, seeds, logprobs.
+//! - [`model`]: the llama family read from GGUF, and its forward pass over paged KV.
+//! - [`engine`]: a synchronous generation loop that ties them together.
+
+pub mod blocks;
+pub mod engine;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
