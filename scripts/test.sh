@@ -70,6 +70,9 @@ cargo build --workspace --bins --tests --features inferd/etcd
 # Runs ONNX's own node tests through the ONNX backend (tests/python/test_onnx_node_conformance.py).
 cargo build -p inferd-onnx --example onnx_node_report
 export INFERD_ONNX_NODE_REPORT="$CARGO_TARGET_DIR/debug/examples/onnx_node_report"
+# Runs the LLM engine's generation loop against transformers (tests/python/test_llm_reference.py).
+cargo build -p inferd-llm --example llm_generate
+export INFERD_LLM_GENERATE="$CARGO_TARGET_DIR/debug/examples/llm_generate"
 
 echo "== cargo test"
 cargo test --workspace --features inferd/etcd

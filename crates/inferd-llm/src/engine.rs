@@ -1,1 +1,234 @@
-//! The generation loop (see the crate docs).
+//! The generation loop: each [`Engine::step`] asks the scheduler for a batch, makes the KV
+//! copies it needs, runs the model once over every chunk, samples where a chunk reached its
+//! sequence's end, and reports tokens and finished sequences. Synchronous; the server runs it
+//! on a thread of its own.
+
+use std::collections::HashMap;
+
+use crate::blocks::{BlockManager, SeqId};
+use crate::model::{KvCache, Llama, SeqChunk};
+use crate::sampling::{Params, Sampler};
+use crate::scheduler::{AddError, Config, NewSeq, Scheduler};
+
+/// The engine's memory and batching limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Token slots per KV block (vLLM's default is 16).
+    pub block_size: usize,
+    /// KV blocks.
+    pub num_blocks: usize,
+    /// Sequences running at once.
+    pub max_num_seqs: usize,
+    /// Tokens computed per step.
+    pub max_num_batched_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            num_blocks: 1024,
+            max_num_seqs: 32,
+            max_num_batched_tokens: 512,
+        }
+    }
+}
+
+/// A generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Its id.
+    pub id: SeqId,
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most.
+    pub max_new_tokens: usize,
+    /// How to pick tokens.
+    pub params: Params,
+    /// Tokens that end the sequence (end-of-sequence ids).
+    pub stop_tokens: Vec<u32>,
+    /// Lower runs sooner.
+    pub priority: i32,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// A stop token.
+    Stop,
+    /// `max_new_tokens`.
+    Length,
+}
+
+/// What a step produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A new token of a sequence, with its log-probability.
+    Token {
+        /// The sequence.
+        id: SeqId,
+        /// The token.
+        token: u32,
+        /// Its log-probability.
+        logprob: f32,
+        /// The logits it was sampled from, when the request kept them (tests, logprobs).
+        logits: Option<Vec<f32>>,
+    },
+    /// The sequence ended (its last token came in an earlier `Token` of this step).
+    Finished {
+        /// The sequence.
+        id: SeqId,
+        /// Why.
+        finish: Finish,
+    },
+}
+
+struct Live {
+    sampler: Sampler,
+    stop: Vec<u32>,
+}
+
+/// A model with its KV memory and scheduler.
+pub struct Engine {
+    model: Llama,
+    kv: KvCache,
+    sched: Scheduler,
+    live: HashMap<SeqId, Live>,
+    /// Return each sampled token's logits in its event.
+    pub keep_logits: bool,
+}
+
+impl Engine {
+    /// An engine for `model` with `cfg`'s memory and limits.
+    pub fn new(model: Llama, cfg: EngineConfig) -> Engine {
+        let c = &model.cfg;
+        let kv = KvCache::new(c.n_layers, cfg.num_blocks, cfg.block_size, c.kv_dim());
+        let sched = Scheduler::new(
+            Config {
+                max_num_seqs: cfg.max_num_seqs,
+                max_num_batched_tokens: cfg.max_num_batched_tokens,
+                max_model_len: c.context,
+            },
+            BlockManager::new(cfg.num_blocks, cfg.block_size),
+        );
+        Engine {
+            model,
+            kv,
+            sched,
+            live: HashMap::new(),
+            keep_logits: false,
+        }
+    }
+
+    /// The scheduler (block usage, queue lengths, preemptions).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// Queues a request, or says why it can never run.
+    pub fn add(&mut self, r: Request) -> Result<(), AddError> {
+        self.sched.add(NewSeq {
+            id: r.id,
+            prompt: r.prompt,
+            max_new_tokens: r.max_new_tokens,
+            priority: r.priority,
+        })?;
+        self.live.insert(
+            r.id,
+            Live {
+                sampler: Sampler::new(r.params),
+                stop: r.stop_tokens,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops a sequence now and frees its blocks.
+    pub fn cancel(&mut self, id: SeqId) {
+        self.sched.finish(id);
+        self.live.remove(&id);
+    }
+
+    /// Whether any sequence is running or waiting.
+    pub fn has_work(&self) -> bool {
+        self.sched.num_running() + self.sched.num_waiting() > 0
+    }
+
+    /// Runs one step.
+    pub fn step(&mut self) -> Vec<Event> {
+        let batch = self.sched.schedule();
+        for c in &batch.copies {
+            self.kv.copy_block(c.from, c.to);
+        }
+        let tables: Vec<Vec<u32>> = batch
+            .chunks
+            .iter()
+            .map(|c| self.sched.blocks.blocks(c.seq).unwrap_or_default().to_vec())
+            .collect();
+        let chunks: Vec<SeqChunk<'_>> = batch
+            .chunks
+            .iter()
+            .zip(&tables)
+            .map(|(c, t)| SeqChunk {
+                table: t,
+                start: c.start,
+                tokens: &c.tokens,
+                logits: c.sample,
+            })
+            .collect();
+        let logits = self.model.forward(&mut self.kv, &chunks);
+        let mut events = Vec::new();
+        let mut sampled = Vec::new();
+        for (c, l) in batch.chunks.iter().zip(logits) {
+            let (Some(mut l), Some(live)) = (l, self.live.get_mut(&c.seq)) else {
+                continue;
+            };
+            let kept = self.keep_logits.then(|| l.clone());
+            let history = self.sched.tokens(c.seq).unwrap_or_default();
+            let choice = live.sampler.sample(&mut l, history);
+            sampled.push((c.seq, choice.token));
+            events.push(Event::Token {
+                id: c.seq,
+                token: choice.token,
+                logprob: choice.logprob,
+                logits: kept,
+            });
+        }
+        self.sched.complete(&batch, &sampled);
+        for (id, token) in sampled {
+            let stop = self.live.get(&id).is_some_and(|l| l.stop.contains(&token));
+            let finish = if stop {
+                Some(Finish::Stop)
+            } else if self.sched.at_limit(id) {
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            if let Some(finish) = finish {
+                self.cancel(id);
+                events.push(Event::Finished { id, finish });
+            }
+        }
+        events
+    }
+
+    /// Runs until every queued sequence has finished: each sequence's tokens and finish.
+    pub fn run(&mut self) -> HashMap<SeqId, (Vec<u32>, Finish)> {
+        let mut out: HashMap<SeqId, (Vec<u32>, Finish)> = HashMap::new();
+        while self.has_work() {
+            for e in self.step() {
+                match e {
+                    Event::Token { id, token, .. } => out
+                        .entry(id)
+                        .or_insert((Vec::new(), Finish::Length))
+                        .0
+                        .push(token),
+                    Event::Finished { id, finish } => {
+                        out.entry(id).or_insert((Vec::new(), finish)).1 = finish
+                    }
+                }
+            }
+        }
+        out
+    }
+}

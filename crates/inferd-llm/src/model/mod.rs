@@ -1,1 +1,27 @@
-//! The llama model family.
+//! The llama model family (Llama 2/3, SmolLM2, TinyLlama, Mistral-style grouped-query
+//! attention) read from GGUF:
+//!
+//! - [`config`]: the architecture's numbers from the file's metadata;
+//! - [`weights`]: the tensors, dequantized to f32 at load;
+//! - [`kv`]: the paged KV memory the block manager hands out;
+//! - [`forward`]: one step over many sequences' chunks, reading K/V through block tables.
+
+pub mod config;
+pub mod forward;
+pub mod kv;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use forward::{Llama, SeqChunk};
+pub use kv::KvCache;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read or parsed.
+    #[error(transparent)]
+    Gguf(#[from] inferd_gguf::GgufError),
+    /// The file is not a model this engine runs, or lacks something it needs.
+    #[error("{0}")]
+    Unsupported(String),
+}

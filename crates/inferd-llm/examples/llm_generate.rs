@@ -1,0 +1,90 @@
+//! Greedy generation from a GGUF model, for the reference tests (tests/python/test_llm_reference.py):
+//! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B}` on stdin,
+//! runs every prompt (plus K filler prompts in the same batches, to show batching changes
+//! nothing), and prints `{"outputs": [[ids...]], "first_logits": [[...]]}`.
+
+use std::io::Read;
+
+use inferd_llm::engine::{Engine, EngineConfig, Event, Request};
+use inferd_llm::model::Llama;
+use inferd_llm::sampling::Params;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: llm_generate MODEL.gguf < request.json")?;
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input)?;
+    let req: serde_json::Value = serde_json::from_str(&input)?;
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(req["prompts"].clone())?;
+    let max_new = req["max_new_tokens"].as_u64().unwrap_or(16) as usize;
+    let fillers = req["fillers"].as_u64().unwrap_or(0) as usize;
+    let file = inferd_gguf::GgufFile::open(std::path::Path::new(&path))?;
+    let model = Llama::load(&file)?;
+    let mut engine = Engine::new(
+        model,
+        EngineConfig {
+            num_blocks: req["num_blocks"].as_u64().unwrap_or(512) as usize,
+            ..EngineConfig::default()
+        },
+    );
+    engine.keep_logits = true;
+    let greedy = Params {
+        temperature: 0.0,
+        ..Params::default()
+    };
+    let mut id = 0;
+    for p in &prompts {
+        // Fillers around each prompt: different lengths, so chunks and positions differ.
+        for f in 0..fillers {
+            id += 1;
+            let filler: Vec<u32> = (0..(5 + 3 * f) as u32)
+                .map(|i| 100 + i * 13 + f as u32)
+                .collect();
+            engine.add(Request {
+                id: 1_000_000 + id,
+                prompt: filler,
+                max_new_tokens: max_new,
+                params: greedy.clone(),
+                stop_tokens: Vec::new(),
+                priority: 0,
+            })?;
+        }
+        id += 1;
+        engine.add(Request {
+            id,
+            prompt: p.clone(),
+            max_new_tokens: max_new,
+            params: greedy.clone(),
+            stop_tokens: Vec::new(),
+            priority: 0,
+        })?;
+    }
+    let mut outputs: std::collections::HashMap<u64, Vec<u32>> = Default::default();
+    let mut first: std::collections::HashMap<u64, Vec<f32>> = Default::default();
+    while engine.has_work() {
+        for e in engine.step() {
+            if let Event::Token {
+                id, token, logits, ..
+            } = e
+            {
+                outputs.entry(id).or_default().push(token);
+                if let Some(l) = logits {
+                    first.entry(id).or_insert(l);
+                }
+            }
+        }
+    }
+    let ids: Vec<u64> = {
+        let mut v: Vec<u64> = outputs.keys().copied().filter(|&i| i < 1_000_000).collect();
+        v.sort_unstable();
+        v
+    };
+    let out = serde_json::json!({
+        "outputs": ids.iter().map(|i| &outputs[i]).collect::<Vec<_>>(),
+        "first_logits": ids.iter().map(|i| &first[i]).collect::<Vec<_>>(),
+        "preemptions": engine.scheduler().preemptions(),
+    });
+    println!("{out}");
+    Ok(())
+}

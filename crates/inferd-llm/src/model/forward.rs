@@ -1,0 +1,199 @@
+//! One forward step over several sequences at once. The chunks' tokens are stacked into one
+//! matrix, so each weight row is read once per step for every sequence (a batched decode is a
+//! matrix-matrix product, not one matrix-vector product per sequence); attention then reads
+//! each sequence's keys and values through its block table.
+//!
+//! RoPE rotates adjacent pairs, as GGUF stores llama's query and key weights (llama.cpp's
+//! `NORM` rope type).
+
+use inferd_gguf::GgufFile;
+
+use super::kv::KvCache;
+use super::weights::{Matrix, Weights};
+use super::{LlamaConfig, ModelError};
+use crate::blocks::BlockId;
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// Its block table (covering every position up to the chunk's end).
+    pub table: &'a [BlockId],
+    /// The position of the first token.
+    pub start: usize,
+    /// The tokens.
+    pub tokens: &'a [u32],
+    /// Whether to return the logits after the chunk's last token.
+    pub logits: bool,
+}
+
+/// A loaded llama-family model.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    /// Its shape.
+    pub cfg: LlamaConfig,
+    w: Weights,
+    inv_freq: Vec<f32>,
+}
+
+/// `a · b`, with eight accumulators so the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `x` (`n` rows of `m.cols`) times `m` transposed: `n` rows of `m.rows`. Each weight row is
+/// read once for all `n` input rows.
+fn matmul(x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
+    let mut out = vec![0f32; n * m.rows];
+    for (r, row) in m.data.chunks_exact(m.cols).enumerate() {
+        for t in 0..n {
+            out[t * m.rows + r] = dot(row, &x[t * m.cols..(t + 1) * m.cols]);
+        }
+    }
+    out
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let d = weight.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(d) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(v, w)| v * scale * w));
+    }
+    out
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl Llama {
+    /// Loads the model in `f`.
+    pub fn load(f: &GgufFile) -> Result<Llama, ModelError> {
+        let cfg = LlamaConfig::from_gguf(f)?;
+        let w = Weights::load(f, &cfg)?;
+        Ok(Llama::new(cfg, w))
+    }
+
+    /// A model from its parts.
+    pub fn new(cfg: LlamaConfig, w: Weights) -> Llama {
+        let inv_freq = (0..cfg.rope_dims / 2)
+            .map(|i| cfg.rope_base.powf(-((2 * i) as f32) / cfg.rope_dims as f32))
+            .collect();
+        Llama { cfg, w, inv_freq }
+    }
+
+    fn rope(&self, v: &mut [f32], pos: usize) {
+        let hd = self.cfg.head_dim();
+        for head in v.chunks_exact_mut(hd) {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = (pos as f32 * f).sin_cos();
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * c - b * s;
+                head[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+
+    /// Runs `chunks` through the model, writing their keys and values into `kv`: for each
+    /// chunk, the logits after its last token when it asked for them.
+    pub fn forward(&self, kv: &mut KvCache, chunks: &[SeqChunk<'_>]) -> Vec<Option<Vec<f32>>> {
+        let c = &self.cfg;
+        let (d, kvd, hd) = (c.d_model, c.kv_dim(), c.head_dim());
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Where each stacked row comes from: (chunk, position).
+        let rows: Vec<(usize, usize)> = chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ch)| (0..ch.tokens.len()).map(move |j| (i, ch.start + j)))
+            .collect();
+        let n = rows.len();
+        let mut x = Vec::with_capacity(n * d);
+        for ch in chunks {
+            for &t in ch.tokens {
+                let t = (t as usize).min(c.vocab - 1);
+                x.extend_from_slice(&self.w.embed.data[t * d..(t + 1) * d]);
+            }
+        }
+        let mut scores = Vec::new();
+        for (l, layer) in self.w.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.attn_norm, c.eps);
+            let mut q = matmul(&h, n, &layer.wq);
+            let mut k = matmul(&h, n, &layer.wk);
+            let v = matmul(&h, n, &layer.wv);
+            for (r, &(ci, pos)) in rows.iter().enumerate() {
+                self.rope(&mut q[r * d..(r + 1) * d], pos);
+                self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
+                kv.write(
+                    l,
+                    chunks[ci].table,
+                    pos,
+                    &k[r * kvd..(r + 1) * kvd],
+                    &v[r * kvd..(r + 1) * kvd],
+                );
+            }
+            let mut attn = vec![0f32; n * d];
+            for (r, &(ci, pos)) in rows.iter().enumerate() {
+                let table = chunks[ci].table;
+                for head in 0..c.n_heads {
+                    let kh = head / group;
+                    let qh = &q[r * d + head * hd..r * d + (head + 1) * hd];
+                    scores.clear();
+                    scores.extend((0..=pos).map(|j| {
+                        let (kj, _) = kv.read(l, table, j);
+                        dot(qh, &kj[kh * hd..(kh + 1) * hd]) * scale
+                    }));
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let out = &mut attn[r * d + head * hd..r * d + (head + 1) * hd];
+                    for (j, s) in scores.iter().enumerate() {
+                        let (_, vj) = kv.read(l, table, j);
+                        let w = s / sum;
+                        for (o, vv) in out.iter_mut().zip(&vj[kh * hd..(kh + 1) * hd]) {
+                            *o += w * vv;
+                        }
+                    }
+                }
+            }
+            let o = matmul(&attn, n, &layer.wo);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let h = rms_norm(&x, &layer.ffn_norm, c.eps);
+            let g = matmul(&h, n, &layer.w_gate);
+            let u = matmul(&h, n, &layer.w_up);
+            let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
+            let down = matmul(&a, n, &layer.w_down);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        // Logits only where asked: the last row of each such chunk.
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut end = 0;
+        let head = self.w.output.as_ref().unwrap_or(&self.w.embed);
+        for ch in chunks {
+            end += ch.tokens.len();
+            if !ch.logits || ch.tokens.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let last = rms_norm(&x[(end - 1) * d..end * d], &self.w.norm, c.eps);
+            out.push(Some(matmul(&last, 1, head)));
+        }
+        out
+    }
+}

@@ -1,0 +1,115 @@
+//! The tensors of a llama-family GGUF, dequantized to f32 at load (row-major, one row per
+//! output). Dequantizing costs 4 bytes per weight instead of the file's ~0.6: fine for the
+//! small models this first version serves, and the quantized kernels replace it.
+
+use inferd_gguf::GgufFile;
+
+use super::{LlamaConfig, ModelError};
+
+/// A matrix of `rows` x `cols`, row-major.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    /// Output size.
+    pub rows: usize,
+    /// Input size.
+    pub cols: usize,
+    /// The values.
+    pub data: Vec<f32>,
+}
+
+/// One transformer block's weights.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// RMSNorm before attention.
+    pub attn_norm: Vec<f32>,
+    /// Query projection.
+    pub wq: Matrix,
+    /// Key projection.
+    pub wk: Matrix,
+    /// Value projection.
+    pub wv: Matrix,
+    /// Attention output projection.
+    pub wo: Matrix,
+    /// RMSNorm before the feed-forward.
+    pub ffn_norm: Vec<f32>,
+    /// SwiGLU gate.
+    pub w_gate: Matrix,
+    /// SwiGLU up.
+    pub w_up: Matrix,
+    /// SwiGLU down.
+    pub w_down: Matrix,
+}
+
+/// All weights.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// Token embeddings, `vocab` x `d_model`.
+    pub embed: Matrix,
+    /// The blocks.
+    pub layers: Vec<Layer>,
+    /// Final RMSNorm.
+    pub norm: Vec<f32>,
+    /// The output projection (the embeddings when tied).
+    pub output: Option<Matrix>,
+}
+
+fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix, ModelError> {
+    let t = f
+        .tensor(name)
+        .ok_or_else(|| ModelError::Unsupported(format!("tensor '{name}' is missing")))?;
+    // GGUF lists dimensions innermost first: [cols, rows].
+    if t.dims != [cols as u64, rows as u64] {
+        return Err(ModelError::Unsupported(format!(
+            "tensor '{name}' has dims {:?}, expected [{cols}, {rows}]",
+            t.dims
+        )));
+    }
+    Ok(Matrix {
+        rows,
+        cols,
+        data: f.dequantize(name)?,
+    })
+}
+
+fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let v = f.dequantize(name)?;
+    if v.len() != len {
+        return Err(ModelError::Unsupported(format!(
+            "tensor '{name}' has {} values, expected {len}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+impl Weights {
+    /// Reads and dequantizes every tensor `cfg` needs.
+    pub fn load(f: &GgufFile, cfg: &LlamaConfig) -> Result<Weights, ModelError> {
+        let (d, kv, ff) = (cfg.d_model, cfg.kv_dim(), cfg.d_ff);
+        let layers = (0..cfg.n_layers)
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}.weight");
+                Ok(Layer {
+                    attn_norm: vector(f, &n("attn_norm"), d)?,
+                    wq: matrix(f, &n("attn_q"), d, d)?,
+                    wk: matrix(f, &n("attn_k"), kv, d)?,
+                    wv: matrix(f, &n("attn_v"), kv, d)?,
+                    wo: matrix(f, &n("attn_output"), d, d)?,
+                    ffn_norm: vector(f, &n("ffn_norm"), d)?,
+                    w_gate: matrix(f, &n("ffn_gate"), ff, d)?,
+                    w_up: matrix(f, &n("ffn_up"), ff, d)?,
+                    w_down: matrix(f, &n("ffn_down"), d, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Weights {
+            embed: matrix(f, "token_embd.weight", cfg.vocab, d)?,
+            layers,
+            norm: vector(f, "output_norm.weight", d)?,
+            output: match f.tensor("output.weight") {
+                Some(_) => Some(matrix(f, "output.weight", cfg.vocab, d)?),
+                None => None,
+            },
+        })
+    }
+}
