@@ -6,6 +6,9 @@ loop (paged KV, the continuous-batching scheduler), run by the ``llm_generate`` 
 - greedy token ids equal transformers' ``generate(do_sample=False)`` for several prompts (up to
   transformers' stop at the end-of-sequence token; inferd's loop was given no stop token);
 - the logits after each prompt agree within 1e-3 (observed ~3e-5: float32 summation order);
+- the tokenizer built from the GGUF's metadata gives transformers' ids (digits, Unicode, chat
+  markup), decodes them back, streams whole characters, and the chat template renders as
+  transformers' ``apply_chat_template``;
 - batching changes nothing: each prompt among 16 others of different lengths, and with so few KV
   blocks that the scheduler preempts and recomputes, gives the same ids.
 """
@@ -50,7 +53,7 @@ def reference(tmp_path_factory):
             g = model.generate(torch.tensor([i]), max_new_tokens=NEW, do_sample=False)
             outs.append(g[0][len(i):].tolist())
             logits.append(model(torch.tensor([i])).logits[0, -1].numpy())
-    return {"ids": ids, "outputs": outs, "logits": logits, "eos": tok.eos_token_id}
+    return {"ids": ids, "outputs": outs, "logits": logits, "eos": tok.eos_token_id, "tok": tok}
 
 
 def generate(ids, **extra):
@@ -87,3 +90,32 @@ def test_batching_and_preemption_change_no_greedy_output(reference, extra):
         assert got["preemptions"] > 0, "the small cache should have forced preemption"
     for ours, theirs in zip(got["outputs"], reference["outputs"]):
         same_until_eos(ours, theirs, reference["eos"])
+
+
+TEXTS = [
+    "Hello world",
+    "12345 apples cost $6.78",
+    "<|im_start|>user\nHi there<|im_end|>",
+    "Ünïcödé àccents, 中文字符 and emoji 🚀🚀",
+    "   leading spaces\tand\ttabs\n\nnewlines",
+    "def f(x):\n    return x**2  # comment",
+]
+CHATS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+]
+
+
+def test_the_tokenizer_and_chat_template_match_transformers(reference):
+    tok = reference["tok"]
+    got = generate([], texts=TEXTS, chats=CHATS)
+    assert got["encoded"] == [tok(t)["input_ids"] for t in TEXTS]
+    assert got["decoded"] == TEXTS
+    for pieces, ids, text in zip(got["streamed"], got["encoded"], TEXTS):
+        # Streamed pieces are whole characters (emoji span several tokens) and add up to the
+        # text without its special tokens.
+        assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True), pieces
+        assert not any("\ufffd" in p for p in pieces), pieces
+    want = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in CHATS]
+    assert got["chat_prompts"] == want

@@ -16,10 +16,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
     let req: serde_json::Value = serde_json::from_str(&input)?;
-    let prompts: Vec<Vec<u32>> = serde_json::from_value(req["prompts"].clone())?;
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(req["prompts"].clone()).unwrap_or_default();
     let max_new = req["max_new_tokens"].as_u64().unwrap_or(16) as usize;
     let fillers = req["fillers"].as_u64().unwrap_or(0) as usize;
     let file = inferd_gguf::GgufFile::open(std::path::Path::new(&path))?;
+    // Tokenizer mode: {"texts": [...], "chats": [[{"role", "content"}...]]} -> ids and prompts.
+    if req.get("texts").is_some() || req.get("chats").is_some() {
+        let tok = inferd_llm::tokenizer::TextTokenizer::from_gguf(&file)?;
+        let texts: Vec<String> = serde_json::from_value(req["texts"].clone()).unwrap_or_default();
+        let encoded = texts
+            .iter()
+            .map(|t| tok.encode(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let decoded: Vec<String> = encoded.iter().map(|ids| tok.decode(ids, false)).collect();
+        let chats: Vec<Vec<inferd_llm::tokenizer::Message>> = req["chats"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        c.as_array()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|x| inferd_llm::tokenizer::Message {
+                                        role: x["role"].as_str().unwrap_or_default().into(),
+                                        content: x["content"].as_str().unwrap_or_default().into(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prompts = chats
+            .iter()
+            .map(|m| tok.chat_prompt(m, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let streamed: Vec<Vec<String>> = encoded
+            .iter()
+            .map(|ids| {
+                let mut d = inferd_llm::tokenizer::Detokenizer::default();
+                ids.iter().map(|&i| d.push(&tok, i)).collect()
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"encoded": encoded, "decoded": decoded, "chat_prompts": prompts, "streamed": streamed})
+        );
+        return Ok(());
+    }
     let model = Llama::load(&file)?;
     let mut engine = Engine::new(
         model,

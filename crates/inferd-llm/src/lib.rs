@@ -8,9 +8,11 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, penalties, seeds, logprobs.
 //! - [`model`]: the llama family read from GGUF, and its forward pass over paged KV.
 //! - [`engine`]: a synchronous generation loop that ties them together.
+//! - [`tokenizer`]: the GGUF's tokenizer and chat template, and streaming detokenization.
 
 pub mod blocks;
 pub mod engine;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+pub mod tokenizer;
