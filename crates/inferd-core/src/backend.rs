@@ -116,6 +116,10 @@ pub trait LoadedModel: Send + Sync {
     ) -> Result<Box<dyn ModelInstance>, BackendError> {
         self.new_instance()
     }
+    /// The text generator of a model that generates (an LLM); `None` for the others.
+    fn generator(&self) -> Option<Arc<dyn crate::generate::TextGenerator>> {
+        None
+    }
 }
 
 /// One execution instance; owned by one executor thread.

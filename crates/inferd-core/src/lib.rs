@@ -25,6 +25,7 @@ pub mod batching;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generate;
 pub mod repository;
 pub mod request;
 pub mod runner;

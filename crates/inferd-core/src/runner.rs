@@ -34,6 +34,7 @@ pub struct VersionRunner {
     version: u64,
     config: Arc<ModelConfig>,
     signature: ModelSignature,
+    generator: Option<Arc<dyn crate::generate::TextGenerator>>,
     scheduler: Arc<Scheduler>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Mutex<VersionStats>>,
@@ -117,6 +118,7 @@ impl VersionRunner {
             version,
             config,
             signature: model.signature().clone(),
+            generator: model.generator(),
             scheduler,
             threads: Mutex::new(threads),
             stats,
@@ -144,6 +146,11 @@ impl VersionRunner {
     /// The inputs and outputs the model file declares.
     pub fn signature(&self) -> &ModelSignature {
         &self.signature
+    }
+
+    /// The version's text generator, when it generates.
+    pub fn generator(&self) -> Option<Arc<dyn crate::generate::TextGenerator>> {
+        self.generator.clone()
     }
 
     /// A snapshot of the statistics.

@@ -8,11 +8,15 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, penalties, seeds, logprobs.
 //! - [`model`]: the llama family read from GGUF, and its forward pass over paged KV.
 //! - [`engine`]: a synchronous generation loop that ties them together.
+//! - [`service`]: the engine on its own thread behind inferd-core's `TextGenerator`.
+//! - [`backend`]: the `llm` backend of the model repository.
 //! - [`tokenizer`]: the GGUF's tokenizer and chat template, and streaming detokenization.
 
+pub mod backend;
 pub mod blocks;
 pub mod engine;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;
+pub mod service;
 pub mod tokenizer;

@@ -154,6 +154,8 @@ fn backends(onnx: OnnxBackend, origin: &str) -> Result<Vec<Arc<dyn Backend>>> {
         Arc::new(inferd_trees::TreesBackend),
         #[cfg(feature = "candle")]
         Arc::new(inferd_candle::CandleBackend),
+        #[cfg(feature = "llm")]
+        Arc::new(inferd_llm::backend::LlmBackend),
     ])
 }
 

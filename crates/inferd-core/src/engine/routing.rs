@@ -35,6 +35,29 @@ impl Engine {
     }
 
     /// Routes a request to a version (held by the guard) and validates it against its config.
+    /// The text generator of `model` (its `version`, or the latest ready one) with the
+    /// version's in-flight guard: hold the guard while the generation runs, so a reload lets it
+    /// finish on this version. A model that does not generate is refused.
+    pub fn generator(
+        &self,
+        model: &str,
+        version: Option<u64>,
+    ) -> Result<(InflightGuard, Arc<dyn crate::generate::TextGenerator>)> {
+        if self.inner.refusing.load(Ordering::Acquire) {
+            return Err(Error::Unavailable(
+                "the server is shutting down and takes no new requests; retry on another replica"
+                    .into(),
+            ));
+        }
+        let guard = self.route(model, version)?;
+        let g = guard.runner().generator().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "model '{model}' does not generate text; its inputs and outputs are tensors (use /v2/models/{model}/infer)"
+            ))
+        })?;
+        Ok((guard, g))
+    }
+
     pub(super) fn admit(
         &self,
         model: &str,

