@@ -177,3 +177,42 @@ def test_kserve_text_input_gives_text_output(server):
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     assert out["name"] == "text_output" and out["data"][0].startswith(" Paris.")
+
+
+def metric(server, name: str, model: str = "smollm2") -> float:
+    page = requests.get(server.http_base + "/metrics", timeout=10).text
+    for line in page.splitlines():
+        if line.startswith(name + "{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} for {model} not on the page")
+
+
+def test_64_clients_that_disconnect_mid_stream_leave_no_block_allocated(server):
+    def one():
+        with requests.post(f"{server.http_base}/v1/completions", stream=True, timeout=120, json={
+                "model": "smollm2", "prompt": "Write a long story about a dragon.", "max_tokens": 1000,
+                "ignore_eos": True, "stream": True}) as r:
+            assert r.status_code == 200, r.text
+            lines = r.iter_lines()
+            got = 0
+            for line in lines:
+                if line.startswith(b"data: {"):
+                    got += 1
+                    if got == 2:
+                        break
+        # leaving the `with` closes the connection mid-stream
+
+    threads = [threading.Thread(target=one) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    from inferd_testlib import wait_until
+
+    wait_until(lambda: metric(server, "inferd_llm_kv_cache_blocks_used") == 0, timeout=30, interval=0.2,
+               what="every KV block to be freed")
+    assert metric(server, "inferd_llm_requests_running") == 0
+    assert metric(server, "inferd_llm_requests_waiting") == 0
+    # The per-request series saw these requests (the cancelled ones have no end-to-end time).
+    assert metric(server, "inferd_llm_time_to_first_token_seconds_count") >= 1
+    assert metric(server, "inferd_llm_generation_tokens_total") > 64

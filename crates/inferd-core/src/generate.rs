@@ -169,10 +169,35 @@ pub struct GenStream {
     pub events: UnboundedReceiver<GenEvent>,
 }
 
+/// A generator's live numbers (vLLM's set, for dashboards and autoscalers).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GeneratorStats {
+    /// Sequences running.
+    pub running: usize,
+    /// Sequences waiting (new or preempted).
+    pub waiting: usize,
+    /// KV blocks held by sequences.
+    pub kv_blocks_used: usize,
+    /// KV blocks in all.
+    pub kv_blocks_total: usize,
+    /// Prefix-cache lookups and hits, in blocks, since load.
+    pub prefix_queries: u64,
+    /// See `prefix_queries`.
+    pub prefix_hits: u64,
+    /// Preemptions since load.
+    pub preemptions: u64,
+    /// Prompt tokens computed since load (prefix-cache hits not counted).
+    pub prompt_tokens: u64,
+    /// Tokens generated since load.
+    pub generation_tokens: u64,
+}
+
 /// A loaded model that generates text.
 pub trait TextGenerator: Send + Sync {
     /// The model's context length in tokens.
     fn context_length(&self) -> usize;
+    /// Its live numbers.
+    fn stats(&self) -> GeneratorStats;
     /// Starts a generation.
     fn start(&self, req: GenerateRequest) -> Result<GenStream, GenerateError>;
 }

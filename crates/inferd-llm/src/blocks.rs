@@ -144,6 +144,16 @@ impl BlockManager {
         }
     }
 
+    /// Prefix-cache (lookups, hits), in blocks, so far.
+    pub fn prefix_counts(&self) -> (u64, u64) {
+        (self.lookups, self.hits)
+    }
+
+    /// Blocks some sequence holds.
+    pub fn used(&self) -> usize {
+        self.refs.iter().filter(|&&r| r > 0).count()
+    }
+
     /// Prefix-cache hits over lookups, in blocks.
     pub fn prefix_hit_rate(&self) -> f64 {
         if self.lookups == 0 {

@@ -156,7 +156,13 @@ impl Engine {
 
     /// Runs one step.
     pub fn step(&mut self) -> Vec<Event> {
+        self.step_counted().0
+    }
+
+    /// Runs one step: its events and the tokens it computed.
+    pub fn step_counted(&mut self) -> (Vec<Event>, u64) {
         let batch = self.sched.schedule();
+        let computed = batch.num_tokens() as u64;
         for c in &batch.copies {
             self.kv.copy_block(c.from, c.to);
         }
@@ -209,7 +215,7 @@ impl Engine {
                 events.push(Event::Finished { id, finish });
             }
         }
-        events
+        (events, computed)
     }
 
     /// Runs until every queued sequence has finished: each sequence's tokens and finish.

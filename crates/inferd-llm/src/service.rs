@@ -10,7 +10,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use inferd_core::generate::{
-    Finish as GenFinish, GenEvent, GenStream, GenerateError, GenerateRequest, Prompt, TextGenerator,
+    Finish as GenFinish, GenEvent, GenStream, GenerateError, GenerateRequest, GeneratorStats,
+    Prompt, TextGenerator,
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -103,6 +104,7 @@ pub struct LlmService {
     cfg: ServiceConfig,
     next: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<Mutex<GeneratorStats>>,
 }
 
 impl std::fmt::Debug for LlmService {
@@ -114,9 +116,33 @@ impl std::fmt::Debug for LlmService {
     }
 }
 
-fn run(mut engine: Engine, rx: Receiver<Add>, tok: Arc<TextTokenizer>, max_waiting: usize) {
+fn publish(engine: &Engine, stats: &Mutex<GeneratorStats>, prompt: u64, generated: u64) {
+    let s = engine.scheduler();
+    let (queries, hits) = s.blocks.prefix_counts();
+    let mut g = stats.lock().unwrap_or_else(|p| p.into_inner());
+    *g = GeneratorStats {
+        running: s.num_running(),
+        waiting: s.num_waiting(),
+        kv_blocks_used: s.blocks.used(),
+        kv_blocks_total: s.blocks.num_blocks(),
+        prefix_queries: queries,
+        prefix_hits: hits,
+        preemptions: s.preemptions(),
+        prompt_tokens: g.prompt_tokens + prompt,
+        generation_tokens: g.generation_tokens + generated,
+    };
+}
+
+fn run(
+    mut engine: Engine,
+    rx: Receiver<Add>,
+    tok: Arc<TextTokenizer>,
+    max_waiting: usize,
+    stats: Arc<Mutex<GeneratorStats>>,
+) {
     let mut jobs: HashMap<u64, Job> = HashMap::new();
     loop {
+        publish(&engine, &stats, 0, 0);
         // Idle: wait for work; busy: take what arrived between steps.
         let mut incoming = Vec::new();
         if !engine.has_work() {
@@ -158,7 +184,13 @@ fn run(mut engine: Engine, rx: Receiver<Add>, tok: Arc<TextTokenizer>, max_waiti
         if !engine.has_work() {
             continue;
         }
-        for e in engine.step() {
+        let (events, computed) = engine.step_counted();
+        let sampled = events
+            .iter()
+            .filter(|e| matches!(e, Event::Token { .. }))
+            .count() as u64;
+        publish(&engine, &stats, computed.saturating_sub(sampled), sampled);
+        for e in events {
             match e {
                 Event::Token { id, token, .. } => {
                     let Some(job) = jobs.get_mut(&id) else {
@@ -198,9 +230,11 @@ impl LlmService {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_waiting.max(1));
         let engine = Engine::new(model, cfg.engine);
         let t = tok.clone();
+        let stats = Arc::new(Mutex::new(GeneratorStats::default()));
+        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-llm"))
-            .spawn(move || run(engine, rx, t, cfg.max_waiting.max(1)))?;
+            .spawn(move || run(engine, rx, t, cfg.max_waiting.max(1), st))?;
         Ok(LlmService {
             tx: Mutex::new(Some(tx)),
             tok,
@@ -208,6 +242,7 @@ impl LlmService {
             cfg,
             next: AtomicU64::new(1),
             thread: Mutex::new(Some(thread)),
+            stats,
         })
     }
 
@@ -265,6 +300,10 @@ impl Drop for LlmService {
 impl TextGenerator for LlmService {
     fn context_length(&self) -> usize {
         self.context
+    }
+
+    fn stats(&self) -> GeneratorStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn start(&self, req: GenerateRequest) -> Result<GenStream, GenerateError> {

@@ -97,6 +97,7 @@ impl Engine {
                     inflight: r.map_or(0, |r| r.inflight()),
                     load_duration: r.map(|r| r.load_duration()),
                     stats: r.map(|r| r.stats()),
+                    generator: r.and_then(|r| r.generator()).map(|g| g.stats()),
                 });
             }
         }

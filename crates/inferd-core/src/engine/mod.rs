@@ -183,6 +183,8 @@ pub struct VersionMetrics {
     pub load_duration: Option<Duration>,
     /// Its statistics, while a loaded copy exists.
     pub stats: Option<VersionStats>,
+    /// A generating model's live numbers.
+    pub generator: Option<crate::generate::GeneratorStats>,
 }
 
 /// What the metadata endpoints describe.

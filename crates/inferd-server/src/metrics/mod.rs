@@ -9,11 +9,14 @@
 //! - [`process`]: the `process_*` series Prometheus clients conventionally export (CPU,
 //!   resident memory, open files, start time), read from `/proc`;
 //! - [`gpu`]: per-GPU utilisation and memory through NVML, absent without a GPU;
+//! - [`llm`]: generating models' sequences, KV cache, prefix cache, and per-request latency
+//!   and token counts, after vLLM's set;
 //! - per traffic route and target: requests by outcome and latency (see
 //!   [`crate::traffic::observe`]);
 //! - this file: server uptime, build info, readiness, and the listener.
 
 pub mod gpu;
+pub mod llm;
 pub mod models;
 pub mod process;
 
@@ -35,6 +38,8 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Per-request LLM histograms (the text API observes them).
+    pub llm: llm::LlmRequests,
 }
 
 impl Metrics {
@@ -46,10 +51,13 @@ impl Metrics {
             engine: engine.clone(),
             started: Instant::now(),
         }));
+        registry.register_collector(Box::new(llm::LlmCollector::new(engine.clone())));
+        let llm = llm::LlmRequests::default();
+        llm.register(&mut registry);
         registry.register_collector(Box::new(models::ModelCollector::new(engine)));
         registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_collector(Box::new(gpu::GpuCollector::new()));
-        Metrics { registry }
+        Metrics { registry, llm }
     }
 
     /// The page, in Prometheus's text format (version 0.0.4).

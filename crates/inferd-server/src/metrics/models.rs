@@ -36,15 +36,15 @@ impl ModelCollector {
 }
 
 /// A family's descriptor.
-struct Desc<'a> {
-    name: &'a str,
-    help: &'a str,
-    unit: Option<&'a Unit>,
-    kind: MetricType,
+pub(super) struct Desc<'a> {
+    pub(super) name: &'a str,
+    pub(super) help: &'a str,
+    pub(super) unit: Option<&'a Unit>,
+    pub(super) kind: MetricType,
 }
 
 /// One family: a descriptor, then a sample per version that has a value.
-fn family<T>(
+pub(super) fn family<T>(
     encoder: &mut DescriptorEncoder,
     d: Desc,
     versions: &[VersionMetrics],
@@ -62,11 +62,11 @@ fn family<T>(
     Ok(())
 }
 
-fn counter(m: &mut MetricEncoder, n: u64) -> Result<(), std::fmt::Error> {
+pub(super) fn counter(m: &mut MetricEncoder, n: u64) -> Result<(), std::fmt::Error> {
     m.encode_counter::<NoLabelSet, _, u64>(&n, None)
 }
 
-fn gauge(m: &mut MetricEncoder, n: i64) -> Result<(), std::fmt::Error> {
+pub(super) fn gauge(m: &mut MetricEncoder, n: i64) -> Result<(), std::fmt::Error> {
     m.encode_gauge(&n)
 }
 

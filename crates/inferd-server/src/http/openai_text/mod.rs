@@ -13,273 +13,19 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use inferd_core::generate::{
-    ChatMessage, Finish, GenEvent, GenStream, GenerateError, GenerateRequest, Prompt, Sampling,
-};
-use serde_json::{Map, Value, json};
+use inferd_core::generate::{Finish, GenEvent, GenStream};
+use serde_json::{Value, json};
 
+use self::request::{Kind, parse, start_error};
 use super::openai::{OaResult, OpenAiError};
 use super::{HttpState, read_body};
 use crate::admission::admit;
 
-/// Choices one request may ask for (`n`).
-const MAX_N: usize = 16;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Completion,
-    Chat,
-}
-
-fn bad(message: impl Into<String>, param: &'static str) -> OpenAiError {
-    OpenAiError::bad(message, param)
-}
-
-fn number(o: &Map<String, Value>, key: &'static str, lo: f64, hi: f64) -> OaResult<Option<f64>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            let v = n.as_f64().unwrap_or(f64::NAN);
-            if (lo..=hi).contains(&v) {
-                Ok(Some(v))
-            } else {
-                Err(bad(
-                    format!("'{key}' must be between {lo} and {hi}, got {v}"),
-                    key,
-                ))
-            }
-        }
-        Some(other) => Err(bad(format!("'{key}' must be a number, got {other}"), key)),
-    }
-}
-
-fn integer(o: &Map<String, Value>, key: &'static str, lo: i64, hi: i64) -> OaResult<Option<i64>> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_i64() {
-            Some(i) if (lo..=hi).contains(&i) => Ok(Some(i)),
-            _ => Err(bad(
-                format!("'{key}' must be an integer from {lo} to {hi}, got {v}"),
-                key,
-            )),
-        },
-    }
-}
-
-fn boolean(o: &Map<String, Value>, key: &'static str) -> OaResult<bool> {
-    match o.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(bad(
-            format!("'{key}' must be true or false, got {other}"),
-            key,
-        )),
-    }
-}
-
-/// Text of a message's `content`: a string, or a list of `{"type": "text", "text": ...}` parts.
-fn content(v: Option<&Value>, i: usize) -> OaResult<String> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(
-                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => Ok(t.clone()),
-                    _ => Err(bad(
-                        format!("messages[{i}].content: only text parts are supported, got {p}"),
-                        "messages",
-                    )),
-                },
-            )
-            .collect(),
-        Some(other) => Err(bad(
-            format!("messages[{i}].content must be a string or a list of text parts, got {other}"),
-            "messages",
-        )),
-    }
-}
-
-/// The prompts a completions request names: a string, strings, token ids, or lists of them.
-fn prompts(v: Option<&Value>) -> OaResult<Vec<Prompt>> {
-    let ids = |a: &[Value]| -> Option<Vec<u32>> {
-        a.iter()
-            .map(|x| x.as_u64().and_then(|i| u32::try_from(i).ok()))
-            .collect()
-    };
-    match v {
-        Some(Value::String(s)) => Ok(vec![Prompt::Text(s.clone())]),
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => Ok(a
-            .iter()
-            .map(|s| Prompt::Text(s.as_str().unwrap_or_default().to_string()))
-            .collect()),
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => ids(a)
-            .map(|t| vec![Prompt::Tokens(t)])
-            .ok_or_else(|| bad("'prompt' token ids must be non-negative integers", "prompt")),
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_array) => a
-            .iter()
-            .map(|x| {
-                ids(x.as_array().map(Vec::as_slice).unwrap_or_default())
-                    .map(Prompt::Tokens)
-                    .ok_or_else(|| {
-                        bad("'prompt' token ids must be non-negative integers", "prompt")
-                    })
-            })
-            .collect(),
-        None | Some(Value::Null) => Err(bad("'prompt' is required", "prompt")),
-        Some(other) => Err(bad(
-            format!("'prompt' must be a string, a list of strings, or token ids; got {other}"),
-            "prompt",
-        )),
-    }
-}
-
-fn chat(v: Option<&Value>) -> OaResult<Prompt> {
-    let Some(Value::Array(msgs)) = v else {
-        return Err(bad(
-            "'messages' must be a non-empty list of messages",
-            "messages",
-        ));
-    };
-    if msgs.is_empty() {
-        return Err(bad(
-            "'messages' must be a non-empty list of messages",
-            "messages",
-        ));
-    }
-    msgs.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .filter(|r| !r.is_empty())
-                .ok_or_else(|| bad(format!("messages[{i}] needs a 'role'"), "messages"))?;
-            Ok(ChatMessage {
-                role: if role == "developer" { "system" } else { role }.to_string(),
-                content: content(m.get("content"), i)?,
-            })
-        })
-        .collect::<OaResult<Vec<_>>>()
-        .map(Prompt::Chat)
-}
-
-/// One parsed request: prompts, `n`, the shared generation settings, streaming.
-struct Parsed {
-    model: String,
-    prompts: Vec<Prompt>,
-    n: usize,
-    template: GenerateRequest,
-    stream: bool,
-    include_usage: bool,
-    user: Option<String>,
-}
-
-fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("malformed JSON body: {e}"), "body"))?;
-    let Value::Object(o) = v else {
-        return Err(bad("the request body must be a JSON object", "body"));
-    };
-    let model = match o.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(bad("'model' is required and must be a string", "model")),
-    };
-    let prompts = match kind {
-        Kind::Completion => prompts(o.get("prompt"))?,
-        Kind::Chat => vec![chat(o.get("messages"))?],
-    };
-    let wants_logprobs = match kind {
-        Kind::Completion => integer(&o, "logprobs", 0, 20)?.is_some(),
-        Kind::Chat => boolean(&o, "logprobs")?,
-    };
-    if wants_logprobs {
-        return Err(bad(
-            "'logprobs' is not supported yet by this server",
-            "logprobs",
-        ));
-    }
-    if boolean(&o, "echo")? {
-        return Err(bad("'echo' is not supported yet by this server", "echo"));
-    }
-    let max_tokens = integer(&o, "max_completion_tokens", 0, i64::from(u32::MAX))?
-        .or(integer(&o, "max_tokens", 0, i64::from(u32::MAX))?)
-        .map(|m| m as usize);
-    let stop = match o.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) && a.len() <= 16 => a
-            .iter()
-            .map(|s| s.as_str().unwrap_or_default().to_string())
-            .collect(),
-        Some(other) => {
-            return Err(bad(
-                format!("'stop' must be a string or a list of up to 16 strings, got {other}"),
-                "stop",
-            ));
-        }
-    };
-    let top_k = integer(&o, "top_k", -1, 1 << 20)?.unwrap_or(0);
-    let sampling = Sampling {
-        temperature: number(&o, "temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32,
-        top_p: number(&o, "top_p", 0.0, 1.0)?.unwrap_or(1.0) as f32,
-        top_k: top_k.max(0) as usize,
-        min_p: number(&o, "min_p", 0.0, 1.0)?.unwrap_or(0.0) as f32,
-        repetition_penalty: number(&o, "repetition_penalty", 0.01, 10.0)?.unwrap_or(1.0) as f32,
-        presence_penalty: number(&o, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
-        frequency_penalty: number(&o, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
-        seed: integer(&o, "seed", i64::MIN, i64::MAX)?.map(|s| s as u64),
-    };
-    let include_usage = match o.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(so)) => boolean(so, "include_usage")?,
-        Some(other) => {
-            return Err(bad(
-                format!("'stream_options' must be an object, got {other}"),
-                "stream_options",
-            ));
-        }
-    };
-    Ok(Parsed {
-        model,
-        n: integer(&o, "n", 1, MAX_N as i64)?.unwrap_or(1) as usize,
-        template: GenerateRequest {
-            prompt: Prompt::Text(String::new()),
-            max_tokens,
-            sampling,
-            stop,
-            ignore_eos: boolean(&o, "ignore_eos")?,
-            logprobs: None,
-        },
-        stream: boolean(&o, "stream")?,
-        include_usage,
-        user: o.get("user").and_then(Value::as_str).map(str::to_string),
-        prompts,
-    })
-}
-
-fn start_error(e: GenerateError) -> OpenAiError {
-    match e {
-        GenerateError::Invalid(m) => bad(m, "prompt"),
-        e @ GenerateError::ContextLength { .. } => OpenAiError::with_code(
-            StatusCode::BAD_REQUEST,
-            e.to_string(),
-            Some("messages"),
-            Some("context_length_exceeded"),
-        ),
-        GenerateError::Overloaded(m) => {
-            OpenAiError::with_code(StatusCode::TOO_MANY_REQUESTS, m, None, None)
-        }
-        GenerateError::Unavailable(m) => {
-            OpenAiError::with_code(StatusCode::SERVICE_UNAVAILABLE, m, None, None)
-        }
-    }
-}
+mod request;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -303,6 +49,44 @@ pub async fn chat_completions(
     serve(s, headers, body, Kind::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Per-choice timings for the LLM histograms.
+struct Timer {
+    started: std::time::Instant,
+    last: Vec<Option<std::time::Instant>>,
+    gaps: Vec<(f64, u64)>,
+    prompt_tokens: Vec<usize>,
+    metrics: crate::metrics::llm::LlmRequests,
+    model: String,
+}
+
+impl Timer {
+    fn text(&mut self, i: usize) {
+        let now = std::time::Instant::now();
+        match self.last[i] {
+            None => self
+                .metrics
+                .first_token(&self.model, (now - self.started).as_secs_f64()),
+            Some(t) => {
+                self.gaps[i].0 += (now - t).as_secs_f64();
+                self.gaps[i].1 += 1;
+            }
+        }
+        self.last[i] = Some(now);
+    }
+
+    fn done(&self, i: usize, generated: usize) {
+        self.metrics.observe(
+            &self.model,
+            crate::metrics::llm::RequestTimes {
+                gaps: self.gaps[i],
+                e2e: self.started.elapsed().as_secs_f64(),
+                prompt_tokens: self.prompt_tokens[i],
+                generated_tokens: generated,
+            },
+        );
+    }
 }
 
 /// A choice's event, tagged with its index.
@@ -347,6 +131,14 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         }
     }
     let prompt_tokens: usize = streams.iter().step_by(p.n).map(|g| g.prompt_tokens).sum();
+    let mut timer = Timer {
+        started: std::time::Instant::now(),
+        last: vec![None; streams.len()],
+        gaps: vec![(0.0, 0); streams.len()],
+        prompt_tokens: streams.iter().map(|g| g.prompt_tokens).collect(),
+        metrics: s.metrics.llm.clone(),
+        model: target.clone(),
+    };
     let id = format!(
         "{}-{:024x}",
         if kind == Kind::Chat {
@@ -386,12 +178,16 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         let mut merged = merged;
         while let Some((i, e)) = merged.next().await {
             match e {
-                GenEvent::Text { text, .. } => texts[i].push_str(&text),
+                GenEvent::Text { text, .. } => {
+                    timer.text(i);
+                    texts[i].push_str(&text)
+                }
                 GenEvent::Done {
                     finish,
                     completion_tokens: c,
                     ..
                 } => {
+                    timer.done(i, c);
                     finishes[i] = Some(finish);
                     completion_tokens += c;
                 }
@@ -487,6 +283,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         while let Some((i, e)) = merged.next().await {
             let bytes = match e {
                 GenEvent::Text { text, .. } => {
+                    timer.text(i);
                     chunk(json!([choice(i, Some(&text), None, false)]), Value::Null)
                 }
                 GenEvent::Done {
@@ -494,6 +291,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
                     completion_tokens: c,
                     ..
                 } => {
+                    timer.done(i, c);
                     completion_tokens += c;
                     chunk(
                         json!([choice(i, None, Some(finish.as_str()), false)]),
