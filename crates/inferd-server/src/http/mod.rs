@@ -5,6 +5,7 @@
 //! - [`openai`]: OpenAI-compatible `/v1/embeddings` and `/v1/models`.
 
 pub mod codec;
+pub mod generate;
 pub mod openai;
 pub mod openai_text;
 
@@ -84,6 +85,19 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/generate", post(generate::generate))
+        .route(
+            "/v2/models/{model}/generate_stream",
+            post(generate::generate_stream),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/generate",
+            post(generate::generate_v),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/generate_stream",
+            post(generate::generate_stream_v),
+        )
         .route("/v2/repository/index", post(repository_index))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/completions", post(openai_text::completions))
