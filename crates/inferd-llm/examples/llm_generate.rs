@@ -93,6 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 params: greedy.clone(),
                 stop_tokens: Vec::new(),
                 priority: 0,
+                top_logprobs: None,
             })?;
         }
         id += 1;
@@ -103,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             params: greedy.clone(),
             stop_tokens: Vec::new(),
             priority: 0,
+            top_logprobs: None,
         })?;
     }
     let mut outputs: std::collections::HashMap<u64, Vec<u32>> = Default::default();

@@ -49,6 +49,8 @@ pub struct Request {
     pub stop_tokens: Vec<u32>,
     /// Lower runs sooner.
     pub priority: i32,
+    /// The most likely tokens to report at each position, when asked (OpenAI's `logprobs`).
+    pub top_logprobs: Option<usize>,
 }
 
 /// Why a sequence ended.
@@ -71,8 +73,10 @@ pub enum Event {
         token: u32,
         /// Its log-probability.
         logprob: f32,
-        /// The logits it was sampled from, when the request kept them (tests, logprobs).
+        /// The logits it was sampled from, when the engine keeps them (tests).
         logits: Option<Vec<f32>>,
+        /// The most likely tokens at this position, when the request asked.
+        top: Vec<crate::sampling::Choice>,
     },
     /// The sequence ended (its last token came in an earlier `Token` of this step).
     Finished {
@@ -86,6 +90,7 @@ pub enum Event {
 struct Live {
     sampler: Sampler,
     stop: Vec<u32>,
+    top_logprobs: Option<usize>,
 }
 
 /// A model with its KV memory and scheduler.
@@ -138,6 +143,7 @@ impl Engine {
             Live {
                 sampler: Sampler::new(r.params),
                 stop: r.stop_tokens,
+                top_logprobs: r.top_logprobs,
             },
         );
         Ok(())
@@ -190,6 +196,11 @@ impl Engine {
                 continue;
             };
             let kept = self.keep_logits.then(|| l.clone());
+            // Alternatives from the model's own distribution, before any penalty.
+            let top = live
+                .top_logprobs
+                .map(|n| crate::sampling::top_logprobs(&l, n))
+                .unwrap_or_default();
             let history = self.sched.tokens(c.seq).unwrap_or_default();
             let choice = live.sampler.sample(&mut l, history);
             sampled.push((c.seq, choice.token));
@@ -198,6 +209,7 @@ impl Engine {
                 token: choice.token,
                 logprob: choice.logprob,
                 logits: kept,
+                top,
             });
         }
         self.sched.complete(&batch, &sampled);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use inferd_core::generate::{
     Finish as GenFinish, GenEvent, GenStream, GenerateError, GenerateRequest, GeneratorStats,
-    Prompt, TextGenerator,
+    Prompt, TextGenerator, TokenLogprob,
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -28,14 +28,16 @@ struct Job {
     stops: Vec<String>,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Log-probabilities of tokens whose text has not been sent yet (when asked).
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl Job {
     fn send_text(&mut self, text: String) {
-        if !text.is_empty() {
+        if !text.is_empty() || !self.logprobs.is_empty() {
             let _ = self.out.send(GenEvent::Text {
                 text,
-                logprobs: Vec::new(),
+                logprobs: std::mem::take(&mut self.logprobs),
             });
         }
     }
@@ -192,11 +194,25 @@ fn run(
         publish(&engine, &stats, computed.saturating_sub(sampled), sampled);
         for e in events {
             match e {
-                Event::Token { id, token, .. } => {
+                Event::Token {
+                    id,
+                    token,
+                    logprob,
+                    top,
+                    ..
+                } => {
                     let Some(job) = jobs.get_mut(&id) else {
                         continue;
                     };
                     job.completion_tokens += 1;
+                    if !top.is_empty() {
+                        let text = |t: u32| tok.decode(&[t], false);
+                        job.logprobs.push(TokenLogprob {
+                            token: text(token),
+                            logprob,
+                            top: top.iter().map(|c| (text(c.token), c.logprob)).collect(),
+                        });
+                    }
                     let piece = job.detok.push(&tok, token);
                     if job.push(&piece) {
                         job.done(GenFinish::Stop);
@@ -359,6 +375,7 @@ impl TextGenerator for LlmService {
                     self.tok.eos.into_iter().collect()
                 },
                 priority: 0,
+                top_logprobs: req.logprobs.map(|n| n.max(1)),
             },
             job: Job {
                 out,
@@ -367,6 +384,7 @@ impl TextGenerator for LlmService {
                 stops: req.stop.into_iter().filter(|s| !s.is_empty()).collect(),
                 prompt_tokens: prompt.len(),
                 completion_tokens: 0,
+                logprobs: Vec::new(),
             },
         };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());

@@ -33,6 +33,8 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     w: Weights,
     inv_freq: Vec<f32>,
+    /// The model's own threads (one per core), not a process-wide pool shared with others.
+    pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
 /// `a · b`, with eight accumulators so the compiler vectorises it.
@@ -52,13 +54,36 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Weight rows per parallel task: small enough to share two cores evenly, large enough that
+/// scheduling costs nothing next to the arithmetic.
+const ROWS_PER_TASK: usize = 64;
+
 /// `x` (`n` rows of `m.cols`) times `m` transposed: `n` rows of `m.rows`. Each weight row is
-/// read once for all `n` input rows.
-fn matmul(x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
+/// read once for all `n` input rows; rows are split over `pool`'s threads.
+fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
+    use rayon::prelude::*;
+    // Computed row-major by weight row (each task writes its own contiguous slice), then
+    // transposed to one row per token.
+    let mut by_row = vec![0f32; n * m.rows];
+    pool.install(|| {
+        by_row
+            .par_chunks_mut(n * ROWS_PER_TASK)
+            .zip(m.data.par_chunks(m.cols * ROWS_PER_TASK))
+            .for_each(|(out, rows)| {
+                for (r, row) in rows.chunks_exact(m.cols).enumerate() {
+                    for t in 0..n {
+                        out[r * n + t] = dot(row, &x[t * m.cols..(t + 1) * m.cols]);
+                    }
+                }
+            });
+    });
+    if n == 1 {
+        return by_row;
+    }
     let mut out = vec![0f32; n * m.rows];
-    for (r, row) in m.data.chunks_exact(m.cols).enumerate() {
+    for r in 0..m.rows {
         for t in 0..n {
-            out[t * m.rows + r] = dot(row, &x[t * m.cols..(t + 1) * m.cols]);
+            out[t * m.rows + r] = by_row[r * n + t];
         }
     }
     out
@@ -92,7 +117,26 @@ impl Llama {
         let inv_freq = (0..cfg.rope_dims / 2)
             .map(|i| cfg.rope_base.powf(-((2 * i) as f32) / cfg.rope_dims as f32))
             .collect();
-        Llama { cfg, w, inv_freq }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("llm-compute-{i}"))
+            .build()
+            .map(std::sync::Arc::new)
+            .unwrap_or_else(|_| {
+                std::sync::Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .expect("a one-thread pool"),
+                )
+            });
+        Llama {
+            cfg,
+            w,
+            inv_freq,
+            pool,
+        }
     }
 
     fn rope(&self, v: &mut [f32], pos: usize) {
@@ -131,9 +175,9 @@ impl Llama {
         let mut scores = Vec::new();
         for (l, layer) in self.w.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.eps);
-            let mut q = matmul(&h, n, &layer.wq);
-            let mut k = matmul(&h, n, &layer.wk);
-            let v = matmul(&h, n, &layer.wv);
+            let mut q = matmul(&self.pool, &h, n, &layer.wq);
+            let mut k = matmul(&self.pool, &h, n, &layer.wk);
+            let v = matmul(&self.pool, &h, n, &layer.wv);
             for (r, &(ci, pos)) in rows.iter().enumerate() {
                 self.rope(&mut q[r * d..(r + 1) * d], pos);
                 self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
@@ -172,13 +216,13 @@ impl Llama {
                     }
                 }
             }
-            let o = matmul(&attn, n, &layer.wo);
+            let o = matmul(&self.pool, &attn, n, &layer.wo);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = rms_norm(&x, &layer.ffn_norm, c.eps);
-            let g = matmul(&h, n, &layer.w_gate);
-            let u = matmul(&h, n, &layer.w_up);
+            let g = matmul(&self.pool, &h, n, &layer.w_gate);
+            let u = matmul(&self.pool, &h, n, &layer.w_up);
             let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
-            let down = matmul(&a, n, &layer.w_down);
+            let down = matmul(&self.pool, &a, n, &layer.w_down);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         // Logits only where asked: the last row of each such chunk.
@@ -192,7 +236,7 @@ impl Llama {
                 continue;
             }
             let last = rms_norm(&x[(end - 1) * d..end * d], &self.w.norm, c.eps);
-            out.push(Some(matmul(&last, 1, head)));
+            out.push(Some(matmul(&self.pool, &last, 1, head)));
         }
         out
     }

@@ -17,8 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use inferd_core::generate::{Finish, GenEvent, GenStream};
-use serde_json::{Value, json};
+use inferd_core::generate::{Finish, GenEvent, GenStream, TokenLogprob};
+use serde_json::{Map, Value, json};
 
 use self::request::{Kind, parse, start_error};
 use super::openai::{OaResult, OpenAiError};
@@ -49,6 +49,34 @@ pub async fn chat_completions(
     serve(s, headers, body, Kind::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Token log-probabilities in the endpoint's shape: the completions API's parallel lists
+/// (`offset` counts the text before them), or chat's `content` entries; `k` alternatives each.
+fn logprobs_json(kind: Kind, lps: &[TokenLogprob], k: usize, offset: &mut usize) -> Value {
+    match kind {
+        Kind::Completion => {
+            let mut offsets = Vec::with_capacity(lps.len());
+            for lp in lps {
+                offsets.push(*offset);
+                *offset += lp.token.len();
+            }
+            json!({
+                "tokens": lps.iter().map(|l| &l.token).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|l| {
+                    l.top.iter().take(k).map(|(t, p)| (t.clone(), json!(p))).collect::<Map<String, Value>>()
+                }).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+        Kind::Chat => json!({"content": lps.iter().map(|l| json!({
+            "token": l.token,
+            "logprob": l.logprob,
+            "bytes": l.token.as_bytes(),
+            "top_logprobs": l.top.iter().take(k).map(|(t, p)| json!({"token": t, "logprob": p, "bytes": t.as_bytes()})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()}),
+    }
 }
 
 /// Per-choice timings for the LLM histograms.
@@ -174,13 +202,15 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
     if !p.stream {
         let mut texts = vec![String::new(); total];
         let mut finishes = vec![None; total];
+        let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); total];
         let mut completion_tokens = 0;
         let mut merged = merged;
         while let Some((i, e)) = merged.next().await {
             match e {
-                GenEvent::Text { text, .. } => {
+                GenEvent::Text { text, logprobs } => {
                     timer.text(i);
-                    texts[i].push_str(&text)
+                    texts[i].push_str(&text);
+                    lps[i].extend(logprobs);
                 }
                 GenEvent::Done {
                     finish,
@@ -199,18 +229,20 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         }
         drop(guard);
         record(false);
+        let k = p.template.logprobs;
         let choices: Vec<Value> = texts
             .into_iter()
             .zip(finishes)
             .enumerate()
             .map(|(i, (text, f))| {
                 let finish = f.unwrap_or(Finish::Length).as_str();
+                let logprobs = k.map_or(Value::Null, |k| logprobs_json(kind, &lps[i], k, &mut 0));
                 match kind {
                     Kind::Completion => {
-                        json!({"index": i, "text": text, "finish_reason": finish, "logprobs": null})
+                        json!({"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs})
                     }
                     Kind::Chat => json!({
-                        "index": i, "finish_reason": finish, "logprobs": null,
+                        "index": i, "finish_reason": finish, "logprobs": logprobs,
                         "message": {"role": "assistant", "content": text},
                     }),
                 }
@@ -239,6 +271,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
     let model = p.model.clone();
     let include_usage = p.include_usage;
+    let logprobs_k = p.template.logprobs;
     tokio::spawn(async move {
         let _guard = guard;
         let object = if kind == Kind::Chat {
@@ -253,9 +286,13 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
             }
             Bytes::from(format!("data: {c}\n\n"))
         };
-        let choice = |i: usize, text: Option<&str>, finish: Option<&str>, first: bool| match kind {
+        let choice = |i: usize,
+                      text: Option<&str>,
+                      finish: Option<&str>,
+                      first: bool,
+                      lp: Value| match kind {
             Kind::Completion => {
-                json!({"index": i, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
+                json!({"index": i, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": lp})
             }
             Kind::Chat => {
                 let delta = match (first, text) {
@@ -263,13 +300,18 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
                     (false, Some(t)) => json!({"content": t}),
                     (false, None) => json!({}),
                 };
-                json!({"index": i, "delta": delta, "finish_reason": finish, "logprobs": null})
+                json!({"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp})
             }
         };
+        let k = logprobs_k;
+        let mut offsets = vec![0usize; total];
         if kind == Kind::Chat {
             for i in 0..total {
                 if tx
-                    .send(Ok(chunk(json!([choice(i, None, None, true)]), Value::Null)))
+                    .send(Ok(chunk(
+                        json!([choice(i, None, None, true, Value::Null)]),
+                        Value::Null,
+                    )))
                     .await
                     .is_err()
                 {
@@ -282,9 +324,15 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         let mut failed = false;
         while let Some((i, e)) = merged.next().await {
             let bytes = match e {
-                GenEvent::Text { text, .. } => {
+                GenEvent::Text { text, logprobs } => {
                     timer.text(i);
-                    chunk(json!([choice(i, Some(&text), None, false)]), Value::Null)
+                    let lp = k.map_or(Value::Null, |k| {
+                        logprobs_json(kind, &logprobs, k, &mut offsets[i])
+                    });
+                    chunk(
+                        json!([choice(i, Some(&text), None, false, lp)]),
+                        Value::Null,
+                    )
                 }
                 GenEvent::Done {
                     finish,
@@ -294,7 +342,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
                     timer.done(i, c);
                     completion_tokens += c;
                     chunk(
-                        json!([choice(i, None, Some(finish.as_str()), false)]),
+                        json!([choice(i, None, Some(finish.as_str()), false, Value::Null)]),
                         Value::Null,
                     )
                 }

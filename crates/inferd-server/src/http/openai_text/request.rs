@@ -178,16 +178,17 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
         Kind::Completion => prompts(o.get("prompt"))?,
         Kind::Chat => vec![chat(o.get("messages"))?],
     };
-    let wants_logprobs = match kind {
-        Kind::Completion => integer(&o, "logprobs", 0, 20)?.is_some(),
-        Kind::Chat => boolean(&o, "logprobs")?,
+    // Completions: `logprobs: k`; chat: `logprobs: true` with `top_logprobs: k`.
+    let logprobs = match kind {
+        Kind::Completion => integer(&o, "logprobs", 0, 20)?.map(|k| k as usize),
+        Kind::Chat => {
+            let top = integer(&o, "top_logprobs", 0, 20)?.map(|k| k as usize);
+            if top.is_some() && !boolean(&o, "logprobs")? {
+                return Err(bad("'top_logprobs' needs 'logprobs': true", "top_logprobs"));
+            }
+            boolean(&o, "logprobs")?.then(|| top.unwrap_or(0))
+        }
     };
-    if wants_logprobs {
-        return Err(bad(
-            "'logprobs' is not supported yet by this server",
-            "logprobs",
-        ));
-    }
     if boolean(&o, "echo")? {
         return Err(bad("'echo' is not supported yet by this server", "echo"));
     }
@@ -238,7 +239,7 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
             sampling,
             stop,
             ignore_eos: boolean(&o, "ignore_eos")?,
-            logprobs: None,
+            logprobs,
         },
         stream: boolean(&o, "stream")?,
         include_usage,
