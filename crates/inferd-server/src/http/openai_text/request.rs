@@ -348,9 +348,10 @@ mod tests {
             (r#"{"model": "m", "prompt": "x", "stop": 5}"#, "'stop'"),
             (r#"{"model": "m", "prompt": [-1]}"#, "'prompt'"),
             (
-                r#"{"model": "m", "prompt": "x", "logprobs": 1}"#,
+                r#"{"model": "m", "prompt": "x", "logprobs": 21}"#,
                 "'logprobs'",
             ),
+            (r#"{"model": "m", "prompt": "x", "echo": true}"#, "'echo'"),
             (r#"[1]"#, "JSON object"),
         ] {
             let e = p(Kind::Completion, body).err().expect(body);
