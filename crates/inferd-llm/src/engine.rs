@@ -53,14 +53,8 @@ pub struct Request {
     pub top_logprobs: Option<usize>,
 }
 
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// A stop token.
-    Stop,
-    /// `max_new_tokens`.
-    Length,
-}
+/// Why a sequence ended: a stop token, or `max_new_tokens`.
+pub use inferd_core::generate::Finish;
 
 /// What a step produced.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,7 @@ use inferd_core::generate::{
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::engine::{Engine, EngineConfig, Event, Finish, Request};
+use crate::engine::{Engine, EngineConfig, Event, Request};
 use crate::model::Llama;
 use crate::sampling::Params;
 use crate::tokenizer::{Detokenizer, Message, TextTokenizer};
@@ -222,10 +222,7 @@ fn run(
                 }
                 Event::Finished { id, finish } => {
                     if let Some(mut job) = jobs.remove(&id) {
-                        job.done(match finish {
-                            Finish::Stop => GenFinish::Stop,
-                            Finish::Length => GenFinish::Length,
-                        });
+                        job.done(finish);
                     }
                 }
             }

@@ -194,6 +194,21 @@ pub async fn generate_stream(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+async fn versioned(
+    s: HttpState,
+    m: String,
+    v: String,
+    headers: HeaderMap,
+    body: Body,
+    stream: bool,
+) -> Response {
+    let r = match version(&v) {
+        Ok(v) => run(s, m, v, headers, body, stream).await,
+        Err(e) => Err(e),
+    };
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// `POST /v2/models/{m}/versions/{v}/generate`.
 pub async fn generate_v(
     State(s): State<HttpState>,
@@ -201,11 +216,7 @@ pub async fn generate_v(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = match version(&v) {
-        Ok(v) => run(s, m, v, headers, body, false).await,
-        Err(e) => Err(e),
-    };
-    r.unwrap_or_else(IntoResponse::into_response)
+    versioned(s, m, v, headers, body, false).await
 }
 
 /// `POST /v2/models/{m}/versions/{v}/generate_stream`.
@@ -215,9 +226,5 @@ pub async fn generate_stream_v(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = match version(&v) {
-        Ok(v) => run(s, m, v, headers, body, true).await,
-        Err(e) => Err(e),
-    };
-    r.unwrap_or_else(IntoResponse::into_response)
+    versioned(s, m, v, headers, body, true).await
 }
