@@ -115,6 +115,24 @@ def run(base: str, model: str, streams: int, tokens: int) -> dict:
     }
 
 
+def prefix_ttft(base: str, model: str, shared: bool, n: int = 6) -> float:
+    """Median time to first token over `n` sequential chat-style requests whose prompts start
+    with one 500-token system prompt (`shared`) or each with its own (a different first word)."""
+    client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
+    system = " ".join(f"rule{i % 50} applies to case {i}." for i in range(70))  # ~500 tokens
+    times = []
+    for i in range(n + 1):
+        head = "" if shared else f"Variant {i}. "
+        prompt = f"{head}{system}\nQuestion {i}: what applies?"
+        t0 = time.perf_counter()
+        for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=2, temperature=0, stream=True):
+            if chunk.choices and chunk.choices[0].text:
+                break
+        if i > 0:  # the first request fills the cache
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inferd", required=True)
@@ -136,6 +154,9 @@ def main() -> int:
                 try:
                     r = run(base, model, n, a.tokens)
                     r.update(server=name, start_s=ready)
+                    if n == streams[0]:
+                        r["prefix_ttft_ms"] = 1e3 * prefix_ttft(base, model, True)
+                        r["unique_ttft_ms"] = 1e3 * prefix_ttft(base, model, False)
                     rows.append(r)
                     print(r, file=sys.stderr)
                 finally:
@@ -146,6 +167,11 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['server']} | {r['streams']} | {r['tokens_per_s']:.1f} | {r['ttft_p50_ms']:.0f} | "
                      f"{r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} | {r['start_s']:.2f} |")
+    lines += ["", "| server | TTFT, shared 500-token prefix, ms | TTFT, unique prefixes, ms | ratio |", "|---|---|---|---|"]
+    for r in rows:
+        if "prefix_ttft_ms" in r:
+            lines.append(f"| {r['server']} | {r['prefix_ttft_ms']:.0f} | {r['unique_ttft_ms']:.0f} | "
+                         f"{r['prefix_ttft_ms'] / r['unique_ttft_ms']:.2f} |")
     table = "\n".join(lines)
     print(table)
     if a.out:

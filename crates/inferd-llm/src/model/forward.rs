@@ -54,6 +54,41 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// From this many input rows on (prefill, large batches) a blocked matrix-matrix kernel beats
+/// one dot product per pair.
+const GEMM_ROWS: usize = 8;
+
+/// `x · mᵀ` on matrixmultiply's kernels, the weight's rows split over `pool` in slabs.
+fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
+    use ndarray::{ArrayView2, ArrayViewMut2};
+    use rayon::prelude::*;
+    const SLAB: usize = 256;
+    let xs = ArrayView2::from_shape((n, m.cols), x).expect("x is n rows of m.cols");
+    // Each task fills its own slab of output columns, stored [slab][n][width] so the slabs are
+    // disjoint slices; then they are interleaved into rows.
+    let mut slabs = vec![0f32; n * m.rows];
+    pool.install(|| {
+        slabs
+            .par_chunks_mut(n * SLAB)
+            .zip(m.data.par_chunks(m.cols * SLAB))
+            .for_each(|(out, rows)| {
+                let width = rows.len() / m.cols;
+                let w = ArrayView2::from_shape((width, m.cols), rows).expect("whole rows");
+                let mut o = ArrayViewMut2::from_shape((n, width), out).expect("n x width");
+                ndarray::linalg::general_mat_mul(1.0, &xs, &w.t(), 0.0, &mut o);
+            });
+    });
+    let mut out = vec![0f32; n * m.rows];
+    for (b, slab) in slabs.chunks(n * SLAB).enumerate() {
+        let width = slab.len() / n;
+        for t in 0..n {
+            out[t * m.rows + b * SLAB..t * m.rows + b * SLAB + width]
+                .copy_from_slice(&slab[t * width..(t + 1) * width]);
+        }
+    }
+    out
+}
+
 /// Weight rows per parallel task: small enough to share two cores evenly, large enough that
 /// scheduling costs nothing next to the arithmetic.
 const ROWS_PER_TASK: usize = 64;
@@ -62,6 +97,9 @@ const ROWS_PER_TASK: usize = 64;
 /// read once for all `n` input rows; rows are split over `pool`'s threads.
 fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
     use rayon::prelude::*;
+    if n >= GEMM_ROWS {
+        return gemm(pool, x, n, m);
+    }
     // Computed row-major by weight row (each task writes its own contiguous slice), then
     // transposed to one row per token.
     let mut by_row = vec![0f32; n * m.rows];
