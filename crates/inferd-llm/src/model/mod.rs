@@ -4,16 +4,19 @@
 //! - [`config`]: the architecture's numbers from the file's metadata;
 //! - [`weights`]: the tensors, dequantized to f32 at load;
 //! - [`kv`]: the paged KV memory the block manager hands out;
+//! - [`q8`]: weights in 8-bit blocks and their dot products;
 //! - [`forward`]: one step over many sequences' chunks, reading K/V through block tables.
 
 pub mod config;
 pub mod forward;
 pub mod kv;
+pub mod q8;
 pub mod weights;
 
 pub use config::LlamaConfig;
 pub use forward::{Llama, SeqChunk};
 pub use kv::KvCache;
+pub use weights::Precision;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]

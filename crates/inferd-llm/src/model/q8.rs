@@ -1,0 +1,106 @@
+//! Weights requantized at load to 8 bits per value with one f32 scale per block of 32 (the
+//! layout of GGUF's Q8_0, so a Q8_0 tensor comes through unchanged), so a decode step reads
+//! 1.125 bytes per weight instead of 4: decode is bound by reading the weights (see
+//! bench/results/llm-2026-12-06.md), and this cuts what it reads 3.5 times. Activations stay
+//! f32: quantizing them too (as llama.cpp's Q8 dot products do) moved SmolLM2's logits four
+//! times further from the exact model, and they are not what decode waits for.
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// A row-major matrix in 8-bit blocks.
+#[derive(Debug, Clone)]
+pub struct Q8 {
+    /// The values, row after row.
+    pub q: Vec<i8>,
+    /// One scale per block, row after row.
+    pub d: Vec<f32>,
+}
+
+/// Quantizes `x` (a whole number of blocks) into `q` and `d`.
+pub fn quantize_into(x: &[f32], q: &mut Vec<i8>, d: &mut Vec<f32>) {
+    for block in x.chunks_exact(BLOCK) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        d.push(scale);
+        q.extend(
+            block
+                .iter()
+                .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+}
+
+/// `data` (rows of `cols`, `cols` a multiple of [`BLOCK`]) in 8-bit blocks.
+pub fn quantize(data: &[f32]) -> Q8 {
+    let mut q = Vec::with_capacity(data.len());
+    let mut d = Vec::with_capacity(data.len() / BLOCK);
+    quantize_into(data, &mut q, &mut d);
+    Q8 { q, d }
+}
+
+/// The dot product of one quantized row (`wq`, scales `wd`) with an f32 activation row.
+pub fn dot_f32(wq: &[i8], wd: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for ((w, x), d) in wq.chunks_exact(BLOCK).zip(x.chunks_exact(BLOCK)).zip(wd) {
+        // Widen the block first (one vector conversion), then multiply in 16 lanes.
+        let mut wf = [0f32; BLOCK];
+        for (o, v) in wf.iter_mut().zip(w) {
+            *o = f32::from(*v) * d;
+        }
+        for (wc, xc) in wf.chunks_exact(16).zip(x.chunks_exact(16)) {
+            for i in 0..16 {
+                acc[i] += wc[i] * xc[i];
+            }
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Rows `rows` of `m` (of `cols` each) back to f32, into `out`.
+pub fn dequantize_rows(m: &Q8, rows: std::ops::Range<usize>, cols: usize, out: &mut [f32]) {
+    let per_row = cols / BLOCK;
+    for (k, r) in rows.enumerate() {
+        let q = &m.q[r * cols..(r + 1) * cols];
+        let d = &m.d[r * per_row..(r + 1) * per_row];
+        for ((o, qb), s) in out[k * cols..(k + 1) * cols]
+            .chunks_exact_mut(BLOCK)
+            .zip(q.chunks_exact(BLOCK))
+            .zip(d)
+        {
+            for (o, v) in o.iter_mut().zip(qb) {
+                *o = f32::from(*v) * s;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quantized_dot_product_is_close_to_the_exact_one() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let w: Vec<f32> = (0..256).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let x: Vec<f32> = (0..256).map(|_| rng.f32() * 4.0 - 2.0).collect();
+        let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let qw = quantize(&w);
+        let got = dot_f32(&qw.q, &qw.d, &x);
+        let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+        assert!((got - exact).abs() < 0.005 * scale, "{got} vs {exact}");
+        let mut back = vec![0f32; 256];
+        dequantize_rows(&qw, 0..1, 256, &mut back);
+        for (a, b) in w.iter().zip(&back) {
+            assert!((a - b).abs() <= 1.0 / 127.0, "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn a_zero_block_stays_zero() {
+        let q = quantize(&[0.0; 32]);
+        assert_eq!(q.d, vec![0.0]);
+        assert!(q.q.iter().all(|&v| v == 0));
+    }
+}
