@@ -141,8 +141,10 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
                                 &q.q[r * m.cols..(r + 1) * m.cols],
                                 &q.d[r * per_row..(r + 1) * per_row],
                             );
-                            for (t, o) in o.iter_mut().enumerate() {
-                                *o = super::q8::dot_f32(wq, wd, &x[t * m.cols..(t + 1) * m.cols]);
+                            if n == 1 {
+                                o[0] = super::q8::dot_f32(wq, wd, x);
+                            } else {
+                                super::q8::dot_rows(wq, wd, x, n, m.cols, o);
                             }
                         }
                     });

@@ -32,11 +32,27 @@ pub fn quantize_into(x: &[f32], q: &mut Vec<i8>, d: &mut Vec<f32>) {
     }
 }
 
-/// `data` (rows of `cols`, `cols` a multiple of [`BLOCK`]) in 8-bit blocks.
+/// `data` (rows of `cols`, `cols` a multiple of [`BLOCK`]) in 8-bit blocks; large matrices
+/// in parallel pieces (load time, rayon's shared pool).
 pub fn quantize(data: &[f32]) -> Q8 {
+    use rayon::prelude::*;
+    let pieces: Vec<(Vec<i8>, Vec<f32>)> = data
+        .par_chunks(BLOCK * 4096)
+        .map(|c| {
+            let (mut q, mut d) = (
+                Vec::with_capacity(c.len()),
+                Vec::with_capacity(c.len() / BLOCK),
+            );
+            quantize_into(c, &mut q, &mut d);
+            (q, d)
+        })
+        .collect();
     let mut q = Vec::with_capacity(data.len());
     let mut d = Vec::with_capacity(data.len() / BLOCK);
-    quantize_into(data, &mut q, &mut d);
+    for (pq, pd) in pieces {
+        q.extend(pq);
+        d.extend(pd);
+    }
     Q8 { q, d }
 }
 
@@ -56,6 +72,30 @@ pub fn dot_f32(wq: &[i8], wd: &[f32], x: &[f32]) -> f32 {
         }
     }
     acc.iter().sum()
+}
+
+/// One quantized row (`wq`, scales `wd`) against `n` f32 activation rows of `cols` each in
+/// `x`: each weight block is widened once for all `n` (a batched decode reads and converts
+/// every weight once per step, not once per sequence). Results go to `out[0..n]`.
+pub fn dot_rows(wq: &[i8], wd: &[f32], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
+    let mut acc = vec![[0f32; 16]; n];
+    for (b, (w, d)) in wq.chunks_exact(BLOCK).zip(wd).enumerate() {
+        let mut wf = [0f32; BLOCK];
+        for (o, v) in wf.iter_mut().zip(w) {
+            *o = f32::from(*v) * d;
+        }
+        for (t, a) in acc.iter_mut().enumerate() {
+            let xb = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
+            for (wc, xc) in wf.chunks_exact(16).zip(xb.chunks_exact(16)) {
+                for i in 0..16 {
+                    a[i] += wc[i] * xc[i];
+                }
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = a.iter().sum();
+    }
 }
 
 /// Rows `rows` of `m` (of `cols` each) back to f32, into `out`.
@@ -88,6 +128,13 @@ mod tests {
         let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
         let qw = quantize(&w);
         let got = dot_f32(&qw.q, &qw.d, &x);
+        let mut two = [0f32; 2];
+        let xx: Vec<f32> = x.iter().chain(&x).copied().collect();
+        dot_rows(&qw.q, &qw.d, &xx, 2, 256, &mut two);
+        assert!(
+            (two[0] - got).abs() < 1e-3 && (two[1] - got).abs() < 1e-3,
+            "{two:?} {got}"
+        );
         let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
         assert!((got - exact).abs() < 0.005 * scale, "{got} vs {exact}");
         let mut back = vec![0f32; 256];

@@ -86,7 +86,9 @@ impl Weights {
         if p == Precision::F32 {
             return self;
         }
-        for l in &mut self.layers {
+        use rayon::prelude::*;
+        // Load-time work, on rayon's shared pool: the layers quantize side by side.
+        self.layers.par_iter_mut().for_each(|l| {
             for m in [
                 &mut l.wq,
                 &mut l.wk,
@@ -107,7 +109,7 @@ impl Weights {
                 )
                 .quantized();
             }
-        }
+        });
         self.output = Some(
             self.output
                 .take()
@@ -152,7 +154,10 @@ impl Weights {
     /// Reads and dequantizes every tensor `cfg` needs.
     pub fn load(f: &GgufFile, cfg: &LlamaConfig) -> Result<Weights, ModelError> {
         let (d, kv, ff) = (cfg.d_model, cfg.kv_dim(), cfg.d_ff);
+        use rayon::prelude::*;
+        // Layers are read and dequantized side by side (load time, rayon's shared pool).
         let layers = (0..cfg.n_layers)
+            .into_par_iter()
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}.weight");
                 Ok(Layer {
