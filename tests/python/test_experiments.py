@@ -236,7 +236,9 @@ def test_a_slow_or_failing_shadow_never_reaches_the_caller(inferd_server_factory
     assert with_shadow[0] <= 1.5 * base[0] + 0.003, (base, with_shadow)
     assert with_shadow[1] <= 2.0 * base[1] + 0.015, (base, with_shadow)
     if shadow == "slow_mlp":
-        assert rep["shadow"]["p50_secs"] > 0.1 > 10 * rep["primary"]["p50_secs"], rep
+        # The copies wait for slow_mlp's batch (up to 300 ms; sooner when 64 have arrived):
+        # an order of magnitude slower than the primary, whose callers never waited for them.
+        assert rep["shadow"]["p50_secs"] > max(0.03, 10 * rep["primary"]["p50_secs"]), rep
         assert rep["compared"] == rep["shadow"]["requests"]
     else:
         assert rep["shadow"]["errors"] > 0, rep
