@@ -4,8 +4,8 @@
 //! inference with a BYTES `text_input` and `text_output` (greedy, `max_tokens` from the
 //! request parameter of that name, default 128), as Triton's generate-style models take them.
 //!
-//! Settings, from the config's `parameters` (string values): `kv_cache_bytes` (default 256 MiB),
-//! `block_size` (16), `max_num_seqs` (32), `max_num_batched_tokens` (512), `max_waiting` (256),
+//! Settings, from the config's `parameters` (string values): `kv_cache_bytes` (default
+//! `--llm-kv-cache-bytes`, 256 MiB), `block_size` (16), `max_num_seqs` (`--llm-max-num-seqs`, 32), `max_num_batched_tokens` (512), `max_waiting` (256),
 //! `weights` (`q8`, the default: requantized to 8-bit blocks at load; or `f32`, exact).
 
 use std::path::Path;
@@ -25,9 +25,30 @@ use crate::model::{KvCache, Llama, Precision};
 use crate::service::{LlmService, ServiceConfig};
 use crate::tokenizer::TextTokenizer;
 
+/// Server-wide defaults for LLM versions, which a config's `parameters` override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlmDefaults {
+    /// KV memory per version, bytes (`--llm-kv-cache-bytes`).
+    pub kv_cache_bytes: usize,
+    /// Sequences running at once (`--llm-max-num-seqs`).
+    pub max_num_seqs: usize,
+}
+
+impl Default for LlmDefaults {
+    fn default() -> Self {
+        LlmDefaults {
+            kv_cache_bytes: 256 << 20,
+            max_num_seqs: 32,
+        }
+    }
+}
+
 /// The `llm` backend.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LlmBackend;
+pub struct LlmBackend {
+    /// Defaults for versions whose config does not say.
+    pub defaults: LlmDefaults,
+}
 
 struct Loaded {
     service: Arc<LlmService>,
@@ -112,7 +133,7 @@ impl Backend for LlmBackend {
         let block_size = param(cfg, "block_size", 16)?;
         let c = &model.cfg;
         let per_block = KvCache::bytes_per_block(c.n_layers, block_size, c.kv_dim());
-        let kv_bytes = param(cfg, "kv_cache_bytes", 256 << 20)?;
+        let kv_bytes = param(cfg, "kv_cache_bytes", self.defaults.kv_cache_bytes)?;
         let num_blocks = kv_bytes / per_block;
         if num_blocks == 0 {
             return Err(BackendError::Load(format!(
@@ -123,7 +144,7 @@ impl Backend for LlmBackend {
             engine: EngineConfig {
                 block_size,
                 num_blocks,
-                max_num_seqs: param(cfg, "max_num_seqs", 32)?,
+                max_num_seqs: param(cfg, "max_num_seqs", self.defaults.max_num_seqs)?,
                 max_num_batched_tokens: param(cfg, "max_num_batched_tokens", 512)?,
             },
             max_waiting: param(cfg, "max_waiting", 256)?,

@@ -129,7 +129,23 @@ enum Format {
 }
 
 /// The backends of this build; `origin` names where `onnx` came from, for its error.
-fn backends(onnx: OnnxBackend, origin: &str) -> Result<Vec<Arc<dyn Backend>>> {
+/// Server-wide LLM defaults from the flags (or the library's when the flags do not apply).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LlmFlags {
+    kv_cache_bytes: usize,
+    max_num_seqs: usize,
+}
+
+impl Default for LlmFlags {
+    fn default() -> Self {
+        LlmFlags {
+            kv_cache_bytes: 256 << 20,
+            max_num_seqs: 32,
+        }
+    }
+}
+
+fn backends(onnx: OnnxBackend, origin: &str, llm: LlmFlags) -> Result<Vec<Arc<dyn Backend>>> {
     #[cfg(feature = "onnxruntime")]
     let choice = match onnx {
         OnnxBackend::Auto => inferd_ort::OnnxChoice::Auto,
@@ -143,7 +159,7 @@ fn backends(onnx: OnnxBackend, origin: &str) -> Result<Vec<Arc<dyn Backend>>> {
              or use auto or tract)"
         );
     }
-    let _ = origin;
+    let _ = (origin, llm);
     // Order matters: the first backend that accepts a config's platform/backend serves it.
     Ok(vec![
         #[cfg(feature = "onnxruntime")]
@@ -155,7 +171,12 @@ fn backends(onnx: OnnxBackend, origin: &str) -> Result<Vec<Arc<dyn Backend>>> {
         #[cfg(feature = "candle")]
         Arc::new(inferd_candle::CandleBackend),
         #[cfg(feature = "llm")]
-        Arc::new(inferd_llm::backend::LlmBackend),
+        Arc::new(inferd_llm::backend::LlmBackend {
+            defaults: inferd_llm::backend::LlmDefaults {
+                kv_cache_bytes: llm.kv_cache_bytes,
+                max_num_seqs: llm.max_num_seqs,
+            },
+        }),
     ])
 }
 
@@ -261,7 +282,24 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
     }
     let routes_file = routes::file(a.routes_file.as_deref(), &repo, mirror.is_some());
-    let engine = Engine::new(opts, backends(a.onnx_backend, &a.origin("onnx-backend"))?);
+    if a.llm_kv_cache_bytes == 0 || a.llm_max_num_seqs == 0 {
+        bail!(
+            "{}: must be positive",
+            if a.llm_kv_cache_bytes == 0 {
+                a.origin("llm-kv-cache-bytes")
+            } else {
+                a.origin("llm-max-num-seqs")
+            }
+        );
+    }
+    let llm = LlmFlags {
+        kv_cache_bytes: a.llm_kv_cache_bytes,
+        max_num_seqs: a.llm_max_num_seqs,
+    };
+    let engine = Engine::new(
+        opts,
+        backends(a.onnx_backend, &a.origin("onnx-backend"), llm)?,
+    );
     let server = BoundServer::bind(engine.clone(), server_opts)
         .await
         .context("cannot bind the listeners")?;
@@ -340,7 +378,7 @@ fn repo_check(dir: PathBuf, onnx: OnnxBackend) -> Result<bool> {
             repository: dir.clone(),
             ..Default::default()
         },
-        backends(onnx, "--onnx-backend")?,
+        backends(onnx, "--onnx-backend", LlmFlags::default())?,
     );
     let names = inferd_core::repository::list_models(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     if names.is_empty() {

@@ -202,6 +202,14 @@ pub(crate) struct ServeArgs {
     /// Log lines as text or JSON (one object per line).
     #[arg(long, env = "INFERD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// KV-cache memory of each LLM version, in bytes (a model's config parameter
+    /// `kv_cache_bytes` overrides it); the blocks it makes are reported when the model loads.
+    #[arg(long, env = "INFERD_LLM_KV_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub(crate) llm_kv_cache_bytes: usize,
+    /// Sequences an LLM version runs at once (config parameter `max_num_seqs` overrides it);
+    /// more wait in a bounded queue, past which requests get 429.
+    #[arg(long, env = "INFERD_LLM_MAX_NUM_SEQS", default_value_t = 32)]
+    pub(crate) llm_max_num_seqs: usize,
     /// Which backend runs ONNX models; a model's config parameter `onnx_backend` overrides it.
     #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
     pub(crate) onnx_backend: OnnxBackend,

@@ -1,0 +1,42 @@
+"""The server-wide LLM flags: ``--llm-kv-cache-bytes`` sizes each LLM version's KV cache (the
+metrics page shows the blocks it made) and ``--llm-max-num-seqs`` its running sequences; a
+config's own parameters override them; nonsense values stop the start naming the flag."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import requests
+
+MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
+# SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, keys and values, f32, 16-token blocks.
+BLOCK_BYTES = 2 * 30 * 16 * 192 * 4
+
+
+def blocks(server, model):
+    page = requests.get(server.http_base + "/metrics", timeout=10).text
+    [line] = [x for x in page.splitlines() if x.startswith("inferd_llm_kv_cache_blocks{") and f'model="{model}"' in x]
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
+def test_the_kv_cache_flag_sizes_each_llm_and_a_config_overrides_it(inferd_server_factory, tmp_path):
+    assert MODEL and Path(MODEL).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
+    repo = tmp_path / "models"
+    for name in ("flagged", "own"):
+        (repo / name / "1").mkdir(parents=True)
+        shutil.copy(MODEL, repo / name / "1" / "model.gguf")
+    (repo / "own" / "config.pbtxt").write_text(
+        f'backend: "llm"\nparameters [ {{ key: "kv_cache_bytes" value: {{ string_value: "{40 * BLOCK_BYTES}" }} }} ]\n')
+    server = inferd_server_factory(repo, "--llm-kv-cache-bytes", str(20 * BLOCK_BYTES + 5), "--llm-max-num-seqs", "2")
+    assert blocks(server, "flagged") == 20
+    assert blocks(server, "own") == 40
+
+
+def test_nonsense_llm_flags_stop_the_start_naming_the_flag(inferd_bin, tmp_path):
+    for args, flag in ((["--llm-max-num-seqs", "0"], "--llm-max-num-seqs"), (["--llm-kv-cache-bytes", "0"], "--llm-kv-cache-bytes")):
+        r = subprocess.run([str(inferd_bin), "serve", "--model-repository", str(tmp_path), "--http-port", "0",
+                            "--grpc-port", "0", "--metrics-port", "0", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and flag in r.stderr, r.stderr
