@@ -131,6 +131,7 @@ enum Format {
 /// The backends of this build; `origin` names where `onnx` came from, for its error.
 /// Server-wide LLM defaults from the flags (or the library's when the flags do not apply).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "llm"), allow(dead_code))]
 pub(crate) struct LlmFlags {
     kv_cache_bytes: usize,
     max_num_seqs: usize,
