@@ -16,10 +16,14 @@ MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
 BLOCK_BYTES = 2 * 30 * 16 * 192 * 4
 
 
-def blocks(server, model):
+def gauge(server, name, model):
     page = requests.get(server.http_base + "/metrics", timeout=10).text
-    [line] = [x for x in page.splitlines() if x.startswith("inferd_llm_kv_cache_blocks{") and f'model="{model}"' in x]
+    [line] = [x for x in page.splitlines() if x.startswith(name + "{") and f'model="{model}"' in x]
     return int(float(line.rsplit(" ", 1)[1]))
+
+
+def blocks(server, model):
+    return gauge(server, "inferd_llm_kv_cache_blocks", model)
 
 
 def test_the_kv_cache_flag_sizes_each_llm_and_a_config_overrides_it(inferd_server_factory, tmp_path):
@@ -33,6 +37,23 @@ def test_the_kv_cache_flag_sizes_each_llm_and_a_config_overrides_it(inferd_serve
     server = inferd_server_factory(repo, "--llm-kv-cache-bytes", str(20 * BLOCK_BYTES + 5), "--llm-max-num-seqs", "2")
     assert blocks(server, "flagged") == 20
     assert blocks(server, "own") == 40
+    # Four requests at once: two run, two wait.
+    import threading
+
+    def one():
+        requests.post(f"{server.http_base}/v1/completions", timeout=120, json={
+            "model": "flagged", "prompt": "Count:", "max_tokens": 40, "ignore_eos": True}).raise_for_status()
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    seen = set()
+    while any(t.is_alive() for t in threads):
+        seen.add((gauge(server, "inferd_llm_requests_running", "flagged"), gauge(server, "inferd_llm_requests_waiting", "flagged")))
+    for t in threads:
+        t.join()
+    assert max(r for r, _ in seen) == 2, seen
+    assert max(w for _, w in seen) >= 1, seen
 
 
 def test_nonsense_llm_flags_stop_the_start_naming_the_flag(inferd_bin, tmp_path):
