@@ -325,3 +325,13 @@ def test_grpc_stream_infer_streams_the_text_with_a_final_response(server):
     finally:
         c.stop_stream()
         c.close()
+
+
+def test_unknown_fields_are_ignored_with_a_warning_header(server):
+    r = requests.post(f"{server.http_base}/v1/completions", timeout=60, json={
+        "model": "smollm2", "prompt": "Hi", "max_tokens": 2, "frobnicate": True, "logit_bias": {}})
+    assert r.status_code == 200, r.text
+    assert r.headers["warning"] == '299 - "ignored unknown fields: frobnicate"'
+    plain = requests.post(f"{server.http_base}/v1/completions", timeout=60,
+                          json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2})
+    assert "warning" not in plain.headers

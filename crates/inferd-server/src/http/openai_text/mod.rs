@@ -264,6 +264,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         if let Ok(v) = HeaderValue::from_str(&label) {
             r.headers_mut().insert(super::TARGET_HEADER, v);
         }
+        warn_ignored(r.headers_mut(), &p.ignored);
         return Ok(r);
     }
     // Streaming: chunks go through a small bounded channel; when the client goes away the
@@ -272,6 +273,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
     let model = p.model.clone();
     let include_usage = p.include_usage;
     let logprobs_k = p.template.logprobs;
+    let ignored = p.ignored.clone();
     tokio::spawn(async move {
         let _guard = guard;
         let object = if kind == Kind::Chat {
@@ -381,5 +383,27 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
     if let Ok(v) = HeaderValue::from_str(&label) {
         h.insert(super::TARGET_HEADER, v);
     }
+    warn_ignored(h, &ignored);
     Ok(r)
+}
+
+/// An RFC 7234 `Warning` header naming request fields this server ignored.
+fn warn_ignored(h: &mut HeaderMap, ignored: &[String]) {
+    if ignored.is_empty() {
+        return;
+    }
+    let names: Vec<String> = ignored
+        .iter()
+        .map(|k| {
+            k.chars()
+                .filter(|c| c.is_ascii_graphic() && *c != '"')
+                .collect()
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "299 - \"ignored unknown fields: {}\"",
+        names.join(", ")
+    )) {
+        h.insert(header::WARNING, v);
+    }
 }

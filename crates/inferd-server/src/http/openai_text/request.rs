@@ -162,7 +162,46 @@ pub(super) struct Parsed {
     pub(super) stream: bool,
     pub(super) include_usage: bool,
     pub(super) user: Option<String>,
+    /// Fields this server does not know, ignored.
+    pub(super) ignored: Vec<String>,
 }
+
+/// Fields read (or deliberately accepted and ignored: `logit_bias`, `tools`, ...); any other
+/// is reported back in a `Warning` header.
+const KNOWN: &[&str] = &[
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "ignore_eos",
+    "user",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "suffix",
+    "best_of",
+    "response_format",
+    "metadata",
+    "store",
+    "service_tier",
+];
 
 pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
     let v: Value = serde_json::from_slice(body)
@@ -170,6 +209,11 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
     let Value::Object(o) = v else {
         return Err(bad("the request body must be a JSON object", "body"));
     };
+    let ignored: Vec<String> = o
+        .keys()
+        .filter(|k| !KNOWN.contains(&k.as_str()))
+        .cloned()
+        .collect();
     let model = match o.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => return Err(bad("'model' is required and must be a string", "model")),
@@ -244,6 +288,7 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
         stream: boolean(&o, "stream")?,
         include_usage,
         user: o.get("user").and_then(Value::as_str).map(str::to_string),
+        ignored,
         prompts,
     })
 }
@@ -325,6 +370,13 @@ mod tests {
             (0.0, Some(3))
         );
         assert!(r.stream && r.include_usage);
+        assert!(r.ignored.is_empty(), "{:?}", r.ignored);
+        let odd = p(
+            Kind::Completion,
+            r#"{"model": "m", "prompt": "x", "frobnicate": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(odd.ignored, vec!["frobnicate".to_string()]);
     }
 
     #[test]
