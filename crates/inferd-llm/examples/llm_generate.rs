@@ -86,31 +86,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut id = 0;
     for p in &prompts {
         // Fillers around each prompt: different lengths, so chunks and positions differ.
-        for f in 0..fillers {
-            id += 1;
-            let filler: Vec<u32> = (0..(5 + 3 * f) as u32)
-                .map(|i| 100 + i * 13 + f as u32)
-                .collect();
-            engine.add(Request {
-                id: 1_000_000 + id,
-                prompt: filler,
-                max_new_tokens: max_new,
-                params: greedy.clone(),
-                stop_tokens: Vec::new(),
-                priority: 0,
-                top_logprobs: None,
-            })?;
-        }
-        id += 1;
-        engine.add(Request {
+        let greedy_request = |id, prompt| Request {
             id,
-            prompt: p.clone(),
+            prompt,
             max_new_tokens: max_new,
             params: greedy.clone(),
             stop_tokens: Vec::new(),
             priority: 0,
             top_logprobs: None,
-        })?;
+        };
+        for f in 0..fillers {
+            id += 1;
+            let filler: Vec<u32> = (0..(5 + 3 * f) as u32)
+                .map(|i| 100 + i * 13 + f as u32)
+                .collect();
+            engine.add(greedy_request(1_000_000 + id, filler))?;
+        }
+        id += 1;
+        engine.add(greedy_request(id, p.clone()))?;
     }
     let mut outputs: std::collections::HashMap<u64, Vec<u32>> = Default::default();
     let mut first: std::collections::HashMap<u64, Vec<f32>> = Default::default();
