@@ -246,7 +246,6 @@ impl Llama {
                 x.extend_from_slice(&self.w.embed.data[t * d..(t + 1) * d]);
             }
         }
-        let mut scores = Vec::new();
         for (l, layer) in self.w.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.eps);
             let mut q = matmul(&self.pool, &h, n, &layer.wq);
@@ -263,33 +262,42 @@ impl Llama {
                     &v[r * kvd..(r + 1) * kvd],
                 );
             }
+            // Each row's attention is its own task (rows of a prefill, sequences of a batch).
             let mut attn = vec![0f32; n * d];
-            for (r, &(ci, pos)) in rows.iter().enumerate() {
-                let table = chunks[ci].table;
-                for head in 0..c.n_heads {
-                    let kh = head / group;
-                    let qh = &q[r * d + head * hd..r * d + (head + 1) * hd];
-                    scores.clear();
-                    scores.extend((0..=pos).map(|j| {
-                        let (kj, _) = kv.read(l, table, j);
-                        dot(qh, &kj[kh * hd..(kh + 1) * hd]) * scale
-                    }));
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let out = &mut attn[r * d + head * hd..r * d + (head + 1) * hd];
-                    for (j, s) in scores.iter().enumerate() {
-                        let (_, vj) = kv.read(l, table, j);
-                        let w = s / sum;
-                        for (o, vv) in out.iter_mut().zip(&vj[kh * hd..(kh + 1) * hd]) {
-                            *o += w * vv;
+            let kv_ref = &*kv;
+            let q_ref = &q;
+            let rows_ref = &rows;
+            self.pool.install(|| {
+                use rayon::prelude::*;
+                attn.par_chunks_mut(d).enumerate().for_each(|(r, out_row)| {
+                    let (ci, pos) = rows_ref[r];
+                    let table = chunks[ci].table;
+                    let mut scores = Vec::with_capacity(pos + 1);
+                    for head in 0..c.n_heads {
+                        let kh = head / group;
+                        let qh = &q_ref[r * d + head * hd..r * d + (head + 1) * hd];
+                        scores.clear();
+                        scores.extend((0..=pos).map(|j| {
+                            let (kj, _) = kv_ref.read(l, table, j);
+                            dot(qh, &kj[kh * hd..(kh + 1) * hd]) * scale
+                        }));
+                        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0;
+                        for s in scores.iter_mut() {
+                            *s = (*s - max).exp();
+                            sum += *s;
+                        }
+                        let out = &mut out_row[head * hd..(head + 1) * hd];
+                        for (j, s) in scores.iter().enumerate() {
+                            let (_, vj) = kv_ref.read(l, table, j);
+                            let w = s / sum;
+                            for (o, vv) in out.iter_mut().zip(&vj[kh * hd..(kh + 1) * hd]) {
+                                *o += w * vv;
+                            }
                         }
                     }
-                }
-            }
+                });
+            });
             let o = matmul(&self.pool, &attn, n, &layer.wo);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = rms_norm(&x, &layer.ffn_norm, c.eps);
