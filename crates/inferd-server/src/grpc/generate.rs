@@ -13,7 +13,7 @@ use inferd_core::runner::InflightGuard;
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 
 use super::codec::encode_infer;
-use super::pb;
+use super::{in_band, pb};
 
 fn param_f(r: &InferRequest, k: &str) -> Option<f64> {
     match r.parameters.get(k)? {
@@ -59,37 +59,37 @@ pub fn request(r: &InferRequest) -> Result<GenerateRequest, String> {
     })
 }
 
+/// A piece of text, or (`None`) the final response with no outputs.
 fn response(
     model: &str,
     version: u64,
     id: &str,
     text: Option<String>,
 ) -> pb::ModelStreamInferResponse {
-    let outputs = match text {
-        Some(t) => {
-            let tensor = Tensor::new(
+    let last = text.is_none();
+    let outputs = text
+        .and_then(|t| {
+            Tensor::new(
                 DataType::Bytes,
                 vec![1],
                 TensorData::Bytes(vec![Bytes::from(t)]),
-            );
-            tensor
-                .map(|tensor| {
-                    vec![NamedTensor {
-                        name: "text_output".into(),
-                        tensor,
-                    }]
-                })
-                .unwrap_or_default()
-        }
-        None => Vec::new(),
-    };
+            )
+            .ok()
+        })
+        .map(|tensor| {
+            vec![NamedTensor {
+                name: "text_output".into(),
+                tensor,
+            }]
+        })
+        .unwrap_or_default();
     let mut out = encode_infer(InferResponse {
         model_name: model.to_string(),
         model_version: version,
         id: id.to_string(),
         outputs,
     });
-    if outputs_empty(&out) {
+    if last {
         out.parameters.insert(
             "triton_final_response".into(),
             pb::InferParameter {
@@ -103,10 +103,6 @@ fn response(
     }
 }
 
-fn outputs_empty(r: &pb::ModelInferResponse) -> bool {
-    r.outputs.is_empty()
-}
-
 /// Streams one generation's pieces into `tx`, then the final response. Holds `guard` (the
 /// version in use) until the end; stops early when the client's stream goes away.
 pub async fn stream(
@@ -118,34 +114,23 @@ pub async fn stream(
 ) {
     let version = guard.runner().version();
     let id = req.id.clone();
-    let fail = |m: String| pb::ModelStreamInferResponse {
-        error_message: m,
-        infer_response: Some(pb::ModelInferResponse {
-            model_name: model.clone(),
-            id: id.clone(),
-            ..Default::default()
-        }),
-    };
     let started = request(&req).and_then(|r| g.start(r).map_err(|e| e.to_string()));
     let mut s = match started {
         Ok(s) => s,
         Err(m) => {
-            let _ = tx.send(Ok(fail(m))).await;
+            let _ = tx.send(Ok(in_band(&model, &id, m))).await;
             return;
         }
     };
     while let Some(e) = s.events.recv().await {
-        let msg = match e {
+        let (msg, end) = match e {
             GenEvent::Text { text, .. } if text.is_empty() => continue,
-            GenEvent::Text { text, .. } => response(&model, version, &id, Some(text)),
-            GenEvent::Done { .. } => response(&model, version, &id, None),
-            GenEvent::Failed(m) => fail(m),
+            GenEvent::Text { text, .. } => (response(&model, version, &id, Some(text)), false),
+            GenEvent::Done { .. } => (response(&model, version, &id, None), true),
+            GenEvent::Failed(m) => (in_band(&model, &id, m), true),
         };
-        let last =
-            msg.error_message.is_empty() && msg.infer_response.as_ref().is_some_and(outputs_empty);
-        let failed = !msg.error_message.is_empty();
-        if tx.send(Ok(msg)).await.is_err() || last || failed {
-            return;
+        if tx.send(Ok(msg)).await.is_err() || end {
+            break;
         }
     }
     drop(guard);

@@ -86,30 +86,28 @@ fn stat(d: inferd_core::stats::StatDuration) -> Option<pb::StatisticDuration> {
 /// Requests one ModelStreamInfer stream may have running at once.
 const STREAM_INFLIGHT: usize = 64;
 
-/// The in-band answer to a stream request refused for want of a server-wide slot.
-fn refused_in_stream(r: &pb::ModelInferRequest, message: String) -> pb::ModelStreamInferResponse {
+/// An in-band error on a stream, naming the request's model and id.
+pub(crate) fn in_band(model: &str, id: &str, message: String) -> pb::ModelStreamInferResponse {
     pb::ModelStreamInferResponse {
         error_message: message,
         infer_response: Some(pb::ModelInferResponse {
-            model_name: r.model_name.clone(),
-            id: r.id.clone(),
+            model_name: model.to_string(),
+            id: id.to_string(),
             ..Default::default()
         }),
     }
+}
+
+/// The in-band answer to a stream request refused for want of a server-wide slot.
+fn refused_in_stream(r: &pb::ModelInferRequest, message: String) -> pb::ModelStreamInferResponse {
+    in_band(&r.model_name, &r.id, message)
 }
 
 /// Answers one request of a stream; errors travel in-band, as the protocol has them.
 async fn stream_one(engine: &Engine, r: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
     let model = r.model_name.clone();
     let id = r.id.clone();
-    let err = |message: String| pb::ModelStreamInferResponse {
-        error_message: message,
-        infer_response: Some(pb::ModelInferResponse {
-            model_name: model.clone(),
-            id: id.clone(),
-            ..Default::default()
-        }),
-    };
+    let err = |message: String| in_band(&model, &id, message);
     let (version, ireq) =
         match parse_version(&r.model_version).and_then(|v| Ok((v, decode_infer(r)?))) {
             Ok(x) => x,
@@ -300,16 +298,12 @@ impl GrpcInferenceService for InferenceService {
                         .and_then(|v| engine.generator(&r.model_name, v).ok());
                     match generator {
                         Some((guard, g)) => {
-                            let model = r.model_name.clone();
+                            let (model, id) = (r.model_name.clone(), r.id.clone());
                             match decode_infer(r) {
                                 Ok(req) => generate::stream(guard, g, model, req, tx).await,
                                 Err(s) => {
-                                    let _ = tx
-                                        .send(Ok(pb::ModelStreamInferResponse {
-                                            error_message: s.message().to_string(),
-                                            infer_response: None,
-                                        }))
-                                        .await;
+                                    let msg = in_band(&model, &id, s.message().to_string());
+                                    let _ = tx.send(Ok(msg)).await;
                                 }
                             }
                         }
