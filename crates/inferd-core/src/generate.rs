@@ -43,16 +43,79 @@ impl Default for Sampling {
 }
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, `tool`.
     pub role: String,
     /// Its text.
     pub content: String,
+    /// The calls an assistant message made (OpenAI's `tool_calls` list, as sent).
+    pub tool_calls: Option<serde_json::Value>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    /// The tool's (or participant's) name.
+    pub name: Option<String>,
+}
+
+/// What the generated text must match: a token mask at every step keeps it inside the
+/// grammar (structured output), so the text always parses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `json_object`).
+    JsonObject,
+    /// JSON that validates against this JSON Schema.
+    JsonSchema(serde_json::Value),
+    /// Text the regular expression matches in full.
+    Regex(String),
+    /// One of these strings.
+    Choice(Vec<String>),
+    /// A Lark grammar (llguidance's dialect, which can embed `%json` schemas).
+    Lark(String),
+}
+
+/// Chat-only settings: the tools the template describes to the model and extra template
+/// variables (`chat_template_kwargs`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatOptions {
+    /// OpenAI's `tools` list, as sent.
+    pub tools: Vec<serde_json::Value>,
+    /// Extra variables for the chat template.
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How a model writes tool calls in its text, so the server can turn them into `tool_calls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes, Qwen 2.5/3,
+    /// SmolLM3, and the block inferd adds to templates that know no tools).
+    Hermes,
+    /// A bare JSON object `{"name": ..., "parameters": {...}}` (Llama 3.1-3.3), optionally
+    /// after `<|python_tag|>`.
+    Llama3Json,
+    /// `[TOOL_CALLS]` then a JSON list of `{"name", "arguments"}` (Mistral).
+    Mistral,
+}
+
+/// What a model's chat output carries besides content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatFeatures {
+    /// How it writes tool calls.
+    pub tool_format: ToolFormat,
+    /// Whether it thinks first in `<think>...</think>` (returned as `reasoning_content`).
+    pub reasoning: bool,
+}
+
+impl Default for ChatFeatures {
+    fn default() -> Self {
+        ChatFeatures {
+            tool_format: ToolFormat::Hermes,
+            reasoning: false,
+        }
+    }
 }
 
 /// What to continue.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     /// Plain text.
     Text(String),
@@ -77,6 +140,10 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Log-probabilities of the top `n` tokens at each position, when asked.
     pub logprobs: Option<usize>,
+    /// Structured output: the grammar the text must match.
+    pub constraint: Option<Constraint>,
+    /// Tools and template variables (chat prompts).
+    pub chat: ChatOptions,
 }
 
 /// Why a generation ended (OpenAI's `finish_reason`).
@@ -200,4 +267,8 @@ pub trait TextGenerator: Send + Sync {
     fn stats(&self) -> GeneratorStats;
     /// Starts a generation.
     fn start(&self, req: GenerateRequest) -> Result<GenStream, GenerateError>;
+    /// How its chat output writes tool calls and thinking.
+    fn chat_features(&self) -> ChatFeatures {
+        ChatFeatures::default()
+    }
 }

@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     .map(|x| inferd_llm::tokenizer::Message {
                                         role: x["role"].as_str().unwrap_or_default().into(),
                                         content: x["content"].as_str().unwrap_or_default().into(),
+                                        ..Default::default()
                                     })
                                     .collect()
                             })
@@ -94,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stop_tokens: Vec::new(),
             priority: 0,
             top_logprobs: None,
+            grammar: None,
         };
         for f in 0..fillers {
             id += 1;

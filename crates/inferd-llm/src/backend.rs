@@ -6,7 +6,9 @@
 //!
 //! Settings, from the config's `parameters` (string values): `kv_cache_bytes` (default
 //! `--llm-kv-cache-bytes`, 256 MiB), `block_size` (16), `max_num_seqs` (`--llm-max-num-seqs`, 32), `max_num_batched_tokens` (512), `max_waiting` (256),
-//! `weights` (`q8`, the default: requantized to 8-bit blocks at load; or `f32`, exact).
+//! `weights` (`q8`, the default: requantized to 8-bit blocks at load; or `f32`, exact),
+//! `reasoning_parser` (`auto`: `<think>` output is reasoning when the vocabulary has those
+//! tokens; `think`: always; `none`: never).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -148,6 +150,20 @@ impl Backend for LlmBackend {
                 max_num_batched_tokens: param(cfg, "max_num_batched_tokens", 512)?,
             },
             max_waiting: param(cfg, "max_waiting", 256)?,
+            reasoning: match cfg
+                .parameters
+                .get("reasoning_parser")
+                .map(|p| p.string_value.as_str())
+            {
+                None | Some("auto") => None,
+                Some("think") => Some(true),
+                Some("none") => Some(false),
+                Some(other) => {
+                    return Err(BackendError::Load(format!(
+                        "parameter 'reasoning_parser': '{other}' is not one of auto, think, none"
+                    )));
+                }
+            },
         };
         tracing::info!(
             model = req.model,
@@ -221,6 +237,8 @@ impl ModelInstance for Instance {
                     stop: Vec::new(),
                     ignore_eos: false,
                     logprobs: None,
+                    constraint: None,
+                    chat: Default::default(),
                 })
                 .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
             streams.push(s);

@@ -35,7 +35,7 @@ impl Default for EngineConfig {
 }
 
 /// A generation request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Request {
     /// Its id.
     pub id: SeqId,
@@ -51,6 +51,20 @@ pub struct Request {
     pub priority: i32,
     /// The most likely tokens to report at each position, when asked (OpenAI's `logprobs`).
     pub top_logprobs: Option<usize>,
+    /// Structured output: the compiled grammar every token must keep to.
+    pub grammar: Option<llguidance::Matcher>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("prompt", &self.prompt.len())
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("params", &self.params)
+            .field("grammar", &self.grammar.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a sequence ended: a stop token, or `max_new_tokens`.
@@ -79,12 +93,20 @@ pub enum Event {
         /// Why.
         finish: Finish,
     },
+    /// The sequence could not go on (its grammar failed) and was dropped.
+    Failed {
+        /// The sequence.
+        id: SeqId,
+        /// Why.
+        reason: String,
+    },
 }
 
 struct Live {
     sampler: Sampler,
     stop: Vec<u32>,
     top_logprobs: Option<usize>,
+    grammar: Option<llguidance::Matcher>,
 }
 
 /// A model with its KV memory and scheduler.
@@ -138,6 +160,7 @@ impl Engine {
                 sampler: Sampler::new(r.params),
                 stop: r.stop_tokens,
                 top_logprobs: r.top_logprobs,
+                grammar: r.grammar,
             },
         );
         Ok(())
@@ -185,6 +208,7 @@ impl Engine {
         let logits = self.model.forward(&mut self.kv, &chunks);
         let mut events = Vec::new();
         let mut sampled = Vec::new();
+        let mut failed = Vec::new();
         for (c, l) in batch.chunks.iter().zip(logits) {
             let (Some(mut l), Some(live)) = (l, self.live.get_mut(&c.seq)) else {
                 continue;
@@ -195,8 +219,26 @@ impl Engine {
                 .top_logprobs
                 .map(|n| crate::sampling::top_logprobs(&l, n))
                 .unwrap_or_default();
+            if let Some(g) = live.grammar.as_mut()
+                && let Err(reason) = crate::grammar::mask(g, &mut l)
+            {
+                failed.push((c.seq, reason));
+                continue;
+            }
             let history = self.sched.tokens(c.seq).unwrap_or_default();
             let choice = live.sampler.sample(&mut l, history);
+            // The grammar is done when it accepts nothing more: the sequence ends there.
+            let mut grammar_done = false;
+            if let Some(g) = live.grammar.as_mut() {
+                if let Err(e) = g.consume_token(choice.token) {
+                    failed.push((c.seq, format!("the output grammar failed: {e}")));
+                    continue;
+                }
+                grammar_done = g.is_stopped();
+            }
+            if grammar_done {
+                live.stop.push(choice.token);
+            }
             sampled.push((c.seq, choice.token));
             events.push(Event::Token {
                 id: c.seq,
@@ -207,6 +249,10 @@ impl Engine {
             });
         }
         self.sched.complete(&batch, &sampled);
+        for (id, reason) in failed {
+            self.cancel(id);
+            events.push(Event::Failed { id, reason });
+        }
         for (id, token) in sampled {
             let stop = self.live.get(&id).is_some_and(|l| l.stop.contains(&token));
             let finish = if stop {
@@ -237,6 +283,9 @@ impl Engine {
                         .push(token),
                     Event::Finished { id, finish } => {
                         out.entry(id).or_insert((Vec::new(), finish)).1 = finish
+                    }
+                    Event::Failed { id, .. } => {
+                        out.remove(&id);
                     }
                 }
             }

@@ -14,7 +14,9 @@
 
 pub mod backend;
 pub mod blocks;
+pub mod chat;
 pub mod engine;
+pub mod grammar;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;

@@ -10,15 +10,16 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 use inferd_core::generate::{
-    Finish as GenFinish, GenEvent, GenStream, GenerateError, GenerateRequest, GeneratorStats,
-    Prompt, TextGenerator, TokenLogprob,
+    ChatFeatures, ChatOptions, Finish as GenFinish, GenEvent, GenStream, GenerateError,
+    GenerateRequest, GeneratorStats, Prompt, TextGenerator, TokenLogprob,
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::engine::{Engine, EngineConfig, Event, Request};
+use crate::grammar::Grammars;
 use crate::model::Llama;
 use crate::sampling::Params;
-use crate::tokenizer::{Detokenizer, Message, TextTokenizer};
+use crate::tokenizer::{Detokenizer, TextTokenizer};
 
 struct Job {
     out: UnboundedSender<GenEvent>,
@@ -96,6 +97,9 @@ pub struct ServiceConfig {
     pub engine: EngineConfig,
     /// Requests waiting to start, past which new ones are refused (429).
     pub max_waiting: usize,
+    /// Whether chat output starts with `<think>...</think>`; `None`: when the vocabulary
+    /// has those tokens.
+    pub reasoning: Option<bool>,
 }
 
 /// A model served by its engine thread.
@@ -107,6 +111,8 @@ pub struct LlmService {
     next: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<Mutex<GeneratorStats>>,
+    grammars: Grammars,
+    features: ChatFeatures,
 }
 
 impl std::fmt::Debug for LlmService {
@@ -225,6 +231,11 @@ fn run(
                         job.done(finish);
                     }
                 }
+                Event::Failed { id, reason } => {
+                    if let Some(job) = jobs.remove(&id) {
+                        let _ = job.out.send(GenEvent::Failed(reason));
+                    }
+                }
             }
         }
     }
@@ -250,6 +261,8 @@ impl LlmService {
             .spawn(move || run(engine, rx, t, cfg.max_waiting.max(1), st))?;
         Ok(LlmService {
             tx: Mutex::new(Some(tx)),
+            grammars: Grammars::new(tok.clone()),
+            features: crate::chat::features(&tok, cfg.reasoning),
             tok,
             context,
             cfg,
@@ -264,7 +277,7 @@ impl LlmService {
         &self.tok
     }
 
-    fn prompt_ids(&self, p: &Prompt) -> Result<Vec<u32>, GenerateError> {
+    fn prompt_ids(&self, p: &Prompt, chat: &ChatOptions) -> Result<Vec<u32>, GenerateError> {
         match p {
             Prompt::Tokens(ids) => {
                 if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.tok.vocab()) {
@@ -277,16 +290,10 @@ impl LlmService {
             }
             Prompt::Text(t) => self.tok.encode(t).map_err(GenerateError::Invalid),
             Prompt::Chat(messages) => {
-                let m: Vec<Message> = messages
-                    .iter()
-                    .map(|m| Message {
-                        role: m.role.clone(),
-                        content: m.content.clone(),
-                    })
-                    .collect();
+                let m = crate::chat::messages(messages, &chat.tools, self.tok.chat_template());
                 let text = self
                     .tok
-                    .chat_prompt(&m, true)
+                    .chat_prompt_with(&m, true, &chat.tools, &chat.template_kwargs)
                     .map_err(GenerateError::Invalid)?;
                 self.tok.encode(&text).map_err(GenerateError::Invalid)
             }
@@ -319,8 +326,18 @@ impl TextGenerator for LlmService {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn chat_features(&self) -> ChatFeatures {
+        self.features
+    }
+
     fn start(&self, req: GenerateRequest) -> Result<GenStream, GenerateError> {
-        let prompt = self.prompt_ids(&req.prompt)?;
+        let prompt = self.prompt_ids(&req.prompt, &req.chat)?;
+        let grammar = req
+            .constraint
+            .as_ref()
+            .map(|c| self.grammars.compile(c))
+            .transpose()
+            .map_err(GenerateError::Invalid)?;
         if prompt.is_empty() {
             return Err(GenerateError::Invalid("the prompt is empty".into()));
         }
@@ -373,6 +390,7 @@ impl TextGenerator for LlmService {
                 },
                 priority: 0,
                 top_logprobs: req.logprobs.map(|n| n.max(1)),
+                grammar,
             },
             job: Job {
                 out,

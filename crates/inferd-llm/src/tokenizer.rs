@@ -20,9 +20,14 @@ pub struct TextTokenizer {
     pub bos: Option<u32>,
     /// End-of-sequence id.
     pub eos: Option<u32>,
+    /// End-of-turn id (`<|im_end|>`, `<|eot_id|>`), when the vocabulary has one apart from
+    /// the end-of-sequence token.
+    pub end_of_turn: Option<u32>,
     add_bos: bool,
     template: Option<String>,
     vocab: usize,
+    /// Each token's bytes; special tokens as 0xff then their name (llguidance's convention).
+    bytes: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -35,13 +40,47 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One chat message, as chat templates read it.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Message {
     /// `system`, `user`, `assistant`, `tool`.
     pub role: String,
     /// The text.
     pub content: String,
+    /// An assistant message's calls (OpenAI's shape).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// The call a tool message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+const fn byte_level_printable(b: u32) -> bool {
+    matches!(b, 0x21..=0x7e | 0xa1..=0xac | 0xae..=0xff)
+}
+
+/// GPT-2's byte-level alphabet read backwards: the byte each printable stand-in character
+/// means. Bytes that are printable Latin-1 stand for themselves; the other 68 were given the
+/// characters from U+0100 up, in byte order.
+fn byte_level_bytes(token: &str, others: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(token.len());
+    for c in token.chars() {
+        let code = c as u32;
+        if code < 256 && byte_level_printable(code) {
+            out.push(code as u8);
+        } else if code >= 256 {
+            if let Some(&b) = others.get((code - 256) as usize) {
+                out.push(b);
+            }
+        } else {
+            // Not part of the alphabet (a hand-made vocabulary): its UTF-8 bytes.
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    }
+    out
 }
 
 fn strings(f: &GgufFile, key: &str) -> Option<Vec<String>> {
@@ -120,10 +159,37 @@ impl TextTokenizer {
         tok.add_special_tokens(special)
             .map_err(|e| bad(format!("tokenizer special tokens: {e}")))?;
         let id = |k: &str| f.metadata.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
+        let is_special = |i: usize| matches!(types.get(i), Some(3 | 4));
+        let others: Vec<u8> = (0u8..=255)
+            .filter(|&b| !byte_level_printable(u32::from(b)))
+            .collect();
+        let bytes: Vec<Vec<u8>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if is_special(i) {
+                    let mut b = vec![0xff];
+                    b.extend_from_slice(t.as_bytes());
+                    b
+                } else {
+                    byte_level_bytes(t, &others)
+                }
+            })
+            .collect();
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let end_of_turn = id("tokenizer.ggml.eot_token_id")
+            .or_else(|| {
+                ["<|im_end|>", "<|eot_id|>", "<end_of_turn>"]
+                    .iter()
+                    .find_map(|n| tokens.iter().position(|t| t == n).map(|p| p as u32))
+            })
+            .filter(|&t| Some(t) != eos);
         Ok(TextTokenizer {
             tok,
             bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
+            eos,
+            end_of_turn,
+            bytes,
             add_bos: f
                 .metadata
                 .get("tokenizer.ggml.add_bos_token")
@@ -136,6 +202,32 @@ impl TextTokenizer {
                 .map(str::to_string),
             vocab: tokens.len(),
         })
+    }
+
+    /// The bytes token `id` stands for (special tokens: 0xff then their name).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.bytes.get(id as usize).cloned().unwrap_or_default()
+    }
+
+    /// Whether the vocabulary has `text` as one special token.
+    pub fn special_token(&self, text: &str) -> Option<u32> {
+        self.bytes
+            .iter()
+            .position(|b| b.len() > 1 && b[0] == 0xff && &b[1..] == text.as_bytes())
+            .map(|p| p as u32)
+    }
+
+    /// The chat template's text, when the model has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.template.as_deref()
+    }
+
+    /// Token ids of `text`, with no beginning-of-sequence token.
+    pub fn encode_plain(&self, text: &str) -> Vec<u32> {
+        self.tok
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
     }
 
     /// Token ids of `text` (special tokens written in it, such as chat markup, are recognised),
@@ -177,6 +269,19 @@ impl TextTokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
+        self.chat_prompt_with(messages, add_generation_prompt, &[], &Default::default())
+    }
+
+    /// [`TextTokenizer::chat_prompt`] with OpenAI `tools` (given to the template as `tools`)
+    /// and extra template variables (`chat_template_kwargs`; they cannot replace `messages`,
+    /// `tools` or the special tokens).
+    pub fn chat_prompt_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: &[serde_json::Value],
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, String> {
         let template = self
             .template
             .as_deref()
@@ -194,15 +299,16 @@ impl TextTokenizer {
         env.add_template("chat", template)
             .map_err(|e| format!("the model's chat template does not parse: {e}"))?;
         let text = |id: Option<u32>| id.map(|i| self.decode(&[i], false)).unwrap_or_default();
+        let ours = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => text(self.bos),
+            eos_token => text(self.eos),
+            tools => (!tools.is_empty()).then_some(tools),
+        };
+        let ctx = minijinja::context! { ..ours, ..minijinja::Value::from_serialize(kwargs) };
         env.get_template("chat")
-            .and_then(|t| {
-                t.render(minijinja::context! {
-                    messages => messages,
-                    add_generation_prompt => add_generation_prompt,
-                    bos_token => text(self.bos),
-                    eos_token => text(self.eos),
-                })
-            })
+            .and_then(|t| t.render(ctx))
             .map_err(|e| format!("the chat template failed: {e}"))
     }
 }

@@ -56,6 +56,8 @@ pub fn request(r: &InferRequest) -> Result<GenerateRequest, String> {
         stop: Vec::new(),
         ignore_eos: matches!(r.parameters.get("ignore_eos"), Some(ParamValue::Bool(true))),
         logprobs: None,
+        constraint: None,
+        chat: Default::default(),
     })
 }
 

@@ -96,6 +96,8 @@ fn request(body: &[u8]) -> Result<GenerateRequest, ApiError> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         logprobs: None,
+        constraint: None,
+        chat: Default::default(),
     })
 }
 

@@ -5,7 +5,10 @@
 //! `stop` or `length`), a last chunk with an empty `delta`, `data: [DONE]` ending every stream
 //! (also after an error in it), `stream_options.include_usage` adding one chunk with `choices: []`
 //! and the usage (other chunks `usage: null`), `max_completion_tokens` as well as `max_tokens`,
-//! message `content` as a string or a list of text parts, unknown fields ignored. A client that
+//! message `content` as a string or a list of text parts, unknown fields ignored. Structured
+//! output and forced tool calls become a grammar the generator masks tokens by
+//! (`structured`); a chat choice's text is split into content, reasoning and tool calls
+//! (`output`). A client that
 //! disconnects cancels its generations at once. Each generation holds its model version in use,
 //! so a reload lets started streams finish where they began.
 
@@ -25,7 +28,9 @@ use super::openai::{OaResult, OpenAiError};
 use super::{HttpState, read_body};
 use crate::admission::admit;
 
+mod output;
 mod request;
+mod structured;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -143,11 +148,32 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         None => (p.model.clone(), None),
     };
     let (guard, generator) = s.engine.generator(&target, version)?;
+    let features = generator.chat_features();
+    let mut template = p.template.clone();
+    let offered = kind == Kind::Chat && p.tools.offered();
+    if offered {
+        template.chat.tools = p.tools.list.clone();
+        if let Some(forced) = structured::forced_calls(&p.tools, features.tool_format)? {
+            if template.constraint.is_some() {
+                return Err(OpenAiError::bad(
+                    "a forced 'tool_choice' cannot be combined with another output constraint",
+                    "tool_choice",
+                ));
+            }
+            template.constraint = Some(forced);
+        }
+    }
+    let parser = move || {
+        output::OutputParser::new(
+            kind == Kind::Chat && features.reasoning,
+            offered.then_some(features.tool_format),
+        )
+    };
     let label = crate::traffic::view::target_label(&target, guard.runner().version());
     let mut streams = Vec::with_capacity(p.prompts.len() * p.n);
     for prompt in &p.prompts {
         for _ in 0..p.n {
-            let mut req = p.template.clone();
+            let mut req = template.clone();
             req.prompt = prompt.clone();
             // n > 1 with a seed: each choice its own seed, so they differ and repeat.
             if streams.len() % p.n > 0
@@ -241,10 +267,20 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
                     Kind::Completion => {
                         json!({"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs})
                     }
-                    Kind::Chat => json!({
-                        "index": i, "finish_reason": finish, "logprobs": logprobs,
-                        "message": {"role": "assistant", "content": text},
-                    }),
+                    Kind::Chat => {
+                        let mut parse = parser();
+                        let mut pieces = parse.push(&text);
+                        pieces.extend(parse.finish());
+                        let finish = if parse.made_calls() && f != Some(Finish::Length) {
+                            "tool_calls"
+                        } else {
+                            finish
+                        };
+                        json!({
+                            "index": i, "finish_reason": finish, "logprobs": logprobs,
+                            "message": output::message(pieces),
+                        })
+                    }
                 }
             })
             .collect();
@@ -289,29 +325,32 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
             Bytes::from(format!("data: {c}\n\n"))
         };
         let choice = |i: usize,
+                      delta: Value,
                       text: Option<&str>,
                       finish: Option<&str>,
-                      first: bool,
-                      lp: Value| match kind {
-            Kind::Completion => {
-                json!({"index": i, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": lp})
-            }
-            Kind::Chat => {
-                let delta = match (first, text) {
-                    (true, _) => json!({"role": "assistant", "content": ""}),
-                    (false, Some(t)) => json!({"content": t}),
-                    (false, None) => json!({}),
-                };
-                json!({"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp})
+                      lp: Value| {
+            match kind {
+                Kind::Completion => {
+                    json!({"index": i, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": lp})
+                }
+                Kind::Chat => {
+                    json!({"index": i, "delta": delta, "finish_reason": finish, "logprobs": lp})
+                }
             }
         };
         let k = logprobs_k;
         let mut offsets = vec![0usize; total];
+        let mut parsers: Vec<output::OutputParser> = (0..total).map(|_| parser()).collect();
+        let mut calls = vec![0usize; total];
+        // Chat log-probabilities wait for the text they belong to (held while a tag or call
+        // is undecided).
+        let mut held: Vec<Vec<TokenLogprob>> = vec![Vec::new(); total];
         if kind == Kind::Chat {
             for i in 0..total {
+                let first = json!({"role": "assistant", "content": ""});
                 if tx
                     .send(Ok(chunk(
-                        json!([choice(i, None, None, true, Value::Null)]),
+                        json!([choice(i, first, None, None, Value::Null)]),
                         Value::Null,
                     )))
                     .await
@@ -325,16 +364,34 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         let mut merged = merged;
         let mut failed = false;
         while let Some((i, e)) = merged.next().await {
-            let bytes = match e {
-                GenEvent::Text { text, logprobs } => {
+            let bytes: Vec<Bytes> = match e {
+                GenEvent::Text { text, logprobs } if kind == Kind::Completion => {
                     timer.text(i);
                     let lp = k.map_or(Value::Null, |k| {
                         logprobs_json(kind, &logprobs, k, &mut offsets[i])
                     });
-                    chunk(
-                        json!([choice(i, Some(&text), None, false, lp)]),
+                    vec![chunk(
+                        json!([choice(i, Value::Null, Some(&text), None, lp)]),
                         Value::Null,
-                    )
+                    )]
+                }
+                GenEvent::Text { text, logprobs } => {
+                    timer.text(i);
+                    held[i].extend(logprobs);
+                    output::deltas(parsers[i].push(&text), &mut calls[i])
+                        .into_iter()
+                        .map(|d| {
+                            let lp = k.map_or(Value::Null, |k| {
+                                logprobs_json(
+                                    kind,
+                                    &std::mem::take(&mut held[i]),
+                                    k,
+                                    &mut offsets[i],
+                                )
+                            });
+                            chunk(json!([choice(i, d, None, None, lp)]), Value::Null)
+                        })
+                        .collect()
                 }
                 GenEvent::Done {
                     finish,
@@ -343,19 +400,41 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
                 } => {
                     timer.done(i, c);
                     completion_tokens += c;
-                    chunk(
-                        json!([choice(i, None, Some(finish.as_str()), false, Value::Null)]),
+                    let mut out: Vec<Bytes> = Vec::new();
+                    if kind == Kind::Chat {
+                        for d in output::deltas(parsers[i].finish(), &mut calls[i]) {
+                            let lp = k.map_or(Value::Null, |k| {
+                                logprobs_json(
+                                    kind,
+                                    &std::mem::take(&mut held[i]),
+                                    k,
+                                    &mut offsets[i],
+                                )
+                            });
+                            out.push(chunk(json!([choice(i, d, None, None, lp)]), Value::Null));
+                        }
+                    }
+                    let reason = if parsers[i].made_calls() && finish == Finish::Stop {
+                        "tool_calls"
+                    } else {
+                        finish.as_str()
+                    };
+                    out.push(chunk(
+                        json!([choice(i, json!({}), None, Some(reason), Value::Null)]),
                         Value::Null,
-                    )
+                    ));
+                    out
                 }
                 GenEvent::Failed(m) => {
                     failed = true;
                     let err = json!({"error": {"message": m, "type": "server_error", "param": null, "code": null}});
-                    Bytes::from(format!("data: {err}\n\n"))
+                    vec![Bytes::from(format!("data: {err}\n\n"))]
                 }
             };
-            if tx.send(Ok(bytes)).await.is_err() {
-                return; // the client went away: dropping `merged` cancels the generations
+            for b in bytes {
+                if tx.send(Ok(b)).await.is_err() {
+                    return; // the client went away: dropping `merged` cancels the generations
+                }
             }
             if failed {
                 break;

@@ -2,7 +2,9 @@
 //! field; unknown fields are ignored, as OpenAI's clients expect.
 
 use axum::http::StatusCode;
-use inferd_core::generate::{ChatMessage, GenerateError, GenerateRequest, Prompt, Sampling};
+use inferd_core::generate::{
+    ChatMessage, ChatOptions, GenerateError, GenerateRequest, Prompt, Sampling,
+};
 use serde_json::{Map, Value};
 
 use super::super::openai::{OaResult, OpenAiError};
@@ -144,9 +146,23 @@ fn chat(v: Option<&Value>) -> OaResult<Prompt> {
                 .and_then(Value::as_str)
                 .filter(|r| !r.is_empty())
                 .ok_or_else(|| bad(format!("messages[{i}] needs a 'role'"), "messages"))?;
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Value::Null) => None,
+                Some(v @ Value::Array(_)) => Some(v.clone()),
+                Some(other) => {
+                    return Err(bad(
+                        format!("messages[{i}].tool_calls must be a list, got {other}"),
+                        "messages",
+                    ));
+                }
+            };
+            let string = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
             Ok(ChatMessage {
                 role: if role == "developer" { "system" } else { role }.to_string(),
                 content: content(m.get("content"), i)?,
+                tool_calls,
+                tool_call_id: string("tool_call_id"),
+                name: string("name"),
             })
         })
         .collect::<OaResult<Vec<_>>>()
@@ -162,6 +178,8 @@ pub(super) struct Parsed {
     pub(super) stream: bool,
     pub(super) include_usage: bool,
     pub(super) user: Option<String>,
+    /// The tools offered and `tool_choice` (chat).
+    pub(super) tools: super::structured::Tools,
     /// Fields this server does not know, ignored.
     pub(super) ignored: Vec<String>,
 }
@@ -198,6 +216,12 @@ const KNOWN: &[&str] = &[
     "suffix",
     "best_of",
     "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "chat_template_kwargs",
     "metadata",
     "store",
     "service_tier",
@@ -274,6 +298,16 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
             ));
         }
     };
+    let template_kwargs = match o.get("chat_template_kwargs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            return Err(bad(
+                format!("'chat_template_kwargs' must be an object, got {other}"),
+                "chat_template_kwargs",
+            ));
+        }
+    };
     Ok(Parsed {
         model,
         n: integer(&o, "n", 1, MAX_N as i64)?.unwrap_or(1) as usize,
@@ -284,7 +318,13 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
             stop,
             ignore_eos: boolean(&o, "ignore_eos")?,
             logprobs,
+            constraint: super::structured::constraint(&o)?,
+            chat: ChatOptions {
+                tools: Vec::new(),
+                template_kwargs,
+            },
         },
+        tools: super::structured::tools(&o)?,
         stream: boolean(&o, "stream")?,
         include_usage,
         user: o.get("user").and_then(Value::as_str).map(str::to_string),
@@ -295,6 +335,9 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
 
 pub(super) fn start_error(e: GenerateError) -> OpenAiError {
     match e {
+        GenerateError::Invalid(m) if m.starts_with("the output constraint") => {
+            bad(m, "response_format")
+        }
         GenerateError::Invalid(m) => bad(m, "prompt"),
         e @ GenerateError::ContextLength { .. } => OpenAiError::with_code(
             StatusCode::BAD_REQUEST,
