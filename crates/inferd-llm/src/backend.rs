@@ -238,6 +238,8 @@ impl ModelInstance for Instance {
                     ignore_eos: false,
                     logprobs: None,
                     constraint: None,
+                    echo: false,
+                    prompt_logprobs: None,
                     chat: Default::default(),
                 })
                 .map_err(|e| BackendError::InvalidInput(e.to_string()))?;
@@ -250,6 +252,7 @@ impl ModelInstance for Instance {
                     GenEvent::Text { text: t, .. } => text.push_str(&t),
                     GenEvent::Done { .. } => break,
                     GenEvent::Failed(m) => return Err(BackendError::Execution(m)),
+                    GenEvent::PromptLogprobs(_) => {}
                 }
             }
             outs.push(Bytes::from(text));

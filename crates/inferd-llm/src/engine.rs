@@ -53,6 +53,20 @@ pub struct Request {
     pub top_logprobs: Option<usize>,
     /// Structured output: the compiled grammar every token must keep to.
     pub grammar: Option<llguidance::Matcher>,
+    /// Report each prompt token's log-probability with this many alternatives (OpenAI's
+    /// `echo` with `logprobs`); the prompt is then computed whole, with no cached prefix.
+    pub prompt_logprobs: Option<usize>,
+}
+
+/// A prompt token's log-probability given the tokens before it (none for the first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptToken {
+    /// The token.
+    pub token: u32,
+    /// Its log-probability; `None` at position 0.
+    pub logprob: Option<f32>,
+    /// The most likely tokens at its position.
+    pub top: Vec<crate::sampling::Choice>,
 }
 
 impl std::fmt::Debug for Request {
@@ -93,6 +107,13 @@ pub enum Event {
         /// Why.
         finish: Finish,
     },
+    /// Log-probabilities of prompt tokens, in order (when the request asked).
+    PromptLogprobs {
+        /// The sequence.
+        id: SeqId,
+        /// The tokens scored by this step.
+        tokens: Vec<PromptToken>,
+    },
     /// The sequence could not go on (its grammar failed) and was dropped.
     Failed {
         /// The sequence.
@@ -107,6 +128,13 @@ struct Live {
     stop: Vec<u32>,
     top_logprobs: Option<usize>,
     grammar: Option<llguidance::Matcher>,
+    prompt_len: usize,
+    max_new: usize,
+    prompt_logprobs: Option<usize>,
+    /// Prompt positions already reported (a preempted sequence recomputes them).
+    scored: usize,
+    /// The logits after the previous chunk's last prompt token.
+    prev_row: Option<Vec<f32>>,
 }
 
 /// A model with its KV memory and scheduler.
@@ -148,11 +176,13 @@ impl Engine {
 
     /// Queues a request, or says why it can never run.
     pub fn add(&mut self, r: Request) -> Result<(), AddError> {
+        let prompt_len = r.prompt.len();
         self.sched.add(NewSeq {
             id: r.id,
             prompt: r.prompt,
             max_new_tokens: r.max_new_tokens,
             priority: r.priority,
+            score_prompt: r.prompt_logprobs.is_some(),
         })?;
         self.live.insert(
             r.id,
@@ -161,6 +191,11 @@ impl Engine {
                 stop: r.stop_tokens,
                 top_logprobs: r.top_logprobs,
                 grammar: r.grammar,
+                prompt_len,
+                max_new: r.max_new_tokens,
+                prompt_logprobs: r.prompt_logprobs,
+                scored: 0,
+                prev_row: None,
             },
         );
         Ok(())
@@ -203,16 +238,39 @@ impl Engine {
                 start: c.start,
                 tokens: &c.tokens,
                 logits: c.sample,
+                all_logits: self
+                    .live
+                    .get(&c.seq)
+                    .is_some_and(|l| l.prompt_logprobs.is_some() && c.start < l.prompt_len),
             })
             .collect();
         let logits = self.model.forward(&mut self.kv, &chunks);
         let mut events = Vec::new();
         let mut sampled = Vec::new();
         let mut failed = Vec::new();
+        let mut empty = Vec::new();
         for (c, l) in batch.chunks.iter().zip(logits) {
             let (Some(mut l), Some(live)) = (l, self.live.get_mut(&c.seq)) else {
                 continue;
             };
+            if let Some(k) = live.prompt_logprobs
+                && c.start < live.prompt_len
+            {
+                let tokens = score_prompt(live, c.start, &c.tokens, &l, k);
+                if !tokens.is_empty() {
+                    events.push(Event::PromptLogprobs { id: c.seq, tokens });
+                }
+                if !c.sample {
+                    continue;
+                }
+                let vocab = l.len() / c.tokens.len();
+                l.drain(..l.len() - vocab);
+            }
+            if live.max_new == 0 {
+                // Only the prompt was wanted (scoring).
+                empty.push(c.seq);
+                continue;
+            }
             let kept = self.keep_logits.then(|| l.clone());
             // Alternatives from the model's own distribution, before any penalty.
             let top = live
@@ -253,6 +311,13 @@ impl Engine {
             self.cancel(id);
             events.push(Event::Failed { id, reason });
         }
+        for id in empty {
+            self.cancel(id);
+            events.push(Event::Finished {
+                id,
+                finish: Finish::Length,
+            });
+        }
         for (id, token) in sampled {
             let stop = self.live.get(&id).is_some_and(|l| l.stop.contains(&token));
             let finish = if stop {
@@ -287,9 +352,53 @@ impl Engine {
                     Event::Failed { id, .. } => {
                         out.remove(&id);
                     }
+                    Event::PromptLogprobs { .. } => {}
                 }
             }
         }
         out
     }
+}
+
+/// The log-probabilities of a prompt chunk's tokens (starting at `start`, with one logits row
+/// per token in `rows`): each token scored by the row before it, the chunk's first by the
+/// previous chunk's last row; positions already reported are skipped.
+fn score_prompt(
+    live: &mut Live,
+    start: usize,
+    tokens: &[u32],
+    rows: &[f32],
+    k: usize,
+) -> Vec<PromptToken> {
+    let vocab = rows.len() / tokens.len().max(1);
+    let mut out = Vec::new();
+    for (j, &t) in tokens.iter().enumerate() {
+        let pos = start + j;
+        if pos >= live.prompt_len {
+            break;
+        }
+        let before = if j == 0 {
+            live.prev_row.take()
+        } else {
+            Some(rows[(j - 1) * vocab..j * vocab].to_vec())
+        };
+        if pos < live.scored {
+            continue;
+        }
+        out.push(match before {
+            Some(d) if pos > 0 => PromptToken {
+                token: t,
+                logprob: crate::sampling::log_softmax(&d).get(t as usize).copied(),
+                top: crate::sampling::top_logprobs(&d, k),
+            },
+            _ => PromptToken {
+                token: t,
+                logprob: None,
+                top: Vec::new(),
+            },
+        });
+        live.scored = pos + 1;
+    }
+    live.prev_row = Some(rows[rows.len() - vocab..].to_vec());
+    out
 }

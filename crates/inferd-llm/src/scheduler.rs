@@ -33,6 +33,8 @@ pub struct NewSeq {
     pub max_new_tokens: usize,
     /// Lower runs sooner; equal priorities are first come, first served.
     pub priority: i32,
+    /// Compute every prompt token (no prefix-cache reuse), for prompt log-probabilities.
+    pub score_prompt: bool,
 }
 
 /// Why a sequence was refused.
@@ -108,6 +110,7 @@ struct Seq {
     priority: i32,
     arrival: u64,
     running: bool,
+    score_prompt: bool,
 }
 
 impl Seq {
@@ -173,6 +176,7 @@ impl Scheduler {
                 priority: s.priority,
                 arrival: self.arrivals,
                 running: false,
+                score_prompt: s.score_prompt,
             },
         );
         Ok(())
@@ -276,11 +280,13 @@ impl Scheduler {
             if budget == 0 || live >= self.cfg.max_num_seqs {
                 break;
             }
-            let tokens = &self.seqs[&id].tokens;
+            let (tokens, scored) = (&self.seqs[&id].tokens, self.seqs[&id].score_prompt);
             if !self.blocks.can_allocate(tokens) {
                 break; // first come, first served: nobody overtakes the head
             }
-            let reused = match self.blocks.allocate(id, tokens) {
+            // A scored prompt looks up no cached prefix: every position gets its logits.
+            let lookup = if scored { &tokens[..0] } else { &tokens[..] };
+            let reused = match self.blocks.allocate(id, lookup) {
                 Ok(r) => r,
                 Err(_) => break,
             };

@@ -17,6 +17,7 @@ fn seq(id: SeqId, prompt: usize, new: usize) -> NewSeq {
         prompt: (0..prompt as u32).map(|i| i + 1000 * id as u32).collect(),
         max_new_tokens: new,
         priority: 0,
+        score_prompt: false,
     }
 }
 
@@ -131,6 +132,7 @@ fn a_shared_prefix_is_not_recomputed() {
         prompt: a,
         max_new_tokens: 4,
         priority: 0,
+        score_prompt: false,
     })
     .unwrap();
     step(&mut s);
@@ -139,6 +141,7 @@ fn a_shared_prefix_is_not_recomputed() {
         prompt: b,
         max_new_tokens: 4,
         priority: 0,
+        score_prompt: false,
     })
     .unwrap();
     let batch = step(&mut s);

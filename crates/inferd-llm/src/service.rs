@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use inferd_core::generate::{
     ChatFeatures, ChatOptions, Finish as GenFinish, GenEvent, GenStream, GenerateError,
-    GenerateRequest, GeneratorStats, Prompt, TextGenerator, TokenLogprob,
+    GenerateRequest, GeneratorStats, Prompt, PromptLogprob, TextGenerator, TokenLogprob,
 };
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
@@ -231,6 +231,20 @@ fn run(
                         job.done(finish);
                     }
                 }
+                Event::PromptLogprobs { id, tokens } => {
+                    if let Some(job) = jobs.get(&id) {
+                        let text = |t: u32| tok.decode(&[t], false);
+                        let lps = tokens
+                            .iter()
+                            .map(|p| PromptLogprob {
+                                token: text(p.token),
+                                logprob: p.logprob,
+                                top: p.top.iter().map(|c| (text(c.token), c.logprob)).collect(),
+                            })
+                            .collect();
+                        let _ = job.out.send(GenEvent::PromptLogprobs(lps));
+                    }
+                }
                 Event::Failed { id, reason } => {
                     if let Some(job) = jobs.remove(&id) {
                         let _ = job.out.send(GenEvent::Failed(reason));
@@ -368,6 +382,10 @@ impl TextGenerator for LlmService {
                 .map_or(id, |d| d.as_nanos() as u64 ^ id.rotate_left(32))
         });
         let (out, events) = unbounded_channel();
+        let prompt_text = req.echo.then(|| match &req.prompt {
+            Prompt::Text(t) => t.clone(),
+            _ => self.tok.decode(&prompt, true),
+        });
         let add = Add {
             req: Request {
                 id,
@@ -391,6 +409,7 @@ impl TextGenerator for LlmService {
                 priority: 0,
                 top_logprobs: req.logprobs.map(|n| n.max(1)),
                 grammar,
+                prompt_logprobs: req.prompt_logprobs,
             },
             job: Job {
                 out,
@@ -409,6 +428,7 @@ impl TextGenerator for LlmService {
         match tx.try_send(add) {
             Ok(()) => Ok(GenStream {
                 prompt_tokens: prompt.len(),
+                prompt_text,
                 events,
             }),
             Err(TrySendError::Full(_)) => Err(GenerateError::Overloaded(format!(

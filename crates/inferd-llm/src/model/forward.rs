@@ -24,6 +24,9 @@ pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     /// Whether to return the logits after the chunk's last token.
     pub logits: bool,
+    /// Return the logits after every token of the chunk instead (row after row), for prompt
+    /// log-probabilities.
+    pub all_logits: bool,
 }
 
 /// A loaded llama-family model.
@@ -307,12 +310,18 @@ impl Llama {
             let down = matmul(&self.pool, &a, n, &layer.w_down);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
-        // Logits only where asked: the last row of each such chunk.
+        // Logits only where asked: the last row of each such chunk, or all its rows.
         let mut out = Vec::with_capacity(chunks.len());
         let mut end = 0;
         let head = self.w.output.as_ref().unwrap_or(&self.w.embed);
         for ch in chunks {
             end += ch.tokens.len();
+            if ch.all_logits && !ch.tokens.is_empty() {
+                let len = ch.tokens.len();
+                let rows = rms_norm(&x[(end - len) * d..end * d], &self.w.norm, c.eps);
+                out.push(Some(matmul(&self.pool, &rows, len, head)));
+                continue;
+            }
             if !ch.logits || ch.tokens.is_empty() {
                 out.push(None);
                 continue;

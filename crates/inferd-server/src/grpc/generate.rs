@@ -57,6 +57,8 @@ pub fn request(r: &InferRequest) -> Result<GenerateRequest, String> {
         ignore_eos: matches!(r.parameters.get("ignore_eos"), Some(ParamValue::Bool(true))),
         logprobs: None,
         constraint: None,
+        echo: false,
+        prompt_logprobs: None,
         chat: Default::default(),
     })
 }
@@ -127,6 +129,7 @@ pub async fn stream(
     while let Some(e) = s.events.recv().await {
         let (msg, end) = match e {
             GenEvent::Text { text, .. } if text.is_empty() => continue,
+            GenEvent::PromptLogprobs(_) => continue,
             GenEvent::Text { text, .. } => (response(&model, version, &id, Some(text)), false),
             GenEvent::Done { .. } => (response(&model, version, &id, None), true),
             GenEvent::Failed(m) => (in_band(&model, &id, m), true),

@@ -97,6 +97,8 @@ fn request(body: &[u8]) -> Result<GenerateRequest, ApiError> {
             .unwrap_or(false),
         logprobs: None,
         constraint: None,
+        echo: false,
+        prompt_logprobs: None,
         chat: Default::default(),
     })
 }
@@ -120,6 +122,7 @@ async fn run(
         while let Some(e) = g.events.recv().await {
             match e {
                 GenEvent::Text { text: t, .. } => text.push_str(&t),
+                GenEvent::PromptLogprobs(_) => {}
                 GenEvent::Done { .. } => break,
                 GenEvent::Failed(m) => {
                     return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
@@ -136,6 +139,7 @@ async fn run(
         let _guard = guard;
         while let Some(e) = g.events.recv().await {
             let out = match e {
+                GenEvent::PromptLogprobs(_) => continue,
                 GenEvent::Text { text, .. } => {
                     json!({"model_name": model, "model_version": v, "text_output": text})
                 }

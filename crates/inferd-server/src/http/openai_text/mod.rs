@@ -20,14 +20,16 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use inferd_core::generate::{Finish, GenEvent, GenStream, TokenLogprob};
-use serde_json::{Map, Value, json};
+use inferd_core::generate::{Finish, GenEvent, GenStream, PromptLogprob, TokenLogprob};
+use serde_json::{Value, json};
 
+use self::logprobs::{logprobs_json, prompt_logprobs_json};
 use self::request::{Kind, parse, start_error};
 use super::openai::{OaResult, OpenAiError};
 use super::{HttpState, read_body};
 use crate::admission::admit;
 
+mod logprobs;
 mod output;
 mod request;
 mod structured;
@@ -54,34 +56,6 @@ pub async fn chat_completions(
     serve(s, headers, body, Kind::Chat)
         .await
         .unwrap_or_else(IntoResponse::into_response)
-}
-
-/// Token log-probabilities in the endpoint's shape: the completions API's parallel lists
-/// (`offset` counts the text before them), or chat's `content` entries; `k` alternatives each.
-fn logprobs_json(kind: Kind, lps: &[TokenLogprob], k: usize, offset: &mut usize) -> Value {
-    match kind {
-        Kind::Completion => {
-            let mut offsets = Vec::with_capacity(lps.len());
-            for lp in lps {
-                offsets.push(*offset);
-                *offset += lp.token.len();
-            }
-            json!({
-                "tokens": lps.iter().map(|l| &l.token).collect::<Vec<_>>(),
-                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-                "top_logprobs": lps.iter().map(|l| {
-                    l.top.iter().take(k).map(|(t, p)| (t.clone(), json!(p))).collect::<Map<String, Value>>()
-                }).collect::<Vec<_>>(),
-                "text_offset": offsets,
-            })
-        }
-        Kind::Chat => json!({"content": lps.iter().map(|l| json!({
-            "token": l.token,
-            "logprob": l.logprob,
-            "bytes": l.token.as_bytes(),
-            "top_logprobs": l.top.iter().take(k).map(|(t, p)| json!({"token": t, "logprob": p, "bytes": t.as_bytes()})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>()}),
-    }
 }
 
 /// Per-choice timings for the LLM histograms.
@@ -185,6 +159,8 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         }
     }
     let prompt_tokens: usize = streams.iter().step_by(p.n).map(|g| g.prompt_tokens).sum();
+    // `echo`: each choice's text starts with its prompt.
+    let echoes: Vec<Option<String>> = streams.iter_mut().map(|g| g.prompt_text.take()).collect();
     let mut timer = Timer {
         started: std::time::Instant::now(),
         last: vec![None; streams.len()],
@@ -226,9 +202,13 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
     };
     let total = p.prompts.len() * p.n;
     if !p.stream {
-        let mut texts = vec![String::new(); total];
+        let mut texts: Vec<String> = echoes
+            .iter()
+            .map(|e| e.clone().unwrap_or_default())
+            .collect();
         let mut finishes = vec![None; total];
         let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); total];
+        let mut prompt_lps: Vec<Vec<PromptLogprob>> = vec![Vec::new(); total];
         let mut completion_tokens = 0;
         let mut merged = merged;
         while let Some((i, e)) = merged.next().await {
@@ -238,6 +218,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
                     texts[i].push_str(&text);
                     lps[i].extend(logprobs);
                 }
+                GenEvent::PromptLogprobs(l) => prompt_lps[i].extend(l),
                 GenEvent::Done {
                     finish,
                     completion_tokens: c,
@@ -262,7 +243,16 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
             .enumerate()
             .map(|(i, (text, f))| {
                 let finish = f.unwrap_or(Finish::Length).as_str();
-                let logprobs = k.map_or(Value::Null, |k| logprobs_json(kind, &lps[i], k, &mut 0));
+                let logprobs = k.map_or(Value::Null, |k| {
+                    let mut offset = 0;
+                    let generated = |offset: &mut usize| logprobs_json(kind, &lps[i], k, offset);
+                    if echoes[i].is_some() {
+                        let head = prompt_logprobs_json(&prompt_lps[i], k, &mut offset);
+                        logprobs::concat(head, &generated(&mut offset))
+                    } else {
+                        generated(&mut offset)
+                    }
+                });
                 match kind {
                     Kind::Completion => {
                         json!({"index": i, "text": text, "finish_reason": finish, "logprobs": logprobs})
@@ -363,8 +353,28 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         let mut completion_tokens = 0;
         let mut merged = merged;
         let mut failed = false;
+        let mut echoes = echoes;
+        let mut prompt_lps: Vec<Vec<PromptLogprob>> = vec![Vec::new(); total];
         while let Some((i, e)) = merged.next().await {
+            if let GenEvent::PromptLogprobs(l) = e {
+                prompt_lps[i].extend(l);
+                continue;
+            }
+            // `echo`: the prompt (with its log-probabilities) goes first.
+            if let Some(text) = echoes[i].take() {
+                let lp = k.map_or(Value::Null, |k| {
+                    prompt_logprobs_json(&prompt_lps[i], k, &mut offsets[i])
+                });
+                let c = chunk(
+                    json!([choice(i, Value::Null, Some(&text), None, lp)]),
+                    Value::Null,
+                );
+                if tx.send(Ok(c)).await.is_err() {
+                    return;
+                }
+            }
             let bytes: Vec<Bytes> = match e {
+                GenEvent::PromptLogprobs(_) => Vec::new(),
                 GenEvent::Text { text, logprobs } if kind == Kind::Completion => {
                     timer.text(i);
                     let lp = k.map_or(Value::Null, |k| {

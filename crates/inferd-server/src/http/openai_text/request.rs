@@ -257,8 +257,12 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
             boolean(&o, "logprobs")?.then(|| top.unwrap_or(0))
         }
     };
-    if boolean(&o, "echo")? {
-        return Err(bad("'echo' is not supported yet by this server", "echo"));
+    let echo = boolean(&o, "echo")?;
+    if echo && kind == Kind::Chat {
+        return Err(bad(
+            "'echo' is for /v1/completions; chat returns only the new message",
+            "echo",
+        ));
     }
     let max_tokens = integer(&o, "max_completion_tokens", 0, i64::from(u32::MAX))?
         .or(integer(&o, "max_tokens", 0, i64::from(u32::MAX))?)
@@ -319,6 +323,8 @@ pub(super) fn parse(kind: Kind, body: &[u8]) -> OaResult<Parsed> {
             ignore_eos: boolean(&o, "ignore_eos")?,
             logprobs,
             constraint: super::structured::constraint(&o)?,
+            echo,
+            prompt_logprobs: if echo { logprobs } else { None },
             chat: ChatOptions {
                 tools: Vec::new(),
                 template_kwargs,
@@ -446,7 +452,7 @@ mod tests {
                 r#"{"model": "m", "prompt": "x", "logprobs": 21}"#,
                 "'logprobs'",
             ),
-            (r#"{"model": "m", "prompt": "x", "echo": true}"#, "'echo'"),
+            (r#"{"model": "m", "prompt": "x", "echo": "yes"}"#, "'echo'"),
             (r#"[1]"#, "JSON object"),
         ] {
             let e = p(Kind::Completion, body).err().expect(body);
