@@ -27,6 +27,8 @@ pub struct LlamaConfig {
     pub rope_base: f32,
     /// Dimensions rotated per head.
     pub rope_dims: usize,
+    /// How RoPE stretches past the trained context.
+    pub rope_scaling: super::rope::RopeScaling,
 }
 
 impl LlamaConfig {
@@ -61,13 +63,7 @@ impl LlamaConfig {
                 .and_then(|v| v.as_f64())
                 .unwrap_or(default) as f32
         };
-        if let Some(kind) = f.arch_value("rope.scaling.type").and_then(|v| v.as_str())
-            && kind != "none"
-        {
-            return Err(ModelError::Unsupported(format!(
-                "RoPE scaling '{kind}' is not supported yet"
-            )));
-        }
+        let rope_scaling = super::rope::RopeScaling::from_gguf(f)?;
         let d_model = int("embedding_length")?;
         let n_heads = int("attention.head_count")?;
         let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
@@ -95,6 +91,7 @@ impl LlamaConfig {
             eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_base: float("rope.freq_base", 10_000.0),
             rope_dims: int("rope.dimension_count").unwrap_or(d_model / n_heads),
+            rope_scaling,
         })
     }
 }

@@ -36,6 +36,8 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     w: Weights,
     inv_freq: Vec<f32>,
+    /// What rotated values are multiplied by (YaRN's attention scaling; else 1).
+    rope_mscale: f32,
     /// The model's own threads (one per core), not a process-wide pool shared with others.
     pool: std::sync::Arc<rayon::ThreadPool>,
 }
@@ -191,9 +193,12 @@ impl Llama {
 
     /// A model from its parts.
     pub fn new(cfg: LlamaConfig, w: Weights) -> Llama {
-        let inv_freq = (0..cfg.rope_dims / 2)
-            .map(|i| cfg.rope_base.powf(-((2 * i) as f32) / cfg.rope_dims as f32))
-            .collect();
+        let (inv_freq, rope_mscale) = super::rope::frequencies(
+            cfg.rope_base,
+            cfg.rope_dims,
+            &cfg.rope_scaling,
+            w.rope_freqs.as_deref(),
+        );
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -212,6 +217,7 @@ impl Llama {
             cfg,
             w,
             inv_freq,
+            rope_mscale,
             pool,
         }
     }
@@ -221,6 +227,7 @@ impl Llama {
         for head in v.chunks_exact_mut(hd) {
             for (i, f) in self.inv_freq.iter().enumerate() {
                 let (s, c) = (pos as f32 * f).sin_cos();
+                let (s, c) = (s * self.rope_mscale, c * self.rope_mscale);
                 let (a, b) = (head[2 * i], head[2 * i + 1]);
                 head[2 * i] = a * c - b * s;
                 head[2 * i + 1] = a * s + b * c;

@@ -5,12 +5,14 @@
 //! - [`weights`]: the tensors, dequantized to f32 at load;
 //! - [`kv`]: the paged KV memory the block manager hands out;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
+//! - [`rope`]: rotary frequencies with linear, YaRN and Llama 3.1 context extension;
 //! - [`forward`]: one step over many sequences' chunks, reading K/V through block tables.
 
 pub mod config;
 pub mod forward;
 pub mod kv;
 pub mod q8;
+pub mod rope;
 pub mod weights;
 
 pub use config::LlamaConfig;

@@ -77,6 +77,8 @@ pub struct Weights {
     pub norm: Vec<f32>,
     /// The output projection (the embeddings when tied).
     pub output: Option<Matrix>,
+    /// Llama 3.1's RoPE frequency divisors (`rope_freqs.weight`), one per rotated pair.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl Weights {
@@ -179,6 +181,10 @@ impl Weights {
             norm: vector(f, "output_norm.weight", d)?,
             output: match f.tensor("output.weight") {
                 Some(_) => Some(matrix(f, "output.weight", cfg.vocab, d)?),
+                None => None,
+            },
+            rope_freqs: match f.tensor("rope_freqs.weight") {
+                Some(_) => Some(vector(f, "rope_freqs.weight", cfg.rope_dims / 2)?),
                 None => None,
             },
         })
