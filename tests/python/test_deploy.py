@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
 DASHBOARD = ROOT / "deploy" / "grafana" / "inferd-dashboard.json"
 VARIANTS = ["base", "overlays/gpu", "overlays/mig", "overlays/hpa", "overlays/keda", "overlays/knative",
-            "overlays/kserve", "overlays/pull", "overlays/pull-pvc"]
+            "overlays/kserve", "overlays/pull", "overlays/pull-pvc", "overlays/forecast"]
+PROMTOOL = shutil.which("promtool")
 
 
 def render(variant: str) -> list[dict]:
@@ -159,7 +161,36 @@ def queries() -> list[tuple[str, str]]:
         out.append(("prometheus-adapter rule", r["seriesQuery"]))
     hpa = by_kind(render("overlays/hpa"), "HorizontalPodAutoscaler")
     out.append(("HPA metric", hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]))
+    for group in forecast_rules()["groups"]:
+        for r in group["rules"]:
+            # Only the rules that read the server's own series (the rest read recorded ones).
+            if "inferd_" in r["expr"].replace("model:inferd_", ""):
+                out.append((f"recording rule {r['record']}", r["expr"]))
     return out
+
+
+def forecast_rules() -> dict:
+    return {"groups": by_kind(render("overlays/forecast"), "PrometheusRule")["spec"]["groups"]}
+
+
+def test_the_forecast_rules_compute_the_replicas_needed(tmp_path):
+    """promtool checks the recording rules and runs their unit test: max(demand, forecast)
+    summed over pods, over the pods' mean capacity."""
+    if PROMTOOL is None:
+        pytest.fail("promtool is not installed (.ci/run installs Prometheus)", pytrace=False)
+    (tmp_path / "autoscaling_rules.yml").write_text(yaml.safe_dump(forecast_rules()))
+    shutil.copy(Path(__file__).parent / "data" / "autoscaling_rules_test.yml", tmp_path / "test.yml")
+    check = subprocess.run([PROMTOOL, "check", "rules", "autoscaling_rules.yml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert test.returncode == 0, test.stdout + test.stderr
+    # KEDA scales on what the rules record.
+    so = by_kind(render("overlays/forecast"), "ScaledObject")
+    query = so["spec"]["triggers"][0]["metadata"]["query"]
+    recorded = {r["record"] for g in forecast_rules()["groups"] for r in g["rules"]}
+    assert "model:inferd_replicas_needed:ratio" in query and "model:inferd_replicas_needed:ratio" in recorded
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +198,7 @@ def exported(inferd_server_factory, model_repo_factory) -> set[str]:
     srv = inferd_server_factory(model_repo_factory(["add_sub"]))
     body = {"inputs": [{"name": n, "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]} for n in ("INPUT0", "INPUT1")]}
     requests.post(f"{srv.http_base}/v2/models/add_sub/infer", json=body, timeout=10).raise_for_status()
+    time.sleep(1.5)  # the autoscaling signals tick once a second
     page = requests.get(f"{srv.metrics_url}/metrics", timeout=10).text
     return {l.split("{")[0].split(" ")[0] for l in page.splitlines() if l and not l.startswith("#")}
 
@@ -182,8 +214,10 @@ def declared_by_gpu_collector(name: str) -> bool:
 
 def test_every_shipped_query_names_metrics_the_server_exports(exported):
     assert "inferd_queue_depth" in exported
+    assert {"inferd_demand_requests_per_second", "inferd_demand_forecast_requests_per_second",
+            "inferd_demand_forecast_ready"} <= exported
     for where, expr in queries():
-        names = set(re.findall(r"\b((?:inferd|process)_[a-z_]+)\b", expr))
+        names = set(re.findall(r"(?<![:\w])((?:inferd|process)_[a-z_]+)\b", expr))
         assert names, (where, expr)
         missing = {n for n in names - exported if not declared_by_gpu_collector(n)}
         assert not missing, f"{where} names {missing}, which the server does not export: {expr}"

@@ -56,12 +56,20 @@ def reference(tmp_path_factory):
     return {"ids": ids, "outputs": outs, "logits": logits, "eos": tok.eos_token_id, "tok": tok}
 
 
-def generate(ids, **extra):
+# Kernel builds: the CPU's best (AVX-512 here), and the others capped by INFERD_LLM_SIMD.
+LEVELS = ["native", "avx2", "portable"]
+
+
+def generate(ids, simd="native", **extra):
     assert GENERATE and Path(GENERATE).is_file(), (
         "set INFERD_LLM_GENERATE to the llm_generate example (scripts/test.sh builds it)"
     )
+    env = dict(os.environ)
+    env.pop("INFERD_LLM_SIMD", None)
+    if simd != "native":
+        env["INFERD_LLM_SIMD"] = simd
     r = subprocess.run([GENERATE, MODEL], input=json.dumps({"prompts": ids, "max_new_tokens": NEW, **extra}),
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -74,8 +82,9 @@ def same_until_eos(ours, theirs, eos):
         assert theirs[-1] == eos
 
 
-def test_greedy_ids_and_logits_equal_transformers(reference):
-    got = generate(reference["ids"])
+@pytest.mark.parametrize("simd", LEVELS)
+def test_greedy_ids_and_logits_equal_transformers(reference, simd):
+    got = generate(reference["ids"], simd=simd)
     for ours, theirs in zip(got["outputs"], reference["outputs"]):
         same_until_eos(ours, theirs, reference["eos"])
     for ours, theirs in zip(got["first_logits"], reference["logits"]):
@@ -121,12 +130,12 @@ def test_the_tokenizer_and_chat_template_match_transformers(reference):
     assert got["chat_prompts"] == want
 
 
-def test_8_bit_weights_stay_close_to_the_exact_model(reference):
-    """The serving default requantizes weights to 8-bit blocks (and quantizes activations per
-    step, as llama.cpp's Q8 dot products do): logits move by a little, so greedy text may part
+@pytest.mark.parametrize("simd", LEVELS)
+def test_8_bit_weights_stay_close_to_the_exact_model(reference, simd):
+    """The serving default requantizes weights to 8-bit blocks: logits move by a little, so greedy text may part
     from the exact model where two tokens were nearly tied. Bounds: logits correlate above 0.999
     and differ by under 2.0; the exact model's top token is among the 8-bit model's top three."""
-    got = generate(reference["ids"], weights="q8")
+    got = generate(reference["ids"], simd=simd, weights="q8")
     for ours, theirs in zip(got["first_logits"], reference["logits"]):
         ours = np.asarray(ours, dtype=np.float64)
         theirs = np.asarray(theirs, dtype=np.float64)

@@ -42,6 +42,8 @@ pub struct VersionRunner {
     idle: Notify,
     /// How long loading took (backend load, auto-complete, warm-up), in nanoseconds.
     load_ns: std::sync::atomic::AtomicU64,
+    /// The load's phases (artifact checks, backend load, warm-up) and how long each took.
+    start_phases: Mutex<Vec<(&'static str, std::time::Duration)>>,
 }
 
 impl std::fmt::Debug for VersionRunner {
@@ -125,6 +127,7 @@ impl VersionRunner {
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
             load_ns: std::sync::atomic::AtomicU64::new(0),
+            start_phases: Mutex::new(Vec::new()),
         }))
     }
 
@@ -304,6 +307,19 @@ impl VersionRunner {
     /// How long loading this version took.
     pub fn load_duration(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(self.load_ns.load(Ordering::Relaxed))
+    }
+
+    /// Records the load's phases.
+    pub fn set_start_phases(&self, phases: Vec<(&'static str, std::time::Duration)>) {
+        *self.start_phases.lock().unwrap_or_else(|p| p.into_inner()) = phases;
+    }
+
+    /// The load's phases and their durations, in order.
+    pub fn start_phases(&self) -> Vec<(&'static str, std::time::Duration)> {
+        self.start_phases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Closes the queue and fails the requests still waiting in it with `error`; returns how

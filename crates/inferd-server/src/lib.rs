@@ -22,6 +22,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod request_id;
+pub mod signals;
 pub mod spin;
 pub mod tls;
 pub mod traffic;
@@ -93,6 +94,9 @@ pub struct ServerOptions {
     pub spin: Duration,
     /// Traffic routes (`--routes-file`, the admin API, `--state-dir`); empty when none.
     pub traffic: std::sync::Arc<traffic::Traffic>,
+    /// The demand forecast's horizon (`--forecast-horizon-secs`); `None`: each model's
+    /// measured load time.
+    pub forecast_horizon: Option<Duration>,
 }
 
 /// Listeners bound and ready to serve.
@@ -160,9 +164,18 @@ impl BoundServer {
         let spin_task = tokio::spawn(spinner.clone().run());
         let canary_task = traffic::controller::spawn(&self.opts.traffic);
         let guard_spinner = spinner.clone();
+        let signals = std::sync::Arc::new(signals::Signals::new(
+            self.opts.forecast_horizon.map(|d| d.as_secs_f64()),
+            self.opts
+                .traffic
+                .state_dir()
+                .map(|d| d.path().to_path_buf()),
+        ));
+        let signals_task = signals::spawn(self.engine.clone(), signals.clone());
         let metrics = std::sync::Arc::new(metrics::Metrics::new(
             self.engine.clone(),
             &self.opts.traffic,
+            signals.clone(),
         ));
         let metrics_task = self.metrics.map(|listener| {
             let app = metrics::router(metrics.clone());
@@ -324,6 +337,8 @@ impl BoundServer {
         health_task.abort();
         spin_task.abort();
         canary_task.abort();
+        signals_task.abort();
+        let _ = tokio::task::spawn_blocking(move || signals.save()).await;
         if let Some(t) = metrics_task {
             t.abort();
         }

@@ -3,6 +3,7 @@
 //! also be set through an `INFERD_*` environment variable or a TOML file (`--config`).
 
 mod alloc;
+mod autoscale_cli;
 mod health;
 mod remote;
 mod route_cli;
@@ -97,6 +98,11 @@ pub(crate) enum Command {
     Route {
         #[command(subcommand)]
         command: route_cli::RouteCommand,
+    },
+    /// Autoscaling tools: `simulate` replays traffic against scaling policies.
+    Autoscale {
+        #[command(subcommand)]
+        command: autoscale_cli::AutoscaleCommand,
     },
     /// A route's report: an A/B test's statistics, a shadow's comparison, a canary's analyses.
     Report {
@@ -602,6 +608,7 @@ fn main() -> std::process::ExitCode {
         Command::Report { route, at } => {
             return std::process::ExitCode::from(route_cli::report(&route, &at));
         }
+        Command::Autoscale { command } => autoscale_cli::run(command),
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));
         }

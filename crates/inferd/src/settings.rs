@@ -185,6 +185,10 @@ pub(crate) struct ServeArgs {
     /// the ones still queued are failed with UNAVAILABLE and the version stops.
     #[arg(long, env = "INFERD_MODEL_UNLOAD_TIMEOUT_SECS", default_value_t = 30.0)]
     pub(crate) model_unload_timeout_secs: f64,
+    /// Horizon of the demand forecast on the metrics page, seconds; default: each model's
+    /// measured load time (its cold start).
+    #[arg(long, env = "INFERD_FORECAST_HORIZON_SECS")]
+    pub(crate) forecast_horizon_secs: Option<f64>,
     /// Seconds between SIGTERM (readiness turns false at once) and the listeners closing, so
     /// load balancers stop sending before the server stops accepting.
     #[arg(long, env = "INFERD_DRAIN_DELAY_SECS", default_value_t = 5.0)]
@@ -508,6 +512,10 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         spin: Duration::from_micros(a.network_spin_us),
         tls: tls(a)?,
         traffic: std::sync::Arc::new(traffic(a)?),
+        forecast_horizon: a
+            .forecast_horizon_secs
+            .map(|v| seconds(a, "forecast-horizon-secs", v, 0.0))
+            .transpose()?,
     })
 }
 

@@ -95,7 +95,9 @@ impl Engine {
                     state: e.state,
                     queue_depth: r.map_or(0, |r| r.queue_depth()),
                     inflight: r.map_or(0, |r| r.inflight()),
+                    instances: r.map_or(1, |r| r.config().instance_count().max(1)),
                     load_duration: r.map(|r| r.load_duration()),
+                    start_phases: r.map(|r| r.start_phases()).unwrap_or_default(),
                     stats: r.map(|r| r.stats()),
                     generator: r.and_then(|r| r.generator()).map(|g| g.stats()),
                 });

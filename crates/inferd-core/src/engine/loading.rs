@@ -211,6 +211,7 @@ impl Engine {
                     .into(),
             );
         }
+        let phase_start = std::time::Instant::now();
         // Safety before anything is interpreted, and before the backend is chosen, so a pickle
         // is refused as a pickle even for a backend this build lacks (`pytorch_libtorch`,
         // `python`): escaping links or external data, malformed headers, pinned digests.
@@ -232,6 +233,8 @@ impl Engine {
             )
             .into());
         }
+        let checks = phase_start.elapsed();
+        let phase_start = std::time::Instant::now();
         let backend = self.pick_backend(&cfg, dir)?;
         if cfg.wants_gpu()
             && let Some(why) = backend.gpu_unsupported()
@@ -280,14 +283,27 @@ impl Engine {
             )
         })?;
         validate_config(&cfg).map_err(|e| format!("invalid config: {e}"))?;
+        let load = phase_start.elapsed();
+        let phase_start = std::time::Instant::now();
         warmup::run(name, &cfg, loaded.as_ref(), dir)?;
+        let warm = phase_start.elapsed();
         let runner_opts = RunnerOptions {
             default_queue: self.inner.opts.queue_capacity,
             budget: self.inner.budget.clone(),
             idle_spin: self.inner.opts.executor_spin,
         };
-        VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
-            .map_err(|e| LoadFailure::server(e.to_string()))
+        let runner = VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
+            .map_err(|e| LoadFailure::server(e.to_string()))?;
+        tracing::info!(
+            model = %name,
+            version,
+            checks_ms = checks.as_secs_f64() * 1e3,
+            load_ms = load.as_secs_f64() * 1e3,
+            warmup_ms = warm.as_secs_f64() * 1e3,
+            "start phases"
+        );
+        runner.set_start_phases(vec![("checks", checks), ("load", load), ("warmup", warm)]);
+        Ok(runner)
     }
 }
 

@@ -179,8 +179,12 @@ pub struct VersionMetrics {
     pub queue_depth: usize,
     /// Requests holding it (queued or running).
     pub inflight: usize,
+    /// Model instances executing side by side (1 without a loaded copy).
+    pub instances: usize,
     /// How long its load took, while a loaded copy exists.
     pub load_duration: Option<Duration>,
+    /// The load's phases (`checks`, `load`, `warmup`) and their durations.
+    pub start_phases: Vec<(&'static str, Duration)>,
     /// Its statistics, while a loaded copy exists.
     pub stats: Option<VersionStats>,
     /// A generating model's live numbers.

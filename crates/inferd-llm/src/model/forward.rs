@@ -42,13 +42,14 @@ pub struct Llama {
     pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
-/// `a · b`, with eight accumulators so the compiler vectorises it.
+super::simd::multiversion! {
+/// `a · b`, with sixteen accumulators so the compiler vectorises it.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] += x[i] * y[i];
         }
     }
@@ -57,6 +58,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
 }
 
 /// From this many input rows on (prefill) the blocked kernel wins; below it (batched decode)

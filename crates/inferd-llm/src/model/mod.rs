@@ -13,6 +13,7 @@ pub mod forward;
 pub mod kv;
 pub mod q8;
 pub mod rope;
+pub mod simd;
 pub mod weights;
 
 pub use config::LlamaConfig;

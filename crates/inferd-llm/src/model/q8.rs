@@ -56,6 +56,9 @@ pub fn quantize(data: &[f32]) -> Q8 {
     Q8 { q, d }
 }
 
+use super::simd::multiversion;
+
+multiversion! {
 /// The dot product of one quantized row (`wq`, scales `wd`) with an f32 activation row.
 pub fn dot_f32(wq: &[i8], wd: &[f32], x: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -73,7 +76,9 @@ pub fn dot_f32(wq: &[i8], wd: &[f32], x: &[f32]) -> f32 {
     }
     acc.iter().sum()
 }
+}
 
+multiversion! {
 /// One quantized row (`wq`, scales `wd`) against `n` f32 activation rows of `cols` each in
 /// `x`: each weight block is widened once for all `n` (a batched decode reads and converts
 /// every weight once per step, not once per sequence). Results go to `out[0..n]`.
@@ -96,6 +101,7 @@ pub fn dot_rows(wq: &[i8], wd: &[f32], x: &[f32], n: usize, cols: usize, out: &m
     for (o, a) in out.iter_mut().zip(&acc) {
         *o = a.iter().sum();
     }
+}
 }
 
 /// Rows `rows` of `m` (of `cols` each) back to f32, into `out`.

@@ -9,6 +9,8 @@
 //! - [`process`]: the `process_*` series Prometheus clients conventionally export (CPU,
 //!   resident memory, open files, start time), read from `/proc`;
 //! - [`gpu`]: per-GPU utilisation and memory through NVML, absent without a GPU;
+//! - [`signals`]: autoscaling signals per model (demand, capacity, utilisation, forecast) and
+//!   start phases;
 //! - [`llm`]: generating models' sequences, KV cache, prefix cache, and per-request latency
 //!   and token counts, after vLLM's set;
 //! - per traffic route and target: requests by outcome and latency (see
@@ -19,6 +21,7 @@ pub mod gpu;
 pub mod llm;
 pub mod models;
 pub mod process;
+pub mod signals;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,7 +47,11 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics over `engine`, with the server's own series and `traffic`'s per-route ones.
-    pub fn new(engine: Engine, traffic: &crate::traffic::Traffic) -> Self {
+    pub fn new(
+        engine: Engine,
+        traffic: &crate::traffic::Traffic,
+        signals: std::sync::Arc<crate::signals::Signals>,
+    ) -> Self {
         let mut registry = Registry::default();
         traffic.observed.register(&mut registry);
         registry.register_collector(Box::new(ServerCollector {
@@ -54,9 +61,10 @@ impl Metrics {
         registry.register_collector(Box::new(llm::LlmCollector::new(engine.clone())));
         let llm = llm::LlmRequests::default();
         llm.register(&mut registry);
-        registry.register_collector(Box::new(models::ModelCollector::new(engine)));
+        registry.register_collector(Box::new(models::ModelCollector::new(engine.clone())));
         registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_collector(Box::new(gpu::GpuCollector::new()));
+        registry.register_collector(Box::new(signals::SignalCollector::new(signals, engine)));
         Metrics { registry, llm }
     }
 
