@@ -69,7 +69,15 @@ pub enum Value {
 }
 
 impl Value {
-    /// The value as an unsigned integer, if it is a non-negative integer.
+    /// The value as a flag: a boolean, or an integer (non-zero is true).
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => self.as_u64().map(|v| v != 0),
+        }
+    }
+
+    /// The value as an unsigned integer, when it is a non-negative integer.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
             Value::U8(v) => Some(v as u64),

@@ -10,7 +10,8 @@
 //! - [`engine`]: a synchronous generation loop that ties them together.
 //! - [`service`]: the engine on its own thread behind inferd-core's `TextGenerator`.
 //! - [`backend`]: the `llm` backend of the model repository.
-//! - [`tokenizer`]: the GGUF's tokenizer and chat template, and streaming detokenization.
+//! - [`tokenizer`]: the GGUF's tokenizer and chat template, and streaming detokenization;
+//!   [`spm`]: SentencePiece vocabularies on the `tokenizers` crate.
 
 pub mod backend;
 pub mod blocks;
@@ -21,4 +22,5 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod service;
+pub mod spm;
 pub mod tokenizer;

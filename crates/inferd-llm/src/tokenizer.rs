@@ -100,18 +100,102 @@ impl TextTokenizer {
             .get("tokenizer.ggml.model")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if kind != "gpt2" {
-            return Err(bad(format!(
-                "tokenizer '{kind}' is not supported yet (byte-level BPE, 'gpt2', is)"
-            )));
-        }
+        let tokens = strings(f, "tokenizer.ggml.tokens")
+            .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
+        let types: Vec<u64> = f
+            .metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            .unwrap_or_default();
+        let special: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t, 3 | 4))
+            .filter_map(|(i, _)| tokens.get(i))
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
+        let mut tok = match kind {
+            "gpt2" => Self::byte_level(f, &tokens)?,
+            "llama" => {
+                let scores: Vec<f32> = f
+                    .metadata
+                    .get("tokenizer.ggml.scores")
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
+                    .ok_or_else(|| bad("tokenizer.ggml.scores is missing".into()))?;
+                let prefix = f
+                    .metadata
+                    .get("tokenizer.ggml.add_space_prefix")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(true);
+                crate::spm::tokenizer(&tokens, &scores, &types, prefix)?
+            }
+            other => {
+                return Err(bad(format!(
+                    "tokenizer '{other}' is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)"
+                )));
+            }
+        };
+        tok.add_special_tokens(special)
+            .map_err(|e| bad(format!("tokenizer special tokens: {e}")))?;
+        let id = |k: &str| f.metadata.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
+        let is_special = |i: usize| matches!(types.get(i), Some(2..=4));
+        let others: Vec<u8> = (0u8..=255)
+            .filter(|&b| !byte_level_printable(u32::from(b)))
+            .collect();
+        let bytes: Vec<Vec<u8>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if is_special(i) {
+                    let mut b = vec![0xff];
+                    b.extend_from_slice(t.as_bytes());
+                    b
+                } else if kind == "llama" {
+                    crate::spm::piece_bytes(t, types.get(i).copied().unwrap_or(1))
+                } else {
+                    byte_level_bytes(t, &others)
+                }
+            })
+            .collect();
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let end_of_turn = id("tokenizer.ggml.eot_token_id")
+            .or_else(|| {
+                ["<|im_end|>", "<|eot_id|>", "<end_of_turn>"]
+                    .iter()
+                    .find_map(|n| tokens.iter().position(|t| t == n).map(|p| p as u32))
+            })
+            .filter(|&t| Some(t) != eos);
+        Ok(TextTokenizer {
+            tok,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos,
+            end_of_turn,
+            bytes,
+            // SentencePiece vocabularies begin with BOS unless the file says not.
+            add_bos: f
+                .metadata
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(kind == "llama"),
+            template: f
+                .metadata
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            vocab: tokens.len(),
+        })
+    }
+
+    /// The byte-level BPE tokenizer (`gpt2`) of `f`'s merges and pre-tokenizer.
+    fn byte_level(f: &GgufFile, tokens: &[String]) -> Result<Tokenizer, ModelError> {
+        let bad = |m: String| ModelError::Unsupported(m);
         let pre = f
             .metadata
             .get("tokenizer.ggml.pre")
             .and_then(|v| v.as_str())
             .unwrap_or("default");
-        let tokens = strings(f, "tokenizer.ggml.tokens")
-            .ok_or_else(|| bad("tokenizer.ggml.tokens is missing".into()))?;
         let merges: Vec<(String, String)> = strings(f, "tokenizer.ggml.merges")
             .ok_or_else(|| bad("tokenizer.ggml.merges is missing".into()))?
             .into_iter()
@@ -143,65 +227,7 @@ impl TextTokenizer {
         };
         tok.with_pre_tokenizer(Some(pre_tok));
         tok.with_decoder(Some(ByteLevel::default()));
-        let types: Vec<u64> = f
-            .metadata
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
-            .unwrap_or_default();
-        let special: Vec<AddedToken> = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| matches!(t, 3 | 4))
-            .filter_map(|(i, _)| tokens.get(i))
-            .map(|t| AddedToken::from(t.clone(), true))
-            .collect();
-        tok.add_special_tokens(special)
-            .map_err(|e| bad(format!("tokenizer special tokens: {e}")))?;
-        let id = |k: &str| f.metadata.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let is_special = |i: usize| matches!(types.get(i), Some(3 | 4));
-        let others: Vec<u8> = (0u8..=255)
-            .filter(|&b| !byte_level_printable(u32::from(b)))
-            .collect();
-        let bytes: Vec<Vec<u8>> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if is_special(i) {
-                    let mut b = vec![0xff];
-                    b.extend_from_slice(t.as_bytes());
-                    b
-                } else {
-                    byte_level_bytes(t, &others)
-                }
-            })
-            .collect();
-        let eos = id("tokenizer.ggml.eos_token_id");
-        let end_of_turn = id("tokenizer.ggml.eot_token_id")
-            .or_else(|| {
-                ["<|im_end|>", "<|eot_id|>", "<end_of_turn>"]
-                    .iter()
-                    .find_map(|n| tokens.iter().position(|t| t == n).map(|p| p as u32))
-            })
-            .filter(|&t| Some(t) != eos);
-        Ok(TextTokenizer {
-            tok,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos,
-            end_of_turn,
-            bytes,
-            add_bos: f
-                .metadata
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.as_u64())
-                .is_some_and(|v| v != 0),
-            template: f
-                .metadata
-                .get("tokenizer.chat_template")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            vocab: tokens.len(),
-        })
+        Ok(tok)
     }
 
     /// The bytes token `id` stands for (special tokens: 0xff then their name).
