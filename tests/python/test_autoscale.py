@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import time
 
@@ -145,3 +147,31 @@ def test_the_server_exports_demand_capacity_forecast_and_start_phases(inferd_ser
     srv.stop()
     saved = json.loads((state / "forecast.json").read_text())
     assert "simple_mlp" in saved
+
+
+def load_order(log: str) -> list[tuple[str, str]]:
+    """(event, model) for each version's "loading" and "start phases" log line, in order."""
+    out = []
+    for line in log.splitlines():
+        for event in ("loading", "start phases"):
+            if line.rstrip().endswith(f" {event}") or f" {event} " in line or line.rstrip().endswith(event):
+                m = re.search(r"model=(\S+)", line)
+                if m and ("version=" in line):
+                    out.append((event, m.group(1)))
+    return out
+
+
+def test_model_load_threads_bounds_how_many_versions_load_at_once(inferd_server_factory, tmp_path):
+    repo = copy_models(tmp_path / "models", ["simple_mlp", "add_sub", "string_identity"])
+    for copy in ("mlp_b", "mlp_c"):
+        shutil.copytree(repo / "simple_mlp", repo / copy)
+        cfg = repo / copy / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace('name: "simple_mlp"', f'name: "{copy}"'))
+    names = ["simple_mlp", "add_sub", "string_identity", "mlp_b", "mlp_c"]
+    srv = inferd_server_factory(repo, "--model-load-threads", "1")
+    order = load_order(srv.stderr_path.read_text())
+    loads = [m for e, m in order if e == "loading"]
+    assert set(loads) == set(names), order
+    # One at a time: every load finishes before the next begins.
+    for i in range(0, len(order), 2):
+        assert order[i][0] == "loading" and order[i + 1] == ("start phases", order[i][1]), order

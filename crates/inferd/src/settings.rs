@@ -137,6 +137,10 @@ pub(crate) struct ServeArgs {
     /// share the cores instead of oversubscribing them (0: one per core).
     #[arg(long, env = "INFERD_COMPUTE_THREADS", default_value_t = 0)]
     pub(crate) compute_threads: usize,
+    /// Model versions that load at once, at start and on reloads (0: one per core): more
+    /// overlap reading files with building models, fewer bound the memory loads take together.
+    #[arg(long, env = "INFERD_MODEL_LOAD_THREADS", default_value_t = 0)]
+    pub(crate) model_load_threads: usize,
     /// Microseconds an idle executor polls its queue before sleeping: lower latency at low load
     /// for some CPU (0 turns it off).
     #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 100)]
@@ -421,6 +425,7 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         strict_readiness: a.strict_readiness,
         queue_capacity: a.max_queue_size,
         compute_threads: a.compute_threads,
+        model_load_threads: a.model_load_threads,
         executor_spin: Duration::from_micros(a.executor_spin_us),
         reclaim_memory: Some(crate::alloc::reclaim),
         unload_timeout: seconds(

@@ -101,6 +101,8 @@ pub struct EngineOptions {
     /// Called after a version loads (on the loading thread) and after one unloads, to return
     /// freed memory to the OS; the binary passes its allocator's (see `inferd`'s `alloc.rs`).
     pub reclaim_memory: Option<fn()>,
+    /// Versions that may load at once (`--model-load-threads`); 0 means one per core.
+    pub model_load_threads: usize,
 }
 
 impl Default for EngineOptions {
@@ -116,6 +118,7 @@ impl Default for EngineOptions {
             executor_spin: crate::scheduler::IDLE_SPIN,
             unload_timeout: Duration::from_secs(30),
             reclaim_memory: None,
+            model_load_threads: 0,
         }
     }
 }
@@ -218,6 +221,8 @@ struct Inner {
     /// Past the drain delay: new inference requests are refused.
     refusing: AtomicBool,
     budget: Arc<ComputeBudget>,
+    /// Load slots: a version loads only while it holds one.
+    load_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The inferd engine. Cheap to clone; all clones share state.
@@ -248,6 +253,10 @@ impl Engine {
             n => n,
         };
         let budget = Arc::new(ComputeBudget::new(threads));
+        let load_slots = match opts.model_load_threads {
+            0 => threads,
+            n => n,
+        };
         Engine {
             inner: Arc::new(Inner {
                 opts,
@@ -258,6 +267,7 @@ impl Engine {
                 stopping: AtomicBool::new(false),
                 refusing: AtomicBool::new(false),
                 budget,
+                load_slots: Arc::new(tokio::sync::Semaphore::new(load_slots)),
             }),
         }
     }

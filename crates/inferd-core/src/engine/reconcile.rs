@@ -81,24 +81,34 @@ impl Engine {
             entry.wanted |= wanted;
             entry.plan_loads(&files)
         };
-        // Load off the runtime, in parallel across versions.
+        // Load off the runtime, in parallel across versions and models, at most
+        // `model_load_threads` at once.
         let mut handles = Vec::new();
         for v in to_load {
             let this = self.clone();
             let vdir = dir.versions[&v].clone();
             let cfg = parsed.clone();
             let n = name.to_string();
+            let fingerprint = vdir.fingerprint;
+            let slots = self.inner.load_slots.clone();
             handles.push((
                 v,
-                vdir.fingerprint,
-                blocking(move || this.load_version(&n, v, &vdir.path, cfg)),
+                fingerprint,
+                tokio::spawn(async move {
+                    let _slot = slots
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Internal("the load slots are closed".into()))?;
+                    blocking(move || this.load_version(&n, v, &vdir.path, cfg)).await
+                }),
             ));
         }
         let mut results = Vec::new();
         let mut failed = Vec::new();
         for (v, fp, h) in handles {
             let r = match h.await {
-                Ok(r) => r,
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(LoadFailure::server(e.to_string())),
                 Err(e) => Err(LoadFailure::server(e.to_string())),
             };
             let files = Files {
