@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -175,3 +177,54 @@ def test_model_load_threads_bounds_how_many_versions_load_at_once(inferd_server_
     # One at a time: every load finishes before the next begins.
     for i in range(0, len(order), 2):
         assert order[i][0] == "loading" and order[i + 1] == ("start phases", order[i][1]), order
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_answers(inferd_bin, repo, *flags: str) -> list[int]:
+    """Starts inferd on `repo` and, as soon as its HTTP port accepts connections (the startup
+    loads still running), sends four completions side by side: their status codes."""
+    import concurrent.futures
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen([inferd_bin, "serve", "--model-repository", str(repo), "--http-port", str(port),
+                             "--grpc-port", "0", "--metrics-port", "0", *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.01)
+        ready = requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status_code
+        assert ready != 200, "the model must still be loading when the requests arrive"
+        body = {"model": "smollm2", "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+
+        def one(_):
+            return requests.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            return list(ex.map(one, range(4)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_requests_during_a_cold_start_wait_for_the_model_instead_of_failing(inferd_bin, tmp_path):
+    model = os.environ.get("INFERD_SMOLLM2_GGUF", "")
+    assert model and Path(model).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
+    repo = tmp_path / "models"
+    (repo / "smollm2" / "1").mkdir(parents=True)
+    shutil.copy(model, repo / "smollm2" / "1" / "model.gguf")
+    assert first_answers(inferd_bin, repo, "--cold-start-wait-secs", "30") == [200] * 4
+    # Without the wait they fail at once (the model is not there yet, or still loading).
+    failed = first_answers(inferd_bin, repo)
+    assert all(code in (404, 503) for code in failed), failed

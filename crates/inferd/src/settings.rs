@@ -141,6 +141,13 @@ pub(crate) struct ServeArgs {
     /// overlap reading files with building models, fewer bound the memory loads take together.
     #[arg(long, env = "INFERD_MODEL_LOAD_THREADS", default_value_t = 0)]
     pub(crate) model_load_threads: usize,
+    /// Seconds a request for a model that is still loading (a replica just scaled from zero,
+    /// a version coming up) waits for it before failing; 0 fails at once with 503.
+    #[arg(long, env = "INFERD_COLD_START_WAIT_SECS", default_value_t = 0.0)]
+    pub(crate) cold_start_wait_secs: f64,
+    /// Requests that may wait for a cold start at once; more get 503 at once.
+    #[arg(long, env = "INFERD_COLD_START_QUEUE", default_value_t = 1024)]
+    pub(crate) cold_start_queue: usize,
     /// Microseconds an idle executor polls its queue before sleeping: lower latency at low load
     /// for some CPU (0 turns it off).
     #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 100)]
@@ -426,6 +433,8 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         queue_capacity: a.max_queue_size,
         compute_threads: a.compute_threads,
         model_load_threads: a.model_load_threads,
+        cold_start_wait: seconds(a, "cold-start-wait-secs", a.cold_start_wait_secs, 0.0)?,
+        cold_start_queue: a.cold_start_queue,
         executor_spin: Duration::from_micros(a.executor_spin_us),
         reclaim_memory: Some(crate::alloc::reclaim),
         unload_timeout: seconds(

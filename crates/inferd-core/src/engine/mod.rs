@@ -103,6 +103,12 @@ pub struct EngineOptions {
     pub reclaim_memory: Option<fn()>,
     /// Versions that may load at once (`--model-load-threads`); 0 means one per core.
     pub model_load_threads: usize,
+    /// How long a request for a model that is still loading (or a server still loading its
+    /// startup models) waits for it to turn ready before failing (`--cold-start-wait-secs`;
+    /// zero: fail at once).
+    pub cold_start_wait: Duration,
+    /// Requests that may wait so at once; past it they fail at once (503).
+    pub cold_start_queue: usize,
 }
 
 impl Default for EngineOptions {
@@ -119,6 +125,8 @@ impl Default for EngineOptions {
             unload_timeout: Duration::from_secs(30),
             reclaim_memory: None,
             model_load_threads: 0,
+            cold_start_wait: Duration::ZERO,
+            cold_start_queue: 1024,
         }
     }
 }
@@ -223,6 +231,10 @@ struct Inner {
     budget: Arc<ComputeBudget>,
     /// Load slots: a version loads only while it holds one.
     load_slots: Arc<tokio::sync::Semaphore>,
+    /// Woken whenever loads settle (a version ready or failed, startup done).
+    settled: tokio::sync::Notify,
+    /// Requests waiting for a cold start.
+    cold_waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// The inferd engine. Cheap to clone; all clones share state.
@@ -268,6 +280,8 @@ impl Engine {
                 refusing: AtomicBool::new(false),
                 budget,
                 load_slots: Arc::new(tokio::sync::Semaphore::new(load_slots)),
+                settled: tokio::sync::Notify::new(),
+                cold_waiting: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -322,6 +336,7 @@ impl Engine {
             let _ = t.await;
         }
         self.inner.started.store(true, Ordering::Release);
+        self.inner.settled.notify_waiters();
         if self.inner.opts.control_mode == ControlMode::Poll {
             let this = self.clone();
             tokio::spawn(async move { this.poll_loop(baseline).await });

@@ -135,6 +135,7 @@ impl Engine {
             entry.forget_missing(|v| dir.versions.contains_key(&v));
             settled
         };
+        self.inner.settled.notify_waiters();
         self.retire(name, replaced, false);
         self.retire(name, retired, true);
         Ok(failed)

@@ -11,10 +11,56 @@ impl Engine {
         version: Option<u64>,
         req: InferRequest,
     ) -> Result<InferResponse> {
+        self.wait_for_cold_start(model, version).await;
         let (guard, prepared, id) = self.admit(model, version, req)?;
         let runner = guard.runner();
         let outputs = runner.infer(prepared, self.result_spin(runner)).await?;
         Ok(respond(model, runner, id, outputs))
+    }
+
+    /// Whether `model` may still turn ready without anyone acting: the startup loads are
+    /// running, or one of its versions is loading.
+    fn may_turn_ready(&self, model: &str) -> bool {
+        if !self.inner.started.load(Ordering::Acquire) {
+            return true;
+        }
+        self.inner.models.read().is_ok_and(|m| {
+            m.get(model).is_some_and(|e| {
+                e.versions
+                    .values()
+                    .any(|v| v.state == VersionState::Loading)
+            })
+        })
+    }
+
+    /// Waits, up to `cold_start_wait`, while `model` (its `version`) is not ready but may turn
+    /// ready (a replica just started, a version still loading); at most `cold_start_queue`
+    /// requests wait at once. Returns when it is ready, cannot become ready, or time is up;
+    /// routing then answers as usual.
+    pub async fn wait_for_cold_start(&self, model: &str, version: Option<u64>) {
+        let wait = self.inner.opts.cold_start_wait;
+        if wait.is_zero() || self.route(model, version).is_ok() || !self.may_turn_ready(model) {
+            return;
+        }
+        let waiting = &self.inner.cold_waiting;
+        if waiting.fetch_add(1, Ordering::AcqRel) >= self.inner.opts.cold_start_queue {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let settled = self.inner.settled.notified();
+            tokio::pin!(settled);
+            // Registered before checking, so a load that settles in between is not missed.
+            settled.as_mut().enable();
+            if self.route(model, version).is_ok() || !self.may_turn_ready(model) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                break;
+            }
+        }
+        waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// [`Engine::infer`] for callers on a plain thread (an application embedding the engine

@@ -114,6 +114,7 @@ async fn run(
     let body = read_body(body, &s, &headers).await?;
     let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
     let req = request(&body)?;
+    s.engine.wait_for_cold_start(&model, version).await;
     let (guard, generator) = s.engine.generator(&model, version)?;
     let v = guard.runner().version().to_string();
     let mut g = generator.start(req).map_err(start_error)?;

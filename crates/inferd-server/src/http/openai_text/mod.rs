@@ -121,6 +121,7 @@ async fn serve(s: HttpState, headers: HeaderMap, body: Body, kind: Kind) -> OaRe
         Some(r) => (r.decision.target.model.clone(), r.decision.target.version),
         None => (p.model.clone(), None),
     };
+    s.engine.wait_for_cold_start(&target, version).await;
     let (guard, generator) = s.engine.generator(&target, version)?;
     let features = generator.chat_features();
     let mut template = p.template.clone();
