@@ -228,3 +228,45 @@ def test_requests_during_a_cold_start_wait_for_the_model_instead_of_failing(infe
     # Without the wait they fail at once (the model is not there yet, or still loading).
     failed = first_answers(inferd_bin, repo)
     assert all(code in (404, 503) for code in failed), failed
+
+
+def test_a_route_fallback_answers_until_the_primary_is_ready_with_no_failed_request(inferd_server_factory, tmp_path):
+    repo = copy_models(tmp_path / "models", ["simple_mlp"])
+    shutil.copytree(repo / "simple_mlp", repo / "mlp_new")
+    cfg = repo / "mlp_new" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace('name: "simple_mlp"', 'name: "mlp_new"'))
+    (repo / "routes.toml").write_text(
+        '[routes.scorer]\nkind = "split"\ntargets = [{ model = "mlp_new", weight = 1 }]\n'
+        'fallback = { model = "simple_mlp", version = 1 }\n'
+    )
+    # The primary is not loaded yet (a replica whose model is still to come up).
+    srv = inferd_server_factory(repo, control_mode="explicit", load_models=["simple_mlp"])
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+    url = f"{srv.http_base}/v2/models/scorer/infer"
+    seen: list[tuple[int, str]] = []
+    stop = False
+
+    def client():
+        with requests.Session() as s:
+            while not stop:
+                r = s.post(url, json=body, timeout=10)
+                seen.append((r.status_code, r.headers.get("x-inferd-target", "")))
+
+    import threading
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        time.sleep(0.5)
+        before = len(seen)
+        assert before > 0 and all(code == 200 and target == "simple_mlp/1" for code, target in seen), seen[:5]
+        requests.post(f"{srv.http_base}/v2/repository/models/mlp_new/load", json={}, timeout=60).raise_for_status()
+        time.sleep(0.5)
+    finally:
+        stop = True
+        t.join(timeout=30)
+    assert all(code == 200 for code, _ in seen), [s for s in seen if s[0] != 200][:5]
+    targets = [target for _, target in seen[before:]]
+    assert targets[-1].startswith("mlp_new"), targets[-5:]
+    # Once the primary answered, the fallback did not again.
+    first = next(i for i, t in enumerate(targets) if t.startswith("mlp_new"))
+    assert all(t.startswith("mlp_new") for t in targets[first:])

@@ -162,6 +162,7 @@ impl BoundServer {
             std::sync::Arc::new(tokio::sync::Semaphore::new(self.opts.max_inflight.max(1)));
         let spinner = spin::Spinner::new(self.opts.spin);
         let spin_task = tokio::spawn(spinner.clone().run());
+        self.opts.traffic.attach(self.engine.clone());
         let canary_task = traffic::controller::spawn(&self.opts.traffic);
         let guard_spinner = spinner.clone();
         let signals = std::sync::Arc::new(signals::Signals::new(

@@ -155,6 +155,10 @@ pub enum RouteSpec {
         /// The header (or gRPC metadata, or request parameter) holding the sticky key.
         #[serde(default = "default_sticky")]
         sticky_header: String,
+        /// Answers while the chosen target has no ready version (a replica just scaled from
+        /// zero, a version still loading); the answer names it in `x-inferd-target`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Target>,
     },
     /// An A/B test: a sticky split whose arms are compared on outcome feedback.
     Ab {
@@ -165,6 +169,10 @@ pub enum RouteSpec {
         sticky_header: String,
         /// The statistics settings.
         experiment: Experiment,
+        /// Answers while the chosen target has no ready version (a replica just scaled from
+        /// zero, a version still loading); the answer names it in `x-inferd-target`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Target>,
     },
     /// The primary answers; a copy of (`percent` of) the requests goes to the shadow.
     Shadow {
@@ -175,6 +183,10 @@ pub enum RouteSpec {
         /// The share of requests copied, 0-100 (default 100).
         #[serde(default = "default_percent")]
         percent: i64,
+        /// Answers while the chosen target has no ready version (a replica just scaled from
+        /// zero, a version still loading); the answer names it in `x-inferd-target`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Target>,
     },
     /// A canary rollout in steps with automated analysis and rollback.
     Canary {
@@ -201,6 +213,10 @@ pub enum RouteSpec {
         /// not from this replica's own requests.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prometheus: Option<String>,
+        /// Answers while the chosen target has no ready version (a replica just scaled from
+        /// zero, a version still loading); the answer names it in `x-inferd-target`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Target>,
     },
     /// Two environments, one active; `switch` flips them atomically.
     Bluegreen {
@@ -210,6 +226,10 @@ pub enum RouteSpec {
         green: Target,
         /// The one taking traffic.
         active: Color,
+        /// Answers while the chosen target has no ready version (a replica just scaled from
+        /// zero, a version still loading); the answer names it in `x-inferd-target`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Target>,
     },
 }
 
@@ -247,6 +267,15 @@ impl RouteSpec {
 
     /// Every target the route names, with the field that names it.
     pub fn targets(&self) -> Vec<(String, Target)> {
+        let mut all = self.traffic_targets();
+        if let Some(f) = self.fallback() {
+            all.push(("fallback".into(), f.clone()));
+        }
+        all
+    }
+
+    /// The targets that take traffic by the route's own rule (not the fallback).
+    fn traffic_targets(&self) -> Vec<(String, Target)> {
         match self {
             RouteSpec::Split { targets, .. } | RouteSpec::Ab { targets, .. } => targets
                 .iter()
@@ -269,6 +298,17 @@ impl RouteSpec {
                 ("blue".into(), blue.clone()),
                 ("green".into(), green.clone()),
             ],
+        }
+    }
+
+    /// The target that answers while the chosen one is not ready, when the route names one.
+    pub fn fallback(&self) -> Option<&Target> {
+        match self {
+            RouteSpec::Split { fallback, .. }
+            | RouteSpec::Ab { fallback, .. }
+            | RouteSpec::Shadow { fallback, .. }
+            | RouteSpec::Canary { fallback, .. }
+            | RouteSpec::Bluegreen { fallback, .. } => fallback.as_ref(),
         }
     }
 

@@ -132,6 +132,7 @@ fn the_json_body_of_put_uses_the_same_schema() {
         RouteSpec::Split {
             sticky_header,
             targets,
+            ..
         } => {
             assert_eq!(sticky_header, "x-user-id");
             assert_eq!(targets[0].version, None);

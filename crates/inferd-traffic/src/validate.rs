@@ -104,6 +104,7 @@ pub fn validate(name: &str, spec: &RouteSpec, names: &dyn Names) -> Result<(), T
             primary,
             shadow,
             percent,
+            ..
         } => {
             if !(0..=100).contains(percent) {
                 return Err(invalid(

@@ -104,6 +104,8 @@ pub struct Traffic {
     /// The shared store's revision of the table in force (0 without a store); held while
     /// the table is swapped, so an older revision never replaces a newer one.
     revision: Mutex<i64>,
+    /// The engine whose readiness decides when a route's fallback answers.
+    engine: std::sync::OnceLock<inferd_core::Engine>,
 }
 
 /// A sticky key carried as the KServe request parameter `name` (a string or an integer).
@@ -137,6 +139,11 @@ impl Traffic {
             state,
             ..Traffic::default()
         }
+    }
+
+    /// Gives routes the engine, whose versions' readiness decides when a fallback answers.
+    pub fn attach(&self, engine: inferd_core::Engine) {
+        let _ = self.engine.set(engine);
     }
 
     /// The state dir, if any.
@@ -180,14 +187,23 @@ impl Traffic {
         let table = self.snapshot();
         let route = table.get(name)?;
         let sticky = route.sticky_header().and_then(key);
+        let mut decision = route.resolve(
+            name,
+            sticky.as_deref(),
+            fastrand::u64(..),
+            fastrand::u64(..),
+        );
+        // A target with no ready version (scaled from zero, still loading) hands its
+        // requests to the route's fallback while the fallback is ready.
+        if let (Some(fallback), Some(engine)) = (route.spec.fallback(), self.engine.get()) {
+            let ready = |t: &Target| engine.route(&t.model, t.version).is_ok();
+            if !ready(&decision.target) && ready(fallback) {
+                decision.target = fallback.clone();
+            }
+        }
         Some(Resolved {
             route: name.to_string(),
-            decision: route.resolve(
-                name,
-                sticky.as_deref(),
-                fastrand::u64(..),
-                fastrand::u64(..),
-            ),
+            decision,
         })
     }
 
