@@ -27,6 +27,9 @@ pub struct ServiceProfile {
     pub max_queue: usize,
     /// Cold start by phase (name, seconds), in order: e.g. pull, load, warm-up.
     pub start_phases: Vec<(String, f64)>,
+    /// Latency every request pays outside the replica's batch queue (network, parsing,
+    /// encoding: work done in parallel with the model), seconds.
+    pub overhead_secs: f64,
 }
 
 impl Default for ServiceProfile {
@@ -44,6 +47,7 @@ impl Default for ServiceProfile {
                 ("load".into(), 10.0),
                 ("warmup".into(), 3.0),
             ],
+            overhead_secs: 0.0,
         }
     }
 }
@@ -72,6 +76,9 @@ impl ServiceProfile {
         }
         if self.max_batch == 0 {
             return Err(setting("max_batch", "must be at least 1"));
+        }
+        if !non_negative(self.overhead_secs) {
+            return Err(setting("overhead_secs", "must be zero or more seconds"));
         }
         if !non_negative(self.batch_delay_secs) {
             return Err(setting("batch_delay_secs", "must be zero or more seconds"));

@@ -209,7 +209,7 @@ impl Sim<'_> {
             r.busy_this_second += now - since.max(second_start);
         }
         for arrived in std::mem::take(&mut r.running) {
-            let lat = now - arrived;
+            let lat = now - arrived + self.profile.overhead_secs;
             self.latencies.push(lat as f32);
             self.minute_latencies.push(lat as f32);
             if lat > slo {

@@ -39,7 +39,7 @@ pub(crate) struct SimulateArgs {
     #[arg(long, default_value_t = 500.0)]
     slo_ms: f64,
     /// A JSON file with the replica's figures (base_secs, per_item_secs, log_sigma,
-    /// max_batch, batch_delay_secs, max_queue, start_phases); default: a 100 ms model with
+    /// max_batch, batch_delay_secs, max_queue, start_phases, overhead_secs); default: a 100 ms model with
     /// batches of 4 that starts in 30 s.
     #[arg(long)]
     service_profile: Option<PathBuf>,
