@@ -26,19 +26,11 @@ pub(super) fn logprobs_json(
     offset: &mut usize,
 ) -> Value {
     match kind {
-        Kind::Completion => {
-            let mut offsets = Vec::with_capacity(lps.len());
-            for lp in lps {
-                offsets.push(*offset);
-                *offset += lp.token.len();
-            }
-            json!({
-                "tokens": lps.iter().map(|l| &l.token).collect::<Vec<_>>(),
-                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-                "top_logprobs": lps.iter().map(|l| top_map(&l.top, k)).collect::<Vec<_>>(),
-                "text_offset": offsets,
-            })
-        }
+        Kind::Completion => completion_lists(
+            lps.iter()
+                .map(|l| (l.token.as_str(), Some(l.logprob), top_map(&l.top, k))),
+            offset,
+        ),
         Kind::Chat => json!({"content": lps.iter().map(|l| json!({
             "token": l.token,
             "logprob": l.logprob,
@@ -50,18 +42,34 @@ pub(super) fn logprobs_json(
 
 /// The prompt's tokens in the completions API's lists (`echo` with `logprobs`).
 pub(super) fn prompt_logprobs_json(lps: &[PromptLogprob], k: usize, offset: &mut usize) -> Value {
-    let mut offsets = Vec::with_capacity(lps.len());
-    for lp in lps {
+    completion_lists(
+        lps.iter().map(|l| {
+            let top = l.logprob.map_or(Value::Null, |_| top_map(&l.top, k));
+            (l.token.as_str(), l.logprob, top)
+        }),
+        offset,
+    )
+}
+
+/// The completions API's parallel lists of `(token, log-probability, alternatives)` rows;
+/// `offset` counts the text before them.
+fn completion_lists<'a>(
+    rows: impl Iterator<Item = (&'a str, Option<f32>, Value)>,
+    offset: &mut usize,
+) -> Value {
+    let (mut tokens, mut logprobs, mut tops, mut offsets) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (token, logprob, top) in rows {
         offsets.push(*offset);
-        *offset += lp.token.len();
+        *offset += token.len();
+        tokens.push(token);
+        logprobs.push(logprob);
+        tops.push(top);
     }
     json!({
-        "tokens": lps.iter().map(|l| &l.token).collect::<Vec<_>>(),
-        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(|l| match l.logprob {
-            None => Value::Null,
-            Some(_) => top_map(&l.top, k),
-        }).collect::<Vec<_>>(),
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": tops,
         "text_offset": offsets,
     })
 }
