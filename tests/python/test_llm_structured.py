@@ -263,25 +263,17 @@ def test_tool_calls_stream_as_deltas_with_index_and_id_first(server):
 def test_thinking_comes_back_as_reasoning_content(server):
     c = oai(server)
     grammar = 'start: "<think>" /[a-z ]{3,20}/ "</think>" /[A-Z][a-z ]{2,15}\\./'
-    r = c.chat.completions.create(
-        model="thinker",
-        messages=ask("What is two plus two?"),
-        extra_body={"guided_grammar": grammar},
-        max_tokens=40,
-        temperature=0.0,
-    )
-    m = r.choices[0].message
+
+    def forced(model: str, **kw):
+        return c.chat.completions.create(model=model, messages=ask("What is two plus two?"),
+                                         extra_body={"guided_grammar": grammar}, max_tokens=40,
+                                         temperature=0.0, **kw)
+
+    m = forced("thinker").choices[0].message
     reasoning = m.model_extra.get("reasoning_content")
     assert reasoning and "<think>" not in reasoning and "</think>" not in reasoning, m
     assert m.content and m.content[0].isupper() and m.content.endswith("."), m
-    stream = c.chat.completions.create(
-        model="thinker",
-        messages=ask("What is two plus two?"),
-        extra_body={"guided_grammar": grammar},
-        max_tokens=40,
-        temperature=0.0,
-        stream=True,
-    )
+    stream = forced("thinker", stream=True)
     got = {"reasoning_content": "", "content": ""}
     for ch in stream:
         if ch.choices:
@@ -290,13 +282,7 @@ def test_thinking_comes_back_as_reasoning_content(server):
             got["reasoning_content"] += (d.model_extra or {}).get("reasoning_content") or ""
     assert got == {"reasoning_content": reasoning, "content": m.content}
     # The same output from a model without the parser is all content.
-    r = c.chat.completions.create(
-        model="smollm2",
-        messages=ask("What is two plus two?"),
-        extra_body={"guided_grammar": grammar},
-        max_tokens=40,
-        temperature=0.0,
-    )
+    r = forced("smollm2")
     assert r.choices[0].message.content.startswith("<think>")
 
 
