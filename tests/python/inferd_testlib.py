@@ -96,6 +96,42 @@ def example_model_path(name: str, version: int | str = 1) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def heavy_model(repo: Path, d: int, layers: int) -> None:
+    """An ONNX model `heavy` whose compute is `layers` MatMul + Relu of one d x d weight (one row
+    per request, max batch 1): it, not HTTP, sets a replica's pace."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    # One orthogonal weight applied again and again: heavy compute, a small file, values
+    # that neither vanish nor explode.
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    inits = [numpy_helper.from_array(q.astype(np.float32), "w")]
+    nodes, x = [], "input"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [x, "w"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"]))
+        x = f"r{i}"
+    nodes.append(helper.make_node("Identity", [x], ["output"]))
+    graph = helper.make_graph(
+        nodes, "heavy",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", d])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", d])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repo / "heavy" / "1").mkdir(parents=True)
+    onnx.save(model, str(repo / "heavy" / "1" / "model.onnx"))
+    (repo / "heavy" / "config.pbtxt").write_text(
+        'name: "heavy"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
+        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ {d} ] }} ]\n'
+        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {d} ] }} ]\n'
+        'dynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n'
+    )
+
+
+
 class InferdServer:
     """One ``inferd serve`` process bound to ephemeral ports, with its output in log files."""
 

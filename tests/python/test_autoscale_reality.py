@@ -8,11 +8,13 @@ parsing) as the sequential latency minus the compute, and the spread of the late
 Then an open-loop Poisson load (arrival times drawn up front; each request timed from its
 scheduled send, so a slow server cannot slow the client) runs at three rates, and
 ``inferd autoscale simulate`` replays the same arrivals with one replica built from the
-measured profile: its p50 must be within 25% of the measured one, and its p99 within 60% or
-two service times, whichever is larger (this machine's two cores are shared by the
-server, the load generator and the simulator; the tail is what that sharing moves most). A
-run here (2026-12-06): p50 measured 85.8 / 92.0 / 132.3 ms against simulated 93.4 / 100.5 /
-140.2; p99 215.0 / 305.6 / 341.0 against 118.7 / 203.0 / 358.5.
+measured profile, its compute time the one the server reported for that run (the load
+generator shares this machine's two cores with the server and slows the model under load: a
+CI run measured a p50 of 130 ms at the highest rate where a replay with the idle machine's
+compute time said 79; the simulator is checked on queueing, not on how the host shares its
+cores). Its p50 must be within 25% of the
+measured one, and its p99 within 60% or two service times, whichever is larger (the tail is
+what that sharing moves most).
 """
 
 from __future__ import annotations
@@ -30,41 +32,10 @@ import numpy as np
 import pytest
 import requests
 
+from inferd_testlib import heavy_model
+
 D = 1024
 LAYERS = 300
-
-
-def heavy_model(repo: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    # One orthogonal weight applied again and again: heavy compute, a small file, values
-    # that neither vanish nor explode.
-    q, _ = np.linalg.qr(rng.standard_normal((D, D)))
-    inits = [numpy_helper.from_array(q.astype(np.float32), "w")]
-    nodes, x = [], "input"
-    for i in range(LAYERS):
-        nodes.append(helper.make_node("MatMul", [x, "w"], [f"m{i}"]))
-        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"]))
-        x = f"r{i}"
-    nodes.append(helper.make_node("Identity", [x], ["output"]))
-    graph = helper.make_graph(
-        nodes, "heavy",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", D])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", D])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    (repo / "heavy" / "1").mkdir(parents=True)
-    onnx.save(model, str(repo / "heavy" / "1" / "model.onnx"))
-    (repo / "heavy" / "config.pbtxt").write_text(
-        'name: "heavy"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 1\n'
-        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ {D} ] }} ]\n'
-        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {D} ] }} ]\n'
-        'dynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n'
-    )
 
 
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": [0.01] * D}]})
@@ -81,15 +52,23 @@ def post(url: str) -> float:
     return time.perf_counter() - t
 
 
-def compute_means(base: str) -> dict[int, float]:
+def compute_totals(base: str) -> dict[int, tuple[int, int]]:
+    """Per batch size: (executions, compute nanoseconds) so far, from the statistics endpoint."""
     stats = requests.get(f"{base}/v2/models/heavy/stats", timeout=10).json()["model_stats"]
     out = {}
     for s in stats:
         for b in s.get("batch_stats", []):
             c = b["compute_infer"]
             if int(c["count"]):
-                out[int(b["batch_size"])] = int(c["ns"]) / int(c["count"]) / 1e9
+                out[int(b["batch_size"])] = (int(c["count"]), int(c["ns"]))
     return out
+
+
+def compute_mean_since(base: str, before: dict[int, tuple[int, int]]) -> float:
+    """Mean compute seconds of the batch-1 executions since `before`."""
+    n1, ns1 = compute_totals(base)[1]
+    n0, ns0 = before.get(1, (0, 0))
+    return (ns1 - ns0) / (n1 - n0) / 1e9
 
 
 def open_loop(url: str, rate: float, secs: float, seed: int) -> tuple[list[float], list[float]]:
@@ -117,25 +96,30 @@ def pct(xs: list[float], q: float) -> float:
 
 def test_the_simulator_predicts_a_real_replica_under_poisson_load(inferd_bin, inferd_server_factory, tmp_path):
     repo = tmp_path / "models"
-    heavy_model(repo)
+    heavy_model(repo, D, LAYERS)
     srv = inferd_server_factory(repo, "--compute-threads", "1")
     url = f"{srv.http_base}/v2/models/heavy/infer"
     # Calibration: sequential requests; the model runs one request at a time (max batch 1).
     seq = [post(url) for _ in range(40)][5:]
-    c = compute_means(srv.http_base)
+    c = compute_totals(srv.http_base)
     assert list(c) == [1], c
-    base, per_item, k = c[1], 0.0, 1
+    base, per_item, k = c[1][1] / c[1][0] / 1e9, 0.0, 1
     overhead = max(0.0, statistics.median(seq) - base)
     sigma = float(np.std(np.log(np.asarray(seq))))
     profile = {"base_secs": base, "per_item_secs": per_item, "log_sigma": min(sigma, 1.0), "max_batch": 1,
                "batch_delay_secs": 0.0, "max_queue": 100000, "overhead_secs": overhead,
                "start_phases": [["load", 1.0]]}
-    (tmp_path / "profile.json").write_text(json.dumps(profile))
     capacity = k / (base + per_item * (k - 1))
     results = []
     for i, load in enumerate([0.3, 0.55, 0.8]):
         rate = load * capacity
+        before = compute_totals(srv.http_base)
         sched, lat = open_loop(url, rate, 20.0, seed=i)
+        # The simulator predicts queueing from service times; on two shared cores the load
+        # generator's own threads slow the model under load, so each run is simulated with the
+        # compute time the server reported for that run (what a profile taken there would say).
+        run_profile = dict(profile, base_secs=compute_mean_since(srv.http_base, before))
+        (tmp_path / "profile.json").write_text(json.dumps(run_profile))
         csv = tmp_path / f"trace{i}.csv"
         csv.write_text("timestamp,count\n" + "".join(f"{t:.6f},1\n" for t in sched))
         sim = subprocess.run(
@@ -146,11 +130,12 @@ def test_the_simulator_predicts_a_real_replica_under_poisson_load(inferd_bin, in
         assert sim.returncode == 0, sim.stderr
         out = json.loads(sim.stdout)[0]
         measured = (pct(lat, 50) * 1e3, pct(lat, 99) * 1e3)
-        results.append((load, rate, measured, (out["p50_ms"], out["p99_ms"])))
+        results.append((load, rate, run_profile["base_secs"], measured, (out["p50_ms"], out["p99_ms"])))
     report = "\n".join(
-        f"load {l:.2f} ({r:.1f}/s): measured p50 {m[0]:.1f} p99 {m[1]:.1f} ms, simulated p50 {s[0]:.1f} p99 {s[1]:.1f} ms"
-        for l, r, m, s in results)
+        f"load {l:.2f} ({r:.1f}/s, compute {b * 1e3:.1f} ms): measured p50 {m[0]:.1f} p99 {m[1]:.1f} ms, "
+        f"simulated p50 {s[0]:.1f} p99 {s[1]:.1f} ms"
+        for l, r, b, m, s in results)
     print(f"profile {profile}\n{report}")
-    for load, rate, (m50, m99), (s50, s99) in results:
+    for load, rate, _, (m50, m99), (s50, s99) in results:
         assert abs(s50 - m50) <= 0.25 * m50, report
         assert abs(s99 - m99) <= max(0.6 * m99, 2.0 * base * 1e3), report
