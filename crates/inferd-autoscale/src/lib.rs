@@ -11,11 +11,14 @@
 //!   and inferd's forecast), each a synchronous function of what it observes;
 //! - [`sim`]: a discrete-event simulation of replicas behind a load balancer that replays a
 //!   trace against a policy and reports SLO violations, drops, replica-hours and cold starts;
-//! - [`plot`]: the replay drawn as a PNG.
+//! - [`plot`]: the replay drawn as a PNG;
+//! - [`control`]: the same policies fed from live replicas' metrics pages, for a scaling loop
+//!   outside Kubernetes (`inferd autoscale control`).
 //!
 //! Scaling itself stays with Kubernetes: these are the same rules, run here to compare them
 //! before they are deployed.
 
+pub mod control;
 pub mod forecast;
 pub mod plot;
 pub mod policy;

@@ -69,6 +69,10 @@ pub struct Settings {
     /// Requests in flight per replica that `kpa` aims at (Knative's container concurrency
     /// target).
     pub kpa_concurrency: f64,
+    /// How far back the HPA-style policies look for their highest recommendation before
+    /// scaling down, seconds (Kubernetes' `behavior.scaleDown.stabilizationWindowSeconds`,
+    /// 300 by default).
+    pub scale_down_stabilisation_secs: f64,
 }
 
 impl Default for Settings {
@@ -80,6 +84,7 @@ impl Default for Settings {
             target_utilisation: 0.7,
             queue_target: 4.0,
             kpa_concurrency: 4.0,
+            scale_down_stabilisation_secs: 300.0,
         }
     }
 }
@@ -118,6 +123,13 @@ impl Settings {
         if !(self.kpa_concurrency.is_finite() && self.kpa_concurrency > 0.0) {
             return Err(setting("kpa_concurrency", "must be above 0"));
         }
+        let window = self.scale_down_stabilisation_secs;
+        if !(window.is_finite() && (0.0..=3600.0).contains(&window)) {
+            return Err(setting(
+                "scale_down_stabilisation_secs",
+                "must be between 0 and 3600 seconds",
+            ));
+        }
         Ok(())
     }
 }
@@ -130,11 +142,18 @@ struct Hpa {
 
 impl Hpa {
     const TOLERANCE: f64 = 0.1;
-    const WINDOW: f64 = 300.0;
 
     /// `current` replicas, `wanted` the raw ceil(metric / target), `tolerate` whether a change
-    /// within 10% is ignored and the scale-up limited as the HPA's default policy does.
-    fn decide(&mut self, now: f64, current: usize, wanted: f64, tolerate: bool) -> usize {
+    /// within 10% is ignored and the scale-up limited as the HPA's default policy does,
+    /// `window` the scale-down stabilisation in seconds.
+    fn decide(
+        &mut self,
+        now: f64,
+        current: usize,
+        wanted: f64,
+        tolerate: bool,
+        window: f64,
+    ) -> usize {
         let current_f = current.max(1) as f64;
         let rec = if tolerate && (wanted / current_f - 1.0).abs() <= Self::TOLERANCE {
             current
@@ -151,7 +170,7 @@ impl Hpa {
         while self
             .recommendations
             .front()
-            .is_some_and(|&(t, _)| t < now - Self::WINDOW)
+            .is_some_and(|&(t, _)| t < now - window)
         {
             self.recommendations.pop_front();
         }
@@ -287,6 +306,7 @@ impl Policy {
         self.busy.push(now, o.busy, 300.0);
         self.in_flight.push(now, o.in_flight, 300.0);
         self.arrivals.push(now, o.arrivals, 300.0);
+        let window = self.settings.scale_down_stabilisation_secs;
         if o.arrivals > 0.0 || o.in_flight > 0.0 {
             self.last_request = now;
         }
@@ -302,11 +322,12 @@ impl Policy {
                 // Usage of ready pods; starting pods count as idle (damps a scale-up).
                 let usage = self.busy.mean(now, 15.0) * o.ready as f64;
                 self.hpa
-                    .decide(now, current, usage / s.target_utilisation, true)
+                    .decide(now, current, usage / s.target_utilisation, true, window)
             }
             Kind::QueueHpa => {
                 let q = self.in_flight.mean(now, 15.0);
-                self.hpa.decide(now, current, q / s.queue_target, true)
+                self.hpa
+                    .decide(now, current, q / s.queue_target, true, window)
             }
             Kind::Keda => {
                 let rate = self.arrivals.mean(now, 60.0);
@@ -315,6 +336,7 @@ impl Policy {
                     current,
                     rate / (o.capacity * s.target_utilisation),
                     true,
+                    window,
                 );
                 if s.min_replicas == 0 {
                     // Activation 0 <-> 1, polled every 30 s; cooldown 300 s to zero.
@@ -358,7 +380,7 @@ impl Policy {
                 let demand = self.arrivals.mean(now, 60.0);
                 let need = o.forecast.map_or(demand, |f| f.max(demand));
                 let wanted = need / (o.capacity * s.target_utilisation);
-                self.hpa.decide(now, current, wanted, false)
+                self.hpa.decide(now, current, wanted, false, window)
             }
         };
         Some(self.clamp(wanted))

@@ -29,6 +29,12 @@ pub struct SimConfig {
     pub cold_start_wait_secs: f64,
     /// Seed for service-time noise and arrival instants.
     pub seed: u64,
+    /// Keep a per-second series of replica counts (for short replays checked against a
+    /// real scale-out).
+    pub per_second: bool,
+    /// Replicas ready when the replay begins (default: what the first minute needs at the
+    /// policy's target utilisation).
+    pub initial_replicas: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -38,6 +44,8 @@ impl Default for SimConfig {
             lb_queue: 1000,
             cold_start_wait_secs: 30.0,
             seed: 7,
+            per_second: false,
+            initial_replicas: None,
         }
     }
 }
@@ -55,6 +63,19 @@ pub struct Minute {
     pub p99_ms: f64,
     /// Requests that violated the objective (late or dropped).
     pub violations: u64,
+}
+
+/// One second of the replay, kept when [`SimConfig::per_second`] asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Second {
+    /// Seconds since the replay began (the policy's observation time).
+    pub t: f64,
+    /// Replicas ready when the policy observed.
+    pub ready: usize,
+    /// Replicas ready or starting after its decision.
+    pub replicas: usize,
+    /// Requests queued or running, balancer included.
+    pub in_flight: f64,
 }
 
 /// What a replay gives.
@@ -82,6 +103,9 @@ pub struct Outcome {
     pub peak_replicas: usize,
     /// Per-minute series.
     pub minutes: Vec<Minute>,
+    /// Per-second series (empty unless asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seconds: Vec<Second>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -294,7 +318,9 @@ pub fn simulate(
     let s = policy.settings().clone();
     let first: f64 = replay.iter().take(60).map(|&c| f64::from(c)).sum::<f64>()
         / replay.len().clamp(1, 60) as f64;
-    let initial = ((first / (capacity * s.target_utilisation)).ceil() as usize + s.spare)
+    let initial = cfg
+        .initial_replicas
+        .unwrap_or((first / (capacity * s.target_utilisation)).ceil() as usize + s.spare)
         .clamp(s.min_replicas, s.max_replicas);
     for _ in 0..initial {
         sim.replicas.push(Replica {
@@ -330,6 +356,7 @@ pub fn simulate(
     let mut replica_secs = 0.0;
     let mut peak = initial;
     let mut minutes = Vec::with_capacity(replay.len() / 60 + 1);
+    let mut seconds = Vec::new();
     while let Some(Reverse((at, _, ev))) = sim.heap.pop() {
         let now = at as f64 / 1e6;
         match ev {
@@ -420,12 +447,20 @@ pub fn simulate(
                 if let Some(desired) = policy.observe(&o) {
                     sim.scale_to(now, desired);
                 }
-                peak = peak.max(
-                    sim.replicas
-                        .iter()
-                        .filter(|r| matches!(r.state, State::Ready | State::Starting))
-                        .count(),
-                );
+                let active = sim
+                    .replicas
+                    .iter()
+                    .filter(|r| matches!(r.state, State::Ready | State::Starting))
+                    .count();
+                peak = peak.max(active);
+                if cfg.per_second {
+                    seconds.push(Second {
+                        t: now,
+                        ready,
+                        replicas: active,
+                        in_flight: in_flight as f64,
+                    });
+                }
                 if now < end {
                     sim.push(now + 1.0, Ev::Second);
                 } else {
@@ -451,6 +486,7 @@ pub fn simulate(
         p99_ms: percentile(&lat, 0.99) * 1e3,
         peak_replicas: peak,
         minutes,
+        seconds,
     }
 }
 

@@ -15,6 +15,10 @@ pub(crate) enum AutoscaleCommand {
     /// Replay a trace against scaling policies: SLO violations, drops, replica-hours, cold
     /// starts, and a plot. Exit code 0, or 2 for a mistake in the arguments or files.
     Simulate(SimulateArgs),
+    /// Follow a policy live: read running replicas' readiness and metrics once a second and
+    /// run a scale command with the count the policy asks for (processes, podman, systemd:
+    /// anything outside Kubernetes). Prints one JSON line per second.
+    Control(crate::autoscale_control::ControlArgs),
 }
 
 /// Output formats.
@@ -49,6 +53,27 @@ pub(crate) struct SimulateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = SimFormat::Human)]
     format: SimFormat,
+    #[command(flatten)]
+    settings: PolicyArgs,
+    /// Print a per-second series (`seconds`: ready and total replicas, requests in flight)
+    /// with each policy's JSON.
+    #[arg(long)]
+    per_second: bool,
+    /// Replicas ready when the replay begins (default: what the first minute needs at the
+    /// target utilisation).
+    #[arg(long)]
+    initial_replicas: Option<usize>,
+    /// Seed for the shipped traces and service-time noise.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Longest a request waits at the balancer for a replica to start, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    cold_start_wait_secs: f64,
+}
+
+/// The policies' settings, shared by `simulate` and `control`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PolicyArgs {
     /// Fewest replicas (0 lets kpa and keda scale to zero).
     #[arg(long, default_value_t = 1)]
     min_replicas: usize,
@@ -67,12 +92,25 @@ pub(crate) struct SimulateArgs {
     /// Requests in flight per replica that kpa aims at.
     #[arg(long, default_value_t = 4.0)]
     kpa_concurrency: f64,
-    /// Seed for the shipped traces and service-time noise.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Longest a request waits at the balancer for a replica to start, seconds.
-    #[arg(long, default_value_t = 30.0)]
-    cold_start_wait_secs: f64,
+    /// Seconds the HPA-style policies wait, holding their highest recent recommendation,
+    /// before scaling down (Kubernetes' scaleDown stabilizationWindowSeconds).
+    #[arg(long, default_value_t = 300.0)]
+    scale_down_stabilisation_secs: f64,
+}
+
+impl PolicyArgs {
+    /// As the policies take them.
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            spare: self.spare,
+            target_utilisation: self.target_utilisation,
+            queue_target: self.queue_target,
+            kpa_concurrency: self.kpa_concurrency,
+            scale_down_stabilisation_secs: self.scale_down_stabilisation_secs,
+        }
+    }
 }
 
 fn table(outs: &[Outcome], slo_ms: f64) -> String {
@@ -107,7 +145,10 @@ fn table(outs: &[Outcome], slo_ms: f64) -> String {
 
 /// Runs `inferd autoscale simulate`.
 pub(crate) fn run(cmd: AutoscaleCommand) -> Result<()> {
-    let AutoscaleCommand::Simulate(a) = cmd;
+    let a = match cmd {
+        AutoscaleCommand::Simulate(a) => a,
+        AutoscaleCommand::Control(c) => return crate::autoscale_control::run(c),
+    };
     if !(a.slo_ms.is_finite() && a.slo_ms > 0.0) {
         anyhow::bail!("--slo-ms: must be a positive number of milliseconds");
     }
@@ -131,14 +172,7 @@ pub(crate) fn run(cmd: AutoscaleCommand) -> Result<()> {
         }
         None => ServiceProfile::default(),
     };
-    let settings = Settings {
-        min_replicas: a.min_replicas,
-        max_replicas: a.max_replicas,
-        spare: a.spare,
-        target_utilisation: a.target_utilisation,
-        queue_target: a.queue_target,
-        kpa_concurrency: a.kpa_concurrency,
-    };
+    let settings = a.settings.settings();
     let policies = a
         .policies
         .iter()
@@ -148,6 +182,8 @@ pub(crate) fn run(cmd: AutoscaleCommand) -> Result<()> {
         slo_secs: a.slo_ms / 1e3,
         cold_start_wait_secs: a.cold_start_wait_secs,
         seed: a.seed,
+        per_second: a.per_second,
+        initial_replicas: a.initial_replicas,
         ..SimConfig::default()
     };
     // Policies replay side by side, one thread each.

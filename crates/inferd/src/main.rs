@@ -4,6 +4,7 @@
 
 mod alloc;
 mod autoscale_cli;
+mod autoscale_control;
 mod health;
 mod remote;
 mod route_cli;
