@@ -79,6 +79,9 @@ pub struct LoadRequest<'a> {
     pub model_file: PathBuf,
     /// The model's config as written (before auto-complete).
     pub config: &'a ModelConfig,
+    /// The model file's bytes when the safety checks already read it whole: a loader that
+    /// parses from memory takes them instead of reading the file again.
+    pub model_bytes: Option<crate::artifact::FileBytes>,
 }
 
 /// A model format.

@@ -77,8 +77,9 @@ impl Backend for OnnxBackend {
                 }
             }
         }
-        Ok(Arc::new(OnnxModel::load_with_config(
+        Ok(Arc::new(OnnxModel::load_from(
             &req.model_file,
+            req.model_bytes.as_deref(),
             Some(req.config),
         )?))
     }
@@ -147,7 +148,17 @@ impl OnnxModel {
         path: &Path,
         config: Option<&ModelConfig>,
     ) -> Result<Self, BackendError> {
-        let (inference, operators) = load::parse(path, config)?;
+        Self::load_from(path, None, config)
+    }
+
+    /// [`OnnxModel::load_with_config`] from the file's bytes when the caller already read
+    /// them (`path` still locates external data and names the model in errors).
+    pub fn load_from(
+        path: &Path,
+        bytes: Option<&[u8]>,
+        config: Option<&ModelConfig>,
+    ) -> Result<Self, BackendError> {
+        let (inference, operators) = load::parse(path, bytes, config)?;
         let load_err = |e: String| BackendError::Load(operators.explain(&e));
         let mut typed = inference
             .into_typed()

@@ -376,16 +376,20 @@ pub fn unzipped_model(path: &Path) -> Result<Option<Unzipped>, BackendError> {
     }))
 }
 
-/// Parses an ONNX file into an inference model with every input dimension known or symbolic,
-/// and the map from its nodes to their operators.
+/// Parses an ONNX file (from `bytes` when given, its content already read) into an inference
+/// model with every input dimension known or symbolic, and the map from its nodes to their
+/// operators.
 pub fn parse(
     path: &Path,
+    bytes: Option<&[u8]>,
     config: Option<&ModelConfig>,
 ) -> Result<(InferenceModel, Operators), BackendError> {
     let onnx = framework();
-    let mut proto = onnx
-        .proto_model_for_path(path)
-        .map_err(|e| load_err(format!("not a loadable ONNX model: {e:#}")))?;
+    let proto = match bytes {
+        Some(mut b) => onnx.proto_model_for_read(&mut b),
+        None => onnx.proto_model_for_path(path),
+    };
+    let mut proto = proto.map_err(|e| load_err(format!("not a loadable ONNX model: {e:#}")))?;
     for output in unzip_outputs(&mut proto) {
         tracing::warn!(
             model = %path.display(),

@@ -136,7 +136,11 @@ impl Backend for OnnxSelect {
 }
 
 fn tract(req: &LoadRequest<'_>) -> Result<OnnxModel, BackendError> {
-    OnnxModel::load_with_config(&req.model_file, Some(req.config))
+    OnnxModel::load_from(
+        &req.model_file,
+        req.model_bytes.as_deref(),
+        Some(req.config),
+    )
 }
 
 fn auto(

@@ -89,15 +89,20 @@ pub enum Format {
 /// Reads a model file of a given format into a forest.
 pub fn load_forest(path: &Path, format: Format) -> Result<Forest, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    forest_from(&data, format)
+}
+
+/// A model file's content, already read, into a forest.
+pub fn forest_from(data: &[u8], format: Format) -> Result<Forest, String> {
     match format {
         Format::XgboostJson => {
-            let doc: serde_json::Value = serde_json::from_slice(&data)
-                .map_err(|e| format!("not valid XGBoost JSON: {e}"))?;
+            let doc: serde_json::Value =
+                serde_json::from_slice(data).map_err(|e| format!("not valid XGBoost JSON: {e}"))?;
             xgboost::from_json(&doc)
         }
-        Format::XgboostUbj => xgboost::from_json(&xgboost::ubjson(&data)?),
+        Format::XgboostUbj => xgboost::from_json(&xgboost::ubjson(data)?),
         Format::Lightgbm => lightgbm::from_text(
-            std::str::from_utf8(&data).map_err(|_| "not UTF-8 text".to_string())?,
+            std::str::from_utf8(data).map_err(|_| "not UTF-8 text".to_string())?,
         ),
     }
 }
@@ -167,7 +172,12 @@ impl Backend for TreesBackend {
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
         let format = format_for(req.config, &req.model_file).map_err(BackendError::Load)?;
-        let forest = load_forest(&req.model_file, format).map_err(BackendError::Load)?;
+        // The bytes the safety checks read, when they did: the file is read once.
+        let forest = match &req.model_bytes {
+            Some(data) => forest_from(data, format),
+            None => load_forest(&req.model_file, format),
+        }
+        .map_err(BackendError::Load)?;
         let signature = ModelSignature {
             inputs: vec![TensorSpec {
                 name: INPUT.into(),

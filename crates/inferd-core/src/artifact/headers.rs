@@ -116,13 +116,16 @@ struct Cursor<'a> {
     i: usize,
 }
 
+/// What a header check says when the bytes it was given end inside the header.
+pub const PAST_THE_END: &str = "header runs past the end of the file";
+
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self
             .i
             .checked_add(n)
             .filter(|&e| e <= self.b.len())
-            .ok_or("header runs past the end of the file")?;
+            .ok_or(PAST_THE_END)?;
         let s = &self.b[self.i..end];
         self.i = end;
         Ok(s)

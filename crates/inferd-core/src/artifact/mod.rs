@@ -13,8 +13,9 @@ pub mod headers;
 pub mod pickle;
 
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -100,31 +101,91 @@ fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
 pub const PICKLE_ADVICE: &str = "unpickling runs arbitrary code, so inferd never loads it; convert the weights to SafeTensors \
 (safetensors.torch.save_file(model.state_dict(), \"model.safetensors\")) or export the model to ONNX (torch.onnx.export)";
 
+/// A file's bytes as the checks read them, handed on to the loader so the file is read once.
+pub type FileBytes = Arc<[u8]>;
+
+/// Whether the last `n` bytes of `path` hold a zip end-of-central-directory record (a zip
+/// appended to another format, which only a whole read can inspect).
+fn tail_has_zip(file: &mut std::fs::File, len: u64) -> bool {
+    let n = len.min(65_557);
+    let mut tail = Vec::new();
+    let read = file
+        .seek(SeekFrom::Start(len - n))
+        .and_then(|_| file.take(n).read_to_end(&mut tail));
+    // Unreadable: treat as possibly a zip, so the whole read reports the failure.
+    read.is_err() || tail.windows(4).any(|w| w == b"PK\x05\x06")
+}
+
+/// The first `HEAD_BYTES`, then (`whole` of `len` wanted) the rest, with one open: the file's
+/// bytes go through the checks once. Weights that loaders map or read by tensor (a GGUF by its
+/// magic, a `.safetensors` by its name) are checked by their headers alone, unless a zip hides
+/// at their end. Gives (bytes, read whole).
+fn read_for_scan(path: &Path, name: &str, len: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut data = Vec::new();
+    (&mut file).take(HEAD_BYTES).read_to_end(&mut data)?;
+    let weights = data.starts_with(b"GGUF") || name.to_ascii_lowercase().ends_with(".safetensors");
+    let header_only = len > HEAD_BYTES && weights && !tail_has_zip(&mut file, len);
+    let whole = len <= WHOLE_BYTES && !header_only;
+    if whole && len > HEAD_BYTES {
+        file.seek(SeekFrom::Start(data.len() as u64))?;
+        data.reserve_exact((len - data.len() as u64) as usize);
+        file.read_to_end(&mut data)?;
+    }
+    Ok((data, whole))
+}
+
+/// The GGUF header: read in growing prefixes until it parses (a vocabulary makes it megabytes,
+/// the tensors behind it are gigabytes that the loader, not the check, reads).
+fn gguf_header(path: &Path, len: u64) -> Vec<u8> {
+    let mut n = (1u64 << 20).min(len);
+    loop {
+        let data = read_prefix(path, n).unwrap_or_default();
+        let short = headers::check_gguf(&data, len)
+            .iter()
+            .any(|p| p.contains(headers::PAST_THE_END));
+        if !short || n >= len.min(GGUF_HEAD_BYTES) {
+            return data;
+        }
+        n = (n * 4).min(len.min(GGUF_HEAD_BYTES));
+    }
+}
+
 /// Checks one regular file's content.
 pub fn scan_file(path: &Path) -> Vec<Finding> {
+    scan_file_keeping(path).0
+}
+
+/// Checks one regular file's content; also gives its bytes when they were read whole.
+fn scan_file_keeping(path: &Path) -> (Vec<Finding>, Option<Vec<u8>>) {
     let len = match std::fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) => {
-            return vec![finding(
-                path,
-                FindingKind::Unreadable,
-                format!("cannot read: {e}"),
-            )];
+            return (
+                vec![finding(
+                    path,
+                    FindingKind::Unreadable,
+                    format!("cannot read: {e}"),
+                )],
+                None,
+            );
         }
     };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let whole = len <= WHOLE_BYTES;
-    let data = match read_prefix(path, if whole { len } else { HEAD_BYTES }) {
+    let (data, whole) = match read_for_scan(path, &name, len) {
         Ok(d) => d,
         Err(e) => {
-            return vec![finding(
-                path,
-                FindingKind::Unreadable,
-                format!("cannot read: {e}"),
-            )];
+            return (
+                vec![finding(
+                    path,
+                    FindingKind::Unreadable,
+                    format!("cannot read: {e}"),
+                )],
+                None,
+            );
         }
     };
     let head = &data[..data.len().min(HEAD_BYTES as usize)];
@@ -135,7 +196,7 @@ pub fn scan_file(path: &Path) -> Vec<Finding> {
             FindingKind::Pickle,
             format!("{} — {PICKLE_ADVICE}", k.describe()),
         ));
-        return out;
+        return (out, None);
     }
     let lower = name.to_ascii_lowercase();
     if lower.ends_with(".safetensors") {
@@ -154,7 +215,7 @@ pub fn scan_file(path: &Path) -> Vec<Finding> {
         let gguf_head = if whole {
             data.clone()
         } else {
-            read_prefix(path, GGUF_HEAD_BYTES).unwrap_or_default()
+            gguf_header(path, len)
         };
         for p in headers::check_gguf(&gguf_head, len) {
             out.push(finding(path, FindingKind::Gguf, p));
@@ -183,18 +244,31 @@ pub fn scan_file(path: &Path) -> Vec<Finding> {
             )),
         }
     }
-    out
+    (out, whole.then_some(data))
 }
 
 /// Checks every file under `dir` (symlinks must stay inside `root`; they are not followed).
 pub fn scan_tree(dir: &Path, root: &Path) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let root_real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    walk(dir, &root_real, 0, &mut out);
-    out
+    scan_tree_keeping(dir, root, None).0
 }
 
-fn walk(path: &Path, root: &Path, depth: usize, out: &mut Vec<Finding>) {
+/// [`scan_tree`], also giving the bytes of `keep` (the model file the loader will read) when
+/// the checks read it whole, so the loader need not read it again.
+pub fn scan_tree_keeping(
+    dir: &Path,
+    root: &Path,
+    keep: Option<&Path>,
+) -> (Vec<Finding>, Option<FileBytes>) {
+    let mut out = Vec::new();
+    let root_real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut kept = None;
+    walk(dir, &root_real, 0, &mut out, (keep, &mut kept));
+    (out, kept)
+}
+
+type Keep<'a, 'b> = (Option<&'a Path>, &'b mut Option<FileBytes>);
+
+fn walk(path: &Path, root: &Path, depth: usize, out: &mut Vec<Finding>, keep: Keep<'_, '_>) {
     if depth > 32 {
         out.push(finding(
             path,
@@ -240,12 +314,26 @@ fn walk(path: &Path, root: &Path, depth: usize, out: &mut Vec<Finding>) {
         };
         let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         entries.sort();
+        let (want, kept) = keep;
         for e in entries {
-            walk(&e, root, depth + 1, out);
+            walk(&e, root, depth + 1, out, (want, &mut *kept));
         }
     } else if meta.is_file() {
-        out.extend(scan_file(path));
+        let (findings, data) = scan_file_keeping(path);
+        out.extend(findings);
+        let (want, kept) = keep;
+        if want == Some(path) {
+            *kept = data.map(Arc::from);
+        }
     }
+}
+
+/// sha256 of bytes, lowercase hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// sha256 of a file, lowercase hex.
@@ -270,6 +358,17 @@ pub fn check_pins<'a>(
     params: impl IntoIterator<Item = (&'a String, &'a String)>,
     within: Option<&Path>,
 ) -> Vec<Finding> {
+    check_pins_known(model_dir, params, within, None)
+}
+
+/// [`check_pins`], hashing `known`'s bytes (a file the checks already read) instead of
+/// reading that file again.
+pub fn check_pins_known<'a>(
+    model_dir: &Path,
+    params: impl IntoIterator<Item = (&'a String, &'a String)>,
+    within: Option<&Path>,
+    known: Option<(&Path, &[u8])>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     for (key, want) in params {
         let Some(rel) = key.strip_prefix("sha256:") else {
@@ -287,7 +386,11 @@ pub fn check_pins<'a>(
         if within.is_some_and(|w| !file.starts_with(w)) {
             continue;
         }
-        match sha256_file(&file) {
+        let digest = match known {
+            Some((path, bytes)) if path == file => Ok(sha256_hex(bytes)),
+            _ => sha256_file(&file),
+        };
+        match digest {
             Ok(got) if got.eq_ignore_ascii_case(want.trim()) => {}
             Ok(got) => out.push(finding(
                 &file,
@@ -353,5 +456,75 @@ mod tests {
                 .message
                 .contains("inside the model folder")
         );
+    }
+
+    #[test]
+    fn the_model_files_bytes_are_kept_for_the_loader_and_pins_use_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path().join("m/1");
+        std::fs::create_dir_all(&v).unwrap();
+        let body = br#"{"learner": {}}"#;
+        std::fs::write(v.join("model.json"), body).unwrap();
+        std::fs::write(v.join("labels.txt"), b"a\nb\n").unwrap();
+        let keep = v.join("model.json");
+        let (f, kept) = scan_tree_keeping(&v, dir.path(), Some(&keep));
+        assert!(f.is_empty(), "{f:?}");
+        assert_eq!(kept.as_deref(), Some(&body[..]));
+        let (_, none) = scan_tree_keeping(&v, dir.path(), None);
+        assert!(none.is_none());
+        // The pin is checked against the kept bytes: a pin of other content fails although
+        // the file on disk is what it says (the loader parses the bytes that were checked).
+        let key = "sha256:1/model.json".to_string();
+        let good = sha256_hex(body);
+        let params = [(key.clone(), good.clone())];
+        let pins = |bytes: &[u8]| {
+            check_pins_known(
+                &dir.path().join("m"),
+                params.iter().map(|(k, v)| (k, v)),
+                Some(&v),
+                Some((&keep, bytes)),
+            )
+        };
+        assert!(pins(body).is_empty());
+        assert_eq!(pins(b"other")[0].kind, FindingKind::Digest);
+    }
+
+    fn gguf_file(data: usize, tail: &[u8]) -> Vec<u8> {
+        let mut f = b"GGUF".to_vec();
+        f.extend_from_slice(&3u32.to_le_bytes());
+        f.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        f.extend_from_slice(&0u64.to_le_bytes()); // metadata entries
+        f.extend_from_slice(&1u64.to_le_bytes());
+        f.push(b'w');
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&((data / 4) as u64).to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes()); // F32
+        f.extend_from_slice(&0u64.to_le_bytes());
+        while !f.len().is_multiple_of(32) {
+            f.push(0);
+        }
+        f.extend(std::iter::repeat_n(0u8, data));
+        f.extend_from_slice(tail);
+        f
+    }
+
+    #[test]
+    fn a_gguf_is_checked_by_its_header_without_reading_its_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, gguf_file(1 << 20, b"")).unwrap();
+        let (f, kept) = scan_tree_keeping(dir.path(), dir.path(), Some(&path));
+        assert!(f.is_empty(), "{f:?}");
+        assert!(kept.is_none(), "a GGUF is not read whole");
+        // A header that claims more than the file holds is still found.
+        let mut bad = gguf_file(1 << 20, b"");
+        bad.truncate(200_000);
+        std::fs::write(&path, &bad).unwrap();
+        let f = scan_file(&path);
+        assert_eq!(f[0].kind, FindingKind::Gguf, "{f:?}");
+        // A zip appended to a GGUF is read whole, so what it hides is inspected.
+        std::fs::write(&path, gguf_file(1 << 20, b"PK\x05\x06")).unwrap();
+        let (_, kept) = scan_tree_keeping(dir.path(), dir.path(), Some(&path));
+        assert!(kept.is_some());
     }
 }

@@ -212,15 +212,30 @@ impl Engine {
             );
         }
         let phase_start = std::time::Instant::now();
-        // Safety before anything is interpreted, and before the backend is chosen, so a pickle
+        // The backend and its file name are known from the config and the folder's names (no
+        // content read), so the checks can keep the model file's bytes for the loader.
+        let picked = self.pick_backend(&cfg, dir);
+        let model_file = picked.as_ref().ok().map(|backend| {
+            dir.join(if cfg.default_model_filename.is_empty() {
+                backend.default_model_filename(&cfg, dir)
+            } else {
+                cfg.default_model_filename.clone()
+            })
+        });
+        // Safety before anything is interpreted, and before a backend is required, so a pickle
         // is refused as a pickle even for a backend this build lacks (`pytorch_libtorch`,
         // `python`): escaping links or external data, malformed headers, pinned digests.
-        let mut findings = crate::artifact::scan_tree(dir, &self.inner.opts.repository);
+        let (mut findings, model_bytes) = crate::artifact::scan_tree_keeping(
+            dir,
+            &self.inner.opts.repository,
+            model_file.as_deref(),
+        );
         if let Some(model_dir) = dir.parent() {
-            findings.extend(crate::artifact::check_pins(
+            findings.extend(crate::artifact::check_pins_known(
                 model_dir,
                 cfg.parameters.iter().map(|(k, v)| (k, &v.string_value)),
                 Some(dir),
+                model_file.as_deref().zip(model_bytes.as_deref()),
             ));
         }
         if !findings.is_empty() {
@@ -235,7 +250,7 @@ impl Engine {
         }
         let checks = phase_start.elapsed();
         let phase_start = std::time::Instant::now();
-        let backend = self.pick_backend(&cfg, dir)?;
+        let backend = picked?;
         if cfg.wants_gpu()
             && let Some(why) = backend.gpu_unsupported()
         {
@@ -244,12 +259,7 @@ impl Engine {
             )
             .into());
         }
-        let file_name = if cfg.default_model_filename.is_empty() {
-            backend.default_model_filename(&cfg, dir)
-        } else {
-            cfg.default_model_filename.clone()
-        };
-        let model_file = dir.join(&file_name);
+        let model_file = model_file.unwrap_or_default();
         if !model_file.exists() {
             return Err(format!("model file '{}' not found", model_file.display()).into());
         }
@@ -260,6 +270,7 @@ impl Engine {
                 version_dir: dir,
                 model_file: model_file.clone(),
                 config: &cfg,
+                model_bytes,
             })
             .map_err(|e| {
                 let reason = format!("{}: {e}", model_file.display());
