@@ -69,8 +69,8 @@ fn client_mistakes_are_precise_4xx_and_change_nothing() {
     let s = Server::start(repo.path(), &["--http-max-body-bytes", "100000"]);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("/v2/models/simple_mlp/infer", b"{oops".to_vec(), 400, "malformed"),
-        ("/v2/models/nope/infer", mlp_request(1).to_string().into_bytes(), 404, "unknown model 'nope'"),
-        ("/v2/models/simple_mlp/versions/9/infer", mlp_request(1).to_string().into_bytes(), 404, "no version 9"),
+        ("/v2/models/nope/infer", mlp_request(1).to_string().into_bytes(), 404, "Request for unknown model: 'nope' is not found"),
+        ("/v2/models/simple_mlp/versions/9/infer", mlp_request(1).to_string().into_bytes(), 404, "Request for unknown model: 'simple_mlp' version 9 is not found"),
         ("/v2/models/simple_mlp/versions/x/infer", mlp_request(1).to_string().into_bytes(), 400, "invalid model version"),
         ("/v2/models/simple_mlp/infer", mlp_request(65).to_string().into_bytes(), 400, "exceeds max_batch_size 64"),
         (

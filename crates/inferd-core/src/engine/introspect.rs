@@ -56,11 +56,11 @@ impl Engine {
         if let Some(m) = model {
             let entry = models
                 .get(m)
-                .ok_or_else(|| Error::NotFound(format!("unknown model '{m}'")))?;
+                .ok_or_else(|| Error::NotFound(super::routing::unknown_model(m)))?;
             if let Some(v) = version
                 && !entry.versions.contains_key(&v)
             {
-                return Err(Error::NotFound(format!("model '{m}' has no version {v}")));
+                return Err(Error::NotFound(super::routing::unknown_version(m, v)));
             }
         }
         let mut out = Vec::new();

@@ -153,20 +153,19 @@ impl Engine {
     pub fn route(&self, model: &str, version: Option<u64>) -> Result<InflightGuard> {
         let models = self.inner.models.read().map_err(lock_err)?;
         let Some(entry) = models.get(model) else {
-            return Err(Error::NotFound(format!("unknown model '{model}'")));
+            return Err(Error::NotFound(unknown_model(model)));
         };
         let pick = match version {
             Some(v) => match entry.versions.get(&v) {
                 None => {
-                    return Err(Error::NotFound(format!(
-                        "model '{model}' has no version {v}"
-                    )));
+                    return Err(Error::NotFound(unknown_version(model, v)));
                 }
                 Some(e) => match (&e.state, &e.runner) {
                     (VersionState::Ready, Some(r)) => r,
                     _ => {
                         let msg = format!(
-                            "model '{model}' version {v} is not ready ({}{})",
+                            "Request for unknown model: '{model}' version {v} is not at ready \
+                             state; model '{model}' is not ready ({}{})",
                             e.state.as_str(),
                             if e.reason.is_empty() {
                                 String::new()
@@ -216,7 +215,10 @@ impl Engine {
                             states.join("; ")
                         }
                     });
-                    let msg = format!("model '{model}' is not ready: {why}");
+                    let msg = format!(
+                        "Request for unknown model: '{model}' has no available versions; \
+                         model '{model}' is not ready: {why}"
+                    );
                     return Err(if loading {
                         Error::Unavailable(msg)
                     } else {
@@ -227,6 +229,17 @@ impl Engine {
         };
         Ok(pick.begin())
     }
+}
+
+/// The text Triton's clients match on for a model the server does not know (its own
+/// wording, kept so their checks pass).
+pub(crate) fn unknown_model(model: &str) -> String {
+    format!("Request for unknown model: '{model}' is not found")
+}
+
+/// The same for a version the model does not have.
+pub(crate) fn unknown_version(model: &str, version: u64) -> String {
+    format!("Request for unknown model: '{model}' version {version} is not found")
 }
 
 fn respond(
