@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from client_loops import assert_served_cleanly, clients_running, wait_for_only_version
 from inferd_testlib import (
@@ -183,6 +184,26 @@ def test_serving_from_s3_swaps_versions_under_load_and_rides_out_a_store_outage(
     assert "object store reachable again" in logs
     assert_served_cleanly(loops, {1, 2, 3}, lambda v: expected[weights_of(v)])
     assert not leftovers(cache), f"temporary files left in the cache: {leftovers(cache)}"
+
+
+def test_a_start_from_object_storage_reports_its_fetch_phase(inferd_server_factory, store, tmp_path):
+    prefix, model = "fetchphase", "s3_fetch"
+    put(store, f"{prefix}/{model}/config.pbtxt", mlp_config(model).encode())
+    put_mlp_version(store, prefix, model, 1)
+    server = inferd_server_factory(
+        f"s3://{BUCKET}/{prefix}", "--model-cache-dir", str(tmp_path / "cache"), env=store.env()
+    )
+    page = requests.get(f"{server.http_base}/metrics", timeout=10).text
+    phases = {
+        m.group(2): float(m.group(3))
+        for m in re.finditer(r'^inferd_model_start_seconds\{([^}]*phase="(\w+)"[^}]*)\} (\S+)', page, re.M)
+        if f'model="{model}"' in m.group(1)
+    }
+    assert set(phases) == {"fetch", "checks", "load", "warmup"}, page
+    assert phases["fetch"] > 0, phases
+    logs = server.stdout_path.read_text() + server.stderr_path.read_text()
+    line = re.search(rf"start phases model={model} version=1 fetch_ms=(\S+)", logs)
+    assert line and float(line.group(1)) > 0, logs[-2000:]
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ pub struct SyncReport {
     /// Units (models, versions, files) that could not be brought in step, with the reason; the
     /// local copy keeps its previous state for them.
     pub failed: Vec<(String, StoreError)>,
+    /// Time spent fetching each model that was fetched (whole, a version or files), by model.
+    pub fetched: Vec<(String, std::time::Duration)>,
 }
 
 /// A local folder kept in step with a remote repository.
@@ -182,22 +184,33 @@ impl Mirror {
                 .map(|(k, s)| (k.clone(), s.size))
                 .collect()
         };
+        let timed = |report: &mut SyncReport, m: &str, t: std::time::Instant, ok: bool| {
+            if ok {
+                report.fetched.push((m.to_string(), t.elapsed()));
+            }
+        };
         for m in &plan.new_models {
             let keys = keys_where(&|k| model_of(k) == m);
+            let t = std::time::Instant::now();
             let r = self.fetch_model(m, &keys, progress).await;
+            timed(report, m, t, r.is_ok());
             self.settle(m, r, remote, local, report, |k| model_of(k) == m);
         }
         for (m, v) in &plan.fetch_versions {
             let unit = Place::Version(m.clone(), *v);
             let keys = keys_where(&|k| place(k).as_ref() == Some(&unit));
+            let t = std::time::Instant::now();
             let r = self.fetch_version(m, *v, &keys, progress).await;
+            timed(report, m, t, r.is_ok());
             self.settle(&format!("{m}/{v}"), r, remote, local, report, |k| {
                 place(k).as_ref() == Some(&unit)
             });
         }
         for key in &plan.fetch_files {
             let size = remote.get(key).map_or(0, |s| s.size);
+            let t = std::time::Instant::now();
             let r = self.fetch_file(key, size, progress).await;
+            timed(report, model_of(key), t, r.is_ok());
             self.settle(key, r, remote, local, report, |k| k == key);
         }
         for (m, v) in &plan.remove_versions {

@@ -348,9 +348,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
     // A signal during startup loading ends the server without waiting for the loads.
     let startup = async {
         if let Some(m) = mirror {
-            remote::first_sync(&m).await?;
+            remote::first_sync(&m, &engine).await?;
             if a.model_control_mode != inferd_core::ControlMode::None {
-                tokio::spawn(remote::follow(m, poll));
+                tokio::spawn(remote::follow(m, poll, engine.clone()));
             }
         }
         match &a.state_store {

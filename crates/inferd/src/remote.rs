@@ -46,12 +46,20 @@ fn log_failures(report: &SyncReport, seen: &mut BTreeSet<String>) {
     *seen = now;
 }
 
+/// Each fetched model's download time becomes the `fetch` phase of its next start.
+fn record_fetches(report: &SyncReport, engine: &inferd_core::Engine) {
+    for (model, took) in &report.fetched {
+        engine.record_fetch(model, *took);
+    }
+}
+
 /// The first sync, before any model loads: a store that cannot be listed is a startup error
 /// naming the URL and the cause.
-pub(crate) async fn first_sync(m: &Mirror) -> Result<()> {
+pub(crate) async fn first_sync(m: &Mirror, engine: &inferd_core::Engine) -> Result<()> {
     let t = std::time::Instant::now();
     let report = m.sync(&Silent).await?;
     log_failures(&report, &mut BTreeSet::new());
+    record_fetches(&report, engine);
     tracing::info!(
         url = m.url(),
         cache = %m.root().display(),
@@ -65,7 +73,7 @@ pub(crate) async fn first_sync(m: &Mirror) -> Result<()> {
 /// Keeps the copy in step every `interval`. An outage leaves the copy, and so every model,
 /// as it is; it is logged once, retried with backoff (doubling to a minute), and its end is
 /// logged once.
-pub(crate) async fn follow(m: Mirror, interval: Duration) {
+pub(crate) async fn follow(m: Mirror, interval: Duration, engine: inferd_core::Engine) {
     let mut failing: Option<String> = None;
     let mut wait = interval;
     let mut seen = BTreeSet::new();
@@ -84,6 +92,7 @@ pub(crate) async fn follow(m: Mirror, interval: Duration) {
                     );
                 }
                 log_failures(&report, &mut seen);
+                record_fetches(&report, &engine);
                 wait = interval;
             }
             Err(e) => {

@@ -298,22 +298,39 @@ impl Engine {
         let phase_start = std::time::Instant::now();
         warmup::run(name, &cfg, loaded.as_ref(), dir)?;
         let warm = phase_start.elapsed();
+        if cfg.response_cache.as_ref().is_some_and(|c| c.enable) && self.inner.cache.is_none() {
+            tracing::warn!(
+                model = %name,
+                version,
+                "response_cache is enabled but the server has no cache \
+                 (--cache-config local,size=BYTES): requests are not cached"
+            );
+        }
         let runner_opts = RunnerOptions {
             default_queue: self.inner.opts.queue_capacity,
             budget: self.inner.budget.clone(),
             idle_spin: self.inner.opts.executor_spin,
+            cache: self.inner.cache.clone(),
         };
         let runner = VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
             .map_err(|e| LoadFailure::server(e.to_string()))?;
+        // Object storage: the time its files took to fetch since the model last loaded.
+        let fetch = self.take_fetch(name);
         tracing::info!(
             model = %name,
             version,
+            fetch_ms = fetch.map_or(0.0, |f| f.as_secs_f64() * 1e3),
             checks_ms = checks.as_secs_f64() * 1e3,
             load_ms = load.as_secs_f64() * 1e3,
             warmup_ms = warm.as_secs_f64() * 1e3,
             "start phases"
         );
-        runner.set_start_phases(vec![("checks", checks), ("load", load), ("warmup", warm)]);
+        let mut phases = Vec::with_capacity(4);
+        if let Some(fetch) = fetch {
+            phases.push(("fetch", fetch));
+        }
+        phases.extend([("checks", checks), ("load", load), ("warmup", warm)]);
+        runner.set_start_phases(phases);
         Ok(runner)
     }
 }

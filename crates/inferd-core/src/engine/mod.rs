@@ -109,6 +109,9 @@ pub struct EngineOptions {
     pub cold_start_wait: Duration,
     /// Requests that may wait so at once; past it they fail at once (503).
     pub cold_start_queue: usize,
+    /// Bytes of the response cache shared by the models whose config enables it
+    /// (`--cache-config local,size=N`); 0: no cache.
+    pub response_cache_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -127,6 +130,7 @@ impl Default for EngineOptions {
             model_load_threads: 0,
             cold_start_wait: Duration::ZERO,
             cold_start_queue: 1024,
+            response_cache_bytes: 0,
         }
     }
 }
@@ -235,6 +239,11 @@ struct Inner {
     settled: tokio::sync::Notify,
     /// Requests waiting for a cold start.
     cold_waiting: std::sync::atomic::AtomicUsize,
+    /// Time spent fetching a model's files (from object storage) since its last load: the
+    /// `fetch` phase of its next start.
+    fetch_times: Mutex<HashMap<String, std::time::Duration>>,
+    /// The response cache (`response_cache_bytes` > 0).
+    cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 /// The inferd engine. Cheap to clone; all clones share state.
@@ -269,6 +278,7 @@ impl Engine {
             0 => threads,
             n => n,
         };
+        let opts_cache_bytes = opts.response_cache_bytes;
         Engine {
             inner: Arc::new(Inner {
                 opts,
@@ -282,6 +292,9 @@ impl Engine {
                 load_slots: Arc::new(tokio::sync::Semaphore::new(load_slots)),
                 settled: tokio::sync::Notify::new(),
                 cold_waiting: std::sync::atomic::AtomicUsize::new(0),
+                fetch_times: Mutex::new(HashMap::new()),
+                cache: (opts_cache_bytes > 0)
+                    .then(|| Arc::new(crate::cache::ResponseCache::new(opts_cache_bytes))),
             }),
         }
     }
@@ -289,6 +302,31 @@ impl Engine {
     /// The options.
     pub fn options(&self) -> &EngineOptions {
         &self.inner.opts
+    }
+
+    /// Records `took` spent fetching `model`'s files (a repository on object storage): the
+    /// `fetch` phase of the model's next start, added to what earlier fetches recorded.
+    pub fn record_fetch(&self, model: &str, took: std::time::Duration) {
+        let mut times = self
+            .inner
+            .fetch_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *times.entry(model.to_string()).or_default() += took;
+    }
+
+    /// What the response cache holds (None: the server has none).
+    pub fn cache_usage(&self) -> Option<crate::cache::CacheUsage> {
+        self.inner.cache.as_ref().map(|c| c.usage())
+    }
+
+    /// Takes what [`Engine::record_fetch`] recorded for `model`.
+    pub(crate) fn take_fetch(&self, model: &str) -> Option<std::time::Duration> {
+        self.inner
+            .fetch_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(model)
     }
 
     /// Loads the startup models and, in poll mode, starts following the repository. Returns when
