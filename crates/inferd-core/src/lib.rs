@@ -22,6 +22,7 @@ pub mod artifact;
 pub mod assembly;
 pub mod backend;
 pub mod batching;
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;

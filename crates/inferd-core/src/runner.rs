@@ -26,6 +26,8 @@ pub struct RunnerOptions {
     pub budget: Arc<ComputeBudget>,
     /// How long idle executors poll before sleeping.
     pub idle_spin: std::time::Duration,
+    /// The server's response cache, used by versions whose config enables it.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 /// A running model version.
@@ -44,6 +46,8 @@ pub struct VersionRunner {
     load_ns: std::sync::atomic::AtomicU64,
     /// The load's phases (artifact checks, backend load, warm-up) and how long each took.
     start_phases: Mutex<Vec<(&'static str, std::time::Duration)>>,
+    /// The response cache, when the server has one and the config enables it.
+    cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl std::fmt::Debug for VersionRunner {
@@ -115,6 +119,10 @@ impl VersionRunner {
                 })?;
             threads.push(handle);
         }
+        let cache = opts
+            .cache
+            .clone()
+            .filter(|_| config.response_cache.as_ref().is_some_and(|c| c.enable));
         Ok(Arc::new(VersionRunner {
             model: model_name.to_string(),
             version,
@@ -128,6 +136,7 @@ impl VersionRunner {
             idle: Notify::new(),
             load_ns: std::sync::atomic::AtomicU64::new(0),
             start_phases: Mutex::new(Vec::new()),
+            cache,
         }))
     }
 
@@ -188,9 +197,55 @@ impl VersionRunner {
         spin: std::time::Duration,
     ) -> Result<Vec<NamedTensor>> {
         let start = Instant::now();
+        let key = match self.cached(&req, start) {
+            Ok(outputs) => return Ok(outputs),
+            Err(key) => key,
+        };
         let r = self.infer_unrecorded(req, spin).await;
+        self.remember(key, &r);
         self.record(start, &r);
         r
+    }
+
+    /// The cached response to `req` (counted as a hit), or the key to store its response
+    /// under (None: no cache).
+    fn cached(
+        &self,
+        req: &PreparedRequest,
+        start: Instant,
+    ) -> std::result::Result<Vec<NamedTensor>, Option<(crate::cache::Key, std::time::Duration)>>
+    {
+        let Some(cache) = &self.cache else {
+            return Err(None);
+        };
+        let key = crate::cache::key(&self.model, self.version, req);
+        match cache.get(&key) {
+            Some(outputs) => {
+                let took = start.elapsed();
+                if let Ok(mut s) = self.stats.lock() {
+                    s.infer.cache_hit.add(took);
+                }
+                self.record(start, &Ok(Vec::new()));
+                Ok(outputs)
+            }
+            None => Err(Some((key, start.elapsed()))),
+        }
+    }
+
+    /// Stores a computed response and counts the miss (its lookup and insertion time).
+    fn remember(
+        &self,
+        key: Option<(crate::cache::Key, std::time::Duration)>,
+        r: &Result<Vec<NamedTensor>>,
+    ) {
+        let (Some(cache), Some((key, lookup)), Ok(outputs)) = (&self.cache, key, r) else {
+            return;
+        };
+        let t = Instant::now();
+        cache.put(key, outputs);
+        if let Ok(mut s) = self.stats.lock() {
+            s.infer.cache_miss.add(lookup + t.elapsed());
+        }
     }
 
     async fn infer_unrecorded(
@@ -263,7 +318,12 @@ impl VersionRunner {
         spin: std::time::Duration,
     ) -> Result<Vec<NamedTensor>> {
         let start = Instant::now();
+        let key = match self.cached(&req, start) {
+            Ok(outputs) => return Ok(outputs),
+            Err(key) => key,
+        };
         let r = self.infer_blocking_unrecorded(req, spin);
+        self.remember(key, &r);
         self.record(start, &r);
         r
     }

@@ -142,7 +142,7 @@ pub struct StatDuration {
 }
 
 impl StatDuration {
-    fn add(&mut self, d: Duration) {
+    pub(crate) fn add(&mut self, d: Duration) {
         self.count += 1;
         self.ns += d.as_nanos().min(u64::MAX as u128) as u64;
     }
@@ -163,6 +163,10 @@ pub struct InferStats {
     pub compute_infer: StatDuration,
     /// Preparing outputs.
     pub compute_output: StatDuration,
+    /// Requests answered from the response cache (lookup time).
+    pub cache_hit: StatDuration,
+    /// Requests the cache did not have (lookup plus insertion time).
+    pub cache_miss: StatDuration,
 }
 
 /// Statistics for one executed batch size.

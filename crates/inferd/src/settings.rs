@@ -148,6 +148,10 @@ pub(crate) struct ServeArgs {
     /// Requests that may wait for a cold start at once; more get 503 at once.
     #[arg(long, env = "INFERD_COLD_START_QUEUE", default_value_t = 1024)]
     pub(crate) cold_start_queue: usize,
+    /// The response cache, as Triton writes it: `local,size=BYTES` (shared by the models whose
+    /// config sets `response_cache { enable: true }`).
+    #[arg(long, env = "INFERD_CACHE_CONFIG")]
+    pub(crate) cache_config: Option<String>,
     /// Microseconds an idle executor polls its queue before sleeping: lower latency at low load
     /// for some CPU (0 turns it off).
     #[arg(long, env = "INFERD_EXECUTOR_SPIN_US", default_value_t = 100)]
@@ -435,6 +439,11 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         model_load_threads: a.model_load_threads,
         cold_start_wait: seconds(a, "cold-start-wait-secs", a.cold_start_wait_secs, 0.0)?,
         cold_start_queue: a.cold_start_queue,
+        response_cache_bytes: match &a.cache_config {
+            Some(text) => inferd_core::cache::parse_config(text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.origin("cache-config")))?,
+            None => 0,
+        },
         executor_spin: Duration::from_micros(a.executor_spin_us),
         reclaim_memory: Some(crate::alloc::reclaim),
         unload_timeout: seconds(

@@ -47,6 +47,18 @@ pub struct ModelConfig {
     /// Optimization settings (execution accelerators).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optimization: Option<Optimization>,
+    /// The response cache (`response_cache { enable: true }`), used when the server has one
+    /// (`--cache-config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_cache: Option<ResponseCacheConfig>,
+}
+
+/// Triton's `response_cache` message.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResponseCacheConfig {
+    /// Whether identical requests are answered from the cache.
+    pub enable: bool,
 }
 
 /// Triton's `optimization` message; inferd reads its execution accelerators.

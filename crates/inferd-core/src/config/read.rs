@@ -162,13 +162,8 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
         t.finish(&mut cx);
     }
     if let Some(mut c) = r.message(&mut cx, "response_cache") {
-        if let Some((true, pos)) = c.bool_at(&mut cx, "enable") {
-            cx.error(
-                pos,
-                &c.path("enable"),
-                "inferd does not implement the response cache yet; the model is not loaded \
-                 (remove the field, or set enable: false)",
-            );
+        if let Some((enable, _)) = c.bool_at(&mut cx, "enable") {
+            cfg.response_cache = Some(crate::config::model::ResponseCacheConfig { enable });
         }
         c.finish(&mut cx);
     }

@@ -148,7 +148,6 @@ fn fields_whose_semantics_inferd_lacks_are_refused_by_name() {
             "model_transaction_policy { decoupled: true }",
             "model_transaction_policy.decoupled",
         ),
-        ("response_cache { enable: true }", "response_cache.enable"),
     ] {
         let errs = parse(&format!("name: \"m\"\n{text}")).unwrap_err();
         let e: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
@@ -162,6 +161,9 @@ fn fields_whose_semantics_inferd_lacks_are_refused_by_name() {
     // Switched off, they mean nothing and load.
     let p = parse("name: \"m\"\nmodel_transaction_policy { decoupled: false }\nresponse_cache { enable: false }").unwrap();
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    // The response cache is read (and used when the server has one).
+    let p = parse("name: \"m\"\nresponse_cache { enable: true }").unwrap();
+    assert_eq!(p.config.response_cache.map(|c| c.enable), Some(true));
 }
 
 #[test]

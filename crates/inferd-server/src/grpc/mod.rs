@@ -360,8 +360,8 @@ impl GrpcInferenceService for InferenceService {
                     compute_input: stat(s.infer.compute_input),
                     compute_infer: stat(s.infer.compute_infer),
                     compute_output: stat(s.infer.compute_output),
-                    cache_hit: stat(Default::default()),
-                    cache_miss: stat(Default::default()),
+                    cache_hit: stat(s.infer.cache_hit),
+                    cache_miss: stat(s.infer.cache_miss),
                 }),
                 batch_stats: s
                     .batches

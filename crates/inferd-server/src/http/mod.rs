@@ -342,7 +342,6 @@ fn dur(d: StatDuration) -> Value {
 
 /// Statistics in Triton's JSON shape.
 pub fn stats_json(rows: &[(String, u64, VersionStats)]) -> Value {
-    let zero = StatDuration::default();
     let model_stats: Vec<Value> = rows
         .iter()
         .map(|(name, version, s)| {
@@ -359,8 +358,8 @@ pub fn stats_json(rows: &[(String, u64, VersionStats)]) -> Value {
                     "compute_input": dur(s.infer.compute_input),
                     "compute_infer": dur(s.infer.compute_infer),
                     "compute_output": dur(s.infer.compute_output),
-                    "cache_hit": dur(zero),
-                    "cache_miss": dur(zero),
+                    "cache_hit": dur(s.infer.cache_hit),
+                    "cache_miss": dur(s.infer.cache_miss),
                 },
                 "batch_stats": s.batches.iter().map(|(b, bs)| json!({
                     "batch_size": b,
