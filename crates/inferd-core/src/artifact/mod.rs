@@ -158,18 +158,19 @@ pub fn scan_file(path: &Path) -> Vec<Finding> {
 
 /// Checks one regular file's content; also gives its bytes when they were read whole.
 fn scan_file_keeping(path: &Path) -> (Vec<Finding>, Option<Vec<u8>>) {
+    let unreadable = |e: std::io::Error| {
+        (
+            vec![finding(
+                path,
+                FindingKind::Unreadable,
+                format!("cannot read: {e}"),
+            )],
+            None,
+        )
+    };
     let len = match std::fs::metadata(path) {
         Ok(m) => m.len(),
-        Err(e) => {
-            return (
-                vec![finding(
-                    path,
-                    FindingKind::Unreadable,
-                    format!("cannot read: {e}"),
-                )],
-                None,
-            );
-        }
+        Err(e) => return unreadable(e),
     };
     let name = path
         .file_name()
@@ -177,16 +178,7 @@ fn scan_file_keeping(path: &Path) -> (Vec<Finding>, Option<Vec<u8>>) {
         .unwrap_or_default();
     let (data, whole) = match read_for_scan(path, &name, len) {
         Ok(d) => d,
-        Err(e) => {
-            return (
-                vec![finding(
-                    path,
-                    FindingKind::Unreadable,
-                    format!("cannot read: {e}"),
-                )],
-                None,
-            );
-        }
+        Err(e) => return unreadable(e),
     };
     let head = &data[..data.len().min(HEAD_BYTES as usize)];
     let mut out = Vec::new();
