@@ -53,6 +53,19 @@ def test_the_forecast_policy_wins_on_a_predictable_spike_and_the_plot_is_drawn(i
     assert int.from_bytes(png[20:24], "big") == 360 * len(policies)
 
 
+def test_the_forecast_policy_meets_its_targets_on_the_diurnal_trace(inferd_bin):
+    r = simulate(inferd_bin, "--trace", "diurnal", "--policy", "cpu-hpa", "--policy", "queue-hpa",
+                 "--policy", "forecast", "--slo-ms", "500", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    out = {o["policy"]: o for o in json.loads(r.stdout)}
+    f, cpu, queue = out["forecast"], out["cpu-hpa"], out["queue-hpa"]
+    # >= 10x fewer violations than CPU-HPA (which buys its few with far more replicas) and
+    # >= 2x fewer than queue-HPA, at <= 1.2x their replica-hours.
+    assert f["slo_violations"] * 10 <= cpu["slo_violations"] or f["slo_violations"] == 0, (f, cpu)
+    assert f["slo_violations"] * 2 <= queue["slo_violations"], (f, queue)
+    assert f["replica_hours"] <= 1.2 * min(cpu["replica_hours"], queue["replica_hours"]), (f, cpu, queue)
+
+
 @pytest.mark.parametrize("trace", ["diurnal", "spike", "bursty"])
 def test_every_shipped_trace_replays_in_both_formats(inferd_bin, trace):
     r = simulate(inferd_bin, "--trace", trace, "--policy", "queue-hpa", "--policy", "forecast", "--format", "json")

@@ -1,7 +1,7 @@
 """The autoscaling simulator checked against a real replica.
 
-A compute-heavy ONNX model (one 1024-wide weight applied 300 times, MatMul + Relu, one request
-at a time, ~30 ms each) is served by the real binary, so the model and not the HTTP path or the
+A compute-heavy ONNX model (one 1024-wide weight applied again and again, MatMul + Relu, one
+request at a time, as many layers as take ~80 ms on this machine, found by a probe) is served by the real binary, so the model and not the HTTP path or the
 load generator sets the pace. Its service figures are measured the way a user would: the
 compute time from the server's own statistics endpoint, the fixed per-request overhead (HTTP,
 parsing) as the sequential latency minus the compute, and the spread of the latencies.
@@ -35,7 +35,11 @@ import requests
 from inferd_testlib import heavy_model
 
 D = 1024
-LAYERS = 300
+PROBE_LAYERS = 50
+# The service time the model is sized for: long enough that the model, not the HTTP path or the
+# Python load generator (which share the two cores), sets the pace. The same layer count ran
+# 24 ms on one machine and over 60 ms on another, so it is sized by a probe on the machine.
+TARGET_SECS = 0.08
 
 
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": [0.01] * D}]})
@@ -96,7 +100,15 @@ def pct(xs: list[float], q: float) -> float:
 
 def test_the_simulator_predicts_a_real_replica_under_poisson_load(inferd_bin, inferd_server_factory, tmp_path):
     repo = tmp_path / "models"
-    heavy_model(repo, D, LAYERS)
+    heavy_model(tmp_path / "probe", D, PROBE_LAYERS)
+    probe = inferd_server_factory(tmp_path / "probe", "--compute-threads", "1")
+    probe_url = f"{probe.http_base}/v2/models/heavy/infer"
+    for _ in range(10):
+        post(probe_url)
+    n, ns = compute_totals(probe.http_base)[1]
+    per_layer = ns / n / 1e9 / PROBE_LAYERS
+    probe.stop()
+    heavy_model(repo, D, max(PROBE_LAYERS, round(TARGET_SECS / per_layer)))
     srv = inferd_server_factory(repo, "--compute-threads", "1")
     url = f"{srv.http_base}/v2/models/heavy/infer"
     # Calibration: sequential requests; the model runs one request at a time (max batch 1).

@@ -158,6 +158,7 @@ mod tests {
             name: "t".into(),
             counts: (0..1200).map(|s| if s > 600 { 60 } else { 10 }).collect(),
             history: 0,
+            instants: Vec::new(),
         };
         let p = ServiceProfile::default();
         let outs: Vec<_> = ["queue-hpa", "forecast"]

@@ -16,7 +16,8 @@
 //!   decision otherwise; scale to zero after 30 s without requests when `min_replicas` is 0.
 //! - `forecast`: inferd's: every 15 s, enough replicas for the larger of the current demand and
 //!   the largest demand forecast within the cold-start time, at the target utilisation of
-//!   capacity, with the HPA's scale-down stabilisation.
+//!   capacity but never fewer than square-root staffing asks (load + sqrt(load) replicas,
+//!   which matters when there are few), with the HPA's scale-down stabilisation.
 //!
 //! Every policy adds `spare` replicas (an over-provisioning buffer) and stays within
 //! `min_replicas..=max_replicas`.
@@ -26,6 +27,10 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, setting};
+
+/// Square-root staffing's safety factor for the forecast policy (Halfin-Whitt: replicas =
+/// load + beta * sqrt(load), here beta = 1).
+const SQRT_STAFFING: f64 = 1.0;
 
 /// The policies by name.
 pub const NAMES: &[&str] = &["cpu-hpa", "queue-hpa", "keda", "kpa", "forecast"];
@@ -379,7 +384,13 @@ impl Policy {
             Kind::Forecast => {
                 let demand = self.arrivals.mean(now, 60.0);
                 let need = o.forecast.map_or(demand, |f| f.max(demand));
-                let wanted = need / (o.capacity * s.target_utilisation);
+                // Offered load in replicas; at the target utilisation, but never fewer than
+                // square-root staffing asks (R + sqrt(R)): with few replicas the arrivals'
+                // relative spread is large and a fixed utilisation leaves too little room
+                // (one replica at 65% misses a 500 ms objective overnight); from a few
+                // replicas up the utilisation target is the larger and rules.
+                let r = need / o.capacity;
+                let wanted = (r / s.target_utilisation).max(r + SQRT_STAFFING * r.sqrt());
                 self.hpa.decide(now, current, wanted, false, window)
             }
         };
@@ -508,8 +519,9 @@ mod tests {
         });
         assert_eq!(
             d,
-            Some(3),
-            "no forecast yet: current demand (1 replica) plus 2 spare"
+            Some(4),
+            "no forecast yet: the current demand (0.4 replicas of load, for which square-root \
+             staffing asks 0.4 + 0.63, so 2) plus 2 spare"
         );
     }
 

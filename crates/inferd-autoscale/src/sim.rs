@@ -333,20 +333,30 @@ pub fn simulate(
         });
     }
     let end = replay.len() as f64;
-    // Arrivals: each second's count spread evenly with jitter, generated one at a time.
+    // Arrivals: each second's count placed uniformly at random within it (a Poisson process
+    // given its count; spacing them evenly would smooth the queueing away), one second at a
+    // time, handed out in order.
+    // A trace that gave its exact instants (and has no history part) is replayed at them.
     let mut second = 0usize;
-    let mut k = 0u32;
-    let next_arrival = |second: &mut usize, k: &mut u32, rng: &mut fastrand::Rng| -> Option<f64> {
-        while *second < replay.len() && *k >= replay[*second] {
-            *second += 1;
-            *k = 0;
-        }
-        let c = *replay.get(*second)?;
-        let t = *second as f64 + (f64::from(*k) + rng.f64()) / f64::from(c);
-        *k += 1;
-        Some(t)
+    let mut pending: Vec<f64> = if trace.history == 0 && !trace.instants.is_empty() {
+        second = replay.len();
+        trace.instants.iter().rev().copied().collect()
+    } else {
+        Vec::new()
     };
-    if let Some(t) = next_arrival(&mut second, &mut k, &mut sim.rng) {
+    let next_arrival =
+        |second: &mut usize, pending: &mut Vec<f64>, rng: &mut fastrand::Rng| -> Option<f64> {
+            while pending.is_empty() {
+                let c = *replay.get(*second)?;
+                let at = *second as f64;
+                pending.extend((0..c).map(|_| at + rng.f64()));
+                // Latest first, so the next arrival pops off the end.
+                pending.sort_unstable_by(|x, y| y.total_cmp(x));
+                *second += 1;
+            }
+            pending.pop()
+        };
+    if let Some(t) = next_arrival(&mut second, &mut pending, &mut sim.rng) {
         sim.push(t, Ev::Arrival);
     }
     sim.push(1.0, Ev::Second);
@@ -364,7 +374,7 @@ pub fn simulate(
                 arrivals_this_second += 1;
                 minute_arrivals += 1;
                 sim.route(now, now);
-                if let Some(t) = next_arrival(&mut second, &mut k, &mut sim.rng) {
+                if let Some(t) = next_arrival(&mut second, &mut pending, &mut sim.rng) {
                     sim.push(t, Ev::Arrival);
                 }
             }
@@ -500,6 +510,7 @@ mod tests {
             name: "flat".into(),
             counts: vec![rate; secs],
             history: 0,
+            instants: Vec::new(),
         }
     }
 
@@ -530,6 +541,7 @@ mod tests {
             name: "burst".into(),
             counts,
             history: 0,
+            instants: Vec::new(),
         };
         for name in crate::policy::NAMES {
             let out = simulate(

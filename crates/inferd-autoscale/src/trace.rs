@@ -17,6 +17,10 @@ pub struct Trace {
     pub counts: Vec<u32>,
     /// Leading seconds that are history only (fed to the forecaster, not replayed).
     pub history: usize,
+    /// The exact arrival instants, seconds from the start, when the trace gave them (a CSV
+    /// with fractional timestamps); empty otherwise, and each second's count is then placed
+    /// at random within it.
+    pub instants: Vec<f64>,
 }
 
 /// A Poisson draw with mean `mean` (Knuth's method below 30, a rounded normal above).
@@ -55,6 +59,7 @@ fn from_rate(
         name: name.into(),
         counts: (0..len).map(|t| poisson(&mut rng, rate(t))).collect(),
         history,
+        instants: Vec::new(),
     }
 }
 
@@ -184,14 +189,20 @@ impl Trace {
         let last = rows.last().map_or(first, |r| r.0);
         let len = (last - first).floor() as usize + 1;
         let mut counts = vec![0u32; len];
+        let exact = rows.iter().any(|(ts, _)| ts.fract() != 0.0);
+        let mut instants = Vec::new();
         for (ts, c) in rows {
             let s = ((ts - first).floor() as usize).min(len - 1);
             counts[s] = counts[s].saturating_add(c);
+            if exact {
+                instants.extend(std::iter::repeat_n(ts - first, c as usize));
+            }
         }
         Ok(Trace {
             name: file.into(),
             counts,
             history: 0,
+            instants,
         })
     }
 
@@ -249,6 +260,15 @@ mod tests {
         let t = Trace::from_csv("t.csv", "timestamp,count\n100,3\n100.5,2\n103,1\n").unwrap();
         assert_eq!(t.counts, vec![5, 0, 0, 1]);
         assert_eq!(t.requests(), 6);
+    }
+
+    #[test]
+    fn fractional_timestamps_keep_their_exact_instants_and_whole_seconds_do_not() {
+        let t = Trace::from_csv("t.csv", "timestamp,count\n10.25,1\n10.75,2\n12.5,1\n").unwrap();
+        assert_eq!(t.counts, vec![3, 0, 1]);
+        assert_eq!(t.instants, vec![0.0, 0.5, 0.5, 2.25]);
+        let whole = Trace::from_csv("t.csv", "timestamp,count\n0,5\n1,7\n").unwrap();
+        assert!(whole.instants.is_empty());
     }
 
     #[test]
