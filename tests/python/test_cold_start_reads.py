@@ -81,6 +81,10 @@ def test_onnx_and_tree_model_files_are_opened_once_from_start_to_ready(inferd_bi
     repo = tmp_path / "models"
     shutil.copytree(example_model_path("simple_mlp").parent.parent, repo / "simple_mlp")
     shutil.rmtree(repo / "simple_mlp" / "2")
+    # On tract in every build: the ONNX Runtime backend opens the file itself, once per
+    # instance (its session API reads a path, and from memory it could not find external data).
+    cfg = repo / "simple_mlp" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + '\nparameters { key: "onnx_backend" value: { string_value: "tract" } }\n')
     onnx = (repo / "simple_mlp" / "1" / "model.onnx").resolve()
     forest = xgboost_model(repo).resolve()
     srv, log = traced_start(inferd_bin, repo, tmp_path)
