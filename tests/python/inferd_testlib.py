@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -94,6 +95,22 @@ def example_model_path(name: str, version: int | str = 1) -> Path:
 # --------------------------------------------------------------------------------------------
 # the server process
 # --------------------------------------------------------------------------------------------
+
+
+_THREAD = threading.local()
+
+
+def thread_session() -> requests.Session:
+    """This thread's own keep-alive session (load generators post from many threads)."""
+    s = getattr(_THREAD, "session", None)
+    if s is None:
+        s = _THREAD.session = requests.Session()
+    return s
+
+
+def post_json_body(url: str, body: str) -> requests.Response:
+    """POSTs a JSON text on this thread's session."""
+    return thread_session().post(url, data=body, headers={"content-type": "application/json"}, timeout=60)
 
 
 def heavy_model(repo: Path, d: int, layers: int) -> None:

@@ -24,7 +24,6 @@ import json
 import math
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 import pytest
 import requests
 
-from inferd_testlib import heavy_model
+from inferd_testlib import heavy_model, post_json_body
 
 D = 1024
 PROBE_LAYERS = 50
@@ -43,15 +42,11 @@ TARGET_SECS = 0.08
 
 
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": [0.01] * D}]})
-local = threading.local()
 
 
 def post(url: str) -> float:
-    s = getattr(local, "s", None)
-    if s is None:
-        s = local.s = requests.Session()
     t = time.perf_counter()
-    r = s.post(url, data=BODY, headers={"content-type": "application/json"}, timeout=60)
+    r = post_json_body(url, BODY)
     r.raise_for_status()
     return time.perf_counter() - t
 

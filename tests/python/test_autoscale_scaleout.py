@@ -29,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np
 import pytest
 import requests
 
-from inferd_testlib import heavy_model, wait_until
+from inferd_testlib import heavy_model, post_json_body, wait_until
 
 D = 1024
 LAYERS = 320
@@ -133,15 +132,11 @@ def scaleout(tmp_path, inferd_bin):
 
 
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": [0.01] * D}]})
-local = threading.local()
 
 
 def post(url: str) -> bool:
-    s = getattr(local, "s", None)
-    if s is None:
-        s = local.s = requests.Session()
     try:
-        r = s.post(url, data=BODY, headers={"content-type": "application/json"}, timeout=60)
+        r = post_json_body(url, BODY)
         return r.status_code == 200
     except requests.RequestException:
         return False
