@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
     let split = u16::from_le_bytes([data[0], data[1]]) as usize;
     let body = bytes::Bytes::copy_from_slice(&data[2..]);
     let header_len = (split % 3 != 0).then_some(split % (body.len() + 2));
-    let _ = inferd_server::http::codec::decode_request(&body, header_len);
+    let _ = inferd_server::http::codec::decode_request(&body, header_len, &Default::default());
 });

@@ -25,12 +25,14 @@ pub mod batching;
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod ensemble;
 pub mod error;
 pub mod generate;
 pub mod repository;
 pub mod request;
 pub mod runner;
 pub mod scheduler;
+pub mod sequence;
 pub mod stats;
 pub mod tensor;
 pub mod warmup;
@@ -38,7 +40,9 @@ pub mod warmup;
 pub use backend::{
     Backend, BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor, TensorSpec,
 };
-pub use engine::{ControlMode, Engine, EngineOptions, IndexEntry, ModelInfo, VersionState};
+pub use engine::{
+    ControlMode, Engine, EngineOptions, IndexEntry, LoadOverride, ModelInfo, VersionState,
+};
 pub use error::{Error, Result};
 pub use request::{InferRequest, InferResponse, ParamValue};
 pub use tensor::{DataType, Tensor, TensorData};

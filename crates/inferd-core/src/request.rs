@@ -382,6 +382,14 @@ pub fn finish_outputs(
     outs.into_iter()
         .map(|nt| {
             let Some(spec) = cfg.output(&nt.name) else {
+                let state = cfg
+                    .sequence_batching
+                    .as_ref()
+                    .is_some_and(|s| s.state.iter().any(|st| st.output_name == nt.name));
+                if state {
+                    // Taken out by the sequence driver, never returned to the client.
+                    return Ok(nt);
+                }
                 return Err(Error::Internal(format!(
                     "model '{model}' produced unknown output '{}'",
                     nt.name

@@ -30,6 +30,15 @@ pub struct RunnerOptions {
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
+/// What a version runs besides plain requests.
+#[derive(Default)]
+pub struct VersionExtras {
+    /// The sequence table of a stateful model (`sequence_batching`).
+    pub sequences: Option<crate::sequence::Sequences>,
+    /// The plan of an ensemble: it has no executors; the engine runs its steps.
+    pub ensemble: Option<crate::ensemble::Plan>,
+}
+
 /// A running model version.
 pub struct VersionRunner {
     model: String,
@@ -38,6 +47,8 @@ pub struct VersionRunner {
     signature: ModelSignature,
     generator: Option<Arc<dyn crate::generate::TextGenerator>>,
     scheduler: Arc<Scheduler>,
+    /// Sequences of a stateful model, or the plan of an ensemble.
+    extras: VersionExtras,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Mutex<VersionStats>>,
     inflight: AtomicUsize,
@@ -81,13 +92,16 @@ impl Drop for InflightGuard {
 }
 
 impl VersionRunner {
-    /// Starts one executor thread over `model` per placement of `config`.
+    /// Starts one executor thread over `model` per placement of `config` (none for an
+    /// ensemble, whose steps run on their members); `extras`: a stateful model's sequences or an
+    /// ensemble's plan.
     pub fn start(
         model_name: &str,
         version: u64,
         config: Arc<ModelConfig>,
         model: Arc<dyn LoadedModel>,
         opts: &RunnerOptions,
+        extras: VersionExtras,
     ) -> Result<Arc<Self>> {
         let mut settings = SchedulerSettings::from_config(&config, opts.default_queue);
         settings.idle_spin = opts.idle_spin;
@@ -95,7 +109,12 @@ impl VersionRunner {
         let scheduler = Arc::new(Scheduler::new(model_name, settings));
         let stats = Arc::new(Mutex::new(VersionStats::default()));
         let mut threads = Vec::new();
-        for (i, placement) in config.placements().iter().enumerate() {
+        let placements = if extras.ensemble.is_some() {
+            Vec::new()
+        } else {
+            config.placements()
+        };
+        for (i, placement) in placements.iter().enumerate() {
             let instance = match model.new_instance_on(placement) {
                 Ok(inst) => inst,
                 Err(e) => {
@@ -130,6 +149,7 @@ impl VersionRunner {
             signature: model.signature().clone(),
             generator: model.generator(),
             scheduler,
+            extras,
             threads: Mutex::new(threads),
             stats,
             inflight: AtomicUsize::new(0),
@@ -138,6 +158,16 @@ impl VersionRunner {
             start_phases: Mutex::new(Vec::new()),
             cache,
         }))
+    }
+
+    /// The live sequences, for a stateful model.
+    pub fn sequences(&self) -> Option<&crate::sequence::Sequences> {
+        self.extras.sequences.as_ref()
+    }
+
+    /// The steps, for an ensemble.
+    pub fn ensemble(&self) -> Option<&crate::ensemble::Plan> {
+        self.extras.ensemble.as_ref()
     }
 
     /// Model name.

@@ -48,7 +48,13 @@ impl SchedulerSettings {
     /// unbounded.
     pub fn from_config(cfg: &ModelConfig, default_queue: usize) -> Self {
         let default_queue = default_queue.max(1);
-        let Some(db) = cfg.dynamic_batching.as_ref().filter(|_| cfg.batches()) else {
+        let from_sequences = cfg.sequence_batching.as_ref().map(|s| s.as_dynamic());
+        let Some(db) = cfg
+            .dynamic_batching
+            .as_ref()
+            .or(from_sequences.as_ref())
+            .filter(|_| cfg.batches())
+        else {
             return SchedulerSettings {
                 batching: false,
                 policy: BatchPolicy::new(1, &[], Duration::ZERO),

@@ -22,6 +22,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod request_id;
+pub mod shm;
 pub mod signals;
 pub mod spin;
 pub mod tls;
@@ -189,7 +190,10 @@ impl BoundServer {
                     .await
             })
         });
+        // Shared-memory regions registered over either protocol serve both.
+        let shm = std::sync::Arc::new(shm::SharedMemory::default());
         let state = http::HttpState {
+            shm: shm.clone(),
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
             inflight: inflight.clone(),
@@ -263,6 +267,7 @@ impl BoundServer {
                 self.engine.clone(),
                 inflight.clone(),
                 self.opts.traffic.clone(),
+                shm,
             ),
         )
         .max_decoding_message_size(self.opts.max_body_bytes)

@@ -148,6 +148,14 @@ pub(crate) struct ServeArgs {
     /// Requests that may wait for a cold start at once; more get 503 at once.
     #[arg(long, env = "INFERD_COLD_START_QUEUE", default_value_t = 1024)]
     pub(crate) cold_start_queue: usize,
+    /// Live sequences each stateful model (`sequence_batching`) may hold; a new sequence past it
+    /// gets 503 until one ends or idles out (a model's `oldest.max_candidate_sequences` wins).
+    #[arg(long, env = "INFERD_MAX_SEQUENCES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_sequences: u32,
+    /// Folder where files given with a load request (`file:<version>/<name>`) are staged; a
+    /// private folder under the system's temporary folder when unset. Never the repository.
+    #[arg(long, env = "INFERD_STAGING_DIR")]
+    pub(crate) staging_dir: Option<PathBuf>,
     /// The response cache, as Triton writes it: `local,size=BYTES` (shared by the models whose
     /// config sets `response_cache { enable: true }`).
     #[arg(long, env = "INFERD_CACHE_CONFIG")]
@@ -439,6 +447,8 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         model_load_threads: a.model_load_threads,
         cold_start_wait: seconds(a, "cold-start-wait-secs", a.cold_start_wait_secs, 0.0)?,
         cold_start_queue: a.cold_start_queue,
+        max_sequences: a.max_sequences as usize,
+        staging_dir: a.staging_dir.clone(),
         response_cache_bytes: match &a.cache_config {
             Some(text) => inferd_core::cache::parse_config(text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.origin("cache-config")))?,

@@ -41,7 +41,7 @@ fn repo() -> tempfile::TempDir {
     add_sub_variant(
         r,
         "stateful",
-        "sequence_batching { max_sequence_idle_microseconds: 5000 }",
+        "sequence_batching { control_input [ { name: \"START\" control [ { kind: CONTROL_SEQUENCE_START } ] } ] }",
     );
     add_sub_variant(
         r,
@@ -105,7 +105,13 @@ fn models_asking_for_what_inferd_lacks_are_unavailable_naming_it_and_the_rest_se
         );
         assert!(!text.contains("READY"), "{model} must not serve: {text}");
     };
-    has("stateful", &["sequence_batching", "does not implement"]);
+    has(
+        "stateful",
+        &[
+            "sequence_batching.control_input[0].control[0]",
+            "false and true values",
+        ],
+    );
     has(
         "decoupled",
         &["model_transaction_policy.decoupled", "does not implement"],
@@ -153,7 +159,7 @@ fn repo_check_names_each_refused_field_with_its_position() {
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "stateful/config.pbtxt:",
-        "field 'sequence_batching'",
+        "field 'sequence_batching.control_input[0].control[0]'",
         "typo/config.pbtxt:",
         "field 'max_batch_sise': unknown field",
         "huge_levels/config.pbtxt:",

@@ -130,7 +130,7 @@ fn client_mistakes_are_precise_4xx_and_change_nothing() {
 }
 
 #[test]
-fn unsupported_extensions_are_named_not_misreported() {
+fn unregistered_shm_regions_and_unsupported_encodings_are_named() {
     let repo = repo_copy(&["simple_mlp"]);
     let s = Server::start(repo.path(), &[]);
     let shm = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
@@ -141,7 +141,7 @@ fn unsupported_extensions_are_named_not_misreported() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("shared-memory extension is not supported"),
+            .contains("shared-memory region 'r0' is not registered"),
         "{body}"
     );
     let mut r = Server::agent()

@@ -35,10 +35,22 @@ pub fn complete_config(
             shape
         }
     };
+    // A stateful model's control and state tensors come from the server, not the client.
+    let server_input = |name: &str| {
+        cfg.sequence_batching
+            .as_ref()
+            .is_some_and(|s| s.server_inputs().any(|n| n == name))
+    };
+    let state_output = |name: &str| {
+        cfg.sequence_batching
+            .as_ref()
+            .is_some_and(|s| s.state.iter().any(|st| st.output_name == name))
+    };
     if cfg.input.is_empty() {
         cfg.input = sig
             .inputs
             .iter()
+            .filter(|t| !server_input(&t.name))
             .map(|t| ModelInput {
                 name: t.name.clone(),
                 data_type: ConfigDataType(t.dtype),
@@ -51,6 +63,7 @@ pub fn complete_config(
         cfg.output = sig
             .outputs
             .iter()
+            .filter(|t| !state_output(&t.name))
             .map(|t| ModelOutput {
                 name: t.name.clone(),
                 data_type: ConfigDataType(t.dtype),
@@ -177,6 +190,42 @@ pub fn validate_config(cfg: &ModelConfig) -> Result<(), String> {
         check_dims(&format!("output[{i}].dims"), &out.dims)?;
         if let Some(r) = &out.reshape {
             check_reshape(&format!("output[{i}]"), &out.dims, &r.shape)?;
+        }
+    }
+    if let Some(sb) = &cfg.sequence_batching {
+        if cfg.dynamic_batching.is_some() {
+            return Err(
+                "a model has one scheduler: set sequence_batching or dynamic_batching, not both"
+                    .into(),
+            );
+        }
+        if cfg.response_cache.as_ref().is_some_and(|c| c.enable) {
+            return Err("response_cache: a stateful model (sequence_batching) answers from its state, so its responses cannot be cached".into());
+        }
+        for n in sb.server_inputs() {
+            if cfg.input(n).is_some() {
+                return Err(format!(
+                    "sequence_batching: input '{n}' is filled in by the server (a control or state input), so it cannot also be a client input"
+                ));
+            }
+        }
+        for s in &sb.state {
+            if cfg.output(&s.output_name).is_some() {
+                return Err(format!(
+                    "sequence_batching.state: output '{}' carries the state, so it cannot also be a client output",
+                    s.output_name
+                ));
+            }
+        }
+        if let Some(o) = &sb.oldest {
+            for &p in &o.preferred_batch_size {
+                if p > cfg.max_batch_size.max(1) {
+                    return Err(format!(
+                        "sequence_batching.oldest.preferred_batch_size: {p} exceeds max_batch_size {}",
+                        cfg.max_batch_size
+                    ));
+                }
+            }
         }
     }
     if let Some(db) = &cfg.dynamic_batching {

@@ -8,10 +8,13 @@
 
 pub mod complete;
 mod fields;
+pub mod json;
 pub mod model;
 pub mod pbtxt;
 pub mod read;
+pub mod sequence;
 
 pub use complete::{DEFAULT_MAX_BATCH_SIZE, complete_config, validate_config};
 pub use model::*;
 pub use read::{Diagnostic, ParsedConfig, Severity, parse_config};
+pub use sequence::SequenceBatching;

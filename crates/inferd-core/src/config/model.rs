@@ -51,6 +51,9 @@ pub struct ModelConfig {
     /// (`--cache-config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_cache: Option<ResponseCacheConfig>,
+    /// Stateful sequences (`sequence_batching`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_batching: Option<super::sequence::SequenceBatching>,
 }
 
 /// Triton's `response_cache` message.

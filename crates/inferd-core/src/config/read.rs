@@ -1,8 +1,7 @@
 //! Maps a parsed `config.pbtxt` tree onto [`ModelConfig`], reporting every problem with the file,
 //! line, field path and reason. Nothing is ignored silently:
 //! - an unknown field (a typo) is an error, with its position;
-//! - a Triton field whose semantics inferd does not implement (sequence batching, decoupled
-//!   transactions, batch inputs/outputs, the response cache) is an error: serving the model
+//! - a Triton field whose semantics inferd does not implement (batch inputs/outputs) is an error: serving the model
 //!   without it would answer differently from what the config asks;
 //! - a Triton field that only tunes performance or describes deployment is a warning;
 //! - every number that sizes memory or time is bounded, so a huge value is an error, never an
@@ -43,10 +42,6 @@ const IGNORED_TOP_LEVEL: &[&str] = &[
 /// Triton fields whose semantics inferd does not implement: a model asking for them is not
 /// loaded, with what the field means.
 const REFUSED_TOP_LEVEL: &[(&str, &str)] = &[
-    (
-        "sequence_batching",
-        "stateful sequences (correlation ids, sequence start/end, implicit state)",
-    ),
     (
         "batch_input",
         "inputs the batcher synthesises (element counts, accumulated sizes)",
@@ -143,6 +138,9 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
         if let (Some(k), Some(v)) = (k, v) {
             cfg.parameters.insert(k, v);
         }
+    }
+    if let Some(sb) = r.message(&mut cx, "sequence_batching") {
+        cfg.sequence_batching = Some(super::sequence::read(&mut cx, sb));
     }
     if let Some(o) = r.message(&mut cx, "optimization") {
         cfg.optimization = Some(optimization(&mut cx, o));

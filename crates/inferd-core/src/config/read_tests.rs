@@ -138,7 +138,6 @@ fn unknown_fields_are_errors_with_their_position() {
 #[test]
 fn fields_whose_semantics_inferd_lacks_are_refused_by_name() {
     for (text, field) in [
-        ("sequence_batching { }", "sequence_batching"),
         (
             "batch_input [ { kind: BATCH_ELEMENT_COUNT } ]",
             "batch_input",
@@ -236,4 +235,96 @@ fn ensemble_steps_read_maps() {
     assert_eq!(s.model_name, "a");
     assert_eq!(s.input_map["IN"], "x");
     assert_eq!(s.output_map["OUT"], "y");
+}
+
+#[test]
+fn sequence_batching_reads_controls_state_and_strategy() {
+    let p = parse(
+        r#"name: "acc"
+max_batch_size: 8
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  oldest { max_candidate_sequences: 4 max_queue_delay_microseconds: 100 preferred_batch_size: [ 2 ] }
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY fp32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END bool_false_true: [ false, true ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "S_IN" output_name: "S_OUT" data_type: TYPE_INT32 dims: [ 1 ]
+            initial_state { data_type: TYPE_INT32 dims: [ 1 ] zero_data: true name: "zero" } } ]
+}"#,
+    )
+    .unwrap();
+    let sb = p.config.sequence_batching.unwrap();
+    assert_eq!(sb.idle(), std::time::Duration::from_secs(5));
+    assert_eq!(sb.oldest.as_ref().unwrap().max_candidate_sequences, 4);
+    assert_eq!(sb.max_queue_delay_microseconds(), 100);
+    assert_eq!(sb.as_dynamic().preferred_batch_size, vec![2]);
+    use crate::config::sequence::{ControlKind, FalseTrue};
+    let kinds: Vec<_> = sb.control_input.iter().map(|c| c.control[0].kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            ControlKind::Start,
+            ControlKind::Ready,
+            ControlKind::End,
+            ControlKind::Corrid
+        ]
+    );
+    assert_eq!(
+        sb.control_input[0].control[0].false_true,
+        Some(FalseTrue::Int32([0, 1]))
+    );
+    assert_eq!(sb.control_input[1].control[0].dtype(), DataType::F32);
+    assert_eq!(sb.control_input[2].control[0].dtype(), DataType::Bool);
+    assert_eq!(sb.control_input[3].control[0].dtype(), DataType::U64);
+    assert_eq!(sb.state[0].input_name, "S_IN");
+    assert!(sb.state[0].initial_state[0].zero_data);
+    let inputs: Vec<&str> = sb.server_inputs().collect();
+    assert_eq!(inputs, ["START", "READY", "END", "CORRID", "S_IN"]);
+}
+
+#[test]
+fn sequence_batching_mistakes_are_named_with_their_field() {
+    for (text, field, why) in [
+        (
+            "control_input [ { name: \"S\" control [ { kind: CONTROL_SEQUENCE_START } ] } ]",
+            "sequence_batching.control_input[0].control[0]",
+            "false and true values",
+        ),
+        (
+            "control_input [ { name: \"S\" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 1 ] } ] } ]",
+            "sequence_batching.control_input[0].control[0].int32_false_true",
+            "exactly two values",
+        ),
+        (
+            "control_input [ { name: \"C\" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_FP32 } ] } ]",
+            "sequence_batching.control_input[0].control[0]",
+            "TYPE_UINT64",
+        ),
+        (
+            "direct { } oldest { }",
+            "sequence_batching",
+            "only one of direct and oldest",
+        ),
+        (
+            "state [ { input_name: \"a\" output_name: \"b\" data_type: TYPE_FP32 dims: [ -1 ] } ]",
+            "sequence_batching.state[0]",
+            "variable dims",
+        ),
+        (
+            "control_input [ { name: \"X\" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] } ] state [ { input_name: \"X\" output_name: \"b\" data_type: TYPE_FP32 dims: [ 1 ] } ]",
+            "sequence_batching",
+            "more than one control or state",
+        ),
+    ] {
+        let errs = parse(&format!("name: \"m\"\nsequence_batching {{ {text} }}")).unwrap_err();
+        let e: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert!(
+            e.iter()
+                .any(|s| s.contains(&format!("field '{field}")) && s.contains(why)),
+            "{text}: {e:?}"
+        );
+    }
 }

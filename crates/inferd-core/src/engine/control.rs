@@ -8,7 +8,8 @@ impl Engine {
     /// load API does. Fails if the model ends with no ready version.
     pub async fn load(&self, name: &str) -> Result<()> {
         repository::validate_model_name(name)?;
-        if !self.inner.opts.repository.join(name).is_dir() && !self.knows(name)? {
+        let (root, _) = self.source_of(name);
+        if !root.join(name).is_dir() && !self.knows(name)? {
             return Err(Error::NotFound(format!(
                 "model '{name}' is not in the repository"
             )));
@@ -55,9 +56,7 @@ impl Engine {
 
     /// Explicit-mode load API: refuses in other modes.
     pub async fn load_api(&self, name: &str) -> Result<()> {
-        self.require_explicit("load")?;
-        repository::validate_model_name(name)?;
-        self.load(name).await
+        self.load_with(name, LoadOverride::default()).await
     }
 
     /// Explicit-mode unload API: stops routing to every version of the model at once; the
@@ -65,7 +64,11 @@ impl Engine {
     pub async fn unload_api(&self, name: &str) -> Result<()> {
         self.require_explicit("unload")?;
         repository::validate_model_name(name)?;
-        self.unload(name).await
+        let r = self.unload(name).await;
+        if let Some(root) = self.set_override(name, None).and_then(|o| o.root) {
+            let _ = std::fs::remove_dir_all(root);
+        }
+        r
     }
 
     pub(super) fn require_explicit(&self, what: &str) -> Result<()> {

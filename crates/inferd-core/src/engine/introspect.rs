@@ -27,10 +27,13 @@ impl Engine {
         })
     }
 
-    /// Whether a model (or one version) is ready.
+    /// Whether a model (or one version) is ready; an ensemble is ready when its members are.
     pub fn is_model_ready(&self, model: &str, version: Option<u64>) -> Result<bool> {
         match self.route(model, version) {
-            Ok(_) => Ok(true),
+            Ok(g) => Ok(g
+                .runner()
+                .ensemble()
+                .is_none_or(|p| self.ensemble_blocked(p).is_none())),
             Err(Error::Unavailable(_)) => Ok(false),
             Err(Error::NotFound(_)) if self.knows(model)? => Ok(false),
             Err(e) => Err(e),

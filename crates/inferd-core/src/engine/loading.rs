@@ -204,12 +204,7 @@ impl Engine {
         tracing::info!(model = %name, version, "loading");
         let mut cfg = parsed.config;
         if cfg.ensemble_scheduling.is_some() || cfg.platform == "ensemble" {
-            return Err(
-                "field 'ensemble_scheduling': inferd does not execute ensembles yet \
-                 (a pipeline of models); the model is not loaded rather than served differently"
-                    .to_string()
-                    .into(),
-            );
+            return self.load_ensemble(name, version, cfg);
         }
         let phase_start = std::time::Instant::now();
         // The backend and its file name are known from the config and the folder's names (no
@@ -225,11 +220,9 @@ impl Engine {
         // Safety before anything is interpreted, and before a backend is required, so a pickle
         // is refused as a pickle even for a backend this build lacks (`pytorch_libtorch`,
         // `python`): escaping links or external data, malformed headers, pinned digests.
-        let (mut findings, model_bytes) = crate::artifact::scan_tree_keeping(
-            dir,
-            &self.inner.opts.repository,
-            model_file.as_deref(),
-        );
+        let root = self.artifact_root(dir);
+        let (mut findings, model_bytes) =
+            crate::artifact::scan_tree_keeping(dir, &root, model_file.as_deref());
         if let Some(model_dir) = dir.parent() {
             findings.extend(crate::artifact::check_pins_known(
                 model_dir,
@@ -312,8 +305,26 @@ impl Engine {
             idle_spin: self.inner.opts.executor_spin,
             cache: self.inner.cache.clone(),
         };
-        let runner = VersionRunner::start(name, version, Arc::new(cfg), loaded, &runner_opts)
-            .map_err(|e| LoadFailure::server(e.to_string()))?;
+        let sequences = crate::sequence::Sequences::new(
+            name,
+            &cfg,
+            loaded.signature(),
+            dir,
+            self.inner.opts.max_sequences,
+        )
+        .map_err(|e| e.to_string())?;
+        let runner = VersionRunner::start(
+            name,
+            version,
+            Arc::new(cfg),
+            loaded,
+            &runner_opts,
+            crate::runner::VersionExtras {
+                sequences,
+                ensemble: None,
+            },
+        )
+        .map_err(|e| LoadFailure::server(e.to_string()))?;
         // Object storage: the time its files took to fetch since the model last loaded.
         let fetch = self.take_fetch(name);
         tracing::info!(

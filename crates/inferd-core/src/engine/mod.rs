@@ -15,13 +15,16 @@
 //! - [`lifecycle`]: the version state machine, as pure functions.
 
 mod control;
+mod ensemble;
 mod introspect;
 pub(crate) mod lifecycle;
 mod loading;
+mod overrides;
 mod reconcile;
 mod routing;
 
 use loading::{LoadFailure, relative_to};
+pub use overrides::LoadOverride;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -112,6 +115,12 @@ pub struct EngineOptions {
     /// Bytes of the response cache shared by the models whose config enables it
     /// (`--cache-config local,size=N`); 0: no cache.
     pub response_cache_bytes: usize,
+    /// Live sequences each stateful model may hold (`--max-sequences`), unless its config's
+    /// `sequence_batching.oldest.max_candidate_sequences` sets it.
+    pub max_sequences: usize,
+    /// Where files given with a load request are staged (`--staging-dir`); `None`: a private
+    /// folder under the system's temporary folder.
+    pub staging_dir: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -131,6 +140,8 @@ impl Default for EngineOptions {
             cold_start_wait: Duration::ZERO,
             cold_start_queue: 1024,
             response_cache_bytes: 0,
+            max_sequences: 1024,
+            staging_dir: None,
         }
     }
 }
@@ -244,6 +255,8 @@ struct Inner {
     fetch_times: Mutex<HashMap<String, std::time::Duration>>,
     /// The response cache (`response_cache_bytes` > 0).
     cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Models loaded with overrides (load API `config`/`file:` parameters).
+    overrides: Mutex<HashMap<String, overrides::Override>>,
 }
 
 /// The inferd engine. Cheap to clone; all clones share state.
@@ -295,6 +308,7 @@ impl Engine {
                 fetch_times: Mutex::new(HashMap::new()),
                 cache: (opts_cache_bytes > 0)
                     .then(|| Arc::new(crate::cache::ResponseCache::new(opts_cache_bytes))),
+                overrides: Mutex::new(HashMap::new()),
             }),
         }
     }

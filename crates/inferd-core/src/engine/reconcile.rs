@@ -15,9 +15,16 @@ impl Engine {
     ) -> Result<Vec<(u64, LoadFailure)>> {
         let lock = self.model_lock(name)?;
         let _g = lock.lock().await;
-        let repo = self.inner.opts.repository.clone();
+        let (repo, config_text) = self.source_of(name);
         let n = name.to_string();
         let scanned = blocking(move || repository::scan_model(&repo, &n)).await?;
+        // A load's config override stands in for the folder's config.pbtxt.
+        let scanned = scanned.map(|mut d| {
+            if let Some(text) = config_text {
+                d.config = Some(Ok(text));
+            }
+            d
+        });
         let Some(dir) = scanned else {
             // Folder gone: unload everything, forget the model.
             let retired = {

@@ -12,9 +12,31 @@ impl Engine {
         req: InferRequest,
     ) -> Result<InferResponse> {
         self.wait_for_cold_start(model, version).await;
-        let (guard, prepared, id) = self.admit(model, version, req)?;
+        let seq = crate::sequence::params(&req.parameters)?;
+        let params = req.parameters.clone();
+        let (guard, mut prepared, id) = self.admit(model, version, req)?;
         let runner = guard.runner();
-        let outputs = runner.infer(prepared, self.result_spin(runner)).await?;
+        let spin = self.result_spin(runner);
+        if let Some(plan) = runner.ensemble() {
+            let start = std::time::Instant::now();
+            let r = self.run_ensemble(plan, prepared, &params, &id).await;
+            let outcome = r
+                .as_ref()
+                .map(|_| ())
+                .map_err(crate::stats::FailureReason::of);
+            runner.record_outcome(outcome, start.elapsed());
+            return Ok(respond(model, runner, id, r?));
+        }
+        let outputs = match runner.sequences() {
+            None => runner.infer(prepared, spin).await?,
+            Some(seqs) => {
+                let claim = seqs.begin(&sequence_of(model, seq)?).await?;
+                claim.add_inputs(&mut prepared)?;
+                let mut outputs = runner.infer(prepared, spin).await?;
+                claim.finish(&mut outputs)?;
+                outputs
+            }
+        };
         Ok(respond(model, runner, id, outputs))
     }
 
@@ -74,9 +96,31 @@ impl Engine {
         version: Option<u64>,
         req: InferRequest,
     ) -> Result<InferResponse> {
-        let (guard, prepared, id) = self.admit(model, version, req)?;
+        let seq = crate::sequence::params(&req.parameters)?;
+        let params = req.parameters.clone();
+        let (guard, mut prepared, id) = self.admit(model, version, req)?;
         let runner = guard.runner();
-        let outputs = runner.infer_blocking(prepared, self.result_spin(runner))?;
+        let spin = self.result_spin(runner);
+        if let Some(plan) = runner.ensemble() {
+            let start = std::time::Instant::now();
+            let r = self.run_ensemble_blocking(plan, prepared, &params, &id);
+            let outcome = r
+                .as_ref()
+                .map(|_| ())
+                .map_err(crate::stats::FailureReason::of);
+            runner.record_outcome(outcome, start.elapsed());
+            return Ok(respond(model, runner, id, r?));
+        }
+        let outputs = match runner.sequences() {
+            None => runner.infer_blocking(prepared, spin)?,
+            Some(seqs) => {
+                let claim = seqs.begin_now(&sequence_of(model, seq)?)?;
+                claim.add_inputs(&mut prepared)?;
+                let mut outputs = runner.infer_blocking(prepared, spin)?;
+                claim.finish(&mut outputs)?;
+                outputs
+            }
+        };
         Ok(respond(model, runner, id, outputs))
     }
 
@@ -254,4 +298,16 @@ fn respond(
         id,
         outputs,
     }
+}
+
+/// The sequence a request to a stateful model belongs to; one that names none is refused.
+fn sequence_of(
+    model: &str,
+    seq: Option<crate::sequence::SequenceParams>,
+) -> Result<crate::sequence::SequenceParams> {
+    seq.ok_or_else(|| {
+        Error::invalid(format!(
+            "inference request to model '{model}' must specify a non-zero or non-empty correlation ID (parameter 'sequence_id'): it is a stateful model (sequence_batching)"
+        ))
+    })
 }

@@ -7,22 +7,141 @@ use inferd_core::request::{InferRequest, InferResponse, ParamValue};
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 use tonic::Status;
 
+use std::collections::BTreeMap;
+
+use crate::http::codec::ShmRef;
 use crate::pb;
+use crate::shm::SharedMemory;
 
 pub(super) fn bad(msg: String) -> Status {
     Status::invalid_argument(msg)
 }
 
-/// Converts a gRPC request into the engine's form.
-pub fn decode_infer(req: pb::ModelInferRequest) -> Result<InferRequest, Status> {
-    let raw = req.raw_input_contents;
-    if !raw.is_empty() && raw.len() != req.inputs.len() {
+/// A tensor's place in a shared-memory region, from its parameters.
+fn shm_place(
+    params: &std::collections::HashMap<String, pb::InferParameter>,
+    what: &str,
+) -> Result<Option<ShmRef>, Status> {
+    use pb::infer_parameter::ParameterChoice as C;
+    let Some(region) = params.get("shared_memory_region") else {
+        return Ok(None);
+    };
+    let Some(C::StringParam(region)) = &region.parameter_choice else {
         return Err(bad(format!(
-            "raw_input_contents has {} entries but the request has {} inputs; give one per input",
+            "{what}: parameter 'shared_memory_region' must be a string"
+        )));
+    };
+    let int = |key: &str| -> Result<Option<u64>, Status> {
+        match params.get(key).and_then(|p| p.parameter_choice.as_ref()) {
+            None => Ok(None),
+            Some(C::Int64Param(i)) if *i >= 0 => Ok(Some(*i as u64)),
+            Some(C::Uint64Param(u)) => Ok(Some(*u)),
+            Some(_) => Err(bad(format!(
+                "{what}: parameter '{key}' must be a non-negative integer"
+            ))),
+        }
+    };
+    let byte_size = int("shared_memory_byte_size")?.ok_or_else(|| {
+        bad(format!(
+            "{what}: 'shared_memory_region' needs 'shared_memory_byte_size'"
+        ))
+    })?;
+    Ok(Some(ShmRef {
+        region: region.clone(),
+        offset: int("shared_memory_offset")?.unwrap_or(0),
+        byte_size,
+    }))
+}
+
+/// The outputs a request asks to have written into shared memory, checked to name registered
+/// regions.
+pub fn shm_outputs(
+    req: &pb::ModelInferRequest,
+    shm: &SharedMemory,
+) -> Result<BTreeMap<String, ShmRef>, Status> {
+    let mut out = BTreeMap::new();
+    for o in &req.outputs {
+        let what = format!("output '{}'", o.name);
+        if let Some(place) = shm_place(&o.parameters, &what)? {
+            if shm.status(Some(&place.region)).is_err() {
+                return Err(bad(format!(
+                    "{what}: shared-memory region '{}' is not registered",
+                    place.region
+                )));
+            }
+            out.insert(o.name.clone(), place);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the outputs placed in shared memory into their regions; the response then carries
+/// their datatype, shape and size, and an empty raw entry (keeping the others' positions).
+pub fn apply_shm_outputs(
+    resp: &mut pb::ModelInferResponse,
+    places: &BTreeMap<String, ShmRef>,
+    shm: &SharedMemory,
+) -> Result<(), Status> {
+    use pb::infer_parameter::ParameterChoice as C;
+    for (i, o) in resp.outputs.iter_mut().enumerate() {
+        let Some(place) = places.get(&o.name) else {
+            continue;
+        };
+        let Some(bytes) = resp.raw_output_contents.get_mut(i) else {
+            continue;
+        };
+        let what = format!("output '{}'", o.name);
+        if bytes.len() as u64 > place.byte_size {
+            return Err(bad(format!(
+                "{what}: {} bytes do not fit the {} bytes given in shared-memory region '{}'",
+                bytes.len(),
+                place.byte_size,
+                place.region
+            )));
+        }
+        shm.write(&place.region, place.offset, bytes, &what)
+            .map_err(|e| bad(e.0))?;
+        let p = |c| pb::InferParameter {
+            parameter_choice: Some(c),
+        };
+        o.parameters.insert(
+            "shared_memory_region".into(),
+            p(C::StringParam(place.region.clone())),
+        );
+        o.parameters.insert(
+            "shared_memory_byte_size".into(),
+            p(C::Int64Param(bytes.len() as i64)),
+        );
+        if place.offset > 0 {
+            o.parameters.insert(
+                "shared_memory_offset".into(),
+                p(C::Int64Param(place.offset as i64)),
+            );
+        }
+        *bytes = Bytes::new();
+    }
+    Ok(())
+}
+
+/// Converts a gRPC request into the engine's form; inputs naming a shared-memory region are
+/// read from `shm`.
+pub fn decode_infer(
+    req: pb::ModelInferRequest,
+    shm: &SharedMemory,
+) -> Result<InferRequest, Status> {
+    let raw = req.raw_input_contents;
+    let in_body = req
+        .inputs
+        .iter()
+        .filter(|i| !i.parameters.contains_key("shared_memory_region"))
+        .count();
+    if !raw.is_empty() && raw.len() != in_body {
+        return Err(bad(format!(
+            "raw_input_contents has {} entries but the request has {in_body} inputs not in shared memory; give one per input",
             raw.len(),
-            req.inputs.len()
         )));
     }
+    let mut raw = raw.into_iter();
     let mut out = InferRequest {
         id: req.id,
         ..Default::default()
@@ -32,7 +151,7 @@ pub fn decode_infer(req: pb::ModelInferRequest) -> Result<InferRequest, Status> 
             out.parameters.insert(k, p);
         }
     }
-    for (i, input) in req.inputs.into_iter().enumerate() {
+    for input in req.inputs {
         let name = input.name;
         let dtype: DataType = input
             .datatype
@@ -50,20 +169,34 @@ pub fn decode_infer(req: pb::ModelInferRequest) -> Result<InferRequest, Status> 
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if input.parameters.contains_key("shared_memory_region") {
-            return Err(bad(format!(
-                "input '{name}': the shared-memory extension is not supported; send the data in the request"
-            )));
+        let what = format!("input '{name}'");
+        if let Some(place) = shm_place(&input.parameters, &what)? {
+            if input.contents.as_ref().is_some_and(has_contents) {
+                return Err(bad(format!(
+                    "{what}: give shared_memory_region or contents, not both"
+                )));
+            }
+            let r = Bytes::from(
+                shm.read(&place.region, place.offset, place.byte_size, &what)
+                    .map_err(|e| bad(e.0))?,
+            );
+            let tensor = match dtype {
+                DataType::Bytes => Tensor::from_length_prefixed(shape, &r),
+                _ => Tensor::new(dtype, shape, TensorData::Raw(r)),
+            }
+            .map_err(|e| bad(format!("{what} (from shared memory): {e}")))?;
+            out.inputs.push(NamedTensor { name, tensor });
+            continue;
         }
-        let tensor = if let Some(r) = raw.get(i) {
+        let tensor = if let Some(r) = raw.next() {
             if input.contents.as_ref().is_some_and(has_contents) {
                 return Err(bad(format!(
                     "input '{name}': give raw_input_contents or contents, not both"
                 )));
             }
             match dtype {
-                DataType::Bytes => Tensor::from_length_prefixed(shape, r),
-                _ => Tensor::new(dtype, shape, TensorData::Raw(r.clone())),
+                DataType::Bytes => Tensor::from_length_prefixed(shape, &r),
+                _ => Tensor::new(dtype, shape, TensorData::Raw(r)),
             }
             .map_err(|e| bad(format!("input '{name}': {e}")))?
         } else {

@@ -7,6 +7,7 @@
 mod codec;
 mod config;
 mod generate;
+mod sequence_order;
 
 pub use codec::{decode_infer, encode_infer};
 pub use config::config_to_pb;
@@ -28,20 +29,24 @@ pub struct InferenceService {
     engine: Engine,
     inflight: std::sync::Arc<tokio::sync::Semaphore>,
     traffic: std::sync::Arc<crate::traffic::Traffic>,
+    shm: std::sync::Arc<crate::shm::SharedMemory>,
 }
 
 impl InferenceService {
     /// Wraps an engine; `inflight` caps concurrent inference requests (shared with HTTP);
-    /// `traffic` sends requests naming a route to its targets and guards repository changes.
+    /// `traffic` sends requests naming a route to its targets and guards repository changes;
+    /// `shm`: the registered shared-memory regions (shared with HTTP).
     pub fn new(
         engine: Engine,
         inflight: std::sync::Arc<tokio::sync::Semaphore>,
         traffic: std::sync::Arc<crate::traffic::Traffic>,
+        shm: std::sync::Arc<crate::shm::SharedMemory>,
     ) -> Self {
         InferenceService {
             engine,
             inflight,
             traffic,
+            shm,
         }
     }
 }
@@ -104,20 +109,33 @@ fn refused_in_stream(r: &pb::ModelInferRequest, message: String) -> pb::ModelStr
 }
 
 /// Answers one request of a stream; errors travel in-band, as the protocol has them.
-async fn stream_one(engine: &Engine, r: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+async fn stream_one(
+    engine: &Engine,
+    shm: &crate::shm::SharedMemory,
+    r: pb::ModelInferRequest,
+) -> pb::ModelStreamInferResponse {
     let model = r.model_name.clone();
     let id = r.id.clone();
     let err = |message: String| in_band(&model, &id, message);
-    let (version, ireq) =
-        match parse_version(&r.model_version).and_then(|v| Ok((v, decode_infer(r)?))) {
-            Ok(x) => x,
-            Err(s) => return err(s.message().to_string()),
-        };
+    let decoded = parse_version(&r.model_version).and_then(|v| {
+        let places = codec::shm_outputs(&r, shm)?;
+        Ok((v, places, decode_infer(r, shm)?))
+    });
+    let (version, places, ireq) = match decoded {
+        Ok(x) => x,
+        Err(s) => return err(s.message().to_string()),
+    };
     match engine.infer(&model, version, ireq).await {
-        Ok(resp) => pb::ModelStreamInferResponse {
-            error_message: String::new(),
-            infer_response: Some(encode_infer(resp)),
-        },
+        Ok(resp) => {
+            let mut out = encode_infer(resp);
+            if let Err(s) = codec::apply_shm_outputs(&mut out, &places, shm) {
+                return err(s.message().to_string());
+            }
+            pb::ModelStreamInferResponse {
+                error_message: String::new(),
+                infer_response: Some(out),
+            }
+        }
         Err(e) => err(e.to_string()),
     }
 }
@@ -233,7 +251,8 @@ impl GrpcInferenceService for InferenceService {
             }),
             Some(_) => None,
         };
-        let ireq = decode_infer(r)?;
+        let places = codec::shm_outputs(&r, &self.shm)?;
+        let ireq = decode_infer(r, &self.shm)?;
         let resp = match &routed {
             None => self.engine.infer(&model, version, ireq).await,
             Some(rt) => {
@@ -244,6 +263,7 @@ impl GrpcInferenceService for InferenceService {
         .map_err(status)?;
         let target = crate::traffic::view::target_label(&resp.model_name, resp.model_version);
         let mut out = encode_infer(resp);
+        codec::apply_shm_outputs(&mut out, &places, &self.shm)?;
         out.parameters.insert(
             "target".into(),
             pb::InferParameter {
@@ -262,11 +282,13 @@ impl GrpcInferenceService for InferenceService {
         let mut incoming = req.into_inner();
         let engine = self.engine.clone();
         let inflight = self.inflight.clone();
+        let shm = self.shm.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_INFLIGHT);
         tokio::spawn(async move {
             // Requests on one stream run concurrently (so they can batch together), at most
             // STREAM_INFLIGHT at a time; responses carry the request id and leave as they finish.
             let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(STREAM_INFLIGHT));
+            let mut order = sequence_order::SequenceOrder::default();
             loop {
                 let r = match incoming.message().await {
                     Ok(Some(r)) => r,
@@ -280,6 +302,7 @@ impl GrpcInferenceService for InferenceService {
                     break;
                 };
                 let engine = engine.clone();
+                let shm = shm.clone();
                 let tx = tx.clone();
                 // Each request of a stream counts against --max-inflight-requests like any other;
                 // one refused is answered in-band and the stream goes on.
@@ -290,8 +313,10 @@ impl GrpcInferenceService for InferenceService {
                         continue;
                     }
                 };
+                let mut turn = order.turn(&r);
                 tokio::spawn(async move {
                     let _server_slot = server_slot;
+                    turn.wait().await;
                     // A model that generates streams its text; the others answer once.
                     let generator = parse_version(&r.model_version)
                         .ok()
@@ -299,7 +324,7 @@ impl GrpcInferenceService for InferenceService {
                     match generator {
                         Some((guard, g)) => {
                             let (model, id) = (r.model_name.clone(), r.id.clone());
-                            match decode_infer(r) {
+                            match decode_infer(r, &shm) {
                                 Ok(req) => generate::stream(guard, g, model, req, tx).await,
                                 Err(s) => {
                                     let msg = in_band(&model, &id, s.message().to_string());
@@ -308,7 +333,7 @@ impl GrpcInferenceService for InferenceService {
                             }
                         }
                         None => {
-                            let out = stream_one(&engine, r).await;
+                            let out = stream_one(&engine, &shm, r).await;
                             let _ = tx.send(Ok(out)).await;
                         }
                     }
@@ -411,16 +436,29 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
-        if let Some(k) = r
-            .parameters
-            .keys()
-            .find(|k| *k == "config" || k.starts_with("file:"))
-        {
-            return Err(Status::invalid_argument(format!(
-                "load parameter '{k}' (config override) is not supported; change the repository instead"
-            )));
+        use pb::model_repository_parameter::ParameterChoice as P;
+        let mut o = inferd_core::LoadOverride::default();
+        for (k, v) in r.parameters {
+            if k == "config" {
+                let Some(P::StringParam(text)) = v.parameter_choice else {
+                    return Err(Status::invalid_argument(
+                        "load parameter 'config' must be a string holding the model config as JSON",
+                    ));
+                };
+                o.config_json = Some(text);
+            } else if let Some(file) = k.strip_prefix("file:") {
+                let Some(P::BytesParam(data)) = v.parameter_choice else {
+                    return Err(Status::invalid_argument(format!(
+                        "load parameter '{k}' must carry the file's contents as bytes"
+                    )));
+                };
+                o.files.push((file.to_string(), data.to_vec()));
+            }
         }
-        self.engine.load_api(&r.model_name).await.map_err(status)?;
+        self.engine
+            .load_with(&r.model_name, o)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -439,26 +477,47 @@ impl GrpcInferenceService for InferenceService {
 
     async fn system_shared_memory_status(
         &self,
-        _: Request<pb::SystemSharedMemoryStatusRequest>,
+        req: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
-        Ok(Response::new(
-            pb::SystemSharedMemoryStatusResponse::default(),
-        ))
+        let name = req.into_inner().name;
+        let regions = self
+            .shm
+            .status((!name.is_empty()).then_some(name.as_str()))
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse {
+            regions: regions
+                .into_iter()
+                .map(|r| {
+                    let status = pb::system_shared_memory_status_response::RegionStatus {
+                        name: r.name.clone(),
+                        key: r.key,
+                        offset: r.offset,
+                        byte_size: r.byte_size,
+                    };
+                    (r.name, status)
+                })
+                .collect(),
+        }))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+        req: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
-        Err(Status::unimplemented(
-            "system shared memory is not supported by inferd",
-        ))
+        let r = req.into_inner();
+        self.shm
+            .register(&r.name, &r.key, r.offset, r.byte_size)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
     }
 
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+        req: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        let name = req.into_inner().name;
+        self.shm
+            .unregister((!name.is_empty()).then_some(name.as_str()));
         Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 
@@ -471,11 +530,11 @@ impl GrpcInferenceService for InferenceService {
 
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+        req: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
-        Err(Status::unimplemented(
-            "CUDA shared memory is not supported by inferd",
-        ))
+        Err(Status::invalid_argument(crate::http::shm::cuda_refusal(
+            &req.into_inner().name,
+        )))
     }
 
     async fn cuda_shared_memory_unregister(

@@ -63,6 +63,54 @@ pub struct OutputEncoding {
     pub binary: BTreeMap<String, bool>,
     /// Default for outputs not listed (`binary_data_output` request parameter).
     pub binary_default: bool,
+    /// Outputs written into a shared-memory region instead of the body.
+    pub shm: BTreeMap<String, ShmRef>,
+}
+
+/// A tensor's place in a registered shared-memory region (Triton's `shared_memory_region`,
+/// `shared_memory_offset`, `shared_memory_byte_size` parameters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShmRef {
+    /// The region's registered name.
+    pub region: String,
+    /// Offset into the region.
+    pub offset: u64,
+    /// Bytes available there.
+    pub byte_size: u64,
+}
+
+fn param_u64(params: &Map<String, Value>, key: &str, what: &str) -> Result<Option<u64>> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            DecodeError(format!(
+                "{what}: parameter '{key}' must be a non-negative integer, got {v}"
+            ))
+        }),
+    }
+}
+
+/// The shared-memory place a tensor's parameters name, if any.
+fn shm_ref(params: &Option<Map<String, Value>>, what: &str) -> Result<Option<ShmRef>> {
+    let Some(p) = params else { return Ok(None) };
+    let Some(region) = p.get("shared_memory_region") else {
+        return Ok(None);
+    };
+    let Some(region) = region.as_str() else {
+        return err(format!(
+            "{what}: parameter 'shared_memory_region' must be a string, got {region}"
+        ));
+    };
+    let byte_size = param_u64(p, "shared_memory_byte_size", what)?.ok_or_else(|| {
+        DecodeError(format!(
+            "{what}: 'shared_memory_region' needs 'shared_memory_byte_size'"
+        ))
+    })?;
+    Ok(Some(ShmRef {
+        region: region.to_string(),
+        offset: param_u64(p, "shared_memory_offset", what)?.unwrap_or(0),
+        byte_size,
+    }))
 }
 
 impl OutputEncoding {
@@ -98,9 +146,11 @@ fn to_param(v: &Value) -> Option<ParamValue> {
 
 /// Decodes an inference request body. `header_len` is the `Inference-Header-Content-Length`
 /// header, when present.
+/// Inputs that name a shared-memory region are read from `shm`.
 pub fn decode_request(
     body: &Bytes,
     header_len: Option<usize>,
+    shm: &crate::shm::SharedMemory,
 ) -> Result<(InferRequest, OutputEncoding)> {
     let hlen = match header_len {
         Some(n) if n > body.len() => {
@@ -149,14 +199,29 @@ pub fn decode_request(
                 })
             })
             .collect::<Result<Vec<usize>>>()?;
-        if input
-            .parameters
-            .as_ref()
-            .is_some_and(|p| p.contains_key("shared_memory_region"))
-        {
-            return err(format!(
-                "input '{name}': the shared-memory extension is not supported; send the data in the body"
-            ));
+        if let Some(place) = shm_ref(&input.parameters, &format!("input '{name}'"))? {
+            if input.data.is_some()
+                || input
+                    .parameters
+                    .as_ref()
+                    .is_some_and(|p| p.contains_key("binary_data_size"))
+            {
+                return err(format!(
+                    "input '{name}': give shared_memory_region or data, not both"
+                ));
+            }
+            let what = format!("input '{name}'");
+            let raw = shm
+                .read(&place.region, place.offset, place.byte_size, &what)
+                .map_err(|e| DecodeError(e.0))?;
+            let raw = Bytes::from(raw);
+            let tensor = match dtype {
+                DataType::Bytes => Tensor::from_length_prefixed(shape, &raw),
+                _ => Tensor::new(dtype, shape, TensorData::Raw(raw)),
+            }
+            .map_err(|e| DecodeError(format!("{what} (from shared memory): {e}")))?;
+            req.inputs.push(NamedTensor { name, tensor });
+            continue;
         }
         let bin_size = match input
             .parameters
@@ -215,14 +280,14 @@ pub fn decode_request(
             )? {
                 enc.binary.insert(o.name.clone(), b);
             }
-            if o.parameters
-                .as_ref()
-                .is_some_and(|p| p.contains_key("shared_memory_region"))
-            {
-                return err(format!(
-                    "output '{}': the shared-memory extension is not supported",
-                    o.name
-                ));
+            if let Some(place) = shm_ref(&o.parameters, &format!("output '{}'", o.name))? {
+                if shm.status(Some(&place.region)).is_err() {
+                    return err(format!(
+                        "output '{}': shared-memory region '{}' is not registered",
+                        o.name, place.region
+                    ));
+                }
+                enc.shm.insert(o.name.clone(), place);
             }
             if o.parameters
                 .as_ref()
@@ -517,6 +582,38 @@ pub struct EncodedResponse {
     pub header_len: Option<usize>,
 }
 
+/// Writes the outputs the request placed in shared memory into their regions (before
+/// [`encode_response`], which then sends only their datatype, shape and size).
+pub fn write_shm_outputs(
+    resp: &InferResponse,
+    enc: &OutputEncoding,
+    shm: &crate::shm::SharedMemory,
+) -> Result<()> {
+    for o in &resp.outputs {
+        let Some(place) = enc.shm.get(&o.name) else {
+            continue;
+        };
+        let bytes = o.tensor.to_wire_bytes();
+        if bytes.len() as u64 > place.byte_size {
+            return err(format!(
+                "output '{}': {} bytes do not fit the {} bytes given in shared-memory region '{}'",
+                o.name,
+                bytes.len(),
+                place.byte_size,
+                place.region
+            ));
+        }
+        shm.write(
+            &place.region,
+            place.offset,
+            &bytes,
+            &format!("output '{}'", o.name),
+        )
+        .map_err(|e| DecodeError(e.0))?;
+    }
+    Ok(())
+}
+
 /// Encodes an inference response.
 pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedResponse {
     let mut outputs = Vec::with_capacity(resp.outputs.len());
@@ -529,7 +626,21 @@ pub fn encode_response(resp: &InferResponse, enc: &OutputEncoding) -> EncodedRes
             Value::String(o.tensor.dtype().as_str().into()),
         );
         m.insert("shape".into(), Value::from(o.tensor.shape().to_vec()));
-        if enc.is_binary(&o.name) {
+        if let Some(place) = enc.shm.get(&o.name) {
+            let mut p = Map::new();
+            p.insert(
+                "shared_memory_region".into(),
+                Value::String(place.region.clone()),
+            );
+            p.insert(
+                "shared_memory_byte_size".into(),
+                Value::from(o.tensor.wire_len()),
+            );
+            if place.offset > 0 {
+                p.insert("shared_memory_offset".into(), Value::from(place.offset));
+            }
+            m.insert("parameters".into(), Value::Object(p));
+        } else if enc.is_binary(&o.name) {
             let mut p = Map::new();
             p.insert("binary_data_size".into(), Value::from(o.tensor.wire_len()));
             m.insert("parameters".into(), Value::Object(p));

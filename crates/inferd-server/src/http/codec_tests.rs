@@ -18,7 +18,9 @@ fn body(json: &str, bin: &[u8]) -> (Bytes, Option<usize>) {
 
 fn decode_err(json: &str, bin: &[u8], hlen: Option<usize>) -> String {
     let (b, h) = body(json, bin);
-    decode_request(&b, hlen.or(h)).expect_err("should fail").0
+    decode_request(&b, hlen.or(h), &Default::default())
+        .expect_err("should fail")
+        .0
 }
 
 #[test]
@@ -33,7 +35,7 @@ fn decodes_json_and_binary_inputs() {
         {"name":"c","shape":[2],"datatype":"BYTES","data":["x","héllo"]}],
         "outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
     let (b, h) = body(json, &raw);
-    let (req, enc) = decode_request(&b, h).unwrap();
+    let (req, enc) = decode_request(&b, h, &Default::default()).unwrap();
     assert_eq!(req.id, "7");
     assert_eq!(req.inputs[0].tensor.to_f32_vec().unwrap(), vec![1.5, -2.0]);
     assert_eq!(
@@ -167,6 +169,7 @@ fn response_round_trips_binary_and_json() {
     let enc = OutputEncoding {
         binary: [("bin".to_string(), true)].into(),
         binary_default: false,
+        ..Default::default()
     };
     let out = encode_response(&resp, &enc);
     let h = out.header_len.unwrap();

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod generate;
 pub mod openai;
 pub mod openai_text;
+pub mod shm;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -49,6 +50,8 @@ pub struct HttpState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Traffic routes: a request naming a route goes where it sends it.
     pub traffic: std::sync::Arc<crate::traffic::Traffic>,
+    /// Registered system shared-memory regions (shared with gRPC).
+    pub shm: std::sync::Arc<crate::shm::SharedMemory>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -99,6 +102,40 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
             post(generate::generate_stream_v),
         )
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/systemsharedmemory/status", get(shm::status_all))
+        .route(
+            "/v2/systemsharedmemory/region/{name}/status",
+            get(shm::status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/register",
+            post(shm::register),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/unregister",
+            post(shm::unregister),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shm::unregister_all),
+        )
+        .route("/v2/cudasharedmemory/status", get(shm::cuda_status))
+        .route(
+            "/v2/cudasharedmemory/region/{name}/status",
+            get(shm::cuda_status),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{name}/register",
+            post(shm::cuda_register),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{name}/unregister",
+            post(shm::cuda_unregister),
+        )
+        .route(
+            "/v2/cudasharedmemory/unregister",
+            post(shm::cuda_unregister),
+        )
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/completions", post(openai_text::completions))
         .route("/v1/chat/completions", post(openai_text::chat_completions))
@@ -451,7 +488,7 @@ async fn do_infer(
     let body = read_body(body, &s, &headers).await?;
     let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
     let (req, enc) =
-        codec::decode_request(&body, header_len).map_err(|e| ApiError::bad_request(e.0))?;
+        codec::decode_request(&body, header_len, &s.shm).map_err(|e| ApiError::bad_request(e.0))?;
     drop(body);
     // A route takes the unversioned calls (its sticky key from the header the route names,
     // else the request parameter of that name); `/versions/N/` goes direct.
@@ -474,6 +511,7 @@ async fn do_infer(
             s.traffic.infer(&s.engine, r, req, id).await?
         }
     };
+    codec::write_shm_outputs(&resp, &enc, &s.shm).map_err(|e| ApiError::bad_request(e.0))?;
     let out = codec::encode_response(&resp, &enc);
     let mut r = Response::new(Body::from(out.body));
     let h = r.headers_mut();
@@ -563,16 +601,31 @@ async fn repository_load(
 ) -> ApiResult<Json<Value>> {
     admin::admin(&s, &headers)?;
     let req = json_body(body, &s, &headers).await?;
-    if let Some(params) = req.get("parameters").and_then(Value::as_object)
-        && let Some(k) = params
-            .keys()
-            .find(|k| *k == "config" || k.starts_with("file:"))
-    {
-        return Err(ApiError::bad_request(format!(
-            "load parameter '{k}' (config override) is not supported; change the repository instead"
-        )));
+    let mut o = inferd_core::LoadOverride::default();
+    if let Some(params) = req.get("parameters").and_then(Value::as_object) {
+        for (k, v) in params {
+            if k == "config" {
+                let Some(text) = v.as_str() else {
+                    return Err(ApiError::bad_request(
+                        "load parameter 'config' must be a string holding the model config as JSON",
+                    ));
+                };
+                o.config_json = Some(text.to_string());
+            } else if let Some(file) = k.strip_prefix("file:") {
+                use base64::Engine as _;
+                let data = v
+                    .as_str()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "load parameter '{k}' must be the file's contents in base64"
+                        ))
+                    })?;
+                o.files.push((file.to_string(), data));
+            }
+        }
     }
-    s.engine.load_api(&model).await?;
+    s.engine.load_with(&model, o).await?;
     Ok(Json(json!({})))
 }
 
