@@ -243,3 +243,54 @@ def make_repo(dest: Path, accumulator_limit: int | None = None) -> Path:
         config = config.replace("max_sequence_idle_microseconds: 10000000", "max_sequence_idle_microseconds: 300000")
         _write(dest, "accumulator", config, _accumulator("accumulator", TensorProto.UINT64))
     return dest
+
+
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    ins = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items())
+    outs = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items())
+    return f'{{ model_name: "{model}" model_version: -1 {ins} {outs} }}'
+
+
+def _ensemble(name: str, steps: list[str], outputs: list[str], in_type: str = "TYPE_INT32") -> str:
+    ins = "\n".join(f'input {{ name: "{n}" data_type: {in_type} dims: [ 16 ] }}' for n in ("IN0", "IN1"))
+    outs = "\n".join(f'output {{ name: "{n}" data_type: TYPE_INT32 dims: [ 16 ] }}' for n in outputs)
+    return (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\n{ins}\n{outs}\n'
+        f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}\n"
+    )
+
+
+def make_ensembles(dest: Path) -> Path:
+    """Ensembles over ``simple`` (written by ``make_repo``):
+
+    - ``pipeline``: a first step gives SUM and DIFF of IN0 and IN1; two steps then run at once,
+      one on (SUM, DIFF) giving TWICE0 = 2*IN0 and TWICE1 = 2*IN1, one on (SUM, SUM) giving
+      SUM2 = 2*(IN0+IN1) (and a DIFF0 of zeros it drops);
+    - ``missing_member``: a step names a model that is not in the repository;
+    - ``wrong_types``: an INT8 member fed the ensemble's INT32 input.
+    """
+    first = _step("simple", {"INPUT0": "IN0", "INPUT1": "IN1"}, {"OUTPUT0": "SUM", "OUTPUT1": "DIFF"})
+    twice = _step("simple", {"INPUT0": "SUM", "INPUT1": "DIFF"}, {"OUTPUT0": "TWICE0", "OUTPUT1": "TWICE1"})
+    sum2 = _step("simple", {"INPUT0": "SUM", "INPUT1": "SUM"}, {"OUTPUT0": "SUM2"})
+    for name, config in [
+        ("pipeline", _ensemble("pipeline", [twice, sum2, first], ["TWICE0", "TWICE1", "SUM2"])),
+        (
+            "missing_member",
+            _ensemble(
+                "missing_member",
+                [_step("no_such_model", {"INPUT0": "IN0", "INPUT1": "IN1"}, {"OUTPUT0": "TWICE0"})],
+                ["TWICE0"],
+            ),
+        ),
+        (
+            "wrong_types",
+            _ensemble(
+                "wrong_types",
+                [_step("simple_int8", {"INPUT0": "IN0", "INPUT1": "IN1"}, {"OUTPUT0": "TWICE0"})],
+                ["TWICE0"],
+            ),
+        ),
+    ]:
+        (dest / name / "1").mkdir(parents=True, exist_ok=True)
+        (dest / name / "config.pbtxt").write_text(config)
+    return dest

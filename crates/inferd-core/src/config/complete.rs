@@ -155,8 +155,13 @@ fn check_against_model(cfg: &ModelConfig, sig: &ModelSignature) -> Result<(), St
             &sig.outputs,
         )?;
     }
+    let server_inputs: Vec<&str> = cfg
+        .sequence_batching
+        .as_ref()
+        .map(|sb| sb.server_inputs().collect())
+        .unwrap_or_default();
     for s in &sig.inputs {
-        if cfg.input(&s.name).is_none() {
+        if cfg.input(&s.name).is_none() && !server_inputs.contains(&s.name.as_str()) {
             return Err(format!(
                 "the model's input '{}' is missing from the config inputs ({})",
                 s.name,

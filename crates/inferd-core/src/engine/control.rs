@@ -11,7 +11,7 @@ impl Engine {
         let (root, _) = self.source_of(name);
         if !root.join(name).is_dir() && !self.knows(name)? {
             return Err(Error::NotFound(format!(
-                "model '{name}' is not in the repository"
+                "failed to load '{name}': no such model in the repository"
             )));
         }
         let failed = self.reconcile(name, true).await?;

@@ -35,9 +35,10 @@ const MAX_FILES: usize = 256;
 
 /// Checks a `file:` name: `<version>/<relative path>` of plain components.
 fn staged_path(name: &str) -> Result<PathBuf> {
+    // "failed to poll from model repository": the words Triton's clients match on.
     let bad = |why: &str| {
         Err(Error::invalid(format!(
-            "load parameter 'file:{name}': {why}; expected 'file:<version>/<file name>'"
+            "failed to poll from model repository: load parameter 'file:{name}': {why}; expected 'file:<version>/<file name>'"
         )))
     };
     let path = Path::new(name);
@@ -164,8 +165,12 @@ impl Engine {
             self.set_override(name, None);
             return self.load(name).await;
         };
-        let mut text = crate::config::json::json_to_pbtxt(&json)
-            .map_err(|e| Error::invalid(format!("load parameter 'config': {e}")))?;
+        let mut text = crate::config::json::json_to_pbtxt(&json).map_err(|e| {
+            tracing::warn!(model = %name, "Invalid config override: {e}");
+            Error::invalid(format!(
+                "failed to load '{name}': Invalid config override (load parameter 'config'): {e}"
+            ))
+        })?;
         if !text.contains("name:") {
             text.push_str(&format!("name: \"{name}\" "));
         }

@@ -90,7 +90,8 @@ pub struct Sequences {
 
 /// One request's claim on its sequence; [`Claim::finish`] stores the new state. Dropped
 /// unfinished (the request failed or its caller went away), it gives the sequence back with
-/// the state it had, so a cancelled request never leaves a sequence busy.
+/// the state it had (or, for a start, releases it), so a cancelled request never leaves a
+/// sequence busy.
 pub struct Claim<'a> {
     seqs: &'a Sequences,
     params: SequenceParams,
@@ -137,8 +138,11 @@ impl Claim<'_> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
+        // A failed start leaves no sequence behind (there is no state to go on from); a
+        // later request that fails keeps the state the sequence had.
         if let Some(state) = self.state.take() {
-            self.seqs.give_back(&self.params.id, state, false);
+            self.seqs
+                .give_back(&self.params.id, state, self.params.start);
         }
     }
 }

@@ -130,6 +130,18 @@ pub fn decode_infer(
     shm: &SharedMemory,
 ) -> Result<InferRequest, Status> {
     let raw = req.raw_input_contents;
+    if !raw.is_empty()
+        && let Some(i) = req
+            .inputs
+            .iter()
+            .find(|i| i.contents.as_ref().is_some_and(has_contents))
+    {
+        // Triton's words, which its clients match on.
+        return Err(bad(format!(
+            "contents field must not be specified when using raw_input_contents for '{}' for model '{}'",
+            i.name, req.model_name
+        )));
+    }
     let in_body = req
         .inputs
         .iter()

@@ -75,8 +75,9 @@ fn parse_version(v: &str) -> Result<Option<u64>, Status> {
         return Ok(None);
     }
     v.parse::<u64>().map(Some).map_err(|_| {
+        // Triton's words, which its clients match on.
         Status::invalid_argument(format!(
-            "invalid model version '{v}': expected a non-negative integer"
+            "failed to get model version from specified version string '{v}' (expected a non-negative integer)"
         ))
     })
 }
