@@ -201,3 +201,13 @@ def test_the_state_outputs_never_reach_the_client(server):
             "accumulator", _one(httpclient, 1), outputs=[httpclient.InferRequestedOutput("ACC_OUT")],
             sequence_id=13, sequence_start=True,
         )
+
+
+def test_the_config_shows_the_sequence_batching_settings(server):
+    cfg = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("simple_dyna_sequence").config
+    sb = cfg.sequence_batching
+    assert sb.max_sequence_idle_microseconds == 10_000_000
+    assert sb.oldest.max_candidate_sequences == 1024
+    assert [c.name for c in sb.control_input] == ["START", "END", "READY", "CORRID"]
+    http_cfg = requests.get(f"{server.http_base}/v2/models/accumulator/config", timeout=10).json()
+    assert http_cfg["sequence_batching"]["state"][0]["input_name"] == "ACC_IN"

@@ -10,6 +10,8 @@ What each computes is taken from Triton's example repository (its graphs, read f
   OUTPUT = READY * (INPUT + START) (no state);
 - ``simple_dyna_sequence``: also END and CORRID (UINT64):
   OUTPUT = READY * ((INPUT + START) + END * CORRID);
+- ``repeat_int32``: decoupled (Triton's ``repeat`` backend, built into inferd): one response
+  per element of IN, after DELAY[i] ms each;
 - ``simple_string_dyna_sequence``: an accumulator with a string correlation id: START sets it
   to INPUT, later requests add INPUT, END adds the id read as a number. Triton builds it as a
   C++ backend; here the accumulator is implicit state (``sequence_batching.state``) the server
@@ -206,6 +208,22 @@ output [ {{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }} ]
 """
 
 
+REPEAT_CONFIG = """name: "repeat_int32"
+backend: "repeat"
+max_batch_size: 0
+model_transaction_policy { decoupled: True }
+input [
+  { name: "IN" data_type: TYPE_INT32 dims: [ -1 ] },
+  { name: "DELAY" data_type: TYPE_UINT32 dims: [ -1 ] },
+  { name: "WAIT" data_type: TYPE_UINT32 dims: [ 1 ] }
+]
+output [
+  { name: "OUT" data_type: TYPE_INT32 dims: [ 1 ] },
+  { name: "IDX" data_type: TYPE_UINT32 dims: [ 1 ] }
+]
+"""
+
+
 def _write(dest: Path, name: str, config: str, model: onnx.ModelProto) -> None:
     (dest / name / "1").mkdir(parents=True, exist_ok=True)
     (dest / name / "config.pbtxt").write_text(config)
@@ -238,6 +256,9 @@ def make_repo(dest: Path, accumulator_limit: int | None = None) -> Path:
         _accumulator_config("simple_string_dyna_sequence", "TYPE_STRING"),
         _accumulator("simple_string_dyna_sequence", TensorProto.STRING),
     )
+    # Decoupled: Triton's repeat backend (built into inferd); its version folder holds no file.
+    (dest / "repeat_int32" / "1").mkdir(parents=True, exist_ok=True)
+    (dest / "repeat_int32" / "config.pbtxt").write_text(REPEAT_CONFIG)
     if accumulator_limit is not None:
         config = _accumulator_config("accumulator", "TYPE_UINT64", f"oldest {{ max_candidate_sequences: {accumulator_limit} }}")
         config = config.replace("max_sequence_idle_microseconds: 10000000", "max_sequence_idle_microseconds: 300000")

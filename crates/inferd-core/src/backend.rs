@@ -101,6 +101,11 @@ pub trait Backend: Send + Sync + 'static {
     fn gpu_unsupported(&self) -> Option<String> {
         Some(format!("backend '{}' runs on CPU only", self.name()))
     }
+    /// Whether a version needs a model file (a backend whose behaviour is all in the config,
+    /// like `repeat`, does not).
+    fn needs_model_file(&self) -> bool {
+        true
+    }
     /// Loads a version. May take long: the engine calls it off the async runtime.
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError>;
 }
@@ -123,6 +128,24 @@ pub trait LoadedModel: Send + Sync {
     fn generator(&self) -> Option<Arc<dyn crate::generate::TextGenerator>> {
         None
     }
+    /// The decoupled runner of a model that answers a request with any number of responses
+    /// (`model_transaction_policy { decoupled: true }`); `None` for the others.
+    fn decoupled(&self) -> Option<Arc<dyn DecoupledModel>> {
+        None
+    }
+}
+
+/// A model that answers each request with zero, one or many responses (Triton's decoupled
+/// models). The engine runs it on a blocking thread, one request per call.
+pub trait DecoupledModel: Send + Sync {
+    /// Runs one request (inputs checked against the config, in its order), handing each
+    /// response's outputs to `send`; stops early when `send` returns false (the client left).
+    fn run(
+        &self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+        send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
+    ) -> Result<(), BackendError>;
 }
 
 /// One execution instance; owned by one executor thread.

@@ -46,6 +46,7 @@ pub struct VersionRunner {
     config: Arc<ModelConfig>,
     signature: ModelSignature,
     generator: Option<Arc<dyn crate::generate::TextGenerator>>,
+    decoupled: Option<Arc<dyn crate::backend::DecoupledModel>>,
     scheduler: Arc<Scheduler>,
     /// Sequences of a stateful model, or the plan of an ensemble.
     extras: VersionExtras,
@@ -109,7 +110,8 @@ impl VersionRunner {
         let scheduler = Arc::new(Scheduler::new(model_name, settings));
         let stats = Arc::new(Mutex::new(VersionStats::default()));
         let mut threads = Vec::new();
-        let placements = if extras.ensemble.is_some() {
+        // Ensembles run on their members, decoupled models on the engine's blocking threads.
+        let placements = if extras.ensemble.is_some() || model.decoupled().is_some() {
             Vec::new()
         } else {
             config.placements()
@@ -148,6 +150,7 @@ impl VersionRunner {
             config,
             signature: model.signature().clone(),
             generator: model.generator(),
+            decoupled: model.decoupled(),
             scheduler,
             extras,
             threads: Mutex::new(threads),
@@ -158,6 +161,11 @@ impl VersionRunner {
             start_phases: Mutex::new(Vec::new()),
             cache,
         }))
+    }
+
+    /// The decoupled runner, for a decoupled model.
+    pub fn decoupled(&self) -> Option<Arc<dyn crate::backend::DecoupledModel>> {
+        self.decoupled.clone()
     }
 
     /// The live sequences, for a stateful model.

@@ -176,6 +176,7 @@ fn backends(onnx: OnnxBackend, origin: &str, llm: LlmFlags) -> Result<Vec<Arc<dy
         Arc::new(inferd_onnx::OnnxBackend),
         #[cfg(feature = "trees")]
         Arc::new(inferd_trees::TreesBackend),
+        Arc::new(inferd_repeat::RepeatBackend),
         #[cfg(feature = "candle")]
         Arc::new(inferd_candle::CandleBackend),
         #[cfg(feature = "llm")]

@@ -114,7 +114,10 @@ fn models_asking_for_what_inferd_lacks_are_unavailable_naming_it_and_the_rest_se
     );
     has(
         "decoupled",
-        &["model_transaction_policy.decoupled", "does not implement"],
+        &[
+            "model_transaction_policy.decoupled",
+            "cannot serve a decoupled model",
+        ],
     );
     has(
         "typo",
@@ -123,7 +126,7 @@ fn models_asking_for_what_inferd_lacks_are_unavailable_naming_it_and_the_rest_se
     has("huge_levels", &["priority_levels"]);
     has(
         "pipeline",
-        &["ensemble_scheduling", "does not execute ensembles"],
+        &["ensemble_scheduling.step[0]", "output_map is empty"],
     );
     has("torch", &["model.pt", "pickle"]);
     has("sk", &["model.pkl", "pickle"]);

@@ -51,9 +51,29 @@ pub struct ModelConfig {
     /// (`--cache-config`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_cache: Option<ResponseCacheConfig>,
+    /// How requests and responses pair up (`decoupled`: any number of responses each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_transaction_policy: Option<ModelTransactionPolicy>,
     /// Stateful sequences (`sequence_batching`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequence_batching: Option<super::sequence::SequenceBatching>,
+}
+
+/// Triton's `model_transaction_policy` message.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelTransactionPolicy {
+    /// Zero, one or many responses per request, streamed as they come.
+    pub decoupled: bool,
+}
+
+impl ModelConfig {
+    /// Whether the model is decoupled (any number of responses per request).
+    pub fn is_decoupled(&self) -> bool {
+        self.model_transaction_policy
+            .as_ref()
+            .is_some_and(|p| p.decoupled)
+    }
 }
 
 /// Triton's `response_cache` message.

@@ -149,13 +149,9 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
         r.refuse(&mut cx, name, what);
     }
     if let Some(mut t) = r.message(&mut cx, "model_transaction_policy") {
-        if let Some((true, pos)) = t.bool_at(&mut cx, "decoupled") {
-            cx.error(
-                pos,
-                &t.path("decoupled"),
-                "inferd does not implement decoupled models (any number of responses per \
-                 request); serving this model would change its behaviour, so it is not loaded",
-            );
+        if let Some(decoupled) = t.bool(&mut cx, "decoupled") {
+            cfg.model_transaction_policy =
+                Some(crate::config::model::ModelTransactionPolicy { decoupled });
         }
         t.finish(&mut cx);
     }

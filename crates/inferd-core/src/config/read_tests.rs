@@ -143,10 +143,6 @@ fn fields_whose_semantics_inferd_lacks_are_refused_by_name() {
             "batch_input",
         ),
         ("batch_output [ { target_name: \"y\" } ]", "batch_output"),
-        (
-            "model_transaction_policy { decoupled: true }",
-            "model_transaction_policy.decoupled",
-        ),
     ] {
         let errs = parse(&format!("name: \"m\"\n{text}")).unwrap_err();
         let e: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
@@ -160,6 +156,9 @@ fn fields_whose_semantics_inferd_lacks_are_refused_by_name() {
     // Switched off, they mean nothing and load.
     let p = parse("name: \"m\"\nmodel_transaction_policy { decoupled: false }\nresponse_cache { enable: false }").unwrap();
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    // Decoupled is read (the backend must answer so; checked at load).
+    let p = parse("name: \"m\"\nmodel_transaction_policy { decoupled: true }").unwrap();
+    assert!(p.config.is_decoupled());
     // The response cache is read (and used when the server has one).
     let p = parse("name: \"m\"\nresponse_cache { enable: true }").unwrap();
     assert_eq!(p.config.response_cache.map(|c| c.enable), Some(true));

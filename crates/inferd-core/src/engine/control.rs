@@ -34,6 +34,12 @@ impl Engine {
         let entry = models
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("model '{name}' is not in the repository")))?;
+        // The config could not be read: nothing new loaded, even if older versions serve.
+        if let Some(e) = &entry.error {
+            return Err(Error::InvalidArgument(format!(
+                "failed to load model '{name}': {e}; versions that were serving keep serving"
+            )));
+        }
         if entry
             .versions
             .values()

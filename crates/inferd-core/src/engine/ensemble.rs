@@ -108,13 +108,22 @@ impl Engine {
         .map_err(|e| LoadFailure::server(e.to_string()))
     }
 
-    /// Why an ensemble cannot serve now (a member not ready), if it cannot.
-    pub(super) fn ensemble_blocked(&self, plan: &Plan) -> Option<String> {
-        plan.steps.iter().find_map(|s| {
-            self.route(&s.model, s.version)
-                .err()
-                .map(|e| format!("ensemble member '{}' is not ready: {e}", s.model))
-        })
+    /// Why an ensemble cannot serve now, if it cannot: a member not ready, or a member
+    /// reloaded with a config its edges no longer fit (checked against the members' serving
+    /// configs, so a member's reload is followed without reloading the ensemble).
+    pub(super) fn ensemble_blocked(&self, cfg: &ModelConfig, plan: &Plan) -> Option<String> {
+        let mut configs = HashMap::new();
+        for s in &plan.steps {
+            match self.route(&s.model, s.version) {
+                Ok(g) => {
+                    configs.insert(s.model.clone(), g.runner().config().clone());
+                }
+                Err(e) => return Some(format!("ensemble member '{}' is not ready: {e}", s.model)),
+            }
+        }
+        crate::ensemble::check_types(cfg, plan, &|m| configs.get(m).map(|c| c.as_ref().clone()))
+            .err()
+            .map(|e| format!("an ensemble member changed and no longer fits: {e}"))
     }
 
     fn step_request(

@@ -33,7 +33,7 @@ impl Engine {
             Ok(g) => Ok(g
                 .runner()
                 .ensemble()
-                .is_none_or(|p| self.ensemble_blocked(p).is_none())),
+                .is_none_or(|p| self.ensemble_blocked(g.runner().config(), p).is_none())),
             Err(Error::Unavailable(_)) => Ok(false),
             Err(Error::NotFound(_)) if self.knows(model)? => Ok(false),
             Err(e) => Err(e),

@@ -253,7 +253,7 @@ impl Engine {
             .into());
         }
         let model_file = model_file.unwrap_or_default();
-        if !model_file.exists() {
+        if backend.needs_model_file() && !model_file.exists() {
             return Err(format!("model file '{}' not found", model_file.display()).into());
         }
         let loaded = backend
@@ -279,6 +279,23 @@ impl Engine {
             && let Some(p) = backend.platform()
         {
             cfg.platform = p.to_string();
+        }
+        match (cfg.is_decoupled(), loaded.decoupled().is_some()) {
+            (true, false) => {
+                return Err(format!(
+                    "field 'model_transaction_policy.decoupled': backend '{}' answers each request once; it cannot serve a decoupled model",
+                    backend.name()
+                )
+                .into());
+            }
+            (false, true) => {
+                return Err(format!(
+                    "backend '{}' answers with any number of responses per request: set model_transaction_policy {{ decoupled: true }}",
+                    backend.name()
+                )
+                .into());
+            }
+            _ => {}
         }
         complete_config(&mut cfg, parsed.max_batch_size_set, loaded.signature()).map_err(|e| {
             format!(

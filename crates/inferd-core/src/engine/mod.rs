@@ -15,6 +15,7 @@
 //! - [`lifecycle`]: the version state machine, as pure functions.
 
 mod control;
+mod decoupled;
 mod ensemble;
 mod introspect;
 pub(crate) mod lifecycle;

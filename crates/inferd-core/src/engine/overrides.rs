@@ -192,12 +192,25 @@ impl Engine {
                 root: root.clone(),
             }),
         );
-        let r = self.load(name).await;
+        let r = self.load(name).await.map_err(|e| {
+            // The override's text stands in for the folder's config.pbtxt: say so.
+            let text = e.to_string().replace(
+                &format!("{name}/{}", repository::CONFIG_FILE),
+                "the config override (load parameter 'config')",
+            );
+            match e {
+                Error::InvalidArgument(_) => Error::InvalidArgument(text),
+                Error::NotFound(_) => Error::NotFound(text),
+                _ => Error::Internal(text),
+            }
+        });
         let stale = if r.is_ok() {
             previous.and_then(|p| p.root)
         } else {
-            // Back to what served before; the new staging folder goes.
+            // Back to what served before (nothing changes for the serving versions, and the
+            // model's error clears); the new staging folder goes.
             self.set_override(name, previous);
+            let _ = self.reconcile(name, true).await;
             root
         };
         if let Some(dir) = stale {

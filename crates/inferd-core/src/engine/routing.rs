@@ -16,10 +16,16 @@ impl Engine {
         let params = req.parameters.clone();
         let (guard, mut prepared, id) = self.admit(model, version, req)?;
         let runner = guard.runner();
+        if runner.decoupled().is_some() {
+            return Err(super::decoupled::answers_many(model));
+        }
         let spin = self.result_spin(runner);
         if let Some(plan) = runner.ensemble() {
             let start = std::time::Instant::now();
-            let r = self.run_ensemble(plan, prepared, &params, &id).await;
+            let r = match self.ensemble_blocked(runner.config(), plan) {
+                Some(why) => Err(Error::Unavailable(format!("model '{model}': {why}"))),
+                None => self.run_ensemble(plan, prepared, &params, &id).await,
+            };
             let outcome = r
                 .as_ref()
                 .map(|_| ())
@@ -100,10 +106,16 @@ impl Engine {
         let params = req.parameters.clone();
         let (guard, mut prepared, id) = self.admit(model, version, req)?;
         let runner = guard.runner();
+        if runner.decoupled().is_some() {
+            return Err(super::decoupled::answers_many(model));
+        }
         let spin = self.result_spin(runner);
         if let Some(plan) = runner.ensemble() {
             let start = std::time::Instant::now();
-            let r = self.run_ensemble_blocking(plan, prepared, &params, &id);
+            let r = match self.ensemble_blocked(runner.config(), plan) {
+                Some(why) => Err(Error::Unavailable(format!("model '{model}': {why}"))),
+                None => self.run_ensemble_blocking(plan, prepared, &params, &id),
+            };
             let outcome = r
                 .as_ref()
                 .map(|_| ())

@@ -46,6 +46,10 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
                     .collect(),
             },
         ))
+    } else if let Some(sb) = &c.sequence_batching {
+        Some(pb::model_config::SchedulingChoice::SequenceBatching(
+            sequence_to_pb(sb),
+        ))
     } else {
         c.ensemble_scheduling.as_ref().map(|e| {
             pb::model_config::SchedulingChoice::EnsembleScheduling(pb::ModelEnsembling {
@@ -147,6 +151,87 @@ pub fn config_to_pb(c: &ModelConfig) -> pb::ModelConfig {
                 ..Default::default()
             }
         }),
+        model_transaction_policy: c.model_transaction_policy.as_ref().map(|p| {
+            pb::ModelTransactionPolicy {
+                decoupled: p.decoupled,
+            }
+        }),
+        ..Default::default()
+    }
+}
+
+/// `sequence_batching` as the protocol's message.
+fn sequence_to_pb(sb: &cfg::SequenceBatching) -> pb::ModelSequenceBatching {
+    use cfg::sequence::{ControlKind, FalseTrue};
+    use pb::model_sequence_batching as msb;
+    let control = |c: &cfg::sequence::Control| {
+        let mut out = msb::Control {
+            kind: match c.kind {
+                ControlKind::Start => 0,
+                ControlKind::Ready => 1,
+                ControlKind::End => 2,
+                ControlKind::Corrid => 3,
+            },
+            data_type: c.data_type.map_or(0, |d| dt_enum(d.0)),
+            ..Default::default()
+        };
+        match c.false_true {
+            Some(FalseTrue::Int32(v)) => out.int32_false_true = v.to_vec(),
+            Some(FalseTrue::Fp32(v)) => out.fp32_false_true = v.to_vec(),
+            Some(FalseTrue::Bool(v)) => out.bool_false_true = v.to_vec(),
+            None => {}
+        }
+        out
+    };
+    let strategy = match (&sb.direct, &sb.oldest) {
+        (_, Some(o)) => Some(msb::StrategyChoice::Oldest(msb::StrategyOldest {
+            max_candidate_sequences: o.max_candidate_sequences as i32,
+            preferred_batch_size: o.preferred_batch_size.iter().map(|&v| v as i32).collect(),
+            max_queue_delay_microseconds: o.max_queue_delay_microseconds,
+            preserve_ordering: o.preserve_ordering,
+        })),
+        (Some(d), None) => Some(msb::StrategyChoice::Direct(msb::StrategyDirect {
+            max_queue_delay_microseconds: d.max_queue_delay_microseconds,
+            minimum_slot_utilization: d.minimum_slot_utilization,
+        })),
+        (None, None) => None,
+    };
+    pb::ModelSequenceBatching {
+        strategy_choice: strategy,
+        max_sequence_idle_microseconds: sb.idle().as_micros() as u64,
+        control_input: sb
+            .control_input
+            .iter()
+            .map(|ci| msb::ControlInput {
+                name: ci.name.clone(),
+                control: ci.control.iter().map(control).collect(),
+            })
+            .collect(),
+        state: sb
+            .state
+            .iter()
+            .map(|s| msb::State {
+                input_name: s.input_name.clone(),
+                output_name: s.output_name.clone(),
+                data_type: dt_enum(s.data_type.0),
+                dims: s.dims.clone(),
+                initial_state: s
+                    .initial_state
+                    .iter()
+                    .map(|i| msb::InitialState {
+                        data_type: dt_enum(i.data_type.0),
+                        dims: i.dims.clone(),
+                        name: i.name.clone(),
+                        state_data: Some(if i.zero_data {
+                            msb::initial_state::StateData::ZeroData(true)
+                        } else {
+                            msb::initial_state::StateData::DataFile(i.data_file.clone())
+                        }),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }

@@ -6,6 +6,7 @@
 
 mod codec;
 mod config;
+mod decoupled;
 mod generate;
 mod sequence_order;
 
@@ -334,8 +335,14 @@ impl GrpcInferenceService for InferenceService {
                             }
                         }
                         None => {
-                            let out = stream_one(&engine, &shm, r).await;
-                            let _ = tx.send(Ok(out)).await;
+                            let decoupled = parse_version(&r.model_version)
+                                .is_ok_and(|v| engine.is_decoupled(&r.model_name, v));
+                            if decoupled {
+                                decoupled::stream(&engine, &shm, r, tx).await;
+                            } else {
+                                let out = stream_one(&engine, &shm, r).await;
+                                let _ = tx.send(Ok(out)).await;
+                            }
                         }
                     }
                     drop(slot);
