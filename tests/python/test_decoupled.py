@@ -103,3 +103,18 @@ def test_errors_travel_in_band_and_answer_once_paths_refuse(server):
     assert r.status_code == 400 and "decoupled" in r.json()["error"] and "ModelStreamInfer" in r.json()["error"]
     cfg = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("repeat_int32").config
     assert cfg.model_transaction_policy.decoupled is True
+
+
+def test_generate_stream_sends_each_response_as_an_event(server):
+    import json
+
+    url = f"{server.http_base}/v2/models/repeat_int32/generate_stream"
+    r = requests.post(url, json={"IN": [5, 6, 7], "DELAY": [0, 0, 0], "WAIT": 0}, stream=True, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+    events = [json.loads(line[len("data: "):]) for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert [(e["OUT"], e["IDX"]) for e in events] == [(5, 0), (6, 1), (7, 2)]
+    assert all(e["model_name"] == "repeat_int32" for e in events)
+    r = requests.post(url, json={"IN": [1], "DELAY": [0], "WAIT": 0, "NOPE": 1}, timeout=10)
+    assert r.status_code == 400 and "'NOPE' is not an input" in r.json()["error"]
+    r = requests.post(url.replace("generate_stream", "generate"), json={"IN": [1], "DELAY": [0], "WAIT": 0}, timeout=10)
+    assert r.status_code == 400 and "generate_stream" in r.json()["error"]

@@ -338,7 +338,7 @@ fn state(cx: &mut Cx, at: At) -> Option<SequenceState> {
             name: i.string(cx, "name").unwrap_or_default(),
         };
         i.finish(cx);
-        if init.zero_data == !init.data_file.is_empty() {
+        if init.zero_data != init.data_file.is_empty() {
             cx.error(
                 at.field.pos,
                 &at.path,

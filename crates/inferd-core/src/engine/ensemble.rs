@@ -199,12 +199,11 @@ impl Engine {
             let mut finished = vec![false; n];
             let mut running: FuturesUnordered<StepFuture<'_>> = FuturesUnordered::new();
             loop {
-                for i in 0..n {
-                    if started[i] || !plan.after[i].iter().all(|&d| finished[d]) {
+                for (i, (step, after)) in plan.steps.iter().zip(&plan.after).enumerate() {
+                    if started[i] || !after.iter().all(|&d| finished[d]) {
                         continue;
                     }
                     started[i] = true;
-                    let step = &plan.steps[i];
                     let req = Self::step_request(step, &tensors, params, id);
                     let engine = self.clone();
                     let fut = async move {

@@ -3,7 +3,8 @@
 //! "model_version", "text_output"}`; `.../generate_stream` sends the same object per piece of
 //! text as server-sent events. Parameters: `max_tokens`, `temperature`, `top_p`, `top_k`,
 //! `min_p`, `seed`, `stop` (a string or strings), `ignore_eos`; others are ignored. Errors are
-//! KServe's `{"error": "..."}` with a 4xx for the caller's mistakes.
+//! KServe's `{"error": "..."}` with a 4xx for the caller's mistakes. Decoupled tensor models
+//! stream through `generate_stream` too (see `generate_decoupled.rs`).
 
 use std::convert::Infallible;
 
@@ -113,6 +114,14 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let body = read_body(body, &s, &headers).await?;
     let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
+    if s.engine.is_decoupled(&model, version) {
+        if !stream {
+            return Err(ApiError::bad_request(format!(
+                "model '{model}' is decoupled (any number of responses per request): use generate_stream"
+            )));
+        }
+        return super::generate_decoupled::stream(s, model, version, &body).await;
+    }
     let req = request(&body)?;
     s.engine.wait_for_cold_start(&model, version).await;
     let (guard, generator) = s.engine.generator(&model, version)?;

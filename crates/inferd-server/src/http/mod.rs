@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod generate;
+mod generate_decoupled;
 pub mod openai;
 pub mod openai_text;
 pub mod shm;
