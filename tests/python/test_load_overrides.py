@@ -141,3 +141,18 @@ def test_overrides_need_the_admin_token_when_one_is_set(inferd_server_factory, t
     with pytest.raises(InferenceServerException) as e:
         client.load_model("simple", config='{"max_batch_size": 2}')
     assert "UNAUTHENTICATED" in str(e.value.status())
+
+
+def test_staged_files_are_checked_like_every_artifact(setup):
+    server, repo, staging = setup
+    client = httpclient.InferenceServerClient(server.http_url)
+    pickle = b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94."
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model(
+            "smuggled",
+            config='{"backend": "python"}',
+            files={"file:1/model.pkl": pickle},
+        )
+    assert "pickle" in e.value.message() and "model.pkl" in e.value.message(), e.value.message()
+    assert not client.is_model_ready("smuggled")
+    assert not any(staging.rglob("model.pkl")), "a refused load leaves nothing staged"

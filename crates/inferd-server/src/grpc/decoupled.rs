@@ -11,7 +11,9 @@ use super::{in_band, parse_version, pb};
 
 type Tx = tokio::sync::mpsc::Sender<Result<pb::ModelStreamInferResponse, tonic::Status>>;
 
-fn final_flag(r: &mut pb::ModelInferResponse, last: bool) {
+/// Marks a stream response as the request's last (`true`) or not, as Triton's decoupled
+/// responses are marked; the LLM's text stream is marked the same way.
+pub(super) fn final_flag(r: &mut pb::ModelInferResponse, last: bool) {
     r.parameters.insert(
         "triton_final_response".into(),
         pb::InferParameter {

@@ -2,7 +2,8 @@
 //! request's BYTES `text_input` is the prompt and its parameters (`max_tokens`, `temperature`,
 //! `top_p`, `top_k`, `seed`, `ignore_eos`) the settings; each piece of text comes back as its
 //! own response with a BYTES `text_output`, and a last response with no outputs carries the
-//! parameter `triton_final_response: true`. Errors travel in-band.
+//! parameter `triton_final_response: true` (the pieces carry it `false`: the framing of decoupled
+//! models' responses, `decoupled::final_flag`). Errors travel in-band.
 
 use bytes::Bytes;
 use inferd_core::InferResponse;
@@ -93,14 +94,7 @@ fn response(
         id: id.to_string(),
         outputs,
     });
-    if last {
-        out.parameters.insert(
-            "triton_final_response".into(),
-            pb::InferParameter {
-                parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
-            },
-        );
-    }
+    super::decoupled::final_flag(&mut out, last);
     pb::ModelStreamInferResponse {
         error_message: String::new(),
         infer_response: Some(out),
