@@ -216,3 +216,20 @@ def test_cuda_shared_memory_says_it_needs_a_gpu_build(server, protocol):
         with pytest.raises(InferenceServerException) as e:
             client.register_cuda_shared_memory("gpu0", b"\0" * 64, 0, 64)
         assert "CUDA" in e.value.message()
+
+
+def test_registering_needs_the_admin_token_when_one_is_set(inferd_server_factory, tmp_path_factory, regions):
+    repo = triton_models.make_repo(tmp_path_factory.mktemp("shm_auth") / "models")
+    server = inferd_server_factory(repo, "--admin-token", "shm-token")
+    key, _ = regions(64)
+    url = f"{server.http_base}/v2/systemsharedmemory/region/r/register"
+    body = {"key": key, "offset": 0, "byte_size": 64}
+    assert requests.post(url, json=body, timeout=10).status_code == 401
+    r = requests.post(url, json=body, headers={"Authorization": "Bearer shm-token"}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert requests.post(f"{server.http_base}/v2/systemsharedmemory/unregister", timeout=10).status_code == 401
+    # Status stays open.
+    st = requests.get(f"{server.http_base}/v2/systemsharedmemory/status", timeout=10)
+    assert st.status_code == 200 and [r["name"] for r in st.json()] == ["r"]
+    with pytest.raises(InferenceServerException):
+        grpcclient.InferenceServerClient(server.grpc_url).register_system_shared_memory("g", key, 64)

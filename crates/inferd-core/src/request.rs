@@ -298,7 +298,7 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
                 }
                 if !seen.insert(n.as_str()) {
                     return Err(Error::invalid(format!(
-                        "output '{n}' is requested more than once"
+                        "output '{n}' already exists in request"
                     )));
                 }
             }

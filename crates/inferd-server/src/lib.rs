@@ -67,6 +67,8 @@ pub struct ServerOptions {
     pub admin_addr: Option<SocketAddr>,
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     pub max_body_bytes: usize,
+    /// Largest inference request JSON and raw binary input (HTTP), in bytes.
+    pub max_input_size: usize,
     /// Inference requests in flight at once (HTTP and gRPC together); 503 / RESOURCE_EXHAUSTED
     /// past it. With the body limit, this bounds the memory requests can pin.
     pub max_inflight: usize,
@@ -191,11 +193,12 @@ impl BoundServer {
             })
         });
         // Shared-memory regions registered over either protocol serve both.
-        let shm = std::sync::Arc::new(shm::SharedMemory::default());
+        let shm = std::sync::Arc::new(shm::SharedMemory::new(self.opts.max_body_bytes));
         let state = http::HttpState {
             shm: shm.clone(),
             engine: self.engine.clone(),
             max_body_bytes: self.opts.max_body_bytes,
+            max_input_size: self.opts.max_input_size,
             inflight: inflight.clone(),
             read_timeout: self.opts.http.read_timeout,
             metrics,

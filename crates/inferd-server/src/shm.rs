@@ -7,12 +7,15 @@
 //! offset inside it and a byte size, and nothing outside `[offset, offset + byte_size)` of the
 //! registration is ever read or written. Keys name only files directly in `/dev/shm` (no `/`
 //! past the leading one, no `..`, no symbolic links), and the segment must be a regular file at
-//! least as large as the registration. Before each access the segment's size is checked again,
-//! so a client that shrinks its segment gets an error rather than crashing the server.
+//! least as large as the registration. Bytes move with positioned reads and writes on the open
+//! segment, not through a memory mapping: a client that shrinks its segment meanwhile gets an
+//! error, never a crash of the server (a mapping would fault on the missing pages), and the
+//! segment is never grown. One read is bounded by the server's body limit, as a request through
+//! the socket would be.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -49,13 +52,19 @@ pub struct RegionStatus {
 struct Region {
     status: RegionStatus,
     file: File,
-    map: memmap2::MmapRaw,
 }
 
 /// The registered regions.
-#[derive(Default)]
 pub struct SharedMemory {
     regions: Mutex<BTreeMap<String, Arc<Region>>>,
+    /// Bytes one input may read (the body limit).
+    max_read: u64,
+}
+
+impl Default for SharedMemory {
+    fn default() -> Self {
+        SharedMemory::new(64 << 20)
+    }
 }
 
 fn segment_path(key: &str) -> Result<PathBuf, ShmError> {
@@ -79,21 +88,9 @@ fn segment_path(key: &str) -> Result<PathBuf, ShmError> {
 }
 
 impl Region {
-    /// The segment still covers the registration (a client may shrink it under us).
-    fn check_size(&self) -> Result<(), ShmError> {
-        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-        let end = self.status.offset + self.status.byte_size;
-        if len < end {
-            return err(format!(
-                "shared-memory region '{}': its segment '{}' shrank to {len} bytes, below the registered end {end}",
-                self.status.name, self.status.key
-            ));
-        }
-        Ok(())
-    }
-
-    /// Start (in the mapping) of `size` bytes at `offset` into the region, checked.
-    fn range(&self, offset: u64, size: u64, what: &str) -> Result<usize, ShmError> {
+    /// Where `size` bytes at `offset` into the region start in the segment, checked against
+    /// the registration.
+    fn range(&self, offset: u64, size: u64, what: &str) -> Result<u64, ShmError> {
         let end = offset.checked_add(size);
         if end.is_none_or(|e| e > self.status.byte_size) {
             return err(format!(
@@ -101,12 +98,30 @@ impl Region {
                 self.status.name, self.status.byte_size
             ));
         }
-        self.check_size()?;
-        Ok((self.status.offset + offset) as usize)
+        Ok(self.status.offset + offset)
+    }
+
+    /// The segment could not be read or written where the registration says.
+    fn gone(&self, why: impl std::fmt::Display) -> ShmError {
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        ShmError(format!(
+            "shared-memory region '{}': segment '{}' cannot be accessed ({why}); it holds {len} bytes, the registration ends at {}",
+            self.status.name,
+            self.status.key,
+            self.status.offset + self.status.byte_size
+        ))
     }
 }
 
 impl SharedMemory {
+    /// No regions; one input read from shared memory may be at most `max_read` bytes.
+    pub fn new(max_read: usize) -> Self {
+        SharedMemory {
+            regions: Mutex::new(BTreeMap::new()),
+            max_read: max_read as u64,
+        }
+    }
+
     /// Registers `byte_size` bytes at `offset` of segment `key` as region `name`.
     pub fn register(
         &self,
@@ -151,20 +166,12 @@ impl SharedMemory {
                 "shared-memory region '{name}': '{key}' is not a shared-memory segment"
             ));
         }
-        let Some(end) = offset.checked_add(byte_size).filter(|&e| e <= meta.len()) else {
+        if offset.checked_add(byte_size).is_none_or(|e| e > meta.len()) {
             return err(format!(
                 "shared-memory region '{name}': offset {offset} + byte_size {byte_size} lies past the end of segment '{key}' ({} bytes)",
                 meta.len()
             ));
-        };
-        let map = memmap2::MmapOptions::new()
-            .len(end as usize)
-            .map_raw(&file)
-            .map_err(|e| {
-                ShmError(format!(
-                    "shared-memory region '{name}': cannot map '{key}': {e}"
-                ))
-            })?;
+        }
         regions.insert(
             name.to_string(),
             Arc::new(Region {
@@ -175,7 +182,6 @@ impl SharedMemory {
                     byte_size,
                 },
                 file,
-                map,
             }),
         );
         Ok(())
@@ -223,36 +229,37 @@ impl SharedMemory {
         what: &str,
     ) -> Result<Vec<u8>, ShmError> {
         let region = self.get(name, what)?;
-        let start = region.range(offset, size, what)?;
-        let mut out = vec![0u8; size as usize];
-        #[allow(unsafe_code)]
-        // SAFETY: `range` checked that [start, start + size) lies inside the mapping (whose
-        // length is the registration's end) and that the segment still covers it. The client
-        // may write the region concurrently; the bytes are copied once, as a socket would.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                region.map.as_ptr().add(start),
-                out.as_mut_ptr(),
-                size as usize,
-            );
+        let at = region.range(offset, size, what)?;
+        if size > self.max_read {
+            return err(format!(
+                "{what}: {size} bytes from shared memory exceed the {} bytes one input may have",
+                self.max_read
+            ));
         }
+        let mut out = Vec::new();
+        out.try_reserve_exact(size as usize)
+            .map_err(|_| ShmError(format!("{what}: cannot allocate {size} bytes")))?;
+        out.resize(size as usize, 0);
+        region
+            .file
+            .read_exact_at(&mut out, at)
+            .map_err(|e| region.gone(e))?;
         Ok(out)
     }
 
-    /// Writes `data` at `offset` of region `name`, which must have room for it.
+    /// Writes `data` at `offset` of region `name`, which must have room for it (the segment is
+    /// never grown).
     pub fn write(&self, name: &str, offset: u64, data: &[u8], what: &str) -> Result<(), ShmError> {
         let region = self.get(name, what)?;
-        let start = region.range(offset, data.len() as u64, what)?;
-        #[allow(unsafe_code)]
-        // SAFETY: as in `read`; the mapping is shared and writable (opened read-write).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                region.map.as_mut_ptr().add(start),
-                data.len(),
-            );
+        let at = region.range(offset, data.len() as u64, what)?;
+        let len = region.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if at + data.len() as u64 > len {
+            return Err(region.gone("the segment is shorter than the registration"));
         }
-        Ok(())
+        region
+            .file
+            .write_all_at(data, at)
+            .map_err(|e| region.gone(e))
     }
 }
 
@@ -264,6 +271,16 @@ mod tests {
         let key = format!("/inferd-test-{}-{name}", std::process::id());
         std::fs::write(format!("{SHM_DIR}{key}"), vec![7u8; len]).unwrap();
         key
+    }
+
+    #[test]
+    fn one_read_is_bounded_by_the_body_limit() {
+        let shm = SharedMemory::new(16);
+        let key = segment("bounded", 64);
+        shm.register("r", &key, 0, 64).unwrap();
+        let e = shm.read("r", 0, 32, "input 'x'").unwrap_err();
+        assert!(e.0.contains("exceed the 16 bytes"), "{e}");
+        std::fs::remove_file(format!("{SHM_DIR}{key}")).unwrap();
     }
 
     #[test]
@@ -327,7 +344,16 @@ mod tests {
             .unwrap();
         f.set_len(10).unwrap();
         let e = shm.read("r", 0, 4096, "input 'x'").unwrap_err();
-        assert!(e.0.contains("shrank"), "{e}");
+        assert!(
+            e.0.contains("cannot be accessed") && e.0.contains("holds 10 bytes"),
+            "{e}"
+        );
+        let e = shm.write("r", 100, &[1], "output 'y'").unwrap_err();
+        assert!(e.0.contains("holds 10 bytes"), "{e}");
+        assert_eq!(
+            std::fs::metadata(format!("{SHM_DIR}{key}")).unwrap().len(),
+            10
+        );
         std::fs::remove_file(format!("{SHM_DIR}{key}")).unwrap();
     }
 }

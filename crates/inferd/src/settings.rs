@@ -124,6 +124,10 @@ pub(crate) struct ServeArgs {
     /// Largest request body (HTTP) or message (gRPC) in bytes.
     #[arg(long, env = "INFERD_HTTP_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub(crate) http_max_body_bytes: usize,
+    /// Largest inference request JSON, and raw binary input, in bytes (Triton's
+    /// `--http-max-input-size`); past it a 400 says so. 0: the body limit.
+    #[arg(long, env = "INFERD_HTTP_MAX_INPUT_SIZE", default_value_t = 0)]
+    pub(crate) http_max_input_size: usize,
     /// Inference requests in flight at once over HTTP and gRPC together; past it requests are
     /// answered 503 / RESOURCE_EXHAUSTED (once their bodies are in: a client still sending holds
     /// a connection, not a slot).
@@ -520,6 +524,10 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
             .then(|| SocketAddr::new(a.metrics_address, a.metrics_port)),
         admin_addr: admin_addr(a)?,
         max_body_bytes: a.http_max_body_bytes,
+        max_input_size: match a.http_max_input_size {
+            0 => a.http_max_body_bytes,
+            n => n,
+        },
         max_inflight: a.max_inflight_requests,
         max_connections: a.max_connections,
         http: HttpLimits {

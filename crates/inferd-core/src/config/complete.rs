@@ -198,6 +198,15 @@ pub fn validate_config(cfg: &ModelConfig) -> Result<(), String> {
         }
     }
     if let Some(sb) = &cfg.sequence_batching {
+        if cfg.is_decoupled() {
+            return Err("sequence_batching: a decoupled model cannot keep sequences here; set one or the other".into());
+        }
+        if cfg.platform == "ensemble" {
+            return Err(
+                "sequence_batching: an ensemble keeps no sequences itself; give them to its member"
+                    .into(),
+            );
+        }
         if cfg.dynamic_batching.is_some() {
             return Err(
                 "a model has one scheduler: set sequence_batching or dynamic_batching, not both"

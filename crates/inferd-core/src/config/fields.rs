@@ -407,3 +407,13 @@ pub(super) fn map_entry<T>(
     r.finish(cx);
     (key, v)
 }
+
+/// Whether a file name from a config is a plain relative path (no `..`, no root, no `.`): a
+/// config never names a file outside the folder it describes.
+pub(super) fn plain_relative(name: &str) -> bool {
+    let p = std::path::Path::new(name);
+    !name.is_empty()
+        && !name.contains('\0')
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}

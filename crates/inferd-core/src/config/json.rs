@@ -78,13 +78,28 @@ fn scalar(field: &str, v: &Value) -> Result<String, String> {
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Null => String::new(),
-        Value::Array(_) | Value::Object(_) => unreachable!("scalar() takes scalars"),
+        Value::Array(_) | Value::Object(_) => {
+            return Err(format!("field '{field}': expected a value, found {v}"));
+        }
     })
+}
+
+/// A field name as the text format writes it: an identifier, nothing that could end or open a
+/// field, a message or a comment.
+fn identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn field(out: &mut String, name: &str, v: &Value, depth: usize) -> Result<(), String> {
     if depth > 32 {
         return Err("the config nests more than 32 levels".into());
+    }
+    if !identifier(name) {
+        return Err(format!("{name:?} is not a field name"));
     }
     match v {
         Value::Null => {}
@@ -189,6 +204,13 @@ mod tests {
         assert!(e.contains("not valid JSON"), "{e}");
         let e = json_to_pbtxt(r#"{"max_batch_size": "eight things"}"#).unwrap_err();
         assert!(e.contains("max_batch_size"), "{e}");
+        let e = json_to_pbtxt(r#"{"parameters": {"k": [1]}}"#).unwrap_err();
+        assert!(e.contains("expected a value"), "{e}");
+        let e = json_to_pbtxt(r#"{"x # ": 1}"#).unwrap_err();
+        assert!(e.contains("not a field name"), "{e}");
+        let e =
+            json_to_pbtxt(r#"{"input": [{"name } max_batch_size: 9 input {": 1}]}"#).unwrap_err();
+        assert!(e.contains("not a field name"), "{e}");
         let text = json_to_pbtxt(r#"{"max_batch_sise": 4}"#).unwrap();
         let errs = parse_config(&text, std::path::Path::new("override")).unwrap_err();
         assert!(errs[0].to_string().contains("max_batch_sise"), "{errs:?}");

@@ -96,6 +96,18 @@ pub fn parse_config(text: &str, file: &Path) -> Result<ParsedConfig, Vec<Diagnos
             .unwrap_or_default(),
         ..Default::default()
     };
+    if !cfg.default_model_filename.is_empty()
+        && !super::fields::plain_relative(&cfg.default_model_filename)
+    {
+        cx.error(
+            Pos::default(),
+            "default_model_filename",
+            format!(
+                "'{}' must name a file inside the version folder (no '..', no absolute path)",
+                cfg.default_model_filename
+            ),
+        );
+    }
     let mbs = r.int(&mut cx, "max_batch_size", 0, limits::MAX_BATCH_SIZE);
     let max_batch_size_set = mbs.is_some();
     cfg.max_batch_size = mbs.unwrap_or(0) as u32;

@@ -3,11 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::fields::{At, Cx, Fields, require_message};
+use super::fields::{At, Cx, Fields, plain_relative, require_message};
 use super::model::ConfigDataType;
 use super::pbtxt::{Scalar, Value};
 use super::read::limits;
 use crate::tensor::DataType;
+
+/// Elements one sequence's state may hold (it is kept per live sequence).
+pub const MAX_STATE_ELEMENTS: i64 = 1 << 24;
 
 /// Triton's default `max_sequence_idle_microseconds` (one second).
 pub const DEFAULT_SEQUENCE_IDLE_MICROSECONDS: u64 = 1_000_000;
@@ -338,6 +341,28 @@ fn state(cx: &mut Cx, at: At) -> Option<SequenceState> {
             name: i.string(cx, "name").unwrap_or_default(),
         };
         i.finish(cx);
+        if !init.data_file.is_empty() && !plain_relative(&init.data_file) {
+            cx.error(
+                at.field.pos,
+                &at.path,
+                format!(
+                    "data_file '{}' must be a file name inside the version's initial_state folder (no '..', no absolute path)",
+                    init.data_file
+                ),
+            );
+        }
+        if init
+            .dims
+            .iter()
+            .try_fold(1i64, |a, &d| a.checked_mul(d))
+            .is_none_or(|n| n > MAX_STATE_ELEMENTS)
+        {
+            cx.error(
+                at.field.pos,
+                &at.path,
+                format!("initial_state dims hold more than {MAX_STATE_ELEMENTS} elements"),
+            );
+        }
         if init.zero_data != init.data_file.is_empty() {
             cx.error(
                 at.field.pos,
@@ -363,6 +388,18 @@ fn state(cx: &mut Cx, at: At) -> Option<SequenceState> {
             at.field.pos,
             &at.path,
             "state needs input_name and output_name",
+        );
+    }
+    let fixed = s.dims.iter().filter(|&&d| d >= 0);
+    if fixed
+        .copied()
+        .try_fold(1i64, |a, d| a.checked_mul(d))
+        .is_none_or(|n| n > MAX_STATE_ELEMENTS)
+    {
+        cx.error(
+            at.field.pos,
+            &at.path,
+            format!("state dims hold more than {MAX_STATE_ELEMENTS} elements"),
         );
     }
     if s.initial_state.is_empty() && s.dims.iter().any(|&d| d < 0) {

@@ -70,6 +70,7 @@ impl Engine {
     pub async fn unload_api(&self, name: &str) -> Result<()> {
         self.require_explicit("unload")?;
         repository::validate_model_name(name)?;
+        let _one_at_a_time = self.inner.override_lock.lock().await;
         let r = self.unload(name).await;
         if let Some(root) = self.set_override(name, None).and_then(|o| o.root) {
             let _ = std::fs::remove_dir_all(root);

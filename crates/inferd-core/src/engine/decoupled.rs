@@ -10,6 +10,10 @@ use crate::backend::BackendError;
 /// Responses a decoupled request may have in flight to a slow client.
 const RESPONSES_IN_FLIGHT: usize = 16;
 
+/// Decoupled requests the engine runs at once (each holds a blocking thread); past it a request
+/// is answered 503 with retry advice.
+pub const MAX_DECOUPLED: usize = 64;
+
 impl Engine {
     /// Whether the version serving `model` is decoupled.
     pub fn is_decoupled(&self, model: &str, version: Option<u64>) -> bool {
@@ -25,6 +29,17 @@ impl Engine {
         version: Option<u64>,
         req: InferRequest,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<InferResponse>>> {
+        let slot = self
+            .inner
+            .decoupled_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                message: format!(
+                    "{MAX_DECOUPLED} decoupled requests are running, the most at once; retry shortly"
+                ),
+                retry_after_secs: 1,
+            })?;
         let (guard, prepared, id) = self.admit(model, version, req)?;
         let runner = guard.runner().clone();
         let Some(dm) = runner.decoupled() else {
@@ -35,7 +50,7 @@ impl Engine {
         let (tx, rx) = tokio::sync::mpsc::channel(RESPONSES_IN_FLIGHT);
         let model = model.to_string();
         tokio::task::spawn_blocking(move || {
-            let _in_use = guard;
+            let _in_use = (guard, slot);
             let start = std::time::Instant::now();
             let mut send = |outputs: Vec<NamedTensor>| {
                 let resp = InferResponse {
@@ -48,11 +63,18 @@ impl Engine {
             };
             // No compute share is held here: a decoupled model may spend most of its time
             // waiting between responses (repeat's delays, a stream's pacing).
-            let ran = dm.run(&prepared.inputs, &prepared.outputs, &mut send);
-            let r = ran.map_err(|e| match e {
-                BackendError::InvalidInput(m) => Error::InvalidArgument(m),
-                other => Error::Internal(format!("model '{model}' failed: {other}")),
-            });
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                dm.run(&prepared.inputs, &prepared.outputs, &mut send)
+            }));
+            let r = match ran {
+                Ok(r) => r.map_err(|e| match e {
+                    BackendError::InvalidInput(m) => Error::InvalidArgument(m),
+                    other => Error::Internal(format!("model '{model}' failed: {other}")),
+                }),
+                Err(_) => Err(Error::Internal(format!(
+                    "model '{model}' stopped while answering (a panic in its backend)"
+                ))),
+            };
             let outcome = r
                 .as_ref()
                 .map(|_| ())

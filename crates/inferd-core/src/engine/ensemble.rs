@@ -167,8 +167,11 @@ impl Engine {
         match e {
             Error::InvalidArgument(_) => Error::InvalidArgument(why),
             Error::NotFound(_) | Error::Unavailable(_) => Error::Unavailable(why),
+            Error::FailedPrecondition(_) => Error::FailedPrecondition(why),
             Error::DeadlineExceeded(_) => Error::DeadlineExceeded(why),
             Error::Cancelled(_) => Error::Cancelled(why),
+            // The member's limits answer for the ensemble, as they are (503 with retry advice).
+            e @ Error::Overloaded { .. } => e,
             _ => Error::Internal(why),
         }
     }

@@ -161,13 +161,15 @@ impl Engine {
         self.inner
             .backends
             .iter()
+            // A backend that needs no file (repeat) is only ever named, never guessed.
+            .filter(|b| b.needs_model_file())
             .find(|b| version_dir.join(b.default_model_filename(cfg, version_dir)).exists())
             .cloned()
             .ok_or_else(|| {
                 format!(
                     "config sets neither platform nor backend, and '{}' holds no file a backend recognises ({})",
                     version_dir.display(),
-                    self.inner.backends.iter().map(|b| b.default_model_filename(cfg, version_dir)).collect::<Vec<_>>().join(", ")
+                    self.inner.backends.iter().filter(|b| b.needs_model_file()).map(|b| b.default_model_filename(cfg, version_dir)).collect::<Vec<_>>().join(", ")
                 )
             })
     }

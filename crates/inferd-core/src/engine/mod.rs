@@ -15,7 +15,7 @@
 //! - [`lifecycle`]: the version state machine, as pure functions.
 
 mod control;
-mod decoupled;
+pub(crate) mod decoupled;
 mod ensemble;
 mod introspect;
 pub(crate) mod lifecycle;
@@ -258,6 +258,10 @@ struct Inner {
     cache: Option<Arc<crate::cache::ResponseCache>>,
     /// Models loaded with overrides (load API `config`/`file:` parameters).
     overrides: Mutex<HashMap<String, overrides::Override>>,
+    /// Decoupled requests running at once.
+    decoupled_slots: Arc<tokio::sync::Semaphore>,
+    /// Serialises loads with overrides and unloads through the API.
+    override_lock: tokio::sync::Mutex<()>,
 }
 
 /// The inferd engine. Cheap to clone; all clones share state.
@@ -310,6 +314,8 @@ impl Engine {
                 cache: (opts_cache_bytes > 0)
                     .then(|| Arc::new(crate::cache::ResponseCache::new(opts_cache_bytes))),
                 overrides: Mutex::new(HashMap::new()),
+                override_lock: tokio::sync::Mutex::new(()),
+                decoupled_slots: Arc::new(tokio::sync::Semaphore::new(decoupled::MAX_DECOUPLED)),
             }),
         }
     }

@@ -30,6 +30,13 @@ pub(super) struct Override {
     pub(super) root: Option<PathBuf>,
 }
 
+/// The errno values that mean a staged name the file system cannot take (Linux).
+mod libc_errno {
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const ENAMETOOLONG: i32 = 36;
+}
+
 /// Files one override may carry.
 const MAX_FILES: usize = 256;
 
@@ -61,20 +68,47 @@ fn staged_path(name: &str) -> Result<PathBuf> {
 }
 
 impl Engine {
-    /// The folder that stages overrides, created private on first use.
+    /// The folder that stages overrides, created private on first use and checked on every
+    /// use: a real folder (not a link), owned by this process's user, closed to others, so no
+    /// one else can plant links in it.
     fn staging_root(&self) -> Result<PathBuf> {
-        let root = self.inner.opts.staging_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("inferd-staging-{}", std::process::id()))
-        });
-        use std::os::unix::fs::DirBuilderExt;
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true).mode(0o700);
-        b.create(&root).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create the staging folder {}: {e}",
-                root.display()
-            ))
-        })?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let root = match &self.inner.opts.staging_dir {
+            Some(d) => d.clone(),
+            None => {
+                // Unguessable, so nobody can create it first in a shared temporary folder.
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                std::env::temp_dir().join(format!("inferd-staging-{:016x}", h.finish()))
+            }
+        };
+        let fail =
+            |why: String| Error::Internal(format!("staging folder {}: {why}", root.display()));
+        match std::fs::symlink_metadata(&root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = std::fs::DirBuilder::new();
+                b.recursive(true).mode(0o700);
+                b.create(&root)
+                    .map_err(|e| fail(format!("cannot create it: {e}")))?;
+            }
+            Err(e) => return Err(fail(e.to_string())),
+            Ok(m) => {
+                let me = std::fs::symlink_metadata("/proc/self")
+                    .map(|s| s.uid())
+                    .ok();
+                if !m.is_dir() || m.file_type().is_symlink() {
+                    return Err(fail("is not a folder (a link?)".into()));
+                }
+                if me.is_some_and(|uid| uid != m.uid()) {
+                    return Err(fail("belongs to another user".into()));
+                }
+                if m.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| fail(format!("cannot close it to others: {e}")))?;
+                }
+            }
+        }
         Ok(root)
     }
 
@@ -119,17 +153,58 @@ impl Engine {
             .map(|(n, _)| staged_path(n))
             .collect::<Result<_>>()?;
         let root = self.staging_root()?;
+        // A fresh folder per load, never one left from before (create_dir fails if it exists).
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let this = root.join(format!("{name}.{n}"));
+        let this = loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let candidate = root.join(format!("{name}.{n}"));
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => break candidate,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "cannot create a staging folder in {}: {e}",
+                        root.display()
+                    )));
+                }
+            }
+        };
         let model_dir = this.join(name);
-        let io = |e: std::io::Error| Error::Internal(format!("cannot stage files: {e}"));
+        // The names were checked; what the file system still refuses (a name too long, a file
+        // where a folder is named) is the request's doing.
+        let io = |e: std::io::Error| {
+            let client = matches!(
+                e.raw_os_error(),
+                Some(libc_errno::ENAMETOOLONG | libc_errno::ENOTDIR | libc_errno::EISDIR)
+            );
+            if client {
+                Error::invalid(format!(
+                    "failed to poll from model repository: cannot stage the files as named: {e}"
+                ))
+            } else {
+                Error::Internal(format!("cannot stage files: {e}"))
+            }
+        };
+        let written = Self::write_all(&model_dir, &paths, files, io);
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&this);
+            return Err(e);
+        }
+        Ok(this)
+    }
+
+    fn write_all(
+        model_dir: &Path,
+        paths: &[PathBuf],
+        files: &[(String, Vec<u8>)],
+        io: impl Fn(std::io::Error) -> Error,
+    ) -> Result<()> {
         for (rel, (_, data)) in paths.iter().zip(files) {
             let dest = model_dir.join(rel);
             // Plain relative components under a folder we just created: `dest` stays inside.
-            debug_assert!(dest.starts_with(&model_dir));
+            debug_assert!(dest.starts_with(model_dir));
             if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
+                std::fs::create_dir_all(parent).map_err(&io)?;
             }
             std::fs::OpenOptions::new()
                 .write(true)
@@ -147,7 +222,7 @@ impl Engine {
                     }
                 })?;
         }
-        Ok(this)
+        Ok(())
     }
 
     /// Explicit-mode load with overrides: the config (and files) in `o` replace the model's
@@ -156,6 +231,9 @@ impl Engine {
     pub async fn load_with(&self, name: &str, o: LoadOverride) -> Result<()> {
         self.require_explicit("load")?;
         repository::validate_model_name(name)?;
+        // One override change at a time: two loads of one model must not swap each other's
+        // staging folders.
+        let _one_at_a_time = self.inner.override_lock.lock().await;
         let Some(json) = o.config_json else {
             if !o.files.is_empty() {
                 return Err(Error::invalid(
@@ -171,7 +249,10 @@ impl Engine {
                 "failed to load '{name}': Invalid config override (load parameter 'config'): {e}"
             ))
         })?;
-        if !text.contains("name:") {
+        let named = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .is_some_and(|v| v.get("name").is_some());
+        if !named {
             text.push_str(&format!("name: \"{name}\" "));
         }
         let engine = self.clone();
@@ -185,6 +266,7 @@ impl Engine {
                     .map_err(|e| Error::Internal(format!("staging stopped: {e}")))??,
             )
         };
+        let was_known = self.knows(name).unwrap_or(false);
         let previous = self.set_override(
             name,
             Some(Override {
@@ -201,7 +283,7 @@ impl Engine {
             match e {
                 Error::InvalidArgument(_) => Error::InvalidArgument(text),
                 Error::NotFound(_) => Error::NotFound(text),
-                _ => Error::Internal(text),
+                other => other,
             }
         });
         let stale = if r.is_ok() {
@@ -210,7 +292,9 @@ impl Engine {
             // Back to what served before (nothing changes for the serving versions, and the
             // model's error clears); the new staging folder goes.
             self.set_override(name, previous);
-            let _ = self.reconcile(name, true).await;
+            if was_known {
+                let _ = self.reconcile(name, true).await;
+            }
             root
         };
         if let Some(dir) = stale {

@@ -349,6 +349,20 @@ impl Sequences {
                     TensorData::Bytes(vec![Bytes::from(i.to_string())])
                 }
                 (ControlKind::Corrid, SequenceId::Int(i)) => {
+                    let fits = match dtype {
+                        DataType::U32 => u32::try_from(*i).is_ok(),
+                        DataType::I32 => i32::try_from(*i).is_ok(),
+                        DataType::I64 => i64::try_from(*i).is_ok(),
+                        _ => true,
+                    };
+                    if !fits {
+                        return Err(Error::invalid(format!(
+                            "sequence {} does not fit model '{}''s {} correlation id",
+                            p.id,
+                            self.model,
+                            dtype.config_name()
+                        )));
+                    }
                     TensorData::Raw(scalar(dtype, *i, *i as f32, *i != 0))
                 }
                 (ControlKind::Corrid, SequenceId::Str(_)) => {

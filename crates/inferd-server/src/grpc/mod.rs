@@ -512,6 +512,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        self.admin(&req)?;
         let r = req.into_inner();
         self.shm
             .register(&r.name, &r.key, r.offset, r.byte_size)
@@ -523,6 +524,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        self.admin(&req)?;
         let name = req.into_inner().name;
         self.shm
             .unregister((!name.is_empty()).then_some(name.as_str()));

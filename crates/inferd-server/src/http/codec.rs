@@ -146,6 +146,40 @@ fn to_param(v: &Value) -> Option<ParamValue> {
 
 /// Decodes an inference request body. `header_len` is the `Inference-Header-Content-Length`
 /// header, when present.
+/// A declared shape, checked as Triton checks it (and in its words): no negative dimension, an
+/// element count and a byte size that fit in an i64.
+fn checked_shape(name: &str, shape: &[i64], dtype: DataType) -> Result<Vec<usize>> {
+    let shown = format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    if shape.iter().any(|&d| d < 0) {
+        return err(format!(
+            "invalid shape for input '{name}': shape {shown} contains one or more invalid dimensions (a dimension is negative)"
+        ));
+    }
+    let Some(count) = shape.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d)) else {
+        return err(format!(
+            "invalid shape for input '{name}': shape {shown} causes total element count to exceed maximum size of {}",
+            i64::MAX
+        ));
+    };
+    if let Some(size) = dtype.size()
+        && size > 1
+        && count.checked_mul(size as i64).is_none()
+    {
+        return err(format!(
+            "byte size overflow for input '{name}': element count ({count}) * data type size ({size}) exceeds maximum allowed size ({})",
+            i64::MAX
+        ));
+    }
+    Ok(shape.iter().map(|&d| d as usize).collect())
+}
+
 /// Inputs that name a shared-memory region are read from `shm`.
 pub fn decode_request(
     body: &Bytes,
@@ -187,18 +221,7 @@ pub fn decode_request(
             .datatype
             .parse()
             .map_err(|e| DecodeError(format!("input '{name}': {e}")))?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| {
-                usize::try_from(d).map_err(|_| {
-                    DecodeError(format!(
-                        "input '{name}': shape {:?} has a negative dimension",
-                        input.shape
-                    ))
-                })
-            })
-            .collect::<Result<Vec<usize>>>()?;
+        let shape = checked_shape(&name, &input.shape, dtype)?;
         if let Some(place) = shm_ref(&input.parameters, &format!("input '{name}'"))? {
             if input.data.is_some()
                 || input

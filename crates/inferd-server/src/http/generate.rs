@@ -120,7 +120,7 @@ async fn run(
                 "model '{model}' is decoupled (any number of responses per request): use generate_stream"
             )));
         }
-        return super::generate_decoupled::stream(s, model, version, &body).await;
+        return super::generate_decoupled::stream(s, model, version, &body, _slot).await;
     }
     let req = request(&body)?;
     s.engine.wait_for_cold_start(&model, version).await;

@@ -76,6 +76,7 @@ pub(super) async fn stream(
     model: String,
     version: Option<u64>,
     body: &[u8],
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
     let infer = as_infer_body(&s, &model, version, body)?;
     let bytes = Bytes::from(infer.to_string());
@@ -83,6 +84,8 @@ pub(super) async fn stream(
     let mut responses = s.engine.infer_decoupled(&model, version, req)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
     tokio::spawn(async move {
+        // The request counts against --max-inflight-requests until its last event.
+        let _slot = slot;
         while let Some(item) = responses.recv().await {
             let event = match item {
                 Ok(resp) => {

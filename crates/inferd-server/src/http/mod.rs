@@ -7,8 +7,10 @@
 pub mod codec;
 pub mod generate;
 mod generate_decoupled;
+mod health;
 pub mod openai;
 pub mod openai_text;
+mod raw;
 pub mod shm;
 
 use axum::body::Body;
@@ -42,6 +44,8 @@ pub struct HttpState {
     pub engine: Engine,
     /// Largest accepted request body in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Largest inference request JSON and raw binary input, in bytes (400 above, Triton's text).
+    pub max_input_size: usize,
     /// Inference requests served at once, over HTTP and gRPC together (see [`crate::admission`]);
     /// past it requests are answered 503 once their bodies are in.
     pub inflight: std::sync::Arc<tokio::sync::Semaphore>,
@@ -63,8 +67,8 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
     let r = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
+        .route("/v2/health/live", get(health::live))
+        .route("/v2/health/ready", get(health::ready))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/feedback", post(admin::feedback))
         .route("/v2/models/{model}", get(model_metadata))
@@ -72,10 +76,10 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
             "/v2/models/{model}/versions/{version}",
             get(model_metadata_v),
         )
-        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/ready", get(health::model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(model_ready_v),
+            get(health::model_ready_v),
         )
         .route("/v2/models/{model}/config", get(model_config))
         .route(
@@ -180,7 +184,7 @@ fn admin_routes() -> Router<HttpState> {
 pub fn admin_router(state: HttpState) -> Router {
     admin_routes()
         .route("/v2/feedback", post(admin::feedback))
-        .route("/v2/health/live", get(live))
+        .route("/v2/health/live", get(health::live))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -280,22 +284,6 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
-async fn live(State(s): State<HttpState>) -> StatusCode {
-    if s.engine.is_live() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
-async fn ready(State(s): State<HttpState>) -> StatusCode {
-    if s.engine.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
 fn metadata_json(info: &ModelInfo) -> Value {
     let batch = info.config.batches();
     let tensor = |name: &str, dt: &str, dims: &[i64]| {
@@ -329,29 +317,6 @@ async fn model_metadata_v(
     Ok(Json(metadata_json(
         &s.engine.model_info(&model, parse_version(&version)?)?,
     )))
-}
-
-async fn model_ready(
-    State(s): State<HttpState>,
-    Path(model): Path<String>,
-) -> ApiResult<StatusCode> {
-    Ok(if s.engine.is_model_ready(&model, None)? {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    })
-}
-
-async fn model_ready_v(
-    State(s): State<HttpState>,
-    Path((model, version)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
-    let v = parse_version(&version)?;
-    Ok(if s.engine.is_model_ready(&model, v)? {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    })
 }
 
 async fn model_config(
@@ -467,16 +432,7 @@ async fn do_infer(
 ) -> ApiResult<Response> {
     let header_len = match headers.get(HEADER_LEN) {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "Inference-Header-Content-Length must be a non-negative integer, got {v:?}"
-                    ))
-                })?,
-        ),
+        Some(v) => Some(raw::parse_header_len(v.to_str().unwrap_or("(not text)"))?),
     };
     if let Some(enc) = headers.get(header::CONTENT_ENCODING)
         && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
@@ -488,9 +444,20 @@ async fn do_infer(
     }
     let body = read_body(body, &s, &headers).await?;
     let _slot = admit(&s.inflight).map_err(ApiError::overloaded)?;
-    let (req, enc) =
-        codec::decode_request(&body, header_len, &s.shm).map_err(|e| ApiError::bad_request(e.0))?;
-    drop(body);
+    let header_len = header_len
+        .map(|n| raw::header_in_body(n, body.len()))
+        .transpose()?;
+    let (req, enc) = if header_len == Some(0) {
+        // A raw binary request: the body is the model's single input.
+        let cfg = s.engine.model_info(&model, version)?.config;
+        raw::decode_raw(&model, &cfg, body, s.max_input_size)?
+    } else {
+        raw::check_json(&body[..header_len.unwrap_or(body.len())], s.max_input_size)?;
+        let decoded = codec::decode_request(&body, header_len, &s.shm)
+            .map_err(|e| ApiError::bad_request(e.0))?;
+        drop(body);
+        decoded
+    };
     // A route takes the unversioned calls (its sticky key from the header the route names,
     // else the request parameter of that name); `/versions/N/` goes direct.
     let routed = match version {
@@ -585,9 +552,10 @@ async fn repository_index(
     let ready = match req.get("ready") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
+        // Triton's words, which its tests match on.
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "'ready' must be a boolean, got {other}"
+                "Invalid value for 'ready': expected a boolean, got {other}"
             )));
         }
     };

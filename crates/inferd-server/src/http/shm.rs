@@ -1,6 +1,9 @@
 //! Triton's shared-memory endpoints over HTTP: `/v2/systemsharedmemory/...` (register, status,
 //! unregister; the regions themselves are in [`crate::shm`]) and `/v2/cudasharedmemory/...`,
 //! present so clients get a precise answer: this build has no CUDA shared memory.
+//!
+//! Registering and unregistering open and close files of the host: with `--admin-token` they
+//! need the token, as repository load does (status stays open).
 
 use axum::Json;
 use axum::body::Body;
@@ -8,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::{ApiResult, HttpState, json_body};
+use super::{ApiResult, HttpState, admin, json_body};
 use crate::error::ApiError;
 
 fn field_u64(body: &Value, key: &str) -> ApiResult<u64> {
@@ -27,6 +30,7 @@ pub(super) async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
+    admin::admin(&s, &headers)?;
     let b = json_body(body, &s, &headers).await?;
     let Some(key) = b.get("key").and_then(Value::as_str) else {
         return Err(ApiError::bad_request(
@@ -45,15 +49,21 @@ pub(super) async fn register(
 pub(super) async fn unregister(
     State(s): State<HttpState>,
     Path(name): Path<String>,
-) -> Json<Value> {
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    admin::admin(&s, &headers)?;
     s.shm.unregister(Some(&name));
-    Json(json!({}))
+    Ok(Json(json!({})))
 }
 
 /// `POST /v2/systemsharedmemory/unregister`: every region.
-pub(super) async fn unregister_all(State(s): State<HttpState>) -> Json<Value> {
+pub(super) async fn unregister_all(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    admin::admin(&s, &headers)?;
     s.shm.unregister(None);
-    Json(json!({}))
+    Ok(Json(json!({})))
 }
 
 /// `GET /v2/systemsharedmemory/status`.
