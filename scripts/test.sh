@@ -74,6 +74,15 @@ export INFERD_ONNX_NODE_REPORT="$CARGO_TARGET_DIR/debug/examples/onnx_node_repor
 cargo build -p inferd-llm --example llm_generate
 export INFERD_LLM_GENERATE="$CARGO_TARGET_DIR/debug/examples/llm_generate"
 
+echo "== the Python package (crates/inferd-python): a wheel built with maturin, installed into the venv"
+# The dev profile shares the optimised dependencies built above; bench/embedded.py builds with
+# --release for measurements.
+rm -f "$CARGO_TARGET_DIR"/wheels/inferd-*.whl
+"$venv/bin/maturin" build --profile dev -m crates/inferd-python/Cargo.toml -i "$venv/bin/python" 2>&1 | tail -1
+INFERD_WHEEL=$(ls "$CARGO_TARGET_DIR"/wheels/inferd-*.whl | head -1)
+export INFERD_WHEEL
+"$venv/bin/pip" install -q --force-reinstall --no-deps "$INFERD_WHEEL"
+
 echo "== cargo test"
 cargo test --workspace --features inferd/etcd
 

@@ -7,6 +7,7 @@
 //! - [`tensor`]: KServe v2 datatypes and tensors.
 //! - [`artifact`]: artifact safety checks (pickle refusal, header checks) for scan and load.
 //! - [`config`]: `config.pbtxt` parsing, auto-complete, validation.
+//! - [`describe`]: model metadata and statistics in KServe's and Triton's JSON shapes.
 //! - [`backend`]: the trait a model format implements.
 //! - [`batching`]: batch formation policy (pure) for the dynamic batcher.
 //! - [`repository`]: scanning the repository folder.
@@ -24,6 +25,7 @@ pub mod backend;
 pub mod batching;
 pub mod cache;
 pub mod config;
+pub mod describe;
 pub mod engine;
 pub mod ensemble;
 pub mod error;

@@ -1,3 +1,7 @@
+//! Triton's test backends, whose behaviour is all in the request and the config (no model
+//! file): [`IdentityBackend`] (`backend: "identity"`, in [`identity`]) and the `repeat` backend
+//! below.
+//!
 //! The `repeat` backend (Triton's test backend of that name, for the `repeat_int32` model its
 //! example client `simple_grpc_custom_repeat.py` streams from): a decoupled model whose
 //! behaviour is all in its inputs, so it needs no model file.
@@ -7,6 +11,10 @@
 //! `IDX = [i]`; after the last it waits `WAIT` before the request completes. An empty `IN`
 //! gives no responses. Delays are bounded ([`MAX_DELAY_MS`]) so a request cannot hold its
 //! thread for long.
+
+pub mod identity;
+
+pub use identity::IdentityBackend;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -177,6 +177,7 @@ fn backends(onnx: OnnxBackend, origin: &str, llm: LlmFlags) -> Result<Vec<Arc<dy
         #[cfg(feature = "trees")]
         Arc::new(inferd_trees::TreesBackend),
         Arc::new(inferd_repeat::RepeatBackend),
+        Arc::new(inferd_repeat::IdentityBackend),
         #[cfg(feature = "candle")]
         Arc::new(inferd_candle::CandleBackend),
         #[cfg(feature = "llm")]

@@ -22,8 +22,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use inferd_core::Engine;
-use inferd_core::engine::{IndexEntry, ModelInfo};
-use inferd_core::stats::{StatDuration, VersionStats};
+use inferd_core::describe::{metadata_json, statistics_json};
+use inferd_core::engine::IndexEntry;
 use serde_json::{Value, json};
 
 use crate::SERVER_EXTENSIONS;
@@ -284,25 +284,6 @@ async fn server_metadata() -> Json<Value> {
     }))
 }
 
-fn metadata_json(info: &ModelInfo) -> Value {
-    let batch = info.config.batches();
-    let tensor = |name: &str, dt: &str, dims: &[i64]| {
-        let mut shape: Vec<i64> = Vec::with_capacity(dims.len() + 1);
-        if batch {
-            shape.push(-1);
-        }
-        shape.extend_from_slice(dims);
-        json!({ "name": name, "datatype": dt, "shape": shape })
-    };
-    json!({
-        "name": info.name,
-        "versions": info.versions.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-        "platform": info.config.platform,
-        "inputs": info.config.input.iter().map(|i| tensor(&i.name, i.data_type.0.as_str(), &i.dims)).collect::<Vec<_>>(),
-        "outputs": info.config.output.iter().map(|o| tensor(&o.name, o.data_type.0.as_str(), &o.dims)).collect::<Vec<_>>(),
-    })
-}
-
 async fn model_metadata(
     State(s): State<HttpState>,
     Path(model): Path<String>,
@@ -339,60 +320,24 @@ async fn model_config_v(
     ))
 }
 
-fn dur(d: StatDuration) -> Value {
-    json!({ "count": d.count, "ns": d.ns })
-}
-
-/// Statistics in Triton's JSON shape.
-pub fn stats_json(rows: &[(String, u64, VersionStats)]) -> Value {
-    let model_stats: Vec<Value> = rows
-        .iter()
-        .map(|(name, version, s)| {
-            json!({
-                "name": name,
-                "version": version.to_string(),
-                "last_inference": s.last_inference_ms,
-                "inference_count": s.inference_count,
-                "execution_count": s.execution_count,
-                "inference_stats": {
-                    "success": dur(s.infer.success),
-                    "fail": dur(s.infer.fail),
-                    "queue": dur(s.infer.queue),
-                    "compute_input": dur(s.infer.compute_input),
-                    "compute_infer": dur(s.infer.compute_infer),
-                    "compute_output": dur(s.infer.compute_output),
-                    "cache_hit": dur(s.infer.cache_hit),
-                    "cache_miss": dur(s.infer.cache_miss),
-                },
-                "batch_stats": s.batches.iter().map(|(b, bs)| json!({
-                    "batch_size": b,
-                    "compute_input": dur(bs.compute_input),
-                    "compute_infer": dur(bs.compute_infer),
-                    "compute_output": dur(bs.compute_output),
-                })).collect::<Vec<_>>(),
-                "memory_usage": [],
-            })
-        })
-        .collect();
-    json!({ "model_stats": model_stats })
-}
-
 async fn all_stats(State(s): State<HttpState>) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(&s.engine.statistics(None, None)?)))
+    Ok(Json(statistics_json(&s.engine.statistics(None, None)?)))
 }
 
 async fn model_stats(
     State(s): State<HttpState>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(&s.engine.statistics(Some(&model), None)?)))
+    Ok(Json(statistics_json(
+        &s.engine.statistics(Some(&model), None)?,
+    )))
 }
 
 async fn model_stats_v(
     State(s): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(stats_json(
+    Ok(Json(statistics_json(
         &s.engine
             .statistics(Some(&model), parse_version(&version)?)?,
     )))
