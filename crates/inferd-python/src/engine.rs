@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inferd_core::{
@@ -13,6 +13,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
+use crate::aio::LoopChannel;
 use crate::convert::{tensor_from_py, tensor_to_py};
 use crate::errors::{internal, to_py};
 use crate::options::{OnnxChoice, Settings};
@@ -31,7 +32,8 @@ pub struct PyEngine {
     handle: tokio::runtime::Handle,
     exit_timeout: Duration,
     closed: AtomicBool,
-    resolve: Py<PyAny>,
+    /// Each event loop's completion channel (asyncio.run makes a loop per call).
+    channels: Mutex<Vec<(Py<PyAny>, Py<LoopChannel>)>>,
 }
 
 impl Drop for PyEngine {
@@ -161,7 +163,7 @@ fn request(
 }
 
 /// The outputs as `{name: ndarray}`.
-fn outputs_dict(py: Python<'_>, response: InferResponse) -> PyResult<Bound<'_, PyDict>> {
+pub(crate) fn outputs_dict(py: Python<'_>, response: InferResponse) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     for t in response.outputs {
         let name = t.name.clone();
@@ -176,6 +178,29 @@ fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
         .import("json")?
         .call_method1("loads", (v.to_string(),))?
         .unbind())
+}
+
+impl PyEngine {
+    /// The completion channel of `event_loop`, made and registered on its first request.
+    fn channel(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<LoopChannel>> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| internal("the event-loop channels' lock was poisoned"))?;
+        if let Some((_, c)) = channels.iter().find(|(l, _)| l.bind(py).is(event_loop)) {
+            return Ok(c.clone_ref(py));
+        }
+        // Loops that have closed take no more requests.
+        channels.retain(|(l, _)| {
+            !l.bind(py)
+                .call_method0("is_closed")
+                .and_then(|c| c.is_truthy())
+                .unwrap_or(true)
+        });
+        let c = LoopChannel::attach(py, event_loop)?;
+        channels.push((event_loop.clone().unbind(), c.clone_ref(py)));
+        Ok(c)
+    }
 }
 
 #[pymethods]
@@ -210,14 +235,13 @@ impl PyEngine {
         };
         let started = py.detach(|| handle.block_on(engine.start()));
         started.map_err(|e| to_py(py, e))?;
-        let resolve = py.import("inferd._aio")?.getattr("_resolve")?.unbind();
         Ok(PyEngine {
             engine,
             runtime: Some(runtime),
             handle,
             exit_timeout: settings.exit_timeout,
             closed: AtomicBool::new(false),
-            resolve,
+            channels: Mutex::new(Vec::new()),
         })
     }
 
@@ -258,30 +282,15 @@ impl PyEngine {
         request_id: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
-        let future = event_loop.call_method0("create_future")?;
         let version = version_arg(py, version)?;
         let req = request(py, inputs, parameters, outputs, request_id)?;
+        let future = event_loop.call_method0("create_future")?;
+        let channel = self.channel(py, &event_loop)?;
+        let (id, completions) = channel.get().expect(future.clone().unbind());
         let engine = self.engine.clone();
-        let (event_loop, fut, resolve) = (
-            event_loop.unbind(),
-            future.clone().unbind(),
-            self.resolve.clone_ref(py),
-        );
         self.handle.spawn(async move {
             let r = engine.infer(&model, version, req).await;
-            Python::attach(|py| {
-                let (value, error) = match r
-                    .map_err(|e| to_py(py, e))
-                    .and_then(|resp| outputs_dict(py, resp))
-                {
-                    Ok(d) => (d.into_any().unbind(), py.None()),
-                    Err(e) => (py.None(), e.into_value(py).into_any()),
-                };
-                // The loop may be closed by now: nobody waits for the answer then.
-                let _ = event_loop
-                    .bind(py)
-                    .call_method1("call_soon_threadsafe", (resolve, fut, value, error));
-            });
+            completions.push(id, r);
         });
         Ok(future)
     }

@@ -7,6 +7,7 @@
 //! batches.
 //!
 //! - [`options`]: `Engine(repository, **options)`, named as `inferd serve`'s flags.
+//! - [`aio`]: asyncio futures completed without the GIL on the engine's threads.
 //! - [`convert`]: NumPy arrays to tensors and back.
 //! - [`errors`]: engine errors as Python exceptions.
 //! - [`generate`]: LLM text generation as a Python iterator.
@@ -14,6 +15,7 @@
 //! Built with maturin (`crates/inferd-python/pyproject.toml`), not by the workspace's default
 //! build.
 
+mod aio;
 mod convert;
 mod engine;
 mod errors;
@@ -27,6 +29,7 @@ use pyo3::prelude::*;
 fn _inferd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<generate::Generation>()?;
+    m.add_class::<aio::LoopChannel>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
