@@ -1,8 +1,8 @@
 """inferd embedded in Python: the wheel built from crates/inferd-python (scripts/test.sh builds it
 with maturin and installs it into the suite's venv; ``INFERD_WHEEL`` names the file).
 
-- Every model of a repository (the examples, an XGBoost and a LightGBM model, the identity
-  model) answers in-process exactly as the inferd server answers over HTTP.
+- Every model of a repository (the examples, an XGBoost and a LightGBM model, a SafeTensors
+  sentence encoder) answers in-process exactly as the inferd server answers over HTTP.
 - NumPy dtypes of every KServe datatype go in and come back: BOOL, the ints, FP16, FP32, FP64,
   BF16 (ml_dtypes, or uint16 bits named with a ``(array, "BF16")`` pair) and BYTES (object
   arrays of bytes or str, ``S`` arrays); non-contiguous and big-endian arrays too.
@@ -71,6 +71,11 @@ def repo(tmp_path_factory) -> Path:
     (repo / "lgb_reg" / "1").mkdir(parents=True)
     lgb.save_model(str(repo / "lgb_reg" / "1" / "model.txt"))
     (repo / "lgb_reg" / "config.pbtxt").write_text('backend: "lightgbm"\nmax_batch_size: 64\n')
+    # A SafeTensors sentence encoder (candle).
+    minilm = os.environ.get("INFERD_MINILM_DIR", "")
+    assert minilm and Path(minilm, "model.safetensors").is_file(), "set INFERD_MINILM_DIR (scripts/test.sh fetches it)"
+    shutil.copytree(minilm, repo / "minilm" / "1")
+    (repo / "minilm" / "config.pbtxt").write_text('backend: "candle"\nmax_batch_size: 16\n')
     # Batching copies of simple_mlp: one for threads, one for asyncio tasks, so each test
     # reads its own statistics.
     for name in ("mlp_threads", "mlp_tasks"):
@@ -103,6 +108,8 @@ CASES = {
     "string_identity": lambda: {"INPUT0": np.array([[b"fraud"], ["caf\u00e9"]], dtype=object)},
     "fraud": lambda: {"input__0": make_fraud_model.transactions(16, seed=5)[0]},
     "lgb_reg": lambda: {"input__0": make_fraud_model.transactions(16, seed=6)[0]},
+    "minilm": lambda: {"TEXT": np.array([["Hello world"], [b"inferd serves models"], ["caf\u00e9 \U0001F680"]],
+                                        dtype=object)},
 }
 
 

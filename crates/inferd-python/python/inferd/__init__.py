@@ -15,7 +15,13 @@ message.
 
 from __future__ import annotations
 
-from ._errors import (
+import os
+
+# Sentence encoders (candle) compute on the engine's own executor threads, as in the server
+# (inferd_candle::confine_candle_threads): candle reads this once, before its first operation.
+os.environ.setdefault("CANDLE_NUM_THREADS", "1")
+
+from ._errors import (  # noqa: E402
     Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
@@ -26,7 +32,7 @@ from ._errors import (
     Overloaded,
     Unavailable,
 )
-from ._inferd import Engine, Generation, __version__
+from ._inferd import Engine, Generation, __version__  # noqa: E402
 
 __all__ = [
     "Engine",
