@@ -208,10 +208,8 @@ pub fn tensor_to_py(py: Python<'_>, t: NamedTensor) -> PyResult<Bound<'_, PyAny>
                 list.append(PyBytes::new(py, b))?;
             }
             let a = np.call_method1("empty", (items.len(), "object"))?;
-            a.set_item(
-                np.getattr("s_")?.get_item(pyo3::types::PySlice::full(py))?,
-                list,
-            )?;
+            // `a[:] = list`: element by element, so a bytes value is never taken as a sequence.
+            a.set_item(pyo3::types::PySlice::full(py), list)?;
             a.call_method1("reshape", (shape,))
         }
         TensorData::Raw(raw) => {

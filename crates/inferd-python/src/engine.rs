@@ -181,6 +181,19 @@ fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
 }
 
 impl PyEngine {
+    /// What the engine knows of `model`'s ready version (newest, or `version`).
+    fn info(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        version: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<inferd_core::ModelInfo> {
+        let version = version_arg(py, version)?;
+        self.engine
+            .model_info(model, version)
+            .map_err(|e| to_py(py, e))
+    }
+
     /// The completion channel of `event_loop`, made and registered on its first request.
     fn channel(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Py<LoopChannel>> {
         let mut channels = self
@@ -347,11 +360,7 @@ impl PyEngine {
         model: &str,
         version: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let version = version_arg(py, version)?;
-        let info = self
-            .engine
-            .model_info(model, version)
-            .map_err(|e| to_py(py, e))?;
+        let info = self.info(py, model, version)?;
         json_to_py(py, &inferd_core::describe::metadata_json(&info))
     }
 
@@ -363,11 +372,7 @@ impl PyEngine {
         model: &str,
         version: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let version = version_arg(py, version)?;
-        let info = self
-            .engine
-            .model_info(model, version)
-            .map_err(|e| to_py(py, e))?;
+        let info = self.info(py, model, version)?;
         let v = serde_json::to_value(&*info.config)
             .map_err(|e| internal(format!("describing the config: {e}")))?;
         json_to_py(py, &v)

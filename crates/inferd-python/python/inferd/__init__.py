@@ -21,6 +21,7 @@ import os
 # (inferd_candle::confine_candle_threads): candle reads this once, before its first operation.
 os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
+from . import _errors  # noqa: E402
 from ._errors import (  # noqa: E402
     Cancelled,
     DeadlineExceeded,
@@ -34,17 +35,4 @@ from ._errors import (  # noqa: E402
 )
 from ._inferd import Engine, Generation, __version__  # noqa: E402
 
-__all__ = [
-    "Engine",
-    "Generation",
-    "InferdError",
-    "InvalidInput",
-    "ModelNotFound",
-    "Unavailable",
-    "Overloaded",
-    "FailedPrecondition",
-    "Cancelled",
-    "DeadlineExceeded",
-    "InternalError",
-    "__version__",
-]
+__all__ = ["Engine", "Generation", *_errors.__all__, "__version__"]
