@@ -112,7 +112,11 @@ def test_the_simulator_predicts_a_real_replica_under_poisson_load(inferd_bin, in
     assert list(c) == [1], c
     base, per_item, k = c[1][1] / c[1][0] / 1e9, 0.0, 1
     overhead = max(0.0, statistics.median(seq) - base)
-    sigma = float(np.std(np.log(np.asarray(seq))))
+    # The spread from the interquartile range of the log latencies (IQR / 1.349 is sigma for a
+    # normal): one stray slow request among 35 (the client shares the cores) would otherwise
+    # inflate the standard deviation, and with it every simulated tail near saturation.
+    q1, q3 = np.percentile(np.log(np.asarray(seq)), [25, 75])
+    sigma = float((q3 - q1) / 1.349)
     profile = {"base_secs": base, "per_item_secs": per_item, "log_sigma": min(sigma, 1.0), "max_batch": 1,
                "batch_delay_secs": 0.0, "max_queue": 100000, "overhead_secs": overhead,
                "start_phases": [["load", 1.0]]}
@@ -129,15 +133,23 @@ def test_the_simulator_predicts_a_real_replica_under_poisson_load(inferd_bin, in
         (tmp_path / "profile.json").write_text(json.dumps(run_profile))
         csv = tmp_path / f"trace{i}.csv"
         csv.write_text("timestamp,count\n" + "".join(f"{t:.6f},1\n" for t in sched))
-        sim = subprocess.run(
-            [inferd_bin, "autoscale", "simulate", "--trace", str(csv), "--policy", "queue-hpa",
-             "--min-replicas", "1", "--max-replicas", "1", "--slo-ms", "10000",
-             "--service-profile", str(tmp_path / "profile.json"), "--format", "json", "--seed", str(i)],
-            capture_output=True, text=True, timeout=300)
-        assert sim.returncode == 0, sim.stderr
-        out = json.loads(sim.stdout)[0]
+        # The simulated percentiles are the median over five seeds: one replay's p99 of ~300
+        # requests is its third-slowest request, a draw as noisy as the measurement it is
+        # checked against.
+        sims = []
+        for seed in range(5):
+            sim = subprocess.run(
+                [inferd_bin, "autoscale", "simulate", "--trace", str(csv), "--policy", "queue-hpa",
+                 "--min-replicas", "1", "--max-replicas", "1", "--slo-ms", "10000",
+                 "--service-profile", str(tmp_path / "profile.json"), "--format", "json",
+                 "--seed", str(10 * i + seed)],
+                capture_output=True, text=True, timeout=300)
+            assert sim.returncode == 0, sim.stderr
+            out = json.loads(sim.stdout)[0]
+            sims.append((out["p50_ms"], out["p99_ms"]))
+        simulated = (statistics.median(s[0] for s in sims), statistics.median(s[1] for s in sims))
         measured = (pct(lat, 50) * 1e3, pct(lat, 99) * 1e3)
-        results.append((load, rate, run_profile["base_secs"], measured, (out["p50_ms"], out["p99_ms"])))
+        results.append((load, rate, run_profile["base_secs"], measured, simulated))
     report = "\n".join(
         f"load {l:.2f} ({r:.1f}/s, compute {b * 1e3:.1f} ms): measured p50 {m[0]:.1f} p99 {m[1]:.1f} ms, "
         f"simulated p50 {s[0]:.1f} p99 {s[1]:.1f} ms"
