@@ -478,3 +478,18 @@ def test_the_fastapi_fraud_example_answers_over_http(inferd_server_factory, tmp_
         out, _ = app.communicate(timeout=30)
     # uvicorn re-raises the SIGTERM it handled once the app has shut down (closing the engine).
     assert app.returncode in (0, -15) and "Application shutdown complete" in out.decode(), out.decode()[-3000:]
+
+
+def test_a_triton_python_model_runs_in_a_worker_of_the_embedded_engine(tmp_path):
+    from test_python_backend import ADD_SUB, ADD_SUB_CONFIG
+
+    repo = tmp_path / "models"
+    (repo / "add_sub_py" / "1").mkdir(parents=True)
+    (repo / "add_sub_py" / "1" / "model.py").write_text(ADD_SUB)
+    (repo / "add_sub_py" / "config.pbtxt").write_text(ADD_SUB_CONFIG.format(name="add_sub_py", mbs=8, extra=""))
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with inferd.Engine(str(repo)) as e:
+        out = e.infer("add_sub_py", {"INPUT0": a, "INPUT1": np.ones_like(a)})
+        assert out["OUTPUT0"].tolist() == (a + 1).tolist() and out["OUTPUT1"].tolist() == (a - 1).tolist()
+        with pytest.raises(inferd.InvalidInput, match="INPUT0 holds -555"):
+            e.infer("add_sub_py", {"INPUT0": np.full((1, 4), -555, np.float32), "INPUT1": np.ones((1, 4), np.float32)})

@@ -44,7 +44,7 @@ impl Drop for PyEngine {
     }
 }
 
-fn backends(s: &Settings) -> PyResult<Vec<Arc<dyn Backend>>> {
+fn backends(s: &Settings, python: PathBuf) -> PyResult<Vec<Arc<dyn Backend>>> {
     #[cfg(feature = "onnxruntime")]
     let choice = match s.onnx {
         OnnxChoice::Auto => inferd_ort::OnnxChoice::Auto,
@@ -77,6 +77,8 @@ fn backends(s: &Settings) -> PyResult<Vec<Arc<dyn Backend>>> {
                 max_num_seqs: s.llm_max_num_seqs,
             },
         }),
+        // Triton python-backend models run in workers on this very interpreter.
+        Arc::new(inferd_pybackend::PythonBackend { python }),
     ])
 }
 
@@ -232,7 +234,8 @@ impl PyEngine {
             )));
         }
         let settings = Settings::from_py(repository, options)?;
-        let backends = backends(&settings)?;
+        let python: PathBuf = py.import("sys")?.getattr("executable")?.extract()?;
+        let backends = backends(&settings, python)?;
         // Async glue only (asyncio requests, poll mode, loads): models run on the engine's own
         // executor threads.
         let runtime = tokio::runtime::Builder::new_multi_thread()

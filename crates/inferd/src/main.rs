@@ -153,7 +153,12 @@ impl Default for LlmFlags {
     }
 }
 
-fn backends(onnx: OnnxBackend, origin: &str, llm: LlmFlags) -> Result<Vec<Arc<dyn Backend>>> {
+fn backends(
+    onnx: OnnxBackend,
+    origin: &str,
+    llm: LlmFlags,
+    python: &std::path::Path,
+) -> Result<Vec<Arc<dyn Backend>>> {
     #[cfg(feature = "onnxruntime")]
     let choice = match onnx {
         OnnxBackend::Auto => inferd_ort::OnnxChoice::Auto,
@@ -186,6 +191,10 @@ fn backends(onnx: OnnxBackend, origin: &str, llm: LlmFlags) -> Result<Vec<Arc<dy
                 kv_cache_bytes: llm.kv_cache_bytes,
                 max_num_seqs: llm.max_num_seqs,
             },
+        }),
+        // Last: a folder holding only a model.py is guessed to be a python model.
+        Arc::new(inferd_pybackend::PythonBackend {
+            python: python.to_path_buf(),
         }),
     ])
 }
@@ -308,7 +317,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
     };
     let engine = Engine::new(
         opts,
-        backends(a.onnx_backend, &a.origin("onnx-backend"), llm)?,
+        backends(
+            a.onnx_backend,
+            &a.origin("onnx-backend"),
+            llm,
+            &a.python_executable,
+        )?,
     );
     let server = BoundServer::bind(engine.clone(), server_opts)
         .await
@@ -388,7 +402,12 @@ fn repo_check(dir: PathBuf, onnx: OnnxBackend) -> Result<bool> {
             repository: dir.clone(),
             ..Default::default()
         },
-        backends(onnx, "--onnx-backend", LlmFlags::default())?,
+        backends(
+            onnx,
+            "--onnx-backend",
+            LlmFlags::default(),
+            std::path::Path::new("python3"),
+        )?,
     );
     let names = inferd_core::repository::list_models(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     if names.is_empty() {

@@ -241,6 +241,9 @@ pub(crate) struct ServeArgs {
     /// more wait in a bounded queue, past which requests get 429.
     #[arg(long, env = "INFERD_LLM_MAX_NUM_SEQS", default_value_t = 32)]
     pub(crate) llm_max_num_seqs: usize,
+    /// The Python interpreter that runs `backend: "python"` models' workers (it needs numpy).
+    #[arg(long, env = "INFERD_PYTHON_EXECUTABLE", default_value = "python3")]
+    pub(crate) python_executable: PathBuf,
     /// Which backend runs ONNX models; a model's config parameter `onnx_backend` overrides it.
     #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
     pub(crate) onnx_backend: OnnxBackend,

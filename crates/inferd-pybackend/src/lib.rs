@@ -1,0 +1,251 @@
+//! # inferd-pybackend
+//!
+//! Triton's python backend (`backend: "python"`, `<version>/model.py` defining
+//! `TritonPythonModel`), with the model's code run out of the server's process: each instance of
+//! the config's `instance_group` is a worker process running `python/inferd_python_worker.py`
+//! with inferd's own `triton_python_backend_utils` (both shipped inside the binary and written
+//! to a private folder at first use).
+//!
+//! - [`worker`]: one worker process: start, the message protocol on its pipes, tensors in a
+//!   shared-memory file, restart after a crash or a hung `execute`.
+//! - [`protocol`]: the messages, and tensors laid out in the shared file and read back.
+//!
+//! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the batch
+//! the engine formed as one request, `finalize()` at unload, `auto_complete_config(config)` for
+//! a config without inputs or outputs.
+
+pub mod protocol;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use inferd_core::backend::{
+    Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
+    TensorSpec,
+};
+use inferd_core::config::ModelConfig;
+use inferd_core::tensor::DataType;
+
+use worker::{Worker, WorkerSpec};
+
+/// The worker's script and the utilities module, as shipped.
+const WORKER_PY: &str = include_str!("../python/inferd_python_worker.py");
+const UTILS_PY: &str = include_str!("../python/triton_python_backend_utils.py");
+
+/// How long `execute` may run before its worker is killed (config parameter
+/// `execute_timeout_secs` overrides it).
+pub const DEFAULT_EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The backend (`backend: "python"`).
+pub struct PythonBackend {
+    /// The interpreter workers run (`--python-executable`).
+    pub python: PathBuf,
+}
+
+/// The folder holding the worker's scripts, written once per process.
+fn scripts_dir() -> Result<&'static Path, BackendError> {
+    static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("inferd-python-backend-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        std::fs::write(dir.path().join("inferd_python_worker.py"), WORKER_PY)
+            .and_then(|_| {
+                std::fs::write(dir.path().join("triton_python_backend_utils.py"), UTILS_PY)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(dir)
+    });
+    dir.as_ref()
+        .map(|d| d.path())
+        .map_err(|e| BackendError::Internal(format!("writing the python backend's worker: {e}")))
+}
+
+fn specs(tensors: &[(String, DataType)]) -> Vec<TensorSpec> {
+    tensors
+        .iter()
+        .map(|(name, dtype)| TensorSpec {
+            name: name.clone(),
+            dtype: *dtype,
+            shape: None,
+        })
+        .collect()
+}
+
+/// (name, datatype) of a JSON config's `input` or `output` list.
+fn tensors_of(config: &serde_json::Value, key: &str) -> Result<Vec<(String, DataType)>, String> {
+    let mut out = Vec::new();
+    for t in config.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+        let name = t.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+        let dt = t.get("data_type").and_then(|v| v.as_str()).unwrap_or_default();
+        let dtype = DataType::from_config_name(dt)
+            .ok_or_else(|| format!("{key} '{name}' has datatype '{dt}', which inferd does not know"))?;
+        out.push((name.to_string(), dtype));
+    }
+    Ok(out)
+}
+
+impl Backend for PythonBackend {
+    fn name(&self) -> &'static str {
+        "python"
+    }
+    fn platform(&self) -> Option<&'static str> {
+        None
+    }
+    fn accepts(&self, _platform: &str, backend: &str) -> bool {
+        backend == "python"
+    }
+    fn default_model_filename(&self, _config: &ModelConfig, _dir: &Path) -> String {
+        "model.py".into()
+    }
+    fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        let scripts = scripts_dir()?;
+        let mut config = serde_json::to_value(req.config)
+            .map_err(|e| BackendError::Internal(format!("describing the config: {e}")))?;
+        let timeout = match req.config.parameters.get("execute_timeout_secs") {
+            None => DEFAULT_EXECUTE_TIMEOUT,
+            Some(p) => p
+                .string_value
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    BackendError::Load(format!(
+                        "parameter execute_timeout_secs is '{}': give a positive number of seconds",
+                        p.string_value
+                    ))
+                })?,
+        };
+        let spec = WorkerSpec {
+            python: self.python.clone(),
+            scripts: scripts.to_path_buf(),
+            model_py: req.model_file.clone(),
+            model: req.model.to_string(),
+            version: req.version,
+            execute_timeout: timeout,
+        };
+        if req.config.input.is_empty() || req.config.output.is_empty() {
+            // auto_complete_config fills in what the config lacks, as in Triton.
+            let mut probe = Worker::start(&spec)?;
+            config = probe.auto_complete(config)?;
+            probe.finalize();
+        }
+        let inputs = tensors_of(&config, "input").map_err(BackendError::Load)?;
+        let outputs = tensors_of(&config, "output").map_err(BackendError::Load)?;
+        if inputs.is_empty() || outputs.is_empty() {
+            return Err(BackendError::Load(format!(
+                "{}: the config names no {} and model.py's auto_complete_config adds none",
+                req.model_file.display(),
+                if inputs.is_empty() { "inputs" } else { "outputs" }
+            )));
+        }
+        let model_dir = req.version_dir.parent().unwrap_or(req.version_dir);
+        let args = serde_json::json!({
+            "model_config": config.to_string(),
+            "model_instance_kind": "CPU",
+            "model_instance_device_id": "0",
+            "model_repository": model_dir.display().to_string(),
+            "model_version": req.version.to_string(),
+            "model_name": req.model,
+        });
+        Ok(Arc::new(PythonModel {
+            sig: ModelSignature {
+                inputs: specs(&inputs),
+                outputs: specs(&outputs),
+            },
+            spec,
+            args,
+            instances: Mutex::new(0),
+        }))
+    }
+}
+
+struct PythonModel {
+    sig: ModelSignature,
+    spec: WorkerSpec,
+    args: serde_json::Value,
+    instances: Mutex<u32>,
+}
+
+impl LoadedModel for PythonModel {
+    fn signature(&self) -> &ModelSignature {
+        &self.sig
+    }
+    fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
+        let index = match self.instances.lock() {
+            Ok(mut n) => {
+                *n += 1;
+                *n - 1
+            }
+            Err(_) => 0,
+        };
+        let mut args = self.args.clone();
+        args["model_instance_name"] =
+            serde_json::json!(format!("{}_{index}", self.spec.model));
+        let worker = Worker::start(&self.spec)?;
+        let mut instance = PythonInstance {
+            spec: self.spec.clone(),
+            args,
+            worker: Some(worker),
+        };
+        instance.initialize()?;
+        Ok(Box::new(instance))
+    }
+}
+
+/// One instance: its worker, restarted when it died.
+struct PythonInstance {
+    spec: WorkerSpec,
+    args: serde_json::Value,
+    worker: Option<Worker>,
+}
+
+impl PythonInstance {
+    fn initialize(&mut self) -> Result<(), BackendError> {
+        match self.worker.as_mut() {
+            Some(w) => w.initialize(&self.args).map_err(|e| {
+                self.worker = None;
+                e
+            }),
+            None => Err(BackendError::Internal("no worker".into())),
+        }
+    }
+}
+
+impl ModelInstance for PythonInstance {
+    fn execute(
+        &mut self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, BackendError> {
+        if self.worker.is_none() {
+            tracing::warn!(model = %self.spec.model, "restarting the python worker");
+            self.worker = Some(Worker::start(&self.spec)?);
+            self.initialize()?;
+        }
+        let Some(worker) = self.worker.as_mut() else {
+            return Err(BackendError::Internal("no worker".into()));
+        };
+        match worker.execute(inputs, outputs) {
+            Ok(out) => Ok(out),
+            Err(worker::Failure::Request(e)) => Err(e),
+            Err(worker::Failure::Worker(e)) => {
+                // Dead or hung: this worker is gone; the next request starts another.
+                self.worker = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for PythonInstance {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.as_mut() {
+            w.finalize();
+        }
+    }
+}
