@@ -5,6 +5,8 @@ written here from Triton's documented API, plus models that misbehave on purpose
 
 - add_sub answers sums and differences over HTTP and gRPC; a batching copy gives each of 16
   concurrent clients its own rows; BYTES in and out.
+- A dynamic batch reaches execute as its list of requests, each answered on its own; an error
+  response's TritonError code sets its status (INVALID_ARG 400, NOT_FOUND 404, UNAVAILABLE 503).
 - auto_complete_config fills a config that names no tensors.
 - initialize raising leaves the version UNAVAILABLE with the exception's type and message.
 - execute raising fails that request (500, the message), a TritonError(INVALID_ARG) response is
@@ -119,6 +121,29 @@ class TritonPythonModel:
         return out
 '''
 
+# Answers each request with how many requests its execute call held; codes chosen by INPUT0.
+BATCH_SEEN = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+CODES = {-404: pb_utils.TritonError.NOT_FOUND, -503: pb_utils.TritonError.UNAVAILABLE,
+         -400: pb_utils.TritonError.INVALID_ARG}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            code = CODES.get(int(x.reshape(-1)[0]))
+            if code is not None:
+                out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"X is {x.reshape(-1)[0]}", code)))
+                continue
+            seen = np.full((x.shape[0], 1), len(requests), dtype=np.int32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("SEEN", seen), pb_utils.Tensor("Y", x * 2)]))
+        return out
+'''
+
 BROKEN_INIT = '''
 class TritonPythonModel:
     def initialize(self, args):
@@ -147,6 +172,10 @@ def repo(tmp_path_factory) -> Path:
     write(repo, "upper", UPPER, 'name: "upper"\nbackend: "python"\nmax_batch_size: 0\n'
           'input [ { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] } ]\n'
           'output [ { name: "UPPER" data_type: TYPE_STRING dims: [ -1 ] } ]\n')
+    write(repo, "batch_seen", BATCH_SEEN, 'name: "batch_seen"\nbackend: "python"\nmax_batch_size: 8\n'
+          'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+          'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "SEEN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+          'dynamic_batching { max_queue_delay_microseconds: 50000 }\n')
     write(repo, "broken_init", BROKEN_INIT, 'name: "broken_init"\nbackend: "python"\nmax_batch_size: 0\n'
           'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\noutput [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
     return repo
@@ -200,13 +229,49 @@ def test_a_batching_model_gives_each_client_its_own_rows(server):
         np.testing.assert_allclose(d, a - b)
 
 
+def batch_seen(client, x: float):
+    inp = httpclient.InferInput("X", [1, 1], "FP32")
+    inp.set_data_from_numpy(np.array([[x]], dtype=np.float32))
+    r = client.infer("batch_seen", [inp])
+    return float(r.as_numpy("Y")[0, 0]), int(r.as_numpy("SEEN")[0, 0])
+
+
+def test_a_dynamic_batch_reaches_execute_as_its_requests_each_answered_on_its_own(server):
+    # Eight clients at once into a 50 ms batching window: execute gets several requests in one
+    # list (as in Triton), and a request the model refuses fails alone, with the status its
+    # TritonError code names.
+    xs = [1.0, 2.0, -400.0, 4.0, -404.0, 6.0, -503.0, 8.0]
+
+    def one(x):
+        client = httpclient.InferenceServerClient(server.http_url)
+        try:
+            return batch_seen(client, x)
+        except InferenceServerException as e:
+            return e
+
+    for _ in range(5):
+        with concurrent.futures.ThreadPoolExecutor(len(xs)) as pool:
+            got = list(pool.map(one, xs))
+        if max(g[1] for g in got if isinstance(g, tuple)) > 1:
+            break
+    assert max(g[1] for g in got if isinstance(g, tuple)) > 1, got
+    for x, g in zip(xs, got):
+        if x > 0:
+            assert g[0] == 2 * x, (x, g)
+        else:
+            assert isinstance(g, InferenceServerException), (x, g)
+            assert g.status() == {-400.0: "400", -404.0: "404", -503.0: "503"}[x], (x, g.status(), g.message())
+            assert f"X is {x}" in g.message(), g.message()
+
+
 def test_bytes_in_and_out(server):
     client = httpclient.InferenceServerClient(server.http_url)
     text = np.array([b"fraud", "caf\u00e9".encode()], dtype=object)
     inp = httpclient.InferInput("TEXT", [2], "BYTES")
     inp.set_data_from_numpy(text)
     out = client.infer("upper", [inp]).as_numpy("UPPER")
-    assert [bytes(x) for x in out] == [b"FRAUD", "CAF\u00c9".encode()]
+    # Bytes, not text: bytes.upper() changes ASCII letters only, so the UTF-8 "é" comes back as sent.
+    assert [bytes(x) for x in out] == [b"FRAUD", "CAF\u00e9".encode()]
 
 
 def test_auto_complete_config_fills_a_config_without_tensors(server):

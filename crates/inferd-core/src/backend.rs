@@ -64,6 +64,29 @@ pub enum BackendError {
     /// may read, a thread it cannot start): a 5xx, even at load.
     #[error("{0}")]
     Internal(String),
+    /// The model says what the request names does not exist (a python model's
+    /// `TritonError.NOT_FOUND`): a 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The model cannot answer now (a python model's `TritonError.UNAVAILABLE`, a worker
+    /// restarting): a 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl BackendError {
+    /// The engine error a request gets when model `model` failed it this way: the model's
+    /// own message for the client's faults and the model's statuses, "model 'm' failed: ..."
+    /// for the rest.
+    pub fn into_request_error(self, model: &str) -> crate::Error {
+        use crate::Error;
+        match self {
+            BackendError::InvalidInput(m) => Error::InvalidArgument(m),
+            BackendError::NotFound(m) => Error::NotFound(m),
+            BackendError::Unavailable(m) => Error::Unavailable(m),
+            other => Error::Internal(format!("model '{model}' failed: {other}")),
+        }
+    }
 }
 
 /// What a backend gets to load one version.
@@ -158,4 +181,21 @@ pub trait ModelInstance: Send {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError>;
+    /// Whether this instance takes a batch as its separate requests
+    /// ([`ModelInstance::execute_requests`]) instead of as merged tensors: Triton's python
+    /// backend hands `execute` the list of the batch's requests, each answered on its own.
+    fn takes_requests(&self) -> bool {
+        false
+    }
+    /// Runs a batch's requests, each with its own inputs (config order, checked); one result per
+    /// request, in order. The outer error fails the whole batch (the instance broke). Called
+    /// only when [`ModelInstance::takes_requests`] says so; the default runs them one by one.
+    #[allow(clippy::type_complexity)]
+    fn execute_requests(
+        &mut self,
+        requests: &[&[NamedTensor]],
+        outputs: &[String],
+    ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
+        Ok(requests.iter().map(|r| self.execute(r, outputs)).collect())
+    }
 }

@@ -14,6 +14,7 @@
 //! - [`request`]: requests, responses, and their validation against a config.
 //! - [`scheduler`]: a version's priority queues, dynamic batcher, batch merge/split, CPU budget.
 //! - [`runner`]: one version's executor threads over its scheduler.
+//! - [`executor`]: one instance's thread: batches run and answered.
 //! - [`stats`]: per-version statistics.
 //! - [`warmup`]: warm-up before a version turns ready.
 //! - [`engine`]: lifecycle, live reload, routing; the embedding API.
@@ -29,6 +30,7 @@ pub mod describe;
 pub mod engine;
 pub mod ensemble;
 pub mod error;
+pub mod executor;
 pub mod generate;
 pub mod repository;
 pub mod request;

@@ -9,13 +9,12 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::assembly::{merge_inputs, split_outputs};
-use crate::backend::{BackendError, LoadedModel, ModelInstance, ModelSignature, NamedTensor};
+use crate::backend::{LoadedModel, ModelSignature, NamedTensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::request::{PreparedRequest, finish_outputs};
-use crate::scheduler::{ComputeBudget, Job, Scheduler, SchedulerSettings};
-use crate::stats::{ExecutionTimes, FailureReason, VersionStats};
+use crate::request::PreparedRequest;
+use crate::scheduler::{ComputeBudget, Scheduler, SchedulerSettings};
+use crate::stats::{FailureReason, VersionStats};
 
 /// Server-wide settings every version's executor shares.
 #[derive(Clone, Debug)]
@@ -124,7 +123,7 @@ impl VersionRunner {
                     return Err(Error::Internal(e.to_string()));
                 }
             };
-            let ctx = Executor {
+            let ctx = crate::executor::Executor {
                 model: model_name.to_string(),
                 config: config.clone(),
                 scheduler: scheduler.clone(),
@@ -445,109 +444,6 @@ impl Drop for VersionRunner {
     fn drop(&mut self) {
         // Ends the executor threads once the queue drains; they are detached if not joined.
         self.scheduler.close();
-    }
-}
-
-/// A batch that ran: per-job outputs and timings.
-struct Executed {
-    per_job: Vec<Vec<NamedTensor>>,
-    times: ExecutionTimes,
-}
-
-struct Executor {
-    model: String,
-    config: Arc<ModelConfig>,
-    scheduler: Arc<Scheduler>,
-    stats: Arc<Mutex<VersionStats>>,
-    budget: Arc<ComputeBudget>,
-}
-
-impl Executor {
-    fn run(self, mut instance: Box<dyn ModelInstance>) {
-        while let Some(mut jobs) = self.scheduler.next_batch() {
-            let started = Instant::now();
-            let result = self.execute(instance.as_mut(), &mut jobs, started);
-            match result {
-                // One request's input failed the whole batch: run each request alone, so only
-                // the one at fault gets the error.
-                Err(Error::InvalidArgument(_)) if jobs.len() > 1 => {
-                    for job in jobs {
-                        let mut one = vec![job];
-                        let started = Instant::now();
-                        let r = self.execute(instance.as_mut(), &mut one, started);
-                        self.deliver(one, r, started);
-                    }
-                }
-                r => self.deliver(jobs, r, started),
-            }
-        }
-    }
-
-    /// Runs one batch; any panic (backend, batch assembly, output checks) becomes an error for
-    /// the batch instead of ending this executor thread.
-    fn execute(
-        &self,
-        instance: &mut dyn ModelInstance,
-        jobs: &mut [Job],
-        started: Instant,
-    ) -> Result<Executed> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let rows: Vec<usize> = jobs.iter().map(|j| j.req.batch).collect();
-            let outputs = jobs[0].req.outputs.clone();
-            let (inputs, total) = merge_inputs(jobs)?;
-            let t0 = Instant::now();
-            let ran = {
-                let _share = self.budget.acquire();
-                instance.execute(&inputs, &outputs)
-            };
-            let t1 = Instant::now();
-            let outs = ran.map_err(|e| match e {
-                BackendError::InvalidInput(m) => Error::InvalidArgument(m),
-                other => Error::Internal(format!("model '{}' failed: {other}", self.model)),
-            })?;
-            let per_job = split_outputs(&self.model, outs, &rows)?
-                .into_iter()
-                .zip(&rows)
-                .map(|(o, &r)| finish_outputs(&self.model, &self.config, o, r))
-                .collect::<Result<Vec<_>>>()?;
-            let t2 = Instant::now();
-            Ok(Executed {
-                per_job,
-                times: ExecutionTimes {
-                    batch: total,
-                    requests: rows.len(),
-                    input: t0 - started,
-                    infer: t1 - t0,
-                    output: t2 - t1,
-                },
-            })
-        }))
-        .unwrap_or_else(|_| {
-            Err(Error::Internal(format!(
-                "model '{}' panicked during execution",
-                self.model
-            )))
-        })
-    }
-
-    /// Records statistics and answers every job of a batch.
-    fn deliver(&self, jobs: Vec<Job>, result: Result<Executed>, started: Instant) {
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(ex) => {
-                stats.record_execution(ex.times);
-                for (job, out) in jobs.into_iter().zip(ex.per_job) {
-                    stats.record_queue(started - job.enqueued);
-                    self.scheduler.complete(job, Ok(out));
-                }
-            }
-            Err(e) => {
-                for job in jobs {
-                    stats.record_queue(started - job.enqueued);
-                    self.scheduler.complete(job, Err(e.clone()));
-                }
-            }
-        }
     }
 }
 

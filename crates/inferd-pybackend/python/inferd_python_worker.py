@@ -4,7 +4,7 @@ original stdout (each message a 4-byte little-endian length and JSON); tensor by
 through the pipe: they sit in a shared-memory file the server names, inputs read in place,
 outputs written after them. ``model.py``'s own prints go to stderr, which the server logs.
 
-    python3 inferd_python_worker.py MODEL_PY SHM_FILE
+    python3 -c "$(cat inferd_python_worker.py)" MODEL_PY SHM_FILE   (INFERD_PB_UTILS in the env)
 """
 
 from __future__ import annotations
@@ -20,7 +20,27 @@ import traceback
 
 import numpy as np
 
-import triton_python_backend_utils as pb_utils
+
+def _install_utils() -> None:
+    """The server passes the utilities module's source in INFERD_PB_UTILS (no files to write or
+    leave behind); it becomes the importable ``triton_python_backend_utils``."""
+    import types
+
+    src = os.environ.pop("INFERD_PB_UTILS", None)
+    if src is None:
+        return
+    module = types.ModuleType("triton_python_backend_utils")
+    module.__file__ = "<inferd>/triton_python_backend_utils.py"
+    sys.modules[module.__name__] = module
+    exec(compile(src, module.__file__, "exec"), module.__dict__)
+
+
+_install_utils()
+# Run with -c, the interpreter put the server's working folder first on the path; a model
+# imports from its own folder (added when it loads), not from wherever the server started.
+if sys.path and sys.path[0] == "":
+    sys.path.pop(0)
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 DTYPES = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,

@@ -3,22 +3,22 @@
 //! Triton's python backend (`backend: "python"`, `<version>/model.py` defining
 //! `TritonPythonModel`), with the model's code run out of the server's process: each instance of
 //! the config's `instance_group` is a worker process running `python/inferd_python_worker.py`
-//! with inferd's own `triton_python_backend_utils` (both shipped inside the binary and written
-//! to a private folder at first use).
+//! with inferd's own `triton_python_backend_utils` (both shipped inside the binary and handed
+//! to the interpreter as text: nothing is written to disk or left behind).
 //!
 //! - [`worker`]: one worker process: start, the message protocol on its pipes, tensors in a
 //!   shared-memory file, restart after a crash or a hung `execute`.
 //! - [`protocol`]: the messages, and tensors laid out in the shared file and read back.
 //!
-//! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the batch
-//! the engine formed as one request, `finalize()` at unload, `auto_complete_config(config)` for
+//! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the
+//! requests of the batch the engine formed, each answered on its own, `finalize()` at unload, `auto_complete_config(config)` for
 //! a config without inputs or outputs.
 
 pub mod protocol;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inferd_core::backend::{
@@ -30,10 +30,6 @@ use inferd_core::tensor::DataType;
 
 use worker::{Worker, WorkerSpec};
 
-/// The worker's script and the utilities module, as shipped.
-const WORKER_PY: &str = include_str!("../python/inferd_python_worker.py");
-const UTILS_PY: &str = include_str!("../python/triton_python_backend_utils.py");
-
 /// How long `execute` may run before its worker is killed (config parameter
 /// `execute_timeout_secs` overrides it).
 pub const DEFAULT_EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -42,26 +38,6 @@ pub const DEFAULT_EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct PythonBackend {
     /// The interpreter workers run (`--python-executable`).
     pub python: PathBuf,
-}
-
-/// The folder holding the worker's scripts, written once per process.
-fn scripts_dir() -> Result<&'static Path, BackendError> {
-    static DIR: OnceLock<Result<tempfile::TempDir, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("inferd-python-backend-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
-        std::fs::write(dir.path().join("inferd_python_worker.py"), WORKER_PY)
-            .and_then(|_| {
-                std::fs::write(dir.path().join("triton_python_backend_utils.py"), UTILS_PY)
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(dir)
-    });
-    dir.as_ref()
-        .map(|d| d.path())
-        .map_err(|e| BackendError::Internal(format!("writing the python backend's worker: {e}")))
 }
 
 fn specs(tensors: &[(String, DataType)]) -> Vec<TensorSpec> {
@@ -78,11 +54,20 @@ fn specs(tensors: &[(String, DataType)]) -> Vec<TensorSpec> {
 /// (name, datatype) of a JSON config's `input` or `output` list.
 fn tensors_of(config: &serde_json::Value, key: &str) -> Result<Vec<(String, DataType)>, String> {
     let mut out = Vec::new();
-    for t in config.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+    for t in config
+        .get(key)
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         let name = t.get("name").and_then(|v| v.as_str()).unwrap_or_default();
-        let dt = t.get("data_type").and_then(|v| v.as_str()).unwrap_or_default();
-        let dtype = DataType::from_config_name(dt)
-            .ok_or_else(|| format!("{key} '{name}' has datatype '{dt}', which inferd does not know"))?;
+        let dt = t
+            .get("data_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let dtype = DataType::from_config_name(dt).ok_or_else(|| {
+            format!("{key} '{name}' has datatype '{dt}', which inferd does not know")
+        })?;
         out.push((name.to_string(), dtype));
     }
     Ok(out)
@@ -102,7 +87,6 @@ impl Backend for PythonBackend {
         "model.py".into()
     }
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        let scripts = scripts_dir()?;
         let mut config = serde_json::to_value(req.config)
             .map_err(|e| BackendError::Internal(format!("describing the config: {e}")))?;
         let timeout = match req.config.parameters.get("execute_timeout_secs") {
@@ -122,7 +106,6 @@ impl Backend for PythonBackend {
         };
         let spec = WorkerSpec {
             python: self.python.clone(),
-            scripts: scripts.to_path_buf(),
             model_py: req.model_file.clone(),
             model: req.model.to_string(),
             version: req.version,
@@ -140,7 +123,11 @@ impl Backend for PythonBackend {
             return Err(BackendError::Load(format!(
                 "{}: the config names no {} and model.py's auto_complete_config adds none",
                 req.model_file.display(),
-                if inputs.is_empty() { "inputs" } else { "outputs" }
+                if inputs.is_empty() {
+                    "inputs"
+                } else {
+                    "outputs"
+                }
             )));
         }
         let model_dir = req.version_dir.parent().unwrap_or(req.version_dir);
@@ -184,8 +171,7 @@ impl LoadedModel for PythonModel {
             Err(_) => 0,
         };
         let mut args = self.args.clone();
-        args["model_instance_name"] =
-            serde_json::json!(format!("{}_{index}", self.spec.model));
+        args["model_instance_name"] = serde_json::json!(format!("{}_{index}", self.spec.model));
         let worker = Worker::start(&self.spec)?;
         let mut instance = PythonInstance {
             spec: self.spec.clone(),
@@ -222,6 +208,20 @@ impl ModelInstance for PythonInstance {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
+        self.execute_requests(&[inputs], outputs)?
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::Internal("no answer".into())))
+    }
+
+    fn takes_requests(&self) -> bool {
+        true
+    }
+
+    fn execute_requests(
+        &mut self,
+        requests: &[&[NamedTensor]],
+        outputs: &[String],
+    ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
         if self.worker.is_none() {
             tracing::warn!(model = %self.spec.model, "restarting the python worker");
             self.worker = Some(Worker::start(&self.spec)?);
@@ -230,7 +230,7 @@ impl ModelInstance for PythonInstance {
         let Some(worker) = self.worker.as_mut() else {
             return Err(BackendError::Internal("no worker".into()));
         };
-        match worker.execute(inputs, outputs) {
+        match worker.execute(requests, outputs) {
             Ok(out) => Ok(out),
             Err(worker::Failure::Request(e)) => Err(e),
             Err(worker::Failure::Worker(e)) => {

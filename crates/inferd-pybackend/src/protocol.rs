@@ -28,15 +28,17 @@ pub fn frame(msg: &Value) -> Vec<u8> {
     out
 }
 
-/// Writes `inputs` into the shared file from offset 0; returns their descriptions and where
+/// Writes `inputs` into the shared file from `start`; returns their descriptions and where
 /// the free space after them starts.
-pub fn write_inputs(shm: &File, inputs: &[NamedTensor]) -> std::io::Result<(Vec<Value>, u64)> {
-    let mut offset = 0u64;
+pub fn write_inputs(
+    shm: &File,
+    inputs: &[NamedTensor],
+    start: u64,
+) -> std::io::Result<(Vec<Value>, u64)> {
+    let mut offset = start;
     let mut specs = Vec::with_capacity(inputs.len());
     let wire: Vec<_> = inputs.iter().map(|t| t.tensor.to_wire_bytes()).collect();
-    let end = wire
-        .iter()
-        .fold(0u64, |at, b| align(at) + b.len() as u64);
+    let end = wire.iter().fold(start, |at, b| align(at) + b.len() as u64);
     if shm.metadata()?.len() < end {
         shm.set_len(end)?;
     }
@@ -62,14 +64,22 @@ fn field<'a>(spec: &'a Value, key: &str) -> Result<&'a Value, BackendError> {
 
 /// Reads one output the worker wrote.
 pub fn read_output(shm: &File, spec: &Value) -> Result<NamedTensor, BackendError> {
-    let name = field(spec, "name")?.as_str().unwrap_or_default().to_string();
+    let name = field(spec, "name")?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let dt = field(spec, "datatype")?.as_str().unwrap_or_default();
     let dtype: DataType = dt
         .parse()
         .map_err(|e| BackendError::Execution(format!("output '{name}': {e}")))?;
     let shape: Vec<usize> = field(spec, "shape")?
         .as_array()
-        .map(|a| a.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_u64())
+                .map(|d| d as usize)
+                .collect()
+        })
         .unwrap_or_default();
     let offset = field(spec, "offset")?.as_u64().unwrap_or(0);
     let nbytes = field(spec, "nbytes")?.as_u64().unwrap_or(0) as usize;
@@ -102,13 +112,23 @@ mod tests {
     fn inputs_are_laid_out_aligned_and_read_back_as_written() {
         let shm = tempfile::tempfile().expect("file");
         let a = Tensor::from_f32(vec![1, 3], &[1.0, 2.0, 3.0]).expect("tensor");
-        let b = Tensor::new(DataType::Bytes, vec![2], TensorData::Bytes(vec!["x".into(), "yz".into()]))
-            .expect("tensor");
+        let b = Tensor::new(
+            DataType::Bytes,
+            vec![2],
+            TensorData::Bytes(vec!["x".into(), "yz".into()]),
+        )
+        .expect("tensor");
         let inputs = vec![
-            NamedTensor { name: "A".into(), tensor: a.clone() },
-            NamedTensor { name: "B".into(), tensor: b.clone() },
+            NamedTensor {
+                name: "A".into(),
+                tensor: a.clone(),
+            },
+            NamedTensor {
+                name: "B".into(),
+                tensor: b.clone(),
+            },
         ];
-        let (specs, end) = write_inputs(&shm, &inputs).expect("written");
+        let (specs, end) = write_inputs(&shm, &inputs, 0).expect("written");
         assert_eq!(specs[0]["offset"], 0);
         assert_eq!(specs[1]["offset"], 64);
         assert_eq!(end, 128);
@@ -119,7 +139,8 @@ mod tests {
     #[test]
     fn an_output_past_the_end_of_the_file_is_an_error_not_a_read() {
         let shm = tempfile::tempfile().expect("file");
-        let spec = json!({"name": "X", "datatype": "FP32", "shape": [4], "offset": 0, "nbytes": 16});
+        let spec =
+            json!({"name": "X", "datatype": "FP32", "shape": [4], "offset": 0, "nbytes": 16});
         let err = read_output(&shm, &spec).err().expect("refused");
         assert!(err.to_string().contains("past the shared file"), "{err}");
     }

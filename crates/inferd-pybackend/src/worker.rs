@@ -14,16 +14,22 @@ use crate::protocol::{frame, read_output, write_inputs};
 /// How long control messages (initialize, auto-complete) may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Triton's `TritonError.INVALID_ARG`.
+/// The worker's script and the utilities module, as shipped.
+const WORKER_PY: &str = include_str!("../python/inferd_python_worker.py");
+const UTILS_PY: &str = include_str!("../python/triton_python_backend_utils.py");
+
+/// Triton's `TritonError` codes that are not the model's own fault.
+const NOT_FOUND: i64 = 2;
 const INVALID_ARG: i64 = 3;
+const UNAVAILABLE: i64 = 4;
+const UNSUPPORTED: i64 = 5;
+const CANCELLED: i64 = 7;
 
 /// What a worker needs to start.
 #[derive(Clone, Debug)]
 pub struct WorkerSpec {
     /// The interpreter.
     pub python: PathBuf,
-    /// The folder with the worker script and the utilities module.
-    pub scripts: PathBuf,
     /// The model's `model.py`.
     pub model_py: PathBuf,
     /// Model name (logs, messages).
@@ -47,7 +53,10 @@ pub struct Worker {
     child: Child,
     stdin: ChildStdin,
     replies: Receiver<Option<Value>>,
-    shm: tempfile::NamedTempFile,
+    shm: std::fs::File,
+    /// The shared file's name until the worker has opened it (then it is unlinked, so nothing
+    /// is left behind however either process ends).
+    shm_path: Option<tempfile::TempPath>,
     spec: WorkerSpec,
 }
 
@@ -76,20 +85,12 @@ impl Worker {
             .prefix("inferd-py-")
             .tempfile_in(shm_dir())
             .map_err(|e| BackendError::Internal(format!("creating the shared-memory file: {e}")))?;
-        let python_path = match std::env::var_os("PYTHONPATH") {
-            Some(p) if !p.is_empty() => {
-                let mut v = spec.scripts.clone().into_os_string();
-                v.push(":");
-                v.push(p);
-                v
-            }
-            _ => spec.scripts.clone().into_os_string(),
-        };
         let mut child = Command::new(&spec.python)
-            .arg(spec.scripts.join("inferd_python_worker.py"))
+            .arg("-c")
+            .arg(WORKER_PY)
             .arg(&spec.model_py)
             .arg(shm.path())
-            .env("PYTHONPATH", python_path)
+            .env("INFERD_PB_UTILS", UTILS_PY)
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
@@ -106,7 +107,9 @@ impl Worker {
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             let _ = child.kill();
-            return Err(BackendError::Internal("the worker's pipes are missing".into()));
+            return Err(BackendError::Internal(
+                "the worker's pipes are missing".into(),
+            ));
         };
         let (tx, replies) = channel();
         let name = format!("inferd-py-{}", spec.model);
@@ -131,11 +134,13 @@ impl Worker {
                 }
             })
             .map_err(|e| BackendError::Internal(format!("starting a log thread: {e}")))?;
+        let (shm, shm_path) = shm.into_parts();
         Ok(Worker {
             child,
             stdin,
             replies,
             shm,
+            shm_path: Some(shm_path),
             spec: spec.clone(),
         })
     }
@@ -172,7 +177,13 @@ impl Worker {
             ))));
         }
         match self.replies.recv_timeout(timeout) {
-            Ok(Some(v)) => Ok(v),
+            Ok(Some(v)) => {
+                // The worker opens the shared file before it reads its first message.
+                if let Some(path) = self.shm_path.take() {
+                    let _ = path.close();
+                }
+                Ok(v)
+            }
             Ok(None) | Err(RecvTimeoutError::Disconnected) => {
                 let status = self.gone();
                 Err(Failure::Worker(BackendError::Execution(format!(
@@ -198,8 +209,12 @@ impl Worker {
             return Err(BackendError::Load(format!(
                 "{}: {what} raised {}: {}",
                 self.spec.model_py.display(),
-                err.get("type").and_then(|v| v.as_str()).unwrap_or("an error"),
-                err.get("message").and_then(|v| v.as_str()).unwrap_or_default()
+                err.get("type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("an error"),
+                err.get("message")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
             )));
         }
         Ok(reply)
@@ -216,51 +231,65 @@ impl Worker {
 
     /// Imports `model.py` and runs `initialize(args)`.
     pub fn initialize(&mut self, args: &Value) -> Result<(), BackendError> {
-        self.control(&json!({"op": "init", "args": args}), "loading model.py / initialize")
-            .map(|_| ())
+        self.control(
+            &json!({"op": "init", "args": args}),
+            "loading model.py / initialize",
+        )
+        .map(|_| ())
     }
 
-    /// Runs one batch as one request.
+    /// Runs a batch's requests in one `execute(requests)`: one result per request.
     pub fn execute(
         &mut self,
-        inputs: &[NamedTensor],
+        requests: &[&[NamedTensor]],
         outputs: &[String],
-    ) -> Result<Vec<NamedTensor>, Failure> {
-        let (specs, out_offset) = write_inputs(self.shm.as_file(), inputs).map_err(|e| {
-            Failure::Request(BackendError::Internal(format!(
-                "writing inputs to the shared file: {e}"
-            )))
-        })?;
-        let msg = json!({
-            "op": "execute",
-            "requests": [{"inputs": specs, "outputs": outputs, "request_id": "", "correlation_id": 0, "parameters": "{}"}],
-            "out_offset": out_offset,
-        });
-        let reply = self.request(&msg, self.spec.execute_timeout)?;
-        let fail = |err: &Value, whole: bool| {
-            let message = err.get("message").and_then(|v| v.as_str()).unwrap_or_default();
-            let kind = err.get("type").and_then(|v| v.as_str()).unwrap_or("an error");
-            let text = if whole {
-                format!("model '{}': execute raised {kind}: {message}", self.spec.model)
-            } else {
-                format!("model '{}': {message}", self.spec.model)
-            };
-            if err.get("code").and_then(|v| v.as_i64()) == Some(INVALID_ARG) {
-                BackendError::InvalidInput(text)
-            } else {
-                BackendError::Execution(text)
-            }
-        };
-        if let Some(err) = reply.get("error") {
-            return Err(Failure::Request(fail(err, true)));
+    ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, Failure> {
+        let mut offset = 0u64;
+        let mut described = Vec::with_capacity(requests.len());
+        for inputs in requests {
+            let (specs, end) = write_inputs(&self.shm, inputs, offset).map_err(|e| {
+                Failure::Request(BackendError::Internal(format!(
+                    "writing inputs to the shared file: {e}"
+                )))
+            })?;
+            offset = end;
+            described.push(json!({
+                "inputs": specs, "outputs": outputs, "request_id": "", "correlation_id": 0,
+                "parameters": "{}",
+            }));
         }
-        let response = reply
+        let msg = json!({"op": "execute", "requests": described, "out_offset": offset});
+        let reply = self.request(&msg, self.spec.execute_timeout)?;
+        if let Some(err) = reply.get("error") {
+            return Err(Failure::Request(self.model_error(err, true)));
+        }
+        let responses = reply
             .get("responses")
-            .and_then(|r| r.get(0))
+            .and_then(|r| r.as_array())
             .cloned()
-            .unwrap_or(Value::Null);
+            .unwrap_or_default();
+        if responses.len() != requests.len() {
+            return Err(Failure::Request(BackendError::Execution(format!(
+                "model '{}': the worker answered {} of {} requests",
+                self.spec.model,
+                responses.len(),
+                requests.len()
+            ))));
+        }
+        Ok(responses
+            .iter()
+            .map(|r| self.response(r, outputs))
+            .collect())
+    }
+
+    /// One request's answer: its outputs in the order asked, or its error.
+    fn response(
+        &self,
+        response: &Value,
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, BackendError> {
         if let Some(err) = response.get("error") {
-            return Err(Failure::Request(fail(err, false)));
+            return Err(self.model_error(err, false));
         }
         let mut got = Vec::new();
         for spec in response
@@ -269,7 +298,7 @@ impl Worker {
             .into_iter()
             .flatten()
         {
-            got.push(read_output(self.shm.as_file(), spec).map_err(Failure::Request)?);
+            got.push(read_output(&self.shm, spec)?);
         }
         outputs
             .iter()
@@ -278,13 +307,40 @@ impl Worker {
                     .position(|t| &t.name == name)
                     .map(|i| got.swap_remove(i))
                     .ok_or_else(|| {
-                        Failure::Request(BackendError::Execution(format!(
+                        BackendError::Execution(format!(
                             "model '{}': execute returned no output '{name}'",
                             self.spec.model
-                        )))
+                        ))
                     })
             })
             .collect()
+    }
+
+    /// The error a model reported: its `TritonError` code picks the status (`whole`: `execute`
+    /// itself raised, failing every request of the call).
+    fn model_error(&self, err: &Value, whole: bool) -> BackendError {
+        let message = err
+            .get("message")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let kind = err
+            .get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("an error");
+        let text = if whole {
+            format!(
+                "model '{}': execute raised {kind}: {message}",
+                self.spec.model
+            )
+        } else {
+            format!("model '{}': {message}", self.spec.model)
+        };
+        match err.get("code").and_then(|v| v.as_i64()) {
+            Some(NOT_FOUND) => BackendError::NotFound(text),
+            Some(INVALID_ARG) | Some(UNSUPPORTED) => BackendError::InvalidInput(text),
+            Some(UNAVAILABLE) | Some(CANCELLED) => BackendError::Unavailable(text),
+            _ => BackendError::Execution(text),
+        }
     }
 
     /// Runs `finalize()` (bounded) and stops the worker.

@@ -5,7 +5,6 @@
 //! the channel closing is the final response. Front-ends stream them (gRPC `ModelStreamInfer`).
 
 use super::*;
-use crate::backend::BackendError;
 
 /// Responses a decoupled request may have in flight to a slow client.
 const RESPONSES_IN_FLIGHT: usize = 16;
@@ -67,10 +66,7 @@ impl Engine {
                 dm.run(&prepared.inputs, &prepared.outputs, &mut send)
             }));
             let r = match ran {
-                Ok(r) => r.map_err(|e| match e {
-                    BackendError::InvalidInput(m) => Error::InvalidArgument(m),
-                    other => Error::Internal(format!("model '{model}' failed: {other}")),
-                }),
+                Ok(r) => r.map_err(|e| e.into_request_error(&model)),
                 Err(_) => Err(Error::Internal(format!(
                     "model '{model}' stopped while answering (a panic in its backend)"
                 ))),

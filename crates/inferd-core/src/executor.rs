@@ -1,0 +1,167 @@
+//! The executor thread of one model instance: takes batches from the version's scheduler,
+//! runs them on the instance (merged into one tensor per input, or as separate requests for
+//! instances that take them), and answers each request with its rows or its error.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::assembly::{merge_inputs, split_outputs};
+use crate::backend::{BackendError, ModelInstance, NamedTensor};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::request::finish_outputs;
+use crate::scheduler::{ComputeBudget, Job, Scheduler};
+use crate::stats::{ExecutionTimes, VersionStats};
+
+/// A batch that ran: per-job outputs and timings.
+struct Executed {
+    per_job: Vec<Result<Vec<NamedTensor>>>,
+    times: ExecutionTimes,
+}
+
+pub(crate) struct Executor {
+    pub(crate) model: String,
+    pub(crate) config: Arc<ModelConfig>,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) stats: Arc<Mutex<VersionStats>>,
+    pub(crate) budget: Arc<ComputeBudget>,
+}
+
+impl Executor {
+    pub(crate) fn run(self, mut instance: Box<dyn ModelInstance>) {
+        while let Some(mut jobs) = self.scheduler.next_batch() {
+            let started = Instant::now();
+            let result = self.execute(instance.as_mut(), &mut jobs, started);
+            match result {
+                // One request's input failed the whole batch: run each request alone, so only
+                // the one at fault gets the error.
+                Err(Error::InvalidArgument(_)) if jobs.len() > 1 => {
+                    for job in jobs {
+                        let mut one = vec![job];
+                        let started = Instant::now();
+                        let r = self.execute(instance.as_mut(), &mut one, started);
+                        self.deliver(one, r, started);
+                    }
+                }
+                r => self.deliver(jobs, r, started),
+            }
+        }
+    }
+
+    /// Runs one batch; any panic (backend, batch assembly, output checks) becomes an error for
+    /// the batch instead of ending this executor thread.
+    fn execute(
+        &self,
+        instance: &mut dyn ModelInstance,
+        jobs: &mut [Job],
+        started: Instant,
+    ) -> Result<Executed> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if instance.takes_requests() {
+                return self.execute_requests(instance, jobs, started);
+            }
+            let rows: Vec<usize> = jobs.iter().map(|j| j.req.batch).collect();
+            let outputs = jobs[0].req.outputs.clone();
+            let (inputs, total) = merge_inputs(jobs)?;
+            let t0 = Instant::now();
+            let ran = {
+                let _share = self.budget.acquire();
+                instance.execute(&inputs, &outputs)
+            };
+            let t1 = Instant::now();
+            let outs = ran.map_err(|e| self.backend_error(e))?;
+            let per_job = split_outputs(&self.model, outs, &rows)?
+                .into_iter()
+                .zip(&rows)
+                .map(|(o, &r)| finish_outputs(&self.model, &self.config, o, r))
+                .collect::<Result<Vec<_>>>()?;
+            let t2 = Instant::now();
+            Ok(Executed {
+                per_job: per_job.into_iter().map(Ok).collect(),
+                times: ExecutionTimes {
+                    batch: total,
+                    requests: rows.len(),
+                    input: t0 - started,
+                    infer: t1 - t0,
+                    output: t2 - t1,
+                },
+            })
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(format!(
+                "model '{}' panicked during execution",
+                self.model
+            )))
+        })
+    }
+
+    /// A batch run as its separate requests ([`ModelInstance::takes_requests`]): each request
+    /// gets its own answer or error.
+    fn execute_requests(
+        &self,
+        instance: &mut dyn ModelInstance,
+        jobs: &mut [Job],
+        started: Instant,
+    ) -> Result<Executed> {
+        let outputs = jobs[0].req.outputs.clone();
+        let requests: Vec<&[NamedTensor]> = jobs.iter().map(|j| j.req.inputs.as_slice()).collect();
+        let t0 = Instant::now();
+        let ran = {
+            let _share = self.budget.acquire();
+            instance.execute_requests(&requests, &outputs)
+        };
+        let t1 = Instant::now();
+        let results = ran.map_err(|e| self.backend_error(e))?;
+        if results.len() != jobs.len() {
+            return Err(Error::Internal(format!(
+                "model '{}' answered {} of {} requests",
+                self.model,
+                results.len(),
+                jobs.len()
+            )));
+        }
+        let per_job = results
+            .into_iter()
+            .zip(jobs.iter())
+            .map(|(r, job)| {
+                let outs = r.map_err(|e| self.backend_error(e))?;
+                finish_outputs(&self.model, &self.config, outs, job.req.batch)
+            })
+            .collect();
+        let t2 = Instant::now();
+        Ok(Executed {
+            per_job,
+            times: ExecutionTimes {
+                batch: jobs.iter().map(|j| j.req.batch).sum(),
+                requests: jobs.len(),
+                input: t0 - started,
+                infer: t1 - t0,
+                output: t2 - t1,
+            },
+        })
+    }
+
+    fn backend_error(&self, e: BackendError) -> Error {
+        e.into_request_error(&self.model)
+    }
+
+    /// Records statistics and answers every job of a batch.
+    fn deliver(&self, jobs: Vec<Job>, result: Result<Executed>, started: Instant) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(ex) => {
+                stats.record_execution(ex.times);
+                for (job, out) in jobs.into_iter().zip(ex.per_job) {
+                    stats.record_queue(started - job.enqueued);
+                    self.scheduler.complete(job, out);
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    stats.record_queue(started - job.enqueued);
+                    self.scheduler.complete(job, Err(e.clone()));
+                }
+            }
+        }
+    }
+}
