@@ -105,6 +105,33 @@ pub struct LoadRequest<'a> {
     /// The model file's bytes when the safety checks already read it whole: a loader that
     /// parses from memory takes them instead of reading the file again.
     pub model_bytes: Option<crate::artifact::FileBytes>,
+    /// Calls into the server's other models (Triton's BLS), for backends whose models make
+    /// such calls; `None` where the engine runs without an async runtime to serve them.
+    pub caller: Option<Arc<dyn ModelCaller>>,
+}
+
+/// A model's way to call the other models the server has (Triton's business-logic
+/// scripting): the same routing, validation, batching and statistics as a client's request.
+/// Called from plain threads (never from async code).
+pub trait ModelCaller: Send + Sync + std::fmt::Debug {
+    /// One request, one response.
+    fn infer(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        inputs: Vec<NamedTensor>,
+        outputs: Option<Vec<String>>,
+    ) -> Result<Vec<NamedTensor>, crate::Error>;
+    /// A request to a decoupled model: `each` gets every response's outputs as it comes and
+    /// returns false to stop early. A model that answers once gives one response.
+    fn infer_stream(
+        &self,
+        model: &str,
+        version: Option<u64>,
+        inputs: Vec<NamedTensor>,
+        outputs: Option<Vec<String>>,
+        each: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
+    ) -> Result<(), crate::Error>;
 }
 
 /// A model format.

@@ -106,10 +106,10 @@ impl Executor {
         let outputs = jobs[0].req.outputs.clone();
         let requests: Vec<&[NamedTensor]> = jobs.iter().map(|j| j.req.inputs.as_slice()).collect();
         let t0 = Instant::now();
-        let ran = {
-            let _share = self.budget.acquire();
-            instance.execute_requests(&requests, &outputs)
-        };
+        // No compute share is held: such instances run out of process (a python worker), and
+        // their models may call other models (BLS) that need a share to answer; holding one
+        // while waiting on them could leave every share waiting on itself.
+        let ran = instance.execute_requests(&requests, &outputs);
         let t1 = Instant::now();
         let results = ran.map_err(|e| self.backend_error(e))?;
         if results.len() != jobs.len() {

@@ -1,10 +1,19 @@
 """inferd's worker for a Triton python-backend model: runs one instance of ``model.py`` in its
-own process. The server writes requests on this process's stdin and reads answers on the
-original stdout (each message a 4-byte little-endian length and JSON); tensor bytes never go
-through the pipe: they sit in a shared-memory file the server names, inputs read in place,
-outputs written after them. ``model.py``'s own prints go to stderr, which the server logs.
+own process. The server writes messages on this process's stdin and reads this worker's on the
+original stdout (each a 4-byte little-endian length and JSON). Tensor bytes never go through
+the pipes: each side writes them into its own shared file (the server's: request inputs and
+BLS results; this worker's: responses and BLS inputs), and a message lists them as
+``tensors`` in a ``region`` that the reader gives back with a ``free`` message once it has
+copied them (request inputs are read in place and given back by the server when the request
+ends). ``model.py``'s own prints go to stderr, which the server logs.
 
-    python3 -c "$(cat inferd_python_worker.py)" MODEL_PY SHM_FILE   (INFERD_PB_UTILS in the env)
+A reader thread takes every message: ``free``, ``cancel`` and ``bls_result`` it handles
+itself; the rest (``auto_complete``, ``init``, ``execute``, ``finalize``) queue for the main
+thread, which runs the model's methods one call at a time, as Triton does. Decoupled models'
+response senders and BLS calls work from any thread.
+
+    python3 -c "$(cat inferd_python_worker.py)" MODEL_PY TO_WORKER FROM_WORKER
+    (INFERD_PB_UTILS in the env holds the utilities module's source)
 """
 
 from __future__ import annotations
@@ -14,8 +23,10 @@ import inspect
 import json
 import mmap
 import os
+import queue
 import struct
 import sys
+import threading
 import traceback
 
 import numpy as np
@@ -50,12 +61,13 @@ DTYPES = {
 NAMES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 
 
-class Channel:
-    """Length-prefixed JSON messages on two file descriptors."""
+class Conn:
+    """Length-prefixed JSON messages: read by one thread, written by any (under a lock)."""
 
     def __init__(self, rfd: int, wfd: int):
         self.r = os.fdopen(rfd, "rb", buffering=0)
         self.w = os.fdopen(wfd, "wb", buffering=0)
+        self.lock = threading.Lock()
 
     def _read(self, n: int) -> bytes:
         chunks, got = [], 0
@@ -73,28 +85,71 @@ class Channel:
 
     def send(self, msg: dict) -> None:
         body = json.dumps(msg).encode()
-        self.w.write(struct.pack("<I", len(body)) + body)
+        with self.lock:
+            self.w.write(struct.pack("<I", len(body)) + body)
 
 
-class Shm:
-    """The shared-memory file: inputs read in place, outputs written at the offset given."""
+class Inbox:
+    """The server's file, mapped read-only; tensors are read in place."""
 
     def __init__(self, path: str):
-        self.fd = os.open(path, os.O_RDWR)
+        self.fd = os.open(path, os.O_RDONLY)
         self.map = None
         self.size = 0
+        self.lock = threading.Lock()
 
     def view(self, offset: int, nbytes: int) -> memoryview:
         end = offset + nbytes
-        if end > self.size:
-            self.size = os.fstat(self.fd).st_size
+        with self.lock:
             if end > self.size:
-                raise ValueError(f"tensor at {offset}+{nbytes} is past the shared file ({self.size} bytes)")
-            self.map = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
-        return memoryview(self.map)[offset:end]
+                size = os.fstat(self.fd).st_size
+                if end > size:
+                    raise ValueError(f"tensor at {offset}+{nbytes} is past the shared file ({size} bytes)")
+                # The old mapping lives on while arrays still view it.
+                self.map, self.size = mmap.mmap(self.fd, size, prot=mmap.PROT_READ), size
+            return memoryview(self.map)[offset:end]
 
-    def write(self, offset: int, data) -> None:
-        os.pwrite(self.fd, data, offset)
+
+class Outbox:
+    """This worker's file: each message's tensors in a region of their own, 64-byte aligned;
+    the space is reused once the server has given back every region."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR)
+        self.lock = threading.Lock()
+        self.top = 0
+        self.size = os.fstat(self.fd).st_size
+        self.live = set()
+        self.next = 1
+
+    def put(self, arrays: list) -> tuple[list, int | None]:
+        """Writes (name, datatype, array, data) items; returns their specs and the region."""
+        if not arrays:
+            return [], None
+        with self.lock:
+            region, self.next = self.next, self.next + 1
+            offset = self.top
+            placed = []
+            for item in arrays:
+                offset = (offset + 63) // 64 * 64
+                placed.append(offset)
+                offset += len(item[3])
+            self.top = offset
+            if offset > self.size:
+                os.ftruncate(self.fd, offset)
+                self.size = offset
+            self.live.add(region)
+        specs = []
+        for (name, dt, array, data), at in zip(arrays, placed):
+            os.pwrite(self.fd, data, at)
+            specs.append({"name": name, "datatype": dt, "shape": list(array.shape), "offset": at, "nbytes": len(data)})
+        return specs, region
+
+    def free(self, region: int) -> None:
+        with self.lock:
+            self.live.discard(region)
+            if not self.live:
+                self.top = 0
 
 
 def decode_bytes(buf: memoryview, count: int) -> np.ndarray:
@@ -116,13 +171,15 @@ def encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def input_tensor(shm: Shm, spec: dict) -> pb_utils.Tensor:
+def read_tensor(inbox: Inbox, spec: dict, copy: bool) -> pb_utils.Tensor:
     shape = spec["shape"]
-    buf = shm.view(spec["offset"], spec["nbytes"])
+    buf = inbox.view(spec["offset"], spec["nbytes"])
     if spec["datatype"] == "BYTES":
         array = decode_bytes(buf, int(np.prod(shape, dtype=np.int64))).reshape(shape)
     else:
         array = np.frombuffer(buf, dtype=DTYPES[spec["datatype"]]).reshape(shape)
+        if copy:
+            array = array.copy()
     return pb_utils.Tensor(spec["name"], array)
 
 
@@ -134,6 +191,18 @@ def datatype_of(name: str, array: np.ndarray) -> str:
     if dt is None:
         raise pb_utils.TritonModelException(f"output '{name}': NumPy dtype {array.dtype} has no Triton datatype")
     return dt
+
+
+def encoded(tensors) -> list:
+    """(name, datatype, array, bytes) of each pb_utils.Tensor."""
+    out = []
+    for t in tensors:
+        array = np.asarray(t.as_numpy())
+        dt = datatype_of(t.name(), array)
+        data = encode_bytes(array) if dt == "BYTES" else np.ascontiguousarray(array).astype(
+            array.dtype.newbyteorder("<"), copy=False).tobytes()
+        out.append((t.name(), dt, array, data))
+    return out
 
 
 def error_of(e: BaseException) -> dict:
@@ -151,96 +220,200 @@ def load_model(model_py: str):
     return module.TritonPythonModel
 
 
-def write_outputs(shm: Shm, response, wanted: list, offset: int) -> tuple[list, int]:
-    outs = []
-    for t in response.output_tensors():
-        if wanted and t.name() not in wanted:
-            continue
-        array = np.asarray(t.as_numpy())
-        dt = datatype_of(t.name(), array)
-        data = encode_bytes(array) if dt == "BYTES" else np.ascontiguousarray(array).astype(
-            array.dtype.newbyteorder("<"), copy=False).tobytes()
-        offset = (offset + 63) // 64 * 64
-        shm.write(offset, data)
-        outs.append({"name": t.name(), "datatype": dt, "shape": list(array.shape), "offset": offset,
-                     "nbytes": len(data)})
-        offset += len(data)
-    return outs, offset
+class BlsStream:
+    """The responses of a decoupled BLS call, as they come."""
+
+    def __init__(self, q: queue.Queue):
+        self.q = q
+        self.done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.done:
+            raise StopIteration
+        response, final = self.q.get()
+        if final:
+            self.done = True
+            if response is None:
+                raise StopIteration
+        return response
+
+
+class Worker:
+    def __init__(self, model_py: str, to_worker: str, from_worker: str):
+        self.model_py = model_py
+        proto_out = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        self.conn = Conn(0, proto_out)
+        self.inbox = Inbox(to_worker)
+        self.outbox = Outbox(from_worker)
+        self.work: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.bls_waiting: dict[int, queue.Queue] = {}
+        self.bls_next = 1
+        self.cancelled: set[int] = set()
+        self.model_class = None
+        self.model = None
+        pb_utils._runtime = self
+        threading.Thread(target=self.read_loop, name="inferd-reader", daemon=True).start()
+
+    # --- the reader thread ---------------------------------------------------------------
+    def read_loop(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the server is gone: nothing is left to answer
+            op = msg.get("op")
+            if op == "free":
+                self.outbox.free(msg["region"])
+            elif op == "cancel":
+                with self.lock:
+                    self.cancelled.add(msg["id"])
+            elif op == "bls_result":
+                self.bls_result(msg)
+            else:
+                self.work.put(msg)
+
+    def bls_result(self, msg: dict) -> None:
+        tensors = [read_tensor(self.inbox, s, copy=True) for s in msg.get("tensors", [])]
+        if msg.get("region") is not None:
+            self.conn.send({"op": "free", "region": msg["region"]})
+        with self.lock:
+            q = self.bls_waiting.get(msg["bls"])
+            if msg.get("final"):
+                self.bls_waiting.pop(msg["bls"], None)
+        if q is None:
+            return
+        if "error" in msg:
+            err = msg["error"]
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(err["message"], err.get("code", 1)))
+        elif msg.get("empty"):
+            response = None
+        else:
+            response = pb_utils.InferenceResponse(tensors)
+        q.put((response, bool(msg.get("final"))))
+
+    # --- for pb_utils: BLS ----------------------------------------------------------------
+    def bls(self, request, decoupled: bool):
+        items = encoded(request.inputs())
+        specs, region = self.outbox.put(items)
+        q: queue.Queue = queue.Queue()
+        with self.lock:
+            bls, self.bls_next = self.bls_next, self.bls_next + 1
+            self.bls_waiting[bls] = q
+        self.conn.send({"op": "bls", "bls": bls, "model": request.model_name(),
+                        "version": int(request.model_version()), "outputs": request.requested_output_names() or None,
+                        "decoupled": bool(decoupled), "tensors": specs, "region": region})
+        if decoupled:
+            return BlsStream(q)
+        response, _ = q.get()
+        return response
+
+    # --- the main thread ------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            msg = self.work.get()
+            op, call = msg.get("op"), msg.get("id")
+            try:
+                if op == "auto_complete":
+                    self.model_class = self.model_class or load_model(self.model_py)
+                    config = msg["config"]
+                    if hasattr(self.model_class, "auto_complete_config"):
+                        done = self.model_class.auto_complete_config(pb_utils.ModelConfig(config))
+                        config = done.as_dict() if isinstance(done, pb_utils.ModelConfig) else config
+                    self.conn.send({"op": "reply", "id": call, "config": config})
+                elif op == "init":
+                    self.model_class = self.model_class or load_model(self.model_py)
+                    self.model = self.model_class()
+                    if hasattr(self.model, "initialize"):
+                        self.model.initialize(msg["args"])
+                    self.conn.send({"op": "reply", "id": call})
+                elif op == "execute":
+                    self.execute(msg)
+                elif op == "finalize":
+                    if self.model is not None and hasattr(self.model, "finalize"):
+                        self.model.finalize()
+                    self.conn.send({"op": "reply", "id": call})
+                    os._exit(0)
+                else:
+                    raise pb_utils.TritonModelException(f"unknown op {op!r}")
+            except Exception as e:  # noqa: BLE001 - every failure goes back to the server
+                traceback.print_exc(file=sys.stderr)
+                self.conn.send({"op": "reply", "id": call, "error": error_of(e)})
+
+    def sender(self, call: int, index: int, wanted: list):
+        def send(response, flags):
+            final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            msg = {"op": "response", "id": call, "request": index, "final": final}
+            if response is not None:
+                self.attach(msg, response, wanted)
+            self.conn.send(msg)
+            if final:
+                with self.lock:
+                    self.cancelled.discard(call)
+
+        def cancelled():
+            with self.lock:
+                return call in self.cancelled
+
+        return pb_utils.InferenceResponseSender(send, cancelled), cancelled
+
+    def attach(self, msg: dict, response, wanted: list) -> None:
+        """Puts a response's outputs (or error) into a message."""
+        if response.has_error():
+            msg["error"] = {"type": "TritonError", "code": response.error().code(),
+                            "message": response.error().message()}
+            return
+        tensors = [t for t in response.output_tensors() if not wanted or t.name() in wanted]
+        specs, region = self.outbox.put(encoded(tensors))
+        msg["tensors"] = specs
+        msg["region"] = region
+
+    def execute(self, msg: dict) -> None:
+        call, decoupled = msg["id"], bool(msg.get("decoupled"))
+        requests = []
+        for i, r in enumerate(msg["requests"]):
+            req = pb_utils.InferenceRequest(
+                inputs=[read_tensor(self.inbox, s, copy=False) for s in r["inputs"]],
+                requested_output_names=r["outputs"], request_id=r.get("request_id", ""),
+                correlation_id=r.get("correlation_id", 0), parameters=r.get("parameters", "{}"))
+            if decoupled:
+                req._sender, req._cancelled = self.sender(call, i, r["outputs"])
+            requests.append(req)
+        result = self.model.execute(requests)
+        if inspect.iscoroutine(result):
+            import asyncio
+
+            result = asyncio.run(result)
+        if decoupled:
+            self.conn.send({"op": "reply", "id": call})
+            return
+        if result is None or len(result) != len(requests):
+            got = "None" if result is None else f"{len(result)} responses"
+            raise pb_utils.TritonModelException(f"execute returned {got} for {len(requests)} requests")
+        answers, items = [], []
+        for req, resp in zip(msg["requests"], result):
+            if not isinstance(resp, pb_utils.InferenceResponse):
+                answers.append({"error": {"type": "TypeError", "code": pb_utils.TritonError.INTERNAL,
+                                          "message": f"execute returned {type(resp).__name__}, not InferenceResponse"}})
+            elif resp.has_error():
+                answers.append({"error": {"type": "TritonError", "code": resp.error().code(),
+                                          "message": resp.error().message()}})
+            else:
+                wanted = req["outputs"]
+                tensors = [t for t in resp.output_tensors() if not wanted or t.name() in wanted]
+                answers.append({"outputs": list(range(len(items), len(items) + len(tensors)))})
+                items.extend(encoded(tensors))
+        specs, region = self.outbox.put(items)
+        self.conn.send({"op": "reply", "id": call, "responses": answers, "tensors": specs, "region": region})
 
 
 def main() -> None:
-    model_py, shm_path = sys.argv[1], sys.argv[2]
-    # The protocol keeps the real stdout; the model's prints go to stderr.
-    proto_out = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    channel = Channel(0, proto_out)
-    shm = Shm(shm_path)
-    model_class = None
-    model = None
-    while True:
-        try:
-            msg = channel.recv()
-        except EOFError:
-            break
-        op = msg.get("op")
-        try:
-            if op == "auto_complete":
-                model_class = model_class or load_model(model_py)
-                config = msg["config"]
-                if hasattr(model_class, "auto_complete_config"):
-                    done = model_class.auto_complete_config(pb_utils.ModelConfig(config))
-                    config = done.as_dict() if isinstance(done, pb_utils.ModelConfig) else config
-                channel.send({"ok": True, "config": config})
-            elif op == "init":
-                model_class = model_class or load_model(model_py)
-                model = model_class()
-                if hasattr(model, "initialize"):
-                    model.initialize(msg["args"])
-                channel.send({"ok": True})
-            elif op == "execute":
-                channel.send(execute(model, shm, msg))
-            elif op == "finalize":
-                if model is not None and hasattr(model, "finalize"):
-                    model.finalize()
-                channel.send({"ok": True})
-                break
-            else:
-                channel.send({"error": {"type": "ProtocolError", "message": f"unknown op {op!r}", "code": 1}})
-        except Exception as e:  # noqa: BLE001 - every failure goes back to the server
-            traceback.print_exc(file=sys.stderr)
-            channel.send({"error": error_of(e)})
-
-
-def execute(model, shm: Shm, msg: dict) -> dict:
-    requests = []
-    for r in msg["requests"]:
-        requests.append(pb_utils.InferenceRequest(
-            inputs=[input_tensor(shm, s) for s in r["inputs"]], requested_output_names=r["outputs"],
-            request_id=r.get("request_id", ""), correlation_id=r.get("correlation_id", 0),
-            parameters=r.get("parameters", "{}")))
-    result = model.execute(requests)
-    if inspect.iscoroutine(result):
-        import asyncio
-
-        result = asyncio.run(result)
-    if result is None or len(result) != len(requests):
-        got = "None" if result is None else f"{len(result)} responses"
-        return {"error": {"type": "TritonModelException", "code": pb_utils.TritonError.INTERNAL,
-                          "message": f"execute returned {got} for {len(requests)} requests"}}
-    offset = msg["out_offset"]
-    answers = []
-    for req, resp in zip(msg["requests"], result):
-        if not isinstance(resp, pb_utils.InferenceResponse):
-            answers.append({"error": {"type": "TypeError", "code": pb_utils.TritonError.INTERNAL,
-                                      "message": f"execute returned {type(resp).__name__}, not InferenceResponse"}})
-        elif resp.has_error():
-            answers.append({"error": {"type": "TritonError", "code": resp.error().code(),
-                                      "message": resp.error().message()}})
-        else:
-            outs, offset = write_outputs(shm, resp, req["outputs"], offset)
-            answers.append({"outputs": outs})
-    return {"responses": answers}
+    Worker(sys.argv[1], sys.argv[2], sys.argv[3]).run()
 
 
 if __name__ == "__main__":

@@ -115,22 +115,37 @@ class InferenceResponse:
 
 
 class InferenceResponseSender:
-    """Sends responses for one request of a decoupled model (``request.get_response_sender()``)."""
+    """Sends responses for one request of a decoupled model (``request.get_response_sender()``);
+    usable from any thread, during ``execute`` or after it returned."""
 
-    def __init__(self, channel, index):
-        self._channel = channel
-        self._index = index
+    def __init__(self, send, cancelled):
+        self._send = send
+        self._cancelled = cancelled
         self._closed = False
 
     def send(self, response=None, flags=0):
         if self._closed:
             raise TritonModelException("the response sender is closed: the final flag was already sent")
-        self._channel(self._index, response, flags)
+        if response is not None and not isinstance(response, InferenceResponse):
+            raise TritonModelException(f"send() takes an InferenceResponse, not {type(response).__name__}")
+        if response is None and not flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            raise TritonModelException("send() without a response must carry TRITONSERVER_RESPONSE_COMPLETE_FINAL")
         if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
             self._closed = True
+        self._send(response, flags)
 
     def is_cancelled(self):
-        return False
+        return self._cancelled()
+
+
+# The worker running this model sets this: the channel BLS requests and metrics go through.
+_runtime = None
+
+
+def _the_runtime():
+    if _runtime is None:
+        raise TritonModelException("this needs inferd's python worker (model.py runs inside the server)")
+    return _runtime
 
 
 class InferenceRequest:
@@ -147,6 +162,8 @@ class InferenceRequest:
         self._flags = flags
         self._model_version = model_version
         self._sender = None
+        self._cancelled = None
+        self._timeout = _kwargs.get("timeout", 0)
 
     def inputs(self):
         return self._inputs
@@ -174,14 +191,25 @@ class InferenceRequest:
             raise TritonModelException("this model is not decoupled: return responses from execute")
         return self._sender
 
+    def model_version(self):
+        return self._model_version
+
     def is_cancelled(self):
-        return False
+        return self._cancelled() if self._cancelled is not None else False
 
     def exec(self, decoupled=False):
-        raise TritonModelException("BLS (calling another model from model.py) is not supported by inferd yet")
+        """Runs this request on the server's model ``model_name`` (BLS). Returns the
+        InferenceResponse (an error is in ``response.error()``, not raised), or with
+        ``decoupled=True`` an iterator over the model's responses."""
+        if not self._model_name:
+            raise TritonModelException("exec() needs the InferenceRequest's model_name")
+        return _the_runtime().bls(self, decoupled)
 
     async def async_exec(self, decoupled=False):
-        return self.exec(decoupled)
+        """exec() without blocking the event loop: many requests run at once under asyncio.gather."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.exec, decoupled)
 
 
 def get_input_tensor_by_name(request, name):

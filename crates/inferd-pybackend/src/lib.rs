@@ -8,26 +8,32 @@
 //!
 //! - [`worker`]: one worker process: start, the message protocol on its pipes, tensors in a
 //!   shared-memory file, restart after a crash or a hung `execute`.
-//! - [`protocol`]: the messages, and tensors laid out in the shared file and read back.
+//! - [`protocol`]: the messages, and tensors read back from the worker's shared file.
+//! - [`arena`]: the server's shared file, where it writes tensors for the worker.
+//! - `instance`: a loaded version: executor-driven instances, or a decoupled model's workers.
+//! - `bls`: the model's calls to other models, run through the engine.
 //!
 //! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the
 //! requests of the batch the engine formed, each answered on its own, `finalize()` at unload, `auto_complete_config(config)` for
 //! a config without inputs or outputs.
 
+pub mod arena;
+mod bls;
+mod instance;
 pub mod protocol;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use inferd_core::backend::{
-    Backend, BackendError, LoadRequest, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
-    TensorSpec,
+    Backend, BackendError, LoadRequest, LoadedModel, ModelSignature, TensorSpec,
 };
 use inferd_core::config::ModelConfig;
 use inferd_core::tensor::DataType;
 
+use instance::PythonModel;
 use worker::{Worker, WorkerSpec};
 
 /// How long `execute` may run before its worker is killed (config parameter
@@ -110,10 +116,11 @@ impl Backend for PythonBackend {
             model: req.model.to_string(),
             version: req.version,
             execute_timeout: timeout,
+            caller: req.caller.clone(),
         };
         if req.config.input.is_empty() || req.config.output.is_empty() {
             // auto_complete_config fills in what the config lacks, as in Triton.
-            let mut probe = Worker::start(&spec)?;
+            let probe = Worker::start(&spec)?;
             config = probe.auto_complete(config)?;
             probe.finalize();
         }
@@ -139,113 +146,19 @@ impl Backend for PythonBackend {
             "model_version": req.version.to_string(),
             "model_name": req.model,
         });
-        Ok(Arc::new(PythonModel {
-            sig: ModelSignature {
+        let model = PythonModel::new(
+            ModelSignature {
                 inputs: specs(&inputs),
                 outputs: specs(&outputs),
             },
             spec,
             args,
-            instances: Mutex::new(0),
-        }))
-    }
-}
-
-struct PythonModel {
-    sig: ModelSignature,
-    spec: WorkerSpec,
-    args: serde_json::Value,
-    instances: Mutex<u32>,
-}
-
-impl LoadedModel for PythonModel {
-    fn signature(&self) -> &ModelSignature {
-        &self.sig
-    }
-    fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
-        let index = match self.instances.lock() {
-            Ok(mut n) => {
-                *n += 1;
-                *n - 1
-            }
-            Err(_) => 0,
-        };
-        let mut args = self.args.clone();
-        args["model_instance_name"] = serde_json::json!(format!("{}_{index}", self.spec.model));
-        let worker = Worker::start(&self.spec)?;
-        let mut instance = PythonInstance {
-            spec: self.spec.clone(),
-            args,
-            worker: Some(worker),
-        };
-        instance.initialize()?;
-        Ok(Box::new(instance))
-    }
-}
-
-/// One instance: its worker, restarted when it died.
-struct PythonInstance {
-    spec: WorkerSpec,
-    args: serde_json::Value,
-    worker: Option<Worker>,
-}
-
-impl PythonInstance {
-    fn initialize(&mut self) -> Result<(), BackendError> {
-        match self.worker.as_mut() {
-            Some(w) => w.initialize(&self.args).map_err(|e| {
-                self.worker = None;
-                e
-            }),
-            None => Err(BackendError::Internal("no worker".into())),
+        );
+        if req.config.is_decoupled() {
+            // A decoupled model's requests go to its workers directly (no executor threads):
+            // start them now, so a model that cannot initialize is UNAVAILABLE at load.
+            model.start_decoupled(req.config.instance_count().max(1))?;
         }
-    }
-}
-
-impl ModelInstance for PythonInstance {
-    fn execute(
-        &mut self,
-        inputs: &[NamedTensor],
-        outputs: &[String],
-    ) -> Result<Vec<NamedTensor>, BackendError> {
-        self.execute_requests(&[inputs], outputs)?
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::Internal("no answer".into())))
-    }
-
-    fn takes_requests(&self) -> bool {
-        true
-    }
-
-    fn execute_requests(
-        &mut self,
-        requests: &[&[NamedTensor]],
-        outputs: &[String],
-    ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
-        if self.worker.is_none() {
-            tracing::warn!(model = %self.spec.model, "restarting the python worker");
-            self.worker = Some(Worker::start(&self.spec)?);
-            self.initialize()?;
-        }
-        let Some(worker) = self.worker.as_mut() else {
-            return Err(BackendError::Internal("no worker".into()));
-        };
-        match worker.execute(requests, outputs) {
-            Ok(out) => Ok(out),
-            Err(worker::Failure::Request(e)) => Err(e),
-            Err(worker::Failure::Worker(e)) => {
-                // Dead or hung: this worker is gone; the next request starts another.
-                self.worker = None;
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for PythonInstance {
-    fn drop(&mut self) {
-        if let Some(w) = self.worker.as_mut() {
-            w.finalize();
-        }
+        Ok(Arc::new(model))
     }
 }

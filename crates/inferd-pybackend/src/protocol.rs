@@ -1,15 +1,16 @@
 //! The worker protocol: each message a 4-byte little-endian length and a JSON object, on the
-//! worker's stdin (requests) and stdout (answers). Tensor bytes never travel in messages: they
-//! are laid out in the worker's shared-memory file, 64-byte aligned, and messages carry
-//! `{name, datatype, shape, offset, nbytes}`. BYTES tensors use the length-prefixed wire
-//! encoding (4-byte little-endian length before each element).
+//! worker's stdin (the server's messages) and stdout (the worker's). Tensor bytes never travel
+//! in messages: each side lays them out in its own shared file, 64-byte aligned, and a message
+//! lists them as `tensors: [{name, datatype, shape, offset, nbytes}]` in a `region` the reader
+//! gives back (`{"op": "free", "region": r}`) once it has copied them. BYTES tensors use the
+//! length-prefixed wire encoding (4-byte little-endian length before each element).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use inferd_core::backend::{BackendError, NamedTensor};
 use inferd_core::tensor::{DataType, Tensor, TensorData};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Alignment of every tensor in the shared file.
 pub const ALIGN: u64 = 64;
@@ -26,35 +27,6 @@ pub fn frame(msg: &Value) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     out
-}
-
-/// Writes `inputs` into the shared file from `start`; returns their descriptions and where
-/// the free space after them starts.
-pub fn write_inputs(
-    shm: &File,
-    inputs: &[NamedTensor],
-    start: u64,
-) -> std::io::Result<(Vec<Value>, u64)> {
-    let mut offset = start;
-    let mut specs = Vec::with_capacity(inputs.len());
-    let wire: Vec<_> = inputs.iter().map(|t| t.tensor.to_wire_bytes()).collect();
-    let end = wire.iter().fold(start, |at, b| align(at) + b.len() as u64);
-    if shm.metadata()?.len() < end {
-        shm.set_len(end)?;
-    }
-    for (t, bytes) in inputs.iter().zip(&wire) {
-        offset = align(offset);
-        shm.write_all_at(bytes, offset)?;
-        specs.push(json!({
-            "name": t.name,
-            "datatype": t.tensor.dtype().as_str(),
-            "shape": t.tensor.shape(),
-            "offset": offset,
-            "nbytes": bytes.len(),
-        }));
-        offset += bytes.len() as u64;
-    }
-    Ok((specs, align(offset)))
 }
 
 fn field<'a>(spec: &'a Value, key: &str) -> Result<&'a Value, BackendError> {
@@ -107,34 +79,7 @@ pub fn read_output(shm: &File, spec: &Value) -> Result<NamedTensor, BackendError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_are_laid_out_aligned_and_read_back_as_written() {
-        let shm = tempfile::tempfile().expect("file");
-        let a = Tensor::from_f32(vec![1, 3], &[1.0, 2.0, 3.0]).expect("tensor");
-        let b = Tensor::new(
-            DataType::Bytes,
-            vec![2],
-            TensorData::Bytes(vec!["x".into(), "yz".into()]),
-        )
-        .expect("tensor");
-        let inputs = vec![
-            NamedTensor {
-                name: "A".into(),
-                tensor: a.clone(),
-            },
-            NamedTensor {
-                name: "B".into(),
-                tensor: b.clone(),
-            },
-        ];
-        let (specs, end) = write_inputs(&shm, &inputs, 0).expect("written");
-        assert_eq!(specs[0]["offset"], 0);
-        assert_eq!(specs[1]["offset"], 64);
-        assert_eq!(end, 128);
-        assert_eq!(read_output(&shm, &specs[0]).expect("A").tensor, a);
-        assert_eq!(read_output(&shm, &specs[1]).expect("B").tensor, b);
-    }
+    use serde_json::json;
 
     #[test]
     fn an_output_past_the_end_of_the_file_is_an_error_not_a_read() {

@@ -1,29 +1,52 @@
-//! One worker process running one instance of a `model.py`.
+//! One worker process running one instance of a `model.py`, and the connection to it.
+//!
+//! A reader thread takes every message the worker writes: tensors it lists are copied out of
+//! the worker's file at once (and the region given back), calls to other models (BLS) run on
+//! threads of their own, and the rest go to whichever call is waiting on that message's `id`.
+//! Calls from several threads may be in flight at once (a decoupled model's requests).
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inferd_core::backend::{BackendError, NamedTensor};
+use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
 use serde_json::{Value, json};
 
-use crate::protocol::{frame, read_output, write_inputs};
-
-/// How long control messages (initialize, auto-complete) may take.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
+use crate::arena::Arena;
+use crate::protocol::{frame, read_output};
 
 /// The worker's script and the utilities module, as shipped.
 const WORKER_PY: &str = include_str!("../python/inferd_python_worker.py");
 const UTILS_PY: &str = include_str!("../python/triton_python_backend_utils.py");
 
-/// Triton's `TritonError` codes that are not the model's own fault.
-const NOT_FOUND: i64 = 2;
-const INVALID_ARG: i64 = 3;
-const UNAVAILABLE: i64 = 4;
-const UNSUPPORTED: i64 = 5;
-const CANCELLED: i64 = 7;
+/// How long control messages (initialize, auto-complete) may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Calls to other models one worker may have running at once; past it they are refused
+/// (UNAVAILABLE) rather than each holding a thread.
+const MAX_BLS: usize = 64;
+
+/// Triton's `TritonError` codes.
+pub mod code {
+    /// Internal.
+    pub const INTERNAL: i64 = 1;
+    /// Not found.
+    pub const NOT_FOUND: i64 = 2;
+    /// Invalid argument.
+    pub const INVALID_ARG: i64 = 3;
+    /// Unavailable.
+    pub const UNAVAILABLE: i64 = 4;
+    /// Unsupported.
+    pub const UNSUPPORTED: i64 = 5;
+    /// Cancelled.
+    pub const CANCELLED: i64 = 7;
+}
 
 /// What a worker needs to start.
 #[derive(Clone, Debug)]
@@ -36,11 +59,14 @@ pub struct WorkerSpec {
     pub model: String,
     /// Version (logs, messages).
     pub version: u64,
-    /// How long one `execute` may take.
+    /// How long one `execute` may take (for a decoupled model: the longest wait for its next
+    /// response).
     pub execute_timeout: Duration,
+    /// Calls into the server's models (BLS).
+    pub caller: Option<Arc<dyn ModelCaller>>,
 }
 
-/// How an execution failed.
+/// How a call failed.
 pub enum Failure {
     /// The request failed; the worker is fine.
     Request(BackendError),
@@ -48,16 +74,40 @@ pub enum Failure {
     Worker(BackendError),
 }
 
+/// A message from the worker, with the tensors it listed (already copied out).
+pub struct Incoming {
+    /// The message.
+    pub msg: Value,
+    /// Its `tensors`, in order.
+    pub tensors: Result<Vec<NamedTensor>, BackendError>,
+}
+
+/// What the reader thread and the callers share.
+struct Shared {
+    stdin: Mutex<ChildStdin>,
+    calls: Mutex<HashMap<u64, Sender<Incoming>>>,
+    dead: AtomicBool,
+    to_worker: Arena,
+    from_worker: File,
+    bls_running: AtomicUsize,
+    spec: WorkerSpec,
+}
+
+impl Shared {
+    fn send(&self, msg: &Value) -> bool {
+        let mut w = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(&frame(msg)).is_ok()
+    }
+}
+
 /// A running worker.
 pub struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    replies: Receiver<Option<Value>>,
-    shm: std::fs::File,
-    /// The shared file's name until the worker has opened it (then it is unlinked, so nothing
-    /// is left behind however either process ends).
-    shm_path: Option<tempfile::TempPath>,
-    spec: WorkerSpec,
+    child: Mutex<Child>,
+    shared: Arc<Shared>,
+    /// The shared files' names until the worker has opened them (then they are unlinked, so
+    /// nothing is left behind however either process ends).
+    paths: Mutex<Option<(tempfile::TempPath, tempfile::TempPath)>>,
+    next_id: AtomicU64,
 }
 
 fn shm_dir() -> PathBuf {
@@ -77,19 +127,82 @@ fn read_message(r: &mut impl Read) -> Option<Value> {
     serde_json::from_slice(&body).ok()
 }
 
+fn shm_file() -> Result<tempfile::NamedTempFile, BackendError> {
+    // An unguessable name, created exclusively.
+    tempfile::Builder::new()
+        .prefix("inferd-py-")
+        .tempfile_in(shm_dir())
+        .map_err(|e| BackendError::Internal(format!("creating a shared-memory file: {e}")))
+}
+
+/// A call in flight: its messages arrive on `rx`; dropping it forgets the call and gives back
+/// its inputs' region.
+pub struct Call<'a> {
+    worker: &'a Worker,
+    /// The call's id.
+    pub id: u64,
+    rx: Receiver<Incoming>,
+    region: Option<u64>,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let shared = &self.worker.shared;
+        shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if let Some(r) = self.region {
+            shared.to_worker.free(r);
+        }
+    }
+}
+
+impl Call<'_> {
+    /// The call's next message, waiting at most `timeout` (then the worker is killed).
+    pub fn next(&self, timeout: Duration) -> Result<Incoming, Failure> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(m) => {
+                self.worker.opened();
+                Ok(m)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.worker.gone();
+                Err(Failure::Worker(BackendError::Execution(format!(
+                    "{} exited ({status}); it restarts for the next request",
+                    self.worker.who()
+                ))))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.worker.kill();
+                Err(Failure::Worker(BackendError::Execution(format!(
+                    "{} did not answer within {:.0} s (execute_timeout_secs); it was killed and restarts for the next request",
+                    self.worker.who(),
+                    timeout.as_secs_f64()
+                ))))
+            }
+        }
+    }
+
+    /// Asks the worker to mark the call's requests cancelled (the client left).
+    pub fn cancel(&self) {
+        self.worker
+            .shared
+            .send(&json!({"op": "cancel", "id": self.id}));
+    }
+}
+
 impl Worker {
     /// Starts a worker (it imports nothing of the model until asked).
-    pub fn start(spec: &WorkerSpec) -> Result<Worker, BackendError> {
-        // An unguessable name, created exclusively; removed when the worker goes.
-        let shm = tempfile::Builder::new()
-            .prefix("inferd-py-")
-            .tempfile_in(shm_dir())
-            .map_err(|e| BackendError::Internal(format!("creating the shared-memory file: {e}")))?;
+    pub fn start(spec: &WorkerSpec) -> Result<Arc<Worker>, BackendError> {
+        let (to_worker, from_worker) = (shm_file()?, shm_file()?);
         let mut child = Command::new(&spec.python)
             .arg("-c")
             .arg(WORKER_PY)
             .arg(&spec.model_py)
-            .arg(shm.path())
+            .arg(to_worker.path())
+            .arg(from_worker.path())
             .env("INFERD_PB_UTILS", UTILS_PY)
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -111,19 +224,22 @@ impl Worker {
                 "the worker's pipes are missing".into(),
             ));
         };
-        let (tx, replies) = channel();
+        let (to_file, to_path) = to_worker.into_parts();
+        let (from_file, from_path) = from_worker.into_parts();
+        let shared = Arc::new(Shared {
+            stdin: Mutex::new(stdin),
+            calls: Mutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+            to_worker: Arena::new(to_file),
+            from_worker: from_file,
+            bls_running: AtomicUsize::new(0),
+            spec: spec.clone(),
+        });
         let name = format!("inferd-py-{}", spec.model);
+        let reader = shared.clone();
         std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || {
-                loop {
-                    let msg = read_message(&mut stdout);
-                    let end = msg.is_none();
-                    if tx.send(msg).is_err() || end {
-                        break;
-                    }
-                }
-            })
+            .spawn(move || read_loop(reader, &mut stdout))
             .map_err(|e| BackendError::Internal(format!("starting a reader thread: {e}")))?;
         let (model, version) = (spec.model.clone(), spec.version);
         std::thread::Builder::new()
@@ -134,29 +250,53 @@ impl Worker {
                 }
             })
             .map_err(|e| BackendError::Internal(format!("starting a log thread: {e}")))?;
-        let (shm, shm_path) = shm.into_parts();
-        Ok(Worker {
-            child,
-            stdin,
-            replies,
-            shm,
-            shm_path: Some(shm_path),
-            spec: spec.clone(),
-        })
+        Ok(Arc::new(Worker {
+            child: Mutex::new(child),
+            shared,
+            paths: Mutex::new(Some((to_path, from_path))),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    fn who(&self) -> String {
+        format!(
+            "the python worker of model '{}' (version {})",
+            self.shared.spec.model, self.shared.spec.version
+        )
+    }
+
+    /// The worker answered, so it has opened the shared files: unlink them.
+    fn opened(&self) {
+        if let Some((a, b)) = self.paths.lock().ok().and_then(|mut p| p.take()) {
+            let _ = a.close();
+            let _ = b.close();
+        }
+    }
+
+    /// Whether the worker has died.
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Why the worker is gone: its exit status once it has exited (killed after a second).
-    fn gone(&mut self) -> String {
+    fn gone(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(1);
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match self.child.try_wait() {
+            match child.try_wait() {
                 Ok(Some(status)) => return status.to_string(),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 _ => {
-                    let _ = self.child.kill();
-                    return match self.child.wait() {
+                    let _ = child.kill();
+                    return match child.wait() {
                         Ok(s) => format!("{s}, killed"),
                         Err(e) => format!("unknown status: {e}"),
                     };
@@ -165,50 +305,53 @@ impl Worker {
         }
     }
 
-    fn request(&mut self, msg: &Value, timeout: Duration) -> Result<Value, Failure> {
-        let who = format!(
-            "the python worker of model '{}' (version {})",
-            self.spec.model, self.spec.version
-        );
-        if self.stdin.write_all(&frame(msg)).is_err() {
+    /// Sends `msg` (given an `id`) with `groups` of input tensors in the server's file, each
+    /// group's descriptions set on `msg[key][i]["inputs"]`.
+    pub fn call(&self, mut msg: Value, groups: &[&[NamedTensor]]) -> Result<Call<'_>, Failure> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (specs, region) = self.shared.to_worker.put(groups).map_err(|e| {
+            Failure::Request(BackendError::Internal(format!(
+                "writing inputs to the shared file: {e}"
+            )))
+        })?;
+        if let Some(requests) = msg.get_mut("requests").and_then(|r| r.as_array_mut()) {
+            for (r, s) in requests.iter_mut().zip(specs) {
+                r["inputs"] = Value::Array(s);
+            }
+        }
+        msg["id"] = json!(id);
+        let (tx, rx) = channel();
+        self.shared
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let call = Call {
+            worker: self,
+            id,
+            rx,
+            region,
+        };
+        if self.is_dead() || !self.shared.send(&msg) {
             let status = self.gone();
             return Err(Failure::Worker(BackendError::Execution(format!(
-                "{who} exited ({status})"
+                "{} exited ({status}); it restarts for the next request",
+                self.who()
             ))));
         }
-        match self.replies.recv_timeout(timeout) {
-            Ok(Some(v)) => {
-                // The worker opens the shared file before it reads its first message.
-                if let Some(path) = self.shm_path.take() {
-                    let _ = path.close();
-                }
-                Ok(v)
-            }
-            Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                let status = self.gone();
-                Err(Failure::Worker(BackendError::Execution(format!(
-                    "{who} exited ({status}); it restarts for the next request"
-                ))))
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                Err(Failure::Worker(BackendError::Execution(format!(
-                    "{who} did not answer within {:.0} s (execute_timeout_secs); it was killed and restarts for the next request",
-                    timeout.as_secs_f64()
-                ))))
-            }
-        }
+        Ok(call)
     }
 
-    fn control(&mut self, msg: &Value, what: &str) -> Result<Value, BackendError> {
-        let reply = self.request(msg, CONTROL_TIMEOUT).map_err(|f| match f {
+    fn control(&self, msg: Value, what: &str) -> Result<Value, BackendError> {
+        let as_load = |f: Failure| match f {
             Failure::Request(e) | Failure::Worker(e) => BackendError::Load(e.to_string()),
-        })?;
+        };
+        let call = self.call(msg, &[]).map_err(as_load)?;
+        let reply = call.next(CONTROL_TIMEOUT).map_err(as_load)?.msg;
         if let Some(err) = reply.get("error") {
             return Err(BackendError::Load(format!(
                 "{}: {what} raised {}: {}",
-                self.spec.model_py.display(),
+                self.shared.spec.model_py.display(),
                 err.get("type")
                     .and_then(|v| v.as_str())
                     .unwrap_or("an error"),
@@ -221,18 +364,18 @@ impl Worker {
     }
 
     /// Runs the model class's `auto_complete_config` on `config`.
-    pub fn auto_complete(&mut self, config: Value) -> Result<Value, BackendError> {
+    pub fn auto_complete(&self, config: Value) -> Result<Value, BackendError> {
         let reply = self.control(
-            &json!({"op": "auto_complete", "config": config}),
+            json!({"op": "auto_complete", "config": config}),
             "auto_complete_config",
         )?;
         Ok(reply.get("config").cloned().unwrap_or(Value::Null))
     }
 
     /// Imports `model.py` and runs `initialize(args)`.
-    pub fn initialize(&mut self, args: &Value) -> Result<(), BackendError> {
+    pub fn initialize(&self, args: &Value) -> Result<(), BackendError> {
         self.control(
-            &json!({"op": "init", "args": args}),
+            json!({"op": "init", "args": args}),
             "loading model.py / initialize",
         )
         .map(|_| ())
@@ -240,30 +383,22 @@ impl Worker {
 
     /// Runs a batch's requests in one `execute(requests)`: one result per request.
     pub fn execute(
-        &mut self,
+        &self,
         requests: &[&[NamedTensor]],
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, Failure> {
-        let mut offset = 0u64;
-        let mut described = Vec::with_capacity(requests.len());
-        for inputs in requests {
-            let (specs, end) = write_inputs(&self.shm, inputs, offset).map_err(|e| {
-                Failure::Request(BackendError::Internal(format!(
-                    "writing inputs to the shared file: {e}"
-                )))
-            })?;
-            offset = end;
-            described.push(json!({
-                "inputs": specs, "outputs": outputs, "request_id": "", "correlation_id": 0,
-                "parameters": "{}",
-            }));
-        }
-        let msg = json!({"op": "execute", "requests": described, "out_offset": offset});
-        let reply = self.request(&msg, self.spec.execute_timeout)?;
-        if let Some(err) = reply.get("error") {
+        let described: Vec<Value> = requests.iter().map(|_| request_json(outputs)).collect();
+        let call = self.call(json!({"op": "execute", "requests": described}), requests)?;
+        let Incoming { msg, tensors } = call.next(self.shared.spec.execute_timeout)?;
+        if let Some(err) = msg.get("error") {
             return Err(Failure::Request(self.model_error(err, true)));
         }
-        let responses = reply
+        let mut tensors: Vec<_> = tensors
+            .map_err(Failure::Request)?
+            .into_iter()
+            .map(Some)
+            .collect();
+        let responses = msg
             .get("responses")
             .and_then(|r| r.as_array())
             .cloned()
@@ -271,34 +406,104 @@ impl Worker {
         if responses.len() != requests.len() {
             return Err(Failure::Request(BackendError::Execution(format!(
                 "model '{}': the worker answered {} of {} requests",
-                self.spec.model,
+                self.shared.spec.model,
                 responses.len(),
                 requests.len()
             ))));
         }
         Ok(responses
             .iter()
-            .map(|r| self.response(r, outputs))
+            .map(|r| self.response(r, &mut tensors, outputs))
             .collect())
+    }
+
+    /// Runs one request of a decoupled model: each response's outputs go to `send` until the
+    /// model sends the final flag; `send` returning false (the client left) cancels it.
+    pub fn run_decoupled(
+        &self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+        send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
+    ) -> Result<(), Failure> {
+        let msg = json!({"op": "execute", "decoupled": true, "requests": [request_json(outputs)]});
+        let call = self.call(msg, &[inputs])?;
+        loop {
+            let Incoming { msg, tensors } = call.next(self.shared.spec.execute_timeout)?;
+            match msg.get("op").and_then(|o| o.as_str()) {
+                Some("response") => {
+                    let final_ = msg.get("final").and_then(|f| f.as_bool()) == Some(true);
+                    if let Some(err) = msg.get("error") {
+                        // An error response ends the stream for the client.
+                        return Err(Failure::Request(self.model_error(err, false)));
+                    }
+                    if msg.get("tensors").is_some() {
+                        let mut tensors: Vec<_> = tensors
+                            .map_err(Failure::Request)?
+                            .into_iter()
+                            .map(Some)
+                            .collect();
+                        let all: Vec<usize> = (0..tensors.len()).collect();
+                        let outs = self
+                            .pick(&all, &mut tensors, outputs)
+                            .map_err(Failure::Request)?;
+                        if !send(outs) {
+                            call.cancel();
+                            return Ok(());
+                        }
+                    }
+                    if final_ {
+                        return Ok(());
+                    }
+                }
+                // execute returned: an error fails the request; else wait for the final flag.
+                _ => {
+                    if let Some(err) = msg.get("error") {
+                        return Err(Failure::Request(self.model_error(err, true)));
+                    }
+                }
+            }
+        }
     }
 
     /// One request's answer: its outputs in the order asked, or its error.
     fn response(
         &self,
         response: &Value,
+        tensors: &mut [Option<NamedTensor>],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
         if let Some(err) = response.get("error") {
             return Err(self.model_error(err, false));
         }
-        let mut got = Vec::new();
-        for spec in response
+        let indices: Vec<usize> = response
             .get("outputs")
             .and_then(|o| o.as_array())
             .into_iter()
             .flatten()
-        {
-            got.push(read_output(&self.shm, spec)?);
+            .filter_map(|i| i.as_u64())
+            .map(|i| i as usize)
+            .collect();
+        self.pick(&indices, tensors, outputs)
+    }
+
+    /// The tensors at `indices` in the order of `outputs` (all of them when `outputs` is empty).
+    fn pick(
+        &self,
+        indices: &[usize],
+        tensors: &mut [Option<NamedTensor>],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, BackendError> {
+        let mut got: Vec<NamedTensor> = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let t = tensors.get_mut(i).and_then(Option::take).ok_or_else(|| {
+                BackendError::Internal(format!(
+                    "the worker named tensor {i}, which it did not send (or named twice)"
+                ))
+            })?;
+            got.push(t);
+        }
+        if outputs.is_empty() {
+            return Ok(got);
         }
         outputs
             .iter()
@@ -309,7 +514,7 @@ impl Worker {
                     .ok_or_else(|| {
                         BackendError::Execution(format!(
                             "model '{}': execute returned no output '{name}'",
-                            self.spec.model
+                            self.shared.spec.model
                         ))
                     })
             })
@@ -327,36 +532,132 @@ impl Worker {
             .get("type")
             .and_then(|v| v.as_str())
             .unwrap_or("an error");
+        let model = &self.shared.spec.model;
         let text = if whole {
-            format!(
-                "model '{}': execute raised {kind}: {message}",
-                self.spec.model
-            )
+            format!("model '{model}': execute raised {kind}: {message}")
         } else {
-            format!("model '{}': {message}", self.spec.model)
+            format!("model '{model}': {message}")
         };
         match err.get("code").and_then(|v| v.as_i64()) {
-            Some(NOT_FOUND) => BackendError::NotFound(text),
-            Some(INVALID_ARG) | Some(UNSUPPORTED) => BackendError::InvalidInput(text),
-            Some(UNAVAILABLE) | Some(CANCELLED) => BackendError::Unavailable(text),
+            Some(code::NOT_FOUND) => BackendError::NotFound(text),
+            Some(code::INVALID_ARG) | Some(code::UNSUPPORTED) => BackendError::InvalidInput(text),
+            Some(code::UNAVAILABLE) | Some(code::CANCELLED) => BackendError::Unavailable(text),
             _ => BackendError::Execution(text),
         }
     }
 
     /// Runs `finalize()` (bounded) and stops the worker.
-    pub fn finalize(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.request(&json!({"op": "finalize"}), Duration::from_secs(5));
+    pub fn finalize(&self) {
+        if !self.is_dead()
+            && let Ok(call) = self.call(json!({"op": "finalize"}), &[])
+        {
+            let _ = call.next(Duration::from_secs(5));
         }
         let _ = self.gone();
     }
 }
 
+fn request_json(outputs: &[String]) -> Value {
+    json!({"outputs": outputs, "request_id": "", "correlation_id": 0, "parameters": "{}"})
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+}
+
+/// The reader thread: every message the worker writes.
+fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
+    while let Some(msg) = read_message(stdout) {
+        let op = msg.get("op").and_then(|o| o.as_str()).unwrap_or_default();
+        let region = msg.get("region").and_then(|r| r.as_u64());
+        if op == "free" {
+            if let Some(r) = region {
+                shared.to_worker.free(r);
+            }
+            continue;
+        }
+        let tensors = read_tensors(&shared.from_worker, &msg);
+        if let Some(r) = region {
+            shared.send(&json!({"op": "free", "region": r}));
+        }
+        match msg.get("op").and_then(|o| o.as_str()) {
+            Some("bls") => crate::bls::start(shared_bls(&shared), msg, tensors),
+            _ => {
+                let id = msg.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
+                let calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tx) = calls.get(&id) {
+                    let _ = tx.send(Incoming { msg, tensors });
+                }
+            }
+        }
+    }
+    shared.dead.store(true, Ordering::Release);
+    // Every waiting call sees the worker gone.
+    shared
+        .calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+}
+
+fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {
+    msg.get("tensors")
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .map(|spec| read_output(file, spec))
+        .collect()
+}
+
+/// What a BLS call needs of the connection.
+pub(crate) struct BlsLink {
+    shared: Arc<Shared>,
+}
+
+fn shared_bls(shared: &Arc<Shared>) -> BlsLink {
+    BlsLink {
+        shared: shared.clone(),
+    }
+}
+
+impl BlsLink {
+    pub(crate) fn caller(&self) -> Option<&Arc<dyn ModelCaller>> {
+        self.shared.spec.caller.as_ref()
+    }
+    pub(crate) fn model(&self) -> &str {
+        &self.shared.spec.model
+    }
+    /// Takes one of the worker's BLS slots; false when all are taken.
+    pub(crate) fn enter(&self) -> bool {
+        let n = self.shared.bls_running.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_BLS {
+            self.shared.bls_running.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+    pub(crate) fn leave(&self) {
+        self.shared.bls_running.fetch_sub(1, Ordering::AcqRel);
+    }
+    /// Sends a result: `msg` with the outputs written to the server's file.
+    pub(crate) fn reply(&self, mut msg: Value, outputs: &[NamedTensor]) {
+        match self.shared.to_worker.put(&[outputs]) {
+            Ok((mut specs, region)) => {
+                msg["tensors"] = Value::Array(specs.pop().unwrap_or_default());
+                if let Some(r) = region {
+                    msg["region"] = json!(r);
+                }
+            }
+            Err(e) => {
+                msg["error"] = json!({"message": format!("writing the result to the shared file: {e}"), "code": code::INTERNAL});
+            }
+        }
+        self.shared.send(&msg);
     }
 }

@@ -132,6 +132,7 @@ mod tests {
             model_file: Path::new(".").to_path_buf(),
             config: &config,
             model_bytes: None,
+            caller: None,
         })
     }
 

@@ -266,6 +266,7 @@ impl Engine {
                 model_file: model_file.clone(),
                 config: &cfg,
                 model_bytes,
+                caller: self.caller(),
             })
             .map_err(|e| {
                 let reason = format!("{}: {e}", model_file.display());

@@ -14,6 +14,7 @@
 //! - [`loading`]: reading a config, choosing a backend, loading one version;
 //! - [`lifecycle`]: the version state machine, as pure functions.
 
+mod caller;
 mod control;
 pub(crate) mod decoupled;
 mod ensemble;
