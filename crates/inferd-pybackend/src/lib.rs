@@ -19,6 +19,7 @@
 
 pub mod arena;
 mod bls;
+pub mod env;
 mod instance;
 pub mod protocol;
 pub mod worker;
@@ -44,6 +45,18 @@ pub const DEFAULT_EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct PythonBackend {
     /// The interpreter workers run (`--python-executable`).
     pub python: PathBuf,
+    /// Where models' packed environments (`EXECUTION_ENV_PATH`) are unpacked.
+    pub env_cache: PathBuf,
+}
+
+impl PythonBackend {
+    /// The backend with `python` as the default interpreter and the default environment cache.
+    pub fn new(python: PathBuf) -> Self {
+        PythonBackend {
+            python,
+            env_cache: env::default_cache(),
+        }
+    }
 }
 
 fn specs(tensors: &[(String, DataType)]) -> Vec<TensorSpec> {
@@ -110,8 +123,15 @@ impl Backend for PythonBackend {
                     ))
                 })?,
         };
+        let model_dir = req.version_dir.parent().unwrap_or(req.version_dir);
+        let python = match req.config.parameters.get(env::PARAMETER) {
+            Some(p) if !p.string_value.is_empty() => {
+                env::interpreter(&p.string_value, model_dir, &self.env_cache)?
+            }
+            _ => self.python.clone(),
+        };
         let spec = WorkerSpec {
-            python: self.python.clone(),
+            python,
             model_py: req.model_file.clone(),
             model: req.model.to_string(),
             version: req.version,
@@ -137,7 +157,6 @@ impl Backend for PythonBackend {
                 }
             )));
         }
-        let model_dir = req.version_dir.parent().unwrap_or(req.version_dir);
         let args = serde_json::json!({
             "model_config": config.to_string(),
             "model_instance_kind": "CPU",

@@ -157,7 +157,7 @@ fn backends(
     onnx: OnnxBackend,
     origin: &str,
     llm: LlmFlags,
-    python: &std::path::Path,
+    python: inferd_pybackend::PythonBackend,
 ) -> Result<Vec<Arc<dyn Backend>>> {
     #[cfg(feature = "onnxruntime")]
     let choice = match onnx {
@@ -193,10 +193,17 @@ fn backends(
             },
         }),
         // Last: a folder holding only a model.py is guessed to be a python model.
-        Arc::new(inferd_pybackend::PythonBackend {
-            python: python.to_path_buf(),
-        }),
+        Arc::new(python),
     ])
+}
+
+/// The python backend as the flags set it.
+fn python_backend(a: &settings::ServeArgs) -> inferd_pybackend::PythonBackend {
+    let mut b = inferd_pybackend::PythonBackend::new(a.python_executable.clone());
+    if let Some(dir) = &a.python_env_cache_dir {
+        b.env_cache = dir.clone();
+    }
+    b
 }
 
 /// Without `--model-repository`: the example repository, `examples/models` under the working
@@ -321,7 +328,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             a.onnx_backend,
             &a.origin("onnx-backend"),
             llm,
-            &a.python_executable,
+            python_backend(&a),
         )?,
     );
     let server = BoundServer::bind(engine.clone(), server_opts)
@@ -406,7 +413,7 @@ fn repo_check(dir: PathBuf, onnx: OnnxBackend) -> Result<bool> {
             onnx,
             "--onnx-backend",
             LlmFlags::default(),
-            std::path::Path::new("python3"),
+            inferd_pybackend::PythonBackend::new("python3".into()),
         )?,
     );
     let names = inferd_core::repository::list_models(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;

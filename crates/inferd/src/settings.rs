@@ -244,6 +244,10 @@ pub(crate) struct ServeArgs {
     /// The Python interpreter that runs `backend: "python"` models' workers (it needs numpy).
     #[arg(long, env = "INFERD_PYTHON_EXECUTABLE", default_value = "python3")]
     pub(crate) python_executable: PathBuf,
+    /// Where python models' packed environments (config parameter `EXECUTION_ENV_PATH` naming
+    /// a conda-pack archive) are unpacked, once per archive (default: ~/.cache/inferd/python-envs).
+    #[arg(long, env = "INFERD_PYTHON_ENV_CACHE_DIR")]
+    pub(crate) python_env_cache_dir: Option<PathBuf>,
     /// Which backend runs ONNX models; a model's config parameter `onnx_backend` overrides it.
     #[arg(long, env = "INFERD_ONNX_BACKEND", value_enum, default_value_t = OnnxBackend::Auto)]
     pub(crate) onnx_backend: OnnxBackend,
