@@ -12,7 +12,9 @@ written here from Triton's documented API, plus models that misbehave on purpose
 - execute raising fails that request (500, the message), a TritonError(INVALID_ARG) response is
   a 400, and the worker lives on.
 - A model that kills its own worker fails that request fast with the exit status, the other
-  model answers throughout, and the next request is served by a restarted worker; a hung
+  model answers throughout, and the model turns ready again with a worker restarted in the
+  background; one that crashes five times within a minute is given up on (UNAVAILABLE with the
+  exit status, 503s) while the others answer; a hung
   execute is cut at execute_timeout_secs; no shared-memory file is left once the server stops.
 - What model.py prints goes to the server's log, not into the protocol.
 """
@@ -172,6 +174,8 @@ def repo(tmp_path_factory) -> Path:
     write(repo, "upper", UPPER, 'name: "upper"\nbackend: "python"\nmax_batch_size: 0\n'
           'input [ { name: "TEXT" data_type: TYPE_STRING dims: [ -1 ] } ]\n'
           'output [ { name: "UPPER" data_type: TYPE_STRING dims: [ -1 ] } ]\n')
+    write(repo, "crashy", "import os\n\nclass TritonPythonModel:\n    def execute(self, requests):\n        os._exit(7)\n",
+          ADD_SUB_CONFIG.format(name="crashy", mbs=0, extra=""))
     write(repo, "batch_seen", BATCH_SEEN, 'name: "batch_seen"\nbackend: "python"\nmax_batch_size: 8\n'
           'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
           'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "SEEN" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
@@ -306,6 +310,13 @@ def test_execute_raising_or_returning_an_error_fails_that_request_and_the_worker
     assert s.tolist() == [2.0] * 4
 
 
+def wait_ready(client, model: str, secs: float = 20.0) -> None:
+    deadline = time.time() + secs
+    while not client.is_model_ready(model):
+        assert time.time() < deadline, f"{model} did not turn ready again"
+        time.sleep(0.05)
+
+
 def test_a_worker_that_dies_fails_its_request_fast_and_is_restarted(server):
     client = httpclient.InferenceServerClient(server.http_url)
     ok = np.ones(4, dtype=np.float32)
@@ -314,11 +325,47 @@ def test_a_worker_that_dies_fails_its_request_fast_and_is_restarted(server):
         add_sub(httpclient, client, "add_sub", np.full(4, -999, np.float32), ok)
     assert time.perf_counter() - t0 < 3
     assert "exited" in e.value.message() and "exit status: 3" in e.value.message(), e.value.message()
-    # The other model never noticed; this one answers again from a new worker.
+    # The other model never noticed; this one is restarted in the background (not ready
+    # meanwhile) and answers again from a new worker.
     s, _ = add_sub(httpclient, client, "add_sub_batched", ok.reshape(1, 4), ok.reshape(1, 4))
     assert s.tolist() == [[2.0] * 4]
+    wait_ready(client, "add_sub")
     s, _ = add_sub(httpclient, client, "add_sub", ok, ok)
     assert s.tolist() == [2.0] * 4
+
+
+def test_a_worker_that_keeps_crashing_is_given_up_on_with_its_exit_status(server):
+    client = httpclient.InferenceServerClient(server.http_url)
+    crashes = 0
+    for _ in range(5):
+        deadline = time.time() + 20
+        while not client.is_model_ready("crashy"):
+            row = next(r for r in client.get_model_repository_index() if r["name"] == "crashy")
+            if row["state"] == "UNAVAILABLE":
+                break
+            assert time.time() < deadline
+            time.sleep(0.05)
+        else:
+            with pytest.raises(InferenceServerException) as e:
+                add_sub(httpclient, client, "crashy", np.ones(4, np.float32), np.ones(4, np.float32))
+            assert "exit status: 7" in e.value.message(), e.value.message()
+            crashes += 1
+            continue
+        break
+    assert crashes == 5
+    deadline = time.time() + 10
+    while True:
+        row = next(r for r in client.get_model_repository_index() if r["name"] == "crashy")
+        if row["state"] == "UNAVAILABLE" or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert row["state"] == "UNAVAILABLE" and "5 times" in row["reason"] and "exit status: 7" in row["reason"], row
+    assert not client.is_model_ready("crashy")
+    with pytest.raises(InferenceServerException) as e:
+        add_sub(httpclient, client, "crashy", np.ones(4, np.float32), np.ones(4, np.float32))
+    assert e.value.status() == "503" and "5 times" in e.value.message(), e.value.message()
+    s, _ = add_sub(httpclient, client, "add_sub_batched", np.ones((1, 4), np.float32), np.ones((1, 4), np.float32))
+    assert s.tolist() == [[2.0] * 4]
 
 
 def test_a_hung_execute_is_cut_at_its_timeout_and_the_worker_restarts(server):
@@ -330,6 +377,7 @@ def test_a_hung_execute_is_cut_at_its_timeout_and_the_worker_restarts(server):
     took = time.perf_counter() - t0
     assert 1.5 < took < 10, took
     assert "did not answer within 2 s" in e.value.message(), e.value.message()
+    wait_ready(client, "add_sub")
     s, _ = add_sub(httpclient, client, "add_sub", ok, ok)
     assert s.tolist() == [2.0] * 4
 

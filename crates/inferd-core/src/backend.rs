@@ -183,6 +183,22 @@ pub trait LoadedModel: Send + Sync {
     fn decoupled(&self) -> Option<Arc<dyn DecoupledModel>> {
         None
     }
+    /// Whether the loaded model can answer now (a backend whose instances live in other
+    /// processes reports them restarting, or given up on). The default is always ready.
+    fn health(&self) -> Health {
+        Health::Ready
+    }
+}
+
+/// A loaded model's health, as its backend sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Answering.
+    Ready,
+    /// Not ready for now (a worker restarting); the reason.
+    Recovering(String),
+    /// Given up until the model is loaded again; the reason.
+    Failed(String),
 }
 
 /// A model that answers each request with zero, one or many responses (Triton's decoupled

@@ -46,6 +46,8 @@ pub struct VersionRunner {
     signature: ModelSignature,
     generator: Option<Arc<dyn crate::generate::TextGenerator>>,
     decoupled: Option<Arc<dyn crate::backend::DecoupledModel>>,
+    /// The loaded model, asked for its health.
+    loaded: Arc<dyn LoadedModel>,
     scheduler: Arc<Scheduler>,
     /// Sequences of a stateful model, or the plan of an ensemble.
     extras: VersionExtras,
@@ -150,6 +152,7 @@ impl VersionRunner {
             signature: model.signature().clone(),
             generator: model.generator(),
             decoupled: model.decoupled(),
+            loaded: model.clone(),
             scheduler,
             extras,
             threads: Mutex::new(threads),
@@ -382,6 +385,11 @@ impl VersionRunner {
             }
         }
         park_on(rx).unwrap_or_else(|_| Err(self.dropped()))
+    }
+
+    /// The loaded model's health (a backend's workers restarting or given up on).
+    pub fn health(&self) -> crate::backend::Health {
+        self.loaded.health()
     }
 
     /// Waits until no request holds this version.

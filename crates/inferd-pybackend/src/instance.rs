@@ -2,13 +2,15 @@
 //! `execute` given the batch's requests), or, for a decoupled model, a pool of workers that
 //! take its requests directly, each answered with as many responses as the model sends.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use inferd_core::backend::{
-    BackendError, DecoupledModel, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
+    BackendError, DecoupledModel, Health, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
 };
 
+use crate::restart::{Decision, RestartPolicy};
 use crate::worker::{Failure, Worker, WorkerSpec};
 
 /// A loaded version.
@@ -18,6 +20,7 @@ pub(crate) struct PythonModel {
     args: serde_json::Value,
     instances: AtomicUsize,
     decoupled: OnceLock<Arc<DecoupledPool>>,
+    crashes: Arc<Crashes>,
 }
 
 impl PythonModel {
@@ -28,31 +31,32 @@ impl PythonModel {
             args,
             instances: AtomicUsize::new(0),
             decoupled: OnceLock::new(),
+            crashes: Arc::new(Crashes::default()),
         }
     }
 
-    /// A started, initialized worker for the next instance.
-    fn start_worker(&self) -> Result<(Arc<Worker>, serde_json::Value), BackendError> {
+    /// A slot with a started, initialized worker for the next instance.
+    fn start_slot(&self) -> Result<Arc<Slot>, BackendError> {
         let index = self.instances.fetch_add(1, Ordering::Relaxed);
         let mut args = self.args.clone();
         args["model_instance_name"] = serde_json::json!(format!("{}_{index}", self.spec.model));
         let worker = Worker::start(&self.spec)?;
         worker.initialize(&args)?;
-        Ok((worker, args))
+        Ok(Slot::new(
+            self.spec.clone(),
+            args,
+            worker,
+            self.crashes.clone(),
+        ))
     }
 
     /// Starts a decoupled model's `n` workers.
     pub(crate) fn start_decoupled(&self, n: usize) -> Result<(), BackendError> {
         let mut slots = Vec::with_capacity(n);
         for _ in 0..n {
-            let (worker, args) = self.start_worker()?;
-            slots.push(Slot {
-                args,
-                worker: Mutex::new(Some(worker)),
-            });
+            slots.push(self.start_slot()?);
         }
         let _ = self.decoupled.set(Arc::new(DecoupledPool {
-            spec: self.spec.clone(),
             slots,
             next: AtomicUsize::new(0),
         }));
@@ -65,13 +69,8 @@ impl LoadedModel for PythonModel {
         &self.sig
     }
     fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
-        let (worker, args) = self.start_worker()?;
         Ok(Box::new(PythonInstance {
-            spec: self.spec.clone(),
-            slot: Slot {
-                args,
-                worker: Mutex::new(Some(worker)),
-            },
+            slot: self.start_slot()?,
         }))
     }
     fn decoupled(&self) -> Option<Arc<dyn DecoupledModel>> {
@@ -79,38 +78,160 @@ impl LoadedModel for PythonModel {
             .get()
             .map(|p| p.clone() as Arc<dyn DecoupledModel>)
     }
+    fn health(&self) -> Health {
+        self.crashes.health()
+    }
 }
 
-/// One instance's worker, restarted when it died.
-struct Slot {
+/// What a model's slots share: the crash history and what its health is now.
+#[derive(Default)]
+pub(crate) struct Crashes {
+    policy: Mutex<RestartPolicy>,
+    restarting: AtomicUsize,
+    failed: Mutex<Option<String>>,
+    last: Mutex<String>,
+}
+
+impl Crashes {
+    fn health(&self) -> Health {
+        if let Some(why) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            return Health::Failed(why);
+        }
+        if self.restarting.load(Ordering::Acquire) > 0 {
+            let last = self.last.lock().map(|l| l.clone()).unwrap_or_default();
+            return Health::Recovering(format!(
+                "its python worker is restarting after it exited ({last})"
+            ));
+        }
+        Health::Ready
+    }
+}
+
+/// One instance's worker: when it exits on its own (a crash, a kill after a hung execute) a
+/// new one is started in the background after the policy's backoff, or the model is failed.
+pub(crate) struct Slot {
+    spec: WorkerSpec,
     args: serde_json::Value,
     worker: Mutex<Option<Arc<Worker>>>,
+    crashes: Arc<Crashes>,
+    closing: AtomicBool,
 }
 
 impl Slot {
-    /// The live worker, starting one if the last died.
-    fn worker(&self, spec: &WorkerSpec) -> Result<Arc<Worker>, BackendError> {
-        let mut w = self.worker.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(worker) = w.as_ref().filter(|w| !w.is_dead()) {
-            return Ok(worker.clone());
-        }
-        tracing::warn!(model = %spec.model, version = spec.version, "starting a new python worker");
-        *w = None;
-        let worker = Worker::start(spec)?;
-        worker.initialize(&self.args)?;
-        *w = Some(worker.clone());
-        Ok(worker)
+    fn new(
+        spec: WorkerSpec,
+        args: serde_json::Value,
+        worker: Arc<Worker>,
+        crashes: Arc<Crashes>,
+    ) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            spec,
+            args,
+            worker: Mutex::new(None),
+            crashes,
+            closing: AtomicBool::new(false),
+        });
+        slot.install(worker);
+        slot
     }
 
-    /// Forgets a worker that died or hung (the next request starts another).
-    fn lost(&self, worker: &Arc<Worker>) {
-        let mut w = self.worker.lock().unwrap_or_else(|p| p.into_inner());
-        if w.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, worker)) {
-            *w = None;
+    /// Makes `worker` the slot's, watching for its exit.
+    fn install(self: &Arc<Self>, worker: Arc<Worker>) {
+        let weak: Weak<Slot> = Arc::downgrade(self);
+        let watched = Arc::downgrade(&worker);
+        *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker.clone());
+        worker.on_exit(Box::new(move || {
+            if let (Some(slot), Some(w)) = (weak.upgrade(), watched.upgrade()) {
+                slot.exited(w);
+            }
+        }));
+    }
+
+    /// The live worker, or why there is none now (503).
+    fn worker(&self) -> Result<Arc<Worker>, BackendError> {
+        if let Some(w) = self
+            .worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|w| !w.is_dead())
+        {
+            return Ok(w.clone());
+        }
+        let why = match self.crashes.health() {
+            Health::Failed(why) | Health::Recovering(why) => why,
+            Health::Ready => "its python worker is restarting".into(),
+        };
+        Err(BackendError::Unavailable(format!(
+            "model '{}' cannot answer now: {why}",
+            self.spec.model
+        )))
+    }
+
+    /// A worker of this slot exited: unless the slot is closing, restart it after the
+    /// policy's backoff (on a thread of its own), or give up on the model.
+    fn exited(self: &Arc<Self>, worker: Arc<Worker>) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut w = self.worker.lock().unwrap_or_else(|p| p.into_inner());
+            match w.as_ref() {
+                Some(cur) if Arc::ptr_eq(cur, &worker) => *w = None,
+                _ => return,
+            }
+        }
+        self.crashes.restarting.fetch_add(1, Ordering::AcqRel);
+        let slot = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("inferd-py-restart-{}", self.spec.model))
+            .spawn(move || {
+                let mut status = worker.exit_status();
+                drop(worker);
+                loop {
+                    if let Ok(mut l) = slot.crashes.last.lock() {
+                        l.clone_from(&status);
+                    }
+                    let decision = slot
+                        .crashes
+                        .policy
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .crashed(Instant::now(), &status);
+                    let wait = match decision {
+                        Decision::RestartAfter(wait) => wait,
+                        Decision::GiveUp(why) => {
+                            tracing::error!(model = %slot.spec.model, version = slot.spec.version, "{why}");
+                            if let Ok(mut f) = slot.crashes.failed.lock() {
+                                *f = Some(why);
+                            }
+                            break;
+                        }
+                    };
+                    tracing::warn!(model = %slot.spec.model, version = slot.spec.version,
+                        "python worker exited ({status}); restarting in {} ms", wait.as_millis());
+                    std::thread::sleep(wait);
+                    if slot.closing.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match Worker::start(&slot.spec).and_then(|w| w.initialize(&slot.args).map(|_| w)) {
+                        Ok(w) => {
+                            slot.install(w);
+                            break;
+                        }
+                        Err(e) => status = format!("restart failed: {e}"),
+                    }
+                }
+                slot.crashes.restarting.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            self.crashes.restarting.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!("cannot start a restart thread: {e}");
         }
     }
 
     fn finalize(&self) {
+        self.closing.store(true, Ordering::Release);
         if let Some(w) = self.worker.lock().ok().and_then(|mut w| w.take()) {
             w.finalize();
         }
@@ -119,8 +240,7 @@ impl Slot {
 
 /// An instance the engine's executor thread drives.
 struct PythonInstance {
-    spec: WorkerSpec,
-    slot: Slot,
+    slot: Arc<Slot>,
 }
 
 impl ModelInstance for PythonInstance {
@@ -143,14 +263,10 @@ impl ModelInstance for PythonInstance {
         requests: &[&[NamedTensor]],
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
-        let worker = self.slot.worker(&self.spec)?;
-        match worker.execute(requests, outputs) {
+        // A worker that died or hung is restarted by its slot's watcher.
+        match self.slot.worker()?.execute(requests, outputs) {
             Ok(out) => Ok(out),
-            Err(Failure::Request(e)) => Err(e),
-            Err(Failure::Worker(e)) => {
-                self.slot.lost(&worker);
-                Err(e)
-            }
+            Err(Failure::Request(e) | Failure::Worker(e)) => Err(e),
         }
     }
 }
@@ -163,8 +279,7 @@ impl Drop for PythonInstance {
 
 /// A decoupled model's workers; requests take them in turn.
 struct DecoupledPool {
-    spec: WorkerSpec,
-    slots: Vec<Slot>,
+    slots: Vec<Arc<Slot>>,
     next: AtomicUsize,
 }
 
@@ -180,14 +295,9 @@ impl DecoupledModel for DecoupledPool {
             .slots
             .get(i)
             .ok_or_else(|| BackendError::Internal("no workers".into()))?;
-        let worker = slot.worker(&self.spec)?;
-        match worker.run_decoupled(inputs, outputs, send) {
+        match slot.worker()?.run_decoupled(inputs, outputs, send) {
             Ok(()) => Ok(()),
-            Err(Failure::Request(e)) => Err(e),
-            Err(Failure::Worker(e)) => {
-                slot.lost(&worker);
-                Err(e)
-            }
+            Err(Failure::Request(e) | Failure::Worker(e)) => Err(e),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`arena`]: the server's shared file, where it writes tensors for the worker.
 //! - `instance`: a loaded version: executor-driven instances, or a decoupled model's workers.
 //! - `bls`: the model's calls to other models, run through the engine.
+//! - [`restart`]: when a crashed worker is started again, and when the model is given up on.
 //!
 //! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the
 //! requests of the batch the engine formed, each answered on its own, `finalize()` at unload, `auto_complete_config(config)` for
@@ -22,6 +23,7 @@ mod bls;
 pub mod env;
 mod instance;
 pub mod protocol;
+pub mod restart;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

@@ -91,6 +91,8 @@ struct Shared {
     from_worker: File,
     bls_running: AtomicUsize,
     spec: WorkerSpec,
+    /// Called once when the worker's output ends (it exited or was killed).
+    on_exit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Shared {
@@ -234,6 +236,7 @@ impl Worker {
             from_worker: from_file,
             bls_running: AtomicUsize::new(0),
             spec: spec.clone(),
+            on_exit: Mutex::new(None),
         });
         let name = format!("inferd-py-{}", spec.model);
         let reader = shared.clone();
@@ -271,6 +274,26 @@ impl Worker {
             let _ = a.close();
             let _ = b.close();
         }
+    }
+
+    /// Calls `f` once the worker has exited (at once if it already has).
+    pub fn on_exit(&self, f: Box<dyn FnOnce() + Send>) {
+        let mut slot = self
+            .shared
+            .on_exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.is_dead() {
+            drop(slot);
+            f();
+        } else {
+            *slot = Some(f);
+        }
+    }
+
+    /// How the worker ended (its exit status; killed if it has not exited within a second).
+    pub fn exit_status(&self) -> String {
+        self.gone()
     }
 
     /// Whether the worker has died.
@@ -597,13 +620,20 @@ fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
             }
         }
     }
-    shared.dead.store(true, Ordering::Release);
+    let on_exit = {
+        let mut f = shared.on_exit.lock().unwrap_or_else(|p| p.into_inner());
+        shared.dead.store(true, Ordering::Release);
+        f.take()
+    };
     // Every waiting call sees the worker gone.
     shared
         .calls
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
+    if let Some(f) = on_exit {
+        f();
+    }
 }
 
 fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {

@@ -30,10 +30,10 @@ impl Engine {
     /// Whether a model (or one version) is ready; an ensemble is ready when its members are.
     pub fn is_model_ready(&self, model: &str, version: Option<u64>) -> Result<bool> {
         match self.route(model, version) {
-            Ok(g) => Ok(g
-                .runner()
-                .ensemble()
-                .is_none_or(|p| self.ensemble_blocked(g.runner().config(), p).is_none())),
+            Ok(g) => Ok(g.runner().health() == crate::backend::Health::Ready
+                && g.runner()
+                    .ensemble()
+                    .is_none_or(|p| self.ensemble_blocked(g.runner().config(), p).is_none())),
             Err(Error::Unavailable(_)) => Ok(false),
             Err(Error::NotFound(_)) if self.knows(model)? => Ok(false),
             Err(e) => Err(e),
@@ -139,11 +139,23 @@ impl Engine {
             match models.get(name) {
                 Some(entry) if !entry.versions.is_empty() => {
                     for (v, e) in &entry.versions {
+                        // A ready version whose backend gave up on it (a worker that keeps
+                        // crashing) is UNAVAILABLE with the backend's reason; one recovering
+                        // stays READY with the reason it is not answering now.
+                        let health = match (e.state, &e.runner) {
+                            (VersionState::Ready, Some(r)) => r.health(),
+                            _ => crate::backend::Health::Ready,
+                        };
+                        let (state, reason) = match health {
+                            crate::backend::Health::Ready => (e.state, e.reason.clone()),
+                            crate::backend::Health::Recovering(why) => (e.state, why),
+                            crate::backend::Health::Failed(why) => (VersionState::Unavailable, why),
+                        };
                         out.push(IndexEntry {
                             name: name.to_string(),
                             version: Some(*v),
-                            state: Some(e.state),
-                            reason: e.reason.clone(),
+                            state: Some(state),
+                            reason,
                         });
                     }
                 }
