@@ -331,7 +331,7 @@ class Worker:
                     self.model = self.model_class()
                     if hasattr(self.model, "initialize"):
                         self.model.initialize(msg["args"])
-                    self.conn.send({"op": "reply", "id": call})
+                    self.conn.send({"op": "reply", "id": call, "sandbox": self.sandbox()})
                 elif op == "execute":
                     self.execute(msg)
                 elif op == "finalize":
@@ -344,6 +344,25 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - every failure goes back to the server
                 traceback.print_exc(file=sys.stderr)
                 self.conn.send({"op": "reply", "id": call, "error": error_of(e)})
+
+    def sandbox(self) -> dict:
+        """What this process got of the protections the server asked for."""
+        import resource
+
+        out = {}
+        try:
+            mine, parents = os.readlink("/proc/self/ns/net"), os.readlink(f"/proc/{os.getppid()}/ns/net")
+            out["network"] = "isolated" if mine != parents else "shared"
+        except OSError:
+            out["network"] = "unknown"
+        model_dir = os.path.dirname(os.path.dirname(os.path.abspath(self.model_py)))
+        try:
+            out["model_dir"] = "read-only" if os.statvfs(model_dir).f_flag & os.ST_RDONLY else "writable"
+        except OSError:
+            out["model_dir"] = "unknown"
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        out["memory_limit_mb"] = None if soft == resource.RLIM_INFINITY else soft >> 20
+        return out
 
     def sender(self, call: int, index: int, wanted: list):
         def send(response, flags):

@@ -13,6 +13,7 @@
 //! - `instance`: a loaded version: executor-driven instances, or a decoupled model's workers.
 //! - `bls`: the model's calls to other models, run through the engine.
 //! - [`restart`]: when a crashed worker is started again, and when the model is given up on.
+//! - [`sandbox`]: no network, a read-only model folder, a memory limit, a private temp folder.
 //!
 //! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the
 //! requests of the batch the engine formed, each answered on its own, `finalize()` at unload, `auto_complete_config(config)` for
@@ -24,6 +25,7 @@ pub mod env;
 mod instance;
 pub mod protocol;
 pub mod restart;
+pub mod sandbox;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -139,6 +141,14 @@ impl Backend for PythonBackend {
             version: req.version,
             execute_timeout: timeout,
             caller: req.caller.clone(),
+            limits: sandbox::Limits::from_parameters(|k| {
+                req.config
+                    .parameters
+                    .get(k)
+                    .map(|p| p.string_value.as_str())
+            })
+            .map_err(BackendError::Load)?,
+            model_dir: model_dir.to_path_buf(),
         };
         if req.config.input.is_empty() || req.config.output.is_empty() {
             // auto_complete_config fills in what the config lacks, as in Triton.

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -64,6 +65,10 @@ pub struct WorkerSpec {
     pub execute_timeout: Duration,
     /// Calls into the server's models (BLS).
     pub caller: Option<Arc<dyn ModelCaller>>,
+    /// The worker's limits (network, memory).
+    pub limits: crate::sandbox::Limits,
+    /// The model's folder (read-only to the worker).
+    pub model_dir: PathBuf,
 }
 
 /// How a call failed.
@@ -110,6 +115,8 @@ pub struct Worker {
     /// nothing is left behind however either process ends).
     paths: Mutex<Option<(tempfile::TempPath, tempfile::TempPath)>>,
     next_id: AtomicU64,
+    /// The worker's private temporary folder (its TMPDIR), removed with it.
+    _tmp: tempfile::TempDir,
 }
 
 fn shm_dir() -> PathBuf {
@@ -199,13 +206,26 @@ impl Worker {
     /// Starts a worker (it imports nothing of the model until asked).
     pub fn start(spec: &WorkerSpec) -> Result<Arc<Worker>, BackendError> {
         let (to_worker, from_worker) = (shm_file()?, shm_file()?);
-        let mut child = Command::new(&spec.python)
+        let tmp = tempfile::Builder::new()
+            .prefix("inferd-py-tmp-")
+            .tempdir()
+            .map_err(|e| {
+                BackendError::Internal(format!("creating the worker's temp folder: {e}"))
+            })?;
+        let mut cmd = Command::new(&spec.python);
+        crate::sandbox::apply(&mut cmd, &spec.limits, &spec.model_dir);
+        // A process group of its own: a terminal's Ctrl-C or a group-wide signal meant for the
+        // server does not reach the worker (the server stops it; if the server dies, the
+        // worker's stdin closes and it exits).
+        cmd.process_group(0);
+        let mut child = cmd
             .arg("-c")
             .arg(WORKER_PY)
             .arg(&spec.model_py)
             .arg(to_worker.path())
             .arg(from_worker.path())
             .env("INFERD_PB_UTILS", UTILS_PY)
+            .env("TMPDIR", tmp.path())
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())
@@ -258,6 +278,7 @@ impl Worker {
             shared,
             paths: Mutex::new(Some((to_path, from_path))),
             next_id: AtomicU64::new(1),
+            _tmp: tmp,
         }))
     }
 
@@ -395,13 +416,40 @@ impl Worker {
         Ok(reply.get("config").cloned().unwrap_or(Value::Null))
     }
 
-    /// Imports `model.py` and runs `initialize(args)`.
+    /// Imports `model.py` and runs `initialize(args)`; logs the protections the worker got.
     pub fn initialize(&self, args: &Value) -> Result<(), BackendError> {
-        self.control(
+        let reply = self.control(
             json!({"op": "init", "args": args}),
             "loading model.py / initialize",
-        )
-        .map(|_| ())
+        )?;
+        if let Some(sb) = reply.get("sandbox") {
+            self.log_protections(sb);
+        }
+        Ok(())
+    }
+
+    fn log_protections(&self, sb: &Value) {
+        let field = |k: &str| {
+            sb.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_string()
+        };
+        let memory = match sb.get("memory_limit_mb").and_then(|v| v.as_u64()) {
+            Some(mb) => format!("{mb} MiB"),
+            None => "none".into(),
+        };
+        let spec = &self.shared.spec;
+        let (network, model_dir) = (field("network"), field("model_dir"));
+        let weaker =
+            (!spec.limits.allow_network && network != "isolated") || model_dir != "read-only";
+        if weaker {
+            tracing::warn!(model = %spec.model, version = spec.version, %network, %model_dir, memory_limit = %memory,
+                "python worker runs with weaker protections than asked (the kernel refused a namespace)");
+        } else {
+            tracing::info!(model = %spec.model, version = spec.version, %network, %model_dir, memory_limit = %memory,
+                "python worker protections");
+        }
     }
 
     /// Runs a batch's requests in one `execute(requests)`: one result per request.
