@@ -108,6 +108,8 @@ pub struct LoadRequest<'a> {
     /// Calls into the server's other models (Triton's BLS), for backends whose models make
     /// such calls; `None` where the engine runs without an async runtime to serve them.
     pub caller: Option<Arc<dyn ModelCaller>>,
+    /// Where a model's own metrics go (shown on the server's metrics page).
+    pub metrics: Arc<crate::custom_metrics::CustomMetrics>,
 }
 
 /// A model's way to call the other models the server has (Triton's business-logic

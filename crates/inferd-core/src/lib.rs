@@ -14,6 +14,7 @@
 //! - [`request`]: requests, responses, and their validation against a config.
 //! - [`scheduler`]: a version's priority queues, dynamic batcher, batch merge/split, CPU budget.
 //! - [`runner`]: one version's executor threads over its scheduler.
+//! - [`custom_metrics`]: metrics that models define themselves.
 //! - [`executor`]: one instance's thread: batches run and answered.
 //! - [`stats`]: per-version statistics.
 //! - [`warmup`]: warm-up before a version turns ready.
@@ -26,6 +27,7 @@ pub mod backend;
 pub mod batching;
 pub mod cache;
 pub mod config;
+pub mod custom_metrics;
 pub mod describe;
 pub mod engine;
 pub mod ensemble;

@@ -254,6 +254,7 @@ class Worker:
         self.lock = threading.Lock()
         self.bls_waiting: dict[int, queue.Queue] = {}
         self.bls_next = 1
+        self.rpc_waiting: dict[int, queue.Queue] = {}
         self.cancelled: set[int] = set()
         self.model_class = None
         self.model = None
@@ -275,6 +276,11 @@ class Worker:
                     self.cancelled.add(msg["id"])
             elif op == "bls_result":
                 self.bls_result(msg)
+            elif op == "rpc_result":
+                with self.lock:
+                    q = self.rpc_waiting.pop(msg.get("rpc"), None)
+                if q is not None:
+                    q.put(msg)
             else:
                 self.work.put(msg)
 
@@ -312,6 +318,18 @@ class Worker:
             return BlsStream(q)
         response, _ = q.get()
         return response
+
+    # --- for pb_utils: metrics ---------------------------------------------------------------
+    def metric(self, msg: dict) -> float:
+        q: queue.Queue = queue.Queue()
+        with self.lock:
+            rpc, self.bls_next = self.bls_next, self.bls_next + 1
+            self.rpc_waiting[rpc] = q
+        self.conn.send({"op": "metric", "rpc": rpc, **msg})
+        reply = q.get()
+        if "error" in reply:
+            raise pb_utils.TritonModelException(reply["error"])
+        return reply.get("value", 0.0)
 
     # --- the main thread ------------------------------------------------------------------
     def run(self) -> None:

@@ -244,6 +244,54 @@ def using_decoupled_model_transaction_policy(model_config):
     return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
+class MetricFamily:
+    """A family of the model's own metrics, shown on the server's metrics page
+    (``MetricFamily(name, description, kind=MetricFamily.COUNTER)``)."""
+
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+    _KINDS = {COUNTER: "counter", GAUGE: "gauge", HISTOGRAM: "histogram"}
+
+    def __init__(self, name, description, kind):
+        if kind not in self._KINDS:
+            raise TritonModelException(f"metric family {name!r}: kind must be COUNTER, GAUGE or HISTOGRAM")
+        self._name = str(name)
+        self._kind = kind
+        _the_runtime().metric({"action": "family", "family": self._name, "description": str(description),
+                               "kind": self._KINDS[kind]})
+
+    def Metric(self, labels=None, buckets=None):  # noqa: N802 - Triton's name
+        """A metric of this family, told apart by its labels (a histogram's needs buckets)."""
+        return Metric(self, labels, buckets)
+
+
+class Metric:
+    """One metric of a family: ``increment``, ``set`` (gauges), ``observe`` (histograms), ``value``."""
+
+    def __init__(self, family, labels=None, buckets=None):
+        self._family = family._name
+        self._labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        _the_runtime().metric({"action": "metric", "family": self._family, "labels": self._labels,
+                               "buckets": None if buckets is None else [float(b) for b in buckets]})
+
+    def _do(self, action, value=0.0):
+        return _the_runtime().metric({"action": action, "family": self._family, "labels": self._labels,
+                                      "value": float(value)})
+
+    def increment(self, value):
+        self._do("increment", value)
+
+    def set(self, value):
+        self._do("set", value)
+
+    def observe(self, value):
+        self._do("observe", value)
+
+    def value(self):
+        return self._do("value")
+
+
 class Logger:
     """Log lines from a model, in the server's log (``pb_utils.Logger.log_info("...")``)."""
 

@@ -12,6 +12,7 @@
 //! - [`arena`]: the server's shared file, where it writes tensors for the worker.
 //! - `instance`: a loaded version: executor-driven instances, or a decoupled model's workers.
 //! - `bls`: the model's calls to other models, run through the engine.
+//! - `metrics`: the model's own metric families (`pb_utils.MetricFamily`), kept by the engine.
 //! - [`restart`]: when a crashed worker is started again, and when the model is given up on.
 //! - [`sandbox`]: no network, a read-only model folder, a memory limit, a private temp folder.
 //!
@@ -23,6 +24,7 @@ pub mod arena;
 mod bls;
 pub mod env;
 mod instance;
+mod metrics;
 pub mod protocol;
 pub mod restart;
 pub mod sandbox;
@@ -149,6 +151,7 @@ impl Backend for PythonBackend {
             })
             .map_err(BackendError::Load)?,
             model_dir: model_dir.to_path_buf(),
+            metrics: req.metrics.clone(),
         };
         if req.config.input.is_empty() || req.config.output.is_empty() {
             // auto_complete_config fills in what the config lacks, as in Triton.

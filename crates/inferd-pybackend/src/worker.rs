@@ -69,6 +69,8 @@ pub struct WorkerSpec {
     pub limits: crate::sandbox::Limits,
     /// The model's folder (read-only to the worker).
     pub model_dir: PathBuf,
+    /// Where the model's own metrics go.
+    pub metrics: Arc<inferd_core::custom_metrics::CustomMetrics>,
 }
 
 /// How a call failed.
@@ -659,6 +661,10 @@ fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
         }
         match msg.get("op").and_then(|o| o.as_str()) {
             Some("bls") => crate::bls::start(shared_bls(&shared), msg, tensors),
+            Some("metric") => {
+                let reply = crate::metrics::handle(&shared.spec.metrics, &msg);
+                shared.send(&reply);
+            }
             _ => {
                 let id = msg.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
                 let calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());

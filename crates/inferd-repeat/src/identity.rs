@@ -133,6 +133,7 @@ mod tests {
             config: &config,
             model_bytes: None,
             caller: None,
+            metrics: Default::default(),
         })
     }
 

@@ -267,6 +267,7 @@ impl Engine {
                 config: &cfg,
                 model_bytes,
                 caller: self.caller(),
+                metrics: self.inner.custom_metrics.clone(),
             })
             .map_err(|e| {
                 let reason = format!("{}: {e}", model_file.display());

@@ -238,6 +238,8 @@ type ModelEntry = lifecycle::ModelEntry<Arc<VersionRunner>>;
 struct Inner {
     opts: EngineOptions,
     backends: Vec<Arc<dyn Backend>>,
+    /// Metrics models define themselves (python models' MetricFamily).
+    custom_metrics: Arc<crate::custom_metrics::CustomMetrics>,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Serialises lifecycle operations per model.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -302,6 +304,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 opts,
                 backends,
+                custom_metrics: Arc::default(),
                 models: RwLock::new(BTreeMap::new()),
                 locks: Mutex::new(HashMap::new()),
                 started: AtomicBool::new(false),
@@ -319,6 +322,11 @@ impl Engine {
                 decoupled_slots: Arc::new(tokio::sync::Semaphore::new(decoupled::MAX_DECOUPLED)),
             }),
         }
+    }
+
+    /// Metrics that models define themselves, for the metrics page.
+    pub fn custom_metrics(&self) -> &Arc<crate::custom_metrics::CustomMetrics> {
+        &self.inner.custom_metrics
     }
 
     /// The options.

@@ -15,8 +15,10 @@
 //!   and token counts, after vLLM's set;
 //! - per traffic route and target: requests by outcome and latency (see
 //!   [`crate::traffic::observe`]);
+//! - [`custom`]: metrics the models define themselves (python models' `MetricFamily`);
 //! - this file: server uptime, build info, readiness, and the listener.
 
+pub mod custom;
 pub mod gpu;
 pub mod llm;
 pub mod models;
@@ -62,6 +64,7 @@ impl Metrics {
         let llm = llm::LlmRequests::default();
         llm.register(&mut registry);
         registry.register_collector(Box::new(models::ModelCollector::new(engine.clone())));
+        registry.register_collector(Box::new(custom::CustomCollector::new(engine.clone())));
         registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_collector(Box::new(gpu::GpuCollector::new()));
         registry.register_collector(Box::new(signals::SignalCollector::new(signals, engine)));
