@@ -209,7 +209,18 @@ def error_of(e: BaseException) -> dict:
     return {"type": type(e).__name__, "message": str(e), "code": pb_utils.TritonError.INTERNAL}
 
 
+BUILTIN = os.environ.pop("INFERD_PB_BUILTIN", "")
+
+
 def load_model(model_py: str):
+    if BUILTIN:
+        # inferd's own runner for a framework's model file (TorchScript, SavedModel).
+        import types
+
+        module = types.ModuleType("model")
+        sys.modules["model"] = module
+        exec(compile(BUILTIN, "<inferd runner>", "exec"), module.__dict__)
+        return module.TritonPythonModel
     spec = importlib.util.spec_from_file_location("model", model_py)
     module = importlib.util.module_from_spec(spec)
     sys.modules["model"] = module

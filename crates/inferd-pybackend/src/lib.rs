@@ -15,6 +15,7 @@
 //! - `metrics`: the model's own metric families (`pb_utils.MetricFamily`), kept by the engine.
 //! - [`restart`]: when a crashed worker is started again, and when the model is given up on.
 //! - [`sandbox`]: no network, a read-only model folder, a memory limit, a private temp folder.
+//! - [`torchscript`]: TorchScript (`platform: "pytorch_libtorch"`) in the same workers.
 //!
 //! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the
 //! requests of the batch the engine formed, each answered on its own, `finalize()` at unload, `auto_complete_config(config)` for
@@ -28,6 +29,7 @@ mod metrics;
 pub mod protocol;
 pub mod restart;
 pub mod sandbox;
+pub mod torchscript;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ use worker::{Worker, WorkerSpec};
 pub const DEFAULT_EXECUTE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The backend (`backend: "python"`).
+#[derive(Clone, Debug)]
 pub struct PythonBackend {
     /// The interpreter workers run (`--python-executable`).
     pub python: PathBuf,
@@ -56,6 +59,13 @@ pub struct PythonBackend {
 }
 
 impl PythonBackend {
+    /// The TorchScript backend on this backend's workers.
+    pub fn torchscript(&self) -> torchscript::TorchScriptBackend {
+        torchscript::TorchScriptBackend {
+            python: self.clone(),
+        }
+    }
+
     /// The backend with `python` as the default interpreter and the default environment cache.
     pub fn new(python: PathBuf) -> Self {
         PythonBackend {
@@ -112,6 +122,18 @@ impl Backend for PythonBackend {
         "model.py".into()
     }
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        self.load_with(req, None)
+    }
+}
+
+impl PythonBackend {
+    /// Loads a version whose worker runs `req.model_file` as `model.py`, or, with `builtin`,
+    /// inferd's own runner for a framework's model file (TorchScript, SavedModel).
+    pub(crate) fn load_with(
+        &self,
+        req: &LoadRequest<'_>,
+        builtin: Option<&'static str>,
+    ) -> Result<Arc<dyn LoadedModel>, BackendError> {
         let mut config = serde_json::to_value(req.config)
             .map_err(|e| BackendError::Internal(format!("describing the config: {e}")))?;
         let timeout = match req.config.parameters.get("execute_timeout_secs") {
@@ -152,6 +174,7 @@ impl Backend for PythonBackend {
             .map_err(BackendError::Load)?,
             model_dir: model_dir.to_path_buf(),
             metrics: req.metrics.clone(),
+            builtin,
         };
         if req.config.input.is_empty() || req.config.output.is_empty() {
             // auto_complete_config fills in what the config lacks, as in Triton.
@@ -179,6 +202,7 @@ impl Backend for PythonBackend {
             "model_repository": model_dir.display().to_string(),
             "model_version": req.version.to_string(),
             "model_name": req.model,
+            "inferd_model_file": req.model_file.display().to_string(),
         });
         let model = PythonModel::new(
             ModelSignature {

@@ -71,6 +71,9 @@ pub struct WorkerSpec {
     pub model_dir: PathBuf,
     /// Where the model's own metrics go.
     pub metrics: Arc<inferd_core::custom_metrics::CustomMetrics>,
+    /// inferd's own runner (its `TritonPythonModel` source) for a framework's model file;
+    /// `None`: the model's `model.py`.
+    pub builtin: Option<&'static str>,
 }
 
 /// How a call failed.
@@ -228,6 +231,7 @@ impl Worker {
             .arg(from_worker.path())
             .env("INFERD_PB_UTILS", UTILS_PY)
             .env("TMPDIR", tmp.path())
+            .env("INFERD_PB_BUILTIN", spec.builtin.unwrap_or_default())
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())

@@ -193,6 +193,7 @@ fn backends(
             },
         }),
         // Last: a folder holding only a model.py is guessed to be a python model.
+        Arc::new(python.torchscript()),
         Arc::new(python),
     ])
 }

@@ -34,6 +34,9 @@ pub enum FindingKind {
     SymlinkEscape,
     /// A file whose digest differs from the pinned one.
     Digest,
+    /// A PyTorch archive whose pickles import more than TorchScript's own classes: refused
+    /// even when its digest is pinned.
+    ForeignImports,
     /// A file that could not be read or parsed.
     Unreadable,
 }
@@ -48,6 +51,7 @@ impl FindingKind {
             FindingKind::Gguf => "gguf-header",
             FindingKind::SymlinkEscape => "symlink-escape",
             FindingKind::Digest => "sha256-mismatch",
+            FindingKind::ForeignImports => "pickle-imports",
             FindingKind::Unreadable => "unreadable",
         }
     }
@@ -100,6 +104,45 @@ fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
 /// The advice every pickle finding carries.
 pub const PICKLE_ADVICE: &str = "unpickling runs arbitrary code, so inferd never loads it; convert the weights to SafeTensors \
 (safetensors.torch.save_file(model.state_dict(), \"model.safetensors\")) or export the model to ONNX (torch.onnx.export)";
+
+/// How to vouch for a pickle-based file the server can run isolated (a TorchScript archive,
+/// a pickle beside a `model.py`): pin its digest in the model's config.
+fn pin_advice(name: &str, data: &[u8]) -> String {
+    format!(
+        "unpickling can run code, so inferd serves it only when the model's config pins its digest, \
+         in an isolated worker: parameters {{ key: \"sha256:<version>/{name}\" value: {{ string_value: \"{}\" }} }}",
+        sha256_hex(data)
+    )
+}
+
+/// Drops the pickle findings of files whose digest the config pins (and that match it: a
+/// mismatch is its own finding): the operator vouches for them. Findings of any other kind,
+/// foreign imports included, stay.
+pub fn waive_pinned<'a>(
+    findings: Vec<Finding>,
+    model_dir: &Path,
+    params: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<Finding> {
+    let pinned: Vec<PathBuf> = params
+        .into_iter()
+        .filter_map(|(k, _)| k.strip_prefix("sha256:"))
+        .filter(|rel| headers::unsafe_location(rel).is_none())
+        .map(|rel| model_dir.join(rel))
+        .collect();
+    let mismatched: Vec<PathBuf> = findings
+        .iter()
+        .filter(|f| f.kind == FindingKind::Digest)
+        .map(|f| f.path.clone())
+        .collect();
+    findings
+        .into_iter()
+        .filter(|f| {
+            !(f.kind == FindingKind::Pickle
+                && pinned.contains(&f.path)
+                && !mismatched.contains(&f.path))
+        })
+        .collect()
+}
 
 /// A file's bytes as the checks read them, handed on to the loader so the file is read once.
 pub type FileBytes = Arc<[u8]>;
@@ -183,11 +226,40 @@ fn scan_file_keeping(path: &Path) -> (Vec<Finding>, Option<Vec<u8>>) {
     let head = &data[..data.len().min(HEAD_BYTES as usize)];
     let mut out = Vec::new();
     if let Some(k) = pickle::detect(&name, head, whole.then_some(&data[..])) {
-        out.push(finding(
-            path,
-            FindingKind::Pickle,
-            format!("{} — {PICKLE_ADVICE}", k.describe()),
-        ));
+        let zip = whole.then(|| pickle::zip_pickles(&data)).flatten();
+        match &zip {
+            Some(z) if z.torchscript && z.foreign().is_empty() => out.push(finding(
+                path,
+                FindingKind::Pickle,
+                format!(
+                    "a TorchScript archive (its pickles name only TorchScript's own classes) — {}",
+                    pin_advice(&name, &data)
+                ),
+            )),
+            _ => out.push(finding(
+                path,
+                FindingKind::Pickle,
+                format!("{} — {PICKLE_ADVICE}", k.describe()),
+            )),
+        }
+        if let Some(z) = zip {
+            let foreign = z.foreign();
+            if !foreign.is_empty() {
+                out.push(finding(
+                    path,
+                    FindingKind::ForeignImports,
+                    format!(
+                        "its pickles import {} (outside TorchScript's own classes): refused even when its sha256 is pinned{}",
+                        foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                        if z.torchscript {
+                            ""
+                        } else {
+                            "; this is torch.save output, not TorchScript: save the model with torch.jit.script(model).save(...) or torch.jit.trace"
+                        }
+                    ),
+                ));
+            }
+        }
         return (out, None);
     }
     let lower = name.to_ascii_lowercase();

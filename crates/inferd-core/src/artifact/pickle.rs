@@ -160,6 +160,10 @@ pub fn detect_stream(data: &[u8], complete: bool) -> Option<PickleKind> {
         }
         ops += 1;
         code |= is_code_op(op);
+        if op == 0x93 {
+            // STACK_GLOBAL: the module and name come from the stack, built at run time.
+            globals.push(STACK_GLOBAL.to_string());
+        }
         if op == b'.' {
             // STOP: a whole pickle. Protocol 0/1 streams must also end the file (or carry code),
             // so short text files that happen to parse are not called pickles.
@@ -185,6 +189,132 @@ fn u16le(b: &[u8], at: usize) -> Option<usize> {
 
 fn u32le(b: &[u8], at: usize) -> Option<usize> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
+}
+
+/// What [`PickleKind::Stream`]'s globals hold for a STACK_GLOBAL import (its target is only
+/// known when the stream runs).
+pub const STACK_GLOBAL: &str = "(a name built at run time: STACK_GLOBAL)";
+
+/// One zip entry: name, compression method, and its bytes when stored.
+type ZipEntry<'a> = (String, usize, Option<&'a [u8]>);
+
+/// A zip archive's entries.
+fn zip_entries(data: &[u8]) -> Option<Vec<ZipEntry<'_>>> {
+    if !data.starts_with(b"PK\x03\x04") {
+        return None;
+    }
+    let tail_start = data.len().saturating_sub(65_557);
+    let eocd = data[tail_start..]
+        .windows(4)
+        .rposition(|w| w == b"PK\x05\x06")?
+        + tail_start;
+    let entries = u16le(data, eocd + 10)?;
+    let mut p = u32le(data, eocd + 16)?;
+    let mut out = Vec::with_capacity(entries);
+    for _ in 0..entries {
+        if data.get(p..p + 4)? != b"PK\x01\x02" {
+            return None;
+        }
+        let method = u16le(data, p + 10)?;
+        let size = u32le(data, p + 20)?;
+        let name_len = u16le(data, p + 28)?;
+        let extra_len = u16le(data, p + 30)?;
+        let comment_len = u16le(data, p + 32)?;
+        let local = u32le(data, p + 42)?;
+        let name = String::from_utf8_lossy(data.get(p + 46..p + 46 + name_len)?).into_owned();
+        let body = (method == 0)
+            .then(|| {
+                let lname = u16le(data, local + 26)?;
+                let lextra = u16le(data, local + 28)?;
+                let start = local + 30 + lname + lextra;
+                data.get(start..start.checked_add(size)?)
+            })
+            .flatten();
+        out.push((name, method, body));
+        p += 46 + name_len + extra_len + comment_len;
+    }
+    Some(out)
+}
+
+/// The pickles inside a PyTorch zip archive (TorchScript's `torch.jit.save` or `torch.save`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZipPickles {
+    /// Whether the archive holds TorchScript code (`<archive>/code/`): `torch.jit.save`.
+    pub torchscript: bool,
+    /// Every `module.name` the pickles import.
+    pub globals: Vec<String>,
+    /// Pickle entries that could not be read (compressed, truncated).
+    pub unreadable: Vec<String>,
+}
+
+impl ZipPickles {
+    /// Imports outside TorchScript's own classes (and entries that could not be checked).
+    pub fn foreign(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .globals
+            .iter()
+            .filter(|g| !torchscript_allows(g))
+            .cloned()
+            .collect();
+        out.extend(
+            self.unreadable
+                .iter()
+                .map(|e| format!("(unreadable entry '{e}')")),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Whether `global` (`module.name`) is one of the classes a TorchScript archive's pickles
+/// name: its own compiled classes (`__torch__.*`), storages, tensor rebuilders, TorchScript's
+/// list builders and `collections.OrderedDict`. `torch.jit.load` resolves these itself,
+/// without Python; anything else is a sign the file is not what it claims.
+pub fn torchscript_allows(global: &str) -> bool {
+    if global.starts_with("__torch__.") || global.starts_with("torch.jit._pickle.") {
+        return true;
+    }
+    if let Some(storage) = global.strip_prefix("torch.")
+        && !storage.contains('.')
+        && storage.ends_with("Storage")
+    {
+        return true;
+    }
+    matches!(
+        global,
+        "torch._utils._rebuild_tensor_v2"
+            | "torch._utils._rebuild_parameter"
+            | "torch._utils._rebuild_parameter_with_state"
+            | "torch._utils._rebuild_qtensor"
+            | "torch._utils._rebuild_sparse_tensor"
+            | "collections.OrderedDict"
+    )
+}
+
+/// Reads the pickles of a zip archive (whole file in `data`): what they import, and whether
+/// it is TorchScript. `None` when `data` is no zip with pickles.
+pub fn zip_pickles(data: &[u8]) -> Option<ZipPickles> {
+    let entries = zip_entries(data)?;
+    let mut out = ZipPickles::default();
+    let mut any = false;
+    for (name, _method, body) in &entries {
+        let lower = name.to_ascii_lowercase();
+        if lower.contains("/code/") || lower.starts_with("code/") {
+            out.torchscript = true;
+        }
+        if !(lower.ends_with(".pkl") || lower.ends_with(".pickle")) {
+            continue;
+        }
+        any = true;
+        match body.and_then(|b| detect_stream(b, true)) {
+            Some(PickleKind::Stream { globals, .. }) => out.globals.extend(globals),
+            _ => out.unreadable.push(name.clone()),
+        }
+    }
+    out.globals.sort();
+    out.globals.dedup();
+    any.then_some(out)
 }
 
 /// Looks inside a zip archive (whole file in `data`) for pickle entries.
@@ -379,6 +509,30 @@ mod tests {
                 b"PK\x05\x06\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
             );
             let _ = detect_zip(&z);
+        }
+    }
+
+    #[test]
+    fn torchscript_allows_its_own_classes_and_nothing_else() {
+        for ok in [
+            "__torch__.M",
+            "__torch__.torch.nn.modules.linear.Linear",
+            "torch.FloatStorage",
+            "torch._utils._rebuild_tensor_v2",
+            "torch.jit._pickle.build_intlist",
+            "collections.OrderedDict",
+        ] {
+            assert!(torchscript_allows(ok), "{ok}");
+        }
+        for bad in [
+            "os.system",
+            "builtins.eval",
+            "__main__.Net",
+            "torch.nn.modules.linear.Linear",
+            "torch.storage.FloatStorage",
+            STACK_GLOBAL,
+        ] {
+            assert!(!torchscript_allows(bad), "{bad}");
         }
     }
 }

@@ -220,8 +220,10 @@ impl Engine {
             })
         });
         // Safety before anything is interpreted, and before a backend is required, so a pickle
-        // is refused as a pickle even for a backend this build lacks (`pytorch_libtorch`,
-        // `python`): escaping links or external data, malformed headers, pinned digests.
+        // is refused as a pickle even for a backend this build lacks: escaping links or
+        // external data, malformed headers, pinned digests. A pickle whose digest the config
+        // pins is the operator's to vouch for (a TorchScript archive, a pickle beside a
+        // model.py: both run in isolated workers); foreign imports in an archive are not.
         let root = self.artifact_root(dir);
         let (mut findings, model_bytes) =
             crate::artifact::scan_tree_keeping(dir, &root, model_file.as_deref());
@@ -232,6 +234,13 @@ impl Engine {
                 Some(dir),
                 model_file.as_deref().zip(model_bytes.as_deref()),
             ));
+        }
+        if let Some(model_dir) = dir.parent() {
+            findings = crate::artifact::waive_pinned(
+                findings,
+                model_dir,
+                cfg.parameters.iter().map(|(k, v)| (k, &v.string_value)),
+            );
         }
         if !findings.is_empty() {
             let shown: Vec<String> = findings.iter().take(5).map(|f| f.to_string()).collect();
