@@ -218,6 +218,7 @@ def load_model(model_py: str):
         import types
 
         module = types.ModuleType("model")
+        module.INFERD_MODEL_FILE = model_py
         sys.modules["model"] = module
         exec(compile(BUILTIN, "<inferd runner>", "exec"), module.__dict__)
         return module.TritonPythonModel

@@ -16,6 +16,7 @@
 //! - [`restart`]: when a crashed worker is started again, and when the model is given up on.
 //! - [`sandbox`]: no network, a read-only model folder, a memory limit, a private temp folder.
 //! - [`torchscript`]: TorchScript (`platform: "pytorch_libtorch"`) in the same workers.
+//! - [`savedmodel`]: TensorFlow SavedModels (Triton's and TF Serving's layouts) in the same workers.
 //!
 //! What a model gets: `initialize(args)` with Triton's keys, `execute(requests)` with the
 //! requests of the batch the engine formed, each answered on its own, `finalize()` at unload, `auto_complete_config(config)` for
@@ -29,6 +30,7 @@ mod metrics;
 pub mod protocol;
 pub mod restart;
 pub mod sandbox;
+pub mod savedmodel;
 pub mod torchscript;
 pub mod worker;
 
@@ -59,6 +61,13 @@ pub struct PythonBackend {
 }
 
 impl PythonBackend {
+    /// The SavedModel backend on this backend's workers.
+    pub fn savedmodel(&self) -> savedmodel::SavedModelBackend {
+        savedmodel::SavedModelBackend {
+            python: self.clone(),
+        }
+    }
+
     /// The TorchScript backend on this backend's workers.
     pub fn torchscript(&self) -> torchscript::TorchScriptBackend {
         torchscript::TorchScriptBackend {
@@ -75,19 +84,30 @@ impl PythonBackend {
     }
 }
 
-fn specs(tensors: &[(String, DataType)]) -> Vec<TensorSpec> {
+/// A config tensor: name, datatype, dims as written.
+type ConfigTensor = (String, DataType, Vec<i64>);
+
+/// The signature the engine checks the config against. A config the model completed itself
+/// (`auto_complete_config`, a SavedModel's signature) gives its dims as the model's shapes
+/// (the batch dimension in front as -1 when `max_batch_size` > 0); a config written by hand is
+/// the only word on shapes (`None`).
+fn specs(tensors: &[ConfigTensor], completed: Option<i64>) -> Vec<TensorSpec> {
     tensors
         .iter()
-        .map(|(name, dtype)| TensorSpec {
+        .map(|(name, dtype, dims)| TensorSpec {
             name: name.clone(),
             dtype: *dtype,
-            shape: None,
+            shape: completed.map(|max_batch| {
+                let mut s = if max_batch > 0 { vec![-1] } else { Vec::new() };
+                s.extend(dims);
+                s
+            }),
         })
         .collect()
 }
 
-/// (name, datatype) of a JSON config's `input` or `output` list.
-fn tensors_of(config: &serde_json::Value, key: &str) -> Result<Vec<(String, DataType)>, String> {
+/// (name, datatype, dims) of a JSON config's `input` or `output` list.
+fn tensors_of(config: &serde_json::Value, key: &str) -> Result<Vec<ConfigTensor>, String> {
     let mut out = Vec::new();
     for t in config
         .get(key)
@@ -103,7 +123,12 @@ fn tensors_of(config: &serde_json::Value, key: &str) -> Result<Vec<(String, Data
         let dtype = DataType::from_config_name(dt).ok_or_else(|| {
             format!("{key} '{name}' has datatype '{dt}', which inferd does not know")
         })?;
-        out.push((name.to_string(), dtype));
+        let dims = t
+            .get("dims")
+            .and_then(|d| d.as_array())
+            .map(|d| d.iter().filter_map(|x| x.as_i64()).collect())
+            .unwrap_or_default();
+        out.push((name.to_string(), dtype, dims));
     }
     Ok(out)
 }
@@ -176,12 +201,20 @@ impl PythonBackend {
             metrics: req.metrics.clone(),
             builtin,
         };
+        let mut completed = false;
         if req.config.input.is_empty() || req.config.output.is_empty() {
             // auto_complete_config fills in what the config lacks, as in Triton.
             let probe = Worker::start(&spec)?;
             config = probe.auto_complete(config)?;
+            completed = true;
             probe.finalize();
         }
+        let max_batch = completed.then(|| {
+            config
+                .get("max_batch_size")
+                .and_then(|m| m.as_i64())
+                .unwrap_or(0)
+        });
         let inputs = tensors_of(&config, "input").map_err(BackendError::Load)?;
         let outputs = tensors_of(&config, "output").map_err(BackendError::Load)?;
         if inputs.is_empty() || outputs.is_empty() {
@@ -206,8 +239,8 @@ impl PythonBackend {
         });
         let model = PythonModel::new(
             ModelSignature {
-                inputs: specs(&inputs),
-                outputs: specs(&outputs),
+                inputs: specs(&inputs, max_batch),
+                outputs: specs(&outputs, max_batch),
             },
             spec,
             args,

@@ -79,6 +79,7 @@ fn backends(s: &Settings, python: PathBuf) -> PyResult<Vec<Arc<dyn Backend>>> {
         }),
         // Triton python-backend models run in workers on this very interpreter.
         Arc::new(inferd_pybackend::PythonBackend::new(python.clone()).torchscript()),
+        Arc::new(inferd_pybackend::PythonBackend::new(python.clone()).savedmodel()),
         Arc::new(inferd_pybackend::PythonBackend::new(python)),
     ])
 }

@@ -194,6 +194,7 @@ fn backends(
         }),
         // Last: a folder holding only a model.py is guessed to be a python model.
         Arc::new(python.torchscript()),
+        Arc::new(python.savedmodel()),
         Arc::new(python),
     ])
 }
