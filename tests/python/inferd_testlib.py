@@ -188,6 +188,8 @@ class InferdServer:
         self.http_port = self.grpc_port = 0
         self.metrics_url = ""  # http://host:port of the metrics listener, when it has one
         self.admin_base = ""  # http://host:port of the admin listener (--admin-port), when it has one
+        self.tfserving_rest = ""  # http://host:port of TF Serving's REST API (--tfserving-rest-port)
+        self.tfserving_grpc = ""  # host:port of TF Serving's gRPC API (--tfserving-grpc-port)
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -255,6 +257,10 @@ class InferdServer:
             self.metrics_url = f"http://{m.group(1)}"
         if m := re.search(r"^Admin listening on (\S+)\s*$", text, re.M):
             self.admin_base = f"http://{m.group(1)}"
+        if m := re.search(r"^TF Serving REST listening on (\S+)\s*$", text, re.M):
+            self.tfserving_rest = f"http://{m.group(1)}"
+        if m := re.search(r"^TF Serving gRPC listening on (\S+)\s*$", text, re.M):
+            self.tfserving_grpc = m.group(1)
         self.grpc_host, self.grpc_port = found["grpc"]["host"], int(found["grpc"]["port"])
         if self.http_port == 0 or self.grpc_port == 0:
             raise AssertionError("server printed port 0 instead of the bound ephemeral port")

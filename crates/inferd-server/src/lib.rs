@@ -25,6 +25,7 @@ pub mod request_id;
 pub mod shm;
 pub mod signals;
 pub mod spin;
+pub mod tfserving;
 pub mod tls;
 pub mod traffic;
 
@@ -62,6 +63,8 @@ pub struct ServerOptions {
     pub grpc_addr: SocketAddr,
     /// Metrics listen address (port 0 picks one); `None` serves metrics on the HTTP port only.
     pub metrics_addr: Option<SocketAddr>,
+    /// TF Serving's REST API listen address (`--tfserving-rest-port`), when wanted.
+    pub tfserving_rest_addr: Option<SocketAddr>,
     /// Admin listen address (`--admin-port`): when given, the admin API (routes, actions,
     /// reports, repository load/unload) is served there and not on the HTTP port.
     pub admin_addr: Option<SocketAddr>,
@@ -110,6 +113,7 @@ pub struct BoundServer {
     grpc: TcpListener,
     metrics: Option<TcpListener>,
     admin: Option<TcpListener>,
+    tfserving_rest: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -125,6 +129,10 @@ impl BoundServer {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
+        let tfserving_rest = match opts.tfserving_rest_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         Ok(BoundServer {
             engine,
             opts,
@@ -132,6 +140,7 @@ impl BoundServer {
             grpc,
             metrics,
             admin,
+            tfserving_rest,
         })
     }
 
@@ -148,6 +157,14 @@ impl BoundServer {
     /// The bound metrics address, when metrics have a listener of their own.
     pub fn metrics_addr(&self) -> std::io::Result<Option<SocketAddr>> {
         self.metrics.as_ref().map(|l| l.local_addr()).transpose()
+    }
+
+    /// The bound TF Serving REST address, when asked for.
+    pub fn tfserving_rest_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.tfserving_rest
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
     }
 
     /// The bound admin address, when the admin API has a listener of its own.
@@ -232,6 +249,18 @@ impl BoundServer {
         let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(
             self.opts.max_connections.max(1),
         ));
+        let tfserving_task = self.tfserving_rest.map(|listener| {
+            let app = tfserving::rest::router(self.engine.clone(), self.opts.max_body_bytes)
+                .layer(request_id::RequestIdLayer);
+            tokio::spawn(listen::serve_http(
+                listener,
+                app,
+                self.opts.http,
+                connections.clone(),
+                self.opts.tls.clone(),
+                rx.clone(),
+            ))
+        });
         let tls_task = self.opts.tls.clone().map(|t| tokio::spawn(t.watch()));
         let http_task = tokio::spawn(listen::serve_http(
             self.http,
@@ -352,6 +381,9 @@ impl BoundServer {
             t.abort();
         }
         if let Some(t) = admin_task {
+            t.abort();
+        }
+        if let Some(t) = tfserving_task {
             t.abort();
         }
         if let Some(t) = tls_task {

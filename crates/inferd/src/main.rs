@@ -341,6 +341,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     // For scripts and tests that bind port 0. A closed stdout must not stop the server.
     let metrics = server.metrics_addr()?;
     let admin = server.admin_addr()?;
+    let tfserving_rest = server.tfserving_rest_addr()?;
     let announce = {
         let mut out = std::io::stdout().lock();
         writeln!(out, "HTTP listening on {http}")
@@ -350,6 +351,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
             })
             .and_then(|_| match admin {
                 Some(a) => writeln!(out, "Admin listening on {a}"),
+                None => Ok(()),
+            })
+            .and_then(|_| match tfserving_rest {
+                Some(a) => writeln!(out, "TF Serving REST listening on {a}"),
                 None => Ok(()),
             })
             .and_then(|_| writeln!(out, "gRPC listening on {grpc}"))

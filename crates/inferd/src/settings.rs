@@ -94,6 +94,11 @@ pub(crate) struct ServeArgs {
     /// its own on this port (0 picks a free one) instead of the HTTP port.
     #[arg(long, env = "INFERD_ADMIN_PORT")]
     pub(crate) admin_port: Option<u16>,
+    /// Serve TF Serving's REST API (`/v1/models/...`, `:predict`) for every model on a listener
+    /// of its own on this port (TF Serving's default is 8501; 0 picks a free one), on the HTTP
+    /// address. Off unless given.
+    #[arg(long, env = "INFERD_TFSERVING_REST_PORT")]
+    pub(crate) tfserving_rest_port: Option<u16>,
     /// The admin listener's address (with --admin-port; default 127.0.0.1, reachable only
     /// from the pod or host unless widened).
     #[arg(long, env = "INFERD_ADMIN_ADDRESS")]
@@ -530,6 +535,9 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
             .allow_metrics
             .then(|| SocketAddr::new(a.metrics_address, a.metrics_port)),
         admin_addr: admin_addr(a)?,
+        tfserving_rest_addr: a
+            .tfserving_rest_port
+            .map(|p| SocketAddr::new(a.http_address, p)),
         max_body_bytes: a.http_max_body_bytes,
         max_input_size: match a.http_max_input_size {
             0 => a.http_max_body_bytes,
