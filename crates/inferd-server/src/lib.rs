@@ -65,6 +65,8 @@ pub struct ServerOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// TF Serving's REST API listen address (`--tfserving-rest-port`), when wanted.
     pub tfserving_rest_addr: Option<SocketAddr>,
+    /// TF Serving's gRPC API listen address (`--tfserving-grpc-port`), when wanted.
+    pub tfserving_grpc_addr: Option<SocketAddr>,
     /// Admin listen address (`--admin-port`): when given, the admin API (routes, actions,
     /// reports, repository load/unload) is served there and not on the HTTP port.
     pub admin_addr: Option<SocketAddr>,
@@ -114,6 +116,7 @@ pub struct BoundServer {
     metrics: Option<TcpListener>,
     admin: Option<TcpListener>,
     tfserving_rest: Option<TcpListener>,
+    tfserving_grpc: Option<TcpListener>,
 }
 
 impl BoundServer {
@@ -133,6 +136,10 @@ impl BoundServer {
             Some(a) => Some(TcpListener::bind(a).await?),
             None => None,
         };
+        let tfserving_grpc = match opts.tfserving_grpc_addr {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
         Ok(BoundServer {
             engine,
             opts,
@@ -141,6 +148,7 @@ impl BoundServer {
             metrics,
             admin,
             tfserving_rest,
+            tfserving_grpc,
         })
     }
 
@@ -162,6 +170,14 @@ impl BoundServer {
     /// The bound TF Serving REST address, when asked for.
     pub fn tfserving_rest_addr(&self) -> std::io::Result<Option<SocketAddr>> {
         self.tfserving_rest
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+    }
+
+    /// The bound TF Serving gRPC address, when asked for.
+    pub fn tfserving_grpc_addr(&self) -> std::io::Result<Option<SocketAddr>> {
+        self.tfserving_grpc
             .as_ref()
             .map(|l| l.local_addr())
             .transpose()
@@ -260,6 +276,30 @@ impl BoundServer {
                 self.opts.tls.clone(),
                 rx.clone(),
             ))
+        });
+        let tfserving_grpc_task = self.tfserving_grpc.map(|listener| {
+            let tfs = tfserving::grpc::TfServing::new(self.engine.clone());
+            let incoming = grpc_incoming(
+                listener,
+                connections.clone(),
+                self.opts.tls.clone(),
+                self.opts.http.read_timeout,
+            );
+            let max_body = self.opts.max_body_bytes;
+            let mut stop = rx.clone();
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .layer(request_id::RequestIdLayer)
+                    .add_service(
+                        tfserving::grpc::pb::serving::prediction_service_server::PredictionServiceServer::new(tfs.clone())
+                            .max_decoding_message_size(max_body),
+                    )
+                    .add_service(tfserving::grpc::pb::serving::model_service_server::ModelServiceServer::new(tfs))
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.wait_for(|v| *v).await;
+                    })
+                    .await
+            })
         });
         let tls_task = self.opts.tls.clone().map(|t| tokio::spawn(t.watch()));
         let http_task = tokio::spawn(listen::serve_http(
@@ -384,6 +424,9 @@ impl BoundServer {
             t.abort();
         }
         if let Some(t) = tfserving_task {
+            t.abort();
+        }
+        if let Some(t) = tfserving_grpc_task {
             t.abort();
         }
         if let Some(t) = tls_task {

@@ -342,6 +342,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let metrics = server.metrics_addr()?;
     let admin = server.admin_addr()?;
     let tfserving_rest = server.tfserving_rest_addr()?;
+    let tfserving_grpc = server.tfserving_grpc_addr()?;
     let announce = {
         let mut out = std::io::stdout().lock();
         writeln!(out, "HTTP listening on {http}")
@@ -355,6 +356,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
             })
             .and_then(|_| match tfserving_rest {
                 Some(a) => writeln!(out, "TF Serving REST listening on {a}"),
+                None => Ok(()),
+            })
+            .and_then(|_| match tfserving_grpc {
+                Some(a) => writeln!(out, "TF Serving gRPC listening on {a}"),
                 None => Ok(()),
             })
             .and_then(|_| writeln!(out, "gRPC listening on {grpc}"))

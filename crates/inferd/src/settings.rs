@@ -99,6 +99,11 @@ pub(crate) struct ServeArgs {
     /// address. Off unless given.
     #[arg(long, env = "INFERD_TFSERVING_REST_PORT")]
     pub(crate) tfserving_rest_port: Option<u16>,
+    /// Serve TF Serving's gRPC API (`tensorflow.serving.PredictionService`, `ModelService`)
+    /// for every model on a listener of its own on this port (TF Serving's default is 8500; 0
+    /// picks a free one), on the gRPC address. Off unless given.
+    #[arg(long, env = "INFERD_TFSERVING_GRPC_PORT")]
+    pub(crate) tfserving_grpc_port: Option<u16>,
     /// The admin listener's address (with --admin-port; default 127.0.0.1, reachable only
     /// from the pod or host unless widened).
     #[arg(long, env = "INFERD_ADMIN_ADDRESS")]
@@ -538,6 +543,9 @@ pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
         tfserving_rest_addr: a
             .tfserving_rest_port
             .map(|p| SocketAddr::new(a.http_address, p)),
+        tfserving_grpc_addr: a
+            .tfserving_grpc_port
+            .map(|p| SocketAddr::new(a.grpc_address, p)),
         max_body_bytes: a.http_max_body_bytes,
         max_input_size: match a.http_max_input_size {
             0 => a.http_max_body_bytes,

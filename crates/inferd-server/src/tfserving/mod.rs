@@ -1,7 +1,9 @@
 //! TF Serving's APIs, for clients that speak them: REST ([`rest`], `--tfserving-rest-port`,
-//! TF Serving's default 8501) with its JSON forms ([`json`]). Every model inferd serves answers
-//! on them, under one signature, `serving_default`.
+//! TF Serving's default 8501) with its JSON forms ([`json`]), and gRPC ([`grpc`],
+//! `--tfserving-grpc-port`, TF Serving's default 8500). Every model inferd serves answers on
+//! them, under one signature, `serving_default`.
 
+pub mod grpc;
 pub mod json;
 pub mod rest;
 
