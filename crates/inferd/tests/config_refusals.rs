@@ -69,6 +69,13 @@ fn repo() -> tempfile::TempDir {
         "model.pt",
     );
     pickled(r, "sk", "name: \"sk\"\nbackend: \"python\"\n", "model.pkl");
+    std::fs::create_dir_all(r.join("engine_plan/1")).unwrap();
+    std::fs::write(
+        r.join("engine_plan/config.pbtxt"),
+        "name: \"engine_plan\"\nplatform: \"tensorrt_plan\"\nmax_batch_size: 0\n",
+    )
+    .unwrap();
+    std::fs::write(r.join("engine_plan/1/model.plan"), b"not a plan").unwrap();
     dir
 }
 
@@ -130,6 +137,10 @@ fn models_asking_for_what_inferd_lacks_are_unavailable_naming_it_and_the_rest_se
     );
     has("torch", &["model.pt", "pickle"]);
     has("sk", &["model.pkl", "pickle"]);
+    has(
+        "engine_plan",
+        &["tensorrt_plan", "TensorRT", "export the model to ONNX"],
+    );
     assert!(
         !why["torch"].as_str().unwrap().contains("no backend"),
         "{}",

@@ -145,6 +145,9 @@ impl Engine {
                 .find(|b| b.accepts(&cfg.platform, &cfg.backend))
                 .cloned()
                 .ok_or_else(|| {
+                    if cfg.platform == "tensorrt_plan" || cfg.backend == "tensorrt" {
+                        return "TensorRT plans (platform 'tensorrt_plan') run only through NVIDIA's TensorRT runtime on an NVIDIA GPU, which this build does not include; export the model to ONNX and serve the .onnx instead".to_string();
+                    }
                     format!(
                         "no backend for platform '{}' / backend '{}' in this build (available: {})",
                         cfg.platform,
