@@ -102,13 +102,13 @@ def wrk(url: str, payload: str, connections: int, seconds: int) -> dict:
             "p99_ms": ms("99")}
 
 
-def wait_ready(base: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 120
+def wait_ready(base: str, proc: subprocess.Popen, log: Path, models=tuple(MODELS)) -> None:
+    deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
         try:
-            if all(requests.get(f"{base}/v2/models/{m}/ready", timeout=1).status_code == 200 for m in MODELS):
+            if all(requests.get(f"{base}/v2/models/{m}/ready", timeout=1).status_code == 200 for m in models):
                 return
         except requests.RequestException:
             pass
@@ -116,10 +116,10 @@ def wait_ready(base: str, proc: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"not ready:\n{log.read_text()[-3000:]}")
 
 
-def start(cmd: list[str], env: dict, base: str, log: Path) -> subprocess.Popen:
+def start(cmd: list[str], env: dict, base: str, log: Path, models=tuple(MODELS)) -> subprocess.Popen:
     with log.open("w") as f:
         p = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_ready(base, p, log)
+    wait_ready(base, p, log, models)
     return p
 
 

@@ -72,6 +72,24 @@ class TritonPythonModel:
 '''
 
 
+# python_backend's "pytorch" example: add_sub computed with torch inside a model.py.
+TORCH_ADD_SUB = '''
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            a = torch.from_numpy(pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())
+            b = torch.from_numpy(pb_utils.get_input_tensor_by_name(r, "INPUT1").as_numpy())
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", (a + b).numpy()),
+                                                   pb_utils.Tensor("OUTPUT1", (a - b).numpy())]))
+        return out
+'''
+
+
 @pytest.fixture(scope="module")
 def setup(inferd_server_factory, tmp_path_factory):
     root = tmp_path_factory.mktemp("torchscript")
@@ -101,6 +119,12 @@ def setup(inferd_server_factory, tmp_path_factory):
             f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
             'input [ { name: "X" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
             'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 2 ] } ]\n' + pin)
+    (repo / "pytorch" / "1").mkdir(parents=True)
+    (repo / "pytorch" / "1" / "model.py").write_text(TORCH_ADD_SUB)
+    (repo / "pytorch" / "config.pbtxt").write_text(
+        'name: "pytorch"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]\n')
     server = inferd_server_factory(repo, "--python-executable", sys.executable, strict_readiness=False)
     return server, repo, model
 
@@ -142,6 +166,17 @@ def test_a_batched_torchscript_model_gives_each_client_its_rows(setup):
             w0, w1 = model(torch.from_numpy(x), torch.from_numpy(y))
         np.testing.assert_allclose(g0, w0.numpy(), rtol=1e-6)
         np.testing.assert_allclose(g1, w1.numpy(), rtol=1e-6)
+
+
+def test_a_python_model_that_computes_with_torch_answers(setup):
+    server, _, _ = setup
+    client = httpclient.InferenceServerClient(server.http_url)
+    a, b = np.arange(4, dtype=np.float32), np.ones(4, dtype=np.float32)
+    inputs = [httpclient.InferInput("INPUT0", [4], "FP32"), httpclient.InferInput("INPUT1", [4], "FP32")]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    r = client.infer("pytorch", inputs)
+    assert r.as_numpy("OUTPUT0").tolist() == (a + b).tolist() and r.as_numpy("OUTPUT1").tolist() == (a - b).tolist()
 
 
 def test_an_unpinned_archive_is_refused_with_the_pin_to_add(setup):
