@@ -139,10 +139,14 @@ class Outbox:
                 os.ftruncate(self.fd, offset)
                 self.size = offset
             self.live.add(region)
+        # One write for the whole region (alignment gaps zero-filled).
+        start = placed[0]
+        buf = bytearray(offset - start)
         specs = []
         for (name, dt, array, data), at in zip(arrays, placed):
-            os.pwrite(self.fd, data, at)
+            buf[at - start:at - start + len(data)] = data
             specs.append({"name": name, "datatype": dt, "shape": list(array.shape), "offset": at, "nbytes": len(data)})
+        os.pwrite(self.fd, buf, start)
         return specs, region
 
     def free(self, region: int) -> None:
@@ -280,9 +284,12 @@ class Worker:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone: nothing is left to answer
+            for region in msg.get("free", ()):  # given back on the server's next message
+                self.outbox.free(region)
             op = msg.get("op")
             if op == "free":
-                self.outbox.free(msg["region"])
+                for region in msg.get("regions", ()):
+                    self.outbox.free(region)
             elif op == "cancel":
                 with self.lock:
                     self.cancelled.add(msg["id"])

@@ -34,8 +34,18 @@ fn field<'a>(spec: &'a Value, key: &str) -> Result<&'a Value, BackendError> {
         .ok_or_else(|| BackendError::Internal(format!("the worker's output lacks '{key}': {spec}")))
 }
 
-/// Reads one output the worker wrote.
+/// Reads one output the worker wrote (the file's length read once for the whole message).
 pub fn read_output(shm: &File, spec: &Value) -> Result<NamedTensor, BackendError> {
+    let len = shm
+        .metadata()
+        .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
+        .len();
+    read_output_within(shm, spec, len)
+}
+
+/// [`read_output`] with the file's length known: `nbytes` must fit within it (the worker's
+/// word is not trusted with an allocation size).
+pub fn read_output_within(shm: &File, spec: &Value, len: u64) -> Result<NamedTensor, BackendError> {
     let name = field(spec, "name")?
         .as_str()
         .unwrap_or_default()
@@ -55,10 +65,6 @@ pub fn read_output(shm: &File, spec: &Value) -> Result<NamedTensor, BackendError
         .unwrap_or_default();
     let offset = field(spec, "offset")?.as_u64().unwrap_or(0);
     let nbytes = field(spec, "nbytes")?.as_u64().unwrap_or(0) as usize;
-    let len = shm
-        .metadata()
-        .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
-        .len();
     if offset.saturating_add(nbytes as u64) > len {
         return Err(BackendError::Internal(format!(
             "output '{name}' at {offset}+{nbytes} is past the shared file ({len} bytes)"

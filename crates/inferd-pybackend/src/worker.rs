@@ -20,7 +20,7 @@ use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
 use serde_json::{Value, json};
 
 use crate::arena::Arena;
-use crate::protocol::{frame, read_output};
+use crate::protocol::{frame, read_output_within};
 
 /// The worker's script and the utilities module, as shipped.
 const WORKER_PY: &str = include_str!("../python/inferd_python_worker.py");
@@ -28,6 +28,10 @@ const UTILS_PY: &str = include_str!("../python/triton_python_backend_utils.py");
 
 /// How long control messages (initialize, auto-complete) may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Regions read from the worker's file that may wait for the next message before they are
+/// given back.
+const MAX_PENDING_FREES: usize = 32;
 
 /// Calls to other models one worker may have running at once; past it they are refused
 /// (UNAVAILABLE) rather than each holding a thread.
@@ -103,6 +107,10 @@ struct Shared {
     spec: WorkerSpec,
     /// Called once when the worker's output ends (it exited or was killed).
     on_exit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// The worker's regions read and not yet given back: they ride on the next message to the
+    /// worker (a message of their own only past [`MAX_PENDING_FREES`]), which spares a write
+    /// here and a wake-up of the worker's reader (and its GIL) per request.
+    pending_free: Mutex<Vec<u64>>,
 }
 
 impl Shared {
@@ -263,6 +271,7 @@ impl Worker {
             bls_running: AtomicUsize::new(0),
             spec: spec.clone(),
             on_exit: Mutex::new(None),
+            pending_free: Mutex::new(Vec::new()),
         });
         let name = format!("inferd-py-{}", spec.model);
         let reader = shared.clone();
@@ -370,6 +379,16 @@ impl Worker {
             }
         }
         msg["id"] = json!(id);
+        let frees = std::mem::take(
+            &mut *self
+                .shared
+                .pending_free
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if !frees.is_empty() {
+            msg["free"] = json!(frees);
+        }
         let (tx, rx) = channel();
         self.shared
             .calls
@@ -661,7 +680,17 @@ fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
         }
         let tensors = read_tensors(&shared.from_worker, &msg);
         if let Some(r) = region {
-            shared.send(&json!({"op": "free", "region": r}));
+            let flush = {
+                let mut p = shared
+                    .pending_free
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                p.push(r);
+                (p.len() >= MAX_PENDING_FREES).then(|| std::mem::take(&mut *p))
+            };
+            if let Some(regions) = flush {
+                shared.send(&json!({"op": "free", "regions": regions}));
+            }
         }
         match msg.get("op").and_then(|o| o.as_str()) {
             Some("bls") => crate::bls::start(shared_bls(&shared), msg, tensors),
@@ -695,11 +724,19 @@ fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
 }
 
 fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {
-    msg.get("tensors")
-        .and_then(|t| t.as_array())
-        .into_iter()
-        .flatten()
-        .map(|spec| read_output(file, spec))
+    let Some(specs) = msg.get("tensors").and_then(|t| t.as_array()) else {
+        return Ok(Vec::new());
+    };
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
+        .len();
+    specs
+        .iter()
+        .map(|spec| read_output_within(file, spec, len))
         .collect()
 }
 
