@@ -25,25 +25,36 @@ pub(crate) struct Executor {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) stats: Arc<Mutex<VersionStats>>,
     pub(crate) budget: Arc<ComputeBudget>,
+    /// The version's drift sampler, when monitoring is on.
+    pub(crate) drift: Option<Arc<crate::drift::DriftSampler>>,
 }
 
 impl Executor {
     pub(crate) fn run(self, mut instance: Box<dyn ModelInstance>) {
         while let Some(mut jobs) = self.scheduler.next_batch() {
             let started = Instant::now();
+            // Inputs of the requests drift monitoring samples, kept before the batch consumes them.
+            let sampled: Vec<Option<Vec<NamedTensor>>> = match &self.drift {
+                Some(d) => jobs
+                    .iter()
+                    .map(|j| d.sample().then(|| j.req.inputs.clone()))
+                    .collect(),
+                None => Vec::new(),
+            };
             let result = self.execute(instance.as_mut(), &mut jobs, started);
             match result {
                 // One request's input failed the whole batch: run each request alone, so only
                 // the one at fault gets the error.
                 Err(Error::InvalidArgument(_)) if jobs.len() > 1 => {
+                    let mut sampled = sampled.into_iter();
                     for job in jobs {
                         let mut one = vec![job];
                         let started = Instant::now();
                         let r = self.execute(instance.as_mut(), &mut one, started);
-                        self.deliver(one, r, started);
+                        self.deliver(one, r, started, vec![sampled.next().flatten()]);
                     }
                 }
-                r => self.deliver(jobs, r, started),
+                r => self.deliver(jobs, r, started, sampled),
             }
         }
     }
@@ -146,13 +157,26 @@ impl Executor {
     }
 
     /// Records statistics and answers every job of a batch.
-    fn deliver(&self, jobs: Vec<Job>, result: Result<Executed>, started: Instant) {
+    /// `sampled`: per job, its inputs when drift monitoring sampled it (empty: none).
+    fn deliver(
+        &self,
+        jobs: Vec<Job>,
+        result: Result<Executed>,
+        started: Instant,
+        mut sampled: Vec<Option<Vec<NamedTensor>>>,
+    ) {
+        let mut observed = Vec::new();
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(ex) => {
                 stats.record_execution(ex.times);
-                for (job, out) in jobs.into_iter().zip(ex.per_job) {
+                for (k, (job, out)) in jobs.into_iter().zip(ex.per_job).enumerate() {
                     stats.record_queue(started - job.enqueued);
+                    if let (Some(inputs), Ok(outs)) =
+                        (sampled.get_mut(k).and_then(Option::take), out.as_ref())
+                    {
+                        observed.push((inputs, outs.clone(), job.req.batch));
+                    }
                     self.scheduler.complete(job, out);
                 }
             }
@@ -161,6 +185,13 @@ impl Executor {
                     stats.record_queue(started - job.enqueued);
                     self.scheduler.complete(job, Err(e.clone()));
                 }
+            }
+        }
+        drop(stats);
+        // After the answers went out: the observation never delays a client.
+        if let Some(d) = &self.drift {
+            for (inputs, outputs, rows) in observed {
+                d.observe(&inputs, &outputs, rows);
             }
         }
     }

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod config;
 pub mod custom_metrics;
 pub mod describe;
+pub mod drift;
 pub mod engine;
 pub mod ensemble;
 pub mod error;

@@ -27,6 +27,8 @@ pub struct RunnerOptions {
     pub idle_spin: std::time::Duration,
     /// The server's response cache, used by versions whose config enables it.
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// The version's drift sampler, when monitoring is on.
+    pub drift: Option<Arc<crate::drift::DriftSampler>>,
 }
 
 /// What a version runs besides plain requests.
@@ -48,6 +50,8 @@ pub struct VersionRunner {
     decoupled: Option<Arc<dyn crate::backend::DecoupledModel>>,
     /// The loaded model, asked for its health.
     loaded: Arc<dyn LoadedModel>,
+    /// Drift monitoring, when on.
+    drift: Option<Arc<crate::drift::DriftSampler>>,
     scheduler: Arc<Scheduler>,
     /// Sequences of a stateful model, or the plan of an ensemble.
     extras: VersionExtras,
@@ -131,6 +135,7 @@ impl VersionRunner {
                 scheduler: scheduler.clone(),
                 stats: stats.clone(),
                 budget: budget.clone(),
+                drift: opts.drift.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("{model_name}-v{version}-{i}"))
@@ -153,6 +158,7 @@ impl VersionRunner {
             generator: model.generator(),
             decoupled: model.decoupled(),
             loaded: model.clone(),
+            drift: opts.drift.clone(),
             scheduler,
             extras,
             threads: Mutex::new(threads),
@@ -385,6 +391,11 @@ impl VersionRunner {
             }
         }
         park_on(rx).unwrap_or_else(|_| Err(self.dropped()))
+    }
+
+    /// The version's drift sampler, when monitoring is on.
+    pub fn drift(&self) -> Option<&Arc<crate::drift::DriftSampler>> {
+        self.drift.as_ref()
     }
 
     /// The loaded model's health (a backend's workers restarting or given up on).

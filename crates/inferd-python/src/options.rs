@@ -55,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "llm_kv_cache_bytes",
     "llm_max_num_seqs",
     "exit_timeout_secs",
+    "drift_sample_rate",
 ];
 
 fn bad(name: &str, why: impl std::fmt::Display) -> PyErr {
@@ -159,6 +160,13 @@ impl Settings {
                 "cold_start_wait_secs" => {
                     let v: f64 = value.extract().map_err(|_| typed("a number"))?;
                     engine.cold_start_wait = seconds(&name, v, 0.0)?;
+                }
+                "drift_sample_rate" => {
+                    let v: f64 = value.extract().map_err(|_| typed("a number from 0 to 1"))?;
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err(bad(&name, format!("{v} is not a rate from 0 to 1")));
+                    }
+                    engine.drift_sample_rate = v;
                 }
                 "cold_start_queue" => {
                     engine.cold_start_queue = value.extract().map_err(|_| typed("an int >= 0"))?;

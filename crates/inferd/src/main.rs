@@ -5,6 +5,7 @@
 mod alloc;
 mod autoscale_cli;
 mod autoscale_control;
+mod drift_cli;
 mod health;
 mod remote;
 mod route_cli;
@@ -99,6 +100,13 @@ pub(crate) enum Command {
     Route {
         #[command(subcommand)]
         command: route_cli::RouteCommand,
+    },
+    /// Drift monitoring tools: `baseline MODEL FILE` saves a serving version's reference, to
+    /// put in the model folder as drift_reference.json. Exit code: 0 done, 1 refused by the
+    /// server, 2 usage or connection error.
+    Drift {
+        #[command(subcommand)]
+        command: drift_cli::DriftCommand,
     },
     /// Autoscaling tools: `simulate` replays traffic against scaling policies.
     Autoscale {
@@ -648,6 +656,20 @@ fn main() -> std::process::ExitCode {
         }
         Command::Report { route, at } => {
             return std::process::ExitCode::from(route_cli::report(&route, &at));
+        }
+        Command::Drift { command } => {
+            let code = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(drift_cli::run(command)));
+            return std::process::ExitCode::from(match code {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            });
         }
         Command::Autoscale { command } => autoscale_cli::run(command),
         Command::Scan { paths, format } => {

@@ -162,6 +162,10 @@ pub(crate) struct ServeArgs {
     /// Requests that may wait for a cold start at once; more get 503 at once.
     #[arg(long, env = "INFERD_COLD_START_QUEUE", default_value_t = 1024)]
     pub(crate) cold_start_queue: usize,
+    /// Share of each model version's requests that drift monitoring samples (0 to 1; 0 turns
+    /// it off); a model's `parameters { key: "drift_sample_rate" ... }` wins.
+    #[arg(long, env = "INFERD_DRIFT_SAMPLE_RATE", default_value_t = 0.05)]
+    pub(crate) drift_sample_rate: f64,
     /// Live sequences each stateful model (`sequence_batching`) may hold; a new sequence past it
     /// gets 503 until one ends or idles out (a model's `oldest.max_candidate_sequences` wins).
     #[arg(long, env = "INFERD_MAX_SEQUENCES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -468,6 +472,7 @@ pub(crate) fn engine_options(a: &ServeArgs, repo: PathBuf) -> Result<EngineOptio
         model_load_threads: a.model_load_threads,
         cold_start_wait: seconds(a, "cold-start-wait-secs", a.cold_start_wait_secs, 0.0)?,
         cold_start_queue: a.cold_start_queue,
+        drift_sample_rate: a.drift_sample_rate,
         max_sequences: a.max_sequences as usize,
         staging_dir: a.staging_dir.clone(),
         response_cache_bytes: match &a.cache_config {
@@ -526,6 +531,13 @@ fn traffic(a: &ServeArgs) -> Result<inferd_server::traffic::Traffic> {
 pub(crate) fn server_options(a: &ServeArgs) -> Result<ServerOptions> {
     if a.max_connections == 0 {
         bail!("{}: must be positive", a.origin("max-connections"));
+    }
+    if !(0.0..=1.0).contains(&a.drift_sample_rate) {
+        bail!(
+            "{}: {} is not a rate from 0 to 1",
+            a.origin("drift-sample-rate"),
+            a.drift_sample_rate
+        );
     }
     if a.grpc_max_concurrent_streams == 0 {
         bail!(

@@ -90,6 +90,7 @@ impl Engine {
             budget: self.inner.budget.clone(),
             idle_spin: self.inner.opts.executor_spin,
             cache: None,
+            drift: None,
         };
         let model = Arc::new(EnsembleModel {
             sig: ModelSignature::default(),

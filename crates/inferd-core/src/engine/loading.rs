@@ -332,11 +332,18 @@ impl Engine {
                  (--cache-config local,size=BYTES): requests are not cached"
             );
         }
+        let drift = crate::drift::DriftSampler::from_config(
+            &cfg,
+            self.inner.opts.drift_sample_rate,
+            dir.parent(),
+        )?
+        .map(Arc::new);
         let runner_opts = RunnerOptions {
             default_queue: self.inner.opts.queue_capacity,
             budget: self.inner.budget.clone(),
             idle_spin: self.inner.opts.executor_spin,
             cache: self.inner.cache.clone(),
+            drift,
         };
         let sequences = crate::sequence::Sequences::new(
             name,

@@ -17,6 +17,7 @@
 mod caller;
 mod control;
 pub(crate) mod decoupled;
+mod drift;
 mod ensemble;
 mod introspect;
 pub(crate) mod lifecycle;
@@ -123,6 +124,9 @@ pub struct EngineOptions {
     /// Where files given with a load request are staged (`--staging-dir`); `None`: a private
     /// folder under the system's temporary folder.
     pub staging_dir: Option<PathBuf>,
+    /// Share of each version's requests drift monitoring samples (`--drift-sample-rate`); a
+    /// model's `drift_sample_rate` parameter wins; 0 turns it off.
+    pub drift_sample_rate: f64,
 }
 
 impl Default for EngineOptions {
@@ -144,6 +148,7 @@ impl Default for EngineOptions {
             response_cache_bytes: 0,
             max_sequences: 1024,
             staging_dir: None,
+            drift_sample_rate: 0.05,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`openai`]: OpenAI-compatible `/v1/embeddings` and `/v1/models`.
 
 pub mod codec;
+mod drift;
 pub mod generate;
 mod generate_decoupled;
 mod health;
@@ -87,6 +88,19 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
             get(model_config_v),
         )
         .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/drift", get(drift::model_drift))
+        .route(
+            "/v2/models/{model}/drift/reference",
+            get(drift::model_reference),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/drift/reference",
+            get(drift::version_reference),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/drift",
+            get(drift::version_drift),
+        )
         .route(
             "/v2/models/{model}/versions/{version}/stats",
             get(model_stats_v),

@@ -19,6 +19,7 @@
 //! - this file: server uptime, build info, readiness, and the listener.
 
 pub mod custom;
+pub mod drift;
 pub mod gpu;
 pub mod llm;
 pub mod models;
@@ -65,6 +66,7 @@ impl Metrics {
         llm.register(&mut registry);
         registry.register_collector(Box::new(models::ModelCollector::new(engine.clone())));
         registry.register_collector(Box::new(custom::CustomCollector::new(engine.clone())));
+        registry.register_collector(Box::new(drift::DriftCollector::new(engine.clone())));
         registry.register_collector(Box::new(process::ProcessCollector));
         registry.register_collector(Box::new(gpu::GpuCollector::new()));
         registry.register_collector(Box::new(signals::SignalCollector::new(signals, engine)));

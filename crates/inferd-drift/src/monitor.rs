@@ -1,0 +1,933 @@
+//! A model version's drift monitor: the reference, the sliding current window, the report.
+//!
+//! Feed it sampled requests with [`Monitor::observe`] (the caller samples and passes the time).
+//! The first [`DriftConfig::reference_requests`] requests make the reference (or a saved
+//! [`Reference`] is given up front); every later one is counted in the time bucket of its
+//! arrival, and the current window is the buckets of the last [`DriftConfig::window_secs`].
+//! Each tensor contributes one feature per position of its per-row shape (at most
+//! [`DriftConfig::max_features`]); a float output with several positions also gets its argmax
+//! as a categorical feature; strings give their length (numeric) and hashed tokens
+//! (categorical).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sketch::{Categories, Counts, Edges, REFERENCE_VALUES, fnv1a};
+use crate::stats::{jensen_shannon, ks, ks_p_value, psi};
+
+/// Settings (the config parameters of the same names, the server's flags).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriftConfig {
+    /// Requests that make the reference.
+    pub reference_requests: u64,
+    /// Length of the current window, seconds.
+    pub window_secs: f64,
+    /// Time buckets the window is kept in.
+    pub buckets: usize,
+    /// PSI at which a feature is reported as a warning.
+    pub psi_warning: f64,
+    /// PSI at which a feature is reported as drifted.
+    pub psi_drift: f64,
+    /// Sampled values a feature's window needs before it is judged.
+    pub min_current: u64,
+    /// Features watched per tensor (the first ones by position).
+    pub max_features: usize,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            reference_requests: 1000,
+            window_secs: 3600.0,
+            buckets: 12,
+            psi_warning: 0.1,
+            psi_drift: 0.2,
+            min_current: 100,
+            max_features: 256,
+        }
+    }
+}
+
+/// Input or output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorKind {
+    /// A request input.
+    Input,
+    /// A response output.
+    Output,
+}
+
+/// One tensor of one request, row-major: `rows` rows of `width` elements.
+#[derive(Clone, Debug)]
+pub enum Values {
+    /// Floating-point elements.
+    Float(Vec<f64>),
+    /// Integer elements (inputs: numeric; outputs: labels).
+    Integer(Vec<i64>),
+    /// Booleans (categorical).
+    Bool(Vec<bool>),
+    /// Strings.
+    Bytes(Vec<Vec<u8>>),
+}
+
+/// What a feature is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Sketch {
+    Numeric {
+        /// Raw values while the reference is collected.
+        #[serde(skip)]
+        raw: Vec<f64>,
+        edges: Option<Edges>,
+    },
+    Categorical {
+        categories: Categories,
+    },
+}
+
+/// A feature's reference and window.
+#[derive(Clone, Debug)]
+struct Feature {
+    name: String,
+    index: usize,
+    sketch: Sketch,
+    reference: Counts,
+    /// (bucket id, counts) for the current window, oldest first.
+    window: VecDeque<(i64, Counts)>,
+}
+
+impl Feature {
+    fn numeric(name: String, index: usize) -> Feature {
+        Feature {
+            name,
+            index,
+            sketch: Sketch::Numeric {
+                raw: Vec::new(),
+                edges: None,
+            },
+            reference: Counts::default(),
+            window: VecDeque::new(),
+        }
+    }
+
+    fn categorical(name: String, index: usize) -> Feature {
+        Feature {
+            name,
+            index,
+            sketch: Sketch::Categorical {
+                categories: Categories::default(),
+            },
+            reference: Counts::default(),
+            window: VecDeque::new(),
+        }
+    }
+
+    /// Counts `v` into the reference or the bucket `bucket` (numeric).
+    fn number(&mut self, v: f64, bucket: Option<i64>) {
+        if !v.is_finite() {
+            return;
+        }
+        let Sketch::Numeric { raw, edges } = &mut self.sketch else {
+            return;
+        };
+        match (bucket, edges.as_ref()) {
+            (None, _) => {
+                if raw.len() < REFERENCE_VALUES {
+                    raw.push(v);
+                }
+            }
+            (Some(b), Some(e)) => {
+                let i = e.bin(v);
+                bucket_counts(&mut self.window, b).add(i);
+            }
+            (Some(_), None) => {}
+        }
+    }
+
+    /// Counts category `label` into the reference or the bucket `bucket`.
+    fn category(&mut self, label: &str, bucket: Option<i64>) {
+        let Sketch::Categorical { categories } = &mut self.sketch else {
+            return;
+        };
+        let i = categories.index(label);
+        match bucket {
+            None => self.reference.add(i),
+            Some(b) => bucket_counts(&mut self.window, b).add(i),
+        }
+    }
+
+    /// Ends the reference: a numeric feature's bins are set at its quantiles.
+    fn close_reference(&mut self) {
+        if let Sketch::Numeric { raw, edges } = &mut self.sketch {
+            let e = Edges::from_values(raw);
+            let mut counts = Counts::zeros(e.bins());
+            for v in raw.iter() {
+                counts.add(e.bin(*v));
+            }
+            self.reference = counts;
+            *edges = Some(e);
+            *raw = Vec::new();
+        }
+    }
+
+    fn bins(&self) -> usize {
+        match &self.sketch {
+            Sketch::Numeric { edges, .. } => edges.as_ref().map_or(1, Edges::bins),
+            Sketch::Categorical { categories } => categories.bins(),
+        }
+    }
+
+    fn current(&self, oldest: i64) -> Counts {
+        let mut c = Counts::default();
+        for (b, counts) in &self.window {
+            if *b >= oldest {
+                c.merge(counts);
+            }
+        }
+        c
+    }
+
+    fn report(&self, cfg: &DriftConfig, oldest: i64) -> FeatureReport {
+        let cur = self.current(oldest);
+        let n = self.bins();
+        let (r, c) = (self.reference.shares(n), cur.shares(n));
+        let judged = cur.total >= cfg.min_current && self.reference.total > 0;
+        let psi_v = judged.then(|| psi(&r, &c));
+        let (ks_v, p) = match (&self.sketch, judged) {
+            (Sketch::Numeric { .. }, true) => {
+                let d = ks(&r, &c);
+                (
+                    Some(d),
+                    Some(ks_p_value(d, self.reference.total, cur.total)),
+                )
+            }
+            _ => (None, None),
+        };
+        let js = match (&self.sketch, judged) {
+            (Sketch::Categorical { .. }, true) => Some(jensen_shannon(&r, &c)),
+            _ => None,
+        };
+        let (edges, labels) = match &self.sketch {
+            Sketch::Numeric { edges, .. } => (edges.as_ref().map(|e| e.0.clone()), None),
+            Sketch::Categorical { categories } => (None, Some(categories.labels.clone())),
+        };
+        FeatureReport {
+            index: self.index,
+            name: self.name.clone(),
+            kind: match self.sketch {
+                Sketch::Numeric { .. } => "numeric",
+                Sketch::Categorical { .. } => "categorical",
+            },
+            psi: psi_v,
+            ks: ks_v,
+            ks_p_value: p,
+            js,
+            warning: psi_v.is_some_and(|v| v >= cfg.psi_warning),
+            drifted: psi_v.is_some_and(|v| v >= cfg.psi_drift),
+            reference_count: self.reference.total,
+            current_count: cur.total,
+            reference: r,
+            current: c,
+            edges,
+            labels,
+        }
+    }
+}
+
+fn bucket_counts(window: &mut VecDeque<(i64, Counts)>, b: i64) -> &mut Counts {
+    if window.back().is_none_or(|(last, _)| *last < b) {
+        window.push_back((b, Counts::default()));
+    }
+    // Out-of-order times land in the newest bucket (the caller's clock only moves forward).
+    let last = window.len() - 1;
+    &mut window[last].1
+}
+
+/// One tensor's features.
+#[derive(Clone, Debug)]
+struct TensorState {
+    name: String,
+    kind: TensorKind,
+    features: Vec<Feature>,
+    argmax: Option<Feature>,
+}
+
+/// A version's monitor.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    cfg: DriftConfig,
+    tensors: Vec<TensorState>,
+    reference_requests: u64,
+    reference_done: bool,
+    /// (bucket id, requests) of the current window.
+    requests: VecDeque<(i64, u64)>,
+    newest: i64,
+}
+
+impl Monitor {
+    /// An empty monitor: the next `cfg.reference_requests` requests make the reference.
+    pub fn new(cfg: DriftConfig) -> Monitor {
+        Monitor {
+            cfg,
+            tensors: Vec::new(),
+            reference_requests: 0,
+            reference_done: false,
+            requests: VecDeque::new(),
+            newest: i64::MIN,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DriftConfig {
+        &self.cfg
+    }
+
+    fn bucket_secs(&self) -> f64 {
+        (self.cfg.window_secs / self.cfg.buckets.max(1) as f64).max(1e-3)
+    }
+
+    fn tensor(
+        &mut self,
+        kind: TensorKind,
+        name: &str,
+        values: &Values,
+        width: usize,
+    ) -> &mut TensorState {
+        let pos = self
+            .tensors
+            .iter()
+            .position(|t| t.kind == kind && t.name == name);
+        let i = match pos {
+            Some(i) => i,
+            None => {
+                let n = width.min(self.cfg.max_features);
+                let mut features = Vec::new();
+                for k in 0..n {
+                    match values {
+                        Values::Float(_) => features.push(Feature::numeric(k.to_string(), k)),
+                        Values::Integer(_) if kind == TensorKind::Input => {
+                            features.push(Feature::numeric(k.to_string(), k))
+                        }
+                        Values::Integer(_) | Values::Bool(_) => {
+                            features.push(Feature::categorical(k.to_string(), k))
+                        }
+                        Values::Bytes(_) => {
+                            features.push(Feature::numeric(format!("{k}.length"), k));
+                            features.push(Feature::categorical(format!("{k}.tokens"), k));
+                        }
+                    }
+                }
+                let argmax =
+                    (kind == TensorKind::Output && matches!(values, Values::Float(_)) && width > 1)
+                        .then(|| Feature::categorical("argmax".into(), width));
+                self.tensors.push(TensorState {
+                    name: name.to_string(),
+                    kind,
+                    features,
+                    argmax,
+                });
+                self.tensors.len() - 1
+            }
+        };
+        &mut self.tensors[i]
+    }
+
+    /// Feeds one sampled request, at `now` (seconds on any clock that only moves forward):
+    /// each tensor as `(kind, name, values, rows)`.
+    pub fn observe(&mut self, now: f64, tensors: &[(TensorKind, &str, Values, usize)]) {
+        let bucket = if self.reference_done {
+            Some((now / self.bucket_secs()).floor() as i64)
+        } else {
+            None
+        };
+        for (kind, name, values, rows) in tensors {
+            let rows = (*rows).max(1);
+            let len = match values {
+                Values::Float(v) => v.len(),
+                Values::Integer(v) => v.len(),
+                Values::Bool(v) => v.len(),
+                Values::Bytes(v) => v.len(),
+            };
+            if len == 0 || len % rows != 0 {
+                continue;
+            }
+            let width = len / rows;
+            let t = self.tensor(*kind, name, values, width);
+            for r in 0..rows {
+                let row = r * width;
+                match values {
+                    // A tensor whose width changed since its features were made (variable
+                    // dims): only the positions it has are counted.
+                    Values::Float(v) => {
+                        for f in t.features.iter_mut().filter(|f| f.index < width) {
+                            f.number(v[row + f.index], bucket);
+                        }
+                        if let Some(a) = t.argmax.as_mut() {
+                            let best = v[row..row + width]
+                                .iter()
+                                .enumerate()
+                                .max_by(|x, y| x.1.total_cmp(y.1))
+                                .map_or(0, |(i, _)| i);
+                            a.category(&best.to_string(), bucket);
+                        }
+                    }
+                    Values::Integer(v) => {
+                        for f in t.features.iter_mut().filter(|f| f.index < width) {
+                            let x = v[row + f.index];
+                            match f.sketch {
+                                Sketch::Numeric { .. } => f.number(x as f64, bucket),
+                                Sketch::Categorical { .. } => f.category(&x.to_string(), bucket),
+                            }
+                        }
+                    }
+                    Values::Bool(v) => {
+                        for f in t.features.iter_mut().filter(|f| f.index < width) {
+                            f.category(if v[row + f.index] { "true" } else { "false" }, bucket);
+                        }
+                    }
+                    Values::Bytes(v) => {
+                        for f in t.features.iter_mut().filter(|f| f.index < width) {
+                            let s = &v[row + f.index];
+                            match f.sketch {
+                                Sketch::Numeric { .. } => f.number(s.len() as f64, bucket),
+                                Sketch::Categorical { .. } => {
+                                    for tok in s
+                                        .split(|b| b.is_ascii_whitespace())
+                                        .filter(|t| !t.is_empty())
+                                    {
+                                        f.category(&format!("h{}", fnv1a(tok) % 64), bucket);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        match bucket {
+            None => {
+                self.reference_requests += 1;
+                if self.reference_requests >= self.cfg.reference_requests {
+                    for t in &mut self.tensors {
+                        t.features.iter_mut().for_each(Feature::close_reference);
+                    }
+                    self.reference_done = true;
+                }
+            }
+            Some(b) => {
+                if self.requests.back().is_none_or(|(last, _)| *last < b) {
+                    self.requests.push_back((b, 0));
+                }
+                if let Some(last) = self.requests.back_mut() {
+                    last.1 += 1;
+                }
+                self.newest = self.newest.max(b);
+                self.expire();
+            }
+        }
+    }
+
+    /// Drops buckets older than the window.
+    fn expire(&mut self) {
+        let oldest = self.oldest();
+        while self.requests.front().is_some_and(|(b, _)| *b < oldest) {
+            self.requests.pop_front();
+        }
+        for t in &mut self.tensors {
+            for f in t.features.iter_mut().chain(t.argmax.as_mut()) {
+                while f.window.front().is_some_and(|(b, _)| *b < oldest) {
+                    f.window.pop_front();
+                }
+            }
+        }
+    }
+
+    fn oldest(&self) -> i64 {
+        self.newest
+            .saturating_sub(self.cfg.buckets.max(1) as i64 - 1)
+    }
+
+    /// Whether the reference is complete.
+    pub fn reference_complete(&self) -> bool {
+        self.reference_done
+    }
+
+    /// The report as of the newest request seen.
+    pub fn report(&self) -> Report {
+        let oldest = self.oldest();
+        let tensors: Vec<TensorReport> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let features: Vec<FeatureReport> = t
+                    .features
+                    .iter()
+                    .chain(t.argmax.as_ref())
+                    .map(|f| f.report(&self.cfg, oldest))
+                    .collect();
+                TensorReport {
+                    name: t.name.clone(),
+                    kind: t.kind,
+                    drifted: features.iter().any(|f| f.drifted),
+                    max_psi: features
+                        .iter()
+                        .filter_map(|f| f.psi)
+                        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+                    features,
+                }
+            })
+            .collect();
+        Report {
+            reference_requests: self.reference_requests,
+            reference_target: self.cfg.reference_requests,
+            reference_complete: self.reference_done,
+            current_requests: self
+                .requests
+                .iter()
+                .filter(|(b, _)| *b >= oldest)
+                .map(|(_, n)| n)
+                .sum(),
+            window_secs: self.cfg.window_secs,
+            psi_warning: self.cfg.psi_warning,
+            psi_drift: self.cfg.psi_drift,
+            drifted: tensors.iter().any(|t| t.drifted),
+            tensors,
+        }
+    }
+
+    /// The largest PSI over one kind's features (an output guardrail reads this).
+    pub fn max_psi(&self, kind: TensorKind) -> Option<f64> {
+        self.report()
+            .tensors
+            .iter()
+            .filter(|t| t.kind == kind)
+            .filter_map(|t| t.max_psi)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    }
+}
+
+/// A saved reference (`inferd drift baseline`): every feature's bins or categories and its
+/// counts. A version whose model folder holds one starts with it instead of collecting its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Requests it was made of.
+    pub requests: u64,
+    /// Tensors.
+    pub tensors: Vec<TensorReference>,
+}
+
+/// One tensor of a saved reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorReference {
+    /// Name.
+    pub name: String,
+    /// Input or output.
+    pub kind: TensorKind,
+    /// Features, argmax last when there is one.
+    pub features: Vec<FeatureReference>,
+}
+
+/// One feature of a saved reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureReference {
+    /// Name (position, `argmax`, `N.length`, `N.tokens`).
+    pub name: String,
+    /// Position.
+    pub index: usize,
+    /// Numeric: bin edges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edges: Option<Vec<f64>>,
+    /// Categorical: labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Counts per bin or category.
+    pub counts: Counts,
+}
+
+impl FeatureReference {
+    fn of(f: &Feature) -> FeatureReference {
+        let (edges, labels) = match &f.sketch {
+            Sketch::Numeric { edges, .. } => (edges.as_ref().map(|e| e.0.clone()), None),
+            Sketch::Categorical { categories } => (None, Some(categories.labels.clone())),
+        };
+        FeatureReference {
+            name: f.name.clone(),
+            index: f.index,
+            edges,
+            labels,
+            counts: f.reference.clone(),
+        }
+    }
+
+    fn feature(&self) -> Feature {
+        let sketch = match (&self.edges, &self.labels) {
+            (_, Some(labels)) => Sketch::Categorical {
+                categories: Categories {
+                    labels: labels.clone(),
+                },
+            },
+            (edges, None) => Sketch::Numeric {
+                raw: Vec::new(),
+                edges: Some(Edges(edges.clone().unwrap_or_default())),
+            },
+        };
+        Feature {
+            name: self.name.clone(),
+            index: self.index,
+            sketch,
+            reference: self.counts.clone(),
+            window: VecDeque::new(),
+        }
+    }
+}
+
+impl Monitor {
+    /// A monitor that starts from a saved reference (its current window counts at once).
+    pub fn from_reference(cfg: DriftConfig, reference: &Reference) -> Monitor {
+        let mut m = Monitor::new(cfg);
+        m.reference_requests = reference.requests;
+        m.reference_done = true;
+        m.tensors = reference
+            .tensors
+            .iter()
+            .map(|t| {
+                let mut features: Vec<Feature> =
+                    t.features.iter().map(FeatureReference::feature).collect();
+                let argmax = features
+                    .iter()
+                    .position(|f| f.name == "argmax")
+                    .map(|i| features.remove(i));
+                TensorState {
+                    name: t.name.clone(),
+                    kind: t.kind,
+                    features,
+                    argmax,
+                }
+            })
+            .collect();
+        m
+    }
+
+    /// The reference, once complete (to save with `inferd drift baseline`).
+    pub fn reference(&self) -> Option<Reference> {
+        self.reference_done.then(|| Reference {
+            requests: self.reference_requests,
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| TensorReference {
+                    name: t.name.clone(),
+                    kind: t.kind,
+                    features: t
+                        .features
+                        .iter()
+                        .chain(t.argmax.as_ref())
+                        .map(FeatureReference::of)
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// One feature in a report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FeatureReport {
+    /// Position in the tensor's per-row shape (flattened).
+    pub index: usize,
+    /// The position, or `argmax`, or `N.length` / `N.tokens` for strings.
+    pub name: String,
+    /// `numeric` or `categorical`.
+    pub kind: &'static str,
+    /// PSI, once the window has enough values.
+    pub psi: Option<f64>,
+    /// Kolmogorov-Smirnov statistic (numeric features).
+    pub ks: Option<f64>,
+    /// Its asymptotic p-value.
+    pub ks_p_value: Option<f64>,
+    /// Jensen-Shannon divergence (categorical features).
+    pub js: Option<f64>,
+    /// PSI at or past the warning level.
+    pub warning: bool,
+    /// PSI at or past the drift level.
+    pub drifted: bool,
+    /// Values in the reference.
+    pub reference_count: u64,
+    /// Values in the current window.
+    pub current_count: u64,
+    /// Reference shares per bin (or category, then "other").
+    pub reference: Vec<f64>,
+    /// Current shares per bin.
+    pub current: Vec<f64>,
+    /// Numeric: the bin edges.
+    pub edges: Option<Vec<f64>>,
+    /// Categorical: the category labels.
+    pub labels: Option<Vec<String>>,
+}
+
+/// One tensor in a report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TensorReport {
+    /// Name.
+    pub name: String,
+    /// `input` or `output`.
+    pub kind: TensorKind,
+    /// Whether any feature drifted.
+    pub drifted: bool,
+    /// The largest PSI over its features.
+    pub max_psi: Option<f64>,
+    /// Features.
+    pub features: Vec<FeatureReport>,
+}
+
+/// A version's drift report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// Requests in the reference so far.
+    pub reference_requests: u64,
+    /// Requests the reference needs.
+    pub reference_target: u64,
+    /// Whether the reference is complete (only then is the current window counted).
+    pub reference_complete: bool,
+    /// Sampled requests in the current window.
+    pub current_requests: u64,
+    /// The window's length.
+    pub window_secs: f64,
+    /// PSI warning level applied.
+    pub psi_warning: f64,
+    /// PSI drift level applied.
+    pub psi_drift: f64,
+    /// Whether any tensor drifted.
+    pub drifted: bool,
+    /// Tensors, inputs then outputs in first-seen order.
+    pub tensors: Vec<TensorReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normal(rng: &mut fastrand::Rng) -> f64 {
+        let (u1, u2) = (rng.f64().max(1e-12), rng.f64());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Requests of one row with three features, the second shifted by `shift` after the
+    /// reference; the output is their sum.
+    fn run(seed: u64, shift: f64) -> Report {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut m = Monitor::new(DriftConfig::default());
+        for i in 0..3000 {
+            let after = i >= 1000;
+            let x = [
+                normal(&mut rng),
+                normal(&mut rng) + if after { shift } else { 0.0 },
+                normal(&mut rng),
+            ];
+            let y = vec![x.iter().sum::<f64>()];
+            m.observe(
+                i as f64,
+                &[
+                    (TensorKind::Input, "x", Values::Float(x.to_vec()), 1),
+                    (TensorKind::Output, "y", Values::Float(y), 1),
+                ],
+            );
+        }
+        m.report()
+    }
+
+    #[test]
+    fn a_half_sigma_shift_in_one_feature_is_flagged_for_that_feature_only() {
+        let r = run(7, 0.5);
+        let x = r.tensors.iter().find(|t| t.name == "x").expect("x");
+        let flagged: Vec<usize> = x
+            .features
+            .iter()
+            .filter(|f| f.drifted)
+            .map(|f| f.index)
+            .collect();
+        assert_eq!(
+            flagged,
+            vec![1],
+            "{:?}",
+            x.features.iter().map(|f| f.psi).collect::<Vec<_>>()
+        );
+        let f1 = &x.features[1];
+        assert!(
+            f1.ks.expect("ks") > 0.1 && f1.ks_p_value.expect("p") < 0.001,
+            "{f1:?}"
+        );
+        assert!(r.drifted);
+    }
+
+    #[test]
+    fn without_a_shift_at_least_95_percent_of_trials_raise_no_flag() {
+        let flagged = (0..40).filter(|s| run(100 + s, 0.0).drifted).count();
+        assert!(
+            flagged <= 2,
+            "{flagged} of 40 trials flagged drift with no shift"
+        );
+    }
+
+    #[test]
+    fn the_window_slides_and_memory_stays_bounded() {
+        let cfg = DriftConfig {
+            reference_requests: 10,
+            window_secs: 60.0,
+            buckets: 6,
+            ..Default::default()
+        };
+        let mut m = Monitor::new(cfg);
+        for i in 0..1_000_000u64 {
+            let v = (i % 97) as f64;
+            m.observe(
+                i as f64 * 0.01,
+                &[(TensorKind::Input, "x", Values::Float(vec![v]), 1)],
+            );
+        }
+        let f = &m.tensors[0].features[0];
+        assert!(f.window.len() <= 6, "{} buckets kept", f.window.len());
+        assert!(m.requests.len() <= 6);
+        let r = m.report();
+        // 60 s at 100 requests/s: the window holds the last ~6000.
+        assert!(
+            (5000..=6000).contains(&r.current_requests),
+            "{}",
+            r.current_requests
+        );
+    }
+
+    #[test]
+    fn outputs_get_an_argmax_and_strings_their_length_and_tokens() {
+        let mut m = Monitor::new(DriftConfig {
+            reference_requests: 2,
+            min_current: 1,
+            ..Default::default()
+        });
+        for i in 0..4 {
+            m.observe(
+                f64::from(i),
+                &[
+                    (
+                        TensorKind::Output,
+                        "probs",
+                        Values::Float(vec![0.1, 0.9, 0.2, 0.7]),
+                        2,
+                    ),
+                    (
+                        TensorKind::Input,
+                        "text",
+                        Values::Bytes(vec![b"hello world".to_vec()]),
+                        1,
+                    ),
+                    (TensorKind::Output, "label", Values::Integer(vec![3]), 1),
+                ],
+            );
+        }
+        let r = m.report();
+        let names = |n: &str| -> Vec<String> {
+            r.tensors
+                .iter()
+                .find(|t| t.name == n)
+                .expect(n)
+                .features
+                .iter()
+                .map(|f| f.name.clone())
+                .collect()
+        };
+        assert_eq!(names("probs"), vec!["0", "1", "argmax"]);
+        assert_eq!(names("text"), vec!["0.length", "0.tokens"]);
+        assert_eq!(names("label"), vec!["0"]);
+        let label = &r
+            .tensors
+            .iter()
+            .find(|t| t.name == "label")
+            .expect("label")
+            .features[0];
+        assert_eq!(label.kind, "categorical");
+        assert_eq!(label.psi.map(|p| p < 1e-9), Some(true));
+    }
+
+    #[test]
+    fn a_saved_reference_judges_new_traffic_as_the_original_did() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut a = Monitor::new(DriftConfig {
+            reference_requests: 500,
+            ..Default::default()
+        });
+        for i in 0..500 {
+            a.observe(
+                f64::from(i),
+                &[(
+                    TensorKind::Input,
+                    "x",
+                    Values::Float(vec![normal(&mut rng)]),
+                    1,
+                )],
+            );
+        }
+        let saved = a.reference().expect("complete");
+        let text = serde_json::to_string(&saved).expect("json");
+        let back: Reference = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, saved);
+        let mut b = Monitor::from_reference(DriftConfig::default(), &back);
+        for i in 0..500 {
+            b.observe(
+                f64::from(i),
+                &[(
+                    TensorKind::Input,
+                    "x",
+                    Values::Float(vec![normal(&mut rng) + 1.0]),
+                    1,
+                )],
+            );
+        }
+        assert!(b.report().tensors[0].features[0].drifted);
+    }
+
+    #[test]
+    fn a_tensor_that_narrows_is_counted_where_it_has_positions() {
+        let mut m = Monitor::new(DriftConfig {
+            reference_requests: 1,
+            ..Default::default()
+        });
+        m.observe(
+            0.0,
+            &[(
+                TensorKind::Input,
+                "x",
+                Values::Float(vec![1.0, 2.0, 3.0]),
+                1,
+            )],
+        );
+        m.observe(
+            1.0,
+            &[(TensorKind::Input, "x", Values::Float(vec![1.0]), 1)],
+        );
+        assert_eq!(m.report().tensors[0].features.len(), 3);
+    }
+
+    #[test]
+    fn a_new_category_after_the_reference_is_drift() {
+        let mut m = Monitor::new(DriftConfig {
+            reference_requests: 200,
+            min_current: 50,
+            ..Default::default()
+        });
+        for i in 0..600u32 {
+            let label = if i < 200 { i64::from(i % 2) } else { 5 };
+            m.observe(
+                f64::from(i),
+                &[(TensorKind::Output, "label", Values::Integer(vec![label]), 1)],
+            );
+        }
+        let r = m.report();
+        assert!(
+            r.tensors[0].features[0].drifted,
+            "{:?}",
+            r.tensors[0].features[0]
+        );
+        assert!(r.tensors[0].features[0].js.expect("js") > 0.5);
+    }
+}
