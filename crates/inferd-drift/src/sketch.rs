@@ -8,8 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Raw values kept per numeric feature while the reference is collected.
-pub const REFERENCE_VALUES: usize = 20_000;
+/// Raw values kept per numeric feature while the reference is collected (then freed: 32 KiB per
+/// feature at most, 8 MiB for a tensor of the 256 features watched).
+pub const REFERENCE_VALUES: usize = 4096;
 /// Inner bins of a numeric histogram (plus one below the first edge and one above the last).
 pub const BINS: usize = 20;
 /// Distinct categories counted per categorical feature (then "other").
