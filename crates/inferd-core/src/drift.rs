@@ -29,6 +29,9 @@ pub struct DriftSampler {
     seen: AtomicU64,
     started: Instant,
     monitor: Mutex<Monitor>,
+    /// A second monitor judging this version against another version's reference (a canary
+    /// against its primary), keyed by that version.
+    against: Mutex<Option<(String, Monitor)>>,
 }
 
 fn param<T: std::str::FromStr>(cfg: &ModelConfig, key: &str) -> Result<Option<T>, String> {
@@ -107,6 +110,7 @@ impl DriftSampler {
             seen: AtomicU64::new(0),
             started: Instant::now(),
             monitor: Mutex::new(monitor),
+            against: Mutex::new(None),
         }))
     }
 
@@ -131,6 +135,11 @@ impl DriftSampler {
         if let Ok(mut m) = self.monitor.lock() {
             m.observe(now, &tensors);
         }
+        if let Ok(mut a) = self.against.lock()
+            && let Some((_, m)) = a.as_mut()
+        {
+            m.observe(now, &tensors);
+        }
     }
 
     /// The report so far.
@@ -139,6 +148,21 @@ impl DriftSampler {
             .lock()
             .map(|m| m.report())
             .unwrap_or_else(|p| p.into_inner().report())
+    }
+
+    /// The largest PSI of this version's outputs against `reference` (another version's,
+    /// named `key`), counted from the first call for that key on: `None` on that first call
+    /// and until the window holds enough to judge.
+    pub fn outputs_against(&self, key: &str, reference: &inferd_drift::Reference) -> Option<f64> {
+        let mut a = self.against.lock().ok()?;
+        match a.as_ref() {
+            Some((k, m)) if k == key => m.max_psi(TensorKind::Output),
+            _ => {
+                let cfg = self.monitor.lock().ok()?.config().clone();
+                *a = Some((key.to_string(), Monitor::from_reference(cfg, reference)));
+                None
+            }
+        }
     }
 
     /// The reference, once complete.

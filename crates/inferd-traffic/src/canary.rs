@@ -26,6 +26,11 @@ pub struct Window {
     /// Outcome feedback received in the interval, by metric.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, Moments>,
+    /// The largest PSI of this side's outputs against the primary's (drift monitoring; set
+    /// on the canary's window when its route has `max_output_psi`), once there is enough to
+    /// judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_psi: Option<f64>,
 }
 
 impl Window {
@@ -256,6 +261,16 @@ impl Rollout {
             };
             checks.push(Check {
                 name: "p99_ratio".into(),
+                value,
+                limit,
+                passed: value.is_none_or(|v| v <= limit),
+                floor: false,
+            });
+        }
+        if let Some(limit) = self.guardrails.max_output_psi {
+            let value = canary.output_psi;
+            checks.push(Check {
+                name: "output_psi".into(),
                 value,
                 limit,
                 passed: value.is_none_or(|v| v <= limit),

@@ -27,6 +27,7 @@ fn rails() -> Guardrails {
     Guardrails {
         max_error_rate: Some(0.01),
         max_p99_ratio: Some(1.5),
+        max_output_psi: Some(0.2),
         metrics: Vec::new(),
     }
 }
@@ -347,4 +348,34 @@ fn a_business_metric_below_its_floor_rolls_back_and_too_few_outcomes_do_not_coun
         .find(|c| c.name == "conversion_ratio")
         .unwrap();
     assert!(check.floor && !check.passed);
+}
+
+#[test]
+fn a_canary_whose_outputs_drifted_from_the_primarys_is_rolled_back_naming_output_psi() {
+    let mut r = rollout(1);
+    // Not enough to judge yet: passes.
+    r.apply(analysis(10.0, healthy(100))).expect("analysis");
+    assert!(
+        matches!(r.phase, Phase::Progressing { .. }),
+        "{:?}",
+        r.phase
+    );
+    let drifted = Window {
+        output_psi: Some(0.9),
+        ..healthy(100)
+    };
+    r.apply(analysis(20.0, drifted)).expect("analysis");
+    assert!(matches!(r.phase, Phase::RolledBack), "{:?}", r.phase);
+    assert!(r.reason.contains("output_psi"), "{}", r.reason);
+    let close = Window {
+        output_psi: Some(0.05),
+        ..healthy(100)
+    };
+    let mut ok = rollout(1);
+    ok.apply(analysis(10.0, close)).expect("analysis");
+    assert!(
+        ok.last_checks.iter().all(|c| c.passed),
+        "{:?}",
+        ok.last_checks
+    );
 }

@@ -96,6 +96,10 @@ pub struct Guardrails {
     /// Highest ratio of the canary's p99 latency to the primary's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<f64>,
+    /// Highest PSI of the canary's outputs against the primary's (drift monitoring): a canary
+    /// that answers fast and without errors but differently is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_psi: Option<f64>,
     /// Business metrics from outcome feedback (`POST /v2/feedback`) the canary must hold
     /// against the primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -249,6 +253,7 @@ fn no_guardrails() -> Guardrails {
     Guardrails {
         max_error_rate: None,
         max_p99_ratio: None,
+        max_output_psi: None,
         metrics: Vec::new(),
     }
 }

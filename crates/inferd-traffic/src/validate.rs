@@ -165,6 +165,16 @@ pub fn validate(name: &str, spec: &RouteSpec, names: &dyn Names) -> Result<(), T
             {
                 return Err(invalid(name, "guardrails.max_p99_ratio", "must be above 0"));
             }
+            if guardrails
+                .max_output_psi
+                .is_some_and(|r| r.is_nan() || r <= 0.0)
+            {
+                return Err(invalid(
+                    name,
+                    "guardrails.max_output_psi",
+                    "must be above 0",
+                ));
+            }
             for (i, m) in guardrails.metrics.iter().enumerate() {
                 let field = |f: &str| format!("guardrails.metrics[{i}].{f}");
                 if m.metric.is_empty() {

@@ -41,6 +41,22 @@ impl Engine {
         })
     }
 
+    /// The largest PSI of the outputs of `canary` (model, version) against `primary`'s
+    /// reference, for a canary guardrail; `None` until both have drift monitoring, the
+    /// primary's reference is complete and the canary has answered enough since the first
+    /// call.
+    pub fn drift_output_psi(
+        &self,
+        canary: (&str, Option<u64>),
+        primary: (&str, Option<u64>),
+    ) -> Option<f64> {
+        let pg = self.route(primary.0, primary.1).ok()?;
+        let reference = pg.runner().drift()?.reference()?;
+        let key = format!("{}/{}", primary.0, pg.runner().version());
+        let cg = self.route(canary.0, canary.1).ok()?;
+        cg.runner().drift()?.outputs_against(&key, &reference)
+    }
+
     /// Every ready version's drift report, for the metrics page.
     pub fn drift_reports(&self) -> Vec<(String, u64, inferd_drift::Report)> {
         let Ok(models) = self.inner.models.read() else {

@@ -500,7 +500,7 @@ impl Traffic {
         if self.shared.get().is_some_and(|s| !s.is_decider()) {
             return 0;
         }
-        let due: Vec<(String, Target, Target, Option<String>, u64)> = {
+        let due: Vec<(String, Target, Target, Option<String>, u64, bool)> = {
             let table = self.snapshot();
             let mut analysed = self.analysed.lock().unwrap_or_else(|p| p.into_inner());
             table
@@ -511,6 +511,7 @@ impl Traffic {
                         canary,
                         interval_secs,
                         prometheus,
+                        guardrails,
                         ..
                     } = &r.spec
                     else {
@@ -531,12 +532,13 @@ impl Traffic {
                         canary.clone(),
                         prometheus.clone(),
                         *interval_secs,
+                        guardrails.max_output_psi.is_some(),
                     ))
                 })
                 .collect()
         };
         let mut ran = 0;
-        for (name, primary, canary, prometheus, interval) in due {
+        for (name, primary, canary, prometheus, interval, output_psi) in due {
             let mut c = self.observed.take(&name, &canary.to_string());
             let mut p = self.observed.take(&name, &primary.to_string());
             if let Some(url) = prometheus {
@@ -561,6 +563,13 @@ impl Traffic {
                         continue;
                     }
                 }
+            }
+            // Drift is this replica's own: the canary's outputs against the primary's reference.
+            if output_psi && let Some(engine) = self.engine.get() {
+                c.output_psi = engine.drift_output_psi(
+                    (&canary.model, canary.version),
+                    (&primary.model, primary.version),
+                );
             }
             let event = Event::Analysis {
                 now,

@@ -112,6 +112,7 @@ impl Observed {
             errors: acc.errors,
             p99_secs: p99(acc.latencies),
             metrics: acc.metrics,
+            output_psi: None,
         }
     }
 
