@@ -12,6 +12,10 @@ use inferd_core::backend::{BackendError, NamedTensor};
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 use serde_json::Value;
 
+/// The largest tensor a worker may hand back: the server allocates what the worker names, and
+/// the worker controls its file's length, so the size is capped here.
+pub const MAX_TENSOR_BYTES: u64 = 1 << 30;
+
 /// Alignment of every tensor in the shared file.
 pub const ALIGN: u64 = 64;
 
@@ -64,7 +68,13 @@ pub fn read_output_within(shm: &File, spec: &Value, len: u64) -> Result<NamedTen
         })
         .unwrap_or_default();
     let offset = field(spec, "offset")?.as_u64().unwrap_or(0);
-    let nbytes = field(spec, "nbytes")?.as_u64().unwrap_or(0) as usize;
+    let nbytes = field(spec, "nbytes")?.as_u64().unwrap_or(0);
+    if nbytes > MAX_TENSOR_BYTES {
+        return Err(BackendError::Execution(format!(
+            "output '{name}' of {nbytes} bytes is over the {MAX_TENSOR_BYTES}-byte limit of a python model's tensor"
+        )));
+    }
+    let nbytes = nbytes as usize;
     if offset.saturating_add(nbytes as u64) > len {
         return Err(BackendError::Internal(format!(
             "output '{name}' at {offset}+{nbytes} is past the shared file ({len} bytes)"

@@ -141,10 +141,21 @@ fn shm_dir() -> PathBuf {
     }
 }
 
+/// The longest message a worker may send (tensors never travel in messages, so only a broken or
+/// hostile worker comes near it); past it the worker is treated as gone.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 fn read_message(r: &mut impl Read) -> Option<Value> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_MESSAGE_BYTES {
+        tracing::warn!(
+            "a python worker sent a {n}-byte message (limit {MAX_MESSAGE_BYTES}): dropping it"
+        );
+        return None;
+    }
+    let mut body = vec![0u8; n];
     r.read_exact(&mut body).ok()?;
     serde_json::from_slice(&body).ok()
 }

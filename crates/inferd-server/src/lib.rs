@@ -278,7 +278,7 @@ impl BoundServer {
             ))
         });
         let tfserving_grpc_task = self.tfserving_grpc.map(|listener| {
-            let tfs = tfserving::grpc::TfServing::new(self.engine.clone());
+            let tfs = tfserving::grpc::TfServing::new(self.engine.clone(), self.opts.max_body_bytes);
             let incoming = grpc_incoming(
                 listener,
                 connections.clone(),

@@ -130,8 +130,10 @@ fn typed_values(name: &str, p: &TensorProto, dt: DataType, n: usize) -> Result<V
     }
 }
 
-/// A `TensorProto` as a tensor named `name`.
-pub fn tensor(name: &str, p: &TensorProto) -> Result<Tensor, Status> {
+/// A `TensorProto` as a tensor named `name`, at most `max_bytes` of elements (one value may
+/// fill a declared shape, so the shape, not the message, sets the size: checked before
+/// anything is allocated).
+pub fn tensor(name: &str, p: &TensorProto, max_bytes: usize) -> Result<Tensor, Status> {
     let dt = Dt::try_from(p.dtype)
         .ok()
         .and_then(data_type)
@@ -155,6 +157,11 @@ pub fn tensor(name: &str, p: &TensorProto) -> Result<Tensor, Status> {
     let n = inferd_core::tensor::element_count(&shape).ok_or_else(|| {
         Status::invalid_argument(format!("input '{name}': shape {shape:?} is too large"))
     })?;
+    if n.saturating_mul(dt.size().unwrap_or(1)) > max_bytes {
+        return Err(Status::invalid_argument(format!(
+            "input '{name}': shape {shape:?} holds {n} elements, more than the request size limit ({max_bytes} bytes) allows"
+        )));
+    }
     let data = if dt == DataType::Bytes {
         let items = match p.string_val.len() {
             len if len == n => p.string_val.iter().map(|b| b.to_vec().into()).collect(),
@@ -216,12 +223,13 @@ fn engine_status(e: &inferd_core::Error) -> Status {
 #[derive(Clone)]
 pub struct TfServing {
     engine: Engine,
+    max_body: usize,
 }
 
 impl TfServing {
-    /// The services over `engine`.
-    pub fn new(engine: Engine) -> Self {
-        TfServing { engine }
+    /// The services over `engine`; a request's tensors may hold at most `max_body` bytes.
+    pub fn new(engine: Engine, max_body: usize) -> Self {
+        TfServing { engine, max_body }
     }
 
     fn spec_answer(name: &str, version: u64) -> ModelSpec {
@@ -256,7 +264,7 @@ impl pb::serving::prediction_service_server::PredictionService for TfServing {
         for (name, p) in &req.inputs {
             inputs.push(NamedTensor {
                 name: name.clone(),
-                tensor: tensor(name, p)?,
+                tensor: tensor(name, p, self.max_body)?,
             });
         }
         let outputs = (!req.output_filter.is_empty()).then(|| req.output_filter.clone());
@@ -400,8 +408,8 @@ mod tests {
             float_val: vec![1.0, 2.0, 3.0, 4.0],
             ..Default::default()
         };
-        let t = tensor("x", &typed).expect("typed");
-        let back = tensor("x", &proto(&t)).expect("content");
+        let t = tensor("x", &typed, 1 << 20).expect("typed");
+        let back = tensor("x", &proto(&t), 1 << 20).expect("content");
         assert_eq!(t, back);
         let filled = TensorProto {
             dtype: Dt::DtInt32 as i32,
@@ -410,7 +418,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            tensor("y", &filled).expect("filled"),
+            tensor("y", &filled, 1 << 20).expect("filled"),
             Tensor::new(
                 DataType::I32,
                 vec![2, 2],
@@ -434,7 +442,7 @@ mod tests {
             float_val: vec![1.0, 2.0],
             ..Default::default()
         };
-        let e = tensor("x", &bad).expect_err("refused");
+        let e = tensor("x", &bad, 1 << 20).expect_err("refused");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(
             e.message().contains("input 'x'") && e.message().contains("2 values"),
@@ -446,7 +454,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            tensor("x", &neg)
+            tensor("x", &neg, 1 << 20)
                 .expect_err("refused")
                 .message()
                 .contains("negative")
@@ -456,10 +464,23 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            tensor("x", &variant)
+            tensor("x", &variant, 1 << 20)
                 .expect_err("refused")
                 .message()
                 .contains("not supported")
         );
+    }
+
+    #[test]
+    fn one_value_cannot_fill_a_shape_past_the_size_limit() {
+        let huge = TensorProto {
+            dtype: Dt::DtFloat as i32,
+            tensor_shape: Some(shape_proto([1 << 40])),
+            float_val: vec![0.0],
+            ..Default::default()
+        };
+        let e = tensor("x", &huge, 1 << 20).expect_err("refused before allocating");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("size limit"), "{e}");
     }
 }
