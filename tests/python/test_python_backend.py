@@ -66,6 +66,12 @@ class TritonPythonModel:
             if (in0 == -333).any():
                 import time
                 time.sleep(30)
+            if (in0 == -444).any():
+                import os, time
+                if os.fork() == 0:  # a child that keeps the worker's pipes open
+                    time.sleep(60)
+                    os._exit(0)
+                time.sleep(30)
             print(f"{self.name} executes {in0.shape}")
             out0 = pb_utils.Tensor("OUTPUT0", (in0 + in1).astype(self.out0_dtype))
             out1 = pb_utils.Tensor("OUTPUT1", (in0 - in1).astype(self.out1_dtype))
@@ -378,6 +384,19 @@ def test_a_hung_execute_is_cut_at_its_timeout_and_the_worker_restarts(server):
     assert 1.5 < took < 10, took
     assert "did not answer within 2 s" in e.value.message(), e.value.message()
     wait_ready(client, "add_sub")
+    s, _ = add_sub(httpclient, client, "add_sub", ok, ok)
+    assert s.tolist() == [2.0] * 4
+
+
+def test_a_hung_worker_that_forked_is_killed_with_its_children_and_restarts(server):
+    # Regression: only the worker itself was killed at the timeout; its forked child kept the
+    # pipe open, so the worker was never seen gone and never restarted.
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
+    ok = np.ones(4, dtype=np.float32)
+    with pytest.raises(InferenceServerException) as e:
+        add_sub(httpclient, client, "add_sub", np.full(4, -444, np.float32), ok)
+    assert "did not answer within 2 s" in e.value.message(), e.value.message()
+    wait_ready(client, "add_sub", secs=15)
     s, _ = add_sub(httpclient, client, "add_sub", ok, ok)
     assert s.tolist() == [2.0] * 4
 

@@ -113,6 +113,19 @@ unsafe fn write_file(path: &CString, data: &[u8]) -> bool {
     }
 }
 
+/// Kills a worker and everything it started: the worker leads a process group of its own
+/// (`process_group(0)`), so a model that forked cannot keep the worker's pipes open after it.
+pub fn kill_group(child: &mut std::process::Child) {
+    // Only while the worker is unreaped: its pid (the group's id) cannot have been reused.
+    if let (Ok(None), Ok(pid)) = (child.try_wait(), i32::try_from(child.id())) {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+}
+
 /// Sets up `cmd` to start its process inside the limits, with `model_dir` read-only.
 pub fn apply(cmd: &mut Command, limits: &Limits, model_dir: &Path) {
     // Everything the child needs is prepared here: between fork and exec nothing may allocate.

@@ -266,7 +266,7 @@ impl Worker {
         let (Some(stdin), Some(mut stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            let _ = child.kill();
+            crate::sandbox::kill_group(&mut child);
             return Err(BackendError::Internal(
                 "the worker's pipes are missing".into(),
             ));
@@ -350,7 +350,7 @@ impl Worker {
 
     fn kill(&self) {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = child.kill();
+        crate::sandbox::kill_group(&mut child);
         let _ = child.wait();
     }
 
@@ -365,7 +365,7 @@ impl Worker {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 _ => {
-                    let _ = child.kill();
+                    crate::sandbox::kill_group(&mut child);
                     return match child.wait() {
                         Ok(s) => format!("{s}, killed"),
                         Err(e) => format!("unknown status: {e}"),
@@ -672,7 +672,7 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if child.try_wait().ok().flatten().is_none() {
-            let _ = child.kill();
+            crate::sandbox::kill_group(&mut child);
             let _ = child.wait();
         }
     }
