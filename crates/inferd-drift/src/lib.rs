@@ -10,10 +10,12 @@
 //! - [`monitor`]: a version's monitor: the reference (the first requests after READY, or a
 //!   saved baseline), a sliding current window of time buckets, and the report with the
 //!   thresholds it applied.
+//! - [`report`]: the report's types.
 //!
 //! Pure and synchronous: no clock, no I/O. The caller passes the time and the rows.
 
 pub mod monitor;
+pub mod report;
 pub mod sketch;
 pub mod stats;
 

@@ -8,7 +8,8 @@ use inferd_core::Error;
 use inferd_core::backend::NamedTensor;
 use serde_json::{Value, json};
 
-use crate::worker::{BlsLink, code};
+use crate::reader::BlsLink;
+use crate::worker::code;
 
 /// The `TritonError` code a model sees for an engine error.
 fn code_of(e: &Error) -> i64 {

@@ -9,7 +9,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use inferd_core::backend::BackendError;
-use sha2::{Digest, Sha256};
 
 /// The config parameter Triton uses.
 pub const PARAMETER: &str = "EXECUTION_ENV_PATH";
@@ -45,20 +44,6 @@ fn python_in(env: &Path) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// The interpreter for `value` (the parameter's string), unpacking an archive into `cache`
 /// the first time it is seen.
 pub fn interpreter(value: &str, model_dir: &Path, cache: &Path) -> Result<PathBuf, BackendError> {
@@ -85,8 +70,8 @@ pub fn interpreter(value: &str, model_dir: &Path, cache: &Path) -> Result<PathBu
             path.display()
         )));
     }
-    let digest =
-        sha256_of(&path).map_err(|e| load_err(format!("reading '{}': {e}", path.display())))?;
+    let digest = inferd_core::artifact::sha256_file(&path)
+        .map_err(|e| load_err(format!("reading '{}': {e}", path.display())))?;
     let target = cache.join(&digest);
     if let Some(python) = python_in(&target) {
         return Ok(python);

@@ -8,6 +8,7 @@
 //!
 //! - [`worker`]: one worker process: start, the message protocol on its pipes, tensors in a
 //!   shared-memory file, restart after a crash or a hung `execute`.
+//! - `reader`: the connection's reader thread (routing, tensors copied out, BLS, metrics).
 //! - [`protocol`]: the messages, and tensors read back from the worker's shared file.
 //! - [`arena`]: the server's shared file, where it writes tensors for the worker.
 //! - `instance`: a loaded version: executor-driven instances, or a decoupled model's workers.
@@ -28,6 +29,7 @@ pub mod env;
 mod instance;
 mod metrics;
 pub mod protocol;
+mod reader;
 pub mod restart;
 pub mod sandbox;
 pub mod savedmodel;

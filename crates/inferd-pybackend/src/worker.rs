@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -20,7 +20,7 @@ use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
 use serde_json::{Value, json};
 
 use crate::arena::Arena;
-use crate::protocol::{frame, read_output_within};
+use crate::protocol::frame;
 
 /// The worker's script and the utilities module, as shipped.
 const WORKER_PY: &str = include_str!("../python/inferd_python_worker.py");
@@ -31,11 +31,11 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Regions read from the worker's file that may wait for the next message before they are
 /// given back.
-const MAX_PENDING_FREES: usize = 32;
+pub(crate) const MAX_PENDING_FREES: usize = 32;
 
 /// Calls to other models one worker may have running at once; past it they are refused
 /// (UNAVAILABLE) rather than each holding a thread.
-const MAX_BLS: usize = 64;
+pub(crate) const MAX_BLS: usize = 64;
 
 /// Triton's `TritonError` codes.
 pub mod code {
@@ -97,24 +97,24 @@ pub struct Incoming {
 }
 
 /// What the reader thread and the callers share.
-struct Shared {
-    stdin: Mutex<ChildStdin>,
-    calls: Mutex<HashMap<u64, Sender<Incoming>>>,
-    dead: AtomicBool,
-    to_worker: Arena,
-    from_worker: File,
-    bls_running: AtomicUsize,
-    spec: WorkerSpec,
+pub(crate) struct Shared {
+    pub(crate) stdin: Mutex<ChildStdin>,
+    pub(crate) calls: Mutex<HashMap<u64, Sender<Incoming>>>,
+    pub(crate) dead: AtomicBool,
+    pub(crate) to_worker: Arena,
+    pub(crate) from_worker: File,
+    pub(crate) bls_running: AtomicUsize,
+    pub(crate) spec: WorkerSpec,
     /// Called once when the worker's output ends (it exited or was killed).
-    on_exit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    pub(crate) on_exit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// The worker's regions read and not yet given back: they ride on the next message to the
     /// worker (a message of their own only past [`MAX_PENDING_FREES`]), which spares a write
     /// here and a wake-up of the worker's reader (and its GIL) per request.
-    pending_free: Mutex<Vec<u64>>,
+    pub(crate) pending_free: Mutex<Vec<u64>>,
 }
 
 impl Shared {
-    fn send(&self, msg: &Value) -> bool {
+    pub(crate) fn send(&self, msg: &Value) -> bool {
         let mut w = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
         w.write_all(&frame(msg)).is_ok()
     }
@@ -139,25 +139,6 @@ fn shm_dir() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
-}
-
-/// The longest message a worker may send (tensors never travel in messages, so only a broken or
-/// hostile worker comes near it); past it the worker is treated as gone.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
-
-fn read_message(r: &mut impl Read) -> Option<Value> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).ok()?;
-    let n = u32::from_le_bytes(len) as usize;
-    if n > MAX_MESSAGE_BYTES {
-        tracing::warn!(
-            "a python worker sent a {n}-byte message (limit {MAX_MESSAGE_BYTES}): dropping it"
-        );
-        return None;
-    }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body).ok()?;
-    serde_json::from_slice(&body).ok()
 }
 
 fn shm_file() -> Result<tempfile::NamedTempFile, BackendError> {
@@ -288,7 +269,7 @@ impl Worker {
         let reader = shared.clone();
         std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || read_loop(reader, &mut stdout))
+            .spawn(move || crate::reader::read_loop(reader, &mut stdout))
             .map_err(|e| BackendError::Internal(format!("starting a reader thread: {e}")))?;
         let (model, version) = (spec.model.clone(), spec.version);
         std::thread::Builder::new()
@@ -675,125 +656,5 @@ impl Drop for Worker {
             crate::sandbox::kill_group(&mut child);
             let _ = child.wait();
         }
-    }
-}
-
-/// The reader thread: every message the worker writes.
-fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
-    while let Some(msg) = read_message(stdout) {
-        let op = msg.get("op").and_then(|o| o.as_str()).unwrap_or_default();
-        let region = msg.get("region").and_then(|r| r.as_u64());
-        if op == "free" {
-            if let Some(r) = region {
-                shared.to_worker.free(r);
-            }
-            continue;
-        }
-        let tensors = read_tensors(&shared.from_worker, &msg);
-        if let Some(r) = region {
-            let flush = {
-                let mut p = shared
-                    .pending_free
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                p.push(r);
-                (p.len() >= MAX_PENDING_FREES).then(|| std::mem::take(&mut *p))
-            };
-            if let Some(regions) = flush {
-                shared.send(&json!({"op": "free", "regions": regions}));
-            }
-        }
-        match msg.get("op").and_then(|o| o.as_str()) {
-            Some("bls") => crate::bls::start(shared_bls(&shared), msg, tensors),
-            Some("metric") => {
-                let reply = crate::metrics::handle(&shared.spec.metrics, &msg);
-                shared.send(&reply);
-            }
-            _ => {
-                let id = msg.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
-                let calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(tx) = calls.get(&id) {
-                    let _ = tx.send(Incoming { msg, tensors });
-                }
-            }
-        }
-    }
-    let on_exit = {
-        let mut f = shared.on_exit.lock().unwrap_or_else(|p| p.into_inner());
-        shared.dead.store(true, Ordering::Release);
-        f.take()
-    };
-    // Every waiting call sees the worker gone.
-    shared
-        .calls
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
-    if let Some(f) = on_exit {
-        f();
-    }
-}
-
-fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {
-    let Some(specs) = msg.get("tensors").and_then(|t| t.as_array()) else {
-        return Ok(Vec::new());
-    };
-    if specs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let len = file
-        .metadata()
-        .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
-        .len();
-    specs
-        .iter()
-        .map(|spec| read_output_within(file, spec, len))
-        .collect()
-}
-
-/// What a BLS call needs of the connection.
-pub(crate) struct BlsLink {
-    shared: Arc<Shared>,
-}
-
-fn shared_bls(shared: &Arc<Shared>) -> BlsLink {
-    BlsLink {
-        shared: shared.clone(),
-    }
-}
-
-impl BlsLink {
-    pub(crate) fn caller(&self) -> Option<&Arc<dyn ModelCaller>> {
-        self.shared.spec.caller.as_ref()
-    }
-    pub(crate) fn model(&self) -> &str {
-        &self.shared.spec.model
-    }
-    /// Takes one of the worker's BLS slots; false when all are taken.
-    pub(crate) fn enter(&self) -> bool {
-        let n = self.shared.bls_running.fetch_add(1, Ordering::AcqRel);
-        if n >= MAX_BLS {
-            self.shared.bls_running.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-    pub(crate) fn leave(&self) {
-        self.shared.bls_running.fetch_sub(1, Ordering::AcqRel);
-    }
-    /// Sends a result: `msg` with the outputs written to the server's file.
-    pub(crate) fn reply(&self, mut msg: Value, outputs: &[NamedTensor]) {
-        match self.shared.to_worker.put(&[outputs]) {
-            Ok((mut specs, region)) => {
-                msg["tensors"] = Value::Array(specs.pop().unwrap_or_default());
-                if let Some(r) = region {
-                    msg["region"] = json!(r);
-                }
-            }
-            Err(e) => {
-                msg["error"] = json!({"message": format!("writing the result to the shared file: {e}"), "code": code::INTERNAL});
-            }
-        }
-        self.shared.send(&msg);
     }
 }

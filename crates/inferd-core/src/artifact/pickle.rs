@@ -319,46 +319,19 @@ pub fn zip_pickles(data: &[u8]) -> Option<ZipPickles> {
 
 /// Looks inside a zip archive (whole file in `data`) for pickle entries.
 pub fn detect_zip(data: &[u8]) -> Option<PickleKind> {
-    if !data.starts_with(b"PK\x03\x04") {
-        return None;
-    }
-    // Central directory via the end-of-central-directory record near the end.
-    let tail_start = data.len().saturating_sub(65_557);
-    let eocd = data[tail_start..]
-        .windows(4)
-        .rposition(|w| w == b"PK\x05\x06")?
-        + tail_start;
-    let entries = u16le(data, eocd + 10)?;
-    let mut p = u32le(data, eocd + 16)?;
-    for _ in 0..entries {
-        if data.get(p..p + 4)? != b"PK\x01\x02" {
-            return None;
-        }
-        let method = u16le(data, p + 10)?;
-        let name_len = u16le(data, p + 28)?;
-        let extra_len = u16le(data, p + 30)?;
-        let comment_len = u16le(data, p + 32)?;
-        let local = u32le(data, p + 42)?;
-        let name = String::from_utf8_lossy(data.get(p + 46..p + 46 + name_len)?).into_owned();
+    for (name, _method, body) in zip_entries(data)? {
         let lower = name.to_ascii_lowercase();
-        if lower.ends_with(".pkl") || lower.ends_with(".pickle") {
+        let pickled_name = lower.ends_with(".pkl") || lower.ends_with(".pickle");
+        // A stored entry is also judged by its first bytes.
+        let pickled_body = body.is_some_and(|b| {
+            matches!(
+                detect_stream(&b[..b.len().min(4096)], false),
+                Some(PickleKind::Stream { protocol: 2.., .. })
+            )
+        });
+        if pickled_name || pickled_body {
             return Some(PickleKind::Zip { entry: name });
         }
-        if method == 0 {
-            // Stored: look at the entry's first bytes.
-            let lname = u16le(data, local + 26)?;
-            let lextra = u16le(data, local + 28)?;
-            let start = local + 30 + lname + lextra;
-            if let Some(head) = data.get(start..(start + 4096).min(data.len()))
-                && matches!(
-                    detect_stream(head, false),
-                    Some(PickleKind::Stream { protocol: 2.., .. })
-                )
-            {
-                return Some(PickleKind::Zip { entry: name });
-            }
-        }
-        p += 46 + name_len + extra_len + comment_len;
     }
     None
 }

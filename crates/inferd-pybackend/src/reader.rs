@@ -1,0 +1,154 @@
+//! The reader thread of a worker's connection: every message the worker writes. Tensors it
+//! lists are copied out of the worker's file at once (their region given back on the next
+//! message to the worker), calls to other models (BLS) start on threads of their own, metric
+//! updates are applied and answered in order, and the rest go to the call waiting on their `id`.
+
+use std::fs::File;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
+use serde_json::{Value, json};
+
+use crate::protocol::read_output_within;
+use crate::worker::{Incoming, MAX_BLS, MAX_PENDING_FREES, Shared, code};
+
+/// The longest message a worker may send (tensors never travel in messages, so only a broken or
+/// hostile worker comes near it); past it the worker is treated as gone.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+fn read_message(r: &mut impl Read) -> Option<Value> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).ok()?;
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_MESSAGE_BYTES {
+        tracing::warn!(
+            "a python worker sent a {n}-byte message (limit {MAX_MESSAGE_BYTES}): dropping it"
+        );
+        return None;
+    }
+    let mut body = vec![0u8; n];
+    r.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// The reader thread: every message the worker writes.
+pub(crate) fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
+    while let Some(msg) = read_message(stdout) {
+        let op = msg.get("op").and_then(|o| o.as_str()).unwrap_or_default();
+        let region = msg.get("region").and_then(|r| r.as_u64());
+        if op == "free" {
+            if let Some(r) = region {
+                shared.to_worker.free(r);
+            }
+            continue;
+        }
+        let tensors = read_tensors(&shared.from_worker, &msg);
+        if let Some(r) = region {
+            let flush = {
+                let mut p = shared
+                    .pending_free
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                p.push(r);
+                (p.len() >= MAX_PENDING_FREES).then(|| std::mem::take(&mut *p))
+            };
+            if let Some(regions) = flush {
+                shared.send(&json!({"op": "free", "regions": regions}));
+            }
+        }
+        match msg.get("op").and_then(|o| o.as_str()) {
+            Some("bls") => crate::bls::start(shared_bls(&shared), msg, tensors),
+            Some("metric") => {
+                let reply = crate::metrics::handle(&shared.spec.metrics, &msg);
+                shared.send(&reply);
+            }
+            _ => {
+                let id = msg.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
+                let calls = shared.calls.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(tx) = calls.get(&id) {
+                    let _ = tx.send(Incoming { msg, tensors });
+                }
+            }
+        }
+    }
+    let on_exit = {
+        let mut f = shared.on_exit.lock().unwrap_or_else(|p| p.into_inner());
+        shared.dead.store(true, Ordering::Release);
+        f.take()
+    };
+    // Every waiting call sees the worker gone.
+    shared
+        .calls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    if let Some(f) = on_exit {
+        f();
+    }
+}
+
+fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {
+    let Some(specs) = msg.get("tensors").and_then(|t| t.as_array()) else {
+        return Ok(Vec::new());
+    };
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
+        .len();
+    specs
+        .iter()
+        .map(|spec| read_output_within(file, spec, len))
+        .collect()
+}
+
+/// What a BLS call needs of the connection.
+pub(crate) struct BlsLink {
+    shared: Arc<Shared>,
+}
+
+fn shared_bls(shared: &Arc<Shared>) -> BlsLink {
+    BlsLink {
+        shared: shared.clone(),
+    }
+}
+
+impl BlsLink {
+    pub(crate) fn caller(&self) -> Option<&Arc<dyn ModelCaller>> {
+        self.shared.spec.caller.as_ref()
+    }
+    pub(crate) fn model(&self) -> &str {
+        &self.shared.spec.model
+    }
+    /// Takes one of the worker's BLS slots; false when all are taken.
+    pub(crate) fn enter(&self) -> bool {
+        let n = self.shared.bls_running.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_BLS {
+            self.shared.bls_running.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+    pub(crate) fn leave(&self) {
+        self.shared.bls_running.fetch_sub(1, Ordering::AcqRel);
+    }
+    /// Sends a result: `msg` with the outputs written to the server's file.
+    pub(crate) fn reply(&self, mut msg: Value, outputs: &[NamedTensor]) {
+        match self.shared.to_worker.put(&[outputs]) {
+            Ok((mut specs, region)) => {
+                msg["tensors"] = Value::Array(specs.pop().unwrap_or_default());
+                if let Some(r) = region {
+                    msg["region"] = json!(r);
+                }
+            }
+            Err(e) => {
+                msg["error"] = json!({"message": format!("writing the result to the shared file: {e}"), "code": code::INTERNAL});
+            }
+        }
+        self.shared.send(&msg);
+    }
+}
