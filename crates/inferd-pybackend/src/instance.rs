@@ -149,14 +149,22 @@ impl Slot {
 
     /// The live worker, or why there is none now (503).
     fn worker(&self) -> Result<Arc<Worker>, BackendError> {
-        if let Some(w) = self
+        let current = self
             .worker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|w| !w.is_dead())
-        {
-            return Ok(w.clone());
+            .clone();
+        if let Some(w) = current {
+            if !w.is_dead() {
+                return Ok(w);
+            }
+            // Dead but not yet handed to the restart thread: its own exit status says why
+            // (a request must not see "restarting" before the crash is recorded).
+            return Err(BackendError::Unavailable(format!(
+                "model '{}' cannot answer now: its python worker is restarting after it exited ({})",
+                self.spec.model,
+                w.exit_status()
+            )));
         }
         let why = match self.crashes.health() {
             Health::Failed(why) | Health::Recovering(why) => why,
@@ -174,20 +182,29 @@ impl Slot {
         if self.closing.load(Ordering::Acquire) {
             return;
         }
+        // The status is recorded before the slot forgets the worker, so no request in between
+        // is told the worker is restarting without being told why (this thread is the dead
+        // worker's reader; waiting here for its exit status is bounded by a second).
+        let mut status = worker.exit_status();
+        if let Ok(mut l) = self.crashes.last.lock() {
+            l.clone_from(&status);
+        }
+        self.crashes.restarting.fetch_add(1, Ordering::AcqRel);
         {
             let mut w = self.worker.lock().unwrap_or_else(|p| p.into_inner());
             match w.as_ref() {
                 Some(cur) if Arc::ptr_eq(cur, &worker) => *w = None,
-                _ => return,
+                _ => {
+                    self.crashes.restarting.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
             }
         }
-        self.crashes.restarting.fetch_add(1, Ordering::AcqRel);
+        drop(worker);
         let slot = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("inferd-py-restart-{}", self.spec.model))
             .spawn(move || {
-                let mut status = worker.exit_status();
-                drop(worker);
                 loop {
                     if let Ok(mut l) = slot.crashes.last.lock() {
                         l.clone_from(&status);
