@@ -28,6 +28,7 @@ pub mod spin;
 pub mod tfserving;
 pub mod tls;
 pub mod traffic;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -208,7 +209,8 @@ impl BoundServer {
                 .state_dir()
                 .map(|d| d.path().to_path_buf()),
         ));
-        let signals_task = signals::spawn(self.engine.clone(), signals.clone());
+        let console = std::sync::Arc::new(ui::Console::new(signals.clone()));
+        let signals_task = signals::spawn(self.engine.clone(), signals.clone(), console.clone());
         let metrics = std::sync::Arc::new(metrics::Metrics::new(
             self.engine.clone(),
             &self.opts.traffic,
@@ -236,6 +238,7 @@ impl BoundServer {
             read_timeout: self.opts.http.read_timeout,
             metrics,
             traffic: self.opts.traffic.clone(),
+            console,
         };
         // The admin listener has its own connection budget, so a flood of inference
         // connections cannot lock operators out (and the reverse).

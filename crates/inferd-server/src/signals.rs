@@ -199,15 +199,22 @@ impl Signals {
     }
 }
 
-/// Ticks `signals` once a second from `engine`'s snapshot, saving the forecasts each minute.
-pub fn spawn(engine: Engine, signals: Arc<Signals>) -> tokio::task::JoinHandle<()> {
+/// Ticks `signals` (and the console's charts) once a second from `engine`'s snapshot, saving
+/// the forecasts each minute.
+pub fn spawn(
+    engine: Engine,
+    signals: Arc<Signals>,
+    console: Arc<crate::ui::Console>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
         loop {
             every.tick().await;
-            signals.tick(&engine.metrics_snapshot());
+            let snapshot = engine.metrics_snapshot();
+            signals.tick(&snapshot);
+            console.tick(&snapshot);
             n += 1;
             if n.is_multiple_of(60) {
                 let s = signals.clone();

@@ -6,7 +6,7 @@
 //! Failed analyses count over the whole rollout (as Flagger's failed checks do): a canary that
 //! fails now and then is rolled back, not retried forever.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +115,30 @@ pub struct Check {
     pub passed: bool,
 }
 
+/// Analyses a rollout remembers for its timeline.
+pub const HISTORY: usize = 128;
+
+/// One analysis as the rollout's timeline shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisRecord {
+    /// When (the clock the analysis came with: wall-clock seconds in the server).
+    pub at: f64,
+    /// The step analysed, from 1.
+    pub step: usize,
+    /// The canary's weight during it.
+    pub weight: u64,
+    /// Canary requests in the analysis window.
+    pub requests: u64,
+    /// The checks and their numbers.
+    pub checks: Vec<Check>,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// The decision taken (the rollout's reason after it).
+    pub decision: String,
+    /// The phase after it.
+    pub phase: String,
+}
+
 /// A canary rollout: its plan and where it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -129,6 +153,9 @@ pub struct Rollout {
     pub reason: String,
     /// The last analysis's checks.
     pub last_checks: Vec<Check>,
+    /// The last [`HISTORY`] analyses, oldest first.
+    #[serde(default)]
+    pub history: VecDeque<AnalysisRecord>,
 }
 
 impl Rollout {
@@ -147,6 +174,7 @@ impl Rollout {
             failures: 0,
             reason: "started".into(),
             last_checks: Vec::new(),
+            history: VecDeque::new(),
         }
     }
 
@@ -305,6 +333,28 @@ impl Rollout {
     }
 
     fn analyse(&mut self, now: f64, canary: Window, primary: Window) {
+        let Phase::Progressing { step, .. } = self.phase else {
+            return;
+        };
+        let weight = self.canary_weight();
+        let requests = canary.requests;
+        self.decide(now, canary, primary);
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(AnalysisRecord {
+            at: now,
+            step: step + 1,
+            weight,
+            requests,
+            checks: self.last_checks.clone(),
+            passed: self.last_checks.iter().all(|c| c.passed),
+            decision: self.reason.clone(),
+            phase: self.phase_name().to_string(),
+        });
+    }
+
+    fn decide(&mut self, now: f64, canary: Window, primary: Window) {
         let Phase::Progressing {
             step,
             since,

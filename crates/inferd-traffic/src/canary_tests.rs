@@ -379,3 +379,40 @@ fn a_canary_whose_outputs_drifted_from_the_primarys_is_rolled_back_naming_output
         ok.last_checks
     );
 }
+
+#[test]
+fn every_analysis_is_kept_in_the_timeline_with_its_step_numbers_and_decision() {
+    let mut r = rollout(2);
+    r.apply(analysis(70.0, healthy(150))).unwrap();
+    r.apply(analysis(80.0, failing())).unwrap();
+    r.apply(analysis(90.0, failing())).unwrap();
+    // Analyses of a finished rollout are not analyses.
+    r.apply(analysis(100.0, healthy(10))).unwrap();
+    let h: Vec<_> = r.history.iter().collect();
+    assert_eq!(h.len(), 3);
+    assert_eq!((h[0].step, h[0].weight, h[0].requests), (1, 5, 150));
+    assert!(h[0].passed && h[0].decision.contains("step 1 healthy"));
+    assert_eq!((h[1].step, h[1].weight, h[1].passed), (2, 20, false));
+    assert!(
+        h[1].decision.contains("analysis failed (1 of 2"),
+        "{}",
+        h[1].decision
+    );
+    let err = h[1].checks.iter().find(|c| c.name == "error_rate").unwrap();
+    assert_eq!(err.value, Some(0.05));
+    assert_eq!(h[2].phase, "rolled_back");
+    assert_eq!(h[2].decision, r.reason);
+}
+
+#[test]
+fn the_timeline_keeps_only_the_last_analyses() {
+    let mut r = rollout(1);
+    for i in 0..(crate::canary::HISTORY + 10) {
+        r.apply(analysis(i as f64, healthy(1))).unwrap();
+    }
+    assert_eq!(r.history.len(), crate::canary::HISTORY);
+    assert_eq!(
+        r.history.back().unwrap().at,
+        (crate::canary::HISTORY + 9) as f64
+    );
+}

@@ -58,6 +58,8 @@ pub struct HttpState {
     pub traffic: std::sync::Arc<crate::traffic::Traffic>,
     /// Registered system shared-memory regions (shared with gRPC).
     pub shm: std::sync::Arc<crate::shm::SharedMemory>,
+    /// The console's live series and the signals it shows.
+    pub console: std::sync::Arc<crate::ui::Console>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -161,9 +163,11 @@ pub fn router(state: HttpState, admin_here: bool) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{model}", get(openai::model));
     let r = if admin_here {
-        r.merge(admin_routes())
+        r.merge(admin_routes()).merge(crate::ui::routes())
     } else {
         r.route("/v2/routes", any(admin_elsewhere))
+            .route("/ui", any(admin_elsewhere))
+            .route("/ui/{*rest}", any(admin_elsewhere))
             .route("/v2/routes/{*rest}", any(admin_elsewhere))
             .route("/v2/repository/models/{*rest}", any(admin_elsewhere))
     };
@@ -197,6 +201,7 @@ fn admin_routes() -> Router<HttpState> {
 /// The admin listener's router (`--admin-port`): the admin endpoints, feedback and liveness.
 pub fn admin_router(state: HttpState) -> Router {
     admin_routes()
+        .merge(crate::ui::routes())
         .route("/v2/feedback", post(admin::feedback))
         .route("/v2/health/live", get(health::live))
         .fallback(not_found)
@@ -233,7 +238,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-fn parse_version(v: &str) -> ApiResult<Option<u64>> {
+pub(crate) fn parse_version(v: &str) -> ApiResult<Option<u64>> {
     if v.is_empty() {
         return Ok(None);
     }
@@ -368,7 +373,7 @@ async fn infer(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn infer_v(
+pub(crate) async fn infer_v(
     State(s): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,

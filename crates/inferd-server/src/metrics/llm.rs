@@ -38,6 +38,9 @@ pub struct LlmRequests {
     e2e: Hist,
     prompt: Hist,
     generated: Hist,
+    /// Per model: (TTFT sum, count, inter-token sum, count) for the console, which cannot read
+    /// prometheus-client's histograms back.
+    means: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, [f64; 4]>>>,
 }
 
 impl Default for LlmRequests {
@@ -48,6 +51,7 @@ impl Default for LlmRequests {
             e2e: Family::new_with_constructor(|| Histogram::new(E2E)),
             prompt: Family::new_with_constructor(|| Histogram::new(TOKENS)),
             generated: Family::new_with_constructor(|| Histogram::new(TOKENS)),
+            means: Default::default(),
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct RequestTimes {
 impl LlmRequests {
     /// Records a request's time to its first text (also for requests cancelled later).
     pub fn first_token(&self, model: &str, secs: f64) {
+        self.add_mean(model, 0, secs);
         self.ttft
             .get_or_create(&vec![("model", model.to_string())])
             .observe(secs);
@@ -77,6 +82,7 @@ impl LlmRequests {
     pub fn observe(&self, model: &str, t: RequestTimes) {
         let l = vec![("model", model.to_string())];
         if t.gaps.1 > 0 {
+            self.add_mean(model, 2, t.gaps.0 / t.gaps.1 as f64);
             self.itl
                 .get_or_create(&l)
                 .observe(t.gaps.0 / t.gaps.1 as f64);
@@ -88,6 +94,25 @@ impl LlmRequests {
         self.generated
             .get_or_create(&l)
             .observe(t.generated_tokens as f64);
+    }
+
+    fn add_mean(&self, model: &str, at: usize, secs: f64) {
+        let mut m = self.means.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the histogram families: one entry per model the text API served.
+        let e = m.entry(model.to_string()).or_default();
+        e[at] += secs;
+        e[at + 1] += 1.0;
+    }
+
+    /// Mean time to first token and mean inter-token latency of `model`'s requests since the
+    /// start, in seconds (`None` before the first).
+    pub fn means(&self, model: &str) -> (Option<f64>, Option<f64>) {
+        let m = self.means.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = m.get(model) else {
+            return (None, None);
+        };
+        let mean = |sum: f64, n: f64| (n > 0.0).then(|| sum / n);
+        (mean(e[0], e[1]), mean(e[2], e[3]))
     }
 
     /// Registers the histograms.

@@ -185,22 +185,28 @@ pub async fn route_report(
             format!("no '{what}' under route '{route}'; GET .../report"),
         ));
     }
+    report_json(&s, &route)
+        .await
+        .map(Json)
+        .ok_or_else(|| ChangeError::NotFound(route).into())
+}
+
+/// A route as `GET /v2/routes/{route}` shows it, with its A/B experiment's or shadow's report.
+pub async fn report_json(s: &HttpState, route: &str) -> Option<Value> {
     let table = s.traffic.snapshot();
-    let r = table
-        .get(&route)
-        .ok_or_else(|| ApiError::from(ChangeError::NotFound(route.clone())))?;
-    let mut out = route_json(&route, &table).unwrap_or(Value::Null);
+    let r = table.get(route)?;
+    let mut out = route_json(route, &table)?;
     match &r.spec {
         RouteSpec::Ab { experiment, .. } => {
             let arms: Vec<String> = r.weights().iter().map(|(t, _)| t.to_string()).collect();
-            out["experiment"] = s.traffic.outcomes(&route).await.report(&arms, experiment);
+            out["experiment"] = s.traffic.outcomes(route).await.report(&arms, experiment);
         }
         RouteSpec::Shadow { .. } => {
-            out["shadow"] = s.traffic.shadow_report(&route);
+            out["shadow"] = s.traffic.shadow_report(route);
         }
         _ => {}
     }
-    Ok(Json(out))
+    Some(out)
 }
 
 /// `POST /v2/feedback`: an outcome for an A/B test, by request id or by route and key.

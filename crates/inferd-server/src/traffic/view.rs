@@ -1,6 +1,7 @@
 //! The routes as the admin API shows them: `GET /v2/routes` and `GET /v2/routes/{route}`
 //! answer `{"name", "kind", "state", "weights": [{"target", "weight"}], "reason"}`, plus
-//! `step`, `failures` and `analyses` for a canary and `active` for a blue-green route, and the
+//! `step`, `failures`, `analyses` (the last analysis's checks) and `history` (every analysis:
+//! step, weight, numbers, decision) for a canary and `active` for a blue-green route, and the
 //! route as written under `spec`.
 
 use inferd_traffic::canary::Phase;
@@ -35,6 +36,7 @@ pub fn route_json(name: &str, table: &Table) -> Option<Value> {
         });
         v["failures"] = json!(ro.failures);
         v["analyses"] = serde_json::to_value(&ro.last_checks).unwrap_or(Value::Null);
+        v["history"] = serde_json::to_value(&ro.history).unwrap_or(Value::Null);
     }
     if let Some(active) = r.active {
         v["active"] = serde_json::to_value(active).unwrap_or(Value::Null);
