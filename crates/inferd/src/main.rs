@@ -11,6 +11,7 @@ mod remote;
 mod route_cli;
 mod routes;
 mod settings;
+mod top;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -113,6 +114,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: autoscale_cli::AutoscaleCommand,
     },
+    /// The console's overview in the terminal, refreshing: health, models and their versions,
+    /// requests/s, latency, errors, queues and routes (`q` quits). Exit code: 0, or 2 when the
+    /// server cannot be read.
+    Top(top::TopArgs),
     /// A route's report: an A/B test's statistics, a shadow's comparison, a canary's analyses.
     Report {
         /// The route.
@@ -672,6 +677,12 @@ fn main() -> std::process::ExitCode {
             });
         }
         Command::Autoscale { command } => autoscale_cli::run(command),
+        Command::Top(args) => {
+            return std::process::ExitCode::from(top::run(args).unwrap_or_else(|e| {
+                eprintln!("inferd top: {e:#}");
+                2
+            }));
+        }
         Command::Scan { paths, format } => {
             return std::process::ExitCode::from(scan(&paths, format));
         }
