@@ -194,7 +194,7 @@ pub(crate) fn draw(f: &mut Frame, url: &str, o: &Overview, status: &str) {
                     .borders(Borders::ALL)
                     .title(format!("requests/s {} (15 min)", num(last(&o.rps)))),
             )
-            .data(&to_u64(&tail(&o.rps), 100.0)),
+            .data(to_u64(&tail(&o.rps), 100.0)),
         left,
     );
     f.render_widget(
@@ -205,7 +205,7 @@ pub(crate) fn draw(f: &mut Frame, url: &str, o: &Overview, status: &str) {
                     .title(format!("p99 ms {}", num(last(&o.p99_ms)))),
             )
             .style(Style::default().fg(Color::Red))
-            .data(&to_u64(&tail(&o.p99_ms), 100.0)),
+            .data(to_u64(&tail(&o.p99_ms), 100.0)),
         right,
     );
     let rows = o.models.iter().map(|m| {
@@ -328,15 +328,15 @@ pub(crate) fn run(args: TopArgs) -> Result<u8> {
             terminal.draw(|f| draw(f, &args.url, &overview, &status))?;
             let next = Instant::now() + interval;
             while let Some(wait) = next.checked_duration_since(Instant::now()) {
-                if event::poll(wait)? {
-                    if let Event::Key(k) = event::read()? {
-                        let ctrl_c = k.code == KeyCode::Char('c')
-                            && k.modifiers.contains(KeyModifiers::CONTROL);
-                        if k.kind == KeyEventKind::Press
-                            && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c)
-                        {
-                            return Ok(());
-                        }
+                if event::poll(wait)?
+                    && let Event::Key(k) = event::read()?
+                {
+                    let ctrl_c =
+                        k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                    if k.kind == KeyEventKind::Press
+                        && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c)
+                    {
+                        return Ok(());
                     }
                 }
             }
