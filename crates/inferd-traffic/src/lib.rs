@@ -13,6 +13,7 @@
 //!
 //! The server crate drives these with thin actors and exposes them over HTTP and gRPC.
 
+pub mod abguard;
 pub mod bluegreen;
 pub mod canary;
 pub mod experiment;

@@ -86,6 +86,18 @@ pub struct Step {
     pub min_requests: u64,
 }
 
+/// An A/B test's guardrails, checked every `interval_secs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbGuardrails {
+    /// Highest PSI of a treatment arm's outputs against the control's drift reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_psi: Option<f64>,
+    /// Seconds between checks (default 10).
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+}
+
 /// What a canary analysis checks against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +185,10 @@ pub enum RouteSpec {
         sticky_header: String,
         /// The statistics settings.
         experiment: Experiment,
+        /// A drift guardrail: a treatment arm whose outputs drift from the control's
+        /// reference past the limit is halted (its share goes to the control).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guardrails: Option<AbGuardrails>,
         /// Answers while the chosen target has no ready version (a replica just scaled from
         /// zero, a version still loading); the answer names it in `x-inferd-target`.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,10 @@ pub struct Route {
     /// A blue-green route's active side, which `switch` changes (starts as the spec's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<Color>,
+    /// An A/B test's arms halted by its drift guardrail (`MODEL/VERSION` -> why); their
+    /// share goes to the control. Cleared when the route is written again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub halted: BTreeMap<String, String>,
 }
 
 impl Route {
@@ -60,22 +64,43 @@ impl Route {
             spec,
             rollout,
             active,
+            halted: BTreeMap::new(),
         }
     }
 
     /// The state the API shows: `progressing`, `paused`, `promoted`, `rolled_back` for a
     /// canary, `steady` otherwise.
     pub fn state(&self) -> &'static str {
+        if !self.halted.is_empty() {
+            return "halted";
+        }
         self.rollout.as_ref().map_or("steady", Rollout::phase_name)
     }
 
     /// Each target with its current weight (out of their sum).
     pub fn weights(&self) -> Vec<(Target, u64)> {
         match &self.spec {
-            RouteSpec::Split { targets, .. } | RouteSpec::Ab { targets, .. } => targets
+            RouteSpec::Split { targets, .. } => targets
                 .iter()
                 .map(|t| (t.target(), t.weight.max(0) as u64))
                 .collect(),
+            RouteSpec::Ab { targets, .. } => {
+                // Halted arms' shares go to the control (the first arm).
+                let mut w: Vec<(Target, u64)> = targets
+                    .iter()
+                    .map(|t| (t.target(), t.weight.max(0) as u64))
+                    .collect();
+                let freed: u64 = w
+                    .iter_mut()
+                    .skip(1)
+                    .filter(|(t, _)| self.halted.contains_key(&t.to_string()))
+                    .map(|(_, x)| std::mem::take(x))
+                    .sum();
+                if let Some(first) = w.first_mut() {
+                    first.1 += freed;
+                }
+                w
+            }
             RouteSpec::Shadow { primary, .. } => vec![(primary.clone(), 100)],
             RouteSpec::Canary {
                 primary, canary, ..
@@ -218,6 +243,22 @@ impl Table {
             kind: route.spec.kind(),
         })?;
         rollout.apply(event).map_err(ActionError::Conflict)?;
+        Ok(t)
+    }
+
+    /// A table with A/B route `name`'s arm `arm` halted for `why` (already halted: unchanged).
+    pub fn with_ab_halt(&self, name: &str, arm: &Target, why: &str) -> Result<Table, ActionError> {
+        let mut t = self.clone();
+        let route = t.routes.get_mut(name).ok_or(ActionError::NoRoute)?;
+        if !matches!(route.spec, RouteSpec::Ab { .. }) {
+            return Err(ActionError::WrongKind {
+                kind: route.spec.kind(),
+            });
+        }
+        route
+            .halted
+            .entry(arm.to_string())
+            .or_insert_with(|| why.to_string());
         Ok(t)
     }
 

@@ -238,3 +238,48 @@ fn a_restart_keeps_saved_state_unless_the_file_changed_the_route() {
     );
     assert!(t.get("ranker_api").is_some(), "API-made route is kept");
 }
+
+const AB: &str = r#"
+[routes.rank]
+kind = "ab"
+targets = [ { model = "ranker", version = 1, weight = 50 }, { model = "ranker", version = 2, weight = 30 }, { model = "ranker", version = 3, weight = 20 } ]
+experiment = { metric = "conversion" }
+guardrails = { max_output_psi = 0.2, interval_secs = 5 }
+"#;
+
+#[test]
+fn a_halted_ab_arm_gives_its_share_to_the_control_and_the_route_says_why() {
+    let file = RoutesFile::parse("routes.toml", AB).unwrap();
+    let t = Table::from_specs(&file.routes, &models, 0.0).unwrap();
+    let arm = Target {
+        model: "ranker".into(),
+        version: Some(2),
+    };
+    let halted = t
+        .with_ab_halt("rank", &arm, "halted: output_psi 0.5 > 0.2")
+        .unwrap();
+    let r = halted.get("rank").unwrap();
+    assert_eq!(r.state(), "halted");
+    let w: Vec<u64> = r.weights().iter().map(|(_, w)| *w).collect();
+    assert_eq!(w, vec![80, 0, 20]);
+    assert_eq!(r.halted["ranker/2"], "halted: output_psi 0.5 > 0.2");
+    // A second halt of the same arm keeps the first reason; the old table is untouched.
+    let again = halted.with_ab_halt("rank", &arm, "other").unwrap();
+    assert_eq!(
+        again.get("rank").unwrap().halted["ranker/2"],
+        "halted: output_psi 0.5 > 0.2"
+    );
+    assert_eq!(t.get("rank").unwrap().state(), "steady");
+    assert!(matches!(
+        t.with_ab_halt("fraud", &arm, "x"),
+        Err(ActionError::NoRoute) | Err(ActionError::WrongKind { .. })
+    ));
+}
+
+#[test]
+fn an_ab_guardrail_without_a_limit_is_refused_by_name() {
+    let bad = AB.replace("max_output_psi = 0.2, ", "");
+    let file = RoutesFile::parse("routes.toml", &bad).unwrap();
+    let e = Table::from_specs(&file.routes, &models, 0.0).unwrap_err();
+    assert!(e.to_string().contains("guardrails.max_output_psi"), "{e}");
+}

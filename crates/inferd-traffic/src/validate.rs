@@ -75,9 +75,26 @@ pub fn validate(name: &str, spec: &RouteSpec, names: &dyn Names) -> Result<(), T
         RouteSpec::Ab {
             targets,
             experiment,
+            guardrails,
             ..
         } => {
             weights(name, targets, 2)?;
+            if let Some(g) = guardrails {
+                if g.max_output_psi.is_none_or(|r| r.is_nan() || r <= 0.0) {
+                    return Err(invalid(
+                        name,
+                        "guardrails.max_output_psi",
+                        "must be set and above 0",
+                    ));
+                }
+                if g.interval_secs == 0 {
+                    return Err(invalid(
+                        name,
+                        "guardrails.interval_secs",
+                        "must be at least 1",
+                    ));
+                }
+            }
             if !matches!(experiment.metric.as_str(), "conversion" | "mean") {
                 return Err(invalid(
                     name,

@@ -1,6 +1,7 @@
 //! The canary controller: a thin actor that asks [`Traffic::analyse_due`] once a second, so
 //! each canary is analysed every `interval_secs` on its own windows. All decisions are the
-//! pure rollout's (`inferd_traffic::canary`); this only supplies the clock. It also saves A/B
+//! pure rollout's (`inferd_traffic::canary`); this only supplies the clock. A/B routes with a
+//! drift guardrail are checked the same way ([`Traffic::guard_ab_due`]). It also saves A/B
 //! outcomes that changed, at most once a second.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub fn spawn(traffic: &Arc<Traffic>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             let Some(t) = weak.upgrade() else { return };
             t.analyse_due(now()).await;
+            t.guard_ab_due(now()).await;
             t.save_outcomes().await;
         }
     })

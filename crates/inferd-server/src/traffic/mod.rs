@@ -16,6 +16,7 @@
 //! - [`view`]: the routes as the API shows them.
 
 pub mod ab;
+mod ab_guard;
 pub mod admin;
 pub mod auth;
 pub mod controller;

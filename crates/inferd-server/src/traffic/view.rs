@@ -38,6 +38,10 @@ pub fn route_json(name: &str, table: &Table) -> Option<Value> {
         v["analyses"] = serde_json::to_value(&ro.last_checks).unwrap_or(Value::Null);
         v["history"] = serde_json::to_value(&ro.history).unwrap_or(Value::Null);
     }
+    if !r.halted.is_empty() {
+        v["halted"] = serde_json::to_value(&r.halted).unwrap_or(Value::Null);
+        v["reason"] = Value::from(r.halted.values().cloned().collect::<Vec<_>>().join("; "));
+    }
     if let Some(active) = r.active {
         v["active"] = serde_json::to_value(active).unwrap_or(Value::Null);
     }
