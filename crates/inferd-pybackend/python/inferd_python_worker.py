@@ -18,6 +18,7 @@ response senders and BLS calls work from any thread.
 
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import inspect
 import json
@@ -111,49 +112,57 @@ class Inbox:
 
 
 class Outbox:
-    """This worker's file: each message's tensors in a region of their own, 64-byte aligned;
-    the space is reused once the server has given back every region."""
+    """This worker's file: each message's tensors in a region of their own, 64-byte aligned,
+    placed first-fit in the gaps given-back regions leave (as the server's arena), so the file
+    grows only to the most bytes live at once, however long a decoupled stream holds a region."""
 
     def __init__(self, path: str):
         self.fd = os.open(path, os.O_RDWR)
         self.lock = threading.Lock()
-        self.top = 0
         self.size = os.fstat(self.fd).st_size
-        self.live = set()
+        self.extents = []  # sorted [start, end, region] of the live regions
         self.next = 1
+
+    def _place(self, length: int) -> int:
+        at = 0
+        for start, end, _ in self.extents:
+            if start >= at + length:
+                break
+            at = (max(at, end) + 63) // 64 * 64
+        return at
 
     def put(self, arrays: list) -> tuple[list, int | None]:
         """Writes (name, datatype, array, data) items; returns their specs and the region."""
         if not arrays:
             return [], None
+        rel = []
+        length = 0
+        for item in arrays:
+            length = (length + 63) // 64 * 64
+            rel.append(length)
+            length += len(item[3])
+        length = max(length, 1)
         with self.lock:
             region, self.next = self.next, self.next + 1
-            offset = self.top
-            placed = []
-            for item in arrays:
-                offset = (offset + 63) // 64 * 64
-                placed.append(offset)
-                offset += len(item[3])
-            self.top = offset
-            if offset > self.size:
-                os.ftruncate(self.fd, offset)
-                self.size = offset
-            self.live.add(region)
+            start = self._place(length)
+            end = start + length
+            if end > self.size:
+                os.ftruncate(self.fd, end)
+                self.size = end
+            bisect.insort(self.extents, [start, end, region])
         # One write for the whole region (alignment gaps zero-filled).
-        start = placed[0]
-        buf = bytearray(offset - start)
+        buf = bytearray(length)
         specs = []
-        for (name, dt, array, data), at in zip(arrays, placed):
-            buf[at - start:at - start + len(data)] = data
-            specs.append({"name": name, "datatype": dt, "shape": list(array.shape), "offset": at, "nbytes": len(data)})
+        for (name, dt, array, data), r in zip(arrays, rel):
+            buf[r:r + len(data)] = data
+            specs.append({"name": name, "datatype": dt, "shape": list(array.shape), "offset": start + r,
+                          "nbytes": len(data)})
         os.pwrite(self.fd, buf, start)
         return specs, region
 
     def free(self, region: int) -> None:
         with self.lock:
-            self.live.discard(region)
-            if not self.live:
-                self.top = 0
+            self.extents = [e for e in self.extents if e[2] != region]
 
 
 def decode_bytes(buf: memoryview, count: int) -> np.ndarray:

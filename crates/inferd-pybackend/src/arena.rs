@@ -1,8 +1,10 @@
 //! The server's shared file: each message's tensors in a region of their own, 64-byte
-//! aligned; the space is reused once every region has been given back (a bump allocator that
-//! resets when empty: messages are short-lived, so it rarely grows past the largest burst).
+//! aligned. Regions are placed first-fit in the gaps that given-back regions leave, so the file
+//! grows only to the most bytes live at once (plus fragmentation), even while long decoupled
+//! streams hold regions and others come and go around them. It never shrinks: the worker maps
+//! it, and a mapping past a truncated end would fault.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
@@ -12,11 +14,28 @@ use serde_json::{Value, json};
 
 use crate::protocol::align;
 
+#[derive(Default)]
 struct State {
-    top: u64,
     size: u64,
-    live: HashSet<u64>,
+    /// Live extents by start offset: (end, region id).
+    extents: BTreeMap<u64, (u64, u64)>,
+    /// Region id -> start offset.
+    regions: HashMap<u64, u64>,
     next: u64,
+}
+
+impl State {
+    /// The first 64-byte aligned offset with `len` free bytes.
+    fn place(&self, len: u64) -> u64 {
+        let mut at = 0;
+        for (&start, &(end, _)) in &self.extents {
+            if start >= at + len {
+                break;
+            }
+            at = align(at.max(end));
+        }
+        at
+    }
 }
 
 /// A file the server writes tensors into for the worker to read.
@@ -31,10 +50,8 @@ impl Arena {
         Arena {
             file,
             state: Mutex::new(State {
-                top: 0,
-                size: 0,
-                live: HashSet::new(),
                 next: 1,
+                ..State::default()
             }),
         }
     }
@@ -53,20 +70,23 @@ impl Arena {
             return Ok((vec![Vec::new(); groups.len()], None));
         }
         let (region, mut offset) = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let start = s.top;
-            let end = wire
+            // The layout inside a region depends only on its (aligned) start.
+            let len = wire
                 .iter()
                 .flatten()
-                .fold(start, |at, b| align(at) + b.len() as u64);
+                .fold(0, |at, b| align(at) + b.len() as u64)
+                .max(1);
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let start = s.place(len);
+            let end = start + len;
             if end > s.size {
                 self.file.set_len(end)?;
                 s.size = end;
             }
-            s.top = end;
             let region = s.next;
             s.next += 1;
-            s.live.insert(region);
+            s.extents.insert(start, (end, region));
+            s.regions.insert(region, start);
             (region, start)
         };
         let mut specs = Vec::with_capacity(groups.len());
@@ -95,15 +115,19 @@ impl Arena {
     /// Gives a region back (unknown ids are ignored: a worker cannot free twice).
     pub fn free(&self, region: u64) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.live.remove(&region);
-        if s.live.is_empty() {
-            s.top = 0;
+        if let Some(start) = s.regions.remove(&region) {
+            s.extents.remove(&start);
         }
     }
 
     /// Regions not yet given back.
     pub fn live(&self) -> usize {
-        self.state.lock().map(|s| s.live.len()).unwrap_or(0)
+        self.state.lock().map(|s| s.regions.len()).unwrap_or(0)
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.state.lock().map(|s| s.size).unwrap_or(0)
     }
 }
 
@@ -153,20 +177,59 @@ mod tests {
     }
 
     #[test]
-    fn space_is_reused_only_once_every_region_is_back() {
+    fn a_given_back_region_is_reused_while_others_stay_live() {
         let arena = Arena::new(tempfile::tempfile().expect("file"));
         let a = [t("A", &[1.0])];
         let (_, r1) = arena.put(&[&a]).expect("put");
         let (_, r2) = arena.put(&[&a]).expect("put");
         arena.free(r1.expect("region"));
         let (s3, r3) = arena.put(&[&a]).expect("put");
-        assert_eq!(s3[0][0]["offset"], 128, "r2 is still live: no reuse");
+        assert_eq!(
+            s3[0][0]["offset"], 0,
+            "r1's gap is reused though r2 is live"
+        );
         arena.free(r2.expect("region"));
         arena.free(r2.expect("region"));
         assert_eq!(arena.live(), 1);
         arena.free(r3.expect("region"));
         let (s4, _) = arena.put(&[&a]).expect("put");
         assert_eq!(s4[0][0]["offset"], 0);
+    }
+
+    #[test]
+    fn a_long_lived_region_does_not_make_the_file_grow_with_traffic_around_it() {
+        // A decoupled stream holds its region while thousands of requests come and go.
+        let arena = Arena::new(tempfile::tempfile().expect("file"));
+        let big = [t("B", &[0.5; 1000])];
+        let small = [t("A", &[1.0; 10])];
+        let (_, held) = arena.put(&[&small]).expect("put");
+        for _ in 0..5000 {
+            let (_, r1) = arena.put(&[&big]).expect("put");
+            let (_, r2) = arena.put(&[&small]).expect("put");
+            arena.free(r1.expect("region"));
+            arena.free(r2.expect("region"));
+        }
+        assert_eq!(arena.live(), 1);
+        assert!(
+            arena.size() < 8192,
+            "the file grew to {} bytes",
+            arena.size()
+        );
+        arena.free(held.expect("region"));
+    }
+
+    #[test]
+    fn a_region_too_big_for_a_gap_goes_after_the_live_ones() {
+        let arena = Arena::new(tempfile::tempfile().expect("file"));
+        let small = [t("A", &[1.0])];
+        let big = [t("B", &[0.5; 100])];
+        let (_, r1) = arena.put(&[&small]).expect("put");
+        let (_, _r2) = arena.put(&[&small]).expect("put");
+        arena.free(r1.expect("region"));
+        let (s, _) = arena.put(&[&big]).expect("put");
+        assert_eq!(s[0][0]["offset"], 128, "the 64-byte gap at 0 is too small");
+        let (s, _) = arena.put(&[&small]).expect("put");
+        assert_eq!(s[0][0]["offset"], 0, "but a small region fits it");
     }
 
     #[test]
