@@ -396,7 +396,7 @@ def test_a_hung_worker_that_forked_is_killed_with_its_children_and_restarts(serv
     with pytest.raises(InferenceServerException) as e:
         add_sub(httpclient, client, "add_sub", np.full(4, -444, np.float32), ok)
     assert "did not answer within 2 s" in e.value.message(), e.value.message()
-    wait_ready(client, "add_sub", secs=15)
+    wait_ready(client, "add_sub", secs=30)
     s, _ = add_sub(httpclient, client, "add_sub", ok, ok)
     assert s.tolist() == [2.0] * 4
 

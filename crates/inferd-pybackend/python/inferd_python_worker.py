@@ -284,7 +284,12 @@ class Worker:
         self.model_class = None
         self.model = None
         pb_utils._runtime = self
+        # What the reader thread itself has to say (region frees) goes through a thread of its
+        # own: a reader blocked writing to a full pipe would stop reading the server, which may
+        # itself be blocked writing to us.
+        self.control: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self.read_loop, name="inferd-reader", daemon=True).start()
+        threading.Thread(target=self.control_loop, name="inferd-control", daemon=True).start()
 
     # --- the reader thread ---------------------------------------------------------------
     def read_loop(self) -> None:
@@ -312,10 +317,18 @@ class Worker:
             else:
                 self.work.put(msg)
 
+    def control_loop(self) -> None:
+        while True:
+            msg = self.control.get()
+            try:
+                self.conn.send(msg)
+            except OSError:
+                return
+
     def bls_result(self, msg: dict) -> None:
         tensors = [read_tensor(self.inbox, s, copy=True) for s in msg.get("tensors", [])]
         if msg.get("region") is not None:
-            self.conn.send({"op": "free", "region": msg["region"]})
+            self.control.put({"op": "free", "region": msg["region"]})
         with self.lock:
             q = self.bls_waiting.get(msg["bls"])
             if msg.get("final"):

@@ -33,8 +33,34 @@ fn read_message(r: &mut impl Read) -> Option<Value> {
     serde_json::from_slice(&body).ok()
 }
 
-/// The reader thread: every message the worker writes.
+/// The reader thread: every message the worker writes. It never writes to the worker itself:
+/// were the worker's input pipe full while the worker blocks writing to us, a reader that
+/// writes would wait on a worker that waits on it. Its own messages (frees, metric replies) go
+/// through a writer thread of their own.
 pub(crate) fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
+    let (control, outgoing) = std::sync::mpsc::channel::<Value>();
+    let weak = Arc::downgrade(&shared);
+    let writer = std::thread::Builder::new()
+        .name(format!("inferd-py-ctl-{}", shared.spec.model))
+        .spawn(move || {
+            // Ends when the reader drops `control` (the worker is gone).
+            while let Ok(msg) = outgoing.recv() {
+                match weak.upgrade() {
+                    Some(s) => {
+                        s.send(&msg);
+                    }
+                    None => return,
+                }
+            }
+        });
+    let send = |msg: Value| {
+        if writer.is_ok() {
+            let _ = control.send(msg);
+        } else {
+            // No thread to spare: write here, as before (rare, and only under thread exhaustion).
+            shared.send(&msg);
+        }
+    };
     while let Some(msg) = read_message(stdout) {
         let op = msg.get("op").and_then(|o| o.as_str()).unwrap_or_default();
         let region = msg.get("region").and_then(|r| r.as_u64());
@@ -55,14 +81,13 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
                 (p.len() >= MAX_PENDING_FREES).then(|| std::mem::take(&mut *p))
             };
             if let Some(regions) = flush {
-                shared.send(&json!({"op": "free", "regions": regions}));
+                send(json!({"op": "free", "regions": regions}));
             }
         }
         match msg.get("op").and_then(|o| o.as_str()) {
             Some("bls") => crate::bls::start(shared_bls(&shared), msg, tensors),
             Some("metric") => {
-                let reply = crate::metrics::handle(&shared.spec.metrics, &msg);
-                shared.send(&reply);
+                send(crate::metrics::handle(&shared.spec.metrics, &msg));
             }
             _ => {
                 let id = msg.get("id").and_then(|i| i.as_u64()).unwrap_or(0);
