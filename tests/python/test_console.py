@@ -125,8 +125,32 @@ def put_canary(server) -> None:
     assert r.status_code == 200, r.text
 
 
+def put_ab_and_shadow(server) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    ab = {"kind": "ab", "targets": [{"model": "simple_mlp", "version": 1, "weight": 50},
+                                    {"model": "simple_mlp", "version": 2, "weight": 50}],
+          "experiment": {"metric": "conversion", "min_detectable_effect": 0.05}}
+    shadow = {"kind": "shadow", "primary": {"model": "simple_mlp", "version": 1},
+              "shadow": {"model": "simple_mlp", "version": 2}}
+    for name, spec in [("rank", ab), ("mirror", shadow)]:
+        r = requests.put(f"{server.admin_base}/v2/routes/{name}", json=spec, headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+    s = requests.Session()
+    x = np.linspace(-1, 1, 64).astype(np.float32).tolist()
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x}]}
+    for i in range(30):
+        for route in ("rank", "mirror"):
+            r = s.post(f"{server.http_base}/v2/models/{route}/infer", json=body, headers={"x-user-id": f"u{i}"},
+                       timeout=10)
+            assert r.status_code == 200, r.text
+        r = s.post(f"{server.admin_base}/v2/feedback", json={"route": "rank", "key": f"u{i}", "value": i % 3 == 0},
+                   headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+
+
 def test_every_console_page_loads_clean_passes_axe_and_is_screenshotted(server, browser):
     put_canary(server)
+    put_ab_and_shadow(server)
     SHOTS.mkdir(parents=True, exist_ok=True)
     w = Watched(browser, viewport={"width": 1280, "height": 900})
     pages = {
@@ -143,6 +167,12 @@ def test_every_console_page_loads_clean_passes_axe_and_is_screenshotted(server, 
             assert serious(w.page) == [], name
             w.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
             assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+        # The A/B arms with their intervals and test, the shadow's comparison.
+        w.page.goto(f"{server.admin_base}/ui#/routes")
+        ab = wait_for_text(w.page, 'section[data-route="rank"]', "p_value")
+        assert "confidence interval" in ab and "samples still needed per arm" in ab and "simple_mlp/2" in ab, ab
+        shadow = wait_for_text(w.page, 'section[data-route="mirror"]', "agreement")
+        assert "\n30\t" in shadow and "PSI" in shadow, shadow  # 30 compared; v2 disagrees with v1
         # The drift view draws the reference against the current window.
         w.page.goto(f"{server.admin_base}/ui#/model/simple_mlp")
         wait_for_text(w.page, "#model-live", "reference 30/30 requests")
