@@ -243,4 +243,16 @@ pub trait ModelInstance: Send {
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
         Ok(requests.iter().map(|r| self.execute(r, outputs)).collect())
     }
+    /// [`ModelInstance::execute_requests`], told each request's id and parameters (`meta`, one
+    /// per request); the executor calls this one. The default ignores them.
+    #[allow(clippy::type_complexity)]
+    fn execute_requests_with(
+        &mut self,
+        requests: &[&[NamedTensor]],
+        meta: &[&crate::request::RequestMeta],
+        outputs: &[String],
+    ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
+        let _ = meta;
+        self.execute_requests(requests, outputs)
+    }
 }

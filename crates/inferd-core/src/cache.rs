@@ -229,6 +229,7 @@ mod tests {
 
     fn request(values: &[f32], outputs: &[&str]) -> PreparedRequest {
         PreparedRequest {
+            meta: Default::default(),
             inputs: vec![tensor("x", values)],
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             batch: 1,

@@ -120,7 +120,8 @@ impl Executor {
         // No compute share is held: such instances run out of process (a python worker), and
         // their models may call other models (BLS) that need a share to answer; holding one
         // while waiting on them could leave every share waiting on itself.
-        let ran = instance.execute_requests(&requests, &outputs);
+        let meta: Vec<&crate::request::RequestMeta> = jobs.iter().map(|j| &j.req.meta).collect();
+        let ran = instance.execute_requests_with(&requests, &meta, &outputs);
         let t1 = Instant::now();
         let results = ran.map_err(|e| self.backend_error(e))?;
         if results.len() != jobs.len() {

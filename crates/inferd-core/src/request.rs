@@ -47,9 +47,21 @@ pub struct InferResponse {
     pub outputs: Vec<NamedTensor>,
 }
 
+/// What a backend that takes requests whole (the python backend) is told of each request
+/// besides its inputs: the client's id and its parameters.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    /// The request's `id` (empty when the client gave none).
+    pub id: String,
+    /// The request's parameters, as the client sent them.
+    pub parameters: BTreeMap<String, ParamValue>,
+}
+
 /// A request that passed validation, in the form the backend takes.
 #[derive(Debug)]
 pub struct PreparedRequest {
+    /// The client's id and parameters.
+    pub meta: RequestMeta,
     /// Inputs in config order, reshaped to what the model sees.
     pub inputs: Vec<NamedTensor>,
     /// Output names to produce.
@@ -320,6 +332,10 @@ pub fn prepare(model: &str, cfg: &ModelConfig, req: InferRequest) -> Result<Prep
         h.finish()
     };
     Ok(PreparedRequest {
+        meta: RequestMeta {
+            id: req.id,
+            parameters: req.parameters,
+        },
         inputs,
         outputs,
         batch: batch.unwrap_or(1),

@@ -17,6 +17,7 @@ fn cfg(db: DynamicBatching) -> ModelConfig {
 fn req(rows: usize, priority: u32, timeout: Option<Duration>, tag: f32) -> PreparedRequest {
     let t = Tensor::from_f32(vec![rows, 1], &vec![tag; rows]).unwrap();
     PreparedRequest {
+        meta: Default::default(),
         inputs: vec![NamedTensor {
             name: "x".into(),
             tensor: t,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use inferd_core::backend::{
     BackendError, DecoupledModel, Health, LoadedModel, ModelInstance, ModelSignature, NamedTensor,
 };
+use inferd_core::request::RequestMeta;
 
 use crate::restart::{Decision, RestartPolicy};
 use crate::worker::{Failure, Worker, WorkerSpec};
@@ -266,7 +267,7 @@ impl ModelInstance for PythonInstance {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
-        self.execute_requests(&[inputs], outputs)?
+        self.execute_requests_with(&[inputs], &[], outputs)?
             .pop()
             .unwrap_or_else(|| Err(BackendError::Internal("no answer".into())))
     }
@@ -280,8 +281,17 @@ impl ModelInstance for PythonInstance {
         requests: &[&[NamedTensor]],
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
+        self.execute_requests_with(requests, &[], outputs)
+    }
+
+    fn execute_requests_with(
+        &mut self,
+        requests: &[&[NamedTensor]],
+        meta: &[&RequestMeta],
+        outputs: &[String],
+    ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
         // A worker that died or hung is restarted by its slot's watcher.
-        match self.slot.worker()?.execute(requests, outputs) {
+        match self.slot.worker()?.execute(requests, meta, outputs) {
             Ok(out) => Ok(out),
             Err(Failure::Request(e) | Failure::Worker(e)) => Err(e),
         }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
+use inferd_core::request::{ParamValue, RequestMeta};
 use serde_json::{Value, json};
 
 use crate::arena::Arena;
@@ -473,9 +474,12 @@ impl Worker {
     pub fn execute(
         &self,
         requests: &[&[NamedTensor]],
+        meta: &[&RequestMeta],
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, Failure> {
-        let described: Vec<Value> = requests.iter().map(|_| request_json(outputs)).collect();
+        let described: Vec<Value> = (0..requests.len())
+            .map(|i| request_json(outputs, meta.get(i).copied()))
+            .collect();
         let call = self.call(json!({"op": "execute", "requests": described}), requests)?;
         let Incoming { msg, tensors } = call.next(self.shared.spec.execute_timeout)?;
         if let Some(err) = msg.get("error") {
@@ -513,7 +517,8 @@ impl Worker {
         outputs: &[String],
         send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
     ) -> Result<(), Failure> {
-        let msg = json!({"op": "execute", "decoupled": true, "requests": [request_json(outputs)]});
+        let msg =
+            json!({"op": "execute", "decoupled": true, "requests": [request_json(outputs, None)]});
         let call = self.call(msg, &[inputs])?;
         loop {
             let Incoming { msg, tensors } = call.next(self.shared.spec.execute_timeout)?;
@@ -645,8 +650,37 @@ impl Worker {
     }
 }
 
-fn request_json(outputs: &[String]) -> Value {
-    json!({"outputs": outputs, "request_id": "", "correlation_id": 0, "parameters": "{}"})
+/// A request as `pb_utils.InferenceRequest` shows it: `request_id()` is the client's `id`,
+/// `parameters()` its parameters as a JSON string, `correlation_id()` its `sequence_id` (a
+/// number or a string, as Triton's sequence batcher takes it; 0 without one).
+fn request_json(outputs: &[String], meta: Option<&RequestMeta>) -> Value {
+    let Some(meta) = meta else {
+        return json!({"outputs": outputs, "request_id": "", "correlation_id": 0, "parameters": "{}"});
+    };
+    let params: serde_json::Map<String, Value> = meta
+        .parameters
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                ParamValue::Bool(b) => json!(b),
+                ParamValue::Int(i) => json!(i),
+                ParamValue::Double(d) => json!(d),
+                ParamValue::String(s) => json!(s),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let correlation = match meta.parameters.get("sequence_id") {
+        Some(ParamValue::Int(i)) => json!(i),
+        Some(ParamValue::String(s)) => json!(s),
+        _ => json!(0),
+    };
+    json!({
+        "outputs": outputs,
+        "request_id": meta.id,
+        "correlation_id": correlation,
+        "parameters": Value::Object(params).to_string(),
+    })
 }
 
 impl Drop for Worker {
