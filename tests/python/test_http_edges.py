@@ -39,7 +39,9 @@ def _identity_2d(repo):
 def server(inferd_server_factory, model_repo_factory):
     repo = model_repo_factory(["simple_mlp", "add_sub", "string_identity"])
     _identity_2d(repo)
-    heavy_model(repo, 256, 60)
+    # ~50M multiply-adds a request (tens of ms on either ONNX backend), so eight requests at
+    # once always overlap the one running and the one queued.
+    heavy_model(repo, 512, 200)
     cfg = repo / "heavy" / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace("dynamic_batching { }", "dynamic_batching { default_queue_policy { max_queue_size: 1 } }"))
     return inferd_server_factory(repo, "--http-max-input-size", str(1 << 20))
@@ -105,7 +107,7 @@ def test_raw_bodies_that_cannot_be_deduced_are_400_in_tritons_words(server, mode
 def test_raw_requests_share_the_admission_of_the_others(server):
     """heavy: one request at a time, a queue of one: of many raw requests at once, the excess
     gets 503 (queue full), never anything else."""
-    raw = np.ones(256, dtype=np.float32).tobytes()
+    raw = np.ones(512, dtype=np.float32).tobytes()
 
     def one(_):
         return requests.post(
