@@ -150,13 +150,28 @@ impl DriftSampler {
             .unwrap_or_else(|p| p.into_inner().report())
     }
 
-    /// The largest PSI of this version's outputs against `reference` (another version's,
-    /// named `key`), counted from the first call for that key on: `None` on that first call
-    /// and until the window holds enough to judge.
-    pub fn outputs_against(&self, key: &str, reference: &inferd_drift::Reference) -> Option<f64> {
+    /// The largest PSI of this version's outputs against `primary`'s (another version, named
+    /// `key`, whose complete `reference` bins both alike), counted from the first call for that
+    /// key on: against the primary's current window over the same time when both windows hold
+    /// enough values, else against its reference; `None` on that first call and until this
+    /// version's window holds enough to judge. Judging against the primary's window keeps a
+    /// world that moved for both (a season, a campaign) from rolling a good canary back.
+    pub fn outputs_against(
+        &self,
+        key: &str,
+        reference: &inferd_drift::Reference,
+        primary: &DriftSampler,
+    ) -> Option<f64> {
         let mut a = self.against.lock().ok()?;
         match a.as_ref() {
-            Some((k, m)) if k == key => m.max_psi(TensorKind::Output),
+            Some((k, m)) if k == key => {
+                let now = primary
+                    .monitor
+                    .lock()
+                    .ok()
+                    .and_then(|p| m.max_psi_against_window(&p, TensorKind::Output));
+                now.or_else(|| m.max_psi(TensorKind::Output))
+            }
             _ => {
                 let cfg = self.monitor.lock().ok()?.config().clone();
                 *a = Some((key.to_string(), Monitor::from_reference(cfg, reference)));

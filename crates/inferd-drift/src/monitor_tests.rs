@@ -223,3 +223,87 @@ fn a_new_category_after_the_reference_is_drift() {
     );
     assert!(r.tensors[0].features[0].js.expect("js") > 0.5);
 }
+
+/// Output values of one version: `scale * N(0,1) + shift` (argmax over two outputs follows).
+fn outputs(rng: &mut fastrand::Rng, shift: f64, scale: f64) -> Vec<f64> {
+    let a = normal(rng) * scale + shift;
+    vec![a, -a]
+}
+
+#[test]
+fn a_canary_is_judged_against_the_primarys_window_not_a_world_that_moved() {
+    let cfg = DriftConfig {
+        reference_requests: 2000,
+        window_secs: 1000.0,
+        ..Default::default()
+    };
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut primary = Monitor::new(cfg.clone());
+    let feed = |m: &mut Monitor, t: f64, y: Vec<f64>| {
+        m.observe(t, &[(TensorKind::Output, "y", Values::Float(y), 1)]);
+    };
+    for i in 0..2000 {
+        let y = outputs(&mut rng, 0.0, 1.0);
+        feed(&mut primary, i as f64 * 0.01, y);
+    }
+    let reference = primary.reference().unwrap();
+    // Since the rollout began the world moved: every output is one sigma higher, for both.
+    let mut same = Monitor::from_reference(cfg.clone(), &reference);
+    let mut wrong = Monitor::from_reference(cfg.clone(), &reference);
+    for i in 0..3000 {
+        let t = 100.0 + i as f64 * 0.01;
+        let y = outputs(&mut rng, 1.0, 1.0);
+        feed(&mut primary, t, y);
+        let y = outputs(&mut rng, 1.0, 1.0);
+        feed(&mut same, t, y);
+        // This canary answers differently on top: a wider spread.
+        let y = outputs(&mut rng, 1.0, 2.0);
+        feed(&mut wrong, t, y);
+    }
+    let against_reference = same.max_psi(TensorKind::Output).unwrap();
+    let against_window = same
+        .max_psi_against_window(&primary, TensorKind::Output)
+        .unwrap();
+    assert!(
+        against_reference > 0.2,
+        "the shift alone is drift against the reference: {against_reference}"
+    );
+    assert!(
+        against_window < 0.1,
+        "but not against the primary now: {against_window}"
+    );
+    let wrong_psi = wrong
+        .max_psi_against_window(&primary, TensorKind::Output)
+        .unwrap();
+    assert!(
+        wrong_psi > 0.2,
+        "a canary that answers differently still is: {wrong_psi}"
+    );
+}
+
+#[test]
+fn windows_are_compared_only_with_enough_values_on_both_sides() {
+    let cfg = DriftConfig {
+        reference_requests: 200,
+        ..Default::default()
+    };
+    let mut rng = fastrand::Rng::with_seed(12);
+    let mut primary = Monitor::new(cfg.clone());
+    for i in 0..200 {
+        let y = outputs(&mut rng, 0.0, 1.0);
+        primary.observe(i as f64, &[(TensorKind::Output, "y", Values::Float(y), 1)]);
+    }
+    let mut canary = Monitor::from_reference(cfg.clone(), &primary.reference().unwrap());
+    for i in 0..500 {
+        let y = outputs(&mut rng, 0.0, 1.0);
+        canary.observe(
+            300.0 + i as f64,
+            &[(TensorKind::Output, "y", Values::Float(y), 1)],
+        );
+    }
+    assert_eq!(
+        canary.max_psi_against_window(&primary, TensorKind::Output),
+        None,
+        "the primary's window is empty"
+    );
+}

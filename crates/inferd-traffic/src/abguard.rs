@@ -1,5 +1,5 @@
 //! An A/B test's drift guardrail, pure: given each treatment arm's output PSI against the
-//! control's drift reference, which arms to halt and why. A halted arm's share goes to the
+//! control's outputs (over the same window), which arms to halt and why. A halted arm's share goes to the
 //! control (see [`crate::table::Route::weights`]); an arm without enough samples for a PSI is
 //! left running (no data is not a failure, as for a canary's checks).
 
@@ -17,9 +17,7 @@ pub fn judge(
             (psi > limit).then(|| {
                 (
                     t.clone(),
-                    format!(
-                        "halted: output_psi {psi:.4} > {limit} against {control}'s drift reference"
-                    ),
+                    format!("halted: output_psi {psi:.4} > {limit} against {control}'s outputs"),
                 )
             })
         })

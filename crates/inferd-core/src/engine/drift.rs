@@ -41,8 +41,9 @@ impl Engine {
         })
     }
 
-    /// The largest PSI of the outputs of `canary` (model, version) against `primary`'s
-    /// reference, for a canary guardrail; `None` until both have drift monitoring, the
+    /// The largest PSI of the outputs of `canary` (model, version) against `primary`'s over
+    /// the same window (its reference while its window is too thin), for a canary or A/B
+    /// guardrail; `None` until both have drift monitoring, the
     /// primary's reference is complete and the canary has answered enough since the first
     /// call.
     pub fn drift_output_psi(
@@ -51,10 +52,15 @@ impl Engine {
         primary: (&str, Option<u64>),
     ) -> Option<f64> {
         let pg = self.route(primary.0, primary.1).ok()?;
-        let reference = pg.runner().drift()?.reference()?;
+        let pd = pg.runner().drift()?;
+        let reference = pd.reference()?;
         let key = format!("{}/{}", primary.0, pg.runner().version());
         let cg = self.route(canary.0, canary.1).ok()?;
-        cg.runner().drift()?.outputs_against(&key, &reference)
+        let cd = cg.runner().drift()?;
+        if Arc::ptr_eq(cd, pd) {
+            return None; // a version is not its own canary
+        }
+        cd.outputs_against(&key, &reference, pd)
     }
 
     /// Every ready version's drift report, for the metrics page.

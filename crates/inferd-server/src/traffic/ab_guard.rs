@@ -1,5 +1,5 @@
 //! The A/B drift guardrail's driver: every `guardrails.interval_secs`, each treatment arm's
-//! outputs are compared with the control's drift reference (this replica's own monitors, as
+//! outputs are compared with the control's over the same window (this replica's own monitors, as
 //! for a canary's `max_output_psi`); the pure [`inferd_traffic::abguard::judge`] says which arms
 //! to halt, and each halt is a change of the route (audit log, state dir, replicas).
 

@@ -565,7 +565,8 @@ impl Traffic {
                     }
                 }
             }
-            // Drift is this replica's own: the canary's outputs against the primary's reference.
+            // Drift is this replica's own: the canary's outputs against the primary's over the
+            // same window (its reference while that window is thin).
             if output_psi && let Some(engine) = self.engine.get() {
                 c.output_psi = engine.drift_output_psi(
                     (&canary.model, canary.version),
