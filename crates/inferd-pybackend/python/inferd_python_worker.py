@@ -281,6 +281,7 @@ class Worker:
         self.bls_next = 1
         self.rpc_waiting: dict[int, queue.Queue] = {}
         self.cancelled: set[int] = set()
+        self.gates: dict[int, threading.Semaphore] = {}
         self.model_class = None
         self.model = None
         pb_utils._runtime = self
@@ -307,6 +308,12 @@ class Worker:
             elif op == "cancel":
                 with self.lock:
                     self.cancelled.add(msg["id"])
+                    self.gates.pop(msg["id"], None)  # a waiting send sees the cancel and drops
+            elif op == "credit":
+                with self.lock:
+                    gate = self.gates.get(msg.get("id"))
+                if gate is not None:
+                    gate.release(int(msg.get("n", 0)))
             elif op == "bls_result":
                 self.bls_result(msg)
             elif op == "rpc_result":
@@ -423,9 +430,23 @@ class Worker:
         out["memory_limit_mb"] = None if soft == resource.RLIM_INFINITY else soft >> 20
         return out
 
-    def sender(self, call: int, index: int, wanted: list):
+    def sender(self, call: int, index: int, wanted: list, credits: int = 0):
+        # Backpressure: at most `credits` responses on their way; the server returns credits as
+        # the client takes responses, so a slow client slows send() instead of the server
+        # buffering without bound. A cancelled call's sends are dropped, never blocked.
+        gate = threading.Semaphore(credits) if credits > 0 else None
+        if gate is not None:
+            with self.lock:
+                self.gates[call] = gate
+
         def send(response, flags):
             final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            if gate is not None:
+                while not gate.acquire(timeout=0.2):
+                    if cancelled():
+                        break
+            if cancelled() and not final:
+                return
             msg = {"op": "response", "id": call, "request": index, "final": final}
             if response is not None:
                 self.attach(msg, response, wanted)
@@ -433,6 +454,7 @@ class Worker:
             if final:
                 with self.lock:
                     self.cancelled.discard(call)
+                    self.gates.pop(call, None)
 
         def cancelled():
             with self.lock:
@@ -460,7 +482,7 @@ class Worker:
                 requested_output_names=r["outputs"], request_id=r.get("request_id", ""),
                 correlation_id=r.get("correlation_id", 0), parameters=r.get("parameters", "{}"))
             if decoupled:
-                req._sender, req._cancelled = self.sender(call, i, r["outputs"])
+                req._sender, req._cancelled = self.sender(call, i, r["outputs"], int(msg.get("credits", 0)))
             requests.append(req)
         result = self.model.execute(requests)
         if inspect.iscoroutine(result):

@@ -97,6 +97,12 @@ pub struct Incoming {
     pub tensors: Result<Vec<NamedTensor>, BackendError>,
 }
 
+/// Responses a decoupled model may have on their way to the server before its `send` waits
+/// for the client to take some (see [`Worker::run_decoupled`]).
+pub(crate) const RESPONSE_CREDITS: u64 = 64;
+/// Credits go back to the worker in batches of this many.
+const CREDIT_BATCH: u64 = 16;
+
 /// What the reader thread and the callers share.
 pub(crate) struct Shared {
     pub(crate) stdin: Mutex<ChildStdin>,
@@ -517,9 +523,17 @@ impl Worker {
         outputs: &[String],
         send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
     ) -> Result<(), Failure> {
-        let msg =
-            json!({"op": "execute", "decoupled": true, "requests": [request_json(outputs, None)]});
+        let msg = json!({
+            "op": "execute",
+            "decoupled": true,
+            "credits": RESPONSE_CREDITS,
+            "requests": [request_json(outputs, None)],
+        });
         let call = self.call(msg, &[inputs])?;
+        // Backpressure: the worker may have RESPONSE_CREDITS responses on their way; each one
+        // delivered to the client earns a credit back, returned in batches. A slow client so
+        // slows the model's `send` instead of filling the server's memory.
+        let mut delivered: u64 = 0;
         loop {
             let Incoming { msg, tensors } = call.next(self.shared.spec.execute_timeout)?;
             match msg.get("op").and_then(|o| o.as_str()) {
@@ -543,6 +557,11 @@ impl Worker {
                             call.cancel();
                             return Ok(());
                         }
+                    }
+                    delivered += 1;
+                    if !final_ && delivered.is_multiple_of(CREDIT_BATCH) {
+                        self.shared
+                            .send(&json!({"op": "credit", "id": call.id, "n": CREDIT_BATCH}));
                     }
                     if final_ {
                         return Ok(());
