@@ -21,7 +21,9 @@ def infer(session: requests.Session, server, route: str, x: np.ndarray) -> reque
     return session.post(f"{server.http_base}/v2/models/{route}/infer", json=body, timeout=10)
 
 
-def test_a_canary_with_shifted_outputs_is_rolled_back_by_the_drift_guardrail(inferd_server_factory, tmp_path):
+def monitored_server(inferd_server_factory, tmp_path, seed: int):
+    """simple_mlp v1 and v2, every request sampled; v1's reference made of its first 100
+    requests. Returns the server, its state dir and the random generator."""
     repo = copy_models(tmp_path / "models", ["simple_mlp"])
     cfg = repo / "simple_mlp" / "config.pbtxt"
     cfg.write_text(cfg.read_text() + "\n" + "".join(
@@ -29,14 +31,18 @@ def test_a_canary_with_shifted_outputs_is_rolled_back_by_the_drift_guardrail(inf
         for k, v in [("drift_sample_rate", "1"), ("drift_reference_requests", "100"), ("drift_min_current", "40")]))
     state = tmp_path / "state"
     server = inferd_server_factory(repo, "--state-dir", str(state))
-    rng = np.random.default_rng(21)
+    rng = np.random.default_rng(seed)
     s = requests.Session()
-    # The primary's reference: its first 100 requests.
     for _ in range(100):
         r = s.post(f"{server.http_base}/v2/models/simple_mlp/versions/1/infer", json={"inputs": [
             {"name": "input", "shape": [1, 64], "datatype": "FP32",
              "data": rng.standard_normal(64).astype(np.float32).tolist()}]}, timeout=10)
         assert r.status_code == 200, r.text
+    return server, state, rng
+
+
+def test_a_canary_with_shifted_outputs_is_rolled_back_by_the_drift_guardrail(inferd_server_factory, tmp_path):
+    server, state, rng = monitored_server(inferd_server_factory, tmp_path, 21)
     spec = {
         "kind": "canary",
         "primary": {"model": "simple_mlp", "version": 1},
@@ -84,20 +90,8 @@ def test_a_canary_with_shifted_outputs_is_rolled_back_by_the_drift_guardrail(inf
 
 
 def test_an_ab_arm_with_shifted_outputs_is_halted_by_the_drift_guardrail(inferd_server_factory, tmp_path):
-    repo = copy_models(tmp_path / "models", ["simple_mlp"])
-    cfg = repo / "simple_mlp" / "config.pbtxt"
-    cfg.write_text(cfg.read_text() + "\n" + "".join(
-        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
-        for k, v in [("drift_sample_rate", "1"), ("drift_reference_requests", "100"), ("drift_min_current", "40")]))
-    state = tmp_path / "state"
-    server = inferd_server_factory(repo, "--state-dir", str(state))
-    rng = np.random.default_rng(22)
+    server, state, rng = monitored_server(inferd_server_factory, tmp_path, 22)
     s = requests.Session()
-    for _ in range(100):
-        r = s.post(f"{server.http_base}/v2/models/simple_mlp/versions/1/infer", json={"inputs": [
-            {"name": "input", "shape": [1, 64], "datatype": "FP32",
-             "data": rng.standard_normal(64).astype(np.float32).tolist()}]}, timeout=10)
-        assert r.status_code == 200, r.text
     spec = {
         "kind": "ab",
         "targets": [{"model": "simple_mlp", "version": 1, "weight": 50},

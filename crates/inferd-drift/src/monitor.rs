@@ -16,7 +16,12 @@ use serde::{Deserialize, Serialize};
 pub use crate::report::{FeatureReport, Report, TensorReport};
 
 use crate::sketch::{Categories, Counts, Edges, REFERENCE_VALUES, fnv1a};
+
+mod compare;
+mod reference;
+
 use crate::stats::{jensen_shannon, ks, ks_p_value, psi};
+pub use reference::{FeatureReference, Reference, TensorReference};
 
 /// Settings (the config parameters of the same names, the server's flags).
 #[derive(Clone, Debug, PartialEq)]
@@ -235,28 +240,6 @@ impl Feature {
             labels,
         }
     }
-}
-
-/// Two categorical windows as shares over the union of their labels (each monitor numbers its
-/// categories in the order it met them), "other" last.
-fn by_label(b: &Counts, bl: &Categories, a: &Counts, al: &Categories) -> (Vec<f64>, Vec<f64>) {
-    let mut labels: Vec<&str> = bl.labels.iter().map(String::as_str).collect();
-    for l in &al.labels {
-        if !labels.contains(&l.as_str()) {
-            labels.push(l);
-        }
-    }
-    let share = |c: &Counts, cats: &Categories| -> Vec<f64> {
-        let t = c.total.max(1) as f64;
-        let at = |i: usize| c.counts.get(i).copied().unwrap_or(0) as f64 / t;
-        let mut v: Vec<f64> = labels
-            .iter()
-            .map(|l| cats.labels.iter().position(|x| x == l).map_or(0.0, at))
-            .collect();
-        v.push(at(crate::sketch::CATEGORIES));
-        v
-    };
-    (share(b, bl), share(a, al))
 }
 
 fn bucket_counts(window: &mut VecDeque<(i64, Counts)>, b: i64) -> &mut Counts {
@@ -520,55 +503,6 @@ impl Monitor {
         }
     }
 
-    /// The largest PSI over one kind's features, this monitor's current window against
-    /// `expected`'s current window (a canary's outputs against the primary's over the same
-    /// time), over the features both bin alike: numeric ones with equal bin edges (a monitor
-    /// seeded with the other's reference has them), categorical ones matched by label. `None`
-    /// until some feature has `min_current` values in both windows.
-    pub fn max_psi_against_window(&self, expected: &Monitor, kind: TensorKind) -> Option<f64> {
-        let (mine, theirs) = (self.oldest(), expected.oldest());
-        let mut best: Option<f64> = None;
-        for t in self.tensors.iter().filter(|t| t.kind == kind) {
-            let Some(e) = expected
-                .tensors
-                .iter()
-                .find(|x| x.kind == kind && x.name == t.name)
-            else {
-                continue;
-            };
-            let pairs = t.features.iter().chain(t.argmax.as_ref()).filter_map(|f| {
-                let g = e
-                    .features
-                    .iter()
-                    .chain(e.argmax.as_ref())
-                    .find(|g| g.name == f.name)?;
-                Some((f, g))
-            });
-            for (f, g) in pairs {
-                let (a, b) = (f.current(mine), g.current(theirs));
-                if a.total < self.cfg.min_current || b.total < self.cfg.min_current {
-                    continue;
-                }
-                let shares = match (&f.sketch, &g.sketch) {
-                    (
-                        Sketch::Numeric { edges: Some(x), .. },
-                        Sketch::Numeric { edges: Some(y), .. },
-                    ) if x == y => Some((b.shares(x.bins()), a.shares(x.bins()))),
-                    (
-                        Sketch::Categorical { categories: x },
-                        Sketch::Categorical { categories: y },
-                    ) => Some(by_label(&b, y, &a, x)),
-                    _ => None,
-                };
-                if let Some((expected_shares, actual)) = shares {
-                    let v = psi(&expected_shares, &actual);
-                    best = Some(best.map_or(v, |m| m.max(v)));
-                }
-            }
-        }
-        best
-    }
-
     /// The largest PSI over one kind's features (an output guardrail reads this).
     pub fn max_psi(&self, kind: TensorKind) -> Option<f64> {
         self.report()
@@ -577,130 +511,6 @@ impl Monitor {
             .filter(|t| t.kind == kind)
             .filter_map(|t| t.max_psi)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
-    }
-}
-
-/// A saved reference (`inferd drift baseline`): every feature's bins or categories and its
-/// counts. A version whose model folder holds one starts with it instead of collecting its own.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Reference {
-    /// Requests it was made of.
-    pub requests: u64,
-    /// Tensors.
-    pub tensors: Vec<TensorReference>,
-}
-
-/// One tensor of a saved reference.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TensorReference {
-    /// Name.
-    pub name: String,
-    /// Input or output.
-    pub kind: TensorKind,
-    /// Features, argmax last when there is one.
-    pub features: Vec<FeatureReference>,
-}
-
-/// One feature of a saved reference.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FeatureReference {
-    /// Name (position, `argmax`, `N.length`, `N.tokens`).
-    pub name: String,
-    /// Position.
-    pub index: usize,
-    /// Numeric: bin edges.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub edges: Option<Vec<f64>>,
-    /// Categorical: labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    /// Counts per bin or category.
-    pub counts: Counts,
-}
-
-impl FeatureReference {
-    fn of(f: &Feature) -> FeatureReference {
-        let (edges, labels) = match &f.sketch {
-            Sketch::Numeric { edges, .. } => (edges.as_ref().map(|e| e.0.clone()), None),
-            Sketch::Categorical { categories } => (None, Some(categories.labels.clone())),
-        };
-        FeatureReference {
-            name: f.name.clone(),
-            index: f.index,
-            edges,
-            labels,
-            counts: f.reference.clone(),
-        }
-    }
-
-    fn feature(&self) -> Feature {
-        let sketch = match (&self.edges, &self.labels) {
-            (_, Some(labels)) => Sketch::Categorical {
-                categories: Categories {
-                    labels: labels.clone(),
-                },
-            },
-            (edges, None) => Sketch::Numeric {
-                raw: Vec::new(),
-                edges: Some(Edges(edges.clone().unwrap_or_default())),
-            },
-        };
-        Feature {
-            name: self.name.clone(),
-            index: self.index,
-            sketch,
-            reference: self.counts.clone(),
-            window: VecDeque::new(),
-        }
-    }
-}
-
-impl Monitor {
-    /// A monitor that starts from a saved reference (its current window counts at once).
-    pub fn from_reference(cfg: DriftConfig, reference: &Reference) -> Monitor {
-        let mut m = Monitor::new(cfg);
-        m.reference_requests = reference.requests;
-        m.reference_done = true;
-        m.tensors = reference
-            .tensors
-            .iter()
-            .map(|t| {
-                let mut features: Vec<Feature> =
-                    t.features.iter().map(FeatureReference::feature).collect();
-                let argmax = features
-                    .iter()
-                    .position(|f| f.name == "argmax")
-                    .map(|i| features.remove(i));
-                TensorState {
-                    name: t.name.clone(),
-                    kind: t.kind,
-                    features,
-                    argmax,
-                }
-            })
-            .collect();
-        m
-    }
-
-    /// The reference, once complete (to save with `inferd drift baseline`).
-    pub fn reference(&self) -> Option<Reference> {
-        self.reference_done.then(|| Reference {
-            requests: self.reference_requests,
-            tensors: self
-                .tensors
-                .iter()
-                .map(|t| TensorReference {
-                    name: t.name.clone(),
-                    kind: t.kind,
-                    features: t
-                        .features
-                        .iter()
-                        .chain(t.argmax.as_ref())
-                        .map(FeatureReference::of)
-                        .collect(),
-                })
-                .collect(),
-        })
     }
 }
 

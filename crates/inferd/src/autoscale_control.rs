@@ -135,12 +135,7 @@ pub(crate) fn run(a: ControlArgs) -> Result<()> {
 }
 
 async fn drive(a: ControlArgs, policy: Policy, initial: usize) -> Result<()> {
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(800))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let http = crate::http_client::client(Duration::from_millis(800))?;
     let bases: Vec<String> = a
         .replicas
         .iter()

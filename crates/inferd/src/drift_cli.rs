@@ -44,17 +44,9 @@ pub(crate) async fn run(cmd: DriftCommand) -> Result<u8> {
         Some(v) => format!("/v2/models/{model}/versions/{v}/drift/reference"),
         None => format!("/v2/models/{model}/drift/reference"),
     };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!("--url '{url}': must start with http:// or https://");
-    }
-    // reqwest's TLS goes through the rustls provider the process installs (ring, as in
-    // route_cli.rs).
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(timeout_secs.clamp(0.001, 3600.0)))
-        .build()
-        .context("cannot build the HTTP client")?;
+    crate::http_client::check_url(&url)?;
+    let http =
+        crate::http_client::client(Duration::from_secs_f64(timeout_secs.clamp(0.001, 3600.0)))?;
     let full = format!("{}{path}", url.trim_end_matches('/'));
     let resp = http
         .get(&full)

@@ -118,17 +118,9 @@ impl Client {
         if !(at.url.starts_with("http://") || at.url.starts_with("https://")) {
             bail!("--url '{}': must start with http:// or https://", at.url);
         }
-        // reqwest speaks TLS through rustls with the provider the process installs: ring, as
-        // the server's TLS and inferd-store use (deprecated only for lacking post-quantum key
-        // exchange).
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(
-                at.timeout_secs.clamp(0.001, 3600.0),
-            ))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let http = crate::http_client::client(Duration::from_secs_f64(
+            at.timeout_secs.clamp(0.001, 3600.0),
+        ))?;
         Ok(Client {
             http,
             base: at.url.trim_end_matches('/').to_string(),

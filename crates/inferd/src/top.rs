@@ -306,19 +306,12 @@ async fn fetch(http: &reqwest::Client, url: &str) -> Result<Overview> {
 /// Runs `inferd top` until the operator quits. Exit code: 0, or 2 when the server cannot be
 /// reached at the start.
 pub(crate) fn run(args: TopArgs) -> Result<u8> {
-    if !(args.url.starts_with("http://") || args.url.starts_with("https://")) {
-        bail!("--url '{}': must start with http:// or https://", args.url);
-    }
+    crate::http_client::check_url(&args.url)?;
     let interval = Duration::from_secs_f64(args.interval_secs.clamp(0.2, 3600.0));
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("cannot build the HTTP client")?;
+    let http = crate::http_client::client(Duration::from_secs(5))?;
     // A server that cannot be read at all is an error before the screen is taken over.
     let mut overview = rt.block_on(fetch(&http, &args.url))?;
     let mut status = format!("updated {}", clock());
