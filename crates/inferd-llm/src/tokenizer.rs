@@ -5,13 +5,19 @@
 //! whole UTF-8 character.
 
 use inferd_gguf::GgufFile;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use crate::model::ModelError;
+
+/// The split pattern of Llama 3's tokenizer (`tokenizer.ggml.pre = "llama-bpe"`), as its
+/// `tokenizer.json` states it.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A model's tokenizer and chat template.
 pub struct TextTokenizer {
@@ -219,6 +225,22 @@ impl TextTokenizer {
         let pre_tok: PreTokenizerWrapper = match pre {
             "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
             "gpt2" | "default" => byte_level.into(),
+            // Llama 3 (and Smaug, which copies its tokenizer): words with at most one
+            // leading non-letter, numbers in groups of up to three digits, punctuation runs,
+            // then bytes mapped without the GPT-2 regex.
+            "llama-bpe" | "llama3" | "smaug-bpe" => {
+                let split = Split::new(
+                    SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| bad(format!("tokenizer pre-tokenizer '{pre}': {e}")))?;
+                Sequence::new(vec![
+                    split.into(),
+                    ByteLevel::new(false, true, false).into(),
+                ])
+                .into()
+            }
             other => {
                 return Err(bad(format!(
                     "tokenizer pre-tokenizer '{other}' is not supported yet"
