@@ -14,6 +14,8 @@ import requests
 MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
 # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, keys and values, f32, 16-token blocks.
 BLOCK_BYTES = 2 * 30 * 16 * 192 * 4
+# The same with 8-bit keys and values: a byte per value and an f32 scale per 32 values.
+Q8_BLOCK_BYTES = 2 * 30 * 16 * (192 + 192 // 32 * 4)
 
 
 def gauge(server, name, model):
@@ -56,8 +58,33 @@ def test_the_kv_cache_flag_sizes_each_llm_and_a_config_overrides_it(inferd_serve
     assert max(w for _, w in seen) >= 1, seen
 
 
+def test_a_q8_kv_cache_holds_more_blocks_in_the_same_bytes_and_serves(inferd_server_factory, tmp_path):
+    assert MODEL and Path(MODEL).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
+    repo = tmp_path / "models"
+    for name in ("flagged", "exact", "bad"):
+        (repo / name / "1").mkdir(parents=True)
+        shutil.copy(MODEL, repo / name / "1" / "model.gguf")
+    param = 'backend: "llm"\nparameters [ {{ key: "kv_cache_dtype" value: {{ string_value: "{}" }} }} ]\n'
+    (repo / "exact" / "config.pbtxt").write_text(param.format("f32"))
+    (repo / "bad" / "config.pbtxt").write_text(param.format("fp4"))
+    bytes_ = 20 * BLOCK_BYTES
+    server = inferd_server_factory(repo, "--llm-kv-cache-bytes", str(bytes_), "--llm-kv-cache-dtype", "q8",
+                                   strict_readiness=False)
+    assert blocks(server, "exact") == 20
+    assert blocks(server, "flagged") == bytes_ // Q8_BLOCK_BYTES == 71
+    r = requests.post(f"{server.http_base}/v1/completions", timeout=120, json={
+        "model": "flagged", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
+    r.raise_for_status()
+    assert r.json()["usage"]["completion_tokens"] > 0
+    index = requests.post(server.http_base + "/v2/repository/index", json={}, timeout=10).json()
+    [bad] = [m for m in index if m["name"] == "bad"]
+    assert bad["state"] == "UNAVAILABLE"
+    assert "kv_cache_dtype" in bad["reason"] and "fp4" in bad["reason"], bad
+
+
 def test_nonsense_llm_flags_stop_the_start_naming_the_flag(inferd_bin, tmp_path):
-    for args, flag in ((["--llm-max-num-seqs", "0"], "--llm-max-num-seqs"), (["--llm-kv-cache-bytes", "0"], "--llm-kv-cache-bytes")):
+    for args, flag in ((["--llm-max-num-seqs", "0"], "--llm-max-num-seqs"), (["--llm-kv-cache-bytes", "0"], "--llm-kv-cache-bytes"),
+                       (["--llm-kv-cache-dtype", "fp4"], "--llm-kv-cache-dtype")):
         r = subprocess.run([str(inferd_bin), "serve", "--model-repository", str(tmp_path), "--http-port", "0",
                             "--grpc-port", "0", "--metrics-port", "0", *args], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and flag in r.stderr, r.stderr

@@ -1,6 +1,6 @@
 //! Greedy generation from a GGUF model, for the reference tests (tests/python/test_llm_reference.py):
 //! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B,
-//! "weights": "f32"|"q8"}` on stdin,
+//! "weights": "f32"|"q8", "kv_cache_dtype": "f32"|"q8"}` on stdin,
 //! runs every prompt (plus K filler prompts in the same batches, to show batching changes
 //! nothing), and prints `{"outputs": [[ids...]], "first_logits": [[...]]}`.
 
@@ -76,6 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model,
         EngineConfig {
             num_blocks: req["num_blocks"].as_u64().unwrap_or(512) as usize,
+            kv_dtype: match req["kv_cache_dtype"].as_str() {
+                Some("q8") => inferd_llm::model::KvDtype::Q8,
+                _ => inferd_llm::model::KvDtype::F32,
+            },
             ..EngineConfig::default()
         },
     );

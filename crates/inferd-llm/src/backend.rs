@@ -7,6 +7,8 @@
 //! Settings, from the config's `parameters` (string values): `kv_cache_bytes` (default
 //! `--llm-kv-cache-bytes`, 256 MiB), `block_size` (16), `max_num_seqs` (`--llm-max-num-seqs`, 32), `max_num_batched_tokens` (512), `max_waiting` (256),
 //! `weights` (`q8`, the default: requantized to 8-bit blocks at load; or `f32`, exact),
+//! `kv_cache_dtype` (`auto`: `--llm-kv-cache-dtype`; `f32`; or `q8`: 8-bit groups, 3.5x the
+//! tokens in the same bytes),
 //! `reasoning_parser` (`auto`: `<think>` output is reasoning when the vocabulary has those
 //! tokens; `think`: always; `none`: never).
 
@@ -23,7 +25,7 @@ use inferd_core::generate::{GenEvent, GenerateRequest, Prompt, Sampling, TextGen
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 
 use crate::engine::EngineConfig;
-use crate::model::{KvCache, Llama, Precision};
+use crate::model::{KvCache, KvDtype, Llama, Precision};
 use crate::service::{LlmService, ServiceConfig};
 use crate::tokenizer::TextTokenizer;
 
@@ -34,6 +36,8 @@ pub struct LlmDefaults {
     pub kv_cache_bytes: usize,
     /// Sequences running at once (`--llm-max-num-seqs`).
     pub max_num_seqs: usize,
+    /// How keys and values are stored (`--llm-kv-cache-dtype`).
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for LlmDefaults {
@@ -41,6 +45,7 @@ impl Default for LlmDefaults {
         LlmDefaults {
             kv_cache_bytes: 256 << 20,
             max_num_seqs: 32,
+            kv_dtype: KvDtype::F32,
         }
     }
 }
@@ -134,7 +139,27 @@ impl Backend for LlmBackend {
         let cfg = req.config;
         let block_size = param(cfg, "block_size", 16)?;
         let c = &model.cfg;
-        let per_block = KvCache::bytes_per_block(c.n_layers, block_size, c.kv_dim());
+        let kv_dtype = match cfg
+            .parameters
+            .get("kv_cache_dtype")
+            .map(|p| p.string_value.as_str())
+        {
+            None | Some("auto") => self.defaults.kv_dtype,
+            Some("f32") => KvDtype::F32,
+            Some("q8") => KvDtype::Q8,
+            Some(other) => {
+                return Err(BackendError::Load(format!(
+                    "parameter 'kv_cache_dtype': '{other}' is not one of auto, f32, q8"
+                )));
+            }
+        };
+        if !KvCache::supports(kv_dtype, c.kv_dim(), c.head_dim()) {
+            return Err(BackendError::Load(format!(
+                "parameter 'kv_cache_dtype': q8 needs heads of a multiple of 32 values; this model's have {}",
+                c.head_dim()
+            )));
+        }
+        let per_block = KvCache::bytes_per_block(c.n_layers, block_size, c.kv_dim(), kv_dtype);
         let kv_bytes = param(cfg, "kv_cache_bytes", self.defaults.kv_cache_bytes)?;
         let num_blocks = kv_bytes / per_block;
         if num_blocks == 0 {
@@ -148,6 +173,7 @@ impl Backend for LlmBackend {
                 num_blocks,
                 max_num_seqs: param(cfg, "max_num_seqs", self.defaults.max_num_seqs)?,
                 max_num_batched_tokens: param(cfg, "max_num_batched_tokens", 512)?,
+                kv_dtype,
             },
             max_waiting: param(cfg, "max_waiting", 256)?,
             reasoning: match cfg
@@ -173,6 +199,7 @@ impl Backend for LlmBackend {
             kv_blocks = num_blocks,
             kv_tokens = num_blocks * block_size,
             kv_bytes = num_blocks * per_block,
+            kv_dtype = ?kv_dtype,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "LLM loaded"
         );

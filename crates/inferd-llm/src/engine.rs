@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::blocks::{BlockManager, SeqId};
-use crate::model::{KvCache, Llama, SeqChunk};
+use crate::model::{KvCache, KvDtype, Llama, SeqChunk};
 use crate::sampling::{Params, Sampler};
 use crate::scheduler::{AddError, Config, NewSeq, Scheduler};
 
@@ -21,6 +21,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Tokens computed per step.
     pub max_num_batched_tokens: usize,
+    /// How keys and values are stored.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +32,7 @@ impl Default for EngineConfig {
             num_blocks: 1024,
             max_num_seqs: 32,
             max_num_batched_tokens: 512,
+            kv_dtype: KvDtype::F32,
         }
     }
 }
@@ -151,7 +154,13 @@ impl Engine {
     /// An engine for `model` with `cfg`'s memory and limits.
     pub fn new(model: Llama, cfg: EngineConfig) -> Engine {
         let c = &model.cfg;
-        let kv = KvCache::new(c.n_layers, cfg.num_blocks, cfg.block_size, c.kv_dim());
+        let kv = KvCache::new(
+            c.n_layers,
+            cfg.num_blocks,
+            cfg.block_size,
+            c.kv_dim(),
+            cfg.kv_dtype,
+        );
         let sched = Scheduler::new(
             Config {
                 max_num_seqs: cfg.max_num_seqs,

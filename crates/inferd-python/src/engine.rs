@@ -75,6 +75,7 @@ fn backends(s: &Settings, python: PathBuf) -> PyResult<Vec<Arc<dyn Backend>>> {
             defaults: inferd_llm::backend::LlmDefaults {
                 kv_cache_bytes: s.llm_kv_cache_bytes,
                 max_num_seqs: s.llm_max_num_seqs,
+                ..Default::default()
             },
         }),
         // Triton python-backend models run in workers on this very interpreter.

@@ -157,6 +157,7 @@ enum Format {
 pub(crate) struct LlmFlags {
     kv_cache_bytes: usize,
     max_num_seqs: usize,
+    kv_cache_q8: bool,
 }
 
 impl Default for LlmFlags {
@@ -164,6 +165,7 @@ impl Default for LlmFlags {
         LlmFlags {
             kv_cache_bytes: 256 << 20,
             max_num_seqs: 32,
+            kv_cache_q8: false,
         }
     }
 }
@@ -205,6 +207,11 @@ fn backends(
             defaults: inferd_llm::backend::LlmDefaults {
                 kv_cache_bytes: llm.kv_cache_bytes,
                 max_num_seqs: llm.max_num_seqs,
+                kv_dtype: if llm.kv_cache_q8 {
+                    inferd_llm::model::KvDtype::Q8
+                } else {
+                    inferd_llm::model::KvDtype::F32
+                },
             },
         }),
         // Last: a folder holding only a model.py is guessed to be a python model.
@@ -338,6 +345,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let llm = LlmFlags {
         kv_cache_bytes: a.llm_kv_cache_bytes,
         max_num_seqs: a.llm_max_num_seqs,
+        kv_cache_q8: a.llm_kv_cache_dtype == settings::KvCacheDtype::Q8,
     };
     let engine = Engine::new(
         opts,

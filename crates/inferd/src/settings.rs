@@ -37,6 +37,15 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// How LLM versions store their KV cache unless their config says (`kv_cache_dtype`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KvCacheDtype {
+    /// 32-bit floats, exact.
+    F32,
+    /// 8-bit integers in groups of 32 with a scale each: 3.5x the tokens in the same memory.
+    Q8,
+}
+
 /// Server settings: one schema for flags, environment and the `--config` file.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ServeArgs {
@@ -255,6 +264,10 @@ pub(crate) struct ServeArgs {
     /// more wait in a bounded queue, past which requests get 429.
     #[arg(long, env = "INFERD_LLM_MAX_NUM_SEQS", default_value_t = 32)]
     pub(crate) llm_max_num_seqs: usize,
+    /// How each LLM version stores keys and values (config parameter `kv_cache_dtype`
+    /// overrides it): `f32`, or `q8` for 3.5x the tokens in the same `--llm-kv-cache-bytes`.
+    #[arg(long, env = "INFERD_LLM_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F32)]
+    pub(crate) llm_kv_cache_dtype: KvCacheDtype,
     /// The Python interpreter that runs `backend: "python"` models' workers (it needs numpy).
     #[arg(long, env = "INFERD_PYTHON_EXECUTABLE", default_value = "python3")]
     pub(crate) python_executable: PathBuf,

@@ -44,7 +44,7 @@ pub struct Llama {
 
 super::simd::multiversion! {
 /// `a · b`, with sixteen accumulators so the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -289,10 +289,11 @@ impl Llama {
                         let kh = head / group;
                         let qh = &q_ref[r * d + head * hd..r * d + (head + 1) * hd];
                         scores.clear();
-                        scores.extend((0..=pos).map(|j| {
-                            let (kj, _) = kv_ref.read(l, table, j);
-                            dot(qh, &kj[kh * hd..(kh + 1) * hd]) * scale
-                        }));
+                        let span = kh * hd..(kh + 1) * hd;
+                        scores.extend(
+                            (0..=pos)
+                                .map(|j| kv_ref.key_dot(l, table, j, span.clone(), qh) * scale),
+                        );
                         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         let mut sum = 0.0;
                         for s in scores.iter_mut() {
@@ -301,11 +302,7 @@ impl Llama {
                         }
                         let out = &mut out_row[head * hd..(head + 1) * hd];
                         for (j, s) in scores.iter().enumerate() {
-                            let (_, vj) = kv_ref.read(l, table, j);
-                            let w = s / sum;
-                            for (o, vv) in out.iter_mut().zip(&vj[kh * hd..(kh + 1) * hd]) {
-                                *o += w * vv;
-                            }
+                            kv_ref.add_value(l, table, j, span.clone(), s / sum, out);
                         }
                     }
                 });

@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use config::LlamaConfig;
 pub use forward::{Llama, SeqChunk};
-pub use kv::KvCache;
+pub use kv::{KvCache, KvDtype};
 pub use weights::Precision;
 
 /// Why a model could not be loaded.
