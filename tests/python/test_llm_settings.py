@@ -18,10 +18,10 @@ BLOCK_BYTES = 2 * 30 * 16 * 192 * 4
 Q8_BLOCK_BYTES = 2 * 30 * 16 * (192 + 192 // 32 * 4)
 
 
-def gauge(server, name, model):
-    page = requests.get(server.http_base + "/metrics", timeout=10).text
+def gauge(server, name, model, page=None, kind=int):
+    page = page or requests.get(server.http_base + "/metrics", timeout=10).text
     [line] = [x for x in page.splitlines() if x.startswith(name + "{") and f'model="{model}"' in x]
-    return int(float(line.rsplit(" ", 1)[1]))
+    return kind(float(line.rsplit(" ", 1)[1]))
 
 
 def blocks(server, model):
@@ -49,13 +49,23 @@ def test_the_kv_cache_flag_sizes_each_llm_and_a_config_overrides_it(inferd_serve
     threads = [threading.Thread(target=one) for _ in range(4)]
     for t in threads:
         t.start()
-    seen = set()
+    seen, wasted = set(), []
     while any(t.is_alive() for t in threads):
-        seen.add((gauge(server, "inferd_llm_requests_running", "flagged"), gauge(server, "inferd_llm_requests_waiting", "flagged")))
+        page = requests.get(server.http_base + "/metrics", timeout=10).text
+        running, waiting, used = (gauge(server, n, "flagged", page) for n in (
+            "inferd_llm_requests_running", "inferd_llm_requests_waiting", "inferd_llm_kv_cache_blocks_used"))
+        seen.add((running, waiting))
+        wasted.append((running, used, gauge(server, "inferd_llm_kv_cache_waste_ratio", "flagged", page, float)))
     for t in threads:
         t.join()
     assert max(r for r, _ in seen) == 2, seen
     assert max(w for _, w in seen) >= 1, seen
+    # Paging wastes at most the unfilled part of each running sequence's last block (no prefix is shared here:
+    # the prompts fill no whole block).
+    assert any(r > 0 and w > 0 for r, _, w in wasted), wasted
+    for running, used, waste in wasted:
+        assert 0 <= waste < 1
+        assert waste * used * 16 < 16 * running + 1e-6, (running, used, waste)
 
 
 def test_a_q8_kv_cache_holds_more_blocks_in_the_same_bytes_and_serves(inferd_server_factory, tmp_path):

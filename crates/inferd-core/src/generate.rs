@@ -267,6 +267,9 @@ pub struct GeneratorStats {
     pub kv_blocks_used: usize,
     /// KV blocks in all.
     pub kv_blocks_total: usize,
+    /// Token slots held by running sequences but not filled, over slots held: the memory
+    /// paging wastes (at most one partly filled block per sequence).
+    pub kv_waste: f64,
     /// Prefix-cache lookups and hits, in blocks, since load.
     pub prefix_queries: u64,
     /// See `prefix_queries`.

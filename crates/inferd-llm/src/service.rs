@@ -133,6 +133,7 @@ fn publish(engine: &Engine, stats: &Mutex<GeneratorStats>, prompt: u64, generate
         waiting: s.num_waiting(),
         kv_blocks_used: s.blocks.used(),
         kv_blocks_total: s.blocks.num_blocks(),
+        kv_waste: s.blocks.waste(),
         prefix_queries: queries,
         prefix_hits: hits,
         preemptions: s.preemptions(),

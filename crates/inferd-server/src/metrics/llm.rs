@@ -233,6 +233,17 @@ impl Collector for LlmCollector {
         family(
             &mut e,
             desc(
+                "inferd_llm_kv_cache_waste_ratio",
+                "KV token slots held by sequences but not filled, over slots held.",
+                MetricType::Gauge,
+            ),
+            &vs,
+            |v| g(v).map(|s| s.kv_waste),
+            |m: &mut MetricEncoder, x: f64| m.encode_gauge(&x),
+        )?;
+        family(
+            &mut e,
+            desc(
                 "inferd_llm_prefix_cache_queries",
                 "Prefix-cache lookups, in blocks (vllm:prefix_cache_queries).",
                 MetricType::Counter,
