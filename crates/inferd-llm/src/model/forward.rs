@@ -107,6 +107,13 @@ fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
     out
 }
 
+/// Whether 8-bit matrices that allow it take 8-bit activations: `INFERD_LLM_ACT=f32` turns it
+/// off everywhere (A/B benchmarks).
+fn int8_activations() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("INFERD_LLM_ACT").as_deref() != Ok("f32"))
+}
+
 /// Weight rows per parallel task: small enough to share two cores evenly, large enough that
 /// scheduling costs nothing next to the arithmetic.
 const ROWS_PER_TASK: usize = 64;
@@ -134,6 +141,34 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
                     }
                 });
         }),
+        Some(q) if m.int8_act && int8_activations() => {
+            let per_row = m.cols / super::q8::BLOCK;
+            let xq = super::q8dot::QRows::quantize(x);
+            let xq = &xq;
+            pool.install(|| {
+                by_row
+                    .par_chunks_mut(n * ROWS_PER_TASK)
+                    .enumerate()
+                    .for_each(|(b, out)| {
+                        let first = b * ROWS_PER_TASK;
+                        for (k, o) in out.chunks_exact_mut(n).enumerate() {
+                            let r = first + k;
+                            let (wq, wd) = (
+                                &q.q[r * m.cols..(r + 1) * m.cols],
+                                &q.d[r * per_row..(r + 1) * per_row],
+                            );
+                            for (t, o) in o.iter_mut().enumerate() {
+                                *o = super::q8dot::dot(
+                                    wq,
+                                    wd,
+                                    &xq.q[t * m.cols..(t + 1) * m.cols],
+                                    &xq.d[t * per_row..(t + 1) * per_row],
+                                );
+                            }
+                        }
+                    });
+            });
+        }
         Some(q) => {
             let per_row = m.cols / super::q8::BLOCK;
             pool.install(|| {
@@ -240,6 +275,14 @@ impl Llama {
     /// Runs `chunks` through the model, writing their keys and values into `kv`: for each
     /// chunk, the logits after its last token when it asked for them.
     pub fn forward(&self, kv: &mut KvCache, chunks: &[SeqChunk<'_>]) -> Vec<Option<Vec<f32>>> {
+        // The whole step runs on one of the pool's threads: each of the ~200 parallel products
+        // of a decode step is then forked from inside the pool (the other thread steals it
+        // while still spinning) instead of being injected from outside and waking a sleeping
+        // thread each time, which perf showed costing as much as the arithmetic.
+        self.pool.install(|| self.step(kv, chunks))
+    }
+
+    fn step(&self, kv: &mut KvCache, chunks: &[SeqChunk<'_>]) -> Vec<Option<Vec<f32>>> {
         let c = &self.cfg;
         let (d, kvd, hd) = (c.d_model, c.kv_dim(), c.head_dim());
         let group = c.n_heads / c.n_kv_heads;

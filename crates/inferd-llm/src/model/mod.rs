@@ -5,6 +5,7 @@
 //! - [`weights`]: the tensors, dequantized to f32 at load;
 //! - [`kv`]: the paged KV memory the block manager hands out;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
+//! - [`q8dot`]: integer dot products of 8-bit weights with 8-bit activations (decode);
 //! - [`rope`]: rotary frequencies with linear, YaRN and Llama 3.1 context extension;
 //! - [`forward`]: one step over many sequences' chunks, reading K/V through block tables.
 
@@ -12,6 +13,7 @@ pub mod config;
 pub mod forward;
 pub mod kv;
 pub mod q8;
+pub mod q8dot;
 pub mod rope;
 pub mod simd;
 pub mod weights;

@@ -17,7 +17,11 @@ pub struct Q8 {
     pub d: Vec<f32>,
 }
 
-/// Quantizes `x` (a whole number of blocks) into `q` and `d`.
+use super::simd::multiversion;
+
+multiversion! {
+/// Quantizes `x` (a whole number of blocks) into `q` and `d` (per instruction set, so rounding
+/// is one vector instruction rather than a call per value).
 pub fn quantize_into(x: &[f32], q: &mut Vec<i8>, d: &mut Vec<f32>) {
     for block in x.chunks_exact(BLOCK) {
         let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -30,6 +34,7 @@ pub fn quantize_into(x: &[f32], q: &mut Vec<i8>, d: &mut Vec<f32>) {
                 .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
         );
     }
+}
 }
 
 /// `data` (rows of `cols`, `cols` a multiple of [`BLOCK`]) in 8-bit blocks; large matrices
@@ -55,8 +60,6 @@ pub fn quantize(data: &[f32]) -> Q8 {
     }
     Q8 { q, d }
 }
-
-use super::simd::multiversion;
 
 multiversion! {
 /// The dot product of one quantized row (`wq`, scales `wd`) with an f32 activation row.
