@@ -1,5 +1,5 @@
 """What a python model's worker may touch: no network unless its config sets allow_network,
-its model folder read-only, a private TMPDIR, an address-space limit (memory_limit_mb); and
+its model folder and the rest of the repository (other models' folders) read-only, a private TMPDIR, an address-space limit (memory_limit_mb); and
 the server logs which protections the worker got.
 """
 
@@ -15,8 +15,9 @@ from tritonclient.utils import InferenceServerException
 
 from test_python_backend import write
 
-# PORT in: tries to reach the server on 127.0.0.1:PORT, to write into its own folder and into
-# TMPDIR; answers with what happened to each.
+# PORT in: tries to reach the server on 127.0.0.1:PORT, to write into its own folder, into
+# TMPDIR, into another model's folder and into the repository's root; answers with what
+# happened to each.
 PROBE = '''
 import os
 import socket
@@ -45,7 +46,11 @@ class TritonPythonModel:
             own = attempt(lambda: open(os.path.join(self.folder, "written.txt"), "w").write("x"))
             tmp = attempt(lambda: open(os.path.join(tempfile.gettempdir(), "scratch"), "w").write("x"))
             where = tempfile.gettempdir().encode()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", np.array([net, own, tmp, where], dtype=object))]))
+            repo = os.path.dirname(self.folder.rstrip("/").rsplit("/", 1)[0])
+            other = attempt(lambda: open(os.path.join(repo, "hog", "1", "intruder.py"), "w").write("x"))
+            root = attempt(lambda: os.mkdir(os.path.join(repo, "planted")))
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor(
+                "RESULT", np.array([net, own, tmp, where, other, root], dtype=object))]))
         return out
 '''
 
@@ -69,7 +74,7 @@ class TritonPythonModel:
 def probe_config(name: str, extra: str = "") -> str:
     return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
             'input [ { name: "PORT" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
-            'output [ { name: "RESULT" data_type: TYPE_STRING dims: [ 4 ] } ]\n' + extra)
+            'output [ { name: "RESULT" data_type: TYPE_STRING dims: [ 6 ] } ]\n' + extra)
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +99,21 @@ def probe(server, model: str) -> list[str]:
 
 
 def test_a_worker_has_no_network_its_folder_is_read_only_and_its_tmpdir_is_private(server):
-    net, own, tmp, where = probe(server, "probe")
+    net, own, tmp, where, _, _ = probe(server, "probe")
     assert net != "ok" and "unreachable" in net.lower(), net  # a network namespace with loopback down
     assert own != "ok" and "Read-only file system" in own, own
     assert tmp == "ok", tmp
     assert "inferd-py-tmp-" in where, where
 
 
+def test_a_worker_cannot_write_into_other_models_or_the_repository(server):
+    *_, other, root = probe(server, "probe")
+    assert "Read-only file system" in other, other
+    assert "Read-only file system" in root, root
+
+
 def test_allow_network_lets_the_worker_reach_the_network(server):
-    net, own, _, _ = probe(server, "probe_net")
+    net, own, *_ = probe(server, "probe_net")
     assert net == "ok", net
     assert "Read-only file system" in own, own
 
@@ -128,3 +139,4 @@ def test_the_server_logs_the_protections_each_worker_got(server):
     log = server.log_tail(400)
     line = next(l for l in log.splitlines() if "python worker protections" in l and "model=probe " in l)
     assert "network=isolated" in line and "model_dir=read-only" in line and "memory_limit=8192 MiB" in line, line
+    assert "repository=read-only" in line, line

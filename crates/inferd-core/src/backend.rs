@@ -214,6 +214,18 @@ pub trait DecoupledModel: Send + Sync {
         outputs: &[String],
         send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
     ) -> Result<(), BackendError>;
+    /// [`DecoupledModel::run`], told the request's id and parameters; the engine calls this
+    /// one. The default ignores them.
+    fn run_with(
+        &self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+        meta: &crate::request::RequestMeta,
+        send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
+    ) -> Result<(), BackendError> {
+        let _ = meta;
+        self.run(inputs, outputs, send)
+    }
 }
 
 /// One execution instance; owned by one executor thread.
@@ -244,15 +256,18 @@ pub trait ModelInstance: Send {
         Ok(requests.iter().map(|r| self.execute(r, outputs)).collect())
     }
     /// [`ModelInstance::execute_requests`], told each request's id and parameters (`meta`, one
-    /// per request); the executor calls this one. The default ignores them.
+    /// per request) and able to ask, while it runs, whether request `i`'s client has gone
+    /// away (`gone(i)`, for Triton's `request.is_cancelled()`); the executor calls this one.
+    /// The default ignores both.
     #[allow(clippy::type_complexity)]
     fn execute_requests_with(
         &mut self,
         requests: &[&[NamedTensor]],
         meta: &[&crate::request::RequestMeta],
+        gone: &dyn Fn(usize) -> bool,
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
-        let _ = meta;
+        let _ = (meta, gone);
         self.execute_requests(requests, outputs)
     }
 }

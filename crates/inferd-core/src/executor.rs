@@ -121,7 +121,9 @@ impl Executor {
         // their models may call other models (BLS) that need a share to answer; holding one
         // while waiting on them could leave every share waiting on itself.
         let meta: Vec<&crate::request::RequestMeta> = jobs.iter().map(|j| &j.req.meta).collect();
-        let ran = instance.execute_requests_with(&requests, &meta, &outputs);
+        let jobs_now: &[Job] = jobs;
+        let gone = |i: usize| jobs_now.get(i).is_some_and(Job::caller_gone);
+        let ran = instance.execute_requests_with(&requests, &meta, &gone, &outputs);
         let t1 = Instant::now();
         let results = ran.map_err(|e| self.backend_error(e))?;
         if results.len() != jobs.len() {

@@ -120,6 +120,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether the caller stopped waiting for the answer (a client that disconnected).
+    pub fn caller_gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+
     fn pending(&self) -> Pending {
         Pending {
             rows: self.req.batch,

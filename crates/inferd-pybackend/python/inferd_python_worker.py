@@ -281,6 +281,9 @@ class Worker:
         self.bls_next = 1
         self.rpc_waiting: dict[int, queue.Queue] = {}
         self.cancelled: set[int] = set()
+        # (call, request index) of requests whose clients left while their execute ran.
+        self.cancelled_requests: set[tuple[int, int]] = set()
+        self.executing: set[int] = set()
         self.gates: dict[int, threading.Semaphore] = {}
         self.model_class = None
         self.model = None
@@ -305,6 +308,11 @@ class Worker:
             if op == "free":
                 for region in msg.get("regions", ()):
                     self.outbox.free(region)
+            elif op == "cancel" and "requests" in msg:
+                # Clients that left while a (non-decoupled) execute runs; too late ones are ignored.
+                with self.lock:
+                    if msg["id"] in self.executing:
+                        self.cancelled_requests.update((msg["id"], i) for i in msg["requests"])
             elif op == "cancel":
                 with self.lock:
                     self.cancelled.add(msg["id"])
@@ -422,10 +430,11 @@ class Worker:
         except OSError:
             out["network"] = "unknown"
         model_dir = os.path.dirname(os.path.dirname(os.path.abspath(self.model_py)))
-        try:
-            out["model_dir"] = "read-only" if os.statvfs(model_dir).f_flag & os.ST_RDONLY else "writable"
-        except OSError:
-            out["model_dir"] = "unknown"
+        for key, folder in (("model_dir", model_dir), ("repository", os.path.dirname(model_dir))):
+            try:
+                out[key] = "read-only" if os.statvfs(folder).f_flag & os.ST_RDONLY else "writable"
+            except OSError:
+                out[key] = "unknown"
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         out["memory_limit_mb"] = None if soft == resource.RLIM_INFINITY else soft >> 20
         return out
@@ -462,6 +471,13 @@ class Worker:
 
         return pb_utils.InferenceResponseSender(send, cancelled), cancelled
 
+    def request_cancelled(self, call: int, index: int):
+        def cancelled():
+            with self.lock:
+                return (call, index) in self.cancelled_requests
+
+        return cancelled
+
     def attach(self, msg: dict, response, wanted: list) -> None:
         """Puts a response's outputs (or error) into a message."""
         if response.has_error():
@@ -483,12 +499,23 @@ class Worker:
                 correlation_id=r.get("correlation_id", 0), parameters=r.get("parameters", "{}"))
             if decoupled:
                 req._sender, req._cancelled = self.sender(call, i, r["outputs"], int(msg.get("credits", 0)))
+            else:
+                req._cancelled = self.request_cancelled(call, i)
             requests.append(req)
-        result = self.model.execute(requests)
-        if inspect.iscoroutine(result):
-            import asyncio
+        if not decoupled:
+            with self.lock:
+                self.executing.add(call)
+        try:
+            result = self.model.execute(requests)
+            if inspect.iscoroutine(result):
+                import asyncio
 
-            result = asyncio.run(result)
+                result = asyncio.run(result)
+        finally:
+            if not decoupled:
+                with self.lock:
+                    self.executing.discard(call)
+                    self.cancelled_requests = {k for k in self.cancelled_requests if k[0] != call}
         if decoupled:
             self.conn.send({"op": "reply", "id": call})
             return

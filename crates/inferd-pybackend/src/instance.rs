@@ -267,7 +267,7 @@ impl ModelInstance for PythonInstance {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
-        self.execute_requests_with(&[inputs], &[], outputs)?
+        self.execute_requests_with(&[inputs], &[], &|_| false, outputs)?
             .pop()
             .unwrap_or_else(|| Err(BackendError::Internal("no answer".into())))
     }
@@ -281,17 +281,18 @@ impl ModelInstance for PythonInstance {
         requests: &[&[NamedTensor]],
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
-        self.execute_requests_with(requests, &[], outputs)
+        self.execute_requests_with(requests, &[], &|_| false, outputs)
     }
 
     fn execute_requests_with(
         &mut self,
         requests: &[&[NamedTensor]],
         meta: &[&RequestMeta],
+        gone: &dyn Fn(usize) -> bool,
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
         // A worker that died or hung is restarted by its slot's watcher.
-        match self.slot.worker()?.execute(requests, meta, outputs) {
+        match self.slot.worker()?.execute(requests, meta, gone, outputs) {
             Ok(out) => Ok(out),
             Err(Failure::Request(e) | Failure::Worker(e)) => Err(e),
         }
@@ -317,12 +318,22 @@ impl DecoupledModel for DecoupledPool {
         outputs: &[String],
         send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
     ) -> Result<(), BackendError> {
+        self.run_with(inputs, outputs, &RequestMeta::default(), send)
+    }
+
+    fn run_with(
+        &self,
+        inputs: &[NamedTensor],
+        outputs: &[String],
+        meta: &RequestMeta,
+        send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
+    ) -> Result<(), BackendError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len().max(1);
         let slot = self
             .slots
             .get(i)
             .ok_or_else(|| BackendError::Internal("no workers".into()))?;
-        match slot.worker()?.run_decoupled(inputs, outputs, send) {
+        match slot.worker()?.run_decoupled(inputs, outputs, meta, send) {
             Ok(()) => Ok(()),
             Err(Failure::Request(e) | Failure::Worker(e)) => Err(e),
         }

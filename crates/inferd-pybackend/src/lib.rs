@@ -200,6 +200,12 @@ impl PythonBackend {
             })
             .map_err(BackendError::Load)?,
             model_dir: model_dir.to_path_buf(),
+            read_only: model_dir
+                .parent()
+                .map(Path::to_path_buf)
+                .into_iter()
+                .chain([self.env_cache.clone()])
+                .collect(),
             metrics: req.metrics.clone(),
             builtin,
         };

@@ -2,8 +2,10 @@
 //!
 //! - **no network** (a network namespace of its own, with nothing but a loopback that is down)
 //!   unless the config sets `parameters { key: "allow_network" value: { string_value: "true" } }`;
-//! - **its model folder read-only** (a mount namespace where the folder is bind-mounted onto
-//!   itself read-only), so a model cannot rewrite its own code or weights;
+//! - **its model folder, the whole repository and the unpacked environments read-only** (a
+//!   mount namespace where each folder is bind-mounted onto itself read-only), so a model
+//!   cannot rewrite its own code or weights, another model's, or an interpreter other models
+//!   run;
 //! - **a memory limit** (`RLIMIT_AS`; config parameter `memory_limit_mb`, default
 //!   [`DEFAULT_MEMORY_LIMIT_MB`], 0 for none), so a runaway model fails its own allocations
 //!   instead of the machine's;
@@ -126,12 +128,20 @@ pub fn kill_group(child: &mut std::process::Child) {
     let _ = child.kill();
 }
 
-/// Sets up `cmd` to start its process inside the limits, with `model_dir` read-only.
-pub fn apply(cmd: &mut Command, limits: &Limits, model_dir: &Path) {
+/// Sets up `cmd` to start its process inside the limits, with the folders `read_only` (those
+/// that exist) read-only.
+pub fn apply(cmd: &mut Command, limits: &Limits, read_only: &[&Path]) {
     // Everything the child needs is prepared here: between fork and exec nothing may allocate.
-    let dir = CString::new(model_dir.as_os_str().as_bytes()).ok();
+    let dirs: Vec<(CString, libc::c_ulong)> = read_only
+        .iter()
+        .filter(|d| d.is_dir())
+        .filter_map(|d| {
+            CString::new(d.as_os_str().as_bytes())
+                .ok()
+                .map(|c| (c, kept_mount_flags(d)))
+        })
+        .collect();
     let root = CString::new("/").unwrap_or_default();
-    let kept = kept_mount_flags(model_dir);
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let uid_map = format!("0 {uid} 1\n").into_bytes();
@@ -147,7 +157,11 @@ pub fn apply(cmd: &mut Command, limits: &Limits, model_dir: &Path) {
         0
     } else {
         libc::CLONE_NEWNET
-    } | if dir.is_some() { libc::CLONE_NEWNS } else { 0 };
+    } | if dirs.is_empty() {
+        0
+    } else {
+        libc::CLONE_NEWNS
+    };
     // SAFETY: the closure only makes system calls (setrlimit, unshare, open/write/close,
     // mount) on data prepared before the fork; it neither allocates nor takes locks.
     unsafe {
@@ -171,9 +185,9 @@ pub fn apply(cmd: &mut Command, limits: &Limits, model_dir: &Path) {
                 write_file(&paths[1], &uid_map);
                 write_file(&paths[2], &gid_map);
             }
-            if let Some(dir) = &dir {
-                let null: *const libc::c_char = std::ptr::null();
-                let no_data: *const libc::c_void = std::ptr::null();
+            let null: *const libc::c_char = std::ptr::null();
+            let no_data: *const libc::c_void = std::ptr::null();
+            if !dirs.is_empty() {
                 libc::mount(
                     null,
                     root.as_ptr(),
@@ -181,6 +195,8 @@ pub fn apply(cmd: &mut Command, limits: &Limits, model_dir: &Path) {
                     libc::MS_REC | libc::MS_PRIVATE,
                     no_data,
                 );
+            }
+            for (dir, kept) in &dirs {
                 if libc::mount(
                     dir.as_ptr(),
                     dir.as_ptr(),
@@ -193,7 +209,7 @@ pub fn apply(cmd: &mut Command, limits: &Limits, model_dir: &Path) {
                         null,
                         dir.as_ptr(),
                         null,
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | *kept,
                         no_data,
                     );
                 }

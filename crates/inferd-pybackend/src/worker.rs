@@ -76,6 +76,9 @@ pub struct WorkerSpec {
     pub limits: crate::sandbox::Limits,
     /// The model's folder (read-only to the worker).
     pub model_dir: PathBuf,
+    /// Further folders the worker sees read-only: the repository (every other model's
+    /// folder) and the cache of unpacked environments.
+    pub read_only: Vec<PathBuf>,
     /// Where the model's own metrics go.
     pub metrics: Arc<inferd_core::custom_metrics::CustomMetrics>,
     /// inferd's own runner (its `TritonPythonModel` source) for a framework's model file;
@@ -191,15 +194,39 @@ impl Call<'_> {
                     self.worker.who()
                 ))))
             }
-            Err(RecvTimeoutError::Timeout) => {
-                self.worker.kill();
-                Err(Failure::Worker(BackendError::Execution(format!(
-                    "{} did not answer within {:.0} s (execute_timeout_secs); it was killed and restarts for the next request",
-                    self.worker.who(),
-                    timeout.as_secs_f64()
-                ))))
-            }
+            Err(RecvTimeoutError::Timeout) => Err(self.expire(timeout)),
         }
+    }
+
+    /// The call ran past its `timeout`: kills the worker and says so.
+    pub fn expire(&self, timeout: Duration) -> Failure {
+        self.worker.kill();
+        Failure::Worker(BackendError::Execution(format!(
+            "{} did not answer within {:.0} s (execute_timeout_secs); it was killed and restarts for the next request",
+            self.worker.who(),
+            timeout.as_secs_f64()
+        )))
+    }
+
+    /// The next message if one comes within `wait`; `None` when none did (nothing is killed:
+    /// the caller decides what a long wait means).
+    pub fn next_within(&self, wait: Duration) -> Result<Option<Incoming>, Failure> {
+        match self.rx.recv_timeout(wait) {
+            Ok(m) => {
+                self.worker.opened();
+                Ok(Some(m))
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => self.next(wait).map(Some),
+        }
+    }
+
+    /// Asks the worker to mark requests `which` (indexes in the call) cancelled: their clients
+    /// left while `execute` ran.
+    pub fn cancel_requests(&self, which: &[usize]) {
+        self.worker
+            .shared
+            .send(&json!({"op": "cancel", "id": self.id, "requests": which}));
     }
 
     /// Asks the worker to mark the call's requests cancelled (the client left).
@@ -221,7 +248,10 @@ impl Worker {
                 BackendError::Internal(format!("creating the worker's temp folder: {e}"))
             })?;
         let mut cmd = Command::new(&spec.python);
-        crate::sandbox::apply(&mut cmd, &spec.limits, &spec.model_dir);
+        let read_only: Vec<&std::path::Path> = std::iter::once(spec.model_dir.as_path())
+            .chain(spec.read_only.iter().map(PathBuf::as_path))
+            .collect();
+        crate::sandbox::apply(&mut cmd, &spec.limits, &read_only);
         // A process group of its own: a terminal's Ctrl-C or a group-wide signal meant for the
         // server does not reach the worker (the server stops it; if the server dies, the
         // worker's stdin closes and it exits).
@@ -460,14 +490,16 @@ impl Worker {
             None => "none".into(),
         };
         let spec = &self.shared.spec;
-        let (network, model_dir) = (field("network"), field("model_dir"));
-        let weaker =
-            (!spec.limits.allow_network && network != "isolated") || model_dir != "read-only";
+        let (network, model_dir, repository) =
+            (field("network"), field("model_dir"), field("repository"));
+        let weaker = (!spec.limits.allow_network && network != "isolated")
+            || model_dir != "read-only"
+            || repository != "read-only";
         if weaker {
-            tracing::warn!(model = %spec.model, version = spec.version, %network, %model_dir, memory_limit = %memory,
+            tracing::warn!(model = %spec.model, version = spec.version, %network, %model_dir, %repository, memory_limit = %memory,
                 "python worker runs with weaker protections than asked (the kernel refused a namespace)");
         } else {
-            tracing::info!(model = %spec.model, version = spec.version, %network, %model_dir, memory_limit = %memory,
+            tracing::info!(model = %spec.model, version = spec.version, %network, %model_dir, %repository, memory_limit = %memory,
                 "python worker protections");
         }
     }

@@ -63,7 +63,12 @@ impl Engine {
             // No compute share is held here: a decoupled model may spend most of its time
             // waiting between responses (repeat's delays, a stream's pacing).
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                dm.run(&prepared.inputs, &prepared.outputs, &mut send)
+                dm.run_with(
+                    &prepared.inputs,
+                    &prepared.outputs,
+                    &prepared.meta,
+                    &mut send,
+                )
             }));
             let r = match ran {
                 Ok(r) => r.map_err(|e| e.into_request_error(&model)),

@@ -9,6 +9,8 @@ use super::*;
 const RESPONSE_CREDITS: u64 = 64;
 /// Credits go back to the worker in batches of this many.
 const CREDIT_BATCH: u64 = 16;
+/// How often a running `execute` checks whether its requests' clients are still there.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 impl Worker {
     /// Runs a batch's requests in one `execute(requests)`: one result per request.
@@ -16,13 +18,35 @@ impl Worker {
         &self,
         requests: &[&[NamedTensor]],
         meta: &[&RequestMeta],
+        gone: &dyn Fn(usize) -> bool,
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, Failure> {
         let described: Vec<Value> = (0..requests.len())
             .map(|i| request_json(outputs, meta.get(i).copied()))
             .collect();
         let call = self.call(json!({"op": "execute", "requests": described}), requests)?;
-        let Incoming { msg, tensors } = call.next(self.shared.spec.execute_timeout)?;
+        // While execute runs, clients that leave are told to the worker, where the model sees
+        // them in `request.is_cancelled()` (as in Triton) and may stop early.
+        let deadline = Instant::now() + self.shared.spec.execute_timeout;
+        let mut told = vec![false; requests.len()];
+        let Incoming { msg, tensors } = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(m) = call.next_within(left.min(CANCEL_POLL))? {
+                break m;
+            }
+            if left <= CANCEL_POLL {
+                return Err(call.expire(self.shared.spec.execute_timeout));
+            }
+            let newly: Vec<usize> = (0..requests.len())
+                .filter(|&i| !told[i] && gone(i))
+                .collect();
+            if !newly.is_empty() {
+                for &i in &newly {
+                    told[i] = true;
+                }
+                call.cancel_requests(&newly);
+            }
+        };
         if let Some(err) = msg.get("error") {
             return Err(Failure::Request(self.model_error(err, true)));
         }
@@ -56,13 +80,14 @@ impl Worker {
         &self,
         inputs: &[NamedTensor],
         outputs: &[String],
+        meta: &RequestMeta,
         send: &mut dyn FnMut(Vec<NamedTensor>) -> bool,
     ) -> Result<(), Failure> {
         let msg = json!({
             "op": "execute",
             "decoupled": true,
             "credits": RESPONSE_CREDITS,
-            "requests": [request_json(outputs, None)],
+            "requests": [request_json(outputs, Some(meta))],
         });
         let call = self.call(msg, &[inputs])?;
         // Backpressure: the worker may have RESPONSE_CREDITS responses on their way; each one
