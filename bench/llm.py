@@ -18,7 +18,8 @@ sequences of ``--max-model-len`` tokens laid out contiguously, how many sequence
 A results table goes to stdout and, with ``--out``, to a Markdown file.
 
     python bench/llm.py --inferd target/release/inferd --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
-        [--llama-server ~/.cache/inferd/llama/build/bin/llama-server] [--streams 1,8] [--tokens 128]
+        [--llama-server ~/.cache/inferd/llama/build/bin/llama-server] [--streams 1,8] [--tokens 128] \
+        [--vllm-python ~/.cache/inferd/vllm/venv/bin/python --hf-dir ~/.cache/inferd/models/smollm2-hf]
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-def start_inferd(binary: str, gguf: str, tmp: Path, *extra: str):
+def start_inferd(binary: str, gguf: str, tmp: Path, *extra: str, block_size: int | None = None):
     repo = tmp / "models"
     (repo / "llm" / "1").mkdir(parents=True)
     shutil.copy(gguf, repo / "llm" / "1" / "model.gguf")
+    if block_size:
+        (repo / "llm" / "config.pbtxt").write_text(
+            f'backend: "llm"\nparameters [ {{ key: "block_size" value: {{ string_value: "{block_size}" }} }} ]\n')
     port = free_port()
     proc = subprocess.Popen([binary, "serve", "--model-repository", str(repo), "--http-port", str(port),
                              "--grpc-port", "0", "--metrics-port", "0", *extra],
@@ -109,6 +113,18 @@ class Gauges(threading.Thread):
         self.done.set()
         self.join()
         return self.samples
+
+
+def start_vllm(python: str, hf_dir: str, streams: int):
+    """vLLM's CPU build (its own venv: see ../shared/TESTBED.md) on HF-format weights in bf16."""
+    port = free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="2", VLLM_CPU_NUM_OF_RESERVED_CPU="0", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([python, "-m", "vllm.entrypoints.openai.api_server", "--model", hf_dir,
+                             "--served-model-name", "llm", "--dtype", "bfloat16", "--max-model-len", "2048",
+                             "--max-num-seqs", str(max(streams, 8)), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ready = wait_ready(f"http://127.0.0.1:{port}/health", proc, timeout=900)
+    return proc, f"http://127.0.0.1:{port}/v1", "llm", ready
 
 
 def run(base: str, model: str, streams: int, tokens: int, metrics: str | None = None) -> dict:
@@ -220,7 +236,8 @@ def weight_bytes(gguf_path: str) -> dict:
     names = [n for n, x in t.items() if n.startswith("blk.") and len(x.shape) == 2]
     names.append("output.weight" if "output.weight" in t else "token_embd.weight")
     params = sum(int(t[n].n_elements) for n in names)
-    return {"params": params, "inferd": params * 34 // 32, "llama-server": sum(int(t[n].n_bytes) for n in names)}
+    return {"params": params, "inferd": params * 34 // 32, "llama-server": sum(int(t[n].n_bytes) for n in names),
+            "vllm": params * 2}
 
 
 def kv_bytes_per_token(gguf_path: str) -> int:
@@ -266,6 +283,8 @@ def main() -> int:
     ap.add_argument("--inferd", required=True)
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--llama-server")
+    ap.add_argument("--vllm-python", help="a Python with vLLM's CPU build installed")
+    ap.add_argument("--hf-dir", help="the same model in HF format (bf16 safetensors), for vLLM")
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--out")
@@ -273,6 +292,8 @@ def main() -> int:
                     help="capacity scenario: the KV budget holds this many contiguous sequences")
     ap.add_argument("--max-model-len", type=int, default=2048, help="capacity scenario: their length")
     ap.add_argument("--capacity-streams", type=int, default=48)
+    ap.add_argument("--waste-block-sizes", default="16,4",
+                    help="KV waste at 8 streams with each of these block sizes (config block_size)")
     a = ap.parse_args()
     bw, peak = machine_peaks()
     wb = weight_bytes(a.gguf)
@@ -283,6 +304,8 @@ def main() -> int:
         servers = [("inferd", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"i{n}"))]
         if a.llama_server:
             servers.append(("llama-server", lambda n: start_llama(a.llama_server, a.gguf, n)))
+        if a.vllm_python and a.hf_dir:
+            servers.append(("vllm", lambda n: start_vllm(a.vllm_python, a.hf_dir, n)))
         for name, start in servers:
             for n in streams:
                 proc, base, model, ready = start(n)
@@ -304,9 +327,19 @@ def main() -> int:
         cap = capacity(a.inferd, a.gguf, Path(tmp) / "cap", a.contiguous_seqs, a.max_model_len,
                        a.capacity_streams, a.tokens)
         print(cap, file=sys.stderr)
+        wastes = []
+        for b in [int(x) for x in a.waste_block_sizes.split(",") if x]:
+            proc, base, model, _ = start_inferd(a.inferd, a.gguf, Path(tmp) / f"b{b}", block_size=b)
+            try:
+                r = run(base, model, 8, a.tokens, metrics=base.removesuffix("/v1") + "/metrics")
+                wastes.append((b, r))
+                print(b, r, file=sys.stderr)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
     lines = [f"Machine (measured by this run): memory bandwidth {bw / 1e9:.1f} GB/s, f32 peak {peak / 1e9:.1f} GFLOP/s; "
              f"a decode step reads {wb['inferd'] / 1e6:.0f} MB of weights in inferd, {wb['llama-server'] / 1e6:.0f} MB in "
-             f"llama-server ({wb['params'] / 1e6:.0f} M values).", "",
+             f"llama-server, {wb['vllm'] / 1e6:.0f} MB in vLLM (bf16) ({wb['params'] / 1e6:.0f} M values).", "",
              "| server | streams | tokens/s | of roofline | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | KV waste mean / max |"
              " start to ready s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -327,6 +360,10 @@ def main() -> int:
               f"| {cap['budget'] / 2**20:.0f} MiB | {cap['contiguous']} x {cap['max_len']} tokens | {cap['streams']} | "
               f"{cap['running_max']:.0f} | {cap['running_max'] / cap['contiguous']:.1f}x | "
               f"{100 * cap['kv_waste_mean']:.1f}% / {100 * cap['kv_waste_max']:.1f}% |"]
+    lines += ["", "| block size (tokens) | streams | tokens/s | KV waste mean / max |", "|---|---|---|---|"]
+    for b, r in wastes:
+        lines.append(f"| {b} | 8 | {r['tokens_per_s']:.1f} | {100 * r['kv_waste_mean']:.1f}% / "
+                     f"{100 * r['kv_waste_max']:.1f}% |")
     lines += ["", "| server | TTFT, shared 500-token prefix, ms | TTFT, unique prefixes, ms | ratio |", "|---|---|---|---|"]
     for r in rows:
         if "prefix_ttft_ms" in r:
