@@ -68,15 +68,18 @@ def test_the_kv_cache_flag_sizes_each_llm_and_a_config_overrides_it(inferd_serve
         assert waste * used * 16 < 16 * running + 1e-6, (running, used, waste)
 
 
-def test_a_q8_kv_cache_holds_more_blocks_in_the_same_bytes_and_serves(inferd_server_factory, tmp_path):
+def test_a_q8_kv_cache_holds_more_blocks_in_the_same_bytes_and_serves_and_activations_are_checked(inferd_server_factory, tmp_path):
     assert MODEL and Path(MODEL).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
     repo = tmp_path / "models"
-    for name in ("flagged", "exact", "bad"):
+    for name in ("flagged", "exact", "bad", "int8", "badact"):
         (repo / name / "1").mkdir(parents=True)
         shutil.copy(MODEL, repo / name / "1" / "model.gguf")
     param = 'backend: "llm"\nparameters [ {{ key: "kv_cache_dtype" value: {{ string_value: "{}" }} }} ]\n'
     (repo / "exact" / "config.pbtxt").write_text(param.format("f32"))
     (repo / "bad" / "config.pbtxt").write_text(param.format("fp4"))
+    act = 'backend: "llm"\nparameters [ {{ key: "activations" value: {{ string_value: "{}" }} }} ]\n'
+    (repo / "int8" / "config.pbtxt").write_text(act.format("int8"))
+    (repo / "badact" / "config.pbtxt").write_text(act.format("int4"))
     bytes_ = 20 * BLOCK_BYTES
     server = inferd_server_factory(repo, "--llm-kv-cache-bytes", str(bytes_), "--llm-kv-cache-dtype", "q8",
                                    strict_readiness=False)
@@ -86,10 +89,16 @@ def test_a_q8_kv_cache_holds_more_blocks_in_the_same_bytes_and_serves(inferd_ser
         "model": "flagged", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
     r.raise_for_status()
     assert r.json()["usage"]["completion_tokens"] > 0
+    r = requests.post(f"{server.http_base}/v1/completions", timeout=120, json={
+        "model": "int8", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0})
+    r.raise_for_status()
     index = requests.post(server.http_base + "/v2/repository/index", json={}, timeout=10).json()
     [bad] = [m for m in index if m["name"] == "bad"]
     assert bad["state"] == "UNAVAILABLE"
     assert "kv_cache_dtype" in bad["reason"] and "fp4" in bad["reason"], bad
+    [badact] = [m for m in index if m["name"] == "badact"]
+    assert badact["state"] == "UNAVAILABLE"
+    assert "activations" in badact["reason"] and "int4" in badact["reason"], badact
 
 
 def test_nonsense_llm_flags_stop_the_start_naming_the_flag(inferd_bin, tmp_path):

@@ -107,13 +107,6 @@ fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
     out
 }
 
-/// Whether 8-bit matrices that allow it take 8-bit activations: `INFERD_LLM_ACT=f32` turns it
-/// off everywhere (A/B benchmarks).
-fn int8_activations() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("INFERD_LLM_ACT").as_deref() != Ok("f32"))
-}
-
 /// Weight rows per parallel task: small enough to share two cores evenly, large enough that
 /// scheduling costs nothing next to the arithmetic.
 const ROWS_PER_TASK: usize = 64;
@@ -141,7 +134,7 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
                     }
                 });
         }),
-        Some(q) if m.int8_act && int8_activations() => {
+        Some(q) if m.int8_act => {
             let per_row = m.cols / super::q8::BLOCK;
             let xq = super::q8dot::QRows::quantize(x);
             let xq = &xq;

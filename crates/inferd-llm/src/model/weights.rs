@@ -31,7 +31,6 @@ impl Matrix {
         Matrix {
             q8: Some(super::q8::quantize(&self.data)),
             data: Vec::new(),
-            int8_act: true,
             ..self
         }
     }
@@ -42,9 +41,13 @@ impl Matrix {
 pub enum Precision {
     /// f32, exactly the file's values.
     F32,
-    /// 8-bit blocks of 32 with an f32 scale (decode reads 1.125 bytes per weight).
+    /// 8-bit blocks of 32 with an f32 scale (decode reads 1.125 bytes per weight), multiplied
+    /// with f32 activations.
     #[default]
     Q8,
+    /// 8-bit blocks, and decode quantizes activations to 8-bit blocks too for integer dot
+    /// products (faster; logits and log-probabilities move further from the exact model's).
+    Q8Int8,
 }
 
 /// One transformer block's weights.
@@ -116,6 +119,16 @@ impl Weights {
                 )
                 .quantized();
             }
+            for m in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+            ] {
+                m.int8_act = p == Precision::Q8Int8 && m.q8.is_some();
+            }
             // The down projection's input (the SwiGLU product) spans the widest range: with
             // it quantized too, greedy SmolLM2 output parted from the exact model's within 5
             // tokens on one reference prompt; with f32 activations here, on none
@@ -128,6 +141,9 @@ impl Weights {
                 .unwrap_or_else(|| self.embed.clone())
                 .quantized(),
         );
+        if let Some(o) = &mut self.output {
+            o.int8_act = p == Precision::Q8Int8 && o.q8.is_some();
+        }
         self
     }
 }
