@@ -60,13 +60,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-def start_inferd(binary: str, gguf: str, tmp: Path, *extra: str, block_size: int | None = None):
+def start_inferd(binary: str, gguf: str, tmp: Path, *extra: str, block_size: int | None = None,
+                 activations: str | None = None):
     repo = tmp / "models"
     (repo / "llm" / "1").mkdir(parents=True)
     shutil.copy(gguf, repo / "llm" / "1" / "model.gguf")
-    if block_size:
-        (repo / "llm" / "config.pbtxt").write_text(
-            f'backend: "llm"\nparameters [ {{ key: "block_size" value: {{ string_value: "{block_size}" }} }} ]\n')
+    params = {"block_size": block_size, "activations": activations}
+    entries = [f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items() if v]
+    if entries:
+        (repo / "llm" / "config.pbtxt").write_text(f'backend: "llm"\nparameters [ {", ".join(entries)} ]\n')
     port = free_port()
     proc = subprocess.Popen([binary, "serve", "--model-repository", str(repo), "--http-port", str(port),
                              "--grpc-port", "0", "--metrics-port", "0", *extra],
@@ -283,6 +285,8 @@ def main() -> int:
     ap.add_argument("--inferd", required=True)
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--llama-server")
+    ap.add_argument("--int8", action="store_true",
+                    help="also inferd with activations: int8 (8-bit activations in decode, opt-in)")
     ap.add_argument("--vllm-python", help="a Python with vLLM's CPU build installed")
     ap.add_argument("--hf-dir", help="the same model in HF format (bf16 safetensors), for vLLM")
     ap.add_argument("--streams", default="1,8,32")
@@ -302,6 +306,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         servers = [("inferd", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"i{n}"))]
+        if a.int8:
+            servers.append(("inferd-int8", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"j{n}",
+                                                                  activations="int8")))
         if a.llama_server:
             servers.append(("llama-server", lambda n: start_llama(a.llama_server, a.gguf, n)))
         if a.vllm_python and a.hf_dir:
@@ -310,9 +317,9 @@ def main() -> int:
             for n in streams:
                 proc, base, model, ready = start(n)
                 try:
-                    metrics = base.removesuffix("/v1") + "/metrics" if name == "inferd" else None
+                    metrics = base.removesuffix("/v1") + "/metrics" if name.startswith("inferd") else None
                     r = run(base, model, n, a.tokens, metrics)
-                    roof = min(n * bw / wb[name], peak / (2 * wb["params"]))
+                    roof = min(n * bw / wb[name.split("-int8")[0]], peak / (2 * wb["params"]))
                     r["roofline"] = r["tokens_per_s"] / roof
                     r.update(server=name, start_s=ready)
                     if n == streams[0]:
