@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from test_llm_sentencepiece import tokenize
+
 GENERATE = os.environ.get("INFERD_LLM_GENERATE", "")
 
 LLAMA3_SPLIT = (
@@ -80,14 +82,6 @@ def llama3_gguf(tmp_path_factory):
     w.write_ti_data_to_file()
     w.close()
     return tok, vocab["<|begin_of_text|>"], d / "llama3.gguf"
-
-
-def tokenize(model: Path, texts: list[str]) -> dict:
-    assert GENERATE and Path(GENERATE).is_file(), "set INFERD_LLM_GENERATE (scripts/test.sh builds it)"
-    r = subprocess.run([GENERATE, str(model)], input=json.dumps({"texts": texts}), capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def test_ids_equal_the_tokenizers_library_and_decode_back(llama3_gguf):

@@ -134,36 +134,11 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
                     }
                 });
         }),
-        Some(q) if m.int8_act => {
-            let per_row = m.cols / super::q8::BLOCK;
-            let xq = super::q8dot::QRows::quantize(x);
-            let xq = &xq;
-            pool.install(|| {
-                by_row
-                    .par_chunks_mut(n * ROWS_PER_TASK)
-                    .enumerate()
-                    .for_each(|(b, out)| {
-                        let first = b * ROWS_PER_TASK;
-                        for (k, o) in out.chunks_exact_mut(n).enumerate() {
-                            let r = first + k;
-                            let (wq, wd) = (
-                                &q.q[r * m.cols..(r + 1) * m.cols],
-                                &q.d[r * per_row..(r + 1) * per_row],
-                            );
-                            for (t, o) in o.iter_mut().enumerate() {
-                                *o = super::q8dot::dot(
-                                    wq,
-                                    wd,
-                                    &xq.q[t * m.cols..(t + 1) * m.cols],
-                                    &xq.d[t * per_row..(t + 1) * per_row],
-                                );
-                            }
-                        }
-                    });
-            });
-        }
         Some(q) => {
             let per_row = m.cols / super::q8::BLOCK;
+            // With int8 activations, each input row is quantized once for every weight row.
+            let xq = m.int8_act.then(|| super::q8dot::QRows::quantize(x));
+            let xq = xq.as_ref();
             pool.install(|| {
                 by_row
                     .par_chunks_mut(n * ROWS_PER_TASK)
@@ -176,10 +151,19 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
                                 &q.q[r * m.cols..(r + 1) * m.cols],
                                 &q.d[r * per_row..(r + 1) * per_row],
                             );
-                            if n == 1 {
-                                o[0] = super::q8::dot_f32(wq, wd, x);
-                            } else {
-                                super::q8::dot_rows(wq, wd, x, n, m.cols, o);
+                            match xq {
+                                Some(xq) => {
+                                    for (t, o) in o.iter_mut().enumerate() {
+                                        *o = super::q8dot::dot(
+                                            wq,
+                                            wd,
+                                            &xq.q[t * m.cols..(t + 1) * m.cols],
+                                            &xq.d[t * per_row..(t + 1) * per_row],
+                                        );
+                                    }
+                                }
+                                None if n == 1 => o[0] = super::q8::dot_f32(wq, wd, x),
+                                None => super::q8::dot_rows(wq, wd, x, n, m.cols, o),
                             }
                         }
                     });

@@ -7,7 +7,7 @@ use inferd_gguf::GgufFile;
 use super::{LlamaConfig, ModelError};
 
 /// A matrix of `rows` x `cols`, row-major.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Matrix {
     /// Output size.
     pub rows: usize,
@@ -107,26 +107,7 @@ impl Weights {
                 &mut l.w_up,
                 &mut l.w_down,
             ] {
-                *m = std::mem::replace(
-                    m,
-                    Matrix {
-                        rows: 0,
-                        cols: 0,
-                        data: Vec::new(),
-                        q8: None,
-                        int8_act: false,
-                    },
-                )
-                .quantized();
-            }
-            for m in [
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-            ] {
+                *m = std::mem::take(m).quantized();
                 m.int8_act = p == Precision::Q8Int8 && m.q8.is_some();
             }
             // The down projection's input (the SwiGLU product) spans the widest range: with
