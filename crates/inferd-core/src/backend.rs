@@ -98,7 +98,9 @@ pub struct LoadRequest<'a> {
     pub version: u64,
     /// The version folder.
     pub version_dir: &'a Path,
-    /// The model file inside it (config's `default_model_filename` or the backend default).
+    /// The model file's path: the version folder joined with the config's
+    /// `default_model_filename` or the backend default (use it as is; joining it to
+    /// `version_dir` again doubles a relative repository path).
     pub model_file: PathBuf,
     /// The model's config as written (before auto-complete).
     pub config: &'a ModelConfig,

@@ -52,11 +52,15 @@ pub(crate) fn relative_to(repository: &Path, message: &str) -> String {
     {
         prefixes.push(cwd.join(repository));
     }
+    // Longest first: a relative path such as `../../srv/models` contains the absolute one
+    // (`/srv/models`), and taking that out first would leave `../..` glued to the rest.
+    let mut prefixes: Vec<String> = prefixes
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.is_empty() && p != "/" && p != ".")
+        .collect();
+    prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in prefixes {
-        let p = p.display().to_string();
-        if p.is_empty() || p == "/" || !p.starts_with('/') {
-            continue;
-        }
         out = out.replace(&format!("{}/", p.trim_end_matches('/')), "");
     }
     out
@@ -405,5 +409,23 @@ mod tests {
             "config file a/config.pbtxt"
         );
         assert_eq!(relative_to(repo, "/etc/other: x"), "/etc/other: x");
+    }
+
+    #[test]
+    fn a_relative_repository_that_climbs_to_its_absolute_path_is_taken_out_whole() {
+        // Regression: `../../tmp/x/models` contains `/tmp/x/models`; taking the absolute form
+        // out first left `../..llm/1/model.gguf`.
+        let abs = std::env::temp_dir().join(format!("inferd-rel-{}", std::process::id()));
+        std::fs::create_dir_all(&abs).expect("temp dir");
+        let abs = abs.canonicalize().expect("canonical");
+        let cwd = std::env::current_dir().expect("cwd");
+        let up = "../".repeat(cwd.components().count() - 1);
+        let rel = PathBuf::from(format!(
+            "{up}{}",
+            abs.display().to_string().trim_start_matches('/')
+        ));
+        let message = format!("{}/llm/1/model.gguf: missing", rel.display());
+        assert_eq!(relative_to(&rel, &message), "llm/1/model.gguf: missing");
+        std::fs::remove_dir_all(&abs).ok();
     }
 }
