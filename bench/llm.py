@@ -9,7 +9,7 @@ server and concurrency: aggregate tokens/s, time to first token (p50, p99), inte
 for all running streams, so a step cannot beat (weight bytes / memory bandwidth) nor (FLOPs /
 peak FLOP/s); both the bandwidth and the peak are measured by this harness (numpy copies and a
 matrix product on all cores) and the weight bytes are what each server reads per step (inferd:
-8-bit blocks of 32, 34 bytes each; llama-server: the file's own tensors). Prefill is reported
+the file's 4-bit blocks kept, other tensors in 8-bit blocks; llama-server: the file's own tensors). Prefill is reported
 apart: the unique-prefix TTFT of ~500 prompt tokens as FLOP/s against the measured peak.
 
 inferd only: KV-cache waste (``inferd_llm_kv_cache_waste_ratio`` sampled while streams run) and
@@ -61,11 +61,11 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
 
 
 def start_inferd(binary: str, gguf: str, tmp: Path, *extra: str, block_size: int | None = None,
-                 activations: str | None = None):
+                 activations: str | None = None, weights: str | None = None):
     repo = tmp / "models"
     (repo / "llm" / "1").mkdir(parents=True)
     shutil.copy(gguf, repo / "llm" / "1" / "model.gguf")
-    params = {"block_size": block_size, "activations": activations}
+    params = {"block_size": block_size, "activations": activations, "weights": weights}
     entries = [f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items() if v]
     if entries:
         (repo / "llm" / "config.pbtxt").write_text(f'backend: "llm"\nparameters [ {", ".join(entries)} ]\n')
@@ -229,8 +229,10 @@ def machine_peaks() -> tuple[float, float]:
 
 def weight_bytes(gguf_path: str) -> dict:
     """What one decode step reads: every 2-D layer tensor and the output projection (the token
-    embeddings when tied). `params`: their values; `inferd`: as inferd stores them (8-bit blocks
-    of 32 values in 34 bytes); `llama-server`: the file's own bytes."""
+    embeddings when tied). `params`: their values; `inferd`: as inferd stores them (the file's
+    Q4_0/Q4_1 blocks of 32 values kept in 24 bytes, f32 scale and offset; everything else in
+    8-bit blocks of 32 in 36 bytes); `inferd-q8`: all in 8-bit blocks; `llama-server`: the
+    file's own bytes."""
     import gguf
 
     r = gguf.GGUFReader(gguf_path)
@@ -238,7 +240,9 @@ def weight_bytes(gguf_path: str) -> dict:
     names = [n for n, x in t.items() if n.startswith("blk.") and len(x.shape) == 2]
     names.append("output.weight" if "output.weight" in t else "token_embd.weight")
     params = sum(int(t[n].n_elements) for n in names)
-    return {"params": params, "inferd": params * 34 // 32, "llama-server": sum(int(t[n].n_bytes) for n in names),
+    four = sum(int(t[n].n_elements) for n in names if t[n].tensor_type.name in ("Q4_0", "Q4_1"))
+    return {"params": params, "inferd": four * 24 // 32 + (params - four) * 36 // 32,
+            "inferd-q8": params * 36 // 32, "llama-server": sum(int(t[n].n_bytes) for n in names),
             "vllm": params * 2}
 
 
@@ -287,6 +291,8 @@ def main() -> int:
     ap.add_argument("--llama-server")
     ap.add_argument("--int8", action="store_true",
                     help="also inferd with activations: int8 (8-bit activations in decode, opt-in)")
+    ap.add_argument("--q8", action="store_true",
+                    help="also inferd with weights: q8 (4-bit tensors requantized to 8 bits, as before 2026-12-07)")
     ap.add_argument("--vllm-python", help="a Python with vLLM's CPU build installed")
     ap.add_argument("--hf-dir", help="the same model in HF format (bf16 safetensors), for vLLM")
     ap.add_argument("--streams", default="1,8,32")
@@ -309,6 +315,9 @@ def main() -> int:
         if a.int8:
             servers.append(("inferd-int8", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"j{n}",
                                                                   activations="int8")))
+        if a.q8:
+            servers.append(("inferd-q8", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"q{n}",
+                                                                weights="q8")))
         if a.llama_server:
             servers.append(("llama-server", lambda n: start_llama(a.llama_server, a.gguf, n)))
         if a.vllm_python and a.hf_dir:
@@ -319,7 +328,7 @@ def main() -> int:
                 try:
                     metrics = base.removesuffix("/v1") + "/metrics" if name.startswith("inferd") else None
                     r = run(base, model, n, a.tokens, metrics)
-                    roof = min(n * bw / wb[name.split("-int8")[0]], peak / (2 * wb["params"]))
+                    roof = min(n * bw / wb[name.removesuffix("-int8")], peak / (2 * wb["params"]))
                     r["roofline"] = r["tokens_per_s"] / roof
                     r.update(server=name, start_s=ready)
                     if n == streams[0]:

@@ -107,3 +107,20 @@ def test_nonsense_llm_flags_stop_the_start_naming_the_flag(inferd_bin, tmp_path)
         r = subprocess.run([str(inferd_bin), "serve", "--model-repository", str(tmp_path), "--http-port", "0",
                             "--grpc-port", "0", "--metrics-port", "0", *args], capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and flag in r.stderr, r.stderr
+
+
+def test_an_llm_serves_from_a_relative_repository_path(inferd_server_factory, tmp_path):
+    """Regression: the LLM backend joined the version folder to the model file's path, which
+    already starts with it, so a relative ``--model-repository`` doubled the path and the model
+    never loaded."""
+    assert MODEL and Path(MODEL).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
+    repo = tmp_path / "models"
+    (repo / "llm" / "1").mkdir(parents=True)
+    shutil.copy(MODEL, repo / "llm" / "1" / "model.gguf")
+    relative = Path(os.path.relpath(repo))
+    assert not relative.is_absolute()
+    server = inferd_server_factory(relative)
+    r = requests.post(f"{server.http_base}/v1/completions", timeout=120,
+                      json={"model": "llm", "prompt": "Hello", "max_tokens": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1

@@ -1,6 +1,6 @@
 //! Greedy generation from a GGUF model, for the reference tests (tests/python/test_llm_reference.py):
 //! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B,
-//! "weights": "f32"|"q8", "activations": "f32"|"int8", "kv_cache_dtype": "f32"|"q8"}` on stdin,
+//! "weights": "f32"|"q8"|"auto", "activations": "f32"|"int8", "kv_cache_dtype": "f32"|"q8"}` on stdin,
 //! runs every prompt (plus K filler prompts in the same batches, to show batching changes
 //! nothing), and prints `{"outputs": [[ids...]], "first_logits": [[...]]}`.
 
@@ -70,6 +70,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let precision = match (req["weights"].as_str(), req["activations"].as_str()) {
         (Some("q8"), Some("int8")) => inferd_llm::model::Precision::Q8Int8,
         (Some("q8"), _) => inferd_llm::model::Precision::Q8,
+        (Some("auto"), Some("int8")) => inferd_llm::model::Precision::Q4Int8,
+        (Some("auto"), _) => inferd_llm::model::Precision::Q4,
         _ => inferd_llm::model::Precision::F32,
     };
     let model = Llama::load(&file, precision)?;

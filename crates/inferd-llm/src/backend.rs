@@ -117,7 +117,7 @@ impl Backend for LlmBackend {
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
         let started = std::time::Instant::now();
-        let path = req.version_dir.join(&req.model_file);
+        let path = req.model_file.clone();
         let file = inferd_gguf::GgufFile::open(&path)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let precision = match req
@@ -126,11 +126,12 @@ impl Backend for LlmBackend {
             .get("weights")
             .map(|p| p.string_value.as_str())
         {
-            None | Some("q8") => Precision::Q8,
+            None | Some("auto") => Precision::Q4,
+            Some("q8") => Precision::Q8,
             Some("f32") => Precision::F32,
             Some(other) => {
                 return Err(BackendError::Load(format!(
-                    "parameter 'weights': '{other}' is not one of q8, f32"
+                    "parameter 'weights': '{other}' is not one of auto, q8, f32"
                 )));
             }
         };
@@ -142,9 +143,11 @@ impl Backend for LlmBackend {
         {
             None | Some("f32") => precision,
             Some("int8") if precision == Precision::Q8 => Precision::Q8Int8,
+            Some("int8") if precision == Precision::Q4 => Precision::Q4Int8,
             Some("int8") => {
                 return Err(BackendError::Load(
-                    "parameter 'activations': int8 needs 8-bit weights (weights: q8)".into(),
+                    "parameter 'activations': int8 needs quantized weights (weights: auto or q8)"
+                        .into(),
                 ));
             }
             Some(other) => {

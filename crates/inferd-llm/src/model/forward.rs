@@ -83,13 +83,18 @@ fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
                 let first = b * SLAB;
                 let width = SLAB.min(m.rows - first);
                 let mut buf = Vec::new();
-                let rows: &[f32] = match &m.q8 {
-                    None => &m.data[first * m.cols..(first + width) * m.cols],
-                    Some(q) => {
+                let rows: &[f32] = match (&m.q8, &m.q4) {
+                    (Some(q), _) => {
                         buf.resize(width * m.cols, 0.0);
                         super::q8::dequantize_rows(q, first..first + width, m.cols, &mut buf);
                         &buf
                     }
+                    (None, Some(q)) if m.data.is_empty() => {
+                        buf.resize(width * m.cols, 0.0);
+                        q.dequantize_rows(first..first + width, m.cols, &mut buf);
+                        &buf
+                    }
+                    _ => &m.data[first * m.cols..(first + width) * m.cols],
                 };
                 let w = ArrayView2::from_shape((width, m.cols), rows).expect("whole rows");
                 let mut o = ArrayViewMut2::from_shape((n, width), out).expect("n x width");
@@ -121,6 +126,10 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
     // Computed row-major by weight row (each task writes its own contiguous slice), then
     // transposed to one row per token.
     let mut by_row = vec![0f32; n * m.rows];
+    if let Some(q4) = m.q4.as_ref().filter(|_| m.data.is_empty()) {
+        q4_rows(pool, x, n, m, q4, &mut by_row);
+        return transposed(by_row, n, m.rows);
+    }
     match &m.q8 {
         None => pool.install(|| {
             by_row
@@ -170,13 +179,72 @@ fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32>
             });
         }
     }
+    transposed(by_row, n, m.rows)
+}
+
+/// [`matmul`]'s products for a matrix held in the file's 4-bit blocks, into `by_row` (`n`
+/// results per weight row).
+fn q4_rows(
+    pool: &rayon::ThreadPool,
+    x: &[f32],
+    n: usize,
+    m: &Matrix,
+    q4: &super::q4::Q4,
+    by_row: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let per_row = m.cols / super::q8::BLOCK;
+    let xq = m.int8_act.then(|| super::q8dot::QRows::quantize(x));
+    let xq = xq.as_ref();
+    // One row (one-stream decode) is compute-bound on widening weights to f32: integer
+    // products on two-level activations instead. From two rows on, widening each block once for
+    // all rows is cheaper (bench/llm.py: 8 streams ran at 104 tokens/s on two levels, 170
+    // widened).
+    let fine = (!m.int8_act && n == 1).then(|| super::q4fine::FineRows::quantize(x));
+    let fine = fine.as_ref();
+    pool.install(|| {
+        by_row
+            .par_chunks_mut(n * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let first = b * ROWS_PER_TASK;
+                for (k, o) in out.chunks_exact_mut(n).enumerate() {
+                    let (qs, d, mm) = q4.row(first + k, per_row);
+                    if let Some(f) = fine {
+                        for (t, o) in o.iter_mut().enumerate() {
+                            *o = super::q4fine::dot(qs, d, mm, f.row(t, per_row));
+                        }
+                        continue;
+                    }
+                    let Some(xq) = xq else {
+                        super::q4::dot_rows_f32(qs, d, mm, x, n, m.cols, o);
+                        continue;
+                    };
+                    for (t, o) in o.iter_mut().enumerate() {
+                        let a = t * per_row..(t + 1) * per_row;
+                        *o = super::q4::dot(
+                            qs,
+                            d,
+                            mm,
+                            &xq.q[t * m.cols..(t + 1) * m.cols],
+                            &xq.d[a.clone()],
+                            &xq.s[a],
+                        );
+                    }
+                }
+            });
+    });
+}
+
+/// Results computed one weight row at a time (`n` per row) as one row per token.
+fn transposed(by_row: Vec<f32>, n: usize, rows: usize) -> Vec<f32> {
     if n == 1 {
         return by_row;
     }
-    let mut out = vec![0f32; n * m.rows];
-    for r in 0..m.rows {
+    let mut out = vec![0f32; n * rows];
+    for r in 0..rows {
         for t in 0..n {
-            out[t * m.rows + r] = by_row[r * n + t];
+            out[t * rows + r] = by_row[r * n + t];
         }
     }
     out

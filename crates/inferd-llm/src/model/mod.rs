@@ -4,6 +4,8 @@
 //! - [`config`]: the architecture's numbers from the file's metadata;
 //! - [`weights`]: the tensors, dequantized to f32 at load;
 //! - [`kv`]: the paged KV memory the block manager hands out;
+//! - [`q4`]: the file's 4-bit blocks, kept for decode, and their dot products;
+//! - [`q4fine`]: activations in two 8-bit levels, for f32-accurate integer 4-bit products;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
 //! - [`q8dot`]: integer dot products of 8-bit weights with 8-bit activations (decode);
 //! - [`rope`]: rotary frequencies with linear, YaRN and Llama 3.1 context extension;
@@ -12,6 +14,8 @@
 pub mod config;
 pub mod forward;
 pub mod kv;
+pub mod q4;
+pub mod q4fine;
 pub mod q8;
 pub mod q8dot;
 pub mod rope;

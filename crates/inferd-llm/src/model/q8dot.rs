@@ -15,6 +15,8 @@ pub struct QRows {
     pub q: Vec<i8>,
     /// One scale per block, row after row.
     pub d: Vec<f32>,
+    /// Each block's sum, scaled: `d · Σ q` (what a 4-bit block's offset multiplies).
+    pub s: Vec<f32>,
 }
 
 impl QRows {
@@ -23,8 +25,14 @@ impl QRows {
         let mut r = QRows {
             q: Vec::with_capacity(x.len()),
             d: Vec::with_capacity(x.len() / BLOCK),
+            s: Vec::with_capacity(x.len() / BLOCK),
         };
         super::q8::quantize_into(x, &mut r.q, &mut r.d);
+        r.s.extend(
+            r.q.chunks_exact(BLOCK)
+                .zip(&r.d)
+                .map(|(q, d)| q.iter().map(|&v| i32::from(v)).sum::<i32>() as f32 * d),
+        );
         r
     }
 }

@@ -1,6 +1,8 @@
 //! The tensors of a llama-family GGUF, dequantized to f32 at load (row-major, one row per
-//! output), then by default requantized to 8-bit blocks ([`super::q8`]), which decode reads 3.5
-//! times faster; `f32` keeps them exact (the reference tests compare in f32).
+//! output). By default a projection the file stores in 4-bit blocks (Q4_0, Q4_1) keeps them
+//! ([`super::q4`]: 0.625 bytes per weight, the file's exact values) and every other one is
+//! requantized to 8-bit blocks ([`super::q8`]), which decode reads 3.5 times faster than f32;
+//! `f32` keeps them all exact (the reference tests compare in f32).
 
 use inferd_gguf::GgufFile;
 
@@ -17,19 +19,29 @@ pub struct Matrix {
     pub data: Vec<f32>,
     /// The values in 8-bit blocks, when quantized.
     pub q8: Option<super::q8::Q8>,
+    /// The file's own 4-bit blocks (Q4_0, Q4_1), when it stores the matrix so.
+    pub q4: Option<super::q4::Q4>,
     /// Decode multiplies the 8-bit blocks with activations quantized to 8 bits too (integer
     /// dot products, [`super::q8dot`]); else with f32 activations.
     pub int8_act: bool,
 }
 
 impl Matrix {
-    /// This matrix in 8-bit blocks (unchanged when its rows are not whole blocks).
-    pub fn quantized(self) -> Matrix {
+    /// This matrix in 8-bit blocks (unchanged when its rows are not whole blocks), or in the
+    /// file's 4-bit blocks when it has them and `keep_4bit`.
+    pub fn quantized(self, keep_4bit: bool) -> Matrix {
         if !self.cols.is_multiple_of(super::q8::BLOCK) || self.q8.is_some() {
             return self;
         }
+        if keep_4bit && self.q4.is_some() {
+            return Matrix {
+                data: Vec::new(),
+                ..self
+            };
+        }
         Matrix {
             q8: Some(super::q8::quantize(&self.data)),
+            q4: None,
             data: Vec::new(),
             ..self
         }
@@ -42,12 +54,29 @@ pub enum Precision {
     /// f32, exactly the file's values.
     F32,
     /// 8-bit blocks of 32 with an f32 scale (decode reads 1.125 bytes per weight), multiplied
-    /// with f32 activations.
-    #[default]
+    /// with f32 activations; 4-bit tensors are requantized too.
     Q8,
     /// 8-bit blocks, and decode quantizes activations to 8-bit blocks too for integer dot
     /// products (faster; logits and log-probabilities move further from the exact model's).
     Q8Int8,
+    /// The file's 4-bit blocks where it has them (0.625 bytes per weight, exact), 8-bit
+    /// blocks elsewhere, f32 activations.
+    #[default]
+    Q4,
+    /// As [`Precision::Q4`], with activations in 8-bit blocks.
+    Q4Int8,
+}
+
+impl Precision {
+    /// Whether decode quantizes activations to 8 bits.
+    pub fn int8_activations(self) -> bool {
+        matches!(self, Precision::Q8Int8 | Precision::Q4Int8)
+    }
+
+    /// Whether the file's 4-bit blocks are kept.
+    pub fn keeps_4bit(self) -> bool {
+        matches!(self, Precision::Q4 | Precision::Q4Int8)
+    }
 }
 
 /// One transformer block's weights.
@@ -89,12 +118,32 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// The weights held at `p`: with [`Precision::Q8`] every projection is requantized (the
-    /// embeddings stay f32 for lookups; a tied output projection gets its own 8-bit copy).
+    /// The weights held at `p`: every projection in 4-bit or 8-bit blocks unless `p` is
+    /// [`Precision::F32`] (the embeddings stay f32 for lookups; a tied output projection gets
+    /// its own quantized copy).
     pub fn at(mut self, p: Precision) -> Weights {
+        // Lookups read f32 rows.
+        self.embed.q4 = None;
         if p == Precision::F32 {
+            for l in &mut self.layers {
+                for m in [
+                    &mut l.wq,
+                    &mut l.wk,
+                    &mut l.wv,
+                    &mut l.wo,
+                    &mut l.w_gate,
+                    &mut l.w_up,
+                    &mut l.w_down,
+                ] {
+                    m.q4 = None;
+                }
+            }
+            if let Some(o) = &mut self.output {
+                o.q4 = None;
+            }
             return self;
         }
+        let (keep, int8) = (p.keeps_4bit(), p.int8_activations());
         use rayon::prelude::*;
         // Load-time work, on rayon's shared pool: the layers quantize side by side.
         self.layers.par_iter_mut().for_each(|l| {
@@ -107,8 +156,8 @@ impl Weights {
                 &mut l.w_up,
                 &mut l.w_down,
             ] {
-                *m = std::mem::take(m).quantized();
-                m.int8_act = p == Precision::Q8Int8 && m.q8.is_some();
+                *m = std::mem::take(m).quantized(keep);
+                m.int8_act = int8 && (m.q8.is_some() || m.q4.is_some());
             }
             // The down projection's input (the SwiGLU product) spans the widest range: with
             // it quantized too, greedy SmolLM2 output parted from the exact model's within 5
@@ -120,10 +169,10 @@ impl Weights {
             self.output
                 .take()
                 .unwrap_or_else(|| self.embed.clone())
-                .quantized(),
+                .quantized(keep),
         );
         if let Some(o) = &mut self.output {
-            o.int8_act = p == Precision::Q8Int8 && o.q8.is_some();
+            o.int8_act = int8 && (o.q8.is_some() || o.q4.is_some());
         }
         self
     }
@@ -140,11 +189,19 @@ fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix, 
             t.dims
         )));
     }
+    // Q4_0 and Q4_1 rows of whole blocks are kept as stored too.
+    let q4 = match t.ggml_type.0 {
+        2 | 3 if cols.is_multiple_of(super::q8::BLOCK) => {
+            super::q4::Q4::from_gguf(t.ggml_type.0, &f.read_raw(t)?)
+        }
+        _ => None,
+    };
     Ok(Matrix {
         rows,
         cols,
         data: f.dequantize(name)?,
         q8: None,
+        q4,
         int8_act: false,
     })
 }
