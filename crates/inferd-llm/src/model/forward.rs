@@ -269,7 +269,7 @@ impl Llama {
     /// Loads the model in `f`, its weights held at `precision`.
     pub fn load(f: &GgufFile, precision: super::Precision) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_gguf(f)?;
-        let w = Weights::load(f, &cfg)?.at(precision);
+        let w = Weights::load(f, &cfg, precision.keeps_4bit())?.at(precision);
         Ok(Llama::new(cfg, w))
     }
 

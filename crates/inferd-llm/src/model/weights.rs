@@ -178,7 +178,15 @@ impl Weights {
     }
 }
 
-fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix, ModelError> {
+/// The matrix `name`; with `keep_4bit`, a 4-bit one only in its blocks (no f32 copy to make
+/// and drop: load time).
+fn matrix(
+    f: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    keep_4bit: bool,
+) -> Result<Matrix, ModelError> {
     let t = f
         .tensor(name)
         .ok_or_else(|| ModelError::Unsupported(format!("tensor '{name}' is missing")))?;
@@ -196,10 +204,14 @@ fn matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix, 
         }
         _ => None,
     };
+    let data = match &q4 {
+        Some(_) if keep_4bit => Vec::new(),
+        _ => f.dequantize(name)?,
+    };
     Ok(Matrix {
         rows,
         cols,
-        data: f.dequantize(name)?,
+        data,
         q8: None,
         q4,
         int8_act: false,
@@ -218,8 +230,9 @@ fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
 }
 
 impl Weights {
-    /// Reads and dequantizes every tensor `cfg` needs.
-    pub fn load(f: &GgufFile, cfg: &LlamaConfig) -> Result<Weights, ModelError> {
+    /// Reads and dequantizes every tensor `cfg` needs; with `keep_4bit`, projections stored in
+    /// 4-bit blocks stay only in them (for a [`Precision`] that keeps them).
+    pub fn load(f: &GgufFile, cfg: &LlamaConfig, keep_4bit: bool) -> Result<Weights, ModelError> {
         let (d, kv, ff) = (cfg.d_model, cfg.kv_dim(), cfg.d_ff);
         use rayon::prelude::*;
         // Layers are read and dequantized side by side (load time, rayon's shared pool).
@@ -229,23 +242,24 @@ impl Weights {
                 let n = |s: &str| format!("blk.{i}.{s}.weight");
                 Ok(Layer {
                     attn_norm: vector(f, &n("attn_norm"), d)?,
-                    wq: matrix(f, &n("attn_q"), d, d)?,
-                    wk: matrix(f, &n("attn_k"), kv, d)?,
-                    wv: matrix(f, &n("attn_v"), kv, d)?,
-                    wo: matrix(f, &n("attn_output"), d, d)?,
+                    wq: matrix(f, &n("attn_q"), d, d, keep_4bit)?,
+                    wk: matrix(f, &n("attn_k"), kv, d, keep_4bit)?,
+                    wv: matrix(f, &n("attn_v"), kv, d, keep_4bit)?,
+                    wo: matrix(f, &n("attn_output"), d, d, keep_4bit)?,
                     ffn_norm: vector(f, &n("ffn_norm"), d)?,
-                    w_gate: matrix(f, &n("ffn_gate"), ff, d)?,
-                    w_up: matrix(f, &n("ffn_up"), ff, d)?,
-                    w_down: matrix(f, &n("ffn_down"), d, ff)?,
+                    w_gate: matrix(f, &n("ffn_gate"), ff, d, keep_4bit)?,
+                    w_up: matrix(f, &n("ffn_up"), ff, d, keep_4bit)?,
+                    w_down: matrix(f, &n("ffn_down"), d, ff, keep_4bit)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Weights {
-            embed: matrix(f, "token_embd.weight", cfg.vocab, d)?,
+            // Looked up as f32 rows.
+            embed: matrix(f, "token_embd.weight", cfg.vocab, d, false)?,
             layers,
             norm: vector(f, "output_norm.weight", d)?,
             output: match f.tensor("output.weight") {
-                Some(_) => Some(matrix(f, "output.weight", cfg.vocab, d)?),
+                Some(_) => Some(matrix(f, "output.weight", cfg.vocab, d, keep_4bit)?),
                 None => None,
             },
             rope_freqs: match f.tensor("rope_freqs.weight") {
