@@ -142,6 +142,65 @@ fn bench_trees(path: &std::path::Path, batches: &[usize], seconds: f64) -> Resul
             serde_json::json!({"path": "trees", "walk": walk, "model": name, "batch": batch, "ns_per_row": per_row_ns.round()})
         );
     }
+    served_trees(path, batches, seconds, nf, &mut state)
+}
+
+/// The same forest through the trees backend's instance (request tensors in, tensors out), as
+/// `--backend-only` measures an ONNX model: the like-for-like peer of an ONNX forest.
+fn served_trees(
+    path: &std::path::Path,
+    batches: &[usize],
+    seconds: f64,
+    nf: usize,
+    state: &mut u32,
+) -> Result<()> {
+    use inferd_core::backend::{Backend, LoadRequest};
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let config = inferd_core::config::ModelConfig {
+        backend: if path.extension().is_some_and(|e| e == "txt") {
+            "lightgbm".into()
+        } else {
+            "xgboost".into()
+        },
+        ..Default::default()
+    };
+    let loaded = inferd_trees::TreesBackend.load(&LoadRequest {
+        model: "forest",
+        version: 1,
+        version_dir: dir,
+        model_file: path.to_path_buf(),
+        config: &config,
+        model_bytes: None,
+        caller: None,
+        metrics: Default::default(),
+    })?;
+    let outs = vec![inferd_trees::OUTPUT.to_string()];
+    for &batch in batches {
+        let mut inst = loaded.new_instance()?;
+        // Distinct rows on every call, as the ONNX backend is measured.
+        let pool: Vec<Vec<NamedTensor>> = (0..16)
+            .map(|_| {
+                let v = random_rows(state, batch * nf);
+                Ok(vec![NamedTensor {
+                    name: inferd_trees::INPUT.into(),
+                    tensor: Tensor::from_f32(vec![batch, nf], &v)?,
+                }])
+            })
+            .collect::<Result<_>>()?;
+        let mut at = 0;
+        let (lat, wall) = measure(seconds, || {
+            inst.execute(std::hint::black_box(&pool[at]), &outs)?;
+            at = (at + 1) % pool.len();
+            Ok(())
+        })?;
+        let name = format!(
+            "{} (served)",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        report("backend", &name, batch, lat, wall);
+    }
     Ok(())
 }
 

@@ -253,6 +253,33 @@ impl ModelInstance for OnnxInstance {
         inputs: &[NamedTensor],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, BackendError> {
+        if let Some(d) = &self.direct
+            && let [only] = inputs
+            && self.n_inputs == 1
+            && self.input_index.contains_key(&only.name)
+            && let Some(result) = direct::run_rows(d, &only.tensor)
+        {
+            let result = result.map_err(|e| {
+                BackendError::InvalidInput(format!(
+                    "the model cannot run on this input: {}: {e:#}",
+                    d.kernel.name()
+                ))
+            })?;
+            return outputs
+                .iter()
+                .map(|name| {
+                    let &i = self.output_index.get(name).ok_or_else(|| {
+                        BackendError::Execution(format!("the model has no output '{name}'"))
+                    })?;
+                    let tensor = direct::plain_tensor(&result[d.outputs[i]])
+                        .map_err(|e| BackendError::Execution(format!("output '{name}': {e}")))?;
+                    Ok(NamedTensor {
+                        name: name.clone(),
+                        tensor,
+                    })
+                })
+                .collect();
+        }
         let mut slots: Vec<Option<TValue>> = vec![None; self.n_inputs];
         for nt in inputs {
             let &i = self.input_index.get(&nt.name).ok_or_else(|| {

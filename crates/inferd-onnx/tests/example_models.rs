@@ -205,3 +205,203 @@ fn a_graph_of_one_ml_operator_runs_its_kernel_without_the_plan() {
             .runs_directly()
     );
 }
+
+/// A two-tree ensemble (`TreeEnsembleRegressor`, or `TreeEnsembleClassifier` over classes 7, 8
+/// and 9 when `classes`), as the converters write one: tree 0 splits feature 0 at `<= 0.5`
+/// (leaves 1 and 2), tree 1 feature 1 at `< 0` (leaves 10 and 20), NaN going the false way.
+/// With `cast_label`, the classifier's label leaves through a Cast to int64, as skl2onnx
+/// writes it.
+fn two_tree_file(dir: &std::path::Path, classes: bool, cast_label: bool) -> PathBuf {
+    use prost::Message;
+    use tract_onnx::pb;
+    use tract_onnx::pb::attribute_proto::AttributeType;
+    let ints = |name: &str, v: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let floats = |name: &str, v: &[f32]| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Floats as i32,
+        floats: v.to_vec(),
+        ..Default::default()
+    };
+    let strings = |name: &str, v: &[&str]| pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Strings as i32,
+        strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        ..Default::default()
+    };
+    let value = |name: &str, elem: pb::tensor_proto::DataType, dims: &[i64]| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| pb::tensor_shape_proto::Dimension {
+                            value: Some(if d < 0 {
+                                pb::tensor_shape_proto::dimension::Value::DimParam("N".into())
+                            } else {
+                                pb::tensor_shape_proto::dimension::Value::DimValue(d)
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let p = if classes { "class" } else { "target" };
+    let mut attribute = vec![
+        ints("nodes_treeids", &[0, 0, 0, 1, 1, 1]),
+        ints("nodes_nodeids", &[0, 1, 2, 0, 1, 2]),
+        ints("nodes_featureids", &[0, 0, 0, 1, 0, 0]),
+        floats("nodes_values", &[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]),
+        strings(
+            "nodes_modes",
+            &["BRANCH_LEQ", "LEAF", "LEAF", "BRANCH_LT", "LEAF", "LEAF"],
+        ),
+        ints("nodes_truenodeids", &[1, 0, 0, 1, 0, 0]),
+        ints("nodes_falsenodeids", &[2, 0, 0, 2, 0, 0]),
+        ints(&format!("{p}_treeids"), &[0, 0, 1, 1]),
+        ints(&format!("{p}_nodeids"), &[1, 2, 1, 2]),
+        ints(&format!("{p}_ids"), &[0, 1, 2, 0]),
+        floats(&format!("{p}_weights"), &[1.0, 2.0, 10.0, 20.0]),
+    ];
+    if classes {
+        attribute.push(ints("classlabels_int64s", &[7, 8, 9]));
+    } else {
+        attribute[9] = ints("target_ids", &[0, 0, 0, 0]);
+        attribute.push(pb::AttributeProto {
+            name: "n_targets".into(),
+            r#type: AttributeType::Int as i32,
+            i: 1,
+            ..Default::default()
+        });
+    }
+    let float = pb::tensor_proto::DataType::Float;
+    let (op, outputs) = if classes {
+        (
+            "TreeEnsembleClassifier",
+            vec![
+                value("label", pb::tensor_proto::DataType::Int64, &[-1]),
+                value("probabilities", float, &[-1, 3]),
+            ],
+        )
+    } else {
+        (
+            "TreeEnsembleRegressor",
+            vec![value("variable", float, &[-1, 1])],
+        )
+    };
+    let mut node = vec![pb::NodeProto {
+        op_type: op.into(),
+        domain: "ai.onnx.ml".into(),
+        input: vec!["x".into()],
+        output: outputs.iter().map(|o| o.name.clone()).collect(),
+        attribute,
+        ..Default::default()
+    }];
+    let mut outputs = outputs;
+    if cast_label {
+        node[0].output[0] = "raw_label".into();
+        node.push(pb::NodeProto {
+            op_type: "Cast".into(),
+            input: vec!["raw_label".into()],
+            output: vec!["label".into()],
+            attribute: vec![pb::AttributeProto {
+                name: "to".into(),
+                r#type: AttributeType::Int as i32,
+                i: pb::tensor_proto::DataType::Int64 as i64,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        outputs[0].name = "label".into();
+    }
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            },
+            pb::OperatorSetIdProto {
+                domain: "ai.onnx.ml".into(),
+                version: 1,
+            },
+        ],
+        graph: Some(pb::GraphProto {
+            name: "forest".into(),
+            node,
+            input: vec![value("x", float, &[-1, 2])],
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+#[test]
+fn a_lone_tree_ensemble_reads_and_writes_inferds_tensors_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = Tensor::from_f32(vec![3, 2], &[0.5, -1.0, 0.6, 0.0, f32::NAN, 5.0]).unwrap();
+    let input = |t: &Tensor| {
+        vec![NamedTensor {
+            name: "x".into(),
+            tensor: t.clone(),
+        }]
+    };
+    let reg = OnnxModel::load(&two_tree_file(dir.path(), false, false)).unwrap();
+    assert!(reg.runs_directly());
+    let mut inst = reg.new_instance().unwrap();
+    let out = inst.execute(&input(&x), &["variable".to_string()]).unwrap();
+    assert_eq!(out[0].tensor.dtype(), DataType::F32);
+    assert_eq!(out[0].tensor.shape(), &[3, 1]);
+    assert_eq!(out[0].tensor.to_f32_vec().unwrap(), vec![11.0, 22.0, 22.0]);
+    // One row as a vector, as onnxruntime reads it.
+    let one = Tensor::from_f32(vec![2], &[0.0, -3.0]).unwrap();
+    let out = inst
+        .execute(&input(&one), &["variable".to_string()])
+        .unwrap();
+    assert_eq!(out[0].tensor.shape(), &[1, 1]);
+    assert_eq!(out[0].tensor.to_f32_vec().unwrap(), vec![11.0]);
+    // A row of the wrong width is the client's mistake, named.
+    let wide = Tensor::from_f32(vec![1, 1], &[0.0]).unwrap();
+    let err = inst
+        .execute(&input(&wide), &["variable".to_string()])
+        .unwrap_err();
+    assert!(
+        matches!(err, inferd_core::backend::BackendError::InvalidInput(_)),
+        "{err}"
+    );
+
+    // The label straight out, or through a cast to its own type (skl2onnx's classifiers).
+    for cast_label in [false, true] {
+        let cls = OnnxModel::load(&two_tree_file(dir.path(), true, cast_label)).unwrap();
+        assert!(cls.runs_directly(), "cast_label {cast_label}");
+        let out = cls
+            .new_instance()
+            .unwrap()
+            .execute(
+                &input(&x),
+                &["probabilities".to_string(), "label".to_string()],
+            )
+            .unwrap();
+        // Row 0: class 0 gets 1, class 2 gets 10; rows 1 and 2: class 1 gets 2, class 0 gets 20.
+        assert_eq!(
+            out[0].tensor.to_f32_vec().unwrap(),
+            vec![1.0, 0.0, 10.0, 20.0, 2.0, 0.0, 20.0, 2.0, 0.0]
+        );
+        assert_eq!(out[1].tensor.dtype(), DataType::I64);
+        assert_eq!(out[1].tensor.to_i64_vec().unwrap(), vec![9, 7, 7]);
+    }
+}

@@ -143,6 +143,21 @@ pub trait Kernel: Debug + Send + Sync {
     fn outputs(&self, input: DatumType) -> TractResult<Vec<OutSpec>>;
     /// Runs it. Inputs have been typed by tract; shapes are checked here.
     fn eval(&self, inputs: &[TValue]) -> TractResult<Vec<Tensor>>;
+    /// Runs it on `rows` rows of `cols` f32 values, with outputs as plain vectors: the lane a
+    /// graph that is only this operator takes ([`crate::direct`]), with no tract tensor on
+    /// either side. `None` where the kernel has no such lane (then [`Kernel::eval`] runs).
+    fn eval_rows(&self, _x: &[f32], _rows: usize, _cols: usize) -> Option<TractResult<Vec<Plain>>> {
+        None
+    }
+}
+
+/// One output of [`Kernel::eval_rows`]: its shape and row-major values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plain {
+    /// f32 values.
+    F32(Vec<usize>, Vec<f32>),
+    /// i64 values.
+    I64(Vec<usize>, Vec<i64>),
 }
 
 /// A kernel's outputs for whichever input type it accepts: how many there are and their shapes

@@ -9,7 +9,7 @@ use tract_onnx::tract_hir::internal::*;
 
 use super::transform::{self, Labels, PostTransform};
 use super::tree::{Aggregate, Ensemble, FastCache, floats_or_doubles, leaf_attrs};
-use super::{Kernel, OutShape, OutSpec, as_f32, numeric_input, rows_of, tensor};
+use super::{Kernel, OutShape, OutSpec, Plain, as_f32, numeric_input, rows_of, tensor};
 
 /// `TreeEnsembleRegressor`.
 #[derive(Debug)]
@@ -69,9 +69,24 @@ impl Kernel for Regressor {
 
     fn eval(&self, inputs: &[TValue]) -> TractResult<Vec<Tensor>> {
         let (rows, cols) = rows_of(&inputs[0])?;
+        let out = self.regress(&as_f32(&inputs[0])?, rows, cols)?;
+        Ok(vec![tensor(&[rows, self.ensemble.n_targets], out)?])
+    }
+
+    fn eval_rows(&self, x: &[f32], rows: usize, cols: usize) -> Option<TractResult<Vec<Plain>>> {
+        let shape = vec![rows, self.ensemble.n_targets];
+        Some(
+            self.regress(x, rows, cols)
+                .map(|out| vec![Plain::F32(shape, out)]),
+        )
+    }
+}
+
+impl Regressor {
+    /// Each row's targets, `n_targets` per row.
+    fn regress(&self, x: &[f32], rows: usize, cols: usize) -> TractResult<Vec<f32>> {
         self.ensemble.check_row_width(cols)?;
-        let x = as_f32(&inputs[0])?;
-        let (scores, has) = self.ensemble.sums(&self.fast, &x, rows, cols);
+        let (scores, has) = self.ensemble.sums(&self.fast, x, rows, cols);
         let nt = self.ensemble.n_targets;
         let mut out = Vec::with_capacity(rows * nt);
         for (row, seen) in scores.chunks(nt).zip(has.chunks(nt)) {
@@ -80,7 +95,7 @@ impl Kernel for Regressor {
                 &self.ensemble.finish_regression(row, seen),
             ));
         }
-        Ok(vec![tensor(&[rows, nt], out)?])
+        Ok(out)
     }
 }
 
@@ -133,9 +148,36 @@ impl Kernel for Classifier {
 
     fn eval(&self, inputs: &[TValue]) -> TractResult<Vec<Tensor>> {
         let (rows, cols) = rows_of(&inputs[0])?;
+        let (winners, probs) = self.classify(&as_f32(&inputs[0])?, rows, cols)?;
+        Ok(vec![
+            self.labels.pick(rows, &winners)?,
+            tensor(&[rows, self.labels.len()], probs)?,
+        ])
+    }
+
+    fn eval_rows(&self, x: &[f32], rows: usize, cols: usize) -> Option<TractResult<Vec<Plain>>> {
+        // String labels leave as tract strings, on the general lane.
+        let Labels::Ints(labels) = &self.labels else {
+            return None;
+        };
+        Some(self.classify(x, rows, cols).map(|(winners, probs)| {
+            let picked = winners
+                .iter()
+                .map(|&w| labels[w.min(labels.len() - 1)])
+                .collect();
+            vec![
+                Plain::I64(vec![rows], picked),
+                Plain::F32(vec![rows, labels.len()], probs),
+            ]
+        }))
+    }
+}
+
+impl Classifier {
+    /// Each row's winning class (an index into the labels) and its probabilities.
+    fn classify(&self, x: &[f32], rows: usize, cols: usize) -> TractResult<(Vec<usize>, Vec<f32>)> {
         self.ensemble.check_row_width(cols)?;
-        let x = as_f32(&inputs[0])?;
-        let (scores, has) = self.ensemble.sums(&self.fast, &x, rows, cols);
+        let (scores, has) = self.ensemble.sums(&self.fast, x, rows, cols);
         let nc = self.labels.len();
         let mut winners = Vec::with_capacity(rows);
         let mut probs = Vec::with_capacity(rows * nc);
@@ -149,10 +191,7 @@ impl Kernel for Classifier {
             winners.push(winner);
             probs.extend(p);
         }
-        Ok(vec![
-            self.labels.pick(rows, &winners)?,
-            tensor(&[rows, nc], probs)?,
-        ])
+        Ok((winners, probs))
     }
 }
 
