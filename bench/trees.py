@@ -6,9 +6,12 @@
 Model: 100 trees, depth 6, 30 features (XGBoost binary:logistic; LightGBM binary with 64
 leaves), the fraud-scoring shape from issue 4. Measured on one thread: batch 1 latency and
 batch 1000 cost per row for xgboost inplace_predict, lightgbm predict, onnxruntime
-TreeEnsemble (the XGBoost model converted by onnxmltools, when installed), and inferd's
+TreeEnsemble (the XGBoost model converted by onnxmltools, and scikit-learn gradient boosting
+of the same size converted by skl2onnx with its default options, when installed), and inferd's
 evaluators (inferd-bench --trees): the AVX-512 kernel ("simd", where the CPU has it), the
-portable compiled walk and the reference walk. Each engine's best median of ROUNDS (3)
+portable compiled walk, the reference walk, and the forest served by the trees backend (an
+instance's execute: request tensors in, tensors out), which is how the ONNX files are measured
+on inferd's ONNX backend (inferd-bench --backend-only). Each engine's best median of ROUNDS (3)
 interleaved rounds.
 """
 
@@ -79,8 +82,22 @@ def main():
         onnx_repo = tmp / "onnx_repo"
         (onnx_repo / "xgb_onnx" / "1").mkdir(parents=True)
         (onnx_repo / "xgb_onnx" / "1" / "model.onnx").write_bytes(onx.SerializeToString())
+        # scikit-learn's gradient boosting of the same size (100 trees, depth 6) through skl2onnx
+        # with its default options (a ZipMap of probabilities, the label cast to int64).
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType as SkFloat
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        gbc = GradientBoostingClassifier(n_estimators=100, max_depth=6, random_state=0).fit(x, y)
+        sk = convert_sklearn(gbc, initial_types=[("input", SkFloat([None, 30]))], target_opset=15)
+        (onnx_repo / "skl_onnx" / "1").mkdir(parents=True)
+        (onnx_repo / "skl_onnx" / "1" / "model.onnx").write_bytes(sk.SerializeToString())
+        sk_sess = ort.InferenceSession(sk.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        engines.append(("onnxruntime TreeEnsemble (skl2onnx gradient boosting)",
+                        lambda: sk_sess.run(None, {"input": x[next(singles)][None, :]}),
+                        lambda: sk_sess.run(None, {"input": thousand})))
     except ImportError:
-        print("(onnxmltools not installed: onnxruntime TreeEnsemble skipped)")
+        print("(onnxmltools or skl2onnx not installed: the ONNX rows are skipped)")
     # This machine's speed drifts by up to ~1.7x within seconds (a shared VM), so every engine
     # is measured in each of ROUNDS interleaved rounds and keeps its best median.
     best: dict[str, tuple[float, float]] = {}
@@ -96,22 +113,26 @@ def main():
             out = subprocess.run([str(TARGET / "release/inferd-bench"), "--trees", str(f), "--batch", "1,1000",
                                   "--seconds", "1"], check=True, capture_output=True, text=True).stdout
             res = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
-            for walk in ("simd", "compiled", "reference"):
-                mine = [r for r in res if f"({walk} walk)" in r["model"]]
+            for walk in ("simd", "compiled", "reference", "served"):
+                tag = "(served)" if walk == "served" else f"({walk} walk)"
+                mine = [r for r in res if tag in r["model"]]
                 if not mine:
                     continue  # no SIMD kernel on this CPU
                 b1 = next(r for r in mine if r["batch"] == 1 and "p50_us" in r)["p50_us"] * 1e-6
                 # Median call / 1000, as timeit() measures the Python peers.
                 per_row = next(r for r in mine if r["batch"] == 1000 and "p50_us" in r)["p50_us"] * 1e-9
-                keep(f"inferd, {walk} walk ({name} model)", b1, per_row)
-        if (tmp / "onnx_repo").is_dir():
+                label = "served by the trees backend" if walk == "served" else f"{walk} walk"
+                keep(f"inferd, {label} ({name} model)", b1, per_row)
+        for model, label in (("xgb_onnx", "the onnxmltools file"), ("skl_onnx", "the skl2onnx file")):
+            if not (tmp / "onnx_repo" / model).is_dir():
+                continue
             out = subprocess.run([str(TARGET / "release/inferd-bench"), "--repository", str(tmp / "onnx_repo"),
-                                  "--model", "xgb_onnx", "--batch", "1,1000", "--seconds", "1", "--backend-only"],
+                                  "--model", model, "--batch", "1,1000", "--seconds", "1", "--backend-only"],
                                  check=True, capture_output=True, text=True).stdout
             res = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
             b1 = next(r for r in res if r["batch"] == 1)["p50_us"] * 1e-6
             per_row = next(r for r in res if r["batch"] == 1000)["p50_us"] * 1e-9
-            keep("inferd, ONNX backend (the onnxmltools file)", b1, per_row)
+            keep(f"inferd, ONNX backend ({label})", b1, per_row)
     rows = [(name, b1, per) for name, (b1, per) in best.items()]
     print("| engine | batch 1 p50 (us) | batch 1000 (us per row) |")
     print("|---|---|---|")
