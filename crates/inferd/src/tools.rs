@@ -74,9 +74,18 @@ pub(crate) fn inspect(file: &std::path::Path, tensors: &[String]) -> Result<()> 
     for name in tensors {
         let v = g.dequantize(name)?;
         let sum: f64 = v.iter().map(|&x| x as f64).sum();
+        // A sum weighted by position (weights -8..=8 in a pattern that does not repeat
+        // within a block), so values in the wrong places show even where the plain sum agrees.
+        let checksum: f64 = v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x as f64 * (((i * 7 + i / 13) % 17) as f64 - 8.0))
+            .sum();
         dequantized.insert(
             name.clone(),
-            serde_json::json!({ "len": v.len(), "head": &v[..v.len().min(16)], "sum": sum }),
+            serde_json::json!({
+                "len": v.len(), "head": &v[..v.len().min(16)], "sum": sum, "checksum": checksum,
+            }),
         );
     }
     let doc = serde_json::json!({
