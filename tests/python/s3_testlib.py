@@ -41,6 +41,16 @@ def weed_binary() -> str:
     return found
 
 
+def optional_listeners_off() -> list[str]:
+    """Flags that turn off the extra listeners newer ``weed`` versions open on fixed ports
+    (4.x: an Iceberg REST catalog on 8181, a Lance namespace on 9101). Left on, a weed that
+    finds either port taken exits, so two stores, or anything else on 8181, would fail a test.
+    Older versions lack the flags and the listeners alike."""
+    usage = subprocess.run([weed_binary(), "server", "-h"], capture_output=True, text=True)
+    usage = usage.stdout + usage.stderr
+    return [f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance") if f"-{flag} " in usage]
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -139,6 +149,7 @@ class SeaweedS3:
                 f"-s3.config={self.config}",
                 "-volume.max=5",
                 "-master.volumeSizeLimitMB=64",
+                *optional_listeners_off(),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -156,6 +167,25 @@ class SeaweedS3:
                 return False
 
         wait_until(answers, timeout=STARTUP_TIMEOUT_S, interval=0.25, what="SeaweedFS's S3 gateway")
+
+        # The gateway lists buckets as soon as the filer is up, but every PutObject fails with
+        # InternalError ("No writable volumes and no free volumes left") until the volume server
+        # has registered with the master, which took ~6 s after the gateway answered here and
+        # longer than boto3's retries on a loaded CI machine. The master's topology shows it.
+        def volume_server_registered() -> bool:
+            status = requests.get(f"http://127.0.0.1:{self.master}/dir/status", timeout=2).json()
+            centers = status["Topology"].get("DataCenters") or []
+            return any(rack.get("DataNodes") for dc in centers for rack in dc.get("Racks") or [])
+
+        try:
+            wait_until(
+                volume_server_registered,
+                timeout=STARTUP_TIMEOUT_S,
+                interval=0.25,
+                what="SeaweedFS's volume server to register with its master",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nweed log:\n{self.log_tail()}") from None
         return self
 
     def stop(self) -> None:
