@@ -9,7 +9,8 @@
 use inferd_gguf::GgufFile;
 
 use super::kv::KvCache;
-use super::weights::{Matrix, Weights};
+use super::matmul::{matmul, matmul_group};
+use super::weights::Weights;
 use super::{LlamaConfig, ModelError};
 use crate::blocks::BlockId;
 
@@ -40,214 +41,6 @@ pub struct Llama {
     rope_mscale: f32,
     /// The model's own threads (one per core), not a process-wide pool shared with others.
     pool: std::sync::Arc<rayon::ThreadPool>,
-}
-
-super::simd::multiversion! {
-/// `a · b`, with sixteen accumulators so the compiler vectorises it.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-}
-
-/// From this many input rows on (prefill) the blocked kernel wins; below it (batched decode)
-/// its packing costs more than it saves: measured with bench/llm.py, 8 decoding streams ran at
-/// 14 tokens/s through it against 45 on the dot loop.
-const GEMM_ROWS: usize = 64;
-
-/// `x · mᵀ` on matrixmultiply's kernels, the weight's rows split over `pool` in slabs.
-fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
-    use ndarray::{ArrayView2, ArrayViewMut2};
-    use rayon::prelude::*;
-    const SLAB: usize = 256;
-    let xs = ArrayView2::from_shape((n, m.cols), x).expect("x is n rows of m.cols");
-    // Each task fills its own slab of output columns, stored [slab][n][width] so the slabs are
-    // disjoint slices; then they are interleaved into rows.
-    let mut slabs = vec![0f32; n * m.rows];
-    pool.install(|| {
-        slabs
-            .par_chunks_mut(n * SLAB)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let first = b * SLAB;
-                let width = SLAB.min(m.rows - first);
-                let mut buf = Vec::new();
-                let rows: &[f32] = match (&m.q8, &m.q4) {
-                    (Some(q), _) => {
-                        buf.resize(width * m.cols, 0.0);
-                        super::q8::dequantize_rows(q, first..first + width, m.cols, &mut buf);
-                        &buf
-                    }
-                    (None, Some(q)) if m.data.is_empty() => {
-                        buf.resize(width * m.cols, 0.0);
-                        q.dequantize_rows(first..first + width, m.cols, &mut buf);
-                        &buf
-                    }
-                    _ => &m.data[first * m.cols..(first + width) * m.cols],
-                };
-                let w = ArrayView2::from_shape((width, m.cols), rows).expect("whole rows");
-                let mut o = ArrayViewMut2::from_shape((n, width), out).expect("n x width");
-                ndarray::linalg::general_mat_mul(1.0, &xs, &w.t(), 0.0, &mut o);
-            });
-    });
-    let mut out = vec![0f32; n * m.rows];
-    for (b, slab) in slabs.chunks(n * SLAB).enumerate() {
-        let width = slab.len() / n;
-        for t in 0..n {
-            out[t * m.rows + b * SLAB..t * m.rows + b * SLAB + width]
-                .copy_from_slice(&slab[t * width..(t + 1) * width]);
-        }
-    }
-    out
-}
-
-/// Weight rows per parallel task: small enough to share two cores evenly, large enough that
-/// scheduling costs nothing next to the arithmetic.
-const ROWS_PER_TASK: usize = 64;
-
-/// `x` (`n` rows of `m.cols`) times `m` transposed: `n` rows of `m.rows`. Each weight row is
-/// read once for all `n` input rows; rows are split over `pool`'s threads.
-fn matmul(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
-    use rayon::prelude::*;
-    if n >= GEMM_ROWS {
-        return gemm(pool, x, n, m);
-    }
-    // Computed row-major by weight row (each task writes its own contiguous slice), then
-    // transposed to one row per token.
-    let mut by_row = vec![0f32; n * m.rows];
-    if let Some(q4) = m.q4.as_ref().filter(|_| m.data.is_empty()) {
-        q4_rows(pool, x, n, m, q4, &mut by_row);
-        return transposed(by_row, n, m.rows);
-    }
-    match &m.q8 {
-        None => pool.install(|| {
-            by_row
-                .par_chunks_mut(n * ROWS_PER_TASK)
-                .zip(m.data.par_chunks(m.cols * ROWS_PER_TASK))
-                .for_each(|(out, rows)| {
-                    for (r, row) in rows.chunks_exact(m.cols).enumerate() {
-                        for t in 0..n {
-                            out[r * n + t] = dot(row, &x[t * m.cols..(t + 1) * m.cols]);
-                        }
-                    }
-                });
-        }),
-        Some(q) => {
-            let per_row = m.cols / super::q8::BLOCK;
-            // With int8 activations, each input row is quantized once for every weight row.
-            let xq = m.int8_act.then(|| super::q8dot::QRows::quantize(x));
-            let xq = xq.as_ref();
-            pool.install(|| {
-                by_row
-                    .par_chunks_mut(n * ROWS_PER_TASK)
-                    .enumerate()
-                    .for_each(|(b, out)| {
-                        let first = b * ROWS_PER_TASK;
-                        for (k, o) in out.chunks_exact_mut(n).enumerate() {
-                            let r = first + k;
-                            let (wq, wd) = (
-                                &q.q[r * m.cols..(r + 1) * m.cols],
-                                &q.d[r * per_row..(r + 1) * per_row],
-                            );
-                            match xq {
-                                Some(xq) => {
-                                    for (t, o) in o.iter_mut().enumerate() {
-                                        *o = super::q8dot::dot(
-                                            wq,
-                                            wd,
-                                            &xq.q[t * m.cols..(t + 1) * m.cols],
-                                            &xq.d[t * per_row..(t + 1) * per_row],
-                                        );
-                                    }
-                                }
-                                None if n == 1 => o[0] = super::q8::dot_f32(wq, wd, x),
-                                None => super::q8::dot_rows(wq, wd, x, n, m.cols, o),
-                            }
-                        }
-                    });
-            });
-        }
-    }
-    transposed(by_row, n, m.rows)
-}
-
-/// [`matmul`]'s products for a matrix held in the file's 4-bit blocks, into `by_row` (`n`
-/// results per weight row).
-fn q4_rows(
-    pool: &rayon::ThreadPool,
-    x: &[f32],
-    n: usize,
-    m: &Matrix,
-    q4: &super::q4::Q4,
-    by_row: &mut [f32],
-) {
-    use rayon::prelude::*;
-    let per_row = m.cols / super::q8::BLOCK;
-    let xq = m.int8_act.then(|| super::q8dot::QRows::quantize(x));
-    let xq = xq.as_ref();
-    // One row (one-stream decode) is compute-bound on widening weights to f32: integer
-    // products on two-level activations instead. From two rows on, widening each block once for
-    // all rows is cheaper (bench/llm.py: 8 streams ran at 104 tokens/s on two levels, 170
-    // widened).
-    let fine = (!m.int8_act && n == 1).then(|| super::q4fine::FineRows::quantize(x));
-    let fine = fine.as_ref();
-    pool.install(|| {
-        by_row
-            .par_chunks_mut(n * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let first = b * ROWS_PER_TASK;
-                for (k, o) in out.chunks_exact_mut(n).enumerate() {
-                    let (qs, d, mm) = q4.row(first + k, per_row);
-                    if let Some(f) = fine {
-                        for (t, o) in o.iter_mut().enumerate() {
-                            *o = super::q4fine::dot(qs, d, mm, f.row(t, per_row));
-                        }
-                        continue;
-                    }
-                    let Some(xq) = xq else {
-                        super::q4::dot_rows_f32(qs, d, mm, x, n, m.cols, o);
-                        continue;
-                    };
-                    for (t, o) in o.iter_mut().enumerate() {
-                        let a = t * per_row..(t + 1) * per_row;
-                        *o = super::q4::dot(
-                            qs,
-                            d,
-                            mm,
-                            &xq.q[t * m.cols..(t + 1) * m.cols],
-                            &xq.d[a.clone()],
-                            &xq.s[a],
-                        );
-                    }
-                }
-            });
-    });
-}
-
-/// Results computed one weight row at a time (`n` per row) as one row per token.
-fn transposed(by_row: Vec<f32>, n: usize, rows: usize) -> Vec<f32> {
-    if n == 1 {
-        return by_row;
-    }
-    let mut out = vec![0f32; n * rows];
-    for r in 0..rows {
-        for t in 0..n {
-            out[t * rows + r] = by_row[r * n + t];
-        }
-    }
-    out
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
@@ -348,9 +141,8 @@ impl Llama {
         }
         for (l, layer) in self.w.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.eps);
-            let mut q = matmul(&self.pool, &h, n, &layer.wq);
-            let mut k = matmul(&self.pool, &h, n, &layer.wk);
-            let v = matmul(&self.pool, &h, n, &layer.wv);
+            let [mut q, mut k, v] =
+                matmul_group(&self.pool, &h, n, [&layer.wq, &layer.wk, &layer.wv]);
             for (r, &(ci, pos)) in rows.iter().enumerate() {
                 self.rope(&mut q[r * d..(r + 1) * d], pos);
                 self.rope(&mut k[r * kvd..(r + 1) * kvd], pos);
@@ -371,35 +163,28 @@ impl Llama {
                 use rayon::prelude::*;
                 attn.par_chunks_mut(d).enumerate().for_each(|(r, out_row)| {
                     let (ci, pos) = rows_ref[r];
-                    let table = chunks[ci].table;
-                    let mut scores = Vec::with_capacity(pos + 1);
-                    for head in 0..c.n_heads {
-                        let kh = head / group;
-                        let qh = &q_ref[r * d + head * hd..r * d + (head + 1) * hd];
-                        scores.clear();
-                        let span = kh * hd..(kh + 1) * hd;
-                        scores.extend(
-                            (0..=pos)
-                                .map(|j| kv_ref.key_dot(l, table, j, span.clone(), qh) * scale),
+                    let mut scores = Vec::new();
+                    // The query heads that share each KV head, attended together.
+                    for kh in 0..c.n_kv_heads {
+                        let heads = kh * group * hd..(kh + 1) * group * hd;
+                        super::attention::attend(
+                            kv_ref,
+                            l,
+                            chunks[ci].table,
+                            pos + 1,
+                            kh * hd..(kh + 1) * hd,
+                            &q_ref[r * d + heads.start..r * d + heads.end],
+                            scale,
+                            &mut scores,
+                            &mut out_row[heads],
                         );
-                        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0;
-                        for s in scores.iter_mut() {
-                            *s = (*s - max).exp();
-                            sum += *s;
-                        }
-                        let out = &mut out_row[head * hd..(head + 1) * hd];
-                        for (j, s) in scores.iter().enumerate() {
-                            kv_ref.add_value(l, table, j, span.clone(), s / sum, out);
-                        }
                     }
                 });
             });
             let o = matmul(&self.pool, &attn, n, &layer.wo);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = rms_norm(&x, &layer.ffn_norm, c.eps);
-            let g = matmul(&self.pool, &h, n, &layer.w_gate);
-            let u = matmul(&self.pool, &h, n, &layer.w_up);
+            let [g, u] = matmul_group(&self.pool, &h, n, [&layer.w_gate, &layer.w_up]);
             let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| silu(*g) * u).collect();
             let down = matmul(&self.pool, &a, n, &layer.w_down);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);

@@ -159,6 +159,25 @@ impl KvCache {
         (2.0 * (n_layers * block_size * kv_dim) as f64 * dtype.bytes_per_value()).ceil() as usize
     }
 
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Values per slot (every KV head's).
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    /// Layer `layer`'s keys and values when they are stored as f32 (slot after slot, block
+    /// after block), for attention to read in whole slices.
+    pub(crate) fn f32_planes(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        match &self.store {
+            Store::F32(layers) => layers.get(layer).map(|(k, v)| (&k[..], &v[..])),
+            Store::Q8(_) => None,
+        }
+    }
+
     fn offset(&self, table: &[BlockId], pos: usize) -> usize {
         let block = table[pos / self.block_size] as usize;
         (block * self.block_size + pos % self.block_size) * self.kv_dim
@@ -194,7 +213,7 @@ impl KvCache {
         let o = self.offset(table, pos);
         let at = o + head.start..o + head.end;
         match &self.store {
-            Store::F32(layers) => super::forward::dot(q, &layers[layer].0[at]),
+            Store::F32(layers) => super::matmul::dot(q, &layers[layer].0[at]),
             Store::Q8(layers) => {
                 let p = &layers[layer].0;
                 q.chunks_exact(Q8_GROUP)

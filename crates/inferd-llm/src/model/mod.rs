@@ -1,9 +1,11 @@
 //! The llama model family (Llama 2/3, SmolLM2, TinyLlama, Mistral-style grouped-query
 //! attention) read from GGUF:
 //!
+//! - [`attention`]: one token's attention through the block table, grouped by KV head;
 //! - [`config`]: the architecture's numbers from the file's metadata;
 //! - [`weights`]: the tensors, dequantized to f32 at load;
 //! - [`kv`]: the paged KV memory the block manager hands out;
+//! - `matmul`: activation rows times weights in any of their forms, grouped by shared input;
 //! - [`q4`]: the file's 4-bit blocks, kept for decode, and their dot products;
 //! - [`q4fine`]: activations in two 8-bit levels, for f32-accurate integer 4-bit products;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
@@ -11,9 +13,11 @@
 //! - [`rope`]: rotary frequencies with linear, YaRN and Llama 3.1 context extension;
 //! - [`forward`]: one step over many sequences' chunks, reading K/V through block tables.
 
+pub mod attention;
 pub mod config;
 pub mod forward;
 pub mod kv;
+pub(crate) mod matmul;
 pub mod q4;
 pub mod q4fine;
 pub mod q8;

@@ -146,6 +146,12 @@ fn rows_f32_portable(
 /// `xd`, and `xs`: each block's `dx · Σ x`).
 pub fn dot(qs: &[u8], d: &[f32], m: &[f32], xq: &[i8], xd: &[f32], xs: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if super::simd::vnni() {
+        // SAFETY: vnni() is true only where the CPU has AVX-512 F, BW, VL, VNNI and FMA.
+        #[allow(unsafe_code)]
+        return unsafe { vnni::dot(qs, d, m, xq, xd, xs) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= super::simd::Level::Avx2 {
         // SAFETY: level() reports Avx2 or better only where the CPU has AVX2 and FMA.
         #[allow(unsafe_code)]
@@ -169,6 +175,55 @@ fn portable(qs: &[u8], d: &[f32], m: &[f32], xq: &[i8], xd: &[f32], xs: &[f32]) 
         sum += dotq as f32 * d[b] * xd[b] + m[b] * xs[b];
     }
     sum
+}
+
+/// [`dot`] on x86, written once and compiled per instruction set: `$features` enabled, and
+/// `$sums` turning a block's 32 weight nibbles and 32 activation bytes into eight 32-bit sums of
+/// four products.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q4_q8_kernel {
+    ($(#[$m:meta])* $name:ident, $features:literal, $sums:expr) => {
+        $(#[$m])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            qs: &[u8],
+            d: &[f32],
+            m: &[f32],
+            xq: &[i8],
+            xd: &[f32],
+            xs: &[f32],
+        ) -> f32 {
+            let blocks = (qs.len() / PACKED)
+                .min(xq.len() / BLOCK)
+                .min(d.len())
+                .min(m.len())
+                .min(xd.len())
+                .min(xs.len());
+            let low = _mm256_set1_epi8(0x0f);
+            let mut acc = _mm256_setzero_ps();
+            let mut offset = 0f32;
+            for b in 0..blocks {
+                // SAFETY: block b lies inside both slices (b < blocks).
+                let (packed, x) = unsafe {
+                    (
+                        _mm_loadu_si128(qs.as_ptr().add(b * PACKED).cast()),
+                        _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK).cast()),
+                    )
+                };
+                // Low halves are values 0..16, high halves 16..32.
+                let q =
+                    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+                let s: __m256i = $sums(q, x);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d[b] * xd[b]), acc);
+                offset += m[b] * xs[b];
+            }
+            let hi = _mm256_extractf128_ps(acc, 1);
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s) + offset
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -265,42 +320,34 @@ mod avx2 {
         }
     }
 
-    /// The AVX2 kernel of [`super::dot`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(qs: &[u8], d: &[f32], m: &[f32], xq: &[i8], xd: &[f32], xs: &[f32]) -> f32 {
-        let blocks = (qs.len() / PACKED)
-            .min(xq.len() / BLOCK)
-            .min(d.len())
-            .min(m.len())
-            .min(xd.len())
-            .min(xs.len());
-        let low = _mm256_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for b in 0..blocks {
-            // SAFETY: block b lies inside both slices (b < blocks).
-            let (packed, x) = unsafe {
-                (
-                    _mm_loadu_si128(qs.as_ptr().add(b * PACKED).cast()),
-                    _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK).cast()),
-                )
-            };
-            // Low halves are values 0..16, high halves 16..32.
-            let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones));
-            acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(d[b] * xd[b]), acc);
-            offset += m[b] * xs[b];
-        }
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s) + offset
-    }
+    q4_q8_kernel!(
+        /// The AVX2 kernel of [`super::dot`]: byte pairs into 16 bits, pairs into 32.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        dot,
+        "avx2,fma",
+        |q, x| _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, PACKED};
+
+    q4_q8_kernel!(
+        /// The AVX-512 VNNI kernel of [`super::dot`]: four byte products into each 32-bit lane
+        /// in one `vpdpbusd`.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 F, BW, VL and VNNI, and FMA.
+        dot,
+        "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+        |q, x| _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
+    );
 }
 
 #[cfg(test)]
@@ -359,6 +406,18 @@ mod tests {
             (fast - slow).abs() <= 1e-3 * slow.abs().max(1.0),
             "{fast} {slow}"
         );
+        // `fast` is the best kernel this CPU runs (VNNI where it has it); AVX2 too.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: checked just above.
+            let v = unsafe { avx2::dot(qs, d, m, &qx.q, &qx.d, &qx.s) };
+            assert!(
+                (v - slow).abs() <= 1e-3 * slow.abs().max(1.0),
+                "avx2 {v} {slow}"
+            );
+        }
         let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
         let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
         assert!((fast - exact).abs() < 0.01 * scale, "{fast} vs {exact}");

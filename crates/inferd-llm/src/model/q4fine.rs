@@ -85,6 +85,12 @@ fn quantize_into(x: &[f32], r: &mut FineRows) {
 /// One 4-bit row (`qs`, scales `d`, offsets `m`) against one activation row in two levels.
 pub fn dot(qs: &[u8], d: &[f32], m: &[f32], x: (&[i8], &[i8], &[f32], &[f32])) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if super::simd::vnni() {
+        // SAFETY: vnni() is true only where the CPU has AVX-512 F, BW, VL, VNNI and FMA.
+        #[allow(unsafe_code)]
+        return unsafe { vnni::dot(qs, d, m, x) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= super::simd::Level::Avx2 {
         // SAFETY: level() reports Avx2 or better only where the CPU has AVX2 and FMA.
         #[allow(unsafe_code)]
@@ -117,6 +123,67 @@ fn portable(
     sum
 }
 
+/// The x86 kernel of [`dot`], written once and compiled per instruction set: `$features`
+/// enabled, and `$sums` turning a block's 32 weight nibbles `q` and the two levels' 32 bytes
+/// `a` and `c` into eight 32-bit lanes of `254 · Σ q·a + Σ q·c`, four products each.
+#[cfg(target_arch = "x86_64")]
+macro_rules! two_level_kernel {
+    ($(#[$m:meta])* $name:ident, $features:literal, $sums:expr) => {
+        $(#[$m])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            qs: &[u8],
+            d: &[f32],
+            m: &[f32],
+            (q1, q2, xd, xs): (&[i8], &[i8], &[f32], &[f32]),
+        ) -> f32 {
+            let blocks = (qs.len() / PACKED)
+                .min(q1.len() / BLOCK)
+                .min(q2.len() / BLOCK)
+                .min(d.len())
+                .min(m.len())
+                .min(xd.len())
+                .min(xs.len());
+            let low = _mm256_set1_epi8(0x0f);
+            // Block b's products added into `acc`.
+            let step = |b: usize, acc: __m256| {
+                // SAFETY: block b lies inside every slice (b < blocks).
+                let (packed, a, c) = unsafe {
+                    (
+                        _mm_loadu_si128(qs.as_ptr().add(b * PACKED).cast()),
+                        _mm256_loadu_si256(q1.as_ptr().add(b * BLOCK).cast()),
+                        _mm256_loadu_si256(q2.as_ptr().add(b * BLOCK).cast()),
+                    )
+                };
+                // Low halves are values 0..16, high halves 16..32.
+                let q =
+                    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+                let s: __m256i = $sums(q, a, c);
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d[b] * xd[b]), acc)
+            };
+            // Two sums, even and odd blocks, so consecutive blocks do not wait on each other.
+            // Named, not an array indexed by `b & 1`: that kept them in memory, and perf put a
+            // third of the kernel on the store each block made.
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut b = 0;
+            while b + 1 < blocks {
+                even = step(b, even);
+                odd = step(b + 1, odd);
+                b += 2;
+            }
+            if b < blocks {
+                even = step(b, even);
+            }
+            // The offsets' part, vectorised apart from the blocks' chain.
+            let offset = crate::model::matmul::dot(&m[..blocks], &xs[..blocks]);
+            let acc = _mm256_add_ps(even, odd);
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1))) + offset
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -124,55 +191,43 @@ mod avx2 {
 
     use super::{BLOCK, FINE, PACKED};
 
-    /// The AVX2 kernel of [`super::dot`].
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(
-        qs: &[u8],
-        d: &[f32],
-        m: &[f32],
-        (q1, q2, xd, xs): (&[i8], &[i8], &[f32], &[f32]),
-    ) -> f32 {
-        let blocks = (qs.len() / PACKED)
-            .min(q1.len() / BLOCK)
-            .min(q2.len() / BLOCK)
-            .min(d.len())
-            .min(m.len())
-            .min(xd.len())
-            .min(xs.len());
-        let low = _mm256_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        let fine = _mm256_set1_epi16(FINE as i16);
-        // Two sums, even and odd blocks, so consecutive blocks do not wait on each other.
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for b in 0..blocks {
-            // SAFETY: block b lies inside every slice (b < blocks).
-            let (packed, a, c) = unsafe {
-                (
-                    _mm_loadu_si128(qs.as_ptr().add(b * PACKED).cast()),
-                    _mm256_loadu_si256(q1.as_ptr().add(b * BLOCK).cast()),
-                    _mm256_loadu_si256(q2.as_ptr().add(b * BLOCK).cast()),
-                )
-            };
-            // Low halves are values 0..16, high halves 16..32.
-            let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            // Pairs of products fit 16 bits: 2 · 15 · 127.
-            let s = _mm256_add_epi32(
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), fine),
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q, c), ones),
-            );
-            let scale = _mm256_set1_ps(d[b] * xd[b]);
-            acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[b & 1]);
+    two_level_kernel!(
+        /// AVX2: byte pairs into 16 bits (`vpmaddubsw`; 2 · 15 · 127 fits), pairs into 32
+        /// (`vpmaddwd`, which takes the first level's 254 on the way).
+        ///
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        dot,
+        "avx2,fma",
+        |q, a, c| _mm256_add_epi32(
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), _mm256_set1_epi16(FINE as i16)),
+            _mm256_madd_epi16(_mm256_maddubs_epi16(q, c), _mm256_set1_epi16(1)),
+        )
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, PACKED};
+
+    two_level_kernel!(
+        /// AVX-512 VNNI: four byte products into each 32-bit lane in one `vpdpbusd`; the
+        /// first level's sums (at most 4 · 15 · 127) times 254, as 256 − 2, are where the
+        /// second level's start.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 F, BW, VL and VNNI, and FMA.
+        dot,
+        "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+        |q, a, c| {
+            let s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, a);
+            let s1 = _mm256_sub_epi32(_mm256_slli_epi32(s1, 8), _mm256_slli_epi32(s1, 1));
+            _mm256_dpbusd_epi32(s1, q, c)
         }
-        // The offsets' part, vectorised apart from the blocks' chain.
-        let offset = crate::model::forward::dot(&m[..blocks], &xs[..blocks]);
-        let acc = _mm256_add_ps(acc[0], acc[1]);
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1))) + offset
-    }
+    );
 }
 
 #[cfg(test)]
@@ -212,6 +267,29 @@ mod tests {
         let (qs, d, m) = q.row(0, 48);
         let fast = dot(qs, d, m, f.row(0, 48));
         let slow = portable(qs, d, m, f.row(0, 48));
+        // Every kernel this CPU can run gives the same integer sums.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: checked just above.
+                let v = unsafe { avx2::dot(qs, d, m, f.row(0, 48)) };
+                assert!(
+                    (v - slow).abs() <= 1e-5 * slow.abs().max(1.0),
+                    "avx2 {v} {slow}"
+                );
+            }
+            if crate::model::simd::vnni() {
+                // SAFETY: vnni() checked the features.
+                let v = unsafe { vnni::dot(qs, d, m, f.row(0, 48)) };
+                assert!(
+                    (v - slow).abs() <= 1e-5 * slow.abs().max(1.0),
+                    "vnni {v} {slow}"
+                );
+            }
+        }
         let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
         let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
         assert!((fast - slow).abs() <= 1e-5 * scale, "{fast} {slow}");

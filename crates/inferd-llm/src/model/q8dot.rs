@@ -40,6 +40,12 @@ impl QRows {
 /// `Σ_blocks (Σ w·x) · dw · dx` over one weight row and one activation row.
 pub fn dot(wq: &[i8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if super::simd::vnni() {
+        // SAFETY: vnni() is true only where the CPU has AVX-512 F, BW, VL, VNNI and FMA.
+        #[allow(unsafe_code)]
+        return unsafe { vnni::dot(wq, wd, xq, xd) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= super::simd::Level::Avx2 {
         // SAFETY: level() reports Avx2 or better only where the CPU has AVX2 and FMA.
         #[allow(unsafe_code)]
@@ -67,6 +73,42 @@ fn portable(wq: &[i8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// [`dot`] on x86, written once and compiled per instruction set: `$features` enabled, and
+/// `$sums` turning 32 unsigned weight magnitudes and 32 signed activation bytes into eight
+/// 32-bit sums of four products.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q8_q8_kernel {
+    ($(#[$m:meta])* $name:ident, $features:literal, $sums:expr) => {
+        $(#[$m])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(wq: &[i8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+            let blocks = (wq.len() / BLOCK)
+                .min(xq.len() / BLOCK)
+                .min(wd.len())
+                .min(xd.len());
+            let mut acc = _mm256_setzero_ps();
+            for b in 0..blocks {
+                // SAFETY: block b lies inside both slices (b < blocks, each BLOCK = 32 bytes).
+                let (w, x) = unsafe {
+                    (
+                        _mm256_loadu_si256(wq.as_ptr().add(b * BLOCK).cast()),
+                        _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK).cast()),
+                    )
+                };
+                // |w| as unsigned bytes times x carrying w's sign.
+                let s: __m256i = $sums(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+                let sums = _mm256_cvtepi32_ps(s);
+                acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(wd[b] * xd[b]), acc);
+            }
+            let hi = _mm256_extractf128_ps(acc, 1);
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -74,38 +116,34 @@ mod avx2 {
 
     use super::BLOCK;
 
-    /// The AVX2 kernel; weights of -128 (which no quantizer here writes) would read as +128.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(wq: &[i8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
-        let blocks = (wq.len() / BLOCK)
-            .min(xq.len() / BLOCK)
-            .min(wd.len())
-            .min(xd.len());
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..blocks {
-            // SAFETY: block b lies inside both slices (b < blocks, each BLOCK = 32 bytes long).
-            let (w, x) = unsafe {
-                (
-                    _mm256_loadu_si256(wq.as_ptr().add(b * BLOCK).cast()),
-                    _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK).cast()),
-                )
-            };
-            // |w| as unsigned bytes times x carrying w's sign: pairs summed into 16 bits
-            // (127 * 127 * 2 fits), then into 32 bits.
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-            acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(wd[b] * xd[b]), acc);
-        }
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let s = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
+    q8_q8_kernel!(
+        /// The AVX2 kernel: pairs summed into 16 bits (127 · 127 · 2 fits), then into 32.
+        /// Weights of -128 (which no quantizer here writes) would read as +128.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        dot,
+        "avx2,fma",
+        |w, x| _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::BLOCK;
+
+    q8_q8_kernel!(
+        /// The AVX-512 VNNI kernel: four products into each 32-bit lane in one `vpdpbusd`.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 F, BW, VL and VNNI, and FMA.
+        dot,
+        "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+        |w, x| _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+    );
 }
 
 #[cfg(test)]
@@ -144,6 +182,14 @@ mod tests {
             .sum();
         let got = dot(&wq, &[1.0, 1.0], &xq, &[1.0, 1.0]);
         assert_eq!(got, want as f32);
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: checked just above (`dot` runs VNNI where the CPU has it).
+            let got = unsafe { avx2::dot(&wq, &[1.0, 1.0], &xq, &[1.0, 1.0]) };
+            assert_eq!(got, want as f32);
+        }
         let neg: Vec<i8> = wq.iter().map(|v| -v).collect();
         assert_eq!(dot(&neg, &[1.0, 1.0], &xq, &[1.0, 1.0]), -want as f32);
     }

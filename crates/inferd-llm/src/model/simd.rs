@@ -49,6 +49,24 @@ pub fn level() -> Level {
     })
 }
 
+/// Whether the integer kernels may use AVX-512 VNNI's `vpdpbusd`, which sums four byte
+/// products into each 32-bit lane in one instruction where AVX2 needs `vpmaddubsw` and then
+/// `vpmaddwd`: the CPU has it (the 256-bit form needs VL, which [`Level::Avx512`] implies) and
+/// the level is not capped below AVX-512.
+pub fn vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            level() == Level::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Defines a function whose body is compiled once per [`Level`] and dispatched at run time.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
