@@ -10,6 +10,7 @@
 use std::ops::Range;
 
 use super::kv::KvCache;
+use super::matmul::dot16;
 use crate::blocks::BlockId;
 
 /// `out` (one row of `head.len()` per query) += the attention of each query in `q` (rows of
@@ -86,25 +87,6 @@ impl Slices<'_> {
                     .map(move |s| (first + s, base + s * self.kv_dim))
             })
     }
-}
-
-/// `a · b` with sixteen accumulators, inlined into the kernels below (so it is compiled at
-/// their instruction set).
-#[inline(always)]
-fn dot16(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 super::simd::multiversion! {
@@ -202,19 +184,22 @@ mod tests {
             // Three query heads share the second KV head.
             let q = sample(3 * hd, 7);
             let head = hd..2 * hd;
-            let mut out = vec![0f32; 3 * hd];
-            let mut scores = Vec::new();
-            attend(
-                &kv,
-                0,
-                &table,
-                len,
-                head.clone(),
-                &q,
-                0.125,
-                &mut scores,
-                &mut out,
-            );
+            let run = |len: usize, q: &[f32]| {
+                let (mut out, mut scores) = (vec![0f32; q.len()], Vec::new());
+                attend(
+                    &kv,
+                    0,
+                    &table,
+                    len,
+                    head.clone(),
+                    q,
+                    0.125,
+                    &mut scores,
+                    &mut out,
+                );
+                out
+            };
+            let out = run(len, &q);
             for h in 0..3 {
                 let want = reference(&kv, &table, len, head.clone(), &q[h * hd..(h + 1) * hd]);
                 for (a, b) in out[h * hd..(h + 1) * hd].iter().zip(&want) {
@@ -222,32 +207,10 @@ mod tests {
                 }
             }
             // Shorter than one block, and nothing at all.
-            let mut one = vec![0f32; hd];
-            attend(
-                &kv,
-                0,
-                &table,
-                3,
-                head.clone(),
-                &q[..hd],
-                0.125,
-                &mut scores,
-                &mut one,
-            );
+            let one = run(3, &q[..hd]);
             let want = reference(&kv, &table, 3, head.clone(), &q[..hd]);
             assert!(one.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
-            let mut none = vec![0f32; hd];
-            attend(
-                &kv,
-                0,
-                &table,
-                0,
-                head.clone(),
-                &q[..hd],
-                0.125,
-                &mut scores,
-                &mut none,
-            );
+            let none = run(0, &q[..hd]);
             assert!(none.iter().all(|&x| x == 0.0));
         }
     }

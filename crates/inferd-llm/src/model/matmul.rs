@@ -18,8 +18,17 @@ use super::q8dot::QRows;
 use super::weights::Matrix;
 
 super::simd::multiversion! {
-/// `a · b`, with sixteen accumulators so the compiler vectorises it.
+/// `a · b`, vectorised ([`dot16`]) at the CPU's instruction set.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot16(a, b)
+}
+}
+
+/// `a · b` with sixteen accumulators so the compiler vectorises it; inlined into its callers so
+/// it is compiled at their instruction set (kernels call it inside their own multiversioned
+/// bodies, with no dispatch per call).
+#[inline(always)]
+pub(crate) fn dot16(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -33,7 +42,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
-}
 }
 
 /// From this many input rows on (prefill) the blocked kernel wins; below it (batched decode)
