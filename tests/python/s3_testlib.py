@@ -7,6 +7,7 @@ and the environment inferd needs to reach it.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import signal
@@ -41,14 +42,15 @@ def weed_binary() -> str:
     return found
 
 
-def optional_listeners_off() -> list[str]:
+@functools.cache
+def optional_listeners_off() -> tuple[str, ...]:
     """Flags that turn off the extra listeners newer ``weed`` versions open on fixed ports
     (4.x: an Iceberg REST catalog on 8181, a Lance namespace on 9101). Left on, a weed that
     finds either port taken exits, so two stores, or anything else on 8181, would fail a test.
     Older versions lack the flags and the listeners alike."""
     usage = subprocess.run([weed_binary(), "server", "-h"], capture_output=True, text=True)
     usage = usage.stdout + usage.stderr
-    return [f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance") if f"-{flag} " in usage]
+    return tuple(f"-{flag}=0" for flag in ("s3.port.iceberg", "s3.port.lance") if f"-{flag} " in usage)
 
 
 def _port_free(port: int) -> bool:

@@ -7,8 +7,6 @@
 //! a quantization each, and left a thread idle on the small key and value matrices (192 rows,
 //! three tasks for two threads, in SmolLM2).
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
 
 use super::q4::Q4;
@@ -88,45 +86,50 @@ pub(crate) fn matmul_group<const N: usize>(
     std::array::from_fn(|i| transposed(std::mem::take(&mut by_row[i]), n, ms[i].rows))
 }
 
+/// The form of the input rows a matrix multiplies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// As they are.
+    F32,
+    /// In 8-bit blocks (`activations: int8`).
+    Int8,
+    /// In two 8-bit levels: one row against 4-bit weights (compute-bound on widening weights
+    /// to f32; from two rows on, widening each block once for all rows is cheaper:
+    /// bench/llm.py, 8 streams ran at 104 tokens/s on two levels, 170 widened).
+    Fine,
+}
+
+fn input_for(m: &Matrix, n: usize) -> Input {
+    let quantized = m.q8.is_some() || q4_only(m).is_some();
+    if quantized && m.int8_act {
+        Input::Int8
+    } else if n == 1 && q4_only(m).is_some() {
+        Input::Fine
+    } else {
+        Input::F32
+    }
+}
+
 /// The input rows, and the quantized forms of them that the group's matrices ask for, each
-/// made once for the whole group.
+/// made once for the whole group, before the parallel pass (made inside it by the first task
+/// that needed it, the other thread slept on the lock: one-stream decode ran slower than with a
+/// product per matrix).
 struct Activations<'a> {
     x: &'a [f32],
     n: usize,
-    int8: OnceLock<QRows>,
-    fine: OnceLock<FineRows>,
+    int8: Option<QRows>,
+    fine: Option<FineRows>,
 }
 
 impl<'a> Activations<'a> {
-    /// Made before the parallel pass: a form made inside it by the first task that needs it
-    /// puts the other thread to sleep on the lock and costs a wake-up (measured: one-stream
-    /// decode ran slower than with a product per matrix).
     fn for_group(x: &'a [f32], n: usize, ms: &[&Matrix]) -> Activations<'a> {
-        let a = Activations {
+        let asks = |form| ms.iter().any(|m| input_for(m, n) == form);
+        Activations {
             x,
             n,
-            int8: OnceLock::new(),
-            fine: OnceLock::new(),
-        };
-        for m in ms {
-            let quantized = m.q8.is_some() || q4_only(m).is_some();
-            if quantized && m.int8_act {
-                a.int8();
-            } else if n == 1 && q4_only(m).is_some() {
-                a.fine();
-            }
+            int8: asks(Input::Int8).then(|| QRows::quantize(x)),
+            fine: asks(Input::Fine).then(|| FineRows::quantize(x)),
         }
-        a
-    }
-
-    /// In 8-bit blocks (for `activations: int8`).
-    fn int8(&self) -> &QRows {
-        self.int8.get_or_init(|| QRows::quantize(self.x))
-    }
-
-    /// In two 8-bit levels (one row against 4-bit weights).
-    fn fine(&self) -> &FineRows {
-        self.fine.get_or_init(|| FineRows::quantize(self.x))
     }
 }
 
@@ -140,24 +143,22 @@ fn q4_only(m: &Matrix) -> Option<&Q4> {
 fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     let (x, n, cols) = (a.x, a.n, m.cols);
     let per_row = cols / BLOCK;
+    let input = input_for(m, n);
     if let Some(q4) = q4_only(m) {
-        // One row (one-stream decode) is compute-bound on widening weights to f32: integer
-        // products on two-level activations instead. From two rows on, widening each block once
-        // for all rows is cheaper (bench/llm.py: 8 streams ran at 104 tokens/s on two levels,
-        // 170 widened).
         for (k, o) in out.chunks_exact_mut(n).enumerate() {
             let (qs, d, mm) = q4.row(first + k, per_row);
-            if m.int8_act {
-                let xq = a.int8();
-                for (t, o) in o.iter_mut().enumerate() {
-                    let b = t * per_row..(t + 1) * per_row;
-                    let xs = &xq.q[t * cols..(t + 1) * cols];
-                    *o = super::q4::dot(qs, d, mm, xs, &xq.d[b.clone()], &xq.s[b]);
+            match (input, &a.int8, &a.fine) {
+                (Input::Int8, Some(xq), _) => {
+                    for (t, o) in o.iter_mut().enumerate() {
+                        let b = t * per_row..(t + 1) * per_row;
+                        let xs = &xq.q[t * cols..(t + 1) * cols];
+                        *o = super::q4::dot(qs, d, mm, xs, &xq.d[b.clone()], &xq.s[b]);
+                    }
                 }
-            } else if n == 1 {
-                o[0] = super::q4fine::dot(qs, d, mm, a.fine().row(0, per_row));
-            } else {
-                super::q4::dot_rows_f32(qs, d, mm, x, n, cols, o);
+                (Input::Fine, _, Some(f)) => {
+                    o[0] = super::q4fine::dot(qs, d, mm, f.row(0, per_row));
+                }
+                _ => super::q4::dot_rows_f32(qs, d, mm, x, n, cols, o),
             }
         }
         return;
@@ -177,20 +178,18 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
             &q.q[r * cols..(r + 1) * cols],
             &q.d[r * per_row..(r + 1) * per_row],
         );
-        if m.int8_act {
-            // Each input row is quantized once for every weight row.
-            let xq = a.int8();
-            for (t, o) in o.iter_mut().enumerate() {
-                let (xs, xd) = (
-                    &xq.q[t * cols..(t + 1) * cols],
-                    &xq.d[t * per_row..(t + 1) * per_row],
-                );
-                *o = super::q8dot::dot(wq, wd, xs, xd);
+        match (input, &a.int8) {
+            (Input::Int8, Some(xq)) => {
+                for (t, o) in o.iter_mut().enumerate() {
+                    let (xs, xd) = (
+                        &xq.q[t * cols..(t + 1) * cols],
+                        &xq.d[t * per_row..(t + 1) * per_row],
+                    );
+                    *o = super::q8dot::dot(wq, wd, xs, xd);
+                }
             }
-        } else if n == 1 {
-            o[0] = super::q8::dot_f32(wq, wd, x);
-        } else {
-            super::q8::dot_rows(wq, wd, x, n, cols, o);
+            _ if n == 1 => o[0] = super::q8::dot_f32(wq, wd, x),
+            _ => super::q8::dot_rows(wq, wd, x, n, cols, o),
         }
     }
 }
