@@ -1,4 +1,4 @@
-//! Greedy generation from a GGUF model, for the reference tests (tests/python/test_llm_reference.py):
+//! Greedy generation from a GGUF model or a Hugging Face llama folder, for the reference tests (tests/python/test_llm_reference.py):
 //! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B,
 //! "weights": "f32"|"q8"|"auto", "activations": "f32"|"int8", "kv_cache_dtype": "f32"|"q8"}` on stdin,
 //! runs every prompt (plus K filler prompts in the same batches, to show batching changes
@@ -7,23 +7,22 @@
 use std::io::Read;
 
 use inferd_llm::engine::{Engine, EngineConfig, Event, Request};
-use inferd_llm::model::Llama;
 use inferd_llm::sampling::Params;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
-        .ok_or("usage: llm_generate MODEL.gguf < request.json")?;
+        .ok_or("usage: llm_generate MODEL.gguf|HF_FOLDER < request.json")?;
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
     let req: serde_json::Value = serde_json::from_str(&input)?;
     let prompts: Vec<Vec<u32>> = serde_json::from_value(req["prompts"].clone()).unwrap_or_default();
     let max_new = req["max_new_tokens"].as_u64().unwrap_or(16) as usize;
     let fillers = req["fillers"].as_u64().unwrap_or(0) as usize;
-    let file = inferd_gguf::GgufFile::open(std::path::Path::new(&path))?;
+    let source = inferd_llm::source::Source::open(std::path::Path::new(&path))?;
     // Tokenizer mode: {"texts": [...], "chats": [[{"role", "content"}...]]} -> ids and prompts.
     if req.get("texts").is_some() || req.get("chats").is_some() {
-        let tok = inferd_llm::tokenizer::TextTokenizer::from_gguf(&file)?;
+        let tok = source.tokenizer()?;
         let texts: Vec<String> = serde_json::from_value(req["texts"].clone()).unwrap_or_default();
         let encoded = texts
             .iter()
@@ -74,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Some("auto"), _) => inferd_llm::model::Precision::Q4,
         _ => inferd_llm::model::Precision::F32,
     };
-    let model = Llama::load(&file, precision)?;
+    let model = source.model(precision)?;
     let mut engine = Engine::new(
         model,
         EngineConfig {

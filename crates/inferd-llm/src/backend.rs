@@ -1,5 +1,7 @@
 //! The LLM as a model of the repository: `backend: "llm"` in `config.pbtxt`, or no config at
-//! all beside a `.gguf` file. Loading builds the model, its tokenizer and its engine thread;
+//! all beside a `.gguf` file or in a Hugging Face llama folder (a version folder holding
+//! `config.json` with a llama-family `model_type`, SafeTensors weights and `tokenizer.json`;
+//! `default_model_filename` may also name such a folder inside the version). Loading builds the model, its tokenizer and its engine thread;
 //! the version is then served by the text APIs (through [`TextGenerator`]) and by KServe
 //! inference with a BYTES `text_input` and `text_output` (greedy, `max_tokens` from the
 //! request parameter of that name, default 128), as Triton's generate-style models take them.
@@ -27,9 +29,8 @@ use inferd_core::generate::{GenEvent, GenerateRequest, Prompt, Sampling, TextGen
 use inferd_core::tensor::{DataType, Tensor, TensorData};
 
 use crate::engine::EngineConfig;
-use crate::model::{KvCache, KvDtype, Llama, Precision};
+use crate::model::{KvCache, KvDtype, Precision};
 use crate::service::{LlmService, ServiceConfig};
-use crate::tokenizer::TextTokenizer;
 
 /// Server-wide defaults for LLM versions, which a config's `parameters` override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,13 +113,14 @@ impl Backend for LlmBackend {
         ggufs
             .into_iter()
             .next()
+            .or_else(|| crate::source::hf_weights_file(dir).map(str::to_string))
             .unwrap_or_else(|| "model.gguf".into())
     }
 
     fn load(&self, req: &LoadRequest<'_>) -> Result<Arc<dyn LoadedModel>, BackendError> {
         let started = std::time::Instant::now();
         let path = req.model_file.clone();
-        let file = inferd_gguf::GgufFile::open(&path)
+        let source = crate::source::Source::open(&path)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let precision = match req
             .config
@@ -156,9 +158,11 @@ impl Backend for LlmBackend {
                 )));
             }
         };
-        let model = Llama::load(&file, precision)
+        let model = source
+            .model(precision)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
-        let tok = TextTokenizer::from_gguf(&file)
+        let tok = source
+            .tokenizer()
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
         let cfg = req.config;
         let block_size = param(cfg, "block_size", 16)?;

