@@ -86,23 +86,46 @@ multiversion! {
 /// `x`: each weight block is widened once for all `n` (a batched decode reads and converts
 /// every weight once per step, not once per sequence). Results go to `out[0..n]`.
 pub fn dot_rows(wq: &[i8], wd: &[f32], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
-    let mut acc = vec![[0f32; 16]; n];
-    for (b, (w, d)) in wq.chunks_exact(BLOCK).zip(wd).enumerate() {
-        let mut wf = [0f32; BLOCK];
-        for (o, v) in wf.iter_mut().zip(w) {
-            *o = f32::from(*v) * d;
-        }
-        for (t, a) in acc.iter_mut().enumerate() {
-            let xb = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
-            for (wc, xc) in wf.chunks_exact(16).zip(xb.chunks_exact(16)) {
-                for i in 0..16 {
-                    a[i] += wc[i] * xc[i];
+    /// `R` rows of `x` against the weight row, their sums in arrays of constant size that the
+    /// compiler keeps in registers across the blocks (a vector of `n` sums lived in memory, and
+    /// every block stored and reloaded it). Each row sums in the same order as alone.
+    #[inline(always)]
+    fn tile<const R: usize>(
+        wq: &[i8],
+        wd: &[f32],
+        x: &[f32],
+        cols: usize,
+        out: &mut [f32],
+    ) -> usize {
+        let mut acc = [[0f32; 16]; R];
+        for (b, (w, d)) in wq.chunks_exact(BLOCK).zip(wd).enumerate() {
+            let mut wf = [0f32; BLOCK];
+            for (o, v) in wf.iter_mut().zip(w) {
+                *o = f32::from(*v) * d;
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xb = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
+                for (wc, xc) in wf.chunks_exact(16).zip(xb.chunks_exact(16)) {
+                    for i in 0..16 {
+                        a[i] += wc[i] * xc[i];
+                    }
                 }
             }
         }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            *o = a.iter().sum();
+        }
+        R
     }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        *o = a.iter().sum();
+    let mut t = 0;
+    while t < n {
+        let (x, o) = (&x[t * cols..], &mut out[t..]);
+        t += match n - t {
+            8.. => tile::<8>(wq, wd, x, cols, o),
+            4..=7 => tile::<4>(wq, wd, x, cols, o),
+            2 | 3 => tile::<2>(wq, wd, x, cols, o),
+            _ => tile::<1>(wq, wd, x, cols, o),
+        };
     }
 }
 }
@@ -158,5 +181,27 @@ mod tests {
         let q = quantize(&[0.0; 32]);
         assert_eq!(q.d, vec![0.0]);
         assert!(q.q.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn every_row_tile_gives_each_row_what_it_gives_alone() {
+        let mut rng = fastrand::Rng::with_seed(6);
+        let cols = 4 * BLOCK;
+        let w: Vec<f32> = (0..cols).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let qw = quantize(&w);
+        let x: Vec<f32> = (0..19 * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
+        let alone: Vec<f32> = x
+            .chunks_exact(cols)
+            .map(|row| {
+                let mut o = [0f32; 1];
+                dot_rows(&qw.q, &qw.d, row, 1, cols, &mut o);
+                o[0]
+            })
+            .collect();
+        for n in 1..=19 {
+            let mut out = vec![0f32; n];
+            dot_rows(&qw.q, &qw.d, &x[..n * cols], n, cols, &mut out);
+            assert_eq!(out, alone[..n], "{n} rows");
+        }
     }
 }
