@@ -19,12 +19,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import llm_testlib
 import numpy as np
 import pytest
 import requests
+from llm_testlib import transformers_greedy
 
 MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
-GENERATE = os.environ.get("INFERD_LLM_GENERATE", "")
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
@@ -34,17 +35,12 @@ NEW = 20
 
 
 def generate(path, ids, **extra):
-    assert GENERATE and Path(GENERATE).is_file(), (
-        "set INFERD_LLM_GENERATE to the llm_generate example (scripts/test.sh builds it)"
-    )
-    r = subprocess.run([GENERATE, str(path)], input=json.dumps({"prompts": ids, "max_new_tokens": NEW, **extra}),
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return llm_testlib.generate(path, ids, NEW, **extra)
 
 
 def refusal(path):
-    r = subprocess.run([GENERATE, str(path)], input=json.dumps({"prompts": [[1, 2, 3]], "max_new_tokens": 1}),
+    r = subprocess.run([llm_testlib.GENERATE, str(path)],
+                       input=json.dumps({"prompts": [[1, 2, 3]], "max_new_tokens": 1}),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode != 0, r.stdout
     return r.stderr
@@ -76,22 +72,13 @@ def smollm2(tmp_path_factory):
     del gguf
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
-    ids = [tok(p)["input_ids"] for p in PROMPTS]
-    outs, logits = [], []
-    with torch.no_grad():
-        for i in ids:
-            g = model.generate(torch.tensor([i]), max_new_tokens=NEW, do_sample=False)
-            outs.append(g[0][len(i):].tolist())
-            logits.append(model(torch.tensor([i])).logits[0, -1].numpy())
+    ids, outs, logits = transformers_greedy(model, tok, PROMPTS, NEW)
     return {"folder": folder, "shards": shards, "ids": ids, "outputs": outs, "logits": logits,
             "eos": tok.eos_token_id, "tok": tok}
 
 
 def same_until_eos(ours, theirs, eos):
-    """transformers stops at the end-of-sequence token; inferd's loop here has no stop token."""
-    assert ours[:len(theirs)] == theirs, (ours, theirs)
-    if len(theirs) < NEW:
-        assert theirs[-1] == eos
+    llm_testlib.same_until_eos(ours, theirs, eos, NEW)
 
 
 def test_a_save_pretrained_folder_gives_transformers_greedy_ids_and_logits(smollm2):

@@ -15,17 +15,16 @@ loop (paged KV, the continuous-batching scheduler), run by the ``llm_generate`` 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+import llm_testlib
 import numpy as np
 import pytest
+from llm_testlib import transformers_greedy
 
 MODEL = os.environ.get("INFERD_SMOLLM2_GGUF", "")
-GENERATE = os.environ.get("INFERD_LLM_GENERATE", "")
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
@@ -46,13 +45,7 @@ def reference(tmp_path_factory):
     shutil.copy(MODEL, d / "model.gguf")
     tok = AutoTokenizer.from_pretrained(d, gguf_file="model.gguf")
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file="model.gguf", dtype=torch.float32)
-    ids = [tok(p)["input_ids"] for p in PROMPTS]
-    outs, logits = [], []
-    with torch.no_grad():
-        for i in ids:
-            g = model.generate(torch.tensor([i]), max_new_tokens=NEW, do_sample=False)
-            outs.append(g[0][len(i):].tolist())
-            logits.append(model(torch.tensor([i])).logits[0, -1].numpy())
+    ids, outs, logits = transformers_greedy(model, tok, PROMPTS, NEW)
     return {"ids": ids, "outputs": outs, "logits": logits, "eos": tok.eos_token_id, "tok": tok}
 
 
@@ -61,25 +54,11 @@ LEVELS = ["native", "avx2", "portable"]
 
 
 def generate(ids, simd="native", **extra):
-    assert GENERATE and Path(GENERATE).is_file(), (
-        "set INFERD_LLM_GENERATE to the llm_generate example (scripts/test.sh builds it)"
-    )
-    env = dict(os.environ)
-    env.pop("INFERD_LLM_SIMD", None)
-    if simd != "native":
-        env["INFERD_LLM_SIMD"] = simd
-    r = subprocess.run([GENERATE, MODEL], input=json.dumps({"prompts": ids, "max_new_tokens": NEW, **extra}),
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return llm_testlib.generate(MODEL, ids, NEW, simd=simd, **extra)
 
 
 def same_until_eos(ours, theirs, eos):
-    """transformers stops at the end-of-sequence token; inferd's loop here has no stop token."""
-    n = len(theirs)
-    assert ours[:n] == theirs, (ours, theirs)
-    if n < NEW:
-        assert theirs[-1] == eos
+    llm_testlib.same_until_eos(ours, theirs, eos, NEW)
 
 
 @pytest.mark.parametrize("simd", LEVELS)

@@ -119,26 +119,15 @@ fn rows_f32_portable(
     cols: usize,
     out: &mut [f32],
 ) {
-    let mut acc = vec![[0f32; 16]; n];
-    for (b, ((q, d), m)) in qs.chunks_exact(PACKED).zip(d).zip(m).enumerate() {
-        let mut wf = [0f32; BLOCK];
+    let widen = |b: usize, wf: &mut [f32; BLOCK]| {
         let (lo, hi) = wf.split_at_mut(PACKED);
-        for ((l, h), v) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
-            *l = f32::from(v & 0x0f) * d + m;
-            *h = f32::from(v >> 4) * d + m;
+        for ((l, h), v) in lo.iter_mut().zip(hi).zip(&qs[b * PACKED..(b + 1) * PACKED]) {
+            *l = f32::from(v & 0x0f) * d[b] + m[b];
+            *h = f32::from(v >> 4) * d[b] + m[b];
         }
-        for (t, a) in acc.iter_mut().enumerate() {
-            let xb = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
-            for (wc, xc) in wf.chunks_exact(16).zip(xb.chunks_exact(16)) {
-                for i in 0..16 {
-                    a[i] += wc[i] * xc[i];
-                }
-            }
-        }
-    }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        *o = a.iter().sum();
-    }
+    };
+    let blocks = (qs.len() / PACKED).min(d.len()).min(m.len());
+    super::q8::widened_rows(blocks, widen, x, n, cols, out);
 }
 }
 

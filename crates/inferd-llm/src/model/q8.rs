@@ -86,23 +86,42 @@ multiversion! {
 /// `x`: each weight block is widened once for all `n` (a batched decode reads and converts
 /// every weight once per step, not once per sequence). Results go to `out[0..n]`.
 pub fn dot_rows(wq: &[i8], wd: &[f32], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
-    /// `R` rows of `x` against the weight row, their sums in arrays of constant size that the
-    /// compiler keeps in registers across the blocks (a vector of `n` sums lived in memory, and
-    /// every block stored and reloaded it). Each row sums in the same order as alone.
+    let widen = |b: usize, wf: &mut [f32; BLOCK]| {
+        for (o, v) in wf.iter_mut().zip(&wq[b * BLOCK..(b + 1) * BLOCK]) {
+            *o = f32::from(*v) * wd[b];
+        }
+    };
+    widened_rows(wd.len().min(wq.len() / BLOCK), widen, x, n, cols, out);
+}
+}
+
+/// One weight row, whose block `b` `widen` writes out in f32, against `n` activation rows of
+/// `cols` in `x`: rows go in tiles of 8, 4, 2 and 1 whose sums are arrays of constant size, which
+/// the compiler keeps in registers across the blocks (a vector of `n` sums lived in memory, and
+/// every block stored and reloaded it: a fifth of the 4-bit kernel's samples). Each row sums in
+/// the same order whatever the tile. Inlined into its callers, so it compiles at their
+/// instruction set.
+#[inline(always)]
+pub(crate) fn widened_rows(
+    blocks: usize,
+    widen: impl Fn(usize, &mut [f32; BLOCK]) + Copy,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
     #[inline(always)]
     fn tile<const R: usize>(
-        wq: &[i8],
-        wd: &[f32],
+        blocks: usize,
+        widen: impl Fn(usize, &mut [f32; BLOCK]),
         x: &[f32],
         cols: usize,
         out: &mut [f32],
     ) -> usize {
         let mut acc = [[0f32; 16]; R];
-        for (b, (w, d)) in wq.chunks_exact(BLOCK).zip(wd).enumerate() {
+        for b in 0..blocks {
             let mut wf = [0f32; BLOCK];
-            for (o, v) in wf.iter_mut().zip(w) {
-                *o = f32::from(*v) * d;
-            }
+            widen(b, &mut wf);
             for (t, a) in acc.iter_mut().enumerate() {
                 let xb = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
                 for (wc, xc) in wf.chunks_exact(16).zip(xb.chunks_exact(16)) {
@@ -121,13 +140,12 @@ pub fn dot_rows(wq: &[i8], wd: &[f32], x: &[f32], n: usize, cols: usize, out: &m
     while t < n {
         let (x, o) = (&x[t * cols..], &mut out[t..]);
         t += match n - t {
-            8.. => tile::<8>(wq, wd, x, cols, o),
-            4..=7 => tile::<4>(wq, wd, x, cols, o),
-            2 | 3 => tile::<2>(wq, wd, x, cols, o),
-            _ => tile::<1>(wq, wd, x, cols, o),
+            8.. => tile::<8>(blocks, widen, x, cols, o),
+            4..=7 => tile::<4>(blocks, widen, x, cols, o),
+            2 | 3 => tile::<2>(blocks, widen, x, cols, o),
+            _ => tile::<1>(blocks, widen, x, cols, o),
         };
     }
-}
 }
 
 /// Rows `rows` of `m` (of `cols` each) back to f32, into `out`.
