@@ -215,3 +215,107 @@ def test_what_the_engine_cannot_run_is_refused_by_name(tmp_path):
     data = (torn / "model.safetensors").read_bytes()
     (torn / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert "SafeTensors" in refusal(torn)
+
+
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_a_llama3_style_folder_adds_bos_by_its_post_processor_and_stops_on_every_eos(tmp_path):
+    """Llama 3's tokenizer.json adds BOS through its post-processor (its tokenizer_config.json does not say),
+    keeps the chat template in tokenizer_config.json (transformers 4's form) and lists several end-of-sequence
+    ids in generation_config.json. A byte-level BPE with Llama 3's pre-tokenizer is trained here."""
+    import glob
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    sources = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))[:40]
+    corpus.write_text("\n".join(Path(f).read_text(encoding="utf-8", errors="ignore") for f in sources))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eom_id|>", "<|eot_id|>"]
+    tok.train([str(corpus)], trainers.BpeTrainer(vocab_size=2000, special_tokens=specials, show_progress=False,
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", bos)])
+    folder = tmp_path / "llama3"
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_TEMPLATE,
+        "tokenizer_class": "PreTrainedTokenizerFast"}))
+    ids = {n: tok.token_to_id(n) for n in specials}
+    (folder / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": bos, "eos_token_id": [ids["<|end_of_text|>"], ids["<|eom_id|>"], ids["<|eot_id|>"]]}))
+    theirs = AutoTokenizer.from_pretrained(folder)
+    texts = ["Hello world", "I'LL say it's 1234567", "Ünïcödé 中文 🚀", "<|start_header_id|>user<|end_header_id|>"]
+    got = generate(folder, [], texts=texts, chats=CHATS)
+    assert got["encoded"] == [theirs(t)["input_ids"] for t in texts]
+    assert all(e[0] == bos for e in got["encoded"])
+    assert got["decoded"][:3] == ["<|begin_of_text|>" + t for t in texts[:3]]
+    assert got["chat_prompts"] == [theirs.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                                   for c in CHATS]
+    assert got["stop_tokens"] == [ids["<|eot_id|>"], ids["<|end_of_text|>"], ids["<|eom_id|>"]]
+
+
+def test_a_llama2_style_sentencepiece_folder_falls_back_to_bytes_as_transformers_does(tmp_path):
+    """Llama 2's tokenizer.json: BPE over SentencePiece pieces (``▁`` for a space) with byte fallback (``<0xAB>``
+    tokens), BOS from ``add_bos_token`` and the post-processor. Characters the vocabulary lacks become byte
+    tokens; decoding, and streaming piece by piece, give whole characters back."""
+    import glob
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    sources = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))[:20]
+    corpus.write_text("\n".join(Path(f).read_text(encoding="utf-8", errors="ignore") for f in sources))
+    normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizer
+    trained.train([str(corpus)], trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"],
+                                                     show_progress=False))
+    spec = json.loads(trained.to_str())
+    vocab = dict(spec["model"]["vocab"])
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizer
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    folder = tmp_path / "llama2"
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+        "tokenizer_class": "PreTrainedTokenizerFast"}))
+    theirs = AutoTokenizer.from_pretrained(folder)
+    texts = ["Hello world", "def f(x):\n    return x", "Ünïcödé 中文 🚀🚀", "  two spaces"]
+    got = generate(folder, [], texts=texts)
+    want = [theirs(t)["input_ids"] for t in texts]
+    assert got["encoded"] == want
+    assert any(tok.id_to_token(i).startswith("<0x") for i in want[2]), "the emoji should need byte tokens"
+    assert got["decoded"] == [theirs.decode(ids) for ids in want]
+    for pieces, ids in zip(got["streamed"], want):
+        assert "".join(pieces) == theirs.decode(ids, skip_special_tokens=True), pieces
+        assert not any("\ufffd" in p for p in pieces), pieces
+    assert got["stop_tokens"] == [tok.token_to_id("</s>")]

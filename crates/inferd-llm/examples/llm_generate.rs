@@ -2,7 +2,8 @@
 //! reads `{"prompts": [[ids...]], "max_new_tokens": N, "fillers": K, "num_blocks": B,
 //! "weights": "f32"|"q8"|"auto", "activations": "f32"|"int8", "kv_cache_dtype": "f32"|"q8"}` on stdin,
 //! runs every prompt (plus K filler prompts in the same batches, to show batching changes
-//! nothing), and prints `{"outputs": [[ids...]], "first_logits": [[...]]}`.
+//! nothing), and prints `{"outputs": [[ids...]], "first_logits": [[...]]}`. In tokenizer mode
+//! (`texts`, `chats`) it prints the ids, their decoding, the chat prompts and the stop tokens.
 
 use std::io::Read;
 
@@ -62,7 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"encoded": encoded, "decoded": decoded, "chat_prompts": prompts, "streamed": streamed})
+            serde_json::json!({"encoded": encoded, "decoded": decoded, "chat_prompts": prompts, "streamed": streamed,
+                "stop_tokens": tok.stop_tokens()})
         );
         return Ok(());
     }
