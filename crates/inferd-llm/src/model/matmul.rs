@@ -149,11 +149,7 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
             let (qs, d, mm) = q4.row(first + k, per_row);
             match (input, &a.int8, &a.fine) {
                 (Input::Int8, Some(xq), _) => {
-                    for (t, o) in o.iter_mut().enumerate() {
-                        let b = t * per_row..(t + 1) * per_row;
-                        let xs = &xq.q[t * cols..(t + 1) * cols];
-                        *o = super::q4::dot(qs, d, mm, xs, &xq.d[b.clone()], &xq.s[b]);
-                    }
+                    super::q4::dot_rows(qs, d, mm, (&xq.q, &xq.d, &xq.s), n, cols, o);
                 }
                 (Input::Fine, _, Some(f)) => {
                     o[0] = super::q4fine::dot(qs, d, mm, f.row(0, per_row));

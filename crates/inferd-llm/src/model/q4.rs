@@ -166,6 +166,49 @@ fn portable(qs: &[u8], d: &[f32], m: &[f32], xq: &[i8], xd: &[f32], xs: &[f32]) 
     sum
 }
 
+/// [`dot`] for `n` activation rows of `cols` at once (`xq` row after row, `xd` and `xs` with
+/// `cols / 32` blocks a row): each weight block is unpacked once for all rows, and each row's
+/// result is bit for bit what [`dot`] gives it alone. Results go to `out[0..n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_rows(
+    qs: &[u8],
+    d: &[f32],
+    m: &[f32],
+    (xq, xd, xs): (&[i8], &[f32], &[f32]),
+    n: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    let per_row = cols / BLOCK;
+    let fits = xq.len() >= n * cols && xd.len() >= n * per_row && xs.len() >= n * per_row;
+    #[cfg(target_arch = "x86_64")]
+    if fits && out.len() >= n && super::simd::vnni() {
+        // SAFETY: vnni() is true only where the CPU has AVX-512 F, BW, VL, VNNI and FMA; the
+        // rows fit (checked above).
+        #[allow(unsafe_code)]
+        return unsafe { vnni::dot_rows(qs, d, m, xq, xd, xs, n, cols, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fits && out.len() >= n && super::simd::level() >= super::simd::Level::Avx2 {
+        // SAFETY: level() reports Avx2 or better only where the CPU has AVX2 and FMA; the rows
+        // fit (checked above).
+        #[allow(unsafe_code)]
+        return unsafe { avx2::dot_rows(qs, d, m, xq, xd, xs, n, cols, out) };
+    }
+    let _ = fits;
+    for (t, o) in out.iter_mut().take(n).enumerate() {
+        let b = t * per_row..(t + 1) * per_row;
+        *o = dot(
+            qs,
+            d,
+            m,
+            &xq[t * cols..(t + 1) * cols],
+            &xd[b.clone()],
+            &xs[b],
+        );
+    }
+}
+
 /// [`dot`] on x86, written once and compiled per instruction set: `$features` enabled, and
 /// `$sums` turning a block's 32 weight nibbles and 32 activation bytes into eight 32-bit sums of
 /// four products.
@@ -211,6 +254,86 @@ macro_rules! q4_q8_kernel {
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
             _mm_cvtss_f32(s) + offset
+        }
+    };
+}
+
+/// [`dot_rows`] on x86, per instruction set as [`q4_q8_kernel`]: rows in tiles of 8, 4, 2 and
+/// 1 whose sums stay in registers, each weight block unpacked once per tile; per row, the same
+/// operations in the same order as the one-row kernel.
+#[cfg(target_arch = "x86_64")]
+macro_rules! q4_q8_rows_kernel {
+    ($(#[$m:meta])* $name:ident, $features:literal, $sums:expr) => {
+        $(#[$m])*
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            qs: &[u8],
+            d: &[f32],
+            m: &[f32],
+            xq: &[i8],
+            xd: &[f32],
+            xs: &[f32],
+            n: usize,
+            cols: usize,
+            out: &mut [f32],
+        ) {
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn tile<const R: usize>(
+                qs: &[u8],
+                d: &[f32],
+                m: &[f32],
+                xq: *const i8,
+                xd: &[f32],
+                xs: &[f32],
+                cols: usize,
+                blocks: usize,
+                out: &mut [f32],
+            ) -> usize {
+                let per_row = cols / BLOCK;
+                let low = _mm256_set1_epi8(0x0f);
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut offset = [0f32; R];
+                for b in 0..blocks {
+                    // SAFETY: b < blocks, inside qs.
+                    let packed = unsafe { _mm_loadu_si128(qs.as_ptr().add(b * PACKED).cast()) };
+                    let q =
+                        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+                    for r in 0..R {
+                        // SAFETY: row r < R of the tile lies inside xq (the caller checked n
+                        // rows of cols), and block b inside the row.
+                        let x = unsafe { _mm256_loadu_si256(xq.add(r * cols + b * BLOCK).cast()) };
+                        let s: __m256i = $sums(q, x);
+                        let scale = _mm256_set1_ps(d[b] * xd[r * per_row + b]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);
+                        offset[r] += m[b] * xs[r * per_row + b];
+                    }
+                }
+                for r in 0..R {
+                    let hi = _mm256_extractf128_ps(acc[r], 1);
+                    let s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), hi);
+                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                    out[r] = _mm_cvtss_f32(s) + offset[r];
+                }
+                R
+            }
+            let per_row = cols / BLOCK;
+            let blocks = (qs.len() / PACKED).min(d.len()).min(m.len()).min(per_row);
+            let mut t = 0;
+            while t < n {
+                // SAFETY: rows t.. lie inside xq, xd and xs (the caller checked n rows).
+                let (x, xd, xs, o) = unsafe {
+                    (xq.as_ptr().add(t * cols), &xd[t * per_row..], &xs[t * per_row..], &mut out[t..])
+                };
+                t += match n - t {
+                    8.. => unsafe { tile::<8>(qs, d, m, x, xd, xs, cols, blocks, o) },
+                    4..=7 => unsafe { tile::<4>(qs, d, m, x, xd, xs, cols, blocks, o) },
+                    2 | 3 => unsafe { tile::<2>(qs, d, m, x, xd, xs, cols, blocks, o) },
+                    _ => unsafe { tile::<1>(qs, d, m, x, xd, xs, cols, blocks, o) },
+                };
+            }
         }
     };
 }
@@ -349,6 +472,17 @@ mod avx2 {
         "avx2,fma",
         |q, x| _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
     );
+
+    q4_q8_rows_kernel!(
+        /// The AVX2 kernel of [`super::dot_rows`].
+        ///
+        /// # Safety
+        /// The CPU must have AVX2 and FMA; `xq` must hold `n` rows of `cols`, `xd` and `xs`
+        /// `n` rows of `cols / 32`.
+        dot_rows,
+        "avx2,fma",
+        |q, x| _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -365,6 +499,17 @@ mod vnni {
         /// # Safety
         /// The CPU must have AVX-512 F, BW, VL and VNNI, and FMA.
         dot,
+        "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
+        |q, x| _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
+    );
+
+    q4_q8_rows_kernel!(
+        /// The AVX-512 VNNI kernel of [`super::dot_rows`].
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 F, BW, VL and VNNI, and FMA; `xq` must hold `n` rows of
+        /// `cols`, `xd` and `xs` `n` rows of `cols / 32`.
+        dot_rows,
         "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni",
         |q, x| _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
     );
@@ -496,6 +641,35 @@ mod tests {
                     "{n} rows: {a} vs {b}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn integer_row_tiles_give_each_row_what_the_one_row_kernel_gives() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let cols = 5 * BLOCK;
+        let raw = q4_1(&mut rng, 5);
+        let q = Q4::from_gguf(3, &raw).expect("whole blocks");
+        let (qs, d, m) = q.row(0, 5);
+        let x: Vec<f32> = (0..19 * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
+        let xq = QRows::quantize(&x);
+        let alone: Vec<f32> = (0..19)
+            .map(|t| {
+                let b = t * 5..(t + 1) * 5;
+                dot(
+                    qs,
+                    d,
+                    m,
+                    &xq.q[t * cols..(t + 1) * cols],
+                    &xq.d[b.clone()],
+                    &xq.s[b],
+                )
+            })
+            .collect();
+        for n in 1..=19 {
+            let mut out = vec![0f32; n];
+            dot_rows(qs, d, m, (&xq.q, &xq.d, &xq.s), n, cols, &mut out);
+            assert_eq!(out, alone[..n], "{n} rows");
         }
     }
 }
