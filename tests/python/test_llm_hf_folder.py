@@ -210,6 +210,14 @@ def test_what_the_engine_cannot_run_is_refused_by_name(tmp_path):
     cfg.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], attention_bias=False)
     (other / "config.json").write_text(json.dumps(cfg))
     assert "qwen2" in refusal(other)
+    headless = tmp_path / "headless"
+    LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **base)).save_pretrained(headless)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(headless / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, headless / "model.safetensors", metadata={"format": "pt"})
+    assert "lm_head.weight" in refusal(headless)
     torn = tmp_path / "torn"
     LlamaForCausalLM(LlamaConfig(**base)).save_pretrained(torn)
     data = (torn / "model.safetensors").read_bytes()

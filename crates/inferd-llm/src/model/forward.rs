@@ -80,7 +80,8 @@ impl Llama {
         let config: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::Unsupported(format!("{}: not JSON: {e}", path.display())))?;
         let (cfg, divisors) = super::hf_config::from_hf(&config)?;
-        let w = super::safetensors::load(dir, &cfg, precision, divisors)?;
+        let tied = config["tie_word_embeddings"].as_bool().unwrap_or(false);
+        let w = super::safetensors::load(dir, &cfg, precision, divisors, tied)?;
         Ok(Llama::new(cfg, w))
     }
 

@@ -163,12 +163,15 @@ fn interleave_heads(m: &mut Matrix, heads: usize, hd: usize) {
 }
 
 /// Reads the weights of the folder `dir` for `cfg`, each layer held at `p` as soon as it is
-/// read; `divisors` are Llama 3's RoPE frequency divisors, when its config has them.
+/// read; `divisors` are Llama 3's RoPE frequency divisors, when its config has them; `tied`,
+/// whether the config ties the output projection to the embeddings (`tie_word_embeddings`;
+/// otherwise `lm_head.weight` must be there, as transformers would require).
 pub fn load(
     dir: &Path,
     cfg: &LlamaConfig,
     p: Precision,
     divisors: Option<Vec<f32>>,
+    tied: bool,
 ) -> Result<Weights, ModelError> {
     let shards = Shards::open(weight_files(dir)?)?;
     let t = shards.tensors()?;
@@ -208,9 +211,16 @@ pub fn load(
         layers,
         norm: values(&t, "model.norm.weight", &[d])?,
         // Absent when the embeddings are tied (save_pretrained leaves the copy out).
-        output: match t.contains_key("lm_head.weight") {
-            true => Some(matrix(&t, "lm_head.weight", cfg.vocab, d)?),
-            false => None,
+        output: match (t.contains_key("lm_head.weight"), tied) {
+            (true, _) => Some(matrix(&t, "lm_head.weight", cfg.vocab, d)?),
+            (false, true) => None,
+            (false, false) => {
+                return Err(ModelError::Unsupported(
+                    "tensor 'lm_head.weight' is missing and config.json does not set \
+                     tie_word_embeddings"
+                        .into(),
+                ));
+            }
         },
         rope_freqs: divisors,
     };
