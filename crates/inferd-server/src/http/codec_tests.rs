@@ -1,6 +1,7 @@
 //! Tests of [`super`]: the inference body, JSON and binary.
 
 use super::*;
+use inferd_core::request::InferResponse;
 use inferd_core::tensor::encode_length_prefixed;
 
 fn body(json: &str, bin: &[u8]) -> (Bytes, Option<usize>) {
