@@ -103,15 +103,19 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
         shared.dead.store(true, Ordering::Release);
         f.take()
     };
+    // The crash is recorded (the model reads as restarting, or failed) before any waiting call
+    // hears of it: a client that retries on the error must not find the model still ready and
+    // reach the dead worker again (test_python_backend.py counted one crash twice so, under
+    // load).
+    if let Some(f) = on_exit {
+        f();
+    }
     // Every waiting call sees the worker gone.
     shared
         .calls
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
-    if let Some(f) = on_exit {
-        f();
-    }
 }
 
 fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {
