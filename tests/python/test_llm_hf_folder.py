@@ -225,10 +225,6 @@ def test_what_the_engine_cannot_run_is_refused_by_name(tmp_path):
     assert "SafeTensors" in refusal(torn)
 
 
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-    r"|\s+(?!\S)|\s+"
-)
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
@@ -240,24 +236,13 @@ def test_a_llama3_style_folder_adds_bos_by_its_post_processor_and_stops_on_every
     """Llama 3's tokenizer.json adds BOS through its post-processor (its tokenizer_config.json does not say),
     keeps the chat template in tokenizer_config.json (transformers 4's form) and lists several end-of-sequence
     ids in generation_config.json. A byte-level BPE with Llama 3's pre-tokenizer is trained here."""
-    import glob
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
+    from test_llm_llama3_tokenizer import train_llama3_bpe
     from transformers import AutoTokenizer
 
-    corpus = tmp_path / "corpus.txt"
-    sources = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))[:40]
-    corpus.write_text("\n".join(Path(f).read_text(encoding="utf-8", errors="ignore") for f in sources))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                 "<|eom_id|>", "<|eot_id|>"]
-    tok.train([str(corpus)], trainers.BpeTrainer(vocab_size=2000, special_tokens=specials, show_progress=False,
-                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = train_llama3_bpe(tmp_path, specials, vocab_size=2000, files=40)
     bos = tok.token_to_id("<|begin_of_text|>")
     tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
                                                        special_tokens=[("<|begin_of_text|>", bos)])

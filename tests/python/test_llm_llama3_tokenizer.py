@@ -41,14 +41,13 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def llama3_gguf(tmp_path_factory):
-    import gguf
+def train_llama3_bpe(directory, specials, vocab_size, files):
+    """A byte-level BPE with Llama 3's pre-tokenizer, trained on the first ``files`` of Python's standard
+    library sources (written to ``directory``), with ``specials`` first in its vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    d = tmp_path_factory.mktemp("llama3tok")
-    corpus = d / "corpus.txt"
-    sources = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))[:60]
+    corpus = Path(directory) / "corpus.txt"
+    sources = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))[:files]
     corpus.write_text("\n".join(Path(f).read_text(encoding="utf-8", errors="ignore") for f in sources))
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -56,10 +55,19 @@ def llama3_gguf(tmp_path_factory):
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
-    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=specials, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train([str(corpus)], trainer)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def llama3_gguf(tmp_path_factory):
+    import gguf
+
+    d = tmp_path_factory.mktemp("llama3tok")
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    tok = train_llama3_bpe(d, specials, vocab_size=3000, files=60)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
     tokens = [None] * len(vocab)

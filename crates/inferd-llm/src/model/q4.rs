@@ -607,15 +607,20 @@ mod tests {
         }
     }
 
+    /// One 4-bit weight row of five blocks and 19 activation rows for it: enough for tiles of
+    /// 8, 4, 2 and 1 and their mixes.
+    fn tile_case(seed: u64) -> (Q4, Vec<f32>, usize) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let cols = 5 * BLOCK;
+        let q = Q4::from_gguf(3, &q4_1(&mut rng, 5)).expect("whole blocks");
+        let x = (0..19 * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
+        (q, x, cols)
+    }
+
     #[test]
     fn every_row_tile_gives_each_row_what_it_gives_alone() {
-        let mut rng = fastrand::Rng::with_seed(9);
-        let cols = 5 * BLOCK;
-        let raw = q4_1(&mut rng, 5);
-        let q = Q4::from_gguf(3, &raw).expect("whole blocks");
+        let (q, x, cols) = tile_case(9);
         let (qs, d, m) = q.row(0, 5);
-        // Up to 19 rows: tiles of 8, 4, 2 and 1 and their mixes.
-        let x: Vec<f32> = (0..19 * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
         let alone: Vec<f32> = x
             .chunks_exact(cols)
             .map(|row| {
@@ -646,12 +651,8 @@ mod tests {
 
     #[test]
     fn integer_row_tiles_give_each_row_what_the_one_row_kernel_gives() {
-        let mut rng = fastrand::Rng::with_seed(12);
-        let cols = 5 * BLOCK;
-        let raw = q4_1(&mut rng, 5);
-        let q = Q4::from_gguf(3, &raw).expect("whole blocks");
+        let (q, x, cols) = tile_case(12);
         let (qs, d, m) = q.row(0, 5);
-        let x: Vec<f32> = (0..19 * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
         let xq = QRows::quantize(&x);
         let alone: Vec<f32> = (0..19)
             .map(|t| {
