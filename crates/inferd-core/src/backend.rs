@@ -272,4 +272,12 @@ pub trait ModelInstance: Send {
         let _ = (meta, gone);
         self.execute_requests(requests, outputs)
     }
+    /// A second handle on this same instance, for a second executor thread: a backend whose
+    /// instance runs elsewhere (a worker process) takes that thread's batch while this one's
+    /// runs, so the instance never idles through the round trip between two batches. The
+    /// backend still runs the instance's batches one at a time, in the order handed over.
+    /// `None` (the default): one executor thread per instance.
+    fn pipelined(&self) -> Option<Box<dyn ModelInstance>> {
+        None
+    }
 }

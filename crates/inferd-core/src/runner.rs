@@ -129,22 +129,37 @@ impl VersionRunner {
                     return Err(Error::Internal(e.to_string()));
                 }
             };
-            let ctx = crate::executor::Executor {
-                model: model_name.to_string(),
-                config: config.clone(),
-                scheduler: scheduler.clone(),
-                stats: stats.clone(),
-                budget: budget.clone(),
-                drift: opts.drift.clone(),
+            // A stateful model's requests stay one executor per instance: two threads handing
+            // over one sequence's requests could hand them over out of order.
+            let second = if extras.sequences.is_none() {
+                instance.pipelined()
+            } else {
+                None
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("{model_name}-v{version}-{i}"))
-                .spawn(move || ctx.run(instance))
-                .map_err(|e| {
-                    scheduler.close();
-                    Error::Internal(format!("cannot start executor thread: {e}"))
-                })?;
-            threads.push(handle);
+            let lanes = std::iter::once(instance).chain(second);
+            for (lane, instance) in lanes.enumerate() {
+                let ctx = crate::executor::Executor {
+                    model: model_name.to_string(),
+                    config: config.clone(),
+                    scheduler: scheduler.clone(),
+                    stats: stats.clone(),
+                    budget: budget.clone(),
+                    drift: opts.drift.clone(),
+                };
+                let suffix = if lane == 0 {
+                    String::new()
+                } else {
+                    format!("-{lane}")
+                };
+                let handle = std::thread::Builder::new()
+                    .name(format!("{model_name}-v{version}-{i}{suffix}"))
+                    .spawn(move || ctx.run(instance))
+                    .map_err(|e| {
+                        scheduler.close();
+                        Error::Internal(format!("cannot start executor thread: {e}"))
+                    })?;
+                threads.push(handle);
+            }
         }
         let cache = opts
             .cache

@@ -7,10 +7,14 @@ BLS results; this worker's: responses and BLS inputs), and a message lists them 
 copied them (request inputs are read in place and given back by the server when the request
 ends). ``model.py``'s own prints go to stderr, which the server logs.
 
-A reader thread takes every message: ``free``, ``cancel`` and ``bls_result`` it handles
-itself; the rest (``auto_complete``, ``init``, ``execute``, ``finalize``) queue for the main
-thread, which runs the model's methods one call at a time, as Triton does. Decoupled models'
-response senders and BLS calls work from any thread.
+No thread only reads: whichever thread waits for a message reads the pipe itself, one at a
+time (``Worker.pump``). The main thread, idle, reads the server's next ``execute`` and runs it
+with no hand-over between threads (a reader thread cost each request a wake-up and a pass of
+the GIL, which set the rate of small models). A thread waiting for a BLS result, a metric
+reply or a decoupled sender's credits reads in its turn, handing on whatever is for others;
+``request.is_cancelled()`` reads what has already arrived. ``auto_complete``, ``init``,
+``execute`` and ``finalize`` run on the main thread, one call at a time, as Triton runs them.
+Decoupled models' response senders and BLS calls work from any thread.
 
     python3 -c "$(cat inferd_python_worker.py)" MODEL_PY TO_WORKER FROM_WORKER
     (INFERD_PB_UTILS in the env holds the utilities module's source)
@@ -25,6 +29,7 @@ import json
 import mmap
 import os
 import queue
+import select
 import struct
 import sys
 import threading
@@ -63,26 +68,49 @@ NAMES = {np.dtype(v).str: k for k, v in DTYPES.items()}
 
 
 class Conn:
-    """Length-prefixed JSON messages: read by one thread, written by any (under a lock)."""
+    """Length-prefixed JSON messages: read by one thread at a time (the one holding the reader's
+    turn, see ``Worker.pump``) through a buffer, so a message costs one read, not two; written
+    by any (under a lock)."""
 
     def __init__(self, rfd: int, wfd: int):
-        self.r = os.fdopen(rfd, "rb", buffering=0)
+        self.rfd = rfd
         self.w = os.fdopen(wfd, "wb", buffering=0)
         self.lock = threading.Lock()
+        self.buf = bytearray()
 
-    def _read(self, n: int) -> bytes:
-        chunks, got = [], 0
-        while got < n:
-            b = self.r.read(n - got)
-            if not b:
-                raise EOFError
-            chunks.append(b)
-            got += len(b)
-        return b"".join(chunks)
+    def _frame(self):
+        """The next whole message in the buffer, or None."""
+        if len(self.buf) < 4:
+            return None
+        (n,) = struct.unpack_from("<I", self.buf)
+        if len(self.buf) < 4 + n:
+            return None
+        body = bytes(self.buf[4:4 + n])
+        del self.buf[:4 + n]
+        return json.loads(body)
 
     def recv(self) -> dict:
-        (n,) = struct.unpack("<I", self._read(4))
-        return json.loads(self._read(n))
+        while True:
+            msg = self._frame()
+            if msg is not None:
+                return msg
+            chunk = os.read(self.rfd, 1 << 16)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+
+    def ready(self) -> bool:
+        """Whether recv() has a message without waiting for more than its rest."""
+        if self._frame_len_ok():
+            return True
+        readable, _, _ = select.select([self.rfd], [], [], 0)
+        return bool(readable)
+
+    def _frame_len_ok(self) -> bool:
+        if len(self.buf) < 4:
+            return False
+        (n,) = struct.unpack_from("<I", self.buf)
+        return len(self.buf) >= 4 + n
 
     def send(self, msg: dict) -> None:
         body = json.dumps(msg).encode()
@@ -248,7 +276,8 @@ def load_model(model_py: str):
 class BlsStream:
     """The responses of a decoupled BLS call, as they come."""
 
-    def __init__(self, q: queue.Queue):
+    def __init__(self, worker, q: queue.Queue):
+        self.worker = worker
         self.q = q
         self.done = False
 
@@ -258,7 +287,7 @@ class BlsStream:
     def __next__(self):
         if self.done:
             raise StopIteration
-        response, final = self.q.get()
+        response, final = self.worker.take(self.q)
         if final:
             self.done = True
             if response is None:
@@ -275,7 +304,12 @@ class Worker:
         self.conn = Conn(0, proto_out)
         self.inbox = Inbox(to_worker)
         self.outbox = Outbox(from_worker)
+        # Calls for the main thread, in order.
         self.work: queue.Queue = queue.Queue()
+        # The reader's turn: `reading` while a thread reads the pipe; waiters sleep on `turn`
+        # and are woken after every message handled.
+        self.turn = threading.Condition()
+        self.reading = False
         self.lock = threading.Lock()
         self.bls_waiting: dict[int, queue.Queue] = {}
         self.bls_next = 1
@@ -292,45 +326,92 @@ class Worker:
         # own: a reader blocked writing to a full pipe would stop reading the server, which may
         # itself be blocked writing to us.
         self.control: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self.read_loop, name="inferd-reader", daemon=True).start()
         threading.Thread(target=self.control_loop, name="inferd-control", daemon=True).start()
 
-    # --- the reader thread ---------------------------------------------------------------
-    def read_loop(self) -> None:
+    # --- reading: whoever waits reads ------------------------------------------------------
+    def pump(self, ready) -> None:
+        """Returns once ``ready()`` (called under ``self.turn``) holds, reading and handling the
+        server's messages meanwhile whenever no other thread is reading."""
         while True:
+            with self.turn:
+                while not ready():
+                    if not self.reading:
+                        self.reading = True
+                        break
+                    self.turn.wait()
+                else:
+                    return
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone: nothing is left to answer
-            for region in msg.get("free", ()):  # given back on the server's next message
+            finally:
+                with self.turn:
+                    self.reading = False
+            self.handle(msg)
+            with self.turn:
+                self.turn.notify_all()
+
+    def poll(self) -> None:
+        """Handles the messages that have already arrived, if no other thread is reading (then
+        that thread handles them); never waits for one."""
+        while True:
+            with self.turn:
+                if self.reading:
+                    return
+                try:
+                    if not self.conn.ready():
+                        return
+                except OSError:
+                    return
+                self.reading = True
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            finally:
+                with self.turn:
+                    self.reading = False
+            self.handle(msg)
+            with self.turn:
+                self.turn.notify_all()
+
+    def take(self, q: queue.Queue):
+        """The next item of ``q``, reading the pipe until one is there."""
+        self.pump(lambda: not q.empty())
+        return q.get_nowait()
+
+    def handle(self, msg: dict) -> None:
+        """One message from the server: calls queue for the main thread, the rest is done here."""
+        for region in msg.get("free", ()):  # given back on the server's next message
+            self.outbox.free(region)
+        op = msg.get("op")
+        if op == "free":
+            for region in msg.get("regions", ()):
                 self.outbox.free(region)
-            op = msg.get("op")
-            if op == "free":
-                for region in msg.get("regions", ()):
-                    self.outbox.free(region)
-            elif op == "cancel" and "requests" in msg:
-                # Clients that left while a (non-decoupled) execute runs; too late ones are ignored.
-                with self.lock:
-                    if msg["id"] in self.executing:
-                        self.cancelled_requests.update((msg["id"], i) for i in msg["requests"])
-            elif op == "cancel":
-                with self.lock:
-                    self.cancelled.add(msg["id"])
-                    self.gates.pop(msg["id"], None)  # a waiting send sees the cancel and drops
-            elif op == "credit":
-                with self.lock:
-                    gate = self.gates.get(msg.get("id"))
-                if gate is not None:
-                    gate.release(int(msg.get("n", 0)))
-            elif op == "bls_result":
-                self.bls_result(msg)
-            elif op == "rpc_result":
-                with self.lock:
-                    q = self.rpc_waiting.pop(msg.get("rpc"), None)
-                if q is not None:
-                    q.put(msg)
-            else:
-                self.work.put(msg)
+        elif op == "cancel" and "requests" in msg:
+            # Clients that left while a (non-decoupled) execute runs; too late ones are ignored.
+            with self.lock:
+                if msg["id"] in self.executing:
+                    self.cancelled_requests.update((msg["id"], i) for i in msg["requests"])
+        elif op == "cancel":
+            with self.lock:
+                self.cancelled.add(msg["id"])
+                self.gates.pop(msg["id"], None)  # a waiting send sees the cancel and drops
+        elif op == "credit":
+            with self.lock:
+                gate = self.gates.get(msg.get("id"))
+            if gate is not None:
+                gate.release(int(msg.get("n", 0)))
+        elif op == "bls_result":
+            self.bls_result(msg)
+        elif op == "rpc_result":
+            with self.lock:
+                q = self.rpc_waiting.pop(msg.get("rpc"), None)
+            if q is not None:
+                q.put(msg)
+        else:
+            self.work.put(msg)
 
     def control_loop(self) -> None:
         while True:
@@ -371,8 +452,8 @@ class Worker:
                         "version": int(request.model_version()), "outputs": request.requested_output_names() or None,
                         "decoupled": bool(decoupled), "tensors": specs, "region": region})
         if decoupled:
-            return BlsStream(q)
-        response, _ = q.get()
+            return BlsStream(self, q)
+        response, _ = self.take(q)
         return response
 
     # --- for pb_utils: metrics ---------------------------------------------------------------
@@ -382,7 +463,7 @@ class Worker:
             rpc, self.bls_next = self.bls_next, self.bls_next + 1
             self.rpc_waiting[rpc] = q
         self.conn.send({"op": "metric", "rpc": rpc, **msg})
-        reply = q.get()
+        reply = self.take(q)
         if "error" in reply:
             raise pb_utils.TritonModelException(reply["error"])
         return reply.get("value", 0.0)
@@ -390,7 +471,7 @@ class Worker:
     # --- the main thread ------------------------------------------------------------------
     def run(self) -> None:
         while True:
-            msg = self.work.get()
+            msg = self.take(self.work)
             op, call = msg.get("op"), msg.get("id")
             try:
                 if op == "auto_complete":
@@ -451,9 +532,7 @@ class Worker:
         def send(response, flags):
             final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             if gate is not None:
-                while not gate.acquire(timeout=0.2):
-                    if cancelled():
-                        break
+                self.pump(lambda: gate.acquire(blocking=False) or cancelled())
             if cancelled() and not final:
                 return
             msg = {"op": "response", "id": call, "request": index, "final": final}
@@ -469,10 +548,15 @@ class Worker:
             with self.lock:
                 return call in self.cancelled
 
-        return pb_utils.InferenceResponseSender(send, cancelled), cancelled
+        def polled():
+            self.poll()
+            return cancelled()
+
+        return pb_utils.InferenceResponseSender(send, polled), polled
 
     def request_cancelled(self, call: int, index: int):
         def cancelled():
+            self.poll()
             with self.lock:
                 return (call, index) in self.cancelled_requests
 

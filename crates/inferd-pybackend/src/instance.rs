@@ -71,7 +71,7 @@ impl LoadedModel for PythonModel {
     }
     fn new_instance(&self) -> Result<Box<dyn ModelInstance>, BackendError> {
         Ok(Box::new(PythonInstance {
-            slot: self.start_slot()?,
+            slot: Arc::new(Owned(self.start_slot()?)),
         }))
     }
     fn decoupled(&self) -> Option<Arc<dyn DecoupledModel>> {
@@ -256,9 +256,22 @@ impl Slot {
     }
 }
 
-/// An instance the engine's executor thread drives.
+/// A slot whose worker is finalized when the last executor thread driving it lets go.
+struct Owned(Arc<Slot>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.0.finalize();
+    }
+}
+
+/// An instance the engine's executor threads drive: two of them per worker, so the next batch
+/// is already in the worker's pipe when `execute` returns (the worker runs them one at a time,
+/// as Triton runs an instance's). With one, the worker idled through every round trip: the
+/// reply read by the server, the executor woken, the next batch taken and written, the
+/// worker's threads woken (bench/results/python-backend-2026-12-08.md).
 struct PythonInstance {
-    slot: Arc<Slot>,
+    slot: Arc<Owned>,
 }
 
 impl ModelInstance for PythonInstance {
@@ -292,16 +305,16 @@ impl ModelInstance for PythonInstance {
         outputs: &[String],
     ) -> Result<Vec<Result<Vec<NamedTensor>, BackendError>>, BackendError> {
         // A worker that died or hung is restarted by its slot's watcher.
-        match self.slot.worker()?.execute(requests, meta, gone, outputs) {
+        match self.slot.0.worker()?.execute(requests, meta, gone, outputs) {
             Ok(out) => Ok(out),
             Err(Failure::Request(e) | Failure::Worker(e)) => Err(e),
         }
     }
-}
 
-impl Drop for PythonInstance {
-    fn drop(&mut self) {
-        self.slot.finalize();
+    fn pipelined(&self) -> Option<Box<dyn ModelInstance>> {
+        Some(Box::new(PythonInstance {
+            slot: self.slot.clone(),
+        }))
     }
 }
 

@@ -28,6 +28,7 @@ mod bls;
 pub mod env;
 mod instance;
 mod metrics;
+mod pipe;
 pub mod protocol;
 mod reader;
 pub mod restart;

@@ -5,12 +5,14 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
 use serde_json::{Value, json};
 
+use crate::pipe::PipeReader;
 use crate::protocol::read_output_within;
 use crate::worker::{Incoming, MAX_BLS, MAX_PENDING_FREES, Shared, code};
 
@@ -18,9 +20,14 @@ use crate::worker::{Incoming, MAX_BLS, MAX_PENDING_FREES, Shared, code};
 /// hostile worker comes near it); past it the worker is treated as gone.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-fn read_message(r: &mut impl Read) -> Option<Value> {
+fn read_message<R: Read + AsRawFd>(
+    r: &mut PipeReader<R>,
+    poll: &dyn Fn() -> bool,
+) -> Option<Value> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).ok()?;
+    if !r.read_full(&mut len, poll).ok()? {
+        return None;
+    }
     let n = u32::from_le_bytes(len) as usize;
     if n > MAX_MESSAGE_BYTES {
         tracing::warn!(
@@ -29,7 +36,9 @@ fn read_message(r: &mut impl Read) -> Option<Value> {
         return None;
     }
     let mut body = vec![0u8; n];
-    r.read_exact(&mut body).ok()?;
+    if !r.read_full(&mut body, poll).ok()? {
+        return None;
+    }
     serde_json::from_slice(&body).ok()
 }
 
@@ -37,7 +46,12 @@ fn read_message(r: &mut impl Read) -> Option<Value> {
 /// were the worker's input pipe full while the worker blocks writing to us, a reader that
 /// writes would wait on a worker that waits on it. Its own messages (frees, metric replies) go
 /// through a writer thread of their own.
-pub(crate) fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
+pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
+    let mut stdout = PipeReader::new(stdout);
+    // Poll for a message only while exactly one call waits for one: with two (the instance's
+    // second executor thread has handed over its batch) the server is busy, the worker's
+    // answers follow each other closely, and the core is better left to the others.
+    let waiting = || shared.calls.lock().unwrap_or_else(|p| p.into_inner()).len() == 1;
     let (control, outgoing) = std::sync::mpsc::channel::<Value>();
     let weak = Arc::downgrade(&shared);
     let writer = std::thread::Builder::new()
@@ -61,7 +75,7 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: &mut impl Read) {
             shared.send(&msg);
         }
     };
-    while let Some(msg) = read_message(stdout) {
+    while let Some(msg) = read_message(&mut stdout, &waiting) {
         let op = msg.get("op").and_then(|o| o.as_str()).unwrap_or_default();
         let region = msg.get("region").and_then(|r| r.as_u64());
         if op == "free" {

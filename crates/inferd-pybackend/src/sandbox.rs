@@ -15,7 +15,8 @@
 //! worker runs without them, and the server logs what the worker actually got (the worker
 //! reports it after it starts), so an operator sees which protections hold.
 
-// The one module of this crate with unsafe code: pre_exec and raw system calls (see Cargo.toml).
+// One of the two modules of this crate with unsafe code (with pipe.rs): pre_exec and raw system
+// calls (see Cargo.toml).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;

@@ -134,6 +134,10 @@ pub struct Worker {
     /// nothing is left behind however either process ends).
     paths: Mutex<Option<(tempfile::TempPath, tempfile::TempPath)>>,
     next_id: AtomicU64,
+    /// When the worker started; [`Worker::last_answer_us`] counts from it.
+    born: Instant,
+    /// When the last `execute` was answered, in microseconds after `born`.
+    last_answer_us: AtomicU64,
     /// The worker's private temporary folder (its TMPDIR), removed with it.
     _tmp: tempfile::TempDir,
 }
@@ -211,6 +215,10 @@ impl Call<'_> {
     /// The next message if one comes within `wait`; `None` when none did (nothing is killed:
     /// the caller decides what a long wait means).
     pub fn next_within(&self, wait: Duration) -> Result<Option<Incoming>, Failure> {
+        if let Some(m) = self.poll_alone() {
+            self.worker.opened();
+            return Ok(Some(m));
+        }
         match self.rx.recv_timeout(wait) {
             Ok(m) => {
                 self.worker.opened();
@@ -219,6 +227,33 @@ impl Call<'_> {
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => self.next(wait).map(Some),
         }
+    }
+
+    /// While this is the worker's only call, polls for its answer for a short while (as the
+    /// reader thread polls the pipe, see [`crate::pipe`]) before the caller sleeps: waking a
+    /// sleeping thread costs tens of microseconds on a virtual machine.
+    fn poll_alone(&self) -> Option<Incoming> {
+        let alone = || {
+            self.worker
+                .shared
+                .calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
+                == 1
+        };
+        if !alone() {
+            return None;
+        }
+        let until = Instant::now() + crate::pipe::ANSWER_POLL;
+        while Instant::now() < until {
+            match self.rx.try_recv() {
+                Ok(m) => return Some(m),
+                Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            }
+        }
+        None
     }
 
     /// Asks the worker to mark requests `which` (indexes in the call) cancelled: their clients
@@ -277,7 +312,7 @@ impl Worker {
                     spec.python.display()
                 ))
             })?;
-        let (Some(stdin), Some(mut stdout), Some(stderr)) =
+        let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             crate::sandbox::kill_group(&mut child);
@@ -302,7 +337,7 @@ impl Worker {
         let reader = shared.clone();
         std::thread::Builder::new()
             .name(name.clone())
-            .spawn(move || crate::reader::read_loop(reader, &mut stdout))
+            .spawn(move || crate::reader::read_loop(reader, stdout))
             .map_err(|e| BackendError::Internal(format!("starting a reader thread: {e}")))?;
         let (model, version) = (spec.model.clone(), spec.version);
         std::thread::Builder::new()
@@ -318,8 +353,23 @@ impl Worker {
             shared,
             paths: Mutex::new(Some((to_path, from_path))),
             next_id: AtomicU64::new(1),
+            born: Instant::now(),
+            last_answer_us: AtomicU64::new(0),
             _tmp: tmp,
         }))
+    }
+
+    /// Notes that an `execute` was answered now.
+    fn answered(&self) {
+        let us = self.born.elapsed().as_micros() as u64;
+        self.last_answer_us.fetch_max(us, Ordering::AcqRel);
+    }
+
+    /// The later of `t` and the last `execute`'s answer: when a call handed over at `t` can
+    /// have started (the worker runs one at a time).
+    fn answered_since(&self, t: Instant) -> Instant {
+        let last = self.born + Duration::from_micros(self.last_answer_us.load(Ordering::Acquire));
+        last.max(t)
     }
 
     fn who(&self) -> String {

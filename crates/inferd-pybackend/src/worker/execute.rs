@@ -27,15 +27,20 @@ impl Worker {
         let call = self.call(json!({"op": "execute", "requests": described}), requests)?;
         // While execute runs, clients that leave are told to the worker, where the model sees
         // them in `request.is_cancelled()` (as in Triton) and may stop early.
-        let deadline = Instant::now() + self.shared.spec.execute_timeout;
+        let submitted = Instant::now();
+        let timeout = self.shared.spec.execute_timeout;
         let mut told = vec![false; requests.len()];
         let Incoming { msg, tensors } = loop {
+            // The call may have waited in the worker behind the other executor thread's batch:
+            // its time starts when the last batch before it was answered.
+            let deadline = self.answered_since(submitted) + timeout;
             let left = deadline.saturating_duration_since(Instant::now());
             if let Some(m) = call.next_within(left.min(CANCEL_POLL))? {
+                self.answered();
                 break m;
             }
             if left <= CANCEL_POLL {
-                return Err(call.expire(self.shared.spec.execute_timeout));
+                return Err(call.expire(timeout));
             }
             let newly: Vec<usize> = (0..requests.len())
                 .filter(|&i| !told[i] && gone(i))
