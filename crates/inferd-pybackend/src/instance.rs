@@ -269,7 +269,7 @@ impl Drop for Owned {
 /// is already in the worker's pipe when `execute` returns (the worker runs them one at a time,
 /// as Triton runs an instance's). With one, the worker idled through every round trip: the
 /// reply read by the server, the executor woken, the next batch taken and written, the
-/// worker's threads woken (bench/results/python-backend-2026-12-08.md).
+/// worker's threads woken (bench/results/python-backend-2026-12-07.md).
 struct PythonInstance {
     slot: Arc<Owned>,
 }

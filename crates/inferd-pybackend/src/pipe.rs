@@ -2,7 +2,7 @@
 //! one `read`, not one for its length and one for its body), and, while a call waits for its
 //! answer, polled for a short while before the thread sleeps. A sleeping reader is woken by
 //! the worker's write, and on a virtual machine that wake-up took about as long as a small
-//! model's whole `execute` (bench/results/python-backend-2026-12-08.md); the poll offers the
+//! model's whole `execute` (bench/results/python-backend-2026-12-07.md); the poll offers the
 //! core to any other runnable thread between tries, so under load it costs little.
 
 // One of the two modules of this crate with unsafe code (see Cargo.toml): fcntl and poll.
