@@ -341,16 +341,7 @@ class Worker:
                     self.turn.wait()
                 else:
                     return
-            try:
-                msg = self.conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)  # the server is gone: nothing is left to answer
-            finally:
-                with self.turn:
-                    self.reading = False
-            self.handle(msg)
-            with self.turn:
-                self.turn.notify_all()
+            self.read_one()
 
     def poll(self) -> None:
         """Handles the messages that have already arrived, if no other thread is reading (then
@@ -365,15 +356,24 @@ class Worker:
                 except OSError:
                     return
                 self.reading = True
+            self.read_one()
+
+    def read_one(self) -> None:
+        """Reads and handles one message; the caller holds the reader's turn, given up after the
+        message is handled, so messages are handled one at a time in the order sent (a BLS
+        stream's results, a call's cancel after its execute)."""
+        try:
             try:
                 msg = self.conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)
-            finally:
-                with self.turn:
-                    self.reading = False
-            self.handle(msg)
+            except (EOFError, OSError, ValueError):
+                os._exit(0)  # the server is gone (or the pipe is broken): nothing is left to answer
+            try:
+                self.handle(msg)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the reading
+                traceback.print_exc(file=sys.stderr)
+        finally:
             with self.turn:
+                self.reading = False
                 self.turn.notify_all()
 
     def take(self, q: queue.Queue):
