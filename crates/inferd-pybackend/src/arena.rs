@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::protocol::align;
 
+/// The largest region written with one `pwrite` from a copy (see [`Arena::put`]).
+const ONE_WRITE_LIMIT: u64 = 1 << 20;
+
 #[derive(Default)]
 struct State {
     size: u64,
@@ -89,12 +92,29 @@ impl Arena {
             s.regions.insert(region, start);
             (region, start)
         };
+        // A small region is written with one `pwrite` (alignment gaps zeroed): one system call
+        // per request rather than one per tensor. A large one is written tensor by tensor, with
+        // no copy.
+        let start = offset;
+        let len = wire
+            .iter()
+            .flatten()
+            .fold(0, |at, b| align(at) + b.len() as u64);
+        let mut whole = (len <= ONE_WRITE_LIMIT).then(|| vec![0u8; len as usize]);
         let mut specs = Vec::with_capacity(groups.len());
         for (group, bytes) in groups.iter().zip(&wire) {
             let mut g = Vec::with_capacity(group.len());
             for (t, b) in group.iter().zip(bytes) {
                 offset = align(offset);
-                if let Err(e) = self.file.write_all_at(b, offset) {
+                let written = match whole.as_mut() {
+                    Some(buf) => {
+                        let at = (offset - start) as usize;
+                        buf[at..at + b.len()].copy_from_slice(b);
+                        Ok(())
+                    }
+                    None => self.file.write_all_at(b, offset),
+                };
+                if let Err(e) = written {
                     self.free(region);
                     return Err(e);
                 }
@@ -108,6 +128,12 @@ impl Arena {
                 offset += b.len() as u64;
             }
             specs.push(g);
+        }
+        if let Some(buf) = whole
+            && let Err(e) = self.file.write_all_at(&buf, start)
+        {
+            self.free(region);
+            return Err(e);
         }
         Ok((specs, Some(region)))
     }

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use inferd_core::backend::{BackendError, NamedTensor};
 use inferd_core::tensor::{DataType, Tensor, TensorData};
@@ -50,46 +51,142 @@ pub fn read_output(shm: &File, spec: &Value) -> Result<NamedTensor, BackendError
 /// [`read_output`] with the file's length known: `nbytes` must fit within it (the worker's
 /// word is not trusted with an allocation size).
 pub fn read_output_within(shm: &File, spec: &Value, len: u64) -> Result<NamedTensor, BackendError> {
-    let name = field(spec, "name")?
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let dt = field(spec, "datatype")?.as_str().unwrap_or_default();
-    let dtype: DataType = dt
-        .parse()
-        .map_err(|e| BackendError::Execution(format!("output '{name}': {e}")))?;
-    let shape: Vec<usize> = field(spec, "shape")?
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_u64())
-                .map(|d| d as usize)
-                .collect()
+    let out = Spec::parse(spec)?;
+    out.check(len)?;
+    let mut buf = vec![0u8; out.nbytes];
+    shm.read_exact_at(&mut buf, out.offset)
+        .map_err(|e| BackendError::Internal(format!("reading output '{}': {e}", out.name)))?;
+    out.tensor(buf)
+}
+
+/// The most bytes one `pread` covers for several outputs at once.
+const SPAN_READ_LIMIT: u64 = 1 << 20;
+
+/// Reads every output a message lists. `known_len` is a length the worker's file has had (it
+/// never shrinks): the file is asked for its length again only when an output lies past it.
+/// Outputs lying together (one message's region, the usual case) come in one `pread` of the
+/// span they cover, copied out per output: two system calls fewer per small request than a
+/// length query and a read per output.
+pub fn read_outputs(
+    shm: &File,
+    specs: &[Value],
+    known_len: &AtomicU64,
+) -> Result<Vec<NamedTensor>, BackendError> {
+    let outs = specs
+        .iter()
+        .map(Spec::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (Some(first), Some(end)) = (
+        outs.iter().map(|o| o.offset).min(),
+        outs.iter()
+            .map(|o| o.offset.saturating_add(o.nbytes as u64))
+            .max(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let mut len = known_len.load(Ordering::Acquire);
+    if end > len {
+        len = shm
+            .metadata()
+            .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
+            .len();
+        known_len.fetch_max(len, Ordering::AcqRel);
+    }
+    for o in &outs {
+        o.check(len)?;
+    }
+    let total: u64 = outs.iter().map(|o| o.nbytes as u64).sum();
+    let span = end - first;
+    if outs.len() > 1 && span <= SPAN_READ_LIMIT && span <= 2 * total + 4096 {
+        let mut buf = vec![0u8; span as usize];
+        shm.read_exact_at(&mut buf, first)
+            .map_err(|e| BackendError::Internal(format!("reading outputs: {e}")))?;
+        return outs
+            .into_iter()
+            .map(|o| {
+                let at = (o.offset - first) as usize;
+                let bytes = buf[at..at + o.nbytes].to_vec();
+                o.tensor(bytes)
+            })
+            .collect();
+    }
+    outs.into_iter()
+        .map(|o| {
+            let mut buf = vec![0u8; o.nbytes];
+            shm.read_exact_at(&mut buf, o.offset)
+                .map_err(|e| BackendError::Internal(format!("reading output '{}': {e}", o.name)))?;
+            o.tensor(buf)
         })
-        .unwrap_or_default();
-    let offset = field(spec, "offset")?.as_u64().unwrap_or(0);
-    let nbytes = field(spec, "nbytes")?.as_u64().unwrap_or(0);
-    if nbytes > MAX_TENSOR_BYTES {
-        return Err(BackendError::Execution(format!(
-            "output '{name}' of {nbytes} bytes is over the {MAX_TENSOR_BYTES}-byte limit of a python model's tensor"
-        )));
+        .collect()
+}
+
+/// One output as a message describes it.
+struct Spec {
+    name: String,
+    dtype: DataType,
+    shape: Vec<usize>,
+    offset: u64,
+    nbytes: usize,
+}
+
+impl Spec {
+    fn parse(spec: &Value) -> Result<Spec, BackendError> {
+        let name = field(spec, "name")?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let dt = field(spec, "datatype")?.as_str().unwrap_or_default();
+        let dtype: DataType = dt
+            .parse()
+            .map_err(|e| BackendError::Execution(format!("output '{name}': {e}")))?;
+        let shape: Vec<usize> = field(spec, "shape")?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64())
+                    .map(|d| d as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let offset = field(spec, "offset")?.as_u64().unwrap_or(0);
+        let nbytes = field(spec, "nbytes")?.as_u64().unwrap_or(0);
+        if nbytes > MAX_TENSOR_BYTES {
+            return Err(BackendError::Execution(format!(
+                "output '{name}' of {nbytes} bytes is over the {MAX_TENSOR_BYTES}-byte limit of a python model's tensor"
+            )));
+        }
+        Ok(Spec {
+            name,
+            dtype,
+            shape,
+            offset,
+            nbytes: nbytes as usize,
+        })
     }
-    let nbytes = nbytes as usize;
-    if offset.saturating_add(nbytes as u64) > len {
-        return Err(BackendError::Internal(format!(
-            "output '{name}' at {offset}+{nbytes} is past the shared file ({len} bytes)"
-        )));
+
+    /// The output lies inside a file of `len` bytes.
+    fn check(&self, len: u64) -> Result<(), BackendError> {
+        if self.offset.saturating_add(self.nbytes as u64) > len {
+            return Err(BackendError::Internal(format!(
+                "output '{}' at {}+{} is past the shared file ({len} bytes)",
+                self.name, self.offset, self.nbytes
+            )));
+        }
+        Ok(())
     }
-    let mut buf = vec![0u8; nbytes];
-    shm.read_exact_at(&mut buf, offset)
-        .map_err(|e| BackendError::Internal(format!("reading output '{name}': {e}")))?;
-    let tensor = if dtype == DataType::Bytes {
-        Tensor::from_length_prefixed(shape, &buf.into())
-    } else {
-        Tensor::new(dtype, shape, TensorData::Raw(buf.into()))
+
+    fn tensor(self, buf: Vec<u8>) -> Result<NamedTensor, BackendError> {
+        let Spec {
+            name, dtype, shape, ..
+        } = self;
+        let tensor = if dtype == DataType::Bytes {
+            Tensor::from_length_prefixed(shape, &buf.into())
+        } else {
+            Tensor::new(dtype, shape, TensorData::Raw(buf.into()))
+        }
+        .map_err(|e| BackendError::Execution(format!("output '{name}' from model.py: {e}")))?;
+        Ok(NamedTensor { name, tensor })
     }
-    .map_err(|e| BackendError::Execution(format!("output '{name}' from model.py: {e}")))?;
-    Ok(NamedTensor { name, tensor })
 }
 
 #[cfg(test)]
@@ -103,6 +200,40 @@ mod tests {
         let spec =
             json!({"name": "X", "datatype": "FP32", "shape": [4], "offset": 0, "nbytes": 16});
         let Err(err) = read_output(&shm, &spec) else {
+            panic!("an output past the end was read")
+        };
+        assert!(err.to_string().contains("past the shared file"), "{err}");
+    }
+
+    #[test]
+    fn outputs_read_together_equal_outputs_read_one_by_one_and_the_length_is_asked_again_when_needed()
+     {
+        let shm = tempfile::tempfile().expect("file");
+        let a: Vec<u8> = (0..16u8).collect();
+        let b: Vec<u8> = (100..108u8).collect();
+        shm.write_all_at(&a, 0).expect("a");
+        shm.write_all_at(&b, 64).expect("b");
+        let specs = vec![
+            json!({"name": "A", "datatype": "FP32", "shape": [4], "offset": 0, "nbytes": 16}),
+            json!({"name": "B", "datatype": "INT16", "shape": [2, 2], "offset": 64, "nbytes": 8}),
+        ];
+        // A stale (smaller) known length: the file is asked again, and the answer kept.
+        let known = AtomicU64::new(10);
+        let together = read_outputs(&shm, &specs, &known).expect("read");
+        assert_eq!(known.load(Ordering::Acquire), 72);
+        let alone: Vec<NamedTensor> = specs
+            .iter()
+            .map(|s| read_output(&shm, s).expect("one"))
+            .collect();
+        assert_eq!(together.len(), 2);
+        for (t, o) in together.iter().zip(&alone) {
+            assert_eq!(t.name, o.name);
+            assert_eq!(t.tensor, o.tensor);
+        }
+        let past = vec![
+            json!({"name": "C", "datatype": "FP32", "shape": [4], "offset": 72, "nbytes": 16}),
+        ];
+        let Err(err) = read_outputs(&shm, &past, &known) else {
             panic!("an output past the end was read")
         };
         assert!(err.to_string().contains("past the shared file"), "{err}");

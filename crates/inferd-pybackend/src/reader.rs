@@ -7,13 +7,13 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use inferd_core::backend::{BackendError, ModelCaller, NamedTensor};
 use serde_json::{Value, json};
 
 use crate::pipe::PipeReader;
-use crate::protocol::read_output_within;
+use crate::protocol::read_outputs;
 use crate::worker::{Incoming, MAX_BLS, MAX_PENDING_FREES, Shared, code};
 
 /// The longest message a worker may send (tensors never travel in messages, so only a broken or
@@ -48,6 +48,8 @@ fn read_message<R: Read + AsRawFd>(
 /// through a writer thread of their own.
 pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
     let mut stdout = PipeReader::new(stdout);
+    // A length the worker's file has had (it only grows).
+    let known_len = AtomicU64::new(0);
     // Poll for a message only while exactly one call waits for one: with two (the instance's
     // second executor thread has handed over its batch) the server is busy, the worker's
     // answers follow each other closely, and the core is better left to the others.
@@ -84,7 +86,7 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
             }
             continue;
         }
-        let tensors = read_tensors(&shared.from_worker, &msg);
+        let tensors = read_tensors(&shared.from_worker, &msg, &known_len);
         if let Some(r) = region {
             let flush = {
                 let mut p = shared
@@ -132,21 +134,15 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
         .clear();
 }
 
-fn read_tensors(file: &File, msg: &Value) -> Result<Vec<NamedTensor>, BackendError> {
-    let Some(specs) = msg.get("tensors").and_then(|t| t.as_array()) else {
-        return Ok(Vec::new());
-    };
-    if specs.is_empty() {
-        return Ok(Vec::new());
+fn read_tensors(
+    file: &File,
+    msg: &Value,
+    known_len: &AtomicU64,
+) -> Result<Vec<NamedTensor>, BackendError> {
+    match msg.get("tensors").and_then(|t| t.as_array()) {
+        Some(specs) => read_outputs(file, specs, known_len),
+        None => Ok(Vec::new()),
     }
-    let len = file
-        .metadata()
-        .map_err(|e| BackendError::Internal(format!("reading the shared file: {e}")))?
-        .len();
-    specs
-        .iter()
-        .map(|spec| read_output_within(file, spec, len))
-        .collect()
 }
 
 /// What a BLS call needs of the connection.
