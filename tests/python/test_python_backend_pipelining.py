@@ -7,6 +7,7 @@ handed over.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.http as httpclient
 
 # Answers X + 1, with the worker's pid and how many executes it saw running at once (itself
@@ -52,6 +54,34 @@ class TritonPythonModel:
                 self.running -= 1
 '''
 
+# X = 0: answers what happened to the earlier requests (JSON); else works for up to 10 s,
+# stopping early when the client left.
+CANCELLABLE = '''
+import json
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    seen = []
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = float(pb_utils.get_input_tensor_by_name(request, "X").as_numpy().reshape(-1)[0])
+            if x == 0:
+                value = json.dumps(self.seen)
+            else:
+                start = time.monotonic()
+                while time.monotonic() - start < 10 and not request.is_cancelled():
+                    time.sleep(0.01)
+                self.seen.append({"cancelled": request.is_cancelled(), "after": time.monotonic() - start})
+                value = "done"
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value.encode()], dtype=object))]))
+        return out
+'''
+
 CONFIG = '''name: "{name}"
 backend: "python"
 max_batch_size: 0
@@ -74,6 +104,13 @@ def server(inferd_server_factory, tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipelining") / "models"
     write(repo, "counting")
     write(repo, "slow", 'parameters { key: "execute_timeout_secs" value: { string_value: "2" } }')
+    (repo / "cancellable" / "1").mkdir(parents=True)
+    (repo / "cancellable" / "1" / "model.py").write_text(CANCELLABLE)
+    (repo / "cancellable" / "config.pbtxt").write_text(
+        'name: "cancellable"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        'instance_group [ { count: 1 kind: KIND_CPU } ]\n')
     s = inferd_server_factory(repo, "--python-executable", sys.executable)
     yield s
     s.stop()
@@ -108,3 +145,31 @@ def test_a_batch_waiting_behind_a_long_execute_is_timed_from_when_it_could_start
     assert [y for y, _, _ in answers] == [-0.5, -0.5]
     assert answers[0][1] == answers[1][1], "the worker was restarted between the two"
     assert took > 2.5, f"the two executes ran at once ({took:.2f} s)"
+
+
+def test_a_client_that_leaves_while_its_batch_waits_behind_another_is_seen_cancelled(server):
+    # Both clients leave after 1 s: the first while its execute runs, the second while its batch
+    # waits in the worker behind the first. The second's cancel reaches the worker before its
+    # execute starts; it was dropped then, and the second ran its full 10 s.
+    url = f"{server.http_base}/v2/models/cancellable/infer"
+
+    def body(x):
+        return {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [x]}]}
+
+    def leave_after_1s():
+        try:
+            requests.post(url, json=body(1.0), timeout=1.0)
+        except requests.Timeout:
+            return "left"
+        return "answered"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda _: leave_after_1s(), range(2)))
+    assert outcomes == ["left", "left"]
+    start = time.monotonic()
+    r = requests.post(url, json=body(0.0), timeout=30)
+    waited = time.monotonic() - start
+    assert r.status_code == 200, r.text
+    seen = json.loads(r.json()["outputs"][0]["data"][0])
+    assert [s["cancelled"] for s in seen] == [True, True], seen
+    assert all(s["after"] < 5 for s in seen) and waited < 8, (seen, waited)

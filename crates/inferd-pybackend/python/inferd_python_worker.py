@@ -315,8 +315,10 @@ class Worker:
         self.bls_next = 1
         self.rpc_waiting: dict[int, queue.Queue] = {}
         self.cancelled: set[int] = set()
-        # (call, request index) of requests whose clients left while their execute ran.
+        # (call, request index) of requests whose clients left while their execute waited or ran.
         self.cancelled_requests: set[tuple[int, int]] = set()
+        # Non-decoupled calls queued or running: a cancel may come for a call still waiting
+        # behind another (the server hands the next batch over while one runs).
         self.executing: set[int] = set()
         self.gates: dict[int, threading.Semaphore] = {}
         self.model_class = None
@@ -390,7 +392,8 @@ class Worker:
             for region in msg.get("regions", ()):
                 self.outbox.free(region)
         elif op == "cancel" and "requests" in msg:
-            # Clients that left while a (non-decoupled) execute runs; too late ones are ignored.
+            # Clients that left while a (non-decoupled) execute waits or runs; too late ones are
+            # ignored.
             with self.lock:
                 if msg["id"] in self.executing:
                     self.cancelled_requests.update((msg["id"], i) for i in msg["requests"])
@@ -411,6 +414,9 @@ class Worker:
             if q is not None:
                 q.put(msg)
         else:
+            if op == "execute" and not msg.get("decoupled"):
+                with self.lock:
+                    self.executing.add(msg.get("id"))
             self.work.put(msg)
 
     def control_loop(self) -> None:
@@ -488,7 +494,12 @@ class Worker:
                         self.model.initialize(msg["args"])
                     self.conn.send({"op": "reply", "id": call, "sandbox": self.sandbox()})
                 elif op == "execute":
-                    self.execute(msg)
+                    try:
+                        self.execute(msg)
+                    finally:
+                        with self.lock:
+                            self.executing.discard(call)
+                            self.cancelled_requests = {k for k in self.cancelled_requests if k[0] != call}
                 elif op == "finalize":
                     if self.model is not None and hasattr(self.model, "finalize"):
                         self.model.finalize()
@@ -531,6 +542,7 @@ class Worker:
 
         def send(response, flags):
             final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            self.poll()  # a cancel that has arrived drops this response
             if gate is not None:
                 self.pump(lambda: gate.acquire(blocking=False) or cancelled())
             if cancelled() and not final:
@@ -586,20 +598,11 @@ class Worker:
             else:
                 req._cancelled = self.request_cancelled(call, i)
             requests.append(req)
-        if not decoupled:
-            with self.lock:
-                self.executing.add(call)
-        try:
-            result = self.model.execute(requests)
-            if inspect.iscoroutine(result):
-                import asyncio
+        result = self.model.execute(requests)
+        if inspect.iscoroutine(result):
+            import asyncio
 
-                result = asyncio.run(result)
-        finally:
-            if not decoupled:
-                with self.lock:
-                    self.executing.discard(call)
-                    self.cancelled_requests = {k for k in self.cancelled_requests if k[0] != call}
+            result = asyncio.run(result)
         if decoupled:
             self.conn.send({"op": "reply", "id": call})
             return

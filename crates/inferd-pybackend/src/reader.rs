@@ -69,6 +69,10 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
                 }
             }
         });
+    if writer.is_ok() {
+        // Callers' cancels and credits go through the writer too (see `Shared::send_later`).
+        *shared.later.lock().unwrap_or_else(|p| p.into_inner()) = Some(control.clone());
+    }
     let send = |msg: Value| {
         if writer.is_ok() {
             let _ = control.send(msg);
@@ -114,6 +118,13 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
             }
         }
     }
+    // The writer thread ends once both senders are gone.
+    shared
+        .later
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    drop(control);
     let on_exit = {
         let mut f = shared.on_exit.lock().unwrap_or_else(|p| p.into_inner());
         shared.dead.store(true, Ordering::Release);

@@ -117,12 +117,32 @@ pub(crate) struct Shared {
     /// worker (a message of their own only past [`MAX_PENDING_FREES`]), which spares a write
     /// here and a wake-up of the worker's reader (and its GIL) per request.
     pub(crate) pending_free: Mutex<Vec<u64>>,
+    /// The reader's writer thread, for messages a caller must not block on (see
+    /// [`Shared::send_later`]); `None` before the reader starts, after the worker is gone, or
+    /// when no thread could be started.
+    pub(crate) later: Mutex<Option<std::sync::mpsc::Sender<Value>>>,
 }
 
 impl Shared {
     pub(crate) fn send(&self, msg: &Value) -> bool {
         let mut w = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
         w.write_all(&frame(msg)).is_ok()
+    }
+
+    /// Sends `msg` from the writer thread, so the caller never waits on the pipe: the worker
+    /// reads its input only between calls, and while `execute` runs another executor thread
+    /// may hold the pipe, blocked writing a large batch. A call that blocked there to send a
+    /// cancel or a credit could never reach its own timeout and kill a hung worker.
+    pub(crate) fn send_later(&self, msg: Value) {
+        let tx = self.later.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(msg);
+            }
+            None => {
+                self.send(&msg);
+            }
+        }
     }
 }
 
@@ -261,14 +281,14 @@ impl Call<'_> {
     pub fn cancel_requests(&self, which: &[usize]) {
         self.worker
             .shared
-            .send(&json!({"op": "cancel", "id": self.id, "requests": which}));
+            .send_later(json!({"op": "cancel", "id": self.id, "requests": which}));
     }
 
     /// Asks the worker to mark the call's requests cancelled (the client left).
     pub fn cancel(&self) {
         self.worker
             .shared
-            .send(&json!({"op": "cancel", "id": self.id}));
+            .send_later(json!({"op": "cancel", "id": self.id}));
     }
 }
 
@@ -332,6 +352,7 @@ impl Worker {
             spec: spec.clone(),
             on_exit: Mutex::new(None),
             pending_free: Mutex::new(Vec::new()),
+            later: Mutex::new(None),
         });
         let name = format!("inferd-py-{}", spec.model);
         let reader = shared.clone();

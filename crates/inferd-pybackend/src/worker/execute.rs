@@ -39,7 +39,9 @@ impl Worker {
                 self.answered();
                 break m;
             }
-            if left <= CANCEL_POLL {
+            // Asked again after the wait: the batch before this one may have been answered
+            // meanwhile, which moves this one's deadline.
+            if Instant::now() >= self.answered_since(submitted) + timeout {
                 return Err(call.expire(timeout));
             }
             let newly: Vec<usize> = (0..requests.len())
@@ -126,7 +128,7 @@ impl Worker {
                     delivered += 1;
                     if !final_ && delivered.is_multiple_of(CREDIT_BATCH) {
                         self.shared
-                            .send(&json!({"op": "credit", "id": call.id, "n": CREDIT_BATCH}));
+                            .send_later(json!({"op": "credit", "id": call.id, "n": CREDIT_BATCH}));
                     }
                     if final_ {
                         return Ok(());
