@@ -33,6 +33,7 @@ import select
 import struct
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -320,6 +321,9 @@ class Worker:
         # Non-decoupled calls queued or running: a cancel may come for a call still waiting
         # behind another (the server hands the next batch over while one runs).
         self.executing: set[int] = set()
+        # Decoupled calls queued or streaming: a whole-call cancel is kept only for these (one
+        # that comes after the final response would stay in `cancelled` for good).
+        self.streams: set[int] = set()
         self.gates: dict[int, threading.Semaphore] = {}
         self.model_class = None
         self.model = None
@@ -399,7 +403,8 @@ class Worker:
                     self.cancelled_requests.update((msg["id"], i) for i in msg["requests"])
         elif op == "cancel":
             with self.lock:
-                self.cancelled.add(msg["id"])
+                if msg["id"] in self.streams:
+                    self.cancelled.add(msg["id"])
                 self.gates.pop(msg["id"], None)  # a waiting send sees the cancel and drops
         elif op == "credit":
             with self.lock:
@@ -414,9 +419,9 @@ class Worker:
             if q is not None:
                 q.put(msg)
         else:
-            if op == "execute" and not msg.get("decoupled"):
+            if op == "execute":
                 with self.lock:
-                    self.executing.add(msg.get("id"))
+                    (self.streams if msg.get("decoupled") else self.executing).add(msg.get("id"))
             self.work.put(msg)
 
     def control_loop(self) -> None:
@@ -510,6 +515,10 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - every failure goes back to the server
                 traceback.print_exc(file=sys.stderr)
                 self.conn.send({"op": "reply", "id": call, "error": error_of(e)})
+                with self.lock:  # a decoupled call that failed streams no more
+                    self.streams.discard(call)
+                    self.cancelled.discard(call)
+                    self.gates.pop(call, None)
 
     def sandbox(self) -> dict:
         """What this process got of the protections the server asked for."""
@@ -540,9 +549,16 @@ class Worker:
             with self.lock:
                 self.gates[call] = gate
 
+        polled_at = [0.0]
+
         def send(response, flags):
             final = bool(flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            self.poll()  # a cancel that has arrived drops this response
+            # A cancel that has arrived drops this response; looked for at most every 5 ms, so
+            # a fast stream does not pay a system call per response.
+            now = time.monotonic()
+            if now - polled_at[0] >= 0.005:
+                polled_at[0] = now
+                self.poll()
             if gate is not None:
                 self.pump(lambda: gate.acquire(blocking=False) or cancelled())
             if cancelled() and not final:
@@ -553,6 +569,7 @@ class Worker:
             self.conn.send(msg)
             if final:
                 with self.lock:
+                    self.streams.discard(call)
                     self.cancelled.discard(call)
                     self.gates.pop(call, None)
 
