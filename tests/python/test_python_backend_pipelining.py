@@ -18,6 +18,9 @@ import pytest
 import requests
 import tritonclient.http as httpclient
 
+from test_python_backend import write as write_model
+from test_python_backend_request_meta import SLOW, SLOW_CONFIG
+
 # Answers X + 1, with the worker's pid and how many executes it saw running at once (itself
 # included); a negative X makes execute take -X seconds.
 COUNTING = '''
@@ -54,34 +57,6 @@ class TritonPythonModel:
                 self.running -= 1
 '''
 
-# X = 0: answers what happened to the earlier requests (JSON); else works for up to 10 s,
-# stopping early when the client left.
-CANCELLABLE = '''
-import json
-import time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    seen = []
-
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            x = float(pb_utils.get_input_tensor_by_name(request, "X").as_numpy().reshape(-1)[0])
-            if x == 0:
-                value = json.dumps(self.seen)
-            else:
-                start = time.monotonic()
-                while time.monotonic() - start < 10 and not request.is_cancelled():
-                    time.sleep(0.01)
-                self.seen.append({"cancelled": request.is_cancelled(), "after": time.monotonic() - start})
-                value = "done"
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", np.array([value.encode()], dtype=object))]))
-        return out
-'''
-
 CONFIG = '''name: "{name}"
 backend: "python"
 max_batch_size: 0
@@ -104,13 +79,9 @@ def server(inferd_server_factory, tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipelining") / "models"
     write(repo, "counting")
     write(repo, "slow", 'parameters { key: "execute_timeout_secs" value: { string_value: "2" } }')
-    (repo / "cancellable" / "1").mkdir(parents=True)
-    (repo / "cancellable" / "1" / "model.py").write_text(CANCELLABLE)
-    (repo / "cancellable" / "config.pbtxt").write_text(
-        'name: "cancellable"\nbackend: "python"\nmax_batch_size: 0\n'
-        'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
-        'output [ { name: "OUT" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
-        'instance_group [ { count: 1 kind: KIND_CPU } ]\n')
+    # test_python_backend_request_meta's model: works up to 20 s, stopping when the client left.
+    write_model(repo, "cancellable", SLOW, SLOW_CONFIG.replace('name: "slow"', 'name: "cancellable"')
+                + "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
     s = inferd_server_factory(repo, "--python-executable", sys.executable)
     yield s
     s.stop()
@@ -150,7 +121,7 @@ def test_a_batch_waiting_behind_a_long_execute_is_timed_from_when_it_could_start
 def test_a_client_that_leaves_while_its_batch_waits_behind_another_is_seen_cancelled(server):
     # Both clients leave after 1 s: the first while its execute runs, the second while its batch
     # waits in the worker behind the first. The second's cancel reaches the worker before its
-    # execute starts; it was dropped then, and the second ran its full 10 s.
+    # execute starts; it was dropped then, and the second ran its full 20 s.
     url = f"{server.http_base}/v2/models/cancellable/infer"
 
     def body(x):

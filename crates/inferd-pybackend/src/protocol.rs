@@ -53,10 +53,7 @@ pub fn read_output(shm: &File, spec: &Value) -> Result<NamedTensor, BackendError
 pub fn read_output_within(shm: &File, spec: &Value, len: u64) -> Result<NamedTensor, BackendError> {
     let out = Spec::parse(spec)?;
     out.check(len)?;
-    let mut buf = vec![0u8; out.nbytes];
-    shm.read_exact_at(&mut buf, out.offset)
-        .map_err(|e| BackendError::Internal(format!("reading output '{}': {e}", out.name)))?;
-    out.tensor(buf)
+    out.read(shm)
 }
 
 /// The most bytes one `pread` covers for several outputs at once.
@@ -110,14 +107,7 @@ pub fn read_outputs(
             })
             .collect();
     }
-    outs.into_iter()
-        .map(|o| {
-            let mut buf = vec![0u8; o.nbytes];
-            shm.read_exact_at(&mut buf, o.offset)
-                .map_err(|e| BackendError::Internal(format!("reading output '{}': {e}", o.name)))?;
-            o.tensor(buf)
-        })
-        .collect()
+    outs.into_iter().map(|o| o.read(shm)).collect()
 }
 
 /// One output as a message describes it.
@@ -173,6 +163,14 @@ impl Spec {
             )));
         }
         Ok(())
+    }
+
+    /// Reads the output alone, with a `pread` of its own.
+    fn read(self, shm: &File) -> Result<NamedTensor, BackendError> {
+        let mut buf = vec![0u8; self.nbytes];
+        shm.read_exact_at(&mut buf, self.offset)
+            .map_err(|e| BackendError::Internal(format!("reading output '{}': {e}", self.name)))?;
+        self.tensor(buf)
     }
 
     fn tensor(self, buf: Vec<u8>) -> Result<NamedTensor, BackendError> {

@@ -50,10 +50,7 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
     let mut stdout = PipeReader::new(stdout);
     // A length the worker's file has had (it only grows).
     let known_len = AtomicU64::new(0);
-    // Poll for a message only while exactly one call waits for one: with two (the instance's
-    // second executor thread has handed over its batch) the server is busy, the worker's
-    // answers follow each other closely, and the core is better left to the others.
-    let waiting = || shared.calls.lock().unwrap_or_else(|p| p.into_inner()).len() == 1;
+    let waiting = || shared.one_call_waits();
     let (control, outgoing) = std::sync::mpsc::channel::<Value>();
     let weak = Arc::downgrade(&shared);
     let writer = std::thread::Builder::new()

@@ -124,6 +124,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether exactly one call waits on the worker: the only case in which the reader and
+    /// the caller poll for the answer before sleeping (with two, the instance's second executor
+    /// thread has handed over its batch, the server is busy and the core is better left to the
+    /// others).
+    pub(crate) fn one_call_waits(&self) -> bool {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).len() == 1
+    }
+
     pub(crate) fn send(&self, msg: &Value) -> bool {
         let mut w = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
         w.write_all(&frame(msg)).is_ok()
@@ -253,16 +261,7 @@ impl Call<'_> {
     /// reader thread polls the pipe, see [`crate::pipe`]) before the caller sleeps: waking a
     /// sleeping thread costs tens of microseconds on a virtual machine.
     fn poll_alone(&self) -> Option<Incoming> {
-        let alone = || {
-            self.worker
-                .shared
-                .calls
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len()
-                == 1
-        };
-        if !alone() {
+        if !self.worker.shared.one_call_waits() {
             return None;
         }
         let until = Instant::now() + crate::pipe::ANSWER_POLL;
