@@ -173,31 +173,31 @@ impl Llama {
                     &v[r * kvd..(r + 1) * kvd],
                 );
             }
-            // Each row's attention is its own task (rows of a prefill, sequences of a batch).
+            // Each row's attention is split by KV head: one task per row and KV head (the
+            // query heads that share it, attended together), so one stream's row keeps every
+            // core busy too.
             let mut attn = vec![0f32; n * d];
             let kv_ref = &*kv;
             let q_ref = &q;
             let rows_ref = &rows;
+            let span = group * hd;
             self.pool.install(|| {
                 use rayon::prelude::*;
-                attn.par_chunks_mut(d).enumerate().for_each(|(r, out_row)| {
+                attn.par_chunks_mut(span).enumerate().for_each(|(i, out)| {
+                    let (r, kh) = (i / c.n_kv_heads, i % c.n_kv_heads);
                     let (ci, pos) = rows_ref[r];
-                    let mut scores = Vec::new();
-                    // The query heads that share each KV head, attended together.
-                    for kh in 0..c.n_kv_heads {
-                        let heads = kh * group * hd..(kh + 1) * group * hd;
-                        super::attention::attend(
-                            kv_ref,
-                            l,
-                            chunks[ci].table,
-                            pos + 1,
-                            kh * hd..(kh + 1) * hd,
-                            &q_ref[r * d + heads.start..r * d + heads.end],
-                            scale,
-                            &mut scores,
-                            &mut out_row[heads],
-                        );
-                    }
+                    let q_at = r * d + kh * span;
+                    super::attention::attend(
+                        kv_ref,
+                        l,
+                        chunks[ci].table,
+                        pos + 1,
+                        kh * hd..(kh + 1) * hd,
+                        &q_ref[q_at..q_at + span],
+                        scale,
+                        &mut Vec::new(),
+                        out,
+                    );
                 });
             });
             let o = matmul(&self.pool, &attn, n, &layer.wo);
