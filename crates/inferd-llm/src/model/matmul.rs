@@ -145,6 +145,13 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     let per_row = cols / BLOCK;
     let input = input_for(m, n);
     if let Some(q4) = q4_only(m) {
+        if input == Input::F32 && n > 1 && super::pair::available() {
+            let row = |r| {
+                let (qs, d, m) = q4.row(r, per_row);
+                super::pair::Row::Q4 { qs, d, m }
+            };
+            return in_pairs(row, first, out, x, n, cols);
+        }
         for (k, o) in out.chunks_exact_mut(n).enumerate() {
             let (qs, d, mm) = q4.row(first + k, per_row);
             match (input, &a.int8, &a.fine) {
@@ -168,6 +175,13 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
         }
         return;
     };
+    if input == Input::F32 && n > 1 && super::pair::available() {
+        let row = |r: usize| super::pair::Row::Q8 {
+            q: &q.q[r * cols..(r + 1) * cols],
+            d: &q.d[r * per_row..(r + 1) * per_row],
+        };
+        return in_pairs(row, first, out, x, n, cols);
+    }
     for (k, o) in out.chunks_exact_mut(n).enumerate() {
         let r = first + k;
         let (wq, wd) = (
@@ -187,6 +201,24 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
             _ if n == 1 => o[0] = super::q8::dot_f32(wq, wd, x),
             _ => super::q8::dot_rows(wq, wd, x, n, cols, o),
         }
+    }
+}
+
+/// Weight rows `first..` (as many as `out` holds, `n` results each) two at a time: each
+/// activation vector loaded serves both ([`super::pair`]).
+fn in_pairs<'a>(
+    row: impl Fn(usize) -> super::pair::Row<'a>,
+    first: usize,
+    out: &mut [f32],
+    x: &[f32],
+    n: usize,
+    cols: usize,
+) {
+    for (k, o) in out.chunks_mut(2 * n).enumerate() {
+        let r = first + 2 * k;
+        let (oa, ob) = o.split_at_mut(n.min(o.len()));
+        let b = (!ob.is_empty()).then(|| row(r + 1));
+        super::pair::dot_pair(row(r), b, x, n, cols, oa, ob);
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`safetensors`]: a Hugging Face folder's SafeTensors weights, in the engine's layout;
 //! - [`kv`]: the paged KV memory the block manager hands out;
 //! - `matmul`: activation rows times weights in any of their forms, grouped by shared input;
+//! - [`pair`]: batched decode's 4-bit and 8-bit products at AVX-512, two weight rows a pass;
 //! - [`q4`]: the file's 4-bit blocks, kept for decode, and their dot products;
 //! - [`q4fine`]: activations in two 8-bit levels, for f32-accurate integer 4-bit products;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
@@ -21,6 +22,7 @@ pub mod forward;
 pub mod hf_config;
 pub mod kv;
 pub(crate) mod matmul;
+pub mod pair;
 pub mod q4;
 pub mod q4fine;
 pub mod q8;
