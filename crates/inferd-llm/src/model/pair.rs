@@ -80,8 +80,7 @@ pub fn dot_pair(
         .min(b.map_or(usize::MAX, |b| b.blocks()))
         .min(cols / BLOCK);
     #[cfg(target_arch = "x86_64")]
-    if available() && x.len() >= n * cols && out_a.len() >= n && (b.is_none() || out_b.len() >= n)
-    {
+    if available() && x.len() >= n * cols && out_a.len() >= n && (b.is_none() || out_b.len() >= n) {
         // SAFETY: available() checked the features; x holds n rows of cols, every row `blocks`
         // blocks, and the outputs n values each.
         #[allow(unsafe_code)]
@@ -127,10 +126,7 @@ mod avx512 {
                 // SAFETY: the caller keeps blk inside q (32 bytes a block).
                 let (lo, hi) = unsafe {
                     let p = q.as_ptr().add(blk * BLOCK);
-                    (
-                        _mm_loadu_si128(p.cast()),
-                        _mm_loadu_si128(p.add(16).cast()),
-                    )
+                    (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast()))
                 };
                 let d = _mm512_set1_ps(d[blk]);
                 (
@@ -277,7 +273,15 @@ mod tests {
         // Alone: one activation row at a time, one weight row at a time.
         let alone = |r: Row<'_>, t: usize| {
             let mut o = [0f32];
-            dot_pair(r, None, &x[t * cols..(t + 1) * cols], 1, cols, &mut o, &mut []);
+            dot_pair(
+                r,
+                None,
+                &x[t * cols..(t + 1) * cols],
+                1,
+                cols,
+                &mut o,
+                &mut [],
+            );
             o[0]
         };
         let mut dense = vec![0f32; 2 * cols];
@@ -293,16 +297,32 @@ mod tests {
             let mut oc = vec![0f32; n];
             dot_pair(b, None, &x, n, cols, &mut oc, &mut []);
             for t in 0..n {
-                assert_eq!(oc[t].to_bits(), ob[t].to_bits(), "b alone, {n} rows, row {t}");
+                assert_eq!(
+                    oc[t].to_bits(),
+                    ob[t].to_bits(),
+                    "b alone, {n} rows, row {t}"
+                );
                 // The AVX2 fallback's one-row case sums in another order (production sends
                 // one row to the two-level kernel instead), so bits are compared at AVX-512.
                 if available() {
-                    assert_eq!(oa[t].to_bits(), alone(a, t).to_bits(), "row a, {n} rows, row {t}");
-                    assert_eq!(ob[t].to_bits(), alone(b, t).to_bits(), "row b, {n} rows, row {t}");
+                    assert_eq!(
+                        oa[t].to_bits(),
+                        alone(a, t).to_bits(),
+                        "row a, {n} rows, row {t}"
+                    );
+                    assert_eq!(
+                        ob[t].to_bits(),
+                        alone(b, t).to_bits(),
+                        "row b, {n} rows, row {t}"
+                    );
                 }
                 let xr = &x[t * cols..(t + 1) * cols];
                 let exact: f32 = dense[..cols].iter().zip(xr).map(|(w, x)| w * x).sum();
-                assert!((oa[t] - exact).abs() < 1e-3 * (1.0 + exact.abs()), "{} vs {exact}", oa[t]);
+                assert!(
+                    (oa[t] - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                    "{} vs {exact}",
+                    oa[t]
+                );
             }
         }
     }
@@ -335,8 +355,17 @@ mod tests {
                     &mut old,
                 );
                 for t in 0..n {
-                    assert_eq!(got[t].to_bits(), alone[t].to_bits(), "row {r}, {n} rows, row {t}");
-                    assert!((got[t] - old[t]).abs() < 1e-4, "row {r}: {} vs {}", got[t], old[t]);
+                    assert_eq!(
+                        got[t].to_bits(),
+                        alone[t].to_bits(),
+                        "row {r}, {n} rows, row {t}"
+                    );
+                    assert!(
+                        (got[t] - old[t]).abs() < 1e-4,
+                        "row {r}: {} vs {}",
+                        got[t],
+                        old[t]
+                    );
                 }
             }
         }
