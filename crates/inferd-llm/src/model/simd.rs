@@ -99,3 +99,29 @@ macro_rules! multiversion {
 }
 
 pub(crate) use multiversion;
+
+/// `exp(x)` for `x <= 0` (0 below -87), branch-free so it vectorises: `2^k · e^r` with
+/// `k = round(x / ln 2)` and Cephes' degree-6 polynomial for `e^r` on `|r| <= ln 2 / 2`
+/// (relative error ~2e-7).
+#[inline(always)]
+pub(crate) fn exp_to_zero(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts, so `k · ln 2` is subtracted without rounding error.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding then subtracting 1.5 · 2^23 rounds to the nearest integer in vector lanes.
+    const ROUND: f32 = 12_582_912.0;
+    let under = x < -87.0;
+    let x = x.max(-87.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    if under { 0.0 } else { e * scale }
+}
