@@ -95,7 +95,8 @@ enum Input {
     Int8,
     /// In two 8-bit levels: one row against 4-bit weights (compute-bound on widening weights
     /// to f32; from two rows on, widening each block once for all rows is cheaper:
-    /// bench/llm.py, 8 streams ran at 104 tokens/s on two levels, 170 widened).
+    /// bench/llm.py, 8 streams ran at 104 tokens/s on two levels, 170 widened), and any
+    /// number of rows against weights repacked in groups of sixteen rows ([`super::q4x16`]).
     Fine,
 }
 
@@ -103,7 +104,7 @@ fn input_for(m: &Matrix, n: usize) -> Input {
     let quantized = m.q8.is_some() || q4_only(m).is_some();
     if quantized && m.int8_act {
         Input::Int8
-    } else if n == 1 && q4_only(m).is_some() {
+    } else if q4_only(m).is_some() && (n == 1 || m.q4x16.is_some()) {
         Input::Fine
     } else {
         Input::F32
@@ -145,6 +146,12 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     let per_row = cols / BLOCK;
     let input = input_for(m, n);
     if let Some(q4) = q4_only(m) {
+        if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.q4x16)
+            && n > 1
+            && x16.dot_rows(first, f, n, out)
+        {
+            return;
+        }
         if input == Input::F32 && n > 1 && super::pair::available() {
             let row = |r| {
                 let (qs, d, m) = q4.row(r, per_row);
@@ -159,7 +166,9 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
                     super::q4::dot_rows(qs, d, mm, (&xq.q, &xq.d, &xq.s), n, cols, o);
                 }
                 (Input::Fine, _, Some(f)) => {
-                    o[0] = super::q4fine::dot(qs, d, mm, f.row(0, per_row));
+                    for (t, o) in o.iter_mut().enumerate() {
+                        *o = super::q4fine::dot(qs, d, mm, f.row(t, per_row));
+                    }
                 }
                 _ => super::q4::dot_rows_f32(qs, d, mm, x, n, cols, o),
             }

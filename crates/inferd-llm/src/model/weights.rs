@@ -24,6 +24,8 @@ pub struct Matrix {
     /// Decode multiplies the 8-bit blocks with activations quantized to 8 bits too (integer
     /// dot products, [`super::q8dot`]); else with f32 activations.
     pub int8_act: bool,
+    /// The 4-bit blocks repacked for batched decode, where the CPU has the kernel.
+    pub q4x16: Option<super::q4x16::Q4x16>,
 }
 
 impl Matrix {
@@ -121,6 +123,12 @@ impl Layer {
             }
             *m = std::mem::take(m).quantized(keep);
             m.int8_act = int8 && (m.q8.is_some() || m.q4.is_some());
+            m.q4x16 = match (&m.q4, m.int8_act) {
+                (Some(q), false) if m.data.is_empty() && super::q4x16::available() => {
+                    super::q4x16::Q4x16::from_q4(q, m.rows, m.cols)
+                }
+                _ => None,
+            };
         }
         // The down projection's input (the SwiGLU product) spans the widest range: with it
         // quantized too, greedy SmolLM2 output parted from the exact model's within 5 tokens
@@ -212,6 +220,7 @@ fn matrix(
         q8: None,
         q4,
         int8_act: false,
+        q4x16: None,
     })
 }
 

@@ -1,0 +1,289 @@
+//! The file's 4-bit weights repacked at load for batched decode: sixteen weight rows
+//! interleaved per block, so one AVX-512 VNNI `vpdpbusd` multiplies four values of each of
+//! sixteen rows by the same four activation values (broadcast), and each 32-bit lane sums one
+//! weight row.
+//!
+//! Why: with eight streams the f32 kernel ([`super::pair`]) was 60% of a step (perf on
+//! llm_generate) at one multiply-add per weight per row, after widening every weight to f32.
+//! Here the weights stay bytes, and a block's scale and offset apply to sixteen rows' sums at
+//! once (one conversion and two multiply-adds per block and activation row, where a layout of
+//! one row per register needs them per row). The activations are the two 8-bit levels of
+//! [`super::q4fine`], f32-accurate, the form one-stream decode already uses.
+//!
+//! Layout, per group of sixteen rows and block of 32 values: 256 bytes of values, then the
+//! sixteen rows' scales and offsets as f16 (GGUF's own precision, so exact). Byte `4 i + j` of
+//! the 64-byte chunk `c` (0..4) holds value `4 c + j` of row `i` in its low half and value
+//! `4 (c + 4) + j` in its high half: after masking, chunk `c`'s low halves feed the product
+//! with activation values `4 c .. 4 c + 4`, its high halves the one with `4 c + 16 ..`.
+
+use super::q4::Q4;
+use super::q4fine::FineRows;
+use super::q8::BLOCK;
+
+/// Weight rows per group.
+pub const ROWS: usize = 16;
+
+/// Bytes of values per group and block.
+const GROUP_BLOCK: usize = ROWS * BLOCK / 2;
+
+/// A 4-bit matrix in groups of sixteen interleaved rows.
+#[derive(Debug, Clone, Default)]
+pub struct Q4x16 {
+    /// Blocks per row.
+    blocks: usize,
+    /// Values: group after group, block after block, 256 bytes each.
+    qs: Vec<u8>,
+    /// Scales as f16 bits: group after group, block after block, sixteen rows each.
+    d: Vec<u16>,
+    /// Offsets, likewise.
+    m: Vec<u16>,
+}
+
+/// Whether this CPU runs the kernel (AVX-512 with VNNI, not capped by `INFERD_LLM_SIMD`).
+pub fn available() -> bool {
+    super::simd::vnni()
+}
+
+impl Q4x16 {
+    /// `q` (`rows` of `cols`) repacked; `None` when the rows are not whole groups or a scale or
+    /// offset is not exactly an f16.
+    pub fn from_q4(q: &Q4, rows: usize, cols: usize) -> Option<Q4x16> {
+        let blocks = cols / BLOCK;
+        if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || q.d.len() != rows * blocks {
+            return None;
+        }
+        let f16 = |v: f32| {
+            let h = half::f16::from_f32(v);
+            (h.to_f32() == v).then_some(h.to_bits())
+        };
+        let groups = rows / ROWS;
+        let mut out = Q4x16 {
+            blocks,
+            qs: vec![0; groups * blocks * GROUP_BLOCK],
+            d: Vec::with_capacity(rows * blocks),
+            m: Vec::with_capacity(rows * blocks),
+        };
+        for g in 0..groups {
+            for b in 0..blocks {
+                let dst = &mut out.qs[(g * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
+                for i in 0..ROWS {
+                    let r = g * ROWS + i;
+                    let (qs, d, m) = q.row(r, blocks);
+                    out.d.push(f16(d[b])?);
+                    out.m.push(f16(m[b])?);
+                    let value = |j: usize| {
+                        let byte = qs[b * BLOCK / 2 + j % 16];
+                        if j < 16 { byte & 0x0f } else { byte >> 4 }
+                    };
+                    for c in 0..4 {
+                        for j in 0..4 {
+                            dst[c * 64 + 4 * i + j] =
+                                value(4 * c + j) | (value(4 * c + 16 + j) << 4);
+                        }
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Rows `first..first + out.len() / n` (whole groups) against the `n` activation rows of
+    /// `x`: `out` row-major by weight row, `n` results each. `false` (and nothing written)
+    /// where the CPU lacks the kernel.
+    pub fn dot_rows(&self, first: usize, x: &FineRows, n: usize, out: &mut [f32]) -> bool {
+        let rows = out.len() / n.max(1);
+        if !available()
+            || n == 0
+            || !first.is_multiple_of(ROWS)
+            || !rows.is_multiple_of(ROWS)
+            || x.d.len() < n * self.blocks
+            || (first + rows) * self.blocks > self.d.len()
+        {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            for g in 0..rows / ROWS {
+                let o = &mut out[g * ROWS * n..(g + 1) * ROWS * n];
+                // SAFETY: available() checked AVX-512 F, BW, VL and VNNI; the group lies inside
+                // the matrix and x holds n rows of `blocks` blocks (checked above).
+                #[allow(unsafe_code)]
+                unsafe {
+                    vnni::group(self, first / ROWS + g, x, n, o)
+                };
+            }
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, FineRows, GROUP_BLOCK, Q4x16, ROWS};
+
+    /// Group `g` against every activation row, in tiles of 8, 4, 2 and 1 rows.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW, VL and VNNI; group `g` inside `w`; `x` holds `n` rows of `w.blocks`
+    /// blocks; `out` holds `16 n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+    pub(super) unsafe fn group(w: &Q4x16, g: usize, x: &FineRows, n: usize, out: &mut [f32]) {
+        let mut t = 0;
+        while t < n {
+            // SAFETY: rows t.. lie inside x.
+            t += unsafe {
+                match n - t {
+                    8.. => tile::<8>(w, g, x, t, n, out),
+                    4..=7 => tile::<4>(w, g, x, t, n, out),
+                    2 | 3 => tile::<2>(w, g, x, t, n, out),
+                    _ => tile::<1>(w, g, x, t, n, out),
+                }
+            };
+        }
+    }
+
+    /// Activation rows `t0..t0 + R` against group `g`. Returns `R`.
+    ///
+    /// # Safety
+    /// As [`group`], with rows `t0..t0 + R` inside `x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+    unsafe fn tile<const R: usize>(
+        w: &Q4x16,
+        g: usize,
+        x: &FineRows,
+        t0: usize,
+        n: usize,
+        out: &mut [f32],
+    ) -> usize {
+        let blocks = w.blocks;
+        let cols = blocks * BLOCK;
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..blocks {
+            let at = g * blocks + b;
+            // SAFETY: block `at` lies inside the matrix (the caller's promise).
+            let (wv, d, m) = unsafe {
+                let p = w.qs.as_ptr().add(at * GROUP_BLOCK);
+                let mut wv = [_mm512_setzero_si512(); 8];
+                for c in 0..4 {
+                    let v = _mm512_loadu_si512(p.add(64 * c).cast());
+                    wv[c] = _mm512_and_si512(v, low);
+                    wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                }
+                (
+                    wv,
+                    _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(at * ROWS).cast())),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(at * ROWS).cast())),
+                )
+            };
+            for (t, a) in acc.iter_mut().enumerate() {
+                let row = t0 + t;
+                let v = row * cols + b * BLOCK;
+                let (mut s1, mut s2) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                // SAFETY: values v..v + 32 of both levels lie inside x.
+                unsafe {
+                    let (p1, p2) = (x.q1.as_ptr().add(v), x.q2.as_ptr().add(v));
+                    for (k, wk) in wv.iter().enumerate() {
+                        let a1 = std::ptr::read_unaligned(p1.add(4 * k).cast::<i32>());
+                        let a2 = std::ptr::read_unaligned(p2.add(4 * k).cast::<i32>());
+                        s1 = _mm512_dpbusd_epi32(s1, *wk, _mm512_set1_epi32(a1));
+                        s2 = _mm512_dpbusd_epi32(s2, *wk, _mm512_set1_epi32(a2));
+                    }
+                }
+                // 254 · s1 + s2: the two levels as one integer (at most 15.5 million).
+                let s = _mm512_add_epi32(
+                    _mm512_sub_epi32(_mm512_slli_epi32::<8>(s1), _mm512_slli_epi32::<1>(s1)),
+                    s2,
+                );
+                let blk = row * blocks + b;
+                let (xd, xs) = (_mm512_set1_ps(x.d[blk]), _mm512_set1_ps(x.s[blk]));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, xd), *a);
+                *a = _mm512_fmadd_ps(m, xs, *a);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            let mut lanes = [0f32; ROWS];
+            // SAFETY: lanes holds 16 values.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+            for (i, v) in lanes.iter().enumerate() {
+                out[i * n + t0 + t] = *v;
+            }
+        }
+        R
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q4(rng: &mut fastrand::Rng, rows: usize, cols: usize) -> Q4 {
+        let blocks = rows * cols / BLOCK;
+        let d: Vec<f32> = (0..blocks)
+            .map(|_| half::f16::from_f32(rng.f32() * 0.05).to_f32())
+            .collect();
+        Q4 {
+            m: (0..blocks)
+                .map(|_| half::f16::from_f32(-rng.f32() * 0.4).to_f32())
+                .collect(),
+            d,
+            qs: (0..blocks * BLOCK / 2).map(|_| rng.u8(..)).collect(),
+        }
+    }
+
+    #[test]
+    fn interleaved_rows_give_the_one_row_fine_kernels_results() {
+        let mut rng = fastrand::Rng::with_seed(21);
+        let (rows, cols) = (48, 160);
+        let w = q4(&mut rng, rows, cols);
+        let packed = Q4x16::from_q4(&w, rows, cols).expect("whole groups, f16 scales");
+        let per_row = cols / BLOCK;
+        let mut dense = vec![0f32; rows * cols];
+        w.dequantize_rows(0..rows, cols, &mut dense);
+        for n in [1, 2, 3, 5, 8, 11] {
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
+            let fine = FineRows::quantize(&x);
+            // Rows 16.. (a group not the first), every activation row.
+            let mut out = vec![0f32; (rows - ROWS) * n];
+            if !packed.dot_rows(ROWS, &fine, n, &mut out) {
+                assert!(!available());
+                return;
+            }
+            for r in ROWS..rows {
+                let (qs, d, m) = w.row(r, per_row);
+                for t in 0..n {
+                    let got = out[(r - ROWS) * n + t];
+                    let one = super::super::q4fine::dot(qs, d, m, fine.row(t, per_row));
+                    let xr = &x[t * cols..(t + 1) * cols];
+                    let exact: f32 = dense[r * cols..(r + 1) * cols]
+                        .iter()
+                        .zip(xr)
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    assert!(
+                        (got - one).abs() < 1e-4,
+                        "row {r}, {n} rows, row {t}: {got} vs {one}"
+                    );
+                    assert!(
+                        (got - exact).abs() < 1e-3,
+                        "row {r}: {got} vs exact {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_matrix_of_partial_groups_or_inexact_scales_is_not_repacked() {
+        let mut rng = fastrand::Rng::with_seed(2);
+        assert!(Q4x16::from_q4(&q4(&mut rng, 24, 64), 24, 64).is_none());
+        let mut w = q4(&mut rng, 16, 64);
+        w.d[3] = 0.1; // not an f16
+        assert!(Q4x16::from_q4(&w, 16, 64).is_none());
+    }
+}
