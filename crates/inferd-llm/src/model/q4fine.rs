@@ -63,18 +63,27 @@ fn quantize_into(x: &[f32], r: &mut FineRows) {
     r.q2.reserve(x.len());
     r.d.reserve(blocks);
     r.s.reserve(blocks);
+    // Written lane-wise (16 maxima and sums, casts through i32) so it vectorises: as plain
+    // folds and float-to-i8 casts it ran a value at a time, 5.7% of an eight-stream step.
     for block in x.chunks_exact(BLOCK) {
-        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (mut hi, mut sum) = ([0f32; 16], [0f32; 16]);
+        for half in block.chunks_exact(16) {
+            for i in 0..16 {
+                hi[i] = if half[i].abs() > hi[i] { half[i].abs() } else { hi[i] };
+                sum[i] += half[i];
+            }
+        }
+        let max = hi.iter().fold(0f32, |m, &v| if v > m { v } else { m });
         let d = max / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         r.d.push(d / FINE as f32);
-        r.s.push(block.iter().sum());
+        r.s.push(sum.iter().sum());
         let (mut a, mut c) = ([0i8; BLOCK], [0i8; BLOCK]);
         for ((v, a), c) in block.iter().zip(&mut a).zip(&mut c) {
             let scaled = v * inv;
             let q1 = scaled.round().clamp(-127.0, 127.0);
-            *a = q1 as i8;
-            *c = ((scaled - q1) * FINE as f32).round().clamp(-127.0, 127.0) as i8;
+            *a = q1 as i32 as i8;
+            *c = ((scaled - q1) * FINE as f32).round().clamp(-127.0, 127.0) as i32 as i8;
         }
         r.q1.extend_from_slice(&a);
         r.q2.extend_from_slice(&c);
