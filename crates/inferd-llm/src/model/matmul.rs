@@ -96,7 +96,7 @@ enum Input {
     /// In two 8-bit levels: one row against 4-bit weights (compute-bound on widening weights
     /// to f32; from two rows on, widening each block once for all rows is cheaper:
     /// bench/llm.py, 8 streams ran at 104 tokens/s on two levels, 170 widened), and any
-    /// number of rows against weights repacked in groups of sixteen rows ([`super::q4x16`]).
+    /// number of rows against weights repacked in groups of sixteen rows ([`super::x16`]).
     Fine,
 }
 
@@ -104,7 +104,7 @@ fn input_for(m: &Matrix, n: usize) -> Input {
     let quantized = m.q8.is_some() || q4_only(m).is_some();
     if quantized && m.int8_act {
         Input::Int8
-    } else if q4_only(m).is_some() && (n == 1 || m.q4x16.is_some()) {
+    } else if (q4_only(m).is_some() && n == 1) || (n > 1 && m.x16.is_some()) {
         Input::Fine
     } else {
         Input::F32
@@ -146,7 +146,7 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     let per_row = cols / BLOCK;
     let input = input_for(m, n);
     if let Some(q4) = q4_only(m) {
-        if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.q4x16)
+        if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.x16)
             && n > 1
             && x16.dot_rows(first, f, n, out)
         {
@@ -184,7 +184,12 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
         }
         return;
     };
-    if input == Input::F32 && n > 1 && super::pair::available() {
+    if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.x16)
+        && x16.dot_rows(first, f, n, out)
+    {
+        return;
+    }
+    if input != Input::Int8 && n > 1 && super::pair::available() {
         let row = |r: usize| super::pair::Row::Q8 {
             q: &q.q[r * cols..(r + 1) * cols],
             d: &q.d[r * per_row..(r + 1) * per_row],

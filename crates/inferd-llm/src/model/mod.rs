@@ -11,9 +11,9 @@
 //! - [`pair`]: batched decode's 4-bit and 8-bit products at AVX-512, two weight rows a pass;
 //! - [`q4`]: the file's 4-bit blocks, kept for decode, and their dot products;
 //! - [`q4fine`]: activations in two 8-bit levels, for f32-accurate integer 4-bit products;
-//! - [`q4x16`]: 4-bit weights repacked sixteen rows to a block, for batched integer decode;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
 //! - [`q8dot`]: integer dot products of 8-bit weights with 8-bit activations (decode);
+//! - [`x16`]: 4-bit and 8-bit weights repacked sixteen rows to a block, for batched integer decode;
 //! - [`rope`]: rotary frequencies with linear, YaRN and Llama 3.1 context extension;
 //! - [`forward`]: one step over many sequences' chunks, reading K/V through block tables.
 
@@ -26,13 +26,13 @@ pub(crate) mod matmul;
 pub mod pair;
 pub mod q4;
 pub mod q4fine;
-pub mod q4x16;
 pub mod q8;
 pub mod q8dot;
 pub mod rope;
 pub mod safetensors;
 pub mod simd;
 pub mod weights;
+pub mod x16;
 
 pub use config::LlamaConfig;
 pub use forward::{Llama, SeqChunk};

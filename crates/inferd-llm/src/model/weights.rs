@@ -24,11 +24,25 @@ pub struct Matrix {
     /// Decode multiplies the 8-bit blocks with activations quantized to 8 bits too (integer
     /// dot products, [`super::q8dot`]); else with f32 activations.
     pub int8_act: bool,
-    /// The 4-bit blocks repacked for batched decode, where the CPU has the kernel.
-    pub q4x16: Option<super::q4x16::Q4x16>,
+    /// The 4-bit or 8-bit blocks repacked for batched decode, where the CPU has the kernel.
+    pub x16: Option<super::x16::X16>,
 }
 
 impl Matrix {
+    /// Adds the copy in groups of sixteen rows that batched decode multiplies
+    /// ([`super::x16`]), where the CPU has its kernel and the activations stay f32 (else none).
+    pub fn repack(&mut self) {
+        self.x16 = None;
+        if self.int8_act || !self.data.is_empty() || !super::x16::available() {
+            return;
+        }
+        self.x16 = match (&self.q4, &self.q8) {
+            (Some(q), _) => super::x16::X16::from_q4(q, self.rows, self.cols),
+            (None, Some(q)) => super::x16::X16::from_q8(q, self.rows, self.cols),
+            _ => None,
+        };
+    }
+
     /// This matrix in 8-bit blocks (unchanged when its rows are not whole blocks), or in the
     /// file's 4-bit blocks when it has them and `keep_4bit`.
     pub fn quantized(self, keep_4bit: bool) -> Matrix {
@@ -123,12 +137,7 @@ impl Layer {
             }
             *m = std::mem::take(m).quantized(keep);
             m.int8_act = int8 && (m.q8.is_some() || m.q4.is_some());
-            m.q4x16 = match (&m.q4, m.int8_act) {
-                (Some(q), false) if m.data.is_empty() && super::q4x16::available() => {
-                    super::q4x16::Q4x16::from_q4(q, m.rows, m.cols)
-                }
-                _ => None,
-            };
+            m.repack();
         }
         // The down projection's input (the SwiGLU product) spans the widest range: with it
         // quantized too, greedy SmolLM2 output parted from the exact model's within 5 tokens
@@ -178,6 +187,7 @@ impl Weights {
         );
         if let Some(o) = &mut self.output {
             o.int8_act = int8 && (o.q8.is_some() || o.q4.is_some());
+            o.repack();
         }
         self
     }
@@ -220,7 +230,7 @@ fn matrix(
         q8: None,
         q4,
         int8_act: false,
-        q4x16: None,
+        x16: None,
     })
 }
 

@@ -1,4 +1,4 @@
-//! The file's 4-bit weights repacked at load for batched decode: sixteen weight rows
+//! 4-bit and 8-bit weights repacked at load for batched decode: sixteen weight rows
 //! interleaved per block, so one AVX-512 VNNI `vpdpbusd` multiplies four values of each of
 //! sixteen rows by the same four activation values (broadcast), and each 32-bit lane sums one
 //! weight row.
@@ -10,33 +10,37 @@
 //! one row per register needs them per row). The activations are the two 8-bit levels of
 //! [`super::q4fine`], f32-accurate, the form one-stream decode already uses.
 //!
-//! Layout, per group of sixteen rows and block of 32 values: 256 bytes of values, then the
-//! sixteen rows' scales and offsets as f16 (GGUF's own precision, so exact). Byte `4 i + j` of
-//! the 64-byte chunk `c` (0..4) holds value `4 c + j` of row `i` in its low half and value
-//! `4 (c + 4) + j` in its high half: after masking, chunk `c`'s low halves feed the product
-//! with activation values `4 c .. 4 c + 4`, its high halves the one with `4 c + 16 ..`.
+//! The 8-bit form (the output projection, 16% of an eight-stream step after the 4-bit one
+//! moved here) stores each value plus 128, since `vpdpbusd` takes unsigned bytes; the 128 times
+//! each activation block's sum is taken off again (the sum made with the activations).
+//!
+//! Layout, per group of sixteen rows and block of 32 values, then the sixteen rows' scales (and
+//! offsets) as f32. 4-bit: 256 bytes; byte `4 i + j` of the 64-byte chunk `c` (0..4) holds
+//! value `4 c + j` of row `i` in its low half and value `4 (c + 4) + j` in its high half:
+//! after masking, chunk `c`'s low halves feed the product with activation values
+//! `4 c .. 4 c + 4`, its high halves the one with `4 c + 16 ..`. 8-bit: 512 bytes; byte
+//! `4 i + j` of chunk `k` (0..8) holds value `4 k + j` of row `i`.
 
 use super::q4::Q4;
 use super::q4fine::FineRows;
-use super::q8::BLOCK;
+use super::q8::{BLOCK, Q8};
 
 /// Weight rows per group.
 pub const ROWS: usize = 16;
 
-/// Bytes of values per group and block.
-const GROUP_BLOCK: usize = ROWS * BLOCK / 2;
-
-/// A 4-bit matrix in groups of sixteen interleaved rows.
+/// A matrix in groups of sixteen interleaved rows.
 #[derive(Debug, Clone, Default)]
-pub struct Q4x16 {
+pub struct X16 {
+    /// 8-bit values (else 4-bit).
+    eight: bool,
     /// Blocks per row.
     blocks: usize,
-    /// Values: group after group, block after block, 256 bytes each.
+    /// Values: group after group, block after block.
     qs: Vec<u8>,
-    /// Scales as f16 bits: group after group, block after block, sixteen rows each.
-    d: Vec<u16>,
-    /// Offsets, likewise.
-    m: Vec<u16>,
+    /// Scales: group after group, block after block, sixteen rows each.
+    d: Vec<f32>,
+    /// Offsets, likewise (4-bit only).
+    m: Vec<f32>,
 }
 
 /// Whether this CPU runs the kernel (AVX-512 with VNNI, not capped by `INFERD_LLM_SIMD`).
@@ -44,33 +48,31 @@ pub fn available() -> bool {
     super::simd::vnni()
 }
 
-impl Q4x16 {
+impl X16 {
     /// `q` (`rows` of `cols`) repacked; `None` when the rows are not whole groups or a scale or
     /// offset is not exactly an f16.
-    pub fn from_q4(q: &Q4, rows: usize, cols: usize) -> Option<Q4x16> {
+    pub fn from_q4(q: &Q4, rows: usize, cols: usize) -> Option<X16> {
         let blocks = cols / BLOCK;
         if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || q.d.len() != rows * blocks {
             return None;
         }
-        let f16 = |v: f32| {
-            let h = half::f16::from_f32(v);
-            (h.to_f32() == v).then_some(h.to_bits())
-        };
         let groups = rows / ROWS;
-        let mut out = Q4x16 {
+        let size = ROWS * BLOCK / 2;
+        let mut out = X16 {
+            eight: false,
             blocks,
-            qs: vec![0; groups * blocks * GROUP_BLOCK],
+            qs: vec![0; groups * blocks * size],
             d: Vec::with_capacity(rows * blocks),
             m: Vec::with_capacity(rows * blocks),
         };
         for g in 0..groups {
             for b in 0..blocks {
-                let dst = &mut out.qs[(g * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
+                let dst = &mut out.qs[(g * blocks + b) * size..][..size];
                 for i in 0..ROWS {
                     let r = g * ROWS + i;
                     let (qs, d, m) = q.row(r, blocks);
-                    out.d.push(f16(d[b])?);
-                    out.m.push(f16(m[b])?);
+                    out.d.push(d[b]);
+                    out.m.push(m[b]);
                     let value = |j: usize| {
                         let byte = qs[b * BLOCK / 2 + j % 16];
                         if j < 16 { byte & 0x0f } else { byte >> 4 }
@@ -79,6 +81,40 @@ impl Q4x16 {
                         for j in 0..4 {
                             dst[c * 64 + 4 * i + j] =
                                 value(4 * c + j) | (value(4 * c + 16 + j) << 4);
+                        }
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// `q` (`rows` of `cols`, 8-bit) repacked; `None` when the rows are not whole groups.
+    pub fn from_q8(q: &Q8, rows: usize, cols: usize) -> Option<X16> {
+        let blocks = cols / BLOCK;
+        if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || q.d.len() != rows * blocks {
+            return None;
+        }
+        let groups = rows / ROWS;
+        let size = ROWS * BLOCK;
+        let mut out = X16 {
+            eight: true,
+            blocks,
+            qs: vec![0; groups * blocks * size],
+            d: Vec::with_capacity(rows * blocks),
+            m: Vec::new(),
+        };
+        for g in 0..groups {
+            for b in 0..blocks {
+                let dst = &mut out.qs[(g * blocks + b) * size..][..size];
+                for i in 0..ROWS {
+                    let r = g * ROWS + i;
+                    out.d.push(q.d[r * blocks + b]);
+                    let values = &q.q[r * cols + b * BLOCK..][..BLOCK];
+                    for k in 0..8 {
+                        for j in 0..4 {
+                            // Plus 128, as an unsigned byte.
+                            dst[k * 64 + 4 * i + j] = (values[4 * k + j] as u8) ^ 0x80;
                         }
                     }
                 }
@@ -97,6 +133,7 @@ impl Q4x16 {
             || !first.is_multiple_of(ROWS)
             || !rows.is_multiple_of(ROWS)
             || x.d.len() < n * self.blocks
+            || x.steps.len() < n * self.blocks
             || (first + rows) * self.blocks > self.d.len()
         {
             return false;
@@ -109,7 +146,11 @@ impl Q4x16 {
                 // the matrix and x holds n rows of `blocks` blocks (checked above).
                 #[allow(unsafe_code)]
                 unsafe {
-                    vnni::group(self, first / ROWS + g, x, n, o)
+                    if self.eight {
+                        vnni::group::<true>(self, first / ROWS + g, x, n, o)
+                    } else {
+                        vnni::group::<false>(self, first / ROWS + g, x, n, o)
+                    }
                 };
             }
             true
@@ -124,24 +165,31 @@ impl Q4x16 {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, FineRows, GROUP_BLOCK, Q4x16, ROWS};
+    use super::{BLOCK, FineRows, ROWS, X16};
 
-    /// Group `g` against every activation row, in tiles of 8, 4, 2 and 1 rows.
+    /// Group `g` against every activation row, in tiles of 8, 4, 2 and 1 rows; `EIGHT`: the
+    /// matrix is 8-bit (its +128 adds 128 times each activation block's `steps`).
     ///
     /// # Safety
     /// AVX-512 F, BW, VL and VNNI; group `g` inside `w`; `x` holds `n` rows of `w.blocks`
     /// blocks; `out` holds `16 n`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-    pub(super) unsafe fn group(w: &Q4x16, g: usize, x: &FineRows, n: usize, out: &mut [f32]) {
+    pub(super) unsafe fn group<const EIGHT: bool>(
+        w: &X16,
+        g: usize,
+        x: &FineRows,
+        n: usize,
+        out: &mut [f32],
+    ) {
         let mut t = 0;
         while t < n {
             // SAFETY: rows t.. lie inside x.
             t += unsafe {
                 match n - t {
-                    8.. => tile::<8>(w, g, x, t, n, out),
-                    4..=7 => tile::<4>(w, g, x, t, n, out),
-                    2 | 3 => tile::<2>(w, g, x, t, n, out),
-                    _ => tile::<1>(w, g, x, t, n, out),
+                    8.. => tile::<8, EIGHT>(w, g, x, t, n, out),
+                    4..=7 => tile::<4, EIGHT>(w, g, x, t, n, out),
+                    2 | 3 => tile::<2, EIGHT>(w, g, x, t, n, out),
+                    _ => tile::<1, EIGHT>(w, g, x, t, n, out),
                 }
             };
         }
@@ -152,8 +200,8 @@ mod vnni {
     /// # Safety
     /// As [`group`], with rows `t0..t0 + R` inside `x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
-    unsafe fn tile<const R: usize>(
-        w: &Q4x16,
+    unsafe fn tile<const R: usize, const EIGHT: bool>(
+        w: &X16,
         g: usize,
         x: &FineRows,
         t0: usize,
@@ -168,18 +216,27 @@ mod vnni {
             let at = g * blocks + b;
             // SAFETY: block `at` lies inside the matrix (the caller's promise).
             let (wv, d, m) = unsafe {
-                let p = w.qs.as_ptr().add(at * GROUP_BLOCK);
                 let mut wv = [_mm512_setzero_si512(); 8];
-                for c in 0..4 {
-                    let v = _mm512_loadu_si512(p.add(64 * c).cast());
-                    wv[c] = _mm512_and_si512(v, low);
-                    wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                if EIGHT {
+                    let p = w.qs.as_ptr().add(at * ROWS * BLOCK);
+                    for (k, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_si512(p.add(64 * k).cast());
+                    }
+                } else {
+                    let p = w.qs.as_ptr().add(at * ROWS * BLOCK / 2);
+                    for c in 0..4 {
+                        let v = _mm512_loadu_si512(p.add(64 * c).cast());
+                        wv[c] = _mm512_and_si512(v, low);
+                        wv[c + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    }
                 }
-                (
-                    wv,
-                    _mm512_cvtph_ps(_mm256_loadu_si256(w.d.as_ptr().add(at * ROWS).cast())),
-                    _mm512_cvtph_ps(_mm256_loadu_si256(w.m.as_ptr().add(at * ROWS).cast())),
-                )
+                let d = _mm512_loadu_ps(w.d.as_ptr().add(at * ROWS));
+                let m = if EIGHT {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_loadu_ps(w.m.as_ptr().add(at * ROWS))
+                };
+                (wv, d, m)
             };
             for (t, a) in acc.iter_mut().enumerate() {
                 let row = t0 + t;
@@ -195,15 +252,21 @@ mod vnni {
                         s2 = _mm512_dpbusd_epi32(s2, *wk, _mm512_set1_epi32(a2));
                     }
                 }
-                // 254 · s1 + s2: the two levels as one integer (at most 15.5 million).
-                let s = _mm512_add_epi32(
+                // 254 · s1 + s2: the two levels as one integer (at most 15.5 million; 8-bit:
+                // 130 million with the +128, less its offset).
+                let mut s = _mm512_add_epi32(
                     _mm512_sub_epi32(_mm512_slli_epi32::<8>(s1), _mm512_slli_epi32::<1>(s1)),
                     s2,
                 );
                 let blk = row * blocks + b;
-                let (xd, xs) = (_mm512_set1_ps(x.d[blk]), _mm512_set1_ps(x.s[blk]));
+                if EIGHT {
+                    s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * x.steps[blk]));
+                }
+                let xd = _mm512_set1_ps(x.d[blk]);
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, xd), *a);
-                *a = _mm512_fmadd_ps(m, xs, *a);
+                if !EIGHT {
+                    *a = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s[blk]), *a);
+                }
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -241,7 +304,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(21);
         let (rows, cols) = (48, 160);
         let w = q4(&mut rng, rows, cols);
-        let packed = Q4x16::from_q4(&w, rows, cols).expect("whole groups, f16 scales");
+        let packed = X16::from_q4(&w, rows, cols).expect("whole groups, f16 scales");
         let per_row = cols / BLOCK;
         let mut dense = vec![0f32; rows * cols];
         w.dequantize_rows(0..rows, cols, &mut dense);
@@ -279,11 +342,46 @@ mod tests {
     }
 
     #[test]
-    fn a_matrix_of_partial_groups_or_inexact_scales_is_not_repacked() {
+    fn interleaved_8_bit_rows_give_the_f32_products_within_the_two_levels_error() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        let (rows, cols) = (32, 96);
+        let dense: Vec<f32> = (0..rows * cols).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let q = super::super::q8::quantize(&dense);
+        let packed = X16::from_q8(&q, rows, cols).expect("whole groups");
+        let per_row = cols / BLOCK;
+        for n in [2, 3, 8, 9] {
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.f32() * 4.0 - 2.0).collect();
+            let fine = FineRows::quantize(&x);
+            let mut out = vec![0f32; rows * n];
+            if !packed.dot_rows(0, &fine, n, &mut out) {
+                assert!(!available());
+                return;
+            }
+            for r in 0..rows {
+                for t in 0..n {
+                    // The 8-bit weights exactly, against f32 activations.
+                    let want: f32 = (0..cols)
+                        .map(|c| {
+                            f32::from(q.q[r * cols + c])
+                                * q.d[r * per_row + c / BLOCK]
+                                * x[t * cols + c]
+                        })
+                        .sum();
+                    let got = out[r * n + t];
+                    assert!(
+                        (got - want).abs() < 1e-3,
+                        "row {r}, {n} rows, row {t}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_matrix_of_partial_groups_is_not_repacked() {
         let mut rng = fastrand::Rng::with_seed(2);
-        assert!(Q4x16::from_q4(&q4(&mut rng, 24, 64), 24, 64).is_none());
-        let mut w = q4(&mut rng, 16, 64);
-        w.d[3] = 0.1; // not an f16
-        assert!(Q4x16::from_q4(&w, 16, 64).is_none());
+        assert!(X16::from_q4(&q4(&mut rng, 24, 64), 24, 64).is_none());
+        let q = super::super::q8::quantize(&vec![0.5f32; 24 * 64]);
+        assert!(X16::from_q8(&q, 24, 64).is_none());
     }
 }
