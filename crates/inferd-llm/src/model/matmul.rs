@@ -104,7 +104,7 @@ fn input_for(m: &Matrix, n: usize) -> Input {
     let quantized = m.q8.is_some() || q4_only(m).is_some();
     if quantized && m.int8_act {
         Input::Int8
-    } else if (q4_only(m).is_some() && n == 1) || (n > 1 && m.x16.is_some()) {
+    } else if (q4_only(m).is_some() && n == 1) || m.x16.is_some() {
         Input::Fine
     } else {
         Input::F32
@@ -147,7 +147,6 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     let input = input_for(m, n);
     if let Some(q4) = q4_only(m) {
         if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.x16)
-            && n > 1
             && x16.dot_rows(first, f, n, out)
         {
             return;
