@@ -122,9 +122,27 @@ fn f32_values(at: &Slices<'_>, values: &[f32], scores: &[f32], out: &mut [f32]) 
 }
 }
 
-super::simd::multiversion! {
-/// Each row of `len` scores replaced by its softmax (the exponentials in vector lanes).
+/// Each row of `len` scores replaced by its softmax.
 fn softmax_rows(scores: &mut [f32], len: usize) {
+    for row in scores.chunks_exact_mut(len) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in row.iter_mut() {
+            *s /= sum;
+        }
+    }
+}
+
+super::simd::multiversion! {
+/// [`softmax_rows`] with the exponentials in vector lanes ([`super::simd::exp_to_zero`]), for
+/// the AVX-512 kernels. The 8-bit KV store keeps libm's: its requantized keys and values turn
+/// any change in the last bit into a different rounding a layer later, and one reference
+/// prompt's greedy output then parted from transformers' (test_llm_reference.py).
+fn softmax_rows_lanes(scores: &mut [f32], len: usize) {
     for row in scores.chunks_exact_mut(len) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut acc = [0f32; 16];
@@ -218,7 +236,7 @@ mod avx512 {
                 row[pos] = _mm512_reduce_add_ps(acc) * scale;
             }
         }
-        super::softmax_rows(scores, at.len);
+        super::softmax_rows_lanes(scores, at.len);
         for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
             // SAFETY: oh holds 16 N values.
             let mut acc: [__m512; N] =
