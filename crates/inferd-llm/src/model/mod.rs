@@ -10,7 +10,7 @@
 //! - `matmul`: activation rows times weights in any of their forms, grouped by shared input;
 //! - [`pair`]: batched decode's 4-bit and 8-bit products at AVX-512, two weight rows a pass;
 //! - [`q4`]: the file's 4-bit blocks, kept for decode, and their dot products;
-//! - [`q4fine`]: activations in two 8-bit levels, for f32-accurate integer 4-bit products;
+//! - [`q4fine`]: activations in two 8-bit levels, for nearly f32-accurate integer products;
 //! - [`q8`]: weights in 8-bit blocks and their dot products;
 //! - [`q8dot`]: integer dot products of 8-bit weights with 8-bit activations (decode);
 //! - [`x16`]: 4-bit and 8-bit weights repacked sixteen rows to a block, for batched integer decode;
