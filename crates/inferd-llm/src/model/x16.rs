@@ -53,43 +53,22 @@ pub fn available() -> bool {
 }
 
 impl X16 {
-    /// `q` (`rows` of `cols`) repacked; `None` when the rows are not whole groups or a scale or
-    /// offset is not exactly an f16.
+    /// `q` (`rows` of `cols`) repacked; `None` when the rows are not whole groups.
     pub fn from_q4(q: &Q4, rows: usize, cols: usize) -> Option<X16> {
         let blocks = cols / BLOCK;
         if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || q.d.len() != rows * blocks {
             return None;
         }
-        let groups = rows / ROWS;
-        let size = ROWS * BLOCK / 2;
-        let mut out = X16 {
-            eight: false,
-            blocks,
-            qs: vec![0; groups * blocks * size],
-            d: Vec::with_capacity(rows * blocks),
-            m: Vec::with_capacity(rows * blocks),
-        };
-        for g in 0..groups {
-            for b in 0..blocks {
-                let dst = &mut out.qs[(g * blocks + b) * size..][..size];
-                for i in 0..ROWS {
-                    let r = g * ROWS + i;
-                    let (qs, d, m) = q.row(r, blocks);
-                    out.d.push(d[b]);
-                    out.m.push(m[b]);
-                    let value = |j: usize| {
-                        let byte = qs[b * BLOCK / 2 + j % 16];
-                        if j < 16 { byte & 0x0f } else { byte >> 4 }
-                    };
-                    for c in 0..4 {
-                        for j in 0..4 {
-                            dst[c * 64 + 4 * i + j] =
-                                value(4 * c + j) | (value(4 * c + 16 + j) << 4);
-                        }
-                    }
-                }
+        let packed = |r: usize, b: usize| &q.qs[(r * blocks + b) * BLOCK / 2..][..BLOCK / 2];
+        let mut out = X16::repack(rows, blocks, ROWS * BLOCK / 2, false, |r, b, i, dst| {
+            // GGUF's byte j already pairs values j and j + 16: chunk c takes bytes 4c..4c + 4.
+            let v = packed(r, b);
+            for c in 0..4 {
+                dst[c * 64 + 4 * i..][..4].copy_from_slice(&v[4 * c..4 * c + 4]);
             }
-        }
+        });
+        out.m = interleaved(&q.m, rows, blocks);
+        out.d = interleaved(&q.d, rows, blocks);
         Some(out)
     }
 
@@ -99,32 +78,47 @@ impl X16 {
         if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || q.d.len() != rows * blocks {
             return None;
         }
-        let groups = rows / ROWS;
-        let size = ROWS * BLOCK;
-        let mut out = X16 {
-            eight: true,
-            blocks,
-            qs: vec![0; groups * blocks * size],
-            d: Vec::with_capacity(rows * blocks),
-            m: Vec::new(),
-        };
-        for g in 0..groups {
-            for b in 0..blocks {
-                let dst = &mut out.qs[(g * blocks + b) * size..][..size];
-                for i in 0..ROWS {
-                    let r = g * ROWS + i;
-                    out.d.push(q.d[r * blocks + b]);
-                    let values = &q.q[r * cols + b * BLOCK..][..BLOCK];
-                    for k in 0..8 {
-                        for j in 0..4 {
-                            // Plus 128, as an unsigned byte.
-                            dst[k * 64 + 4 * i + j] = (values[4 * k + j] as u8) ^ 0x80;
-                        }
-                    }
+        let mut out = X16::repack(rows, blocks, ROWS * BLOCK, true, |r, b, i, dst| {
+            let v = &q.q[(r * blocks + b) * BLOCK..][..BLOCK];
+            for k in 0..8 {
+                for j in 0..4 {
+                    // Plus 128, as an unsigned byte.
+                    dst[k * 64 + 4 * i + j] = (v[4 * k + j] as u8) ^ 0x80;
                 }
             }
-        }
+        });
+        out.d = interleaved(&q.d, rows, blocks);
         Some(out)
+    }
+
+    /// The values laid out by `place(row, block, row in group, group block's bytes)`, `size`
+    /// bytes per group and block; groups in parallel (load time, rayon's shared pool: the
+    /// output projection alone is 28 million values).
+    fn repack(
+        rows: usize,
+        blocks: usize,
+        size: usize,
+        eight: bool,
+        place: impl Fn(usize, usize, usize, &mut [u8]) + Sync,
+    ) -> X16 {
+        use rayon::prelude::*;
+        let mut qs = vec![0u8; rows / ROWS * blocks * size];
+        qs.par_chunks_mut(blocks * size)
+            .enumerate()
+            .for_each(|(g, group)| {
+                for (b, dst) in group.chunks_exact_mut(size).enumerate() {
+                    for i in 0..ROWS {
+                        place(g * ROWS + i, b, i, dst);
+                    }
+                }
+            });
+        X16 {
+            eight,
+            blocks,
+            qs,
+            d: Vec::new(),
+            m: Vec::new(),
+        }
     }
 
     /// Rows `first..first + out.len() / n` (whole groups) against the `n` activation rows of
@@ -162,6 +156,18 @@ impl X16 {
         #[cfg(not(target_arch = "x86_64"))]
         false
     }
+}
+
+/// Per-block values of `rows` rows (row-major, `blocks` each) as the groups store them: group
+/// after group, block after block, sixteen rows each.
+fn interleaved(v: &[f32], rows: usize, blocks: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * blocks);
+    for g in 0..rows / ROWS {
+        for b in 0..blocks {
+            out.extend((0..ROWS).map(|i| v[(g * ROWS + i) * blocks + b]));
+        }
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
