@@ -53,6 +53,16 @@ impl FineRows {
         r
     }
 
+    /// Room for `values` more values (whole blocks).
+    fn reserve(&mut self, values: usize) {
+        let blocks = values / BLOCK;
+        self.q1.reserve(values);
+        self.q2.reserve(values);
+        self.d.reserve(blocks);
+        self.s.reserve(blocks);
+        self.steps.reserve(blocks);
+    }
+
     /// Row `t` (of `per_row` blocks): both levels, scales and sums.
     pub fn row(&self, t: usize, per_row: usize) -> (&[i8], &[i8], &[f32], &[f32]) {
         let (b, v) = (
@@ -72,12 +82,7 @@ super::simd::multiversion! {
 /// [`FineRows::quantize`]'s work, per instruction set (rounding is then one vector
 /// instruction, not a call per value).
 fn quantize_into(x: &[f32], r: &mut FineRows) {
-    let blocks = x.len() / BLOCK;
-    r.q1.reserve(x.len());
-    r.q2.reserve(x.len());
-    r.d.reserve(blocks);
-    r.s.reserve(blocks);
-    r.steps.reserve(blocks);
+    r.reserve(x.len());
     // Lane-wise maxima and sums (the AVX-512 build has its own kernel, [`avx512`]).
     for block in x.chunks_exact(BLOCK) {
         let (mut hi, mut sum) = ([0f32; 16], [0f32; 16]);
@@ -149,12 +154,7 @@ mod avx512 {
     /// AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantize_into(x: &[f32], r: &mut FineRows) {
-        let blocks = x.len() / BLOCK;
-        r.q1.reserve(x.len());
-        r.q2.reserve(x.len());
-        r.d.reserve(blocks);
-        r.s.reserve(blocks);
-        r.steps.reserve(blocks);
+        r.reserve(x.len());
         for block in x.chunks_exact(BLOCK) {
             // SAFETY: a block holds 32 values.
             let (a, b) = unsafe {
