@@ -122,18 +122,11 @@ pub(crate) fn read_loop(shared: Arc<Shared>, stdout: impl Read + AsRawFd) {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     drop(control);
-    let on_exit = {
-        let mut f = shared.on_exit.lock().unwrap_or_else(|p| p.into_inner());
-        shared.dead.store(true, Ordering::Release);
-        f.take()
-    };
     // The crash is recorded (the model reads as restarting, or failed) before any waiting call
     // hears of it: a client that retries on the error must not find the model still ready and
     // reach the dead worker again (test_python_backend.py counted one crash twice so, under
     // load).
-    if let Some(f) = on_exit {
-        f();
-    }
+    shared.record_exit();
     // Every waiting call sees the worker gone.
     shared
         .calls

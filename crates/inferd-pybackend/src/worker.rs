@@ -132,6 +132,19 @@ impl Shared {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).len() == 1
     }
 
+    /// Marks the worker dead and runs its exit hook (once, whoever comes first: the reader at
+    /// the end of the worker's output, or a call that killed a hung worker).
+    pub(crate) fn record_exit(&self) {
+        let on_exit = {
+            let mut f = self.on_exit.lock().unwrap_or_else(|p| p.into_inner());
+            self.dead.store(true, Ordering::Release);
+            f.take()
+        };
+        if let Some(f) = on_exit {
+            f();
+        }
+    }
+
     pub(crate) fn send(&self, msg: &Value) -> bool {
         let mut w = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
         w.write_all(&frame(msg)).is_ok()
@@ -230,9 +243,14 @@ impl Call<'_> {
         }
     }
 
-    /// The call ran past its `timeout`: kills the worker and says so.
+    /// The call ran past its `timeout`: kills the worker and says so. The exit is recorded
+    /// before the error goes back (the model reads as restarting), as the reader records a
+    /// crash: a client that waited for readiness after the error found the model still ready
+    /// for the moment before the reader saw the pipe end, and reached the dead worker
+    /// (test_a_hung_worker_that_forked_is_killed_with_its_children_and_restarts, under load).
     pub fn expire(&self, timeout: Duration) -> Failure {
         self.worker.kill();
+        self.worker.shared.record_exit();
         Failure::Worker(BackendError::Execution(format!(
             "{} did not answer within {:.0} s (execute_timeout_secs); it was killed and restarts for the next request",
             self.worker.who(),
