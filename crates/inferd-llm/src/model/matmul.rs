@@ -145,12 +145,13 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     let (x, n, cols) = (a.x, a.n, m.cols);
     let per_row = cols / BLOCK;
     let input = input_for(m, n);
+    // The repacked copy, where there is one, serves both 4-bit and 8-bit weights.
+    if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.x16)
+        && x16.dot_rows(first, f, n, out)
+    {
+        return;
+    }
     if let Some(q4) = q4_only(m) {
-        if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.x16)
-            && x16.dot_rows(first, f, n, out)
-        {
-            return;
-        }
         if input == Input::F32 && n > 1 && super::pair::available() {
             let row = |r| {
                 let (qs, d, m) = q4.row(r, per_row);
@@ -183,11 +184,6 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
         }
         return;
     };
-    if let (Input::Fine, Some(f), Some(x16)) = (input, &a.fine, &m.x16)
-        && x16.dot_rows(first, f, n, out)
-    {
-        return;
-    }
     if input != Input::Int8 && n > 1 && super::pair::available() {
         let row = |r: usize| super::pair::Row::Q8 {
             q: &q.q[r * cols..(r + 1) * cols],
