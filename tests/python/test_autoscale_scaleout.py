@@ -45,7 +45,15 @@ LAYERS = 320
 # seconds of it: a window half light, half heavy left one alone replica's queue (it computes
 # faster than the shared time the simulator is given) so near the two-replica line that the
 # real run scaled to two where the simulator chose three.
-LIGHT, STEP_AT, HEAVY_UNTIL, END = 0.25, 16, 80, 125
+# The heavy load ends ten seconds after the scale-out (tick 41). The next decision's window
+# (tick 46) then holds the backlog the three replicas drain, far over the three-replica line in
+# both runs, and light seconds in which what is left drains (a simulated run held 134 queued at
+# tick 46 when heavy lasted to then). Every later window is light, so the scale-down comes at
+# tick 91 (the stabilisation window's first without the tick-46 recommendation) in both. Heavy
+# load kept on three replicas (72% busy on two cores) left decisions on a noisy queue near the
+# three-replica line: CI saw the real run's queue climb to 97 for ten seconds where the
+# simulated one stayed under 10, and its scale-down come two periods after the simulator's.
+LIGHT, STEP_AT, HEAVY_UNTIL, END = 0.25, 16, 41, 110
 
 SCALE_SCRIPT = r'''
 import json, os, signal, subprocess, sys
