@@ -302,6 +302,11 @@ def main() -> int:
                     help="capacity scenario: the KV budget holds this many contiguous sequences")
     ap.add_argument("--max-model-len", type=int, default=2048, help="capacity scenario: their length")
     ap.add_argument("--capacity-streams", type=int, default=48)
+    ap.add_argument("--idle-starts", type=int, default=3,
+                    help="starts of each server after --idle-secs with nothing running (median reported)")
+    ap.add_argument("--idle-secs", type=float, default=20.0,
+                    help="idle time before each of those starts: on this machine memory first written after "
+                         "a few idle seconds costs ~2 ms a MB, so a start straight after another one flatters")
     ap.add_argument("--waste-block-sizes", default="16,4",
                     help="KV waste at 8 streams with each of these block sizes (config block_size)")
     a = ap.parse_args()
@@ -311,12 +316,12 @@ def main() -> int:
     streams = [int(s) for s in a.streams.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        servers = [("inferd", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"i{n}"))]
+        servers = [("inferd", lambda n: start_inferd(a.inferd, a.gguf, Path(tempfile.mkdtemp(dir=tmp))))]
         if a.int8:
-            servers.append(("inferd-int8", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"j{n}",
+            servers.append(("inferd-int8", lambda n: start_inferd(a.inferd, a.gguf, Path(tempfile.mkdtemp(dir=tmp)),
                                                                   activations="int8")))
         if a.q8:
-            servers.append(("inferd-q8", lambda n: start_inferd(a.inferd, a.gguf, Path(tmp) / f"q{n}",
+            servers.append(("inferd-q8", lambda n: start_inferd(a.inferd, a.gguf, Path(tempfile.mkdtemp(dir=tmp)),
                                                                 weights="q8")))
         if a.llama_server:
             servers.append(("llama-server", lambda n: start_llama(a.llama_server, a.gguf, n)))
@@ -340,6 +345,15 @@ def main() -> int:
                 finally:
                     proc.terminate()
                     proc.wait(timeout=60)
+        idle = {}
+        for name, start in servers:
+            for _ in range(a.idle_starts):
+                time.sleep(a.idle_secs)
+                proc, _, _, ready = start(1)
+                proc.terminate()
+                proc.wait(timeout=60)
+                idle.setdefault(name, []).append(ready)
+            print(name, "after idle", idle.get(name), file=sys.stderr)
         cap = capacity(a.inferd, a.gguf, Path(tmp) / "cap", a.contiguous_seqs, a.max_model_len,
                        a.capacity_streams, a.tokens)
         print(cap, file=sys.stderr)
@@ -365,6 +379,10 @@ def main() -> int:
         lines.append(f"| {r['server']} | {r['streams']} | {r['tokens_per_s']:.1f} | {100 * r['roofline']:.0f}% | "
                      f"{r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} | {waste} | "
                      f"{r['start_s']:.2f} |")
+    if idle:
+        lines += ["", f"| server | start to ready after {a.idle_secs:.0f} s idle, median s | each s |", "|---|---|---|"]
+        for name, ts in idle.items():
+            lines.append(f"| {name} | {statistics.median(ts):.2f} | {', '.join(f'{t:.2f}' for t in ts)} |")
     lines += ["", "| server | prefill tokens | TTFT (unique prefix) ms | prefill GFLOP/s | of f32 peak |", "|---|---|---|---|---|"]
     for r in rows:
         if "prefill_tokens" in r:

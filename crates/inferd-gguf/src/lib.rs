@@ -420,6 +420,30 @@ impl GgufFile {
         self.metadata.get(&format!("{arch}.{key}"))
     }
 
+    /// The file this table was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The bytes of tensor `t` within `file`, the whole file's bytes (a caller's memory map:
+    /// no copy). An error when `file` is not as long as the file was at open.
+    pub fn tensor_data<'a>(&self, t: &TensorInfo, file: &'a [u8]) -> Result<&'a [u8], GgufError> {
+        let changed = || {
+            GgufError::Tensor(format!(
+                "tensor '{}': the file is {} bytes now, {} when opened",
+                t.name,
+                file.len(),
+                self.file_len
+            ))
+        };
+        if file.len() as u64 != self.file_len {
+            return Err(changed());
+        }
+        let start = usize::try_from(t.offset).map_err(|_| changed())?;
+        let end = usize::try_from(t.offset + t.size).map_err(|_| changed())?;
+        file.get(start..end).ok_or_else(changed)
+    }
+
     /// The raw bytes of a tensor.
     pub fn read_raw(&self, t: &TensorInfo) -> Result<Vec<u8>, GgufError> {
         let io = |source| GgufError::Io {

@@ -158,12 +158,16 @@ impl Backend for LlmBackend {
                 )));
             }
         };
+        let weights_at = std::time::Instant::now();
         let model = source
             .model(precision)
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let weights_ms = weights_at.elapsed().as_secs_f64() * 1e3;
+        let tokenizer_at = std::time::Instant::now();
         let tok = source
             .tokenizer()
             .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+        let tokenizer_ms = tokenizer_at.elapsed().as_secs_f64() * 1e3;
         let cfg = req.config;
         let block_size = param(cfg, "block_size", 16)?;
         let c = &model.cfg;
@@ -229,6 +233,8 @@ impl Backend for LlmBackend {
             kv_bytes = num_blocks * per_block,
             kv_dtype = ?kv_dtype,
             ms = started.elapsed().as_secs_f64() * 1e3,
+            weights_ms,
+            tokenizer_ms,
             "LLM loaded"
         );
         let service = LlmService::start(model, tok, svc, req.model)

@@ -62,7 +62,7 @@ impl Llama {
     /// Loads the model in `f`, its weights held at `precision`.
     pub fn load(f: &GgufFile, precision: super::Precision) -> Result<Llama, ModelError> {
         let cfg = LlamaConfig::from_gguf(f)?;
-        let w = Weights::load(f, &cfg, precision.keeps_4bit())?.at(precision);
+        let w = Weights::load(f, &cfg, precision)?.at(precision);
         Ok(Llama::new(cfg, w))
     }
 
@@ -85,8 +85,17 @@ impl Llama {
         Ok(Llama::new(cfg, w))
     }
 
-    /// A model from its parts.
-    pub fn new(cfg: LlamaConfig, w: Weights) -> Llama {
+    /// A model from its parts (a tied output projection not yet made by [`Weights::at`] is
+    /// the embeddings in f32).
+    pub fn new(cfg: LlamaConfig, mut w: Weights) -> Llama {
+        if w.output.is_none() {
+            w.output = Some(super::weights::Matrix {
+                rows: w.embed.rows,
+                cols: w.embed.cols,
+                data: w.embed.to_f32(),
+                ..Default::default()
+            });
+        }
         let (inv_freq, rope_mscale) = super::rope::frequencies(
             cfg.rope_base,
             cfg.rope_dims,
@@ -155,7 +164,7 @@ impl Llama {
         for ch in chunks {
             for &t in ch.tokens {
                 let t = (t as usize).min(c.vocab - 1);
-                x.extend_from_slice(&self.w.embed.data[t * d..(t + 1) * d]);
+                self.w.embed.push_row(t, &mut x);
             }
         }
         for (l, layer) in self.w.layers.iter().enumerate() {
@@ -212,7 +221,9 @@ impl Llama {
         // rows of every chunk go through the output projection together, so a decode step
         // reads its weights once for all sequences instead of once per sequence (at 8
         // streams it was 19% of the step, perf on llm_generate).
-        let head = self.w.output.as_ref().unwrap_or(&self.w.embed);
+        let Some(head) = self.w.output.as_ref() else {
+            unreachable!("Weights::at sets the output projection");
+        };
         let mut end = 0;
         let mut last_rows = Vec::new();
         let mut ends = Vec::with_capacity(chunks.len());

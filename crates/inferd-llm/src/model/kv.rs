@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use super::zeroed::Zeroed;
 use crate::blocks::BlockId;
 
 /// Values per quantization group of the 8-bit store.
@@ -36,15 +37,15 @@ impl KvDtype {
 /// One layer's keys or values in 8-bit groups.
 #[derive(Debug, Clone)]
 struct Q8Plane {
-    q: Vec<i8>,
-    scale: Vec<f32>,
+    q: Zeroed<i8>,
+    scale: Zeroed<f32>,
 }
 
 impl Q8Plane {
     fn new(n: usize) -> Q8Plane {
         Q8Plane {
-            q: vec![0; n],
-            scale: vec![0.0; n / Q8_GROUP],
+            q: Zeroed::new(n),
+            scale: Zeroed::new(n / Q8_GROUP),
         }
     }
 
@@ -70,7 +71,7 @@ impl Q8Plane {
 
 #[derive(Debug, Clone)]
 enum Store {
-    F32(Vec<(Vec<f32>, Vec<f32>)>),
+    F32(Vec<(Zeroed<f32>, Zeroed<f32>)>),
     Q8(Vec<(Q8Plane, Q8Plane)>),
 }
 
@@ -121,7 +122,7 @@ impl KvCache {
         let store = match dtype {
             KvDtype::F32 => Store::F32(
                 (0..n_layers)
-                    .map(|_| (vec![0.0; n], vec![0.0; n]))
+                    .map(|_| (Zeroed::new(n), Zeroed::new(n)))
                     .collect(),
             ),
             KvDtype::Q8 => {

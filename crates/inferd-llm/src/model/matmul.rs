@@ -151,6 +151,18 @@ fn products(m: &Matrix, first: usize, out: &mut [f32], a: &Activations<'_>) {
     {
         return;
     }
+    if let Some(x16) = m.x16.as_ref().filter(|_| m.repacked_only()) {
+        // All the matrix holds, and its kernel declined (it cannot here: the rows are whole
+        // groups and the CPU has it): f32 products from its values.
+        let mut w = vec![0f32; cols];
+        for (k, o) in out.chunks_exact_mut(n).enumerate() {
+            x16.dequantize_rows(first + k..first + k + 1, cols, &mut w);
+            for (t, o) in o.iter_mut().enumerate() {
+                *o = dot(&w, &x[t * cols..(t + 1) * cols]);
+            }
+        }
+        return;
+    }
     if let Some(q4) = q4_only(m) {
         if input == Input::F32 && n > 1 && super::pair::available() {
             let row = |r| {
@@ -256,6 +268,13 @@ fn gemm(pool: &rayon::ThreadPool, x: &[f32], n: usize, m: &Matrix) -> Vec<f32> {
                     (None, Some(q)) => {
                         buf.resize(width * m.cols, 0.0);
                         q.dequantize_rows(first..first + width, m.cols, &mut buf);
+                        &buf
+                    }
+                    _ if m.repacked_only() => {
+                        buf.resize(width * m.cols, 0.0);
+                        if let Some(x) = &m.x16 {
+                            x.dequantize_rows(first..first + width, m.cols, &mut buf);
+                        }
                         &buf
                     }
                     _ => &m.data[first * m.cols..(first + width) * m.cols],

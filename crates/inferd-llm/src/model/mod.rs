@@ -19,6 +19,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod embed;
 pub mod forward;
 pub mod hf_config;
 pub mod kv;
@@ -33,6 +34,7 @@ pub mod safetensors;
 pub mod simd;
 pub mod weights;
 pub mod x16;
+pub mod zeroed;
 
 pub use config::LlamaConfig;
 pub use forward::{Llama, SeqChunk};
@@ -48,4 +50,15 @@ pub enum ModelError {
     /// The file is not a model this engine runs, or lacks something it needs.
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// Maps `file` read-only.
+///
+/// A mapping is sound only while nobody truncates or rewrites the file under it. A version
+/// folder is immutable once loaded (a new version is a new folder; inferd never writes into a
+/// served one), and the mapping lives only for the load, which copies what it reads.
+#[allow(unsafe_code)]
+pub(crate) fn map_file(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: see above; the mapping is private, read-only and dropped when loading ends.
+    unsafe { memmap2::Mmap::map(file) }
 }

@@ -32,15 +32,31 @@ fn f16(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// Bytes of one GGUF block of type Q4_0 (`ty` 2) or Q4_1 (3); `None` for other types.
+pub fn gguf_block_size(ty: u32) -> Option<usize> {
+    match ty {
+        2 => Some(2 + PACKED),
+        3 => Some(4 + PACKED),
+        _ => None,
+    }
+}
+
+/// One GGUF block `b` of type `ty` (2 or 3, [`gguf_block_size`] bytes): its scale, its offset
+/// (Q4_0's `-8·d`) and its 16 bytes of values.
+pub fn gguf_block(ty: u32, b: &[u8]) -> (f32, f32, &[u8]) {
+    let d = f16(b, 0);
+    if ty == 2 {
+        (d, -8.0 * d, &b[2..2 + PACKED])
+    } else {
+        (d, f16(b, 2), &b[4..4 + PACKED])
+    }
+}
+
 impl Q4 {
     /// The blocks of a GGUF tensor of type Q4_0 (`ty` 2) or Q4_1 (3); `None` for other types
     /// or a length that is not whole blocks.
     pub fn from_gguf(ty: u32, raw: &[u8]) -> Option<Q4> {
-        let (size, head) = match ty {
-            2 => (2 + PACKED, 2),
-            3 => (4 + PACKED, 4),
-            _ => return None,
-        };
+        let size = gguf_block_size(ty)?;
         if !raw.len().is_multiple_of(size) {
             return None;
         }
@@ -51,10 +67,10 @@ impl Q4 {
             qs: Vec::with_capacity(n * PACKED),
         };
         for b in raw.chunks_exact(size) {
-            let d = f16(b, 0);
+            let (d, m, qs) = gguf_block(ty, b);
             q.d.push(d);
-            q.m.push(if ty == 2 { -8.0 * d } else { f16(b, 2) });
-            q.qs.extend_from_slice(&b[head..head + PACKED]);
+            q.m.push(m);
+            q.qs.extend_from_slice(qs);
         }
         Some(q)
     }

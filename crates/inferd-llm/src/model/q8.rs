@@ -40,24 +40,30 @@ pub fn quantize_into(x: &[f32], q: &mut Vec<i8>, d: &mut Vec<f32>) {
 /// `data` (rows of `cols`, `cols` a multiple of [`BLOCK`]) in 8-bit blocks; large matrices
 /// in parallel pieces (load time, rayon's shared pool).
 pub fn quantize(data: &[f32]) -> Q8 {
+    quantize_with(data.len(), |start, len, out| {
+        out.extend_from_slice(&data[start..start + len]);
+    })
+}
+
+/// `len` values (a whole number of blocks) in 8-bit blocks, where `values(start, len, out)`
+/// appends values `start..start + len` to `out`: pieces are made, and quantized, in parallel
+/// (load time, rayon's shared pool), so the f32 values need never exist all at once.
+pub fn quantize_with(len: usize, values: impl Fn(usize, usize, &mut Vec<f32>) + Sync) -> Q8 {
     use rayon::prelude::*;
-    let pieces: Vec<(Vec<i8>, Vec<f32>)> = data
-        .par_chunks(BLOCK * 4096)
-        .map(|c| {
-            let (mut q, mut d) = (
-                Vec::with_capacity(c.len()),
-                Vec::with_capacity(c.len() / BLOCK),
-            );
-            quantize_into(c, &mut q, &mut d);
-            (q, d)
-        })
-        .collect();
-    let mut q = Vec::with_capacity(data.len());
-    let mut d = Vec::with_capacity(data.len() / BLOCK);
-    for (pq, pd) in pieces {
-        q.extend(pq);
-        d.extend(pd);
-    }
+    const PIECE: usize = BLOCK * 4096;
+    let mut q = vec![0i8; len];
+    let mut d = vec![0f32; len / BLOCK];
+    q.par_chunks_mut(PIECE)
+        .zip(d.par_chunks_mut(PIECE / BLOCK))
+        .enumerate()
+        .for_each(|(i, (qc, dc))| {
+            let mut x = Vec::with_capacity(qc.len());
+            values(i * PIECE, qc.len(), &mut x);
+            let (mut pq, mut pd) = (Vec::with_capacity(qc.len()), Vec::with_capacity(dc.len()));
+            quantize_into(&x, &mut pq, &mut pd);
+            qc.copy_from_slice(&pq);
+            dc.copy_from_slice(&pd);
+        });
     Q8 { q, d }
 }
 

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::weights::{Layer, Matrix, Precision, Weights};
@@ -21,17 +20,6 @@ use super::{LlamaConfig, ModelError};
 pub const INDEX: &str = "model.safetensors.index.json";
 /// The single file of an unsharded one.
 pub const SINGLE: &str = "model.safetensors";
-
-/// Maps `file` read-only.
-///
-/// A mapping is sound only while nobody truncates or rewrites the file under it. A version
-/// folder is immutable once loaded (a new version is a new folder; inferd never writes into a
-/// served one), and the mapping lives only for the load, which copies what it reads.
-#[allow(unsafe_code)]
-fn map(file: &File) -> std::io::Result<Mmap> {
-    // SAFETY: see above; the mapping is private, read-only and dropped when loading ends.
-    unsafe { Mmap::map(file) }
-}
 
 /// The weight files of the folder `dir`, in the order the index names them.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
@@ -65,7 +53,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// The mapped files.
 struct Shards {
-    maps: Vec<(PathBuf, Mmap)>,
+    maps: Vec<(PathBuf, memmap2::Mmap)>,
 }
 
 impl Shards {
@@ -73,9 +61,11 @@ impl Shards {
         let maps = files
             .into_iter()
             .map(|p| {
-                let m = File::open(&p).and_then(|f| map(&f)).map_err(|e| {
-                    ModelError::Unsupported(format!("{}: cannot read: {e}", p.display()))
-                })?;
+                let m = File::open(&p)
+                    .and_then(|f| super::map_file(&f))
+                    .map_err(|e| {
+                        ModelError::Unsupported(format!("{}: cannot read: {e}", p.display()))
+                    })?;
                 Ok((p, m))
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -207,7 +197,10 @@ pub fn load(
         })
         .collect::<Result<Vec<_>, ModelError>>()?;
     let w = Weights {
-        embed: matrix(&t, "model.embed_tokens.weight", cfg.vocab, d)?,
+        embed: {
+            let m = matrix(&t, "model.embed_tokens.weight", cfg.vocab, d)?;
+            super::embed::Embeddings::from_f32(m.rows, m.cols, m.data)
+        },
         layers,
         norm: values(&t, "model.norm.weight", &[d])?,
         // Absent when the embeddings are tied (save_pretrained leaves the copy out).

@@ -29,18 +29,31 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    /// Adds the copy in groups of sixteen rows that batched decode multiplies
-    /// ([`super::x16`]), where the CPU has its kernel and the activations stay f32 (else none).
+    /// Replaces the 4-bit or 8-bit blocks with the copy in groups of sixteen rows that decode
+    /// multiplies ([`super::x16`]), where the CPU has its kernel and the activations stay f32
+    /// (else nothing changes). Prefill dequantizes from that copy too, so the file's layout is
+    /// not kept beside it: it doubled the projections' memory, and every megabyte written at
+    /// start costs start time (bench/results/llm-2026-12-08-start.md).
     pub fn repack(&mut self) {
-        self.x16 = None;
         if self.int8_act || !self.data.is_empty() || !super::x16::available() {
             return;
         }
-        self.x16 = match (&self.q4, &self.q8) {
+        let x16 = match (&self.q4, &self.q8) {
             (Some(q), _) => super::x16::X16::from_q4(q, self.rows, self.cols),
             (None, Some(q)) => super::x16::X16::from_q8(q, self.rows, self.cols),
-            _ => None,
+            // Nothing to repack from: already repacked, or f32.
+            _ => return,
         };
+        if x16.is_some() {
+            self.x16 = x16;
+            self.q4 = None;
+            self.q8 = None;
+        }
+    }
+
+    /// Whether the repacked copy is all this matrix holds.
+    pub fn repacked_only(&self) -> bool {
+        self.x16.is_some() && self.q4.is_none() && self.q8.is_none() && self.data.is_empty()
     }
 
     /// This matrix in 8-bit blocks (unchanged when its rows are not whole blocks), or in the
@@ -135,6 +148,10 @@ impl Layer {
                 m.q4 = None;
                 continue;
             }
+            if m.repacked_only() {
+                // Held already (repacked as it was read).
+                continue;
+            }
             *m = std::mem::take(m).quantized(keep);
             m.int8_act = int8 && (m.q8.is_some() || m.q4.is_some());
             m.repack();
@@ -150,12 +167,13 @@ impl Layer {
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// Token embeddings, `vocab` x `d_model`.
-    pub embed: Matrix,
+    pub embed: super::embed::Embeddings,
     /// The blocks.
     pub layers: Vec<Layer>,
     /// Final RMSNorm.
     pub norm: Vec<f32>,
-    /// The output projection (the embeddings when tied).
+    /// The output projection; `None` only before [`Weights::at`], when the file ties it to
+    /// the embeddings.
     pub output: Option<Matrix>,
     /// Llama 3.1's RoPE frequency divisors (`rope_freqs.weight`), one per rotated pair.
     pub rope_freqs: Option<Vec<f32>>,
@@ -163,59 +181,144 @@ pub struct Weights {
 
 impl Weights {
     /// The weights held at `p`: every projection in 4-bit or 8-bit blocks unless `p` is
-    /// [`Precision::F32`] (the embeddings stay f32 for lookups; a tied output projection gets
-    /// its own quantized copy).
+    /// [`Precision::F32`]; a tied output projection gets its own copy (f32, or 8-bit blocks).
     pub fn at(mut self, p: Precision) -> Weights {
-        // Lookups read f32 rows.
-        self.embed.q4 = None;
         use rayon::prelude::*;
         // Load-time work, on rayon's shared pool: the layers quantize side by side.
         self.layers.par_iter_mut().for_each(|l| l.hold_at(p));
+        let (rows, cols) = (self.embed.rows, self.embed.cols);
+        let tied = || Matrix {
+            rows,
+            cols,
+            data: self.embed.to_f32(),
+            ..Matrix::default()
+        };
         if p == Precision::F32 {
-            if let Some(o) = &mut self.output {
-                o.q4 = None;
-            }
+            let mut o = self.output.take().unwrap_or_else(tied);
+            o.q4 = None;
+            self.output = Some(o);
             return self;
         }
         let keep = p.keeps_4bit();
         let int8 = p.int8_activations();
-        self.output = Some(
-            self.output
-                .take()
-                .unwrap_or_else(|| self.embed.clone())
-                .quantized(keep),
-        );
-        if let Some(o) = &mut self.output {
-            o.int8_act = int8 && (o.q8.is_some() || o.q4.is_some());
-            o.repack();
-        }
+        let repacked = || {
+            (!int8 && super::x16::available())
+                .then(|| {
+                    super::x16::X16::from_f32_rows(rows, cols, |s, l, out| {
+                        self.embed.values(s, l, out)
+                    })
+                })
+                .flatten()
+        };
+        let mut o = match self.output.take() {
+            Some(o) => o.quantized(keep),
+            // The embeddings in 8-bit blocks, a piece at a time (no f32 table: start time),
+            // repacked as they are made where decode multiplies the repacked form.
+            None => match repacked() {
+                Some(x16) => Matrix {
+                    rows,
+                    cols,
+                    x16: Some(x16),
+                    ..Matrix::default()
+                },
+                None if cols.is_multiple_of(super::q8::BLOCK) => Matrix {
+                    rows,
+                    cols,
+                    q8: Some(self.embed.to_q8()),
+                    ..Matrix::default()
+                },
+                None => tied(),
+            },
+        };
+        o.int8_act = int8 && (o.q8.is_some() || o.q4.is_some());
+        o.repack();
+        self.output = Some(o);
         self
     }
 }
 
+/// A GGUF file's tensors, memory-mapped for the load. Read into buffers, every tensor was
+/// copied into fresh memory first and dropped: on this machine memory first touched after a
+/// few idle seconds costs about 2 ms a megabyte (bench/results/llm-2026-12-08-start.md), and
+/// the page cache already holds the file.
+pub(crate) struct Tensors<'a> {
+    f: &'a GgufFile,
+    map: memmap2::Mmap,
+}
+
+impl<'a> Tensors<'a> {
+    /// Maps the file `f` was read from.
+    pub(crate) fn open(f: &'a GgufFile) -> Result<Tensors<'a>, ModelError> {
+        let map = std::fs::File::open(f.path())
+            .and_then(|file| super::map_file(&file))
+            .map_err(|e| ModelError::Unsupported(format!("{}: {e}", f.path().display())))?;
+        Ok(Tensors { f, map })
+    }
+
+    /// The tensor `name`, checked to be `rows` x `cols`, and its bytes.
+    pub(crate) fn matrix_bytes(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(&'a inferd_gguf::TensorInfo, &[u8]), ModelError> {
+        let t = self
+            .f
+            .tensor(name)
+            .ok_or_else(|| ModelError::Unsupported(format!("tensor '{name}' is missing")))?;
+        // GGUF lists dimensions innermost first: [cols, rows].
+        if t.dims != [cols as u64, rows as u64] {
+            return Err(ModelError::Unsupported(format!(
+                "tensor '{name}' has dims {:?}, expected [{cols}, {rows}]",
+                t.dims
+            )));
+        }
+        Ok((t, self.f.tensor_data(t, &self.map)?))
+    }
+
+    /// The tensor `name`'s elements as f32.
+    fn dequantize(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let t = self
+            .f
+            .tensor(name)
+            .ok_or_else(|| ModelError::Unsupported(format!("tensor '{name}' is missing")))?;
+        let raw = self.f.tensor_data(t, &self.map)?;
+        inferd_gguf::dequantize(t.ggml_type, raw).ok_or_else(|| {
+            ModelError::Unsupported(format!(
+                "tensor '{name}': dequantizing {} is not supported",
+                t.ggml_type.name()
+            ))
+        })
+    }
+}
+
 /// The matrix `name`; with `keep_4bit`, a 4-bit one only in its blocks (no f32 copy to make
-/// and drop: load time).
+/// and drop: load time), and `repack` (f32 activations on a CPU with the repacked kernels)
+/// only in the repacked copy, made straight from the file's bytes.
 fn matrix(
-    f: &GgufFile,
+    f: &Tensors<'_>,
     name: &str,
     rows: usize,
     cols: usize,
     keep_4bit: bool,
+    repack: bool,
 ) -> Result<Matrix, ModelError> {
-    let t = f
-        .tensor(name)
-        .ok_or_else(|| ModelError::Unsupported(format!("tensor '{name}' is missing")))?;
-    // GGUF lists dimensions innermost first: [cols, rows].
-    if t.dims != [cols as u64, rows as u64] {
-        return Err(ModelError::Unsupported(format!(
-            "tensor '{name}' has dims {:?}, expected [{cols}, {rows}]",
-            t.dims
-        )));
+    let (t, raw) = f.matrix_bytes(name, rows, cols)?;
+    if let Some(x16) = (keep_4bit && repack)
+        .then(|| super::x16::X16::from_gguf_q4(t.ggml_type.0, raw, rows, cols))
+        .flatten()
+    {
+        return Ok(Matrix {
+            rows,
+            cols,
+            x16: Some(x16),
+            ..Matrix::default()
+        });
     }
     // Q4_0 and Q4_1 rows of whole blocks are kept as stored too.
     let q4 = match t.ggml_type.0 {
         2 | 3 if cols.is_multiple_of(super::q8::BLOCK) => {
-            super::q4::Q4::from_gguf(t.ggml_type.0, &f.read_raw(t)?)
+            super::q4::Q4::from_gguf(t.ggml_type.0, raw)
         }
         _ => None,
     };
@@ -234,7 +337,7 @@ fn matrix(
     })
 }
 
-fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+fn vector(f: &Tensors<'_>, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
     let v = f.dequantize(name)?;
     if v.len() != len {
         return Err(ModelError::Unsupported(format!(
@@ -246,10 +349,15 @@ fn vector(f: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
 }
 
 impl Weights {
-    /// Reads and dequantizes every tensor `cfg` needs; with `keep_4bit`, projections stored in
-    /// 4-bit blocks stay only in them (for a [`Precision`] that keeps them).
-    pub fn load(f: &GgufFile, cfg: &LlamaConfig, keep_4bit: bool) -> Result<Weights, ModelError> {
+    /// Reads and dequantizes every tensor `cfg` needs for precision `p` (then held at it by
+    /// [`Weights::at`]): where `p` keeps 4-bit blocks, projections stored so stay only in
+    /// them, or only in the repacked copy where decode multiplies that.
+    pub fn load(f: &GgufFile, cfg: &LlamaConfig, p: Precision) -> Result<Weights, ModelError> {
         let (d, kv, ff) = (cfg.d_model, cfg.kv_dim(), cfg.d_ff);
+        let keep_4bit = p.keeps_4bit();
+        let repack = keep_4bit && !p.int8_activations() && super::x16::available();
+        let f = &Tensors::open(f)?;
+        let matrix = |name: &str, rows, cols| matrix(f, name, rows, cols, keep_4bit, repack);
         use rayon::prelude::*;
         // Layers are read and dequantized side by side (load time, rayon's shared pool).
         let layers = (0..cfg.n_layers)
@@ -258,27 +366,26 @@ impl Weights {
                 let n = |s: &str| format!("blk.{i}.{s}.weight");
                 Ok(Layer {
                     attn_norm: vector(f, &n("attn_norm"), d)?,
-                    wq: matrix(f, &n("attn_q"), d, d, keep_4bit)?,
-                    wk: matrix(f, &n("attn_k"), kv, d, keep_4bit)?,
-                    wv: matrix(f, &n("attn_v"), kv, d, keep_4bit)?,
-                    wo: matrix(f, &n("attn_output"), d, d, keep_4bit)?,
+                    wq: matrix(&n("attn_q"), d, d)?,
+                    wk: matrix(&n("attn_k"), kv, d)?,
+                    wv: matrix(&n("attn_v"), kv, d)?,
+                    wo: matrix(&n("attn_output"), d, d)?,
                     ffn_norm: vector(f, &n("ffn_norm"), d)?,
-                    w_gate: matrix(f, &n("ffn_gate"), ff, d, keep_4bit)?,
-                    w_up: matrix(f, &n("ffn_up"), ff, d, keep_4bit)?,
-                    w_down: matrix(f, &n("ffn_down"), d, ff, keep_4bit)?,
+                    w_gate: matrix(&n("ffn_gate"), ff, d)?,
+                    w_up: matrix(&n("ffn_up"), ff, d)?,
+                    w_down: matrix(&n("ffn_down"), d, ff)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Weights {
-            // Looked up as f32 rows.
-            embed: matrix(f, "token_embd.weight", cfg.vocab, d, false)?,
+            embed: super::embed::Embeddings::from_gguf(f, "token_embd.weight", cfg.vocab, d)?,
             layers,
             norm: vector(f, "output_norm.weight", d)?,
-            output: match f.tensor("output.weight") {
-                Some(_) => Some(matrix(f, "output.weight", cfg.vocab, d, keep_4bit)?),
+            output: match f.f.tensor("output.weight") {
+                Some(_) => Some(matrix("output.weight", cfg.vocab, d)?),
                 None => None,
             },
-            rope_freqs: match f.tensor("rope_freqs.weight") {
+            rope_freqs: match f.f.tensor("rope_freqs.weight") {
                 Some(_) => Some(vector(f, "rope_freqs.weight", cfg.rope_dims / 2)?),
                 None => None,
             },

@@ -55,20 +55,47 @@ pub fn available() -> bool {
 impl X16 {
     /// `q` (`rows` of `cols`) repacked; `None` when the rows are not whole groups.
     pub fn from_q4(q: &Q4, rows: usize, cols: usize) -> Option<X16> {
-        let blocks = cols / BLOCK;
-        if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || q.d.len() != rows * blocks {
+        if q.d.len() != rows * (cols / BLOCK) {
             return None;
         }
-        let packed = |r: usize, b: usize| &q.qs[(r * blocks + b) * BLOCK / 2..][..BLOCK / 2];
+        X16::from_4bit(rows, cols, |i| {
+            (q.d[i], q.m[i], &q.qs[i * BLOCK / 2..(i + 1) * BLOCK / 2])
+        })
+    }
+
+    /// The GGUF tensor bytes `raw` of type Q4_0 (`ty` 2) or Q4_1 (3), `rows` of `cols`,
+    /// repacked straight from the file (no copy in the file's layout is made); `None` for
+    /// other types, or rows that are not whole groups or blocks.
+    pub fn from_gguf_q4(ty: u32, raw: &[u8], rows: usize, cols: usize) -> Option<X16> {
+        let size = super::q4::gguf_block_size(ty)?;
+        if raw.len() != rows * (cols / BLOCK) * size || !cols.is_multiple_of(BLOCK) {
+            return None;
+        }
+        X16::from_4bit(rows, cols, |i| {
+            super::q4::gguf_block(ty, &raw[i * size..(i + 1) * size])
+        })
+    }
+
+    /// 4-bit blocks given by `block(i)` (block `i` of the row-major matrix: scale, offset and
+    /// GGUF's 16 bytes of values) repacked.
+    fn from_4bit<'a>(
+        rows: usize,
+        cols: usize,
+        block: impl Fn(usize) -> (f32, f32, &'a [u8]) + Sync,
+    ) -> Option<X16> {
+        let blocks = cols / BLOCK;
+        if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 {
+            return None;
+        }
         let mut out = X16::repack(rows, blocks, ROWS * BLOCK / 2, false, |r, b, i, dst| {
             // GGUF's byte j already pairs values j and j + 16: chunk c takes bytes 4c..4c + 4.
-            let v = packed(r, b);
+            let v = block(r * blocks + b).2;
             for c in 0..4 {
                 dst[c * 64 + 4 * i..][..4].copy_from_slice(&v[4 * c..4 * c + 4]);
             }
         });
-        out.m = interleaved(&q.m, rows, blocks);
-        out.d = interleaved(&q.d, rows, blocks);
+        out.m = interleaved(rows, blocks, |i| block(i).1);
+        out.d = interleaved(rows, blocks, |i| block(i).0);
         Some(out)
     }
 
@@ -79,16 +106,93 @@ impl X16 {
             return None;
         }
         let mut out = X16::repack(rows, blocks, ROWS * BLOCK, true, |r, b, i, dst| {
-            let v = &q.q[(r * blocks + b) * BLOCK..][..BLOCK];
-            for k in 0..8 {
-                for j in 0..4 {
-                    // Plus 128, as an unsigned byte.
-                    dst[k * 64 + 4 * i + j] = (v[4 * k + j] as u8) ^ 0x80;
+            place8(&q.q[(r * blocks + b) * BLOCK..][..BLOCK], i, dst);
+        });
+        out.d = interleaved(rows, blocks, |i| q.d[i]);
+        Some(out)
+    }
+
+    /// `rows` of `cols` f32 values, `values(start, len, out)` appending values
+    /// `start..start + len` of the row-major matrix, in 8-bit blocks (as [`super::q8::quantize`]
+    /// makes them) and repacked a group at a time: neither the f32 matrix nor its 8-bit copy
+    /// in rows is ever whole (load time: the tied output projection is 28 million values).
+    /// `None` when the rows are not whole groups or blocks.
+    pub fn from_f32_rows(
+        rows: usize,
+        cols: usize,
+        values: impl Fn(usize, usize, &mut Vec<f32>) + Sync,
+    ) -> Option<X16> {
+        use rayon::prelude::*;
+        let blocks = cols / BLOCK;
+        if rows == 0 || !rows.is_multiple_of(ROWS) || blocks == 0 || !cols.is_multiple_of(BLOCK) {
+            return None;
+        }
+        let size = ROWS * BLOCK;
+        let mut qs = vec![0u8; rows / ROWS * blocks * size];
+        let mut d = vec![0f32; rows * blocks];
+        qs.par_chunks_mut(blocks * size)
+            .zip(d.par_chunks_mut(ROWS * blocks))
+            .enumerate()
+            .for_each(|(g, (group, scales))| {
+                let mut x = Vec::with_capacity(ROWS * cols);
+                values(g * ROWS * cols, ROWS * cols, &mut x);
+                let (mut q, mut s) = (
+                    Vec::with_capacity(x.len()),
+                    Vec::with_capacity(ROWS * blocks),
+                );
+                super::q8::quantize_into(&x, &mut q, &mut s);
+                for (b, dst) in group.chunks_exact_mut(size).enumerate() {
+                    for i in 0..ROWS {
+                        place8(&q[(i * blocks + b) * BLOCK..][..BLOCK], i, dst);
+                        scales[b * ROWS + i] = s[i * blocks + b];
+                    }
+                }
+            });
+        Some(X16 {
+            eight: true,
+            blocks,
+            qs,
+            d,
+            m: Vec::new(),
+        })
+    }
+
+    /// Rows `rows` (of `cols` each) as f32, into `out`: the values the file's layout gives
+    /// ([`Q4::dequantize_rows`], [`super::q8::dequantize_rows`]), for prefill's blocked
+    /// products.
+    pub fn dequantize_rows(&self, rows: std::ops::Range<usize>, cols: usize, out: &mut [f32]) {
+        let blocks = self.blocks;
+        let size = if self.eight {
+            ROWS * BLOCK
+        } else {
+            ROWS * BLOCK / 2
+        };
+        for (k, r) in rows.enumerate() {
+            let (g, i) = (r / ROWS, r % ROWS);
+            for b in 0..blocks {
+                let at = g * blocks + b;
+                let src = &self.qs[at * size..(at + 1) * size];
+                let d = self.d[at * ROWS + i];
+                let o = &mut out[k * cols + b * BLOCK..k * cols + (b + 1) * BLOCK];
+                if self.eight {
+                    for kk in 0..8 {
+                        for j in 0..4 {
+                            let v = (src[kk * 64 + 4 * i + j] ^ 0x80) as i8;
+                            o[4 * kk + j] = f32::from(v) * d;
+                        }
+                    }
+                } else {
+                    let m = self.m[at * ROWS + i];
+                    for c in 0..4 {
+                        for j in 0..4 {
+                            let byte = src[c * 64 + 4 * i + j];
+                            o[4 * c + j] = f32::from(byte & 0x0f) * d + m;
+                            o[4 * c + j + BLOCK / 2] = f32::from(byte >> 4) * d + m;
+                        }
+                    }
                 }
             }
-        });
-        out.d = interleaved(&q.d, rows, blocks);
-        Some(out)
+        }
     }
 
     /// The values laid out by `place(row, block, row in group, group block's bytes)`, `size`
@@ -158,16 +262,26 @@ impl X16 {
     }
 }
 
-/// Per-block values of `rows` rows (row-major, `blocks` each) as the groups store them: group
-/// after group, block after block, sixteen rows each.
-fn interleaved(v: &[f32], rows: usize, blocks: usize) -> Vec<f32> {
+/// Per-block values `v(i)` of `rows` rows (block `i` of the row-major matrix, `blocks` a
+/// row) as the groups store them: group after group, block after block, sixteen rows each.
+fn interleaved(rows: usize, blocks: usize, v: impl Fn(usize) -> f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows * blocks);
     for g in 0..rows / ROWS {
         for b in 0..blocks {
-            out.extend((0..ROWS).map(|i| v[(g * ROWS + i) * blocks + b]));
+            out.extend((0..ROWS).map(|i| v((g * ROWS + i) * blocks + b)));
         }
     }
     out
+}
+
+/// One 8-bit block `v` of the group's row `i` into the group block's bytes `dst`: byte
+/// `4 i + j` of chunk `k` holds value `4 k + j`, plus 128 as an unsigned byte.
+fn place8(v: &[i8], i: usize, dst: &mut [u8]) {
+    for k in 0..8 {
+        for j in 0..4 {
+            dst[k * 64 + 4 * i + j] = (v[4 * k + j] as u8) ^ 0x80;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -393,5 +507,76 @@ mod tests {
         assert!(X16::from_q4(&q4(&mut rng, 24, 64), 24, 64).is_none());
         let q = super::super::q8::quantize(&vec![0.5f32; 24 * 64]);
         assert!(X16::from_q8(&q, 24, 64).is_none());
+    }
+
+    fn same(a: &X16, b: &X16) {
+        assert_eq!((a.eight, a.blocks), (b.eight, b.blocks));
+        assert_eq!(a.qs, b.qs);
+        assert_eq!(a.d, b.d);
+        assert_eq!(a.m, b.m);
+    }
+
+    /// GGUF bytes of type `ty` (2: Q4_0, 3: Q4_1) for `blocks` random blocks.
+    fn gguf_q4(rng: &mut fastrand::Rng, ty: u32, blocks: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for _ in 0..blocks {
+            raw.extend(half::f16::from_f32(rng.f32() * 0.05).to_le_bytes());
+            if ty == 3 {
+                raw.extend(half::f16::from_f32(-rng.f32() * 0.4).to_le_bytes());
+            }
+            raw.extend((0..BLOCK / 2).map(|_| rng.u8(..)));
+        }
+        raw
+    }
+
+    #[test]
+    fn repacking_the_file_bytes_equals_repacking_the_blocks_read_from_them() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let (rows, cols) = (48, 96);
+        for ty in [2, 3] {
+            let raw = gguf_q4(&mut rng, ty, rows * cols / BLOCK);
+            let q = Q4::from_gguf(ty, &raw).expect("whole blocks");
+            let direct = X16::from_gguf_q4(ty, &raw, rows, cols).expect("whole groups");
+            same(
+                &direct,
+                &X16::from_q4(&q, rows, cols).expect("whole groups"),
+            );
+            assert!(X16::from_gguf_q4(8, &raw, rows, cols).is_none());
+            assert!(X16::from_gguf_q4(ty, &raw[1..], rows, cols).is_none());
+        }
+    }
+
+    #[test]
+    fn dequantized_rows_equal_the_file_layouts_values() {
+        let mut rng = fastrand::Rng::with_seed(6);
+        let (rows, cols) = (48, 96);
+        let w = q4(&mut rng, rows, cols);
+        let packed = X16::from_q4(&w, rows, cols).expect("whole groups");
+        let (mut want, mut got) = (vec![0f32; 7 * cols], vec![0f32; 7 * cols]);
+        // Rows across a group boundary.
+        w.dequantize_rows(13..20, cols, &mut want);
+        packed.dequantize_rows(13..20, cols, &mut got);
+        assert_eq!(want, got);
+        let dense: Vec<f32> = (0..rows * cols).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let q = super::super::q8::quantize(&dense);
+        let packed = X16::from_q8(&q, rows, cols).expect("whole groups");
+        super::super::q8::dequantize_rows(&q, 13..20, cols, &mut want);
+        packed.dequantize_rows(13..20, cols, &mut got);
+        assert_eq!(want, got);
+    }
+
+    #[test]
+    fn repacking_f32_rows_a_group_at_a_time_equals_repacking_their_8_bit_blocks() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (rows, cols) = (64, 96);
+        let dense: Vec<f32> = (0..rows * cols).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let q = super::super::q8::quantize(&dense);
+        let whole = X16::from_q8(&q, rows, cols).expect("whole groups");
+        let grouped = X16::from_f32_rows(rows, cols, |s, l, out| {
+            out.extend_from_slice(&dense[s..s + l])
+        })
+        .expect("whole groups");
+        same(&grouped, &whole);
+        assert!(X16::from_f32_rows(24, cols, |_, _, _| {}).is_none());
     }
 }
