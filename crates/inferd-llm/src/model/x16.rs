@@ -11,8 +11,10 @@
 //! [`super::q4fine`] (logits within ~0.015 of f32's, greedy ids unchanged), the form
 //! one-stream decode already used. Every decode product takes these kernels where the CPU has
 //! VNNI, one stream too (they beat the one-row kernels: llm_generate, 1 stream x 400 tokens,
-//! 3.12 -> 2.74 s); the file's own layout stays for prefill's blocked products and for CPUs
-//! without VNNI, so the repacked copy is extra memory (64 + 30 MB for SmolLM2).
+//! 3.12 -> 2.74 s). Where it is used it is the only copy: 4-bit projections are repacked
+//! straight from the file's bytes and prefill's blocked products dequantize from it
+//! ([`X16::dequantize_rows`]); a second copy in the file's layout cost 94 MB for SmolLM2, and
+//! start time (bench/results/llm-2026-12-08-start.md). CPUs without VNNI keep the file's layout.
 //!
 //! The 8-bit form (the output projection, 16% of an eight-stream step after the 4-bit one
 //! moved here) stores each value plus 128, since `vpdpbusd` takes unsigned bytes; the 128 times
