@@ -75,12 +75,7 @@ impl Embeddings {
                 });
             }
         }
-        let data = inferd_gguf::dequantize(t.ggml_type, raw).ok_or_else(|| {
-            ModelError::Unsupported(format!(
-                "tensor '{name}': dequantizing {} is not supported",
-                t.ggml_type.name()
-            ))
-        })?;
+        let data = f.dequantize(name)?;
         Ok(Embeddings::from_f32(rows, cols, data))
     }
 

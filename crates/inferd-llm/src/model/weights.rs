@@ -277,7 +277,7 @@ impl<'a> Tensors<'a> {
     }
 
     /// The tensor `name`'s elements as f32.
-    fn dequantize(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+    pub(crate) fn dequantize(&self, name: &str) -> Result<Vec<f32>, ModelError> {
         let t = self
             .f
             .tensor(name)
